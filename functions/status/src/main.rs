@@ -1,0 +1,7 @@
+//! Status Lambda: `GET /jobs/{id}` -> the caller's job, or `404`.
+//! Everything but the wiring lives in the `jobkit` crate.
+
+#[tokio::main]
+async fn main() -> Result<(), lambda_runtime::Error> {
+    jobkit::lambda::serve_api(jobkit::HandlerRegistry::with_builtins()).await
+}

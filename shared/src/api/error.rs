@@ -1,0 +1,152 @@
+//! API errors: each variant is one answer the client can act on. The one mapping to HTTP lives here.
+
+use lambda_http::{Body, Response};
+use serde_json::json;
+
+use crate::handler::BoxError;
+use crate::job::{InvalidJobId, MAX_INPUT_BYTES};
+use crate::queue::QueueError;
+use crate::store::StoreError;
+
+/// Largest request body accepted (the input limit plus room for the envelope).
+pub const MAX_BODY_BYTES: usize = MAX_INPUT_BYTES + 16 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("request body is not valid JSON: {0}")]
+    MalformedJson(String),
+    #[error("{0}")]
+    InvalidRequest(String),
+    #[error(transparent)]
+    InvalidJobId(#[from] InvalidJobId),
+    #[error("unknown job kind {kind:?}; registered kinds: {known}")]
+    UnknownKind { kind: String, known: String },
+    #[error("request body exceeds {MAX_BODY_BYTES} bytes")]
+    PayloadTooLarge,
+    #[error("input exceeds {MAX_INPUT_BYTES} bytes when serialized")]
+    InputTooLarge,
+    #[error("content-type must be application/json")]
+    UnsupportedMediaType,
+    #[error("job not found")]
+    JobNotFound,
+    #[error("no such route")]
+    RouteNotFound,
+    #[error("method not allowed; allowed: {allow}")]
+    MethodNotAllowed { allow: &'static str },
+    /// A dependency failed in a way a retry may fix. The source is logged, never returned.
+    #[error("service temporarily unavailable, retry later")]
+    Unavailable {
+        #[source]
+        source: BoxError,
+    },
+    /// A bug or corrupt data. The source is logged, never returned.
+    #[error("internal error")]
+    Internal {
+        #[source]
+        source: BoxError,
+    },
+}
+
+impl ApiError {
+    pub fn status(&self) -> u16 {
+        match self {
+            Self::MalformedJson(_) | Self::InvalidRequest(_) | Self::InvalidJobId(_) => 400,
+            Self::JobNotFound | Self::RouteNotFound => 404,
+            Self::MethodNotAllowed { .. } => 405,
+            Self::PayloadTooLarge | Self::InputTooLarge => 413,
+            Self::UnsupportedMediaType => 415,
+            Self::UnknownKind { .. } => 422,
+            Self::Internal { .. } => 500,
+            Self::Unavailable { .. } => 503,
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::MalformedJson(_) => "malformed_json",
+            Self::InvalidRequest(_) => "invalid_request",
+            Self::InvalidJobId(_) => "invalid_job_id",
+            Self::UnknownKind { .. } => "unknown_kind",
+            Self::PayloadTooLarge => "payload_too_large",
+            Self::InputTooLarge => "input_too_large",
+            Self::UnsupportedMediaType => "unsupported_media_type",
+            Self::JobNotFound => "job_not_found",
+            Self::RouteNotFound => "route_not_found",
+            Self::MethodNotAllowed { .. } => "method_not_allowed",
+            Self::Unavailable { .. } => "service_unavailable",
+            Self::Internal { .. } => "internal_error",
+        }
+    }
+
+    pub fn into_response(self) -> Response<Body> {
+        let status = self.status();
+        match &self {
+            Self::Internal { source } => tracing::error!(error = %source, "internal error"),
+            Self::Unavailable { source } => {
+                tracing::warn!(error = %source, "dependency unavailable")
+            }
+            other => tracing::info!(code = other.code(), status, "request rejected"),
+        }
+        let mut resp = super::json_response(
+            status,
+            &json!({"error": {"code": self.code(), "message": self.to_string()}}),
+        );
+        let headers = resp.headers_mut();
+        match self {
+            Self::MethodNotAllowed { allow } => {
+                headers.insert("allow", allow.parse().expect("static header value"));
+            }
+            Self::Unavailable { .. } => {
+                headers.insert("retry-after", "1".parse().expect("static header value"));
+            }
+            _ => {}
+        }
+        resp
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Corrupt { source } => Self::Internal { source },
+            other => Self::Unavailable {
+                source: other.into(),
+            },
+        }
+    }
+}
+
+impl From<QueueError> for ApiError {
+    fn from(e: QueueError) -> Self {
+        Self::Unavailable { source: e.into() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn internal_details_never_reach_the_body() {
+        let resp = ApiError::Internal {
+            source: "secret table name jobs-prod".into(),
+        }
+        .into_response();
+        assert_eq!(resp.status(), 500);
+        let Body::Text(body) = resp.body() else {
+            panic!("text body")
+        };
+        assert!(!body.contains("secret"), "{body}");
+        assert!(body.contains(r#""code":"internal_error""#), "{body}");
+    }
+
+    #[test]
+    fn unavailable_says_when_to_retry_and_405_says_what_is_allowed() {
+        let resp = ApiError::Unavailable { source: "x".into() }.into_response();
+        assert_eq!(resp.status(), 503);
+        assert_eq!(resp.headers()["retry-after"], "1");
+        let resp = ApiError::MethodNotAllowed { allow: "GET" }.into_response();
+        assert_eq!(resp.status(), 405);
+        assert_eq!(resp.headers()["allow"], "GET");
+    }
+}

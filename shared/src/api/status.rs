@@ -1,0 +1,76 @@
+//! `GET /jobs/{id}`: the job as its owner may see it.
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use lambda_http::{Body, Request, Response};
+use serde::Serialize;
+use serde_json::Value;
+
+use super::{Api, ApiError, caller, json_response};
+use crate::job::{ErrorInfo, Job, JobId, JobStatus, Millis};
+
+/// The public form of a job: no lease internals, times as RFC 3339.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct JobView {
+    pub job_id: JobId,
+    pub kind: String,
+    pub status: JobStatus,
+    pub input: Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub result: Option<Value>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorInfo>,
+    pub attempts: u32,
+    pub max_attempts: u32,
+    pub submitted_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<String>,
+    pub updated_at: String,
+}
+
+fn rfc3339(ms: Millis) -> String {
+    DateTime::<Utc>::from_timestamp_millis(ms)
+        .unwrap_or_default()
+        .to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+impl From<Job> for JobView {
+    fn from(j: Job) -> Self {
+        Self {
+            submitted_at: rfc3339(j.submitted_at),
+            started_at: j.started_at.map(rfc3339),
+            finished_at: j.finished_at.map(rfc3339),
+            updated_at: rfc3339(j.updated_at),
+            job_id: j.job_id,
+            kind: j.kind,
+            status: j.status,
+            input: j.input,
+            result: j.result,
+            warnings: j.warnings,
+            error: j.error,
+            attempts: j.attempts,
+            max_attempts: j.max_attempts,
+        }
+    }
+}
+
+impl Api {
+    pub(super) async fn status(
+        &self,
+        req: &Request,
+        raw_id: &str,
+    ) -> Result<Response<Body>, ApiError> {
+        let id = JobId::parse(raw_id)?;
+        // Another user's job answers exactly like a missing one, so ids cannot be probed.
+        let job = self
+            .store
+            .get(&id)
+            .await?
+            .filter(|j| j.user_id == caller(req))
+            .ok_or(ApiError::JobNotFound)?;
+        Ok(json_response(200, &JobView::from(job)))
+    }
+}

@@ -1,0 +1,154 @@
+//! Typed configuration, read once at start from environment variables (set by template.yaml) and
+//! validated there, so a bad deployment fails its first invocation with a message naming the variable.
+
+use std::time::Duration;
+
+use crate::worker::Backoff;
+
+/// Everything the functions need to know about their deployment.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// `JOBKIT_TABLE`: the jobs table.
+    pub table: String,
+    /// `JOBKIT_QUEUE_URL`: the jobs queue.
+    pub queue_url: String,
+    /// `JOBKIT_DLQ_URL`: the dead-letter queue, for the DLQ tools (optional for the functions).
+    pub dlq_url: Option<String>,
+    /// `JOBKIT_MAX_ATTEMPTS` (default 5): the queue's maxReceiveCount, mirrored.
+    pub max_attempts: u32,
+    /// `JOBKIT_JOB_TTL_DAYS` (default 7): how long finished job records are kept.
+    pub job_ttl: Duration,
+    /// `JOBKIT_RETRY_BASE_SECS` (2) and `JOBKIT_RETRY_MAX_SECS` (900): retry backoff.
+    pub backoff: Backoff,
+    /// `JOBKIT_WORKER_CONCURRENCY` (default 10): jobs of one batch run at once.
+    pub worker_concurrency: usize,
+}
+
+/// A variable that is missing or does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("environment variable {0} is not set")]
+    Missing(&'static str),
+    #[error("environment variable {name}={value:?} is invalid: {reason}")]
+    Invalid {
+        name: &'static str,
+        value: String,
+        reason: String,
+    },
+}
+
+impl Config {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|k| std::env::var(k).ok())
+    }
+
+    /// Reads the configuration through `get`, so tests need not touch the process environment.
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let required = |name: &'static str| {
+            get(name)
+                .filter(|v| !v.is_empty())
+                .ok_or(ConfigError::Missing(name))
+        };
+        let number =
+            |name: &'static str, default: u64, min: u64, max: u64| -> Result<u64, ConfigError> {
+                let Some(raw) = get(name).filter(|v| !v.is_empty()) else {
+                    return Ok(default);
+                };
+                let invalid = |reason: String| ConfigError::Invalid {
+                    name,
+                    value: raw.clone(),
+                    reason,
+                };
+                let n: u64 = raw.trim().parse().map_err(|e| invalid(format!("{e}")))?;
+                if (min..=max).contains(&n) {
+                    Ok(n)
+                } else {
+                    Err(invalid(format!("must be between {min} and {max}")))
+                }
+            };
+        let base = number("JOBKIT_RETRY_BASE_SECS", 2, 0, 43_200)?;
+        let max = number("JOBKIT_RETRY_MAX_SECS", 900, base.max(1), 43_200)?;
+        Ok(Self {
+            table: required("JOBKIT_TABLE")?,
+            queue_url: required("JOBKIT_QUEUE_URL")?,
+            dlq_url: get("JOBKIT_DLQ_URL").filter(|v| !v.is_empty()),
+            max_attempts: number("JOBKIT_MAX_ATTEMPTS", 5, 1, 1000)? as u32,
+            job_ttl: Duration::from_secs(number("JOBKIT_JOB_TTL_DAYS", 7, 1, 3650)? * 86_400),
+            backoff: Backoff::new(Duration::from_secs(base), Duration::from_secs(max)),
+            worker_concurrency: number("JOBKIT_WORKER_CONCURRENCY", 10, 1, 1000)? as usize,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn load(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_lookup(|k| map.get(k).cloned())
+    }
+
+    const BASE: [(&str, &str); 2] = [("JOBKIT_TABLE", "jobs"), ("JOBKIT_QUEUE_URL", "http://q")];
+
+    #[test]
+    fn defaults_apply_when_only_the_resources_are_set() {
+        let c = load(&BASE).unwrap();
+        assert_eq!(c.max_attempts, 5);
+        assert_eq!(c.job_ttl, Duration::from_secs(7 * 86_400));
+        assert_eq!(
+            c.backoff,
+            Backoff::new(Duration::from_secs(2), Duration::from_secs(900))
+        );
+        assert_eq!(c.worker_concurrency, 10);
+        assert_eq!(c.dlq_url, None);
+    }
+
+    #[test]
+    fn a_missing_resource_is_named() {
+        assert_eq!(
+            load(&BASE[..1]),
+            Err(ConfigError::Missing("JOBKIT_QUEUE_URL"))
+        );
+        assert_eq!(
+            load(&[("JOBKIT_TABLE", ""), BASE[1]]),
+            Err(ConfigError::Missing("JOBKIT_TABLE"))
+        );
+    }
+
+    #[test]
+    fn bad_numbers_are_rejected_with_the_variable_and_reason() {
+        let mut vars = BASE.to_vec();
+        vars.push(("JOBKIT_MAX_ATTEMPTS", "many"));
+        assert!(matches!(
+            load(&vars),
+            Err(ConfigError::Invalid {
+                name: "JOBKIT_MAX_ATTEMPTS",
+                ..
+            })
+        ));
+        let mut vars = BASE.to_vec();
+        vars.push(("JOBKIT_WORKER_CONCURRENCY", "0"));
+        let err = load(&vars).unwrap_err().to_string();
+        assert!(
+            err.contains("JOBKIT_WORKER_CONCURRENCY") && err.contains("between 1 and 1000"),
+            "{err}"
+        );
+        let mut vars = BASE.to_vec();
+        vars.extend([
+            ("JOBKIT_RETRY_BASE_SECS", "10"),
+            ("JOBKIT_RETRY_MAX_SECS", "5"),
+        ]);
+        assert!(matches!(
+            load(&vars),
+            Err(ConfigError::Invalid {
+                name: "JOBKIT_RETRY_MAX_SECS",
+                ..
+            })
+        ));
+    }
+}

@@ -1,0 +1,542 @@
+//! The job record and its state machine. Pure: no I/O, no clock reads (callers pass `now`).
+//!
+//! Every change to a stored job is computed here as a new `Job` value from the current one; the stores
+//! only persist it with a compare-and-set on `version`. So there is one definition of what a legal
+//! transition is, shared by the DynamoDB and the embedded backend. The one exception is the claim, which the
+//! DynamoDB store performs as a single conditional update for speed; its condition mirrors
+//! [`Job::claimable`] and the conformance suite holds the two to the same behaviour.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Milliseconds since the Unix epoch. Stored as a number so DynamoDB conditions can compare it.
+pub type Millis = i64;
+
+/// Largest accepted `input`, serialized. A job record holds input, result and checkpoint and must stay
+/// under DynamoDB's 400 KB item limit; the SQS message carries only the id, so SQS's 1 MiB is not the bound.
+pub const MAX_INPUT_BYTES: usize = 128 * 1024;
+/// Largest storable `result`, serialized (see [`MAX_INPUT_BYTES`]).
+pub const MAX_RESULT_BYTES: usize = 160 * 1024;
+/// Largest storable `checkpoint`, serialized (see [`MAX_INPUT_BYTES`]).
+pub const MAX_CHECKPOINT_BYTES: usize = 64 * 1024;
+
+/// A job identifier: a ULID (26 Crockford base32 characters), sortable by creation time and carrying 80
+/// random bits, so ids cannot be guessed from one another.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct JobId(String);
+
+/// Returned when a string is not a well-formed job id.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("job id must be 26 characters of Crockford base32 (a ULID)")]
+pub struct InvalidJobId;
+
+impl JobId {
+    /// A fresh id for a job submitted at `now`.
+    pub fn generate(now: Millis) -> Self {
+        let ms = u64::try_from(now).unwrap_or(0);
+        Self(ulid::Ulid::from_parts(ms, rand::random::<u128>()).to_string())
+    }
+
+    /// Parses and normalises (upper case) an id from untrusted input.
+    pub fn parse(raw: &str) -> Result<Self, InvalidJobId> {
+        ulid::Ulid::from_string(raw)
+            .map(|u| Self(u.to_string()))
+            .map_err(|_| InvalidJobId)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for JobId {
+    type Error = InvalidJobId;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        Self::parse(&s)
+    }
+}
+
+impl From<JobId> for String {
+    fn from(id: JobId) -> Self {
+        id.0
+    }
+}
+
+impl fmt::Display for JobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Where a job is in its life. See the state machine in ARCHITECTURE.md section 2.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobStatus {
+    Queued,
+    Running,
+    Retrying,
+    Completed,
+    Failed,
+    Cancelled,
+    DeadLetter,
+}
+
+/// Returned when a string names no job status.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown job status {0:?}")]
+pub struct UnknownStatus(pub String);
+
+impl JobStatus {
+    pub const ALL: [JobStatus; 7] = [
+        Self::Queued,
+        Self::Running,
+        Self::Retrying,
+        Self::Completed,
+        Self::Failed,
+        Self::Cancelled,
+        Self::DeadLetter,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Running => "running",
+            Self::Retrying => "retrying",
+            Self::Completed => "completed",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+            Self::DeadLetter => "dead_letter",
+        }
+    }
+
+    /// No further work happens on a job in a terminal state (a dead-lettered job can still be redriven).
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            Self::Completed | Self::Failed | Self::Cancelled | Self::DeadLetter
+        )
+    }
+}
+
+impl FromStr for JobStatus {
+    type Err = UnknownStatus;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|st| st.as_str() == s)
+            .ok_or_else(|| UnknownStatus(s.to_owned()))
+    }
+}
+
+impl fmt::Display for JobStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a job failed, as stored and as shown to its owner.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorInfo {
+    pub code: String,
+    pub message: String,
+    pub retryable: bool,
+}
+
+/// The job record. Its serde form is the storage form (DynamoDB item / embedded store); the API shows
+/// a [`crate::api::JobView`] of it instead.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Job {
+    pub job_id: JobId,
+    pub user_id: String,
+    pub kind: String,
+    /// Stored as a JSON string: DynamoDB maps nest at most 32 deep and its numbers are not JSON's.
+    #[serde(with = "json_string")]
+    pub input: Value,
+    pub status: JobStatus,
+    #[serde(
+        default,
+        with = "json_string_opt",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub result: Option<Value>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorInfo>,
+    pub attempts: u32,
+    pub max_attempts: u32,
+    #[serde(
+        default,
+        with = "json_string_opt",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub checkpoint: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_owner: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_expires_at: Option<Millis>,
+    pub submitted_at: Millis,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Millis>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<Millis>,
+    pub updated_at: Millis,
+    /// DynamoDB TTL attribute: epoch *seconds* after which the record may be deleted.
+    pub expires_at: i64,
+    /// Bumped by every write; stores persist a new value only over the version it was computed from.
+    pub version: u64,
+}
+
+/// What a new job is made of, after validation at the edge.
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    pub user_id: String,
+    pub kind: String,
+    pub input: Value,
+    pub max_attempts: u32,
+    pub ttl_secs: i64,
+}
+
+/// A change the state machine does not allow from the job's current state.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("cannot {action} a job that is {from}")]
+pub struct IllegalTransition {
+    pub action: &'static str,
+    pub from: JobStatus,
+}
+
+impl Job {
+    /// A freshly submitted job, `queued`.
+    pub fn new(spec: NewJob, now: Millis) -> Self {
+        Self {
+            job_id: JobId::generate(now),
+            user_id: spec.user_id,
+            kind: spec.kind,
+            input: spec.input,
+            status: JobStatus::Queued,
+            result: None,
+            warnings: Vec::new(),
+            error: None,
+            attempts: 0,
+            max_attempts: spec.max_attempts,
+            checkpoint: None,
+            lease_owner: None,
+            lease_expires_at: None,
+            submitted_at: now,
+            started_at: None,
+            finished_at: None,
+            updated_at: now,
+            expires_at: now.div_euclid(1000) + spec.ttl_secs,
+            version: 0,
+        }
+    }
+
+    /// Whether a worker may claim the job at `now`: it waits to run, or its runner's lease has expired
+    /// (the runner crashed or was killed). The DynamoDB claim condition is the same predicate.
+    pub fn claimable(&self, now: Millis) -> bool {
+        match self.status {
+            JobStatus::Queued | JobStatus::Retrying => true,
+            JobStatus::Running => self.lease_expires_at.is_none_or(|exp| exp < now),
+            _ => false,
+        }
+    }
+
+    /// Whether `owner` holds a live lease on the job.
+    pub fn leased_by(&self, owner: &str, now: Millis) -> bool {
+        self.status == JobStatus::Running
+            && self.lease_owner.as_deref() == Some(owner)
+            && self.lease_expires_at.is_some_and(|exp| exp >= now)
+    }
+
+    /// `queued`/`retrying`/expired `running` -> `running`, one more attempt, leased to `owner`.
+    pub fn claim(
+        &self,
+        owner: &str,
+        lease_expires_at: Millis,
+        now: Millis,
+    ) -> Result<Self, IllegalTransition> {
+        if !self.claimable(now) {
+            return Err(self.illegal("claim"));
+        }
+        let mut next = self.next_version(now);
+        next.status = JobStatus::Running;
+        next.attempts += 1;
+        next.lease_owner = Some(owner.to_owned());
+        next.lease_expires_at = Some(lease_expires_at);
+        next.started_at.get_or_insert(now);
+        Ok(next)
+    }
+
+    /// `running` -> `completed` with the handler's result. Only the lease holder may complete.
+    pub fn complete(
+        &self,
+        owner: &str,
+        result: Value,
+        warnings: Vec<String>,
+        now: Millis,
+    ) -> Result<Self, IllegalTransition> {
+        let mut next = self.finish(owner, JobStatus::Completed, "complete", now)?;
+        next.result = Some(result);
+        next.warnings = warnings;
+        next.error = None;
+        Ok(next)
+    }
+
+    /// `running` -> `failed` (terminal), `retrying` (will run again) or `dead_letter` (no attempts left).
+    pub fn fail(
+        &self,
+        owner: &str,
+        to: JobStatus,
+        error: ErrorInfo,
+        now: Millis,
+    ) -> Result<Self, IllegalTransition> {
+        debug_assert!(matches!(
+            to,
+            JobStatus::Failed | JobStatus::Retrying | JobStatus::DeadLetter
+        ));
+        let mut next = self.finish(owner, to, "fail", now)?;
+        next.error = Some(error);
+        if to == JobStatus::Retrying {
+            next.finished_at = None;
+        }
+        Ok(next)
+    }
+
+    /// `queued` -> `failed`: the submit could not enqueue the job and told its client so.
+    pub fn abandon(&self, error: ErrorInfo, now: Millis) -> Result<Self, IllegalTransition> {
+        if self.status != JobStatus::Queued {
+            return Err(self.illegal("abandon"));
+        }
+        let mut next = self.next_version(now);
+        next.status = JobStatus::Failed;
+        next.error = Some(error);
+        next.finished_at = Some(now);
+        Ok(next)
+    }
+
+    /// Common part of leaving `running`: the caller must hold the lease; the lease is released.
+    fn finish(
+        &self,
+        owner: &str,
+        to: JobStatus,
+        action: &'static str,
+        now: Millis,
+    ) -> Result<Self, IllegalTransition> {
+        if self.status != JobStatus::Running || self.lease_owner.as_deref() != Some(owner) {
+            return Err(self.illegal(action));
+        }
+        let mut next = self.next_version(now);
+        next.status = to;
+        next.lease_owner = None;
+        next.lease_expires_at = None;
+        if to.is_terminal() {
+            next.finished_at = Some(now);
+        }
+        Ok(next)
+    }
+
+    fn next_version(&self, now: Millis) -> Self {
+        let mut next = self.clone();
+        next.version += 1;
+        next.updated_at = now;
+        next
+    }
+
+    fn illegal(&self, action: &'static str) -> IllegalTransition {
+        IllegalTransition {
+            action,
+            from: self.status,
+        }
+    }
+}
+
+/// Serde adapter: a JSON value stored as its compact string form.
+mod json_string {
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+    use serde_json::Value;
+
+    pub fn serialize<S: Serializer>(v: &Value, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&v.to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Value, D::Error> {
+        let raw = String::deserialize(d)?;
+        serde_json::from_str(&raw).map_err(D::Error::custom)
+    }
+}
+
+/// [`json_string`] for optional fields.
+mod json_string_opt {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use serde_json::Value;
+
+    pub fn serialize<S: Serializer>(v: &Option<Value>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(v) => super::json_string::serialize(v, s),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+        #[derive(Deserialize)]
+        struct Wrap(#[serde(with = "super::json_string")] Value);
+        Ok(Option::<Wrap>::deserialize(d)?.map(|w| w.0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const T0: Millis = 1_700_000_000_000;
+
+    fn job() -> Job {
+        Job::new(
+            NewJob {
+                user_id: "u1".into(),
+                kind: "echo".into(),
+                input: json!({"a": 1}),
+                max_attempts: 5,
+                ttl_secs: 86_400,
+            },
+            T0,
+        )
+    }
+
+    fn err(retryable: bool) -> ErrorInfo {
+        ErrorInfo {
+            code: "boom".into(),
+            message: "it broke".into(),
+            retryable,
+        }
+    }
+
+    #[test]
+    fn a_new_job_is_queued_with_no_attempts_and_a_ttl() {
+        let j = job();
+        assert_eq!(j.status, JobStatus::Queued);
+        assert_eq!(j.attempts, 0);
+        assert_eq!(j.expires_at, T0 / 1000 + 86_400);
+        assert!(j.claimable(T0));
+    }
+
+    #[test]
+    fn job_ids_parse_case_insensitively_and_reject_garbage() {
+        let id = JobId::generate(T0);
+        assert_eq!(JobId::parse(&id.as_str().to_lowercase()).unwrap(), id);
+        assert_eq!(JobId::parse("not-a-job"), Err(InvalidJobId));
+        assert_eq!(JobId::parse(""), Err(InvalidJobId));
+        assert_eq!(JobId::parse(&format!("{id}0")), Err(InvalidJobId));
+    }
+
+    #[test]
+    fn job_ids_are_time_sortable_and_distinct() {
+        let a = JobId::generate(T0);
+        let b = JobId::generate(T0 + 1);
+        assert!(a < b);
+        assert_ne!(JobId::generate(T0), JobId::generate(T0));
+    }
+
+    #[test]
+    fn claim_leases_the_job_and_counts_the_attempt() {
+        let j = job().claim("w1", T0 + 60_000, T0 + 1).unwrap();
+        assert_eq!(j.status, JobStatus::Running);
+        assert_eq!(j.attempts, 1);
+        assert_eq!(j.version, 1);
+        assert_eq!(j.started_at, Some(T0 + 1));
+        assert!(j.leased_by("w1", T0 + 60_000));
+        assert!(!j.leased_by("w2", T0 + 1));
+    }
+
+    #[test]
+    fn a_running_job_with_a_live_lease_cannot_be_claimed_again() {
+        let j = job().claim("w1", T0 + 60_000, T0).unwrap();
+        assert_eq!(
+            j.claim("w2", T0 + 120_000, T0 + 59_999),
+            Err(IllegalTransition {
+                action: "claim",
+                from: JobStatus::Running
+            })
+        );
+    }
+
+    #[test]
+    fn an_expired_lease_lets_another_worker_claim_and_keeps_the_first_start_time() {
+        let j = job().claim("w1", T0 + 60_000, T0).unwrap();
+        let j2 = j.claim("w2", T0 + 200_000, T0 + 60_001).unwrap();
+        assert_eq!(j2.attempts, 2);
+        assert_eq!(j2.started_at, Some(T0));
+        // The first worker lost its lease and can no longer finish the job.
+        assert!(j2.complete("w1", json!(1), vec![], T0 + 60_002).is_err());
+    }
+
+    #[test]
+    fn completion_needs_the_lease_and_is_terminal() {
+        let j = job().claim("w1", T0 + 60_000, T0).unwrap();
+        let done = j
+            .complete("w1", json!({"ok": true}), vec!["slow".into()], T0 + 5)
+            .unwrap();
+        assert_eq!(done.status, JobStatus::Completed);
+        assert_eq!(done.result, Some(json!({"ok": true})));
+        assert_eq!(done.finished_at, Some(T0 + 5));
+        assert_eq!(done.lease_owner, None);
+        assert!(!done.claimable(T0 + 1_000_000));
+        assert!(done.complete("w1", json!(2), vec![], T0 + 6).is_err());
+        assert!(job().complete("w1", json!(1), vec![], T0).is_err());
+    }
+
+    #[test]
+    fn a_retryable_failure_makes_the_job_claimable_again() {
+        let j = job().claim("w1", T0 + 60_000, T0).unwrap();
+        let r = j
+            .fail("w1", JobStatus::Retrying, err(true), T0 + 1)
+            .unwrap();
+        assert_eq!(r.status, JobStatus::Retrying);
+        assert_eq!(r.finished_at, None);
+        assert!(r.claimable(T0 + 2));
+        let again = r.claim("w2", T0 + 90_000, T0 + 3).unwrap();
+        assert_eq!(again.attempts, 2);
+        assert_eq!(
+            again.error,
+            Some(err(true)),
+            "last error stays visible while retrying"
+        );
+    }
+
+    #[test]
+    fn terminal_failure_and_dead_letter_are_final() {
+        let j = job().claim("w1", T0 + 60_000, T0).unwrap();
+        for to in [JobStatus::Failed, JobStatus::DeadLetter] {
+            let f = j.fail("w1", to, err(false), T0 + 1).unwrap();
+            assert_eq!(f.status, to);
+            assert!(f.status.is_terminal());
+            assert_eq!(f.finished_at, Some(T0 + 1));
+            assert!(!f.claimable(i64::MAX));
+        }
+    }
+
+    #[test]
+    fn status_names_round_trip() {
+        for s in JobStatus::ALL {
+            assert_eq!(s.as_str().parse::<JobStatus>(), Ok(s));
+            assert_eq!(serde_json::to_value(s).unwrap(), json!(s.as_str()));
+        }
+        assert!("done".parse::<JobStatus>().is_err());
+    }
+
+    #[test]
+    fn the_storage_form_keeps_json_payloads_exact() {
+        let mut j = job();
+        j.input = json!({"deep": [[[[{"n": 1.5e300}]]]], "big": 123456789012345678u64});
+        j.checkpoint = Some(json!({"step": 3}));
+        let stored = serde_json::to_value(&j).unwrap();
+        assert!(stored["input"].is_string());
+        let back: Job = serde_json::from_value(stored).unwrap();
+        assert_eq!(back, j);
+    }
+}

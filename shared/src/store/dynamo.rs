@@ -1,0 +1,188 @@
+//! `JobStore` on DynamoDB. Translation only: requests, attribute mapping (serde_dynamo over the job's
+//! storage form) and SDK errors into [`StoreError`]. One item per job, keyed by `job_id`.
+
+use async_trait::async_trait;
+use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::error::SdkError;
+use aws_sdk_dynamodb::operation::put_item::PutItemError;
+use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
+use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, ReturnValuesOnConditionCheckFailure};
+use std::collections::HashMap;
+
+use super::{JobStore, StoreError};
+use crate::job::{Job, JobId, JobStatus, Millis};
+
+/// Jobs in one DynamoDB table (see `JobsTable` in template.yaml).
+#[derive(Debug, Clone)]
+pub struct DynamoStore {
+    client: Client,
+    table: String,
+}
+
+type Item = HashMap<String, AttributeValue>;
+
+impl DynamoStore {
+    pub fn new(client: Client, table: impl Into<String>) -> Self {
+        Self {
+            client,
+            table: table.into(),
+        }
+    }
+
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+
+    /// The error for a failed condition: `Conflict` with the stored job, or `NotFound` if there is none.
+    /// Some emulators do not return the old item with the failure, so it is read when missing.
+    async fn conflict(&self, id: &JobId, old: Option<Item>) -> StoreError {
+        let current = match old {
+            Some(item) => from_item(item).map(Some),
+            None => self.get(id).await,
+        };
+        match current {
+            Ok(Some(job)) => StoreError::Conflict {
+                current: Some(Box::new(job)),
+            },
+            Ok(None) => StoreError::NotFound,
+            Err(e) => e,
+        }
+    }
+
+    fn key(id: &JobId) -> Item {
+        HashMap::from([("job_id".to_owned(), AttributeValue::S(id.to_string()))])
+    }
+}
+
+fn to_item(job: &Job) -> Item {
+    serde_dynamo::to_item(job).expect("a job always maps to an item")
+}
+
+fn from_item(item: Item) -> Result<Job, StoreError> {
+    serde_dynamo::from_item(item).map_err(|e| StoreError::Corrupt { source: e.into() })
+}
+
+fn unavailable<E, R>(e: SdkError<E, R>) -> StoreError
+where
+    E: std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug + Send + Sync + 'static,
+{
+    StoreError::Unavailable { source: e.into() }
+}
+
+fn status(s: JobStatus) -> AttributeValue {
+    AttributeValue::S(s.as_str().to_owned())
+}
+
+fn num(n: impl ToString) -> AttributeValue {
+    AttributeValue::N(n.to_string())
+}
+
+#[async_trait]
+impl JobStore for DynamoStore {
+    async fn create(&self, job: &Job) -> Result<(), StoreError> {
+        let res = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(to_item(job)))
+            .condition_expression("attribute_not_exists(job_id)")
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(()),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_conditional_check_failed_exception()) =>
+            {
+                Err(StoreError::AlreadyExists)
+            }
+            Err(e) => Err(unavailable(e)),
+        }
+    }
+
+    async fn get(&self, id: &JobId) -> Result<Option<Job>, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(Self::key(id)))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(unavailable)?;
+        out.item.map(from_item).transpose()
+    }
+
+    async fn claim(
+        &self,
+        id: &JobId,
+        owner: &str,
+        lease_expires_at: Millis,
+        now: Millis,
+    ) -> Result<Job, StoreError> {
+        // The condition is `Job::claimable` in DynamoDB's words; the update is `Job::claim`'s. Doing it in
+        // one conditional write (rather than read + compare-and-set) saves a round trip on every job.
+        let res = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(Self::key(id)))
+            .update_expression(
+                "SET #s = :running, attempts = attempts + :one, lease_owner = :owner, \
+                 lease_expires_at = :exp, started_at = if_not_exists(started_at, :now), \
+                 updated_at = :now, version = version + :one",
+            )
+            .condition_expression(
+                "#s IN (:queued, :retrying) OR (#s = :running AND \
+                 (attribute_not_exists(lease_expires_at) OR lease_expires_at < :now))",
+            )
+            .expression_attribute_names("#s", "status")
+            .expression_attribute_values(":running", status(JobStatus::Running))
+            .expression_attribute_values(":queued", status(JobStatus::Queued))
+            .expression_attribute_values(":retrying", status(JobStatus::Retrying))
+            .expression_attribute_values(":one", num(1))
+            .expression_attribute_values(":owner", AttributeValue::S(owner.to_owned()))
+            .expression_attribute_values(":exp", num(lease_expires_at))
+            .expression_attribute_values(":now", num(now))
+            .return_values(ReturnValue::AllNew)
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .send()
+            .await;
+        match res {
+            Ok(out) => from_item(out.attributes.unwrap_or_default()),
+            Err(e) => match e.into_service_error() {
+                UpdateItemError::ConditionalCheckFailedException(c) => {
+                    Err(self.conflict(id, c.item).await)
+                }
+                other => Err(StoreError::Unavailable {
+                    source: other.into(),
+                }),
+            },
+        }
+    }
+
+    async fn replace(&self, job: &Job) -> Result<(), StoreError> {
+        let res = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(to_item(job)))
+            .condition_expression("version = :prev")
+            .expression_attribute_values(":prev", num(job.version.saturating_sub(1)))
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(()),
+            Err(e) => match e.into_service_error() {
+                PutItemError::ConditionalCheckFailedException(c) => {
+                    Err(self.conflict(&job.job_id, c.item).await)
+                }
+                other => Err(StoreError::Unavailable {
+                    source: other.into(),
+                }),
+            },
+        }
+    }
+}

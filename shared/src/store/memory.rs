@@ -1,0 +1,75 @@
+//! The embedded `JobStore`: jobs in a map behind a mutex. Same contract as DynamoDB, held to it by the
+//! conformance suite; used by `jobctl dev` and by fast tests.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+
+use super::{JobStore, StoreError};
+use crate::job::{Job, JobId, Millis};
+
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    jobs: Mutex<HashMap<JobId, Job>>,
+}
+
+impl MemoryStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn jobs(&self) -> std::sync::MutexGuard<'_, HashMap<JobId, Job>> {
+        // A panic while holding the lock cannot leave a half-written job (every write is one insert).
+        self.jobs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[async_trait]
+impl JobStore for MemoryStore {
+    async fn create(&self, job: &Job) -> Result<(), StoreError> {
+        let mut jobs = self.jobs();
+        if jobs.contains_key(&job.job_id) {
+            return Err(StoreError::AlreadyExists);
+        }
+        jobs.insert(job.job_id.clone(), job.clone());
+        Ok(())
+    }
+
+    async fn get(&self, id: &JobId) -> Result<Option<Job>, StoreError> {
+        Ok(self.jobs().get(id).cloned())
+    }
+
+    async fn claim(
+        &self,
+        id: &JobId,
+        owner: &str,
+        lease_expires_at: Millis,
+        now: Millis,
+    ) -> Result<Job, StoreError> {
+        let mut jobs = self.jobs();
+        let current = jobs.get(id).ok_or(StoreError::NotFound)?;
+        let claimed =
+            current
+                .claim(owner, lease_expires_at, now)
+                .map_err(|_| StoreError::Conflict {
+                    current: Some(Box::new(current.clone())),
+                })?;
+        jobs.insert(id.clone(), claimed.clone());
+        Ok(claimed)
+    }
+
+    async fn replace(&self, job: &Job) -> Result<(), StoreError> {
+        let mut jobs = self.jobs();
+        match jobs.get(&job.job_id) {
+            Some(cur) if cur.version + 1 == job.version => {
+                jobs.insert(job.job_id.clone(), job.clone());
+                Ok(())
+            }
+            Some(cur) => Err(StoreError::Conflict {
+                current: Some(Box::new(cur.clone())),
+            }),
+            None => Err(StoreError::NotFound),
+        }
+    }
+}

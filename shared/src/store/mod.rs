@@ -1,0 +1,66 @@
+//! Where jobs live. `JobStore` is the port; `dynamo` (aws-sdk-dynamodb) and `memory` (embedded) are its
+//! adapters. The store never decides a transition: it persists what [`crate::job`] computed, over the
+//! version that value was computed from, so a concurrent change is detected instead of overwritten.
+
+use async_trait::async_trait;
+
+use crate::handler::BoxError;
+use crate::job::{Job, JobId, Millis};
+
+pub mod dynamo;
+pub mod memory;
+
+pub use dynamo::DynamoStore;
+pub use memory::MemoryStore;
+
+/// Why a store call failed. Each variant is a different decision for the caller.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A job with this id already exists (create only).
+    #[error("job already exists")]
+    AlreadyExists,
+    /// No job with this id.
+    #[error("job not found")]
+    NotFound,
+    /// The write's condition did not hold: someone else changed the job first, or it is not in a state the
+    /// write allows. `current` is the stored job when the backend returned it.
+    #[error("job changed concurrently")]
+    Conflict { current: Option<Box<Job>> },
+    /// The backend could not be reached or throttled us: retrying later may succeed.
+    #[error("job store unavailable")]
+    Unavailable {
+        #[source]
+        source: BoxError,
+    },
+    /// A stored record could not be read back as a job.
+    #[error("stored job is malformed")]
+    Corrupt {
+        #[source]
+        source: BoxError,
+    },
+}
+
+/// Persistence of job records. Every method is a single atomic operation on one job.
+#[async_trait]
+pub trait JobStore: Send + Sync {
+    /// Stores a new job; `AlreadyExists` if its id is taken.
+    async fn create(&self, job: &Job) -> Result<(), StoreError>;
+
+    /// Reads a job, strongly consistent.
+    async fn get(&self, id: &JobId) -> Result<Option<Job>, StoreError>;
+
+    /// Atomically applies [`Job::claim`]: leases the job to `owner` until `lease_expires_at` and counts an
+    /// attempt, if [`Job::claimable`] holds at `now`. Returns the claimed job; `Conflict` with the current
+    /// job if it is not claimable; `NotFound` if it does not exist.
+    async fn claim(
+        &self,
+        id: &JobId,
+        owner: &str,
+        lease_expires_at: Millis,
+        now: Millis,
+    ) -> Result<Job, StoreError>;
+
+    /// Replaces the stored job with `job` if the stored version is `job.version - 1` (compare-and-set).
+    /// `Conflict` otherwise.
+    async fn replace(&self, job: &Job) -> Result<(), StoreError>;
+}

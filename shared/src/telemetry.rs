@@ -1,0 +1,19 @@
+//! Logging setup. In Lambda, the runtime's subscriber honours `AWS_LAMBDA_LOG_FORMAT` (JSON, set by
+//! template.yaml) and `AWS_LAMBDA_LOG_LEVEL`; elsewhere, human-readable logs filtered by `RUST_LOG`.
+
+use tracing_subscriber::EnvFilter;
+
+/// For the Lambda binaries.
+pub fn init_lambda() {
+    lambda_runtime::tracing::init_default_subscriber();
+}
+
+/// For `jobctl` and other local processes: logs go to stderr so stdout stays for command output.
+pub fn init_local(default_filter: &str) {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}

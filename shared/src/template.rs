@@ -1,0 +1,430 @@
+//! Reads the queues and the table out of template.yaml, so resources created on an emulator (or by
+//! `jobctl`) are the deployed ones, not a restatement that can drift. Pure: parsing and evaluation only;
+//! `queue::sqs::create_queues` and `store::dynamo::create_table` create what it describes.
+//!
+//! Supported intrinsics inside those resources: `Ref` (parameters, with their defaults or overrides, and
+//! resources), `Fn::GetAtt X.Arn` and `Fn::FindInMap`, in short (`!Ref`) or long form. Anything else is an
+//! error, so an unsupported construct fails loudly rather than creating something different.
+
+use std::collections::BTreeMap;
+
+use serde_json::{Map, Value, json};
+use serde_yaml_ng::Value as Yaml;
+
+/// The template shipped with the kit.
+pub const TEMPLATE_YAML: &str = include_str!("../../template.yaml");
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TemplateError {
+    #[error("template is not valid YAML: {0}")]
+    Yaml(String),
+    #[error("{0}: unsupported or malformed construct: {1}")]
+    Unsupported(String, String),
+    #[error("parameter {0} has no default and no override")]
+    MissingParameter(String),
+    #[error("unknown parameter override {0}")]
+    UnknownParameter(String),
+}
+
+/// A queue to create: CreateQueue attributes, and its dead-letter target if it has a redrive policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueSpec {
+    pub logical_id: String,
+    pub attributes: BTreeMap<String, String>,
+    pub redrive: Option<Redrive>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Redrive {
+    /// Logical id of the dead-letter queue.
+    pub dead_letter_queue: String,
+    pub max_receive_count: u32,
+}
+
+/// A table to create.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableSpec {
+    pub logical_id: String,
+    /// (name, S|N|B)
+    pub attribute_definitions: Vec<(String, String)>,
+    /// (name, HASH|RANGE)
+    pub key_schema: Vec<(String, String)>,
+    pub global_secondary_indexes: Vec<IndexSpec>,
+    pub ttl_attribute: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexSpec {
+    pub name: String,
+    pub key_schema: Vec<(String, String)>,
+    pub projection_type: String,
+}
+
+/// The local-relevant part of the stack.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StackSpec {
+    /// Resolved parameter values (defaults, then overrides).
+    pub parameters: BTreeMap<String, String>,
+    /// Queues in creation order: every dead-letter queue before the queues that redrive to it.
+    pub queues: Vec<QueueSpec>,
+    pub tables: Vec<TableSpec>,
+}
+
+impl StackSpec {
+    pub fn queue(&self, logical_id: &str) -> Option<&QueueSpec> {
+        self.queues.iter().find(|q| q.logical_id == logical_id)
+    }
+
+    pub fn table(&self, logical_id: &str) -> Option<&TableSpec> {
+        self.tables.iter().find(|t| t.logical_id == logical_id)
+    }
+}
+
+/// Parses `yaml`, with `overrides` replacing parameter defaults (as `sam deploy --parameter-overrides`).
+pub fn parse(yaml: &str, overrides: &BTreeMap<String, String>) -> Result<StackSpec, TemplateError> {
+    let doc: Yaml =
+        serde_yaml_ng::from_str(yaml).map_err(|e| TemplateError::Yaml(e.to_string()))?;
+    let doc = to_json(&doc);
+    let empty = Map::new();
+    let section = |name: &str| doc.get(name).and_then(Value::as_object).unwrap_or(&empty);
+
+    let mut parameters = BTreeMap::new();
+    for (name, def) in section("Parameters") {
+        if let Some(v) = def.get("Default") {
+            parameters.insert(name.clone(), scalar(v).unwrap_or_default());
+        }
+    }
+    for (name, v) in overrides {
+        if !section("Parameters").contains_key(name) {
+            return Err(TemplateError::UnknownParameter(name.clone()));
+        }
+        parameters.insert(name.clone(), v.clone());
+    }
+    let ctx = Eval {
+        parameters: &parameters,
+        mappings: section("Mappings"),
+        resources: section("Resources"),
+    };
+
+    let mut queues = Vec::new();
+    let mut tables = Vec::new();
+    for (id, res) in section("Resources") {
+        let props = res.get("Properties").cloned().unwrap_or(json!({}));
+        match res.get("Type").and_then(Value::as_str) {
+            Some("AWS::SQS::Queue") => queues.push(queue_spec(id, &ctx.eval(id, &props)?)?),
+            Some("AWS::DynamoDB::Table") => tables.push(table_spec(id, &ctx.eval(id, &props)?)?),
+            _ => {}
+        }
+    }
+    // Dead-letter queues (no redrive of their own) first.
+    queues.sort_by_key(|q| q.redrive.is_some());
+    Ok(StackSpec {
+        parameters,
+        queues,
+        tables,
+    })
+}
+
+/// YAML to JSON, turning CloudFormation short-form tags into their long form (`!Ref X` -> `{"Ref": X}`).
+fn to_json(y: &Yaml) -> Value {
+    match y {
+        Yaml::Null => Value::Null,
+        Yaml::Bool(b) => json!(b),
+        Yaml::Number(n) => serde_json::to_value(n).unwrap_or(Value::Null),
+        Yaml::String(s) => json!(s),
+        Yaml::Sequence(s) => Value::Array(s.iter().map(to_json).collect()),
+        Yaml::Mapping(m) => Value::Object(
+            m.iter()
+                .map(|(k, v)| (scalar(&to_json(k)).unwrap_or_default(), to_json(v)))
+                .collect(),
+        ),
+        Yaml::Tagged(t) => {
+            let tag = t.tag.to_string();
+            let name = tag.trim_start_matches('!');
+            let key = if name == "Ref" {
+                "Ref".to_owned()
+            } else {
+                format!("Fn::{name}")
+            };
+            let mut value = to_json(&t.value);
+            // `!GetAtt X.Arn` is the string form of `Fn::GetAtt: [X, Arn]`.
+            if name == "GetAtt"
+                && let Some((res, attr)) = value.as_str().and_then(|s| s.split_once('.'))
+            {
+                value = json!([res, attr]);
+            }
+            json!({ key: value })
+        }
+    }
+}
+
+fn scalar(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+struct Eval<'a> {
+    parameters: &'a BTreeMap<String, String>,
+    mappings: &'a Map<String, Value>,
+    resources: &'a Map<String, Value>,
+}
+
+impl Eval<'_> {
+    /// Resolves parameter refs and maps; resource refs and `GetAtt` stay as they are, for the creator.
+    fn eval(&self, at: &str, v: &Value) -> Result<Value, TemplateError> {
+        let bad = |what: &Value| TemplateError::Unsupported(at.to_owned(), what.to_string());
+        match v {
+            Value::Array(items) => items
+                .iter()
+                .map(|i| self.eval(at, i))
+                .collect::<Result<_, _>>()
+                .map(Value::Array),
+            Value::Object(m)
+                if m.len() == 1
+                    && m.keys()
+                        .next()
+                        .is_some_and(|k| k == "Ref" || k.starts_with("Fn::")) =>
+            {
+                let (f, arg) = m.iter().next().expect("one entry");
+                match f.as_str() {
+                    "Ref" => {
+                        let name = arg.as_str().ok_or_else(|| bad(v))?;
+                        if let Some(p) = self.parameters.get(name) {
+                            Ok(json!(p))
+                        } else if self.resources.contains_key(name) {
+                            Ok(v.clone())
+                        } else {
+                            Err(TemplateError::MissingParameter(name.to_owned()))
+                        }
+                    }
+                    "Fn::GetAtt" => match arg.as_array().map(Vec::as_slice) {
+                        Some([Value::String(r), Value::String(a)])
+                            if a == "Arn" && self.resources.contains_key(r) =>
+                        {
+                            Ok(v.clone())
+                        }
+                        _ => Err(bad(v)),
+                    },
+                    "Fn::FindInMap" => {
+                        let args = self.eval(at, arg)?;
+                        let keys: Vec<String> = args
+                            .as_array()
+                            .ok_or_else(|| bad(v))?
+                            .iter()
+                            .filter_map(scalar)
+                            .collect();
+                        let [map, k1, k2] = keys.as_slice() else {
+                            return Err(bad(v));
+                        };
+                        self.mappings
+                            .get(map)
+                            .and_then(|m| m.get(k1))
+                            .and_then(|m| m.get(k2))
+                            .cloned()
+                            .ok_or_else(|| bad(v))
+                    }
+                    _ => Err(bad(v)),
+                }
+            }
+            Value::Object(m) => m
+                .iter()
+                .map(|(k, x)| Ok((k.clone(), self.eval(at, x)?)))
+                .collect::<Result<Map<_, _>, _>>()
+                .map(Value::Object),
+            other => Ok(other.clone()),
+        }
+    }
+}
+
+/// CloudFormation queue properties that are CreateQueue attributes of the same name.
+const QUEUE_ATTRIBUTES: [&str; 7] = [
+    "VisibilityTimeout",
+    "MessageRetentionPeriod",
+    "DelaySeconds",
+    "MaximumMessageSize",
+    "ReceiveMessageWaitTimeSeconds",
+    "SqsManagedSseEnabled",
+    "FifoQueue",
+];
+
+fn queue_spec(id: &str, props: &Value) -> Result<QueueSpec, TemplateError> {
+    let bad = |what: &str| TemplateError::Unsupported(id.to_owned(), what.to_owned());
+    let mut attributes = BTreeMap::new();
+    for name in QUEUE_ATTRIBUTES {
+        if let Some(v) = props.get(name) {
+            attributes.insert(name.to_owned(), scalar(v).ok_or_else(|| bad(name))?);
+        }
+    }
+    let redrive = match props.get("RedrivePolicy") {
+        None => None,
+        Some(p) => {
+            let target = p
+                .pointer("/deadLetterTargetArn/Fn::GetAtt/0")
+                .and_then(Value::as_str);
+            let count = p
+                .get("maxReceiveCount")
+                .and_then(scalar)
+                .and_then(|c| c.parse().ok());
+            match (target, count) {
+                (Some(t), Some(c)) => Some(Redrive {
+                    dead_letter_queue: t.to_owned(),
+                    max_receive_count: c,
+                }),
+                _ => {
+                    return Err(bad(
+                        "RedrivePolicy needs deadLetterTargetArn: !GetAtt Q.Arn and maxReceiveCount",
+                    ));
+                }
+            }
+        }
+    };
+    Ok(QueueSpec {
+        logical_id: id.to_owned(),
+        attributes,
+        redrive,
+    })
+}
+
+fn pairs(v: Option<&Value>, a: &str, b: &str) -> Vec<(String, String)> {
+    v.and_then(Value::as_array)
+        .map(|items| {
+            items
+                .iter()
+                .filter_map(|i| Some((scalar(i.get(a)?)?, scalar(i.get(b)?)?)))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn table_spec(id: &str, props: &Value) -> Result<TableSpec, TemplateError> {
+    let key_schema = pairs(props.get("KeySchema"), "AttributeName", "KeyType");
+    if key_schema.is_empty() {
+        return Err(TemplateError::Unsupported(
+            id.to_owned(),
+            "KeySchema".into(),
+        ));
+    }
+    let global_secondary_indexes = props
+        .get("GlobalSecondaryIndexes")
+        .and_then(Value::as_array)
+        .map(|gs| {
+            gs.iter()
+                .map(|g| IndexSpec {
+                    name: g.get("IndexName").and_then(scalar).unwrap_or_default(),
+                    key_schema: pairs(g.get("KeySchema"), "AttributeName", "KeyType"),
+                    projection_type: g
+                        .pointer("/Projection/ProjectionType")
+                        .and_then(scalar)
+                        .unwrap_or_else(|| "ALL".into()),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let ttl = props.get("TimeToLiveSpecification");
+    Ok(TableSpec {
+        logical_id: id.to_owned(),
+        attribute_definitions: pairs(
+            props.get("AttributeDefinitions"),
+            "AttributeName",
+            "AttributeType",
+        ),
+        key_schema,
+        global_secondary_indexes,
+        ttl_attribute: ttl
+            .filter(|t| t.get("Enabled").and_then(scalar).as_deref() == Some("true"))
+            .and_then(|t| t.get("AttributeName").and_then(scalar)),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shipped(overrides: &[(&str, &str)]) -> Result<StackSpec, TemplateError> {
+        let o = overrides
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        parse(TEMPLATE_YAML, &o)
+    }
+
+    #[test]
+    fn the_shipped_template_has_a_queue_redriving_to_a_longer_lived_dlq() {
+        let s = shipped(&[]).unwrap();
+        let jobs = s.queue("JobsQueue").expect("JobsQueue");
+        let dlq = s.queue("JobsDeadLetterQueue").expect("JobsDeadLetterQueue");
+        let redrive = jobs.redrive.as_ref().expect("redrive policy");
+        assert_eq!(redrive.dead_letter_queue, "JobsDeadLetterQueue");
+        assert!(redrive.max_receive_count >= 5);
+        let retention = |q: &QueueSpec| {
+            q.attributes["MessageRetentionPeriod"]
+                .parse::<u64>()
+                .unwrap()
+        };
+        assert!(retention(dlq) > retention(jobs));
+        assert_eq!(
+            s.queues[0].logical_id, "JobsDeadLetterQueue",
+            "DLQ is created first"
+        );
+    }
+
+    #[test]
+    fn visibility_is_six_times_the_worker_timeout() {
+        for t in ["30", "900"] {
+            let s = shipped(&[("WorkerTimeout", t)]).unwrap();
+            let vis: u64 = s.queue("JobsQueue").unwrap().attributes["VisibilityTimeout"]
+                .parse()
+                .unwrap();
+            assert_eq!(vis, 6 * t.parse::<u64>().unwrap());
+        }
+    }
+
+    #[test]
+    fn the_table_is_keyed_by_job_id_with_a_ttl_and_a_user_index() {
+        let s = shipped(&[]).unwrap();
+        let t = s.table("JobsTable").expect("JobsTable");
+        assert_eq!(t.key_schema, [("job_id".to_owned(), "HASH".to_owned())]);
+        assert_eq!(t.ttl_attribute.as_deref(), Some("expires_at"));
+        assert!(
+            t.global_secondary_indexes
+                .iter()
+                .any(|g| g.name == "by_user")
+        );
+    }
+
+    #[test]
+    fn overrides_replace_defaults_and_unknown_ones_are_refused() {
+        let s = shipped(&[("MaxReceiveCount", "7")]).unwrap();
+        assert_eq!(
+            s.queue("JobsQueue")
+                .unwrap()
+                .redrive
+                .as_ref()
+                .unwrap()
+                .max_receive_count,
+            7
+        );
+        assert_eq!(
+            shipped(&[("Nope", "1")]),
+            Err(TemplateError::UnknownParameter("Nope".into()))
+        );
+    }
+
+    #[test]
+    fn unsupported_intrinsics_fail_loudly() {
+        let yaml = "Resources:\n  Q:\n    Type: AWS::SQS::Queue\n    Properties:\n      VisibilityTimeout: !Sub '${X}'\n";
+        assert!(matches!(
+            parse(yaml, &BTreeMap::new()),
+            Err(TemplateError::Unsupported(..))
+        ));
+        let yaml = "Resources:\n  Q:\n    Type: AWS::SQS::Queue\n    Properties:\n      DelaySeconds: !Ref Missing\n";
+        assert_eq!(
+            parse(yaml, &BTreeMap::new()),
+            Err(TemplateError::MissingParameter("Missing".into()))
+        );
+    }
+}

@@ -1,0 +1,367 @@
+//! Batch processing: the worker Lambda's whole job, written against the store and queue ports.
+//!
+//! For each SQS record, independently and concurrently (bounded): decode the body, claim the job with a
+//! lease, run its handler with panics caught, persist the outcome over the claimed version, and decide the
+//! message's fate. A record is reported as a batch item failure only when it must come back; its visibility
+//! is set first, so it comes back after the backoff rather than after the queue's long default.
+//!
+//! Delivery is at least once; completion is at most once: a job is completed only by the holder of its
+//! lease, through a compare-and-set on the version it claimed. A duplicate delivery of a finished job is
+//! acknowledged without running it; one of a job another worker is running comes back when that lease ends.
+
+mod backoff;
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
+use futures::{FutureExt, StreamExt};
+use lambda_runtime::LambdaEvent;
+use tracing::Instrument;
+
+pub use backoff::Backoff;
+
+use crate::handler::{HandlerRegistry, JobContext, JobError};
+use crate::job::{ErrorInfo, Job, JobStatus, MAX_RESULT_BYTES, Millis};
+use crate::queue::{JobMessage, JobQueue, MAX_VISIBILITY};
+use crate::store::{JobStore, StoreError};
+use crate::{config::Config, now_millis};
+
+/// How the worker retries and leases.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkerSettings {
+    /// The queue's maxReceiveCount: the attempt that reaches it is the last.
+    pub max_attempts: u32,
+    pub backoff: Backoff,
+    /// Jobs of one batch run at once.
+    pub concurrency: usize,
+    /// Lease length when the invocation has no deadline (local runs).
+    pub default_lease: Duration,
+}
+
+impl WorkerSettings {
+    pub fn from_config(c: &Config) -> Self {
+        Self {
+            max_attempts: c.max_attempts,
+            backoff: c.backoff,
+            concurrency: c.worker_concurrency,
+            default_lease: Duration::from_secs(900),
+        }
+    }
+}
+
+/// Extra lease time past the invocation deadline, so a job finishing right at the deadline can still
+/// write its outcome.
+const LEASE_GRACE_MS: Millis = 5_000;
+
+/// The invocation a batch arrived in.
+#[derive(Debug, Clone, Default)]
+pub struct Invocation {
+    pub request_id: String,
+    /// When Lambda will stop the invocation (epoch ms); `None` outside Lambda.
+    pub deadline: Option<Millis>,
+}
+
+/// What happened to one record; logged and counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    Completed,
+    Failed,
+    Retrying,
+    DeadLettered,
+    /// A duplicate delivery of a job that already reached a terminal state: acknowledged, not run.
+    AlreadyFinished,
+    /// Another worker holds a live lease on the job: the message comes back when the lease ends.
+    Busy,
+    /// The body is not a job message: comes back with backoff until redriven to the DLQ.
+    Malformed,
+    /// The job record does not exist: treated like a malformed message.
+    Missing,
+    /// The lease was lost while running (it expired and someone else claimed): that run's result is dropped.
+    LeaseLost,
+    /// The store or queue failed: the message comes back with backoff.
+    Unavailable,
+}
+
+/// The batch response plus what happened to each record, in record order.
+#[derive(Debug, Default)]
+pub struct BatchResult {
+    pub response: SqsBatchResponse,
+    pub outcomes: Vec<Outcome>,
+}
+
+/// The worker: dependencies built once per cold start, shared by every invocation.
+pub struct Worker {
+    store: Arc<dyn JobStore>,
+    queue: Arc<dyn JobQueue>,
+    registry: HandlerRegistry,
+    settings: WorkerSettings,
+}
+
+/// A record's fate: acknowledged, or back on the queue after a delay.
+type Verdict = (Outcome, Option<Duration>);
+
+impl Worker {
+    pub fn new(
+        store: Arc<dyn JobStore>,
+        queue: Arc<dyn JobQueue>,
+        registry: HandlerRegistry,
+        settings: WorkerSettings,
+    ) -> Self {
+        Self {
+            store,
+            queue,
+            registry,
+            settings,
+        }
+    }
+
+    /// The Lambda entry point.
+    pub async fn handle(
+        &self,
+        event: LambdaEvent<SqsEvent>,
+    ) -> Result<SqsBatchResponse, lambda_runtime::Error> {
+        let deadline = event
+            .context
+            .deadline
+            .try_into()
+            .ok()
+            .filter(|d: &Millis| *d > 0);
+        let inv = Invocation {
+            request_id: event.context.request_id,
+            deadline,
+        };
+        Ok(self.process_batch(event.payload, &inv).await.response)
+    }
+
+    /// Processes a batch; never fails as a whole. Records without a message id cannot be reported and are
+    /// only logged (Lambda would treat an empty item identifier as a failure of the entire batch).
+    pub async fn process_batch(&self, event: SqsEvent, inv: &Invocation) -> BatchResult {
+        let verdicts: Vec<(usize, Verdict)> = futures::stream::iter(
+            event.records.iter().enumerate(),
+        )
+        .map(|(i, rec)| async move {
+            // Our own code does not panic on purpose; if it ever does, only this record fails.
+            let verdict = AssertUnwindSafe(self.process_record(rec, inv))
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|_| {
+                    tracing::error!(message_id = ?rec.message_id, "worker panicked on a record");
+                    (
+                        Outcome::Unavailable,
+                        Some(self.settings.backoff.delay(receive_count(rec))),
+                    )
+                });
+            (i, verdict)
+        })
+        .buffer_unordered(self.settings.concurrency.max(1))
+        .collect()
+        .await;
+
+        let mut ordered = verdicts;
+        ordered.sort_by_key(|(i, _)| *i);
+        let mut result = BatchResult::default();
+        for (i, (outcome, retry_in)) in ordered {
+            let rec = &event.records[i];
+            result.outcomes.push(outcome);
+            let Some(delay) = retry_in else { continue };
+            let Some(id) = rec.message_id.as_deref().filter(|id| !id.is_empty()) else {
+                tracing::error!("record without a message id cannot be reported as failed");
+                continue;
+            };
+            if let Some(receipt) = rec.receipt_handle.as_deref() {
+                // Best effort: if it fails, the message returns after the queue's default visibility.
+                if let Err(e) = self.queue.change_visibility(receipt, delay).await {
+                    tracing::warn!(message_id = id, error = %e, "could not set retry visibility");
+                }
+            }
+            result.response.add_failure(id);
+        }
+        result
+    }
+
+    async fn process_record(&self, rec: &SqsMessage, inv: &Invocation) -> Verdict {
+        let attempt_no = receive_count(rec);
+        let backoff = || Some(self.settings.backoff.delay(attempt_no));
+        let Some(msg) = rec.body.as_deref().and_then(|b| JobMessage::decode(b).ok()) else {
+            tracing::error!(message_id = ?rec.message_id, "malformed job message");
+            return (Outcome::Malformed, backoff());
+        };
+        let span = tracing::info_span!("job", job_id = %msg.job_id, kind = %msg.kind, receive = attempt_no);
+        async {
+            let now = now_millis();
+            let lease_until = inv
+                .deadline
+                .unwrap_or(now + self.settings.default_lease.as_millis() as Millis)
+                + LEASE_GRACE_MS;
+            let owner = format!("{}:{:016x}", inv.request_id, rand::random::<u64>());
+            match self
+                .store
+                .claim(&msg.job_id, &owner, lease_until, now)
+                .await
+            {
+                Ok(job) => self.run(job, &owner, attempt_no).await,
+                Err(StoreError::NotFound) => {
+                    tracing::error!("message for a job that does not exist");
+                    (Outcome::Missing, backoff())
+                }
+                Err(StoreError::Conflict { current: Some(job) }) if job.status.is_terminal() => {
+                    tracing::info!(status = %job.status, "duplicate delivery of a finished job");
+                    (Outcome::AlreadyFinished, None)
+                }
+                Err(StoreError::Conflict { current: Some(job) })
+                    if job.status == JobStatus::Running =>
+                {
+                    let left = job.lease_expires_at.unwrap_or(now) - now;
+                    let wait =
+                        Duration::from_millis(left.max(0) as u64 + 1_000).min(MAX_VISIBILITY);
+                    tracing::info!(
+                        retry_in_ms = wait.as_millis() as u64,
+                        "job is running elsewhere"
+                    );
+                    (Outcome::Busy, Some(wait))
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not claim job");
+                    (Outcome::Unavailable, backoff())
+                }
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Runs a claimed job and records its outcome.
+    async fn run(&self, job: Job, owner: &str, receive_count: u32) -> Verdict {
+        let started = std::time::Instant::now();
+        let ctx = JobContext::new(
+            job.job_id.clone(),
+            job.kind.clone(),
+            job.attempts,
+            job.max_attempts,
+            job.checkpoint.clone(),
+        );
+        let ran = match self.registry.get(&job.kind) {
+            None => Err(JobError::terminal(
+                "unknown_kind",
+                format!("no handler is registered for kind {:?}", job.kind),
+            )),
+            Some(handler) => AssertUnwindSafe(handler.run(job.input.clone(), ctx))
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|panic| Err(JobError::retryable("panic", panic_message(&panic)))),
+        };
+        let now = now_millis();
+        // The attempt that reaches maxReceiveCount is the last one SQS delivers: the job is dead-lettered
+        // now, before SQS moves the message, so its record says why.
+        let last_attempt = job.attempts.max(receive_count) >= self.settings.max_attempts;
+        let (next, verdict) = match ran {
+            Ok(out)
+                if serde_json::to_vec(&out.result).map_or(0, |v| v.len()) > MAX_RESULT_BYTES =>
+            {
+                let err = error_info(
+                    "result_too_large",
+                    format!("result exceeds {MAX_RESULT_BYTES} bytes"),
+                    false,
+                );
+                (
+                    job.fail(owner, JobStatus::Failed, err, now),
+                    (Outcome::Failed, None),
+                )
+            }
+            Ok(out) => (
+                job.complete(owner, out.result, out.warnings, now),
+                (Outcome::Completed, None),
+            ),
+            Err(JobError::Terminal { code, source }) => (
+                job.fail(
+                    owner,
+                    JobStatus::Failed,
+                    error_info(code, source.to_string(), false),
+                    now,
+                ),
+                (Outcome::Failed, None),
+            ),
+            Err(JobError::Retryable { code, source, .. }) if last_attempt => (
+                job.fail(
+                    owner,
+                    JobStatus::DeadLetter,
+                    error_info(code, source.to_string(), true),
+                    now,
+                ),
+                // Back at once so SQS moves it to the DLQ on its next receive.
+                (Outcome::DeadLettered, Some(Duration::ZERO)),
+            ),
+            Err(JobError::Retryable {
+                code,
+                source,
+                after,
+            }) => {
+                let delay = after.unwrap_or_else(|| self.settings.backoff.delay(job.attempts));
+                (
+                    job.fail(
+                        owner,
+                        JobStatus::Retrying,
+                        error_info(code, source.to_string(), true),
+                        now,
+                    ),
+                    (Outcome::Retrying, Some(delay.min(MAX_VISIBILITY))),
+                )
+            }
+        };
+        let elapsed_ms = started.elapsed().as_millis() as u64;
+        let next = match next {
+            Ok(next) => next,
+            Err(e) => {
+                // Cannot happen: `job` is the running job this worker just claimed.
+                tracing::error!(error = %e, "illegal transition after run");
+                return (Outcome::LeaseLost, None);
+            }
+        };
+        match self.store.replace(&next).await {
+            Ok(()) => {
+                tracing::info!(outcome = ?verdict.0, attempt = job.attempts, elapsed_ms, "job attempt finished");
+                verdict
+            }
+            Err(StoreError::Conflict { .. }) | Err(StoreError::NotFound) => {
+                // Someone claimed the job after our lease expired; their run decides. Our message (if it
+                // is still ours) is acknowledged: the job's fate no longer depends on it.
+                tracing::warn!(elapsed_ms, "lease lost while running; result dropped");
+                (Outcome::LeaseLost, None)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not record the outcome; the job will run again");
+                (
+                    Outcome::Unavailable,
+                    Some(self.settings.backoff.delay(job.attempts)),
+                )
+            }
+        }
+    }
+}
+
+fn error_info(code: impl Into<String>, message: String, retryable: bool) -> ErrorInfo {
+    ErrorInfo {
+        code: code.into(),
+        message,
+        retryable,
+    }
+}
+
+/// The record's ApproximateReceiveCount (1 when absent).
+fn receive_count(rec: &SqsMessage) -> u32 {
+    rec.attributes
+        .get("ApproximateReceiveCount")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1)
+}
+
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    let text = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "handler panicked".to_owned());
+    format!("handler panicked: {text}")
+}

@@ -1,0 +1,457 @@
+//! The core pipeline on the emulator, through the real AWS SDK: submit -> SQS + DynamoDB -> worker ->
+//! status, with the failure paths. Each test provisions its own queues and table from template.yaml.
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use jobkit::queue::{JobMessage, JobQueue, QueueError, ReceivedMessage};
+use jobkit::worker::Outcome;
+use jobkit::{HandlerRegistry, JobId, JobStatus};
+use serde_json::json;
+use support::*;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+#[tokio::test]
+async fn a_submitted_job_runs_to_completion_and_its_status_shows_the_result() {
+    let env = TestEnv::start().await;
+    let api = env.api(HandlerRegistry::with_builtins());
+    let resp = api
+        .handle(post_jobs(
+            "alice",
+            r#"{"kind":"echo","input":{"prompt":"hi","n":[1,2]}}"#,
+        ))
+        .await;
+    let (status, body) = json(&resp);
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["status"], "queued");
+    let id = body["job_id"].as_str().unwrap();
+    assert_eq!(body["status_url"], format!("/jobs/{id}"));
+    assert_eq!(resp.headers()["location"], format!("/jobs/{id}"));
+
+    // Before the worker runs, the job is visible as queued.
+    let (status, queued) = json(&api.handle(get_job("alice", id)).await);
+    assert_eq!((status, queued["status"].as_str()), (200, Some("queued")));
+
+    let worker = env.worker(HandlerRegistry::with_builtins());
+    let (msgs, result) = env.deliver(&worker).await;
+    assert_eq!(msgs.len(), 1, "one small message per job");
+    assert_eq!(
+        JobMessage::decode(&msgs[0].body).unwrap().job_id.as_str(),
+        id
+    );
+    assert_eq!(result.outcomes, [Outcome::Completed]);
+    assert!(result.response.batch_item_failures.is_empty());
+
+    let (status, done) = json(&api.handle(get_job("alice", id)).await);
+    assert_eq!(status, 200);
+    assert_eq!(done["status"], "completed");
+    assert_eq!(done["result"], json!({"prompt": "hi", "n": [1, 2]}));
+    assert_eq!(done["attempts"], 1);
+    assert!(done["finished_at"].is_string() && done["started_at"].is_string());
+    assert!(
+        done.get("lease_owner").is_none(),
+        "lease internals are not shown"
+    );
+    // The message was acknowledged: nothing is left to receive.
+    assert!(
+        env.queue
+            .receive(10, Duration::ZERO, None)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn a_retryable_failure_comes_back_and_succeeds_on_a_later_attempt() {
+    let env = TestEnv::start().await;
+    let api = env.api(HandlerRegistry::with_builtins());
+    let worker = env.worker(HandlerRegistry::with_builtins());
+    let id = env
+        .submit(
+            &api,
+            r#"{"kind":"sleep","input":{"ms":1,"fail":"retryable","times":1}}"#,
+        )
+        .await;
+
+    let (_, first) = env.deliver(&worker).await;
+    assert_eq!(first.outcomes, [Outcome::Retrying]);
+    assert_eq!(
+        first.response.batch_item_failures.len(),
+        1,
+        "reported as a batch item failure"
+    );
+    let job = env.job(&id).await;
+    assert_eq!(job.status, JobStatus::Retrying);
+    assert_eq!(
+        job.error.as_ref().map(|e| (e.code.as_str(), e.retryable)),
+        Some(("sleep_failed", true))
+    );
+
+    // The backoff (at most 1 s here) replaces the queue's long default visibility.
+    let job = env
+        .run_until(&worker, &id, JobStatus::Completed, WAIT)
+        .await;
+    assert_eq!(job.attempts, 2);
+    assert_eq!(job.result.unwrap()["attempt"], 2);
+}
+
+#[tokio::test]
+async fn a_terminal_failure_marks_the_job_failed_and_acknowledges_the_message() {
+    let env = TestEnv::start().await;
+    let api = env.api(HandlerRegistry::with_builtins());
+    let worker = env.worker(HandlerRegistry::with_builtins());
+    let id = env
+        .submit(&api, r#"{"kind":"sleep","input":{"fail":"terminal"}}"#)
+        .await;
+
+    let (_, result) = env.deliver(&worker).await;
+    assert_eq!(result.outcomes, [Outcome::Failed]);
+    assert!(
+        result.response.batch_item_failures.is_empty(),
+        "a terminal failure is not retried"
+    );
+    let (status, body) = json(&api.handle(get_job("alice", id.as_str())).await);
+    assert_eq!(status, 200);
+    assert_eq!(body["status"], "failed");
+    assert_eq!(
+        body["error"],
+        json!({"code": "sleep_failed", "message": "told to fail terminally", "retryable": false})
+    );
+    assert!(
+        env.queue
+            .receive(10, Duration::ZERO, None)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn a_poison_message_ends_in_the_dlq_after_max_receive_count_receives() {
+    let env = TestEnv::start().await;
+    let worker = env.worker(HandlerRegistry::with_builtins());
+    env.queue
+        .send("this is not a job message", Duration::ZERO)
+        .await
+        .unwrap();
+
+    let mut receives = 0;
+    let moved: Vec<ReceivedMessage> =
+        eventually("the poison message in the DLQ", WAIT, async || {
+            let (msgs, result) = env.deliver(&worker).await;
+            if !msgs.is_empty() {
+                receives += 1;
+                assert_eq!(result.outcomes, [Outcome::Malformed]);
+                assert_eq!(result.response.batch_item_failures.len(), 1);
+            }
+            let dead = env.dlq.receive(10, Duration::ZERO, None).await.unwrap();
+            (!dead.is_empty()).then_some(dead)
+        })
+        .await;
+    assert_eq!(moved[0].body, "this is not a job message");
+    assert_eq!(
+        receives,
+        env.max_receive_count(),
+        "delivered exactly maxReceiveCount times"
+    );
+}
+
+#[tokio::test]
+async fn a_job_that_keeps_failing_is_dead_lettered_with_its_last_error_and_its_message_moves_to_the_dlq()
+ {
+    let env = TestEnv::start().await;
+    let api = env.api(HandlerRegistry::with_builtins());
+    let worker = env.worker(HandlerRegistry::with_builtins());
+    let id = env
+        .submit(&api, r#"{"kind":"sleep","input":{"fail":"retryable"}}"#)
+        .await;
+
+    let job = env
+        .run_until(&worker, &id, JobStatus::DeadLetter, WAIT)
+        .await;
+    assert_eq!(job.attempts, env.max_receive_count());
+    assert_eq!(job.error.unwrap().code, "sleep_failed");
+    let moved = eventually("the job's message in the DLQ", WAIT, async || {
+        env.deliver(&worker).await;
+        let dead = env.dlq.receive(10, Duration::ZERO, None).await.unwrap();
+        dead.into_iter().next()
+    })
+    .await;
+    assert_eq!(JobMessage::decode(&moved.body).unwrap().job_id, id);
+}
+
+/// Counts runs, to prove a job's handler ran exactly as often as expected.
+fn counting_registry(runs: Arc<AtomicU32>) -> HandlerRegistry {
+    let mut r = HandlerRegistry::with_builtins();
+    r.register_fn("count", move |input, _ctx| {
+        let runs = runs.clone();
+        async move {
+            runs.fetch_add(1, Ordering::SeqCst);
+            Ok(input.into())
+        }
+    })
+    .unwrap();
+    r
+}
+
+#[tokio::test]
+async fn a_duplicate_delivery_of_a_completed_job_does_not_run_it_again() {
+    let env = TestEnv::start().await;
+    let runs = Arc::new(AtomicU32::new(0));
+    let api = env.api(counting_registry(runs.clone()));
+    let worker = env.worker(counting_registry(runs.clone()));
+    let id = env.submit(&api, r#"{"kind":"count","input":7}"#).await;
+    env.run_until(&worker, &id, JobStatus::Completed, WAIT)
+        .await;
+
+    // SQS may deliver a message twice: simulate it with a second copy of the same message.
+    let dup = JobMessage {
+        job_id: id.clone(),
+        kind: "count".into(),
+    };
+    env.queue.send(&dup.encode(), Duration::ZERO).await.unwrap();
+    let (msgs, result) = env.deliver(&worker).await;
+    assert_eq!(msgs.len(), 1);
+    assert_eq!(result.outcomes, [Outcome::AlreadyFinished]);
+    assert!(
+        result.response.batch_item_failures.is_empty(),
+        "acknowledged"
+    );
+    assert_eq!(runs.load(Ordering::SeqCst), 1, "the handler ran once");
+    let job = env.job(&id).await;
+    assert_eq!((job.status, job.attempts), (JobStatus::Completed, 1));
+}
+
+#[tokio::test]
+async fn bad_messages_and_missing_jobs_fail_alone_never_the_whole_batch() {
+    let env = TestEnv::start().await;
+    let api = env.api(HandlerRegistry::with_builtins());
+    let worker = env.worker(HandlerRegistry::with_builtins());
+    let good = env.submit(&api, r#"{"kind":"echo","input":"ok"}"#).await;
+    let ghost = JobMessage {
+        job_id: JobId::generate(jobkit::now_millis()),
+        kind: "echo".into(),
+    };
+    env.queue
+        .send(&ghost.encode(), Duration::ZERO)
+        .await
+        .unwrap();
+    env.queue
+        .send("{\"job_id\":42}", Duration::ZERO)
+        .await
+        .unwrap();
+    let panicking = env
+        .submit(
+            &api,
+            r#"{"kind":"sleep","input":{"fail":"panic","times":1}}"#,
+        )
+        .await;
+
+    // Collect until all four were seen once (the emulator may split them over batches).
+    let mut seen = Vec::new();
+    eventually("all four messages delivered", WAIT, async || {
+        let (msgs, result) = env.deliver(&worker).await;
+        let failed: Vec<String> = result
+            .response
+            .batch_item_failures
+            .iter()
+            .map(|f| f.item_identifier.clone())
+            .collect();
+        for (m, o) in msgs.iter().zip(&result.outcomes) {
+            assert_eq!(
+                failed.contains(&m.message_id),
+                !matches!(o, Outcome::Completed),
+                "{o:?}"
+            );
+            if m.receive_count == 1 {
+                seen.push(*o);
+            }
+        }
+        (seen.len() >= 4).then_some(())
+    })
+    .await;
+    seen.sort_by_key(|o| format!("{o:?}"));
+    assert_eq!(
+        seen,
+        [
+            Outcome::Completed,
+            Outcome::Malformed,
+            Outcome::Missing,
+            Outcome::Retrying
+        ]
+    );
+    assert_eq!(env.job(&good).await.status, JobStatus::Completed);
+    let p = env.job(&panicking).await;
+    assert!(
+        p.error.unwrap().message.contains("told to panic"),
+        "the panic is recorded"
+    );
+    // A panic is retryable: the job completes on its second attempt.
+    let p = env
+        .run_until(&worker, &panicking, JobStatus::Completed, WAIT)
+        .await;
+    assert_eq!(p.attempts, 2);
+}
+
+#[tokio::test]
+async fn status_answers_404_for_unknown_and_other_users_jobs_and_400_for_bad_ids() {
+    let env = TestEnv::start().await;
+    let api = env.api(HandlerRegistry::with_builtins());
+    let id = env.submit(&api, r#"{"kind":"echo","input":1}"#).await;
+
+    let unknown = JobId::generate(jobkit::now_millis());
+    assert_error(
+        &api.handle(get_job("alice", unknown.as_str())).await,
+        404,
+        "job_not_found",
+    );
+    // Bob gets exactly the answer an unknown id gets.
+    let (s1, b1) = json(&api.handle(get_job("bob", id.as_str())).await);
+    let (s2, b2) = json(&api.handle(get_job("alice", unknown.as_str())).await);
+    assert_eq!((s1, b1), (s2, b2));
+    assert_error(
+        &api.handle(get_job("alice", "not-an-id")).await,
+        400,
+        "invalid_job_id",
+    );
+    // Ids are case-insensitive (Crockford base32).
+    let (status, _) = json(
+        &api.handle(get_job("alice", &id.as_str().to_lowercase()))
+            .await,
+    );
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn bad_submits_get_a_specific_4xx_and_write_nothing() {
+    let env = TestEnv::start().await;
+    let api = env.api(HandlerRegistry::with_builtins());
+    let huge_input = format!(
+        r#"{{"kind":"echo","input":"{}"}}"#,
+        "x".repeat(jobkit::job::MAX_INPUT_BYTES)
+    );
+    let huge_body = format!(r#"{{"kind":"echo","input":"{}"}}"#, "x".repeat(300 * 1024));
+    let cases: Vec<(lambda_http::Request, u16, &str)> = vec![
+        (
+            post_jobs("alice", r#"{"kind":"nope","input":{}}"#),
+            422,
+            "unknown_kind",
+        ),
+        (
+            post_jobs("alice", r#"{"kind":"echo","input":"#),
+            400,
+            "malformed_json",
+        ),
+        (
+            post_jobs("alice", r#"{"input":{}}"#),
+            400,
+            "invalid_request",
+        ),
+        (
+            post_jobs("alice", r#"{"kind":"echo"}"#),
+            400,
+            "invalid_request",
+        ),
+        (
+            post_jobs("alice", r#"{"kind":"echo","input":1,"extra":true}"#),
+            400,
+            "invalid_request",
+        ),
+        (
+            post_jobs("alice", r#"{"kind":7,"input":1}"#),
+            400,
+            "invalid_request",
+        ),
+        (post_jobs("alice", r#"[1,2]"#), 400, "invalid_request"),
+        (post_jobs("alice", ""), 400, "invalid_request"),
+        (post_jobs("alice", &huge_input), 413, "input_too_large"),
+        (post_jobs("alice", &huge_body), 413, "payload_too_large"),
+        (
+            post_jobs_with("alice", r#"{"kind":"echo","input":1}"#, Some("text/plain")),
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            post_jobs_with("alice", r#"{"kind":"echo","input":1}"#, None),
+            415,
+            "unsupported_media_type",
+        ),
+        (request("PUT", "/jobs", "alice"), 405, "method_not_allowed"),
+        (
+            request("POST", "/jobs/01JF0000000000000000000000", "alice"),
+            405,
+            "method_not_allowed",
+        ),
+        (
+            request("GET", "/nothing/here", "alice"),
+            404,
+            "route_not_found",
+        ),
+    ];
+    for (req, status, code) in cases {
+        assert_error(&api.handle(req).await, status, code);
+    }
+    assert_eq!(env.item_count().await, 0, "no job record was written");
+    assert_eq!(env.queue.depth().await.unwrap(), 0, "no message was sent");
+}
+
+/// A queue whose sends fail, as SQS does when throttling or unreachable.
+struct SendFails;
+
+#[async_trait]
+impl JobQueue for SendFails {
+    async fn send(&self, _: &str, _: Duration) -> Result<String, QueueError> {
+        Err(QueueError::Unavailable {
+            source: "injected send failure".into(),
+        })
+    }
+    async fn receive(
+        &self,
+        _: u32,
+        _: Duration,
+        _: Option<Duration>,
+    ) -> Result<Vec<ReceivedMessage>, QueueError> {
+        Ok(vec![])
+    }
+    async fn delete(&self, _: &str) -> Result<(), QueueError> {
+        Ok(())
+    }
+    async fn change_visibility(&self, _: &str, _: Duration) -> Result<(), QueueError> {
+        Ok(())
+    }
+    async fn depth(&self) -> Result<u64, QueueError> {
+        Ok(0)
+    }
+}
+
+#[tokio::test]
+async fn a_failed_enqueue_answers_503_and_leaves_no_job_waiting_forever() {
+    let env = TestEnv::start().await;
+    let api = env.api_with_queue(HandlerRegistry::with_builtins(), Arc::new(SendFails));
+    let resp = api
+        .handle(post_jobs("alice", r#"{"kind":"echo","input":1}"#))
+        .await;
+    assert_error(&resp, 503, "service_unavailable");
+    assert_eq!(resp.headers()["retry-after"], "1");
+    let out = aws_sdk_dynamodb::Client::new(&env.sdk)
+        .scan()
+        .table_name(&env.config.table)
+        .send()
+        .await
+        .unwrap();
+    let items = out.items.unwrap_or_default();
+    assert_eq!(items.len(), 1);
+    let job: jobkit::Job = serde_dynamo::from_item(items[0].clone()).unwrap();
+    assert_eq!(
+        job.status,
+        JobStatus::Failed,
+        "not left queued without a message"
+    );
+    assert_eq!(job.error.unwrap().code, "enqueue_failed");
+}

@@ -1,0 +1,324 @@
+//! Test harness: API Gateway requests from fixtures, and [`TestEnv`], a fresh copy of the stack's queues
+//! and table (from template.yaml) on the emulator, reached through the real AWS SDK.
+#![allow(dead_code)] // each test binary uses part of the harness
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use aws_lambda_events::sqs::SqsEvent;
+use jobkit::api::{Api, ApiSettings};
+use jobkit::aws::{Provisioned, provision, sdk_config};
+use jobkit::queue::{JobQueue, ReceivedMessage, SqsQueue};
+use jobkit::store::{DynamoStore, JobStore};
+use jobkit::template::{StackSpec, TEMPLATE_YAML, parse};
+use jobkit::worker::{Backoff, BatchResult, Invocation, Worker, WorkerSettings};
+use jobkit::{Config, HandlerRegistry, Job, JobId, JobStatus};
+use lambda_http::{Body, Request, Response};
+use serde_json::Value;
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+// ---------- API Gateway requests from fixtures ----------
+
+fn fixture(name: &str) -> Value {
+    let path = repo_root().join("tests/fixtures").join(name);
+    serde_json::from_str(&std::fs::read_to_string(&path).expect("fixture exists"))
+        .expect("fixture is JSON")
+}
+
+fn to_request(event: Value) -> Request {
+    lambda_http::request::from_str(&event.to_string()).expect("a valid API Gateway v2 event")
+}
+
+/// `POST /jobs` with `body` as user `user`, with a JSON content type.
+pub fn post_jobs(user: &str, body: &str) -> Request {
+    post_jobs_with(user, body, Some("application/json"))
+}
+
+/// `POST /jobs` with any content type (or none).
+pub fn post_jobs_with(user: &str, body: &str, content_type: Option<&str>) -> Request {
+    let mut e = fixture("apigw_v2_post_jobs.json");
+    e["body"] = Value::from(body);
+    e["requestContext"]["authorizer"]["jwt"]["claims"]["sub"] = Value::from(user);
+    match content_type {
+        Some(ct) => e["headers"]["content-type"] = Value::from(ct),
+        None => {
+            e["headers"].as_object_mut().unwrap().remove("content-type");
+        }
+    }
+    to_request(e)
+}
+
+/// `GET /jobs/{id}` as user `user`.
+pub fn get_job(user: &str, id: &str) -> Request {
+    request("GET", &format!("/jobs/{id}"), user)
+}
+
+/// Any method and path, as user `user`.
+pub fn request(method: &str, path: &str, user: &str) -> Request {
+    let mut e = fixture("apigw_v2_get_job.json");
+    e["rawPath"] = Value::from(path);
+    e["requestContext"]["http"]["path"] = Value::from(path);
+    e["requestContext"]["http"]["method"] = Value::from(method);
+    e["requestContext"]["authorizer"]["jwt"]["claims"]["sub"] = Value::from(user);
+    e.as_object_mut().unwrap().remove("pathParameters");
+    to_request(e)
+}
+
+/// Status and JSON body of a response.
+pub fn json(resp: &Response<Body>) -> (u16, Value) {
+    let body = match resp.body() {
+        Body::Text(s) => s.clone(),
+        Body::Binary(b) => String::from_utf8(b.clone()).unwrap(),
+        Body::Empty => String::new(),
+        _ => unreachable!("no other body kinds are produced"),
+    };
+    (
+        resp.status().as_u16(),
+        serde_json::from_str(&body).unwrap_or(Value::Null),
+    )
+}
+
+/// Asserts an error response: status, `error.code`, and a non-empty message.
+pub fn assert_error(resp: &Response<Body>, status: u16, code: &str) {
+    let (got, body) = json(resp);
+    assert_eq!(got, status, "status for {code}: {body}");
+    assert_eq!(body["error"]["code"], code, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
+}
+
+/// Settings that retry fast: backoff of at most one second.
+pub fn fast_settings(max_attempts: u32) -> WorkerSettings {
+    WorkerSettings {
+        max_attempts,
+        backoff: Backoff::new(Duration::from_secs(1), Duration::from_secs(1)),
+        concurrency: 10,
+        default_lease: Duration::from_secs(60),
+    }
+}
+
+/// Polls `check` until it returns `Some`, or panics after `timeout` naming `what`.
+pub async fn eventually<T>(
+    what: &str,
+    timeout: Duration,
+    mut check: impl AsyncFnMut() -> Option<T>,
+) -> T {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+// ---------- The emulator ----------
+
+/// The emulator endpoint: `JOBKIT_TEST_ENDPOINT`, else `AWS_ENDPOINT_URL`, else ministack's default port.
+pub fn endpoint() -> String {
+    std::env::var("JOBKIT_TEST_ENDPOINT")
+        .or_else(|_| std::env::var("AWS_ENDPOINT_URL"))
+        .unwrap_or_else(|_| "http://127.0.0.1:4566".to_owned())
+}
+
+/// Starts the emulator once per test process (the script reuses one that already answers). With
+/// `JOBKIT_TEST_ENDPOINT` set, the caller runs the emulator (or LocalStack) and nothing is started.
+fn ensure_emulator() {
+    static STARTED: OnceLock<()> = OnceLock::new();
+    if std::env::var_os("JOBKIT_TEST_ENDPOINT").is_some() {
+        return;
+    }
+    STARTED.get_or_init(|| {
+        let port = endpoint()
+            .rsplit(':')
+            .next()
+            .unwrap_or("4566")
+            .trim_end_matches('/')
+            .to_owned();
+        let status = std::process::Command::new("bash")
+            .arg(repo_root().join("infra/emulator.sh"))
+            .arg("start")
+            .env("GATEWAY_PORT", port)
+            .status()
+            .expect("bash runs infra/emulator.sh");
+        assert!(status.success(), "infra/emulator.sh start failed");
+    });
+}
+
+/// A private copy of the stack on the emulator: queues and table from template.yaml, uniquely named.
+pub struct TestEnv {
+    pub sdk: aws_config::SdkConfig,
+    pub spec: StackSpec,
+    pub resources: Provisioned,
+    pub config: Config,
+    pub store: Arc<DynamoStore>,
+    pub queue: Arc<SqsQueue>,
+    pub dlq: Arc<SqsQueue>,
+    pub queue_arn: String,
+}
+
+impl TestEnv {
+    pub async fn start() -> Self {
+        ensure_emulator();
+        let sdk = sdk_config(Some(&endpoint())).await;
+        // The shortest worker timeout the template allows keeps the queue's default visibility short.
+        let overrides = BTreeMap::from([("WorkerTimeout".to_owned(), "30".to_owned())]);
+        let spec = parse(TEMPLATE_YAML, &overrides).expect("template.yaml parses");
+        let prefix = format!(
+            "t{}",
+            JobId::generate(jobkit::now_millis())
+                .as_str()
+                .to_lowercase()
+        );
+        let resources = provision(&sdk, &spec, &prefix)
+            .await
+            .expect("provisioning on the emulator");
+        let config = resources
+            .config(&spec)
+            .expect("config from the provisioned stack");
+        let sqs = aws_sdk_sqs::Client::new(&sdk);
+        let store = Arc::new(DynamoStore::new(
+            aws_sdk_dynamodb::Client::new(&sdk),
+            &config.table,
+        ));
+        let queue = Arc::new(SqsQueue::new(sqs.clone(), &config.queue_url));
+        let dlq = Arc::new(SqsQueue::new(
+            sqs,
+            config.dlq_url.as_deref().expect("a DLQ"),
+        ));
+        let queue_arn = resources.queue_arns["JobsQueue"].clone();
+        Self {
+            sdk,
+            spec,
+            resources,
+            config,
+            store,
+            queue,
+            dlq,
+            queue_arn,
+        }
+    }
+
+    pub fn max_receive_count(&self) -> u32 {
+        self.spec
+            .queue("JobsQueue")
+            .unwrap()
+            .redrive
+            .as_ref()
+            .unwrap()
+            .max_receive_count
+    }
+
+    pub fn api(&self, registry: HandlerRegistry) -> Api {
+        self.api_with_queue(registry, self.queue.clone())
+    }
+
+    pub fn api_with_queue(&self, registry: HandlerRegistry, queue: Arc<dyn JobQueue>) -> Api {
+        Api::new(
+            self.store.clone(),
+            queue,
+            registry,
+            ApiSettings::from_config(&self.config),
+        )
+    }
+
+    pub fn worker(&self, registry: HandlerRegistry) -> Worker {
+        Worker::new(
+            self.store.clone(),
+            self.queue.clone(),
+            registry,
+            fast_settings(self.config.max_attempts),
+        )
+    }
+
+    pub async fn job(&self, id: &JobId) -> Job {
+        self.store
+            .get(id)
+            .await
+            .expect("store reachable")
+            .expect("job exists")
+    }
+
+    /// Items in the table (scan count).
+    pub async fn item_count(&self) -> i32 {
+        aws_sdk_dynamodb::Client::new(&self.sdk)
+            .scan()
+            .table_name(&self.config.table)
+            .select(aws_sdk_dynamodb::types::Select::Count)
+            .send()
+            .await
+            .expect("scan")
+            .count
+    }
+
+    /// What Lambda's event source does once: receive a batch, invoke the worker with it as an `SqsEvent`,
+    /// delete the messages not reported as failed. Returns the messages and the worker's result.
+    pub async fn deliver(&self, worker: &Worker) -> (Vec<ReceivedMessage>, BatchResult) {
+        let msgs = self
+            .queue
+            .receive(10, Duration::from_secs(1), None)
+            .await
+            .expect("receive");
+        if msgs.is_empty() {
+            return (msgs, BatchResult::default());
+        }
+        let mut event = SqsEvent::default();
+        event.records = msgs
+            .iter()
+            .map(|m| m.to_lambda_record(&self.queue_arn))
+            .collect();
+        let inv = Invocation {
+            request_id: "test-invocation".into(),
+            deadline: Some(jobkit::now_millis() + 30_000),
+        };
+        let result = worker.process_batch(event, &inv).await;
+        let failed: Vec<&str> = result
+            .response
+            .batch_item_failures
+            .iter()
+            .map(|f| f.item_identifier.as_str())
+            .collect();
+        for m in &msgs {
+            if !failed.contains(&m.message_id.as_str()) {
+                self.queue.delete(&m.receipt_handle).await.expect("delete");
+            }
+        }
+        (msgs, result)
+    }
+
+    /// Delivers batches until the job reaches `status`, or panics after `timeout`.
+    pub async fn run_until(
+        &self,
+        worker: &Worker,
+        id: &JobId,
+        status: JobStatus,
+        timeout: Duration,
+    ) -> Job {
+        eventually(&format!("job {id} to be {status}"), timeout, async || {
+            self.deliver(worker).await;
+            let job = self.job(id).await;
+            (job.status == status).then_some(job)
+        })
+        .await
+    }
+
+    /// Submits through the API and returns the new job's id.
+    pub async fn submit(&self, api: &Api, body: &str) -> JobId {
+        let (status, body) = json(&api.handle(post_jobs("alice", body)).await);
+        assert_eq!(status, 202, "{body}");
+        JobId::parse(body["job_id"].as_str().unwrap()).unwrap()
+    }
+}
