@@ -206,7 +206,8 @@ async fn create_table(
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     if let Some(attr) = &t.ttl_attribute {
-        ddb.update_time_to_live()
+        let res = ddb
+            .update_time_to_live()
             .table_name(name)
             .time_to_live_specification(
                 TimeToLiveSpecification::builder()
@@ -215,10 +216,13 @@ async fn create_table(
                     .build()?,
             )
             .send()
-            .await
-            // Enabling TTL twice is an error on real DynamoDB; it is already what we want.
-            .map(|_| ())
-            .or_else(|e| if exists { Ok(()) } else { Err(e) })?;
+            .await;
+        // Enabling TTL twice is an error on real DynamoDB: on a table that existed, it is already on.
+        if let Err(e) = res
+            && !exists
+        {
+            return Err(e.into());
+        }
     }
     Ok(())
 }

@@ -6,6 +6,7 @@
 //! - [`api`]: submit / status request handling over the ports; validation; error bodies.
 //! - [`worker`]: SQS batch processing: claim, run, classify, report partial failures.
 //! - [`store`], [`queue`]: the ports (`JobStore`, `JobQueue`) with DynamoDB/SQS and embedded adapters.
+//! - [`local`]: API Gateway and the SQS event source, reproduced for `jobctl dev` and tests.
 //! - [`template`]: reads template.yaml's queue and table definitions, so local resources match deployed ones.
 //! - [`config`], [`telemetry`]: typed configuration from the environment; logging.
 //!
@@ -18,6 +19,7 @@ pub mod config;
 pub mod handler;
 pub mod job;
 pub mod lambda;
+pub mod local;
 pub mod queue;
 pub mod store;
 pub mod telemetry;

@@ -7,13 +7,13 @@ use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use aws_lambda_events::sqs::SqsEvent;
 use jobkit::api::{Api, ApiSettings};
 use jobkit::aws::{Provisioned, provision, sdk_config};
+use jobkit::local::EventSource;
 use jobkit::queue::{JobQueue, ReceivedMessage, SqsQueue};
 use jobkit::store::{DynamoStore, JobStore};
 use jobkit::template::{StackSpec, TEMPLATE_YAML, parse};
-use jobkit::worker::{Backoff, BatchResult, Invocation, Worker, WorkerSettings};
+use jobkit::worker::{Backoff, BatchResult, Worker, WorkerSettings};
 use jobkit::{Config, HandlerRegistry, Job, JobId, JobStatus};
 use lambda_http::{Body, Request, Response};
 use serde_json::Value;
@@ -235,13 +235,15 @@ impl TestEnv {
         )
     }
 
-    pub fn worker(&self, registry: HandlerRegistry) -> Worker {
-        Worker::new(
+    /// A worker behind a local SQS event source on this stack's queue.
+    pub fn worker(&self, registry: HandlerRegistry) -> EventSource {
+        let worker = Worker::new(
             self.store.clone(),
             self.queue.clone(),
             registry,
             fast_settings(self.config.max_attempts),
-        )
+        );
+        EventSource::new(self.queue.clone(), &self.queue_arn, Arc::new(worker), 10)
     }
 
     pub async fn job(&self, id: &JobId) -> Job {
@@ -266,43 +268,14 @@ impl TestEnv {
 
     /// What Lambda's event source does once: receive a batch, invoke the worker with it as an `SqsEvent`,
     /// delete the messages not reported as failed. Returns the messages and the worker's result.
-    pub async fn deliver(&self, worker: &Worker) -> (Vec<ReceivedMessage>, BatchResult) {
-        let msgs = self
-            .queue
-            .receive(10, Duration::from_secs(1), None)
-            .await
-            .expect("receive");
-        if msgs.is_empty() {
-            return (msgs, BatchResult::default());
-        }
-        let mut event = SqsEvent::default();
-        event.records = msgs
-            .iter()
-            .map(|m| m.to_lambda_record(&self.queue_arn))
-            .collect();
-        let inv = Invocation {
-            request_id: "test-invocation".into(),
-            deadline: Some(jobkit::now_millis() + 30_000),
-        };
-        let result = worker.process_batch(event, &inv).await;
-        let failed: Vec<&str> = result
-            .response
-            .batch_item_failures
-            .iter()
-            .map(|f| f.item_identifier.as_str())
-            .collect();
-        for m in &msgs {
-            if !failed.contains(&m.message_id.as_str()) {
-                self.queue.delete(&m.receipt_handle).await.expect("delete");
-            }
-        }
-        (msgs, result)
+    pub async fn deliver(&self, worker: &EventSource) -> (Vec<ReceivedMessage>, BatchResult) {
+        worker.poll_once().await.expect("receive from the queue")
     }
 
     /// Delivers batches until the job reaches `status`, or panics after `timeout`.
     pub async fn run_until(
         &self,
-        worker: &Worker,
+        worker: &EventSource,
         id: &JobId,
         status: JobStatus,
         timeout: Duration,

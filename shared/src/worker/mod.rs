@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
+use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
 use lambda_runtime::LambdaEvent;
 use tracing::Instrument;
@@ -138,26 +139,21 @@ impl Worker {
     /// Processes a batch; never fails as a whole. Records without a message id cannot be reported and are
     /// only logged (Lambda would treat an empty item identifier as a failure of the entire batch).
     pub async fn process_batch(&self, event: SqsEvent, inv: &Invocation) -> BatchResult {
-        let verdicts: Vec<(usize, Verdict)> = futures::stream::iter(
-            event.records.iter().enumerate(),
-        )
-        .map(|(i, rec)| async move {
-            // Our own code does not panic on purpose; if it ever does, only this record fails.
-            let verdict = AssertUnwindSafe(self.process_record(rec, inv))
-                .catch_unwind()
-                .await
-                .unwrap_or_else(|_| {
-                    tracing::error!(message_id = ?rec.message_id, "worker panicked on a record");
-                    (
-                        Outcome::Unavailable,
-                        Some(self.settings.backoff.delay(receive_count(rec))),
-                    )
-                });
-            (i, verdict)
-        })
-        .buffer_unordered(self.settings.concurrency.max(1))
-        .collect()
-        .await;
+        // Futures built up front and boxed with an explicit `Send` bound: a closure inside the stream
+        // defeats the compiler's `Send` proof (rust-lang/rust#102211), and a batch could not run on a
+        // spawned task.
+        let jobs: Vec<BoxFuture<'_, (usize, Verdict)>> = event
+            .records
+            .iter()
+            .enumerate()
+            .map(|(i, rec)| {
+                Box::pin(async move { (i, self.guarded(rec, inv).await) }) as BoxFuture<'_, _>
+            })
+            .collect();
+        let verdicts: Vec<(usize, Verdict)> = futures::stream::iter(jobs)
+            .buffer_unordered(self.settings.concurrency.max(1))
+            .collect()
+            .await;
 
         let mut ordered = verdicts;
         ordered.sort_by_key(|(i, _)| *i);
@@ -179,6 +175,21 @@ impl Worker {
             result.response.add_failure(id);
         }
         result
+    }
+
+    /// [`Self::process_record`], isolated: our own code does not panic on purpose, but if it ever does,
+    /// only this record fails.
+    async fn guarded(&self, rec: &SqsMessage, inv: &Invocation) -> Verdict {
+        AssertUnwindSafe(self.process_record(rec, inv))
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|_| {
+                tracing::error!(message_id = ?rec.message_id, "worker panicked on a record");
+                (
+                    Outcome::Unavailable,
+                    Some(self.settings.backoff.delay(receive_count(rec))),
+                )
+            })
     }
 
     async fn process_record(&self, rec: &SqsMessage, inv: &Invocation) -> Verdict {
