@@ -1,0 +1,388 @@
+//! One behaviour suite for the `JobStore` / `JobQueue` ports, run against the embedded backends and against
+//! DynamoDB + SQS on the emulator, from the same code. A behaviour that differs is a bug in the embedded
+//! backend (the emulator stands in for AWS).
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use jobkit::job::NewJob;
+use jobkit::local::EventSource;
+use jobkit::queue::{JobMessage, JobQueue, MemoryQueue, QueueError};
+use jobkit::store::{JobStore, MemoryStore, StoreError};
+use jobkit::worker::{Outcome, Worker};
+use jobkit::{HandlerRegistry, Job, JobStatus, now_millis};
+use serde_json::json;
+use support::*;
+
+/// The ports under test, and the queue's redrive setting.
+struct Backends {
+    store: Arc<dyn JobStore>,
+    queue: Arc<dyn JobQueue>,
+    dlq: Arc<dyn JobQueue>,
+    max_receives: u32,
+    queue_arn: String,
+}
+
+async fn memory() -> Backends {
+    let dlq = Arc::new(MemoryQueue::new(Duration::from_secs(30)));
+    let queue =
+        Arc::new(MemoryQueue::new(Duration::from_secs(30)).with_dead_letter_queue(dlq.clone(), 5));
+    Backends {
+        store: Arc::new(MemoryStore::new()),
+        queue,
+        dlq,
+        max_receives: 5,
+        queue_arn: "arn:aws:sqs:local:000000000000:jobs".into(),
+    }
+}
+
+async fn emulator() -> Backends {
+    let env = TestEnv::start().await;
+    Backends {
+        max_receives: env.max_receive_count(),
+        store: env.store.clone(),
+        queue: env.queue.clone(),
+        dlq: env.dlq.clone(),
+        queue_arn: env.queue_arn.clone(),
+    }
+}
+
+fn new_job() -> Job {
+    Job::new(
+        NewJob {
+            user_id: "u".into(),
+            kind: "echo".into(),
+            input: json!({"x": 1}),
+            max_attempts: 5,
+            ttl_secs: 3600,
+        },
+        now_millis(),
+    )
+}
+
+const T: Duration = Duration::from_secs(30);
+
+// ---------- store ----------
+
+async fn create_then_get_round_trips_and_ids_are_unique(b: Backends) {
+    let job = new_job();
+    b.store.create(&job).await.unwrap();
+    assert_eq!(b.store.get(&job.job_id).await.unwrap(), Some(job.clone()));
+    assert!(matches!(
+        b.store.create(&job).await,
+        Err(StoreError::AlreadyExists)
+    ));
+    assert_eq!(
+        b.store
+            .get(&jobkit::JobId::generate(now_millis()))
+            .await
+            .unwrap(),
+        None
+    );
+}
+
+async fn concurrent_claims_of_one_job_have_exactly_one_winner(b: Backends) {
+    let job = new_job();
+    b.store.create(&job).await.unwrap();
+    let now = now_millis();
+    let claims = (0..8).map(|i| {
+        let store = b.store.clone();
+        let id = job.job_id.clone();
+        tokio::spawn(async move { store.claim(&id, &format!("w{i}"), now + 60_000, now).await })
+    });
+    let results: Vec<_> = futures::future::join_all(claims)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    let winners: Vec<&Job> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
+    assert_eq!(winners.len(), 1, "exactly one claim wins");
+    assert_eq!(
+        (winners[0].status, winners[0].attempts),
+        (JobStatus::Running, 1)
+    );
+    for r in &results {
+        if let Err(e) = r {
+            let StoreError::Conflict { current: Some(cur) } = e else {
+                panic!("expected a conflict, got {e:?}")
+            };
+            assert_eq!(cur.status, JobStatus::Running);
+        }
+    }
+    let stored = b.store.get(&job.job_id).await.unwrap().unwrap();
+    assert_eq!(stored, *winners[0]);
+}
+
+async fn an_expired_lease_can_be_claimed_and_the_old_owner_cannot_write(b: Backends) {
+    let job = new_job();
+    b.store.create(&job).await.unwrap();
+    let now = now_millis();
+    let first = b
+        .store
+        .claim(&job.job_id, "w1", now + 1_000, now)
+        .await
+        .unwrap();
+    // Still leased: a second claim conflicts.
+    assert!(matches!(
+        b.store
+            .claim(&job.job_id, "w2", now + 60_000, now + 500)
+            .await,
+        Err(StoreError::Conflict { .. })
+    ));
+    // After expiry it succeeds and counts a second attempt.
+    let second = b
+        .store
+        .claim(&job.job_id, "w2", now + 60_000, now + 1_001)
+        .await
+        .unwrap();
+    assert_eq!(
+        (second.attempts, second.lease_owner.as_deref()),
+        (2, Some("w2"))
+    );
+    // The first owner's completion was computed from a stale version: refused.
+    let stale = first.complete("w1", json!(1), vec![], now + 1_002).unwrap();
+    assert!(matches!(
+        b.store.replace(&stale).await,
+        Err(StoreError::Conflict { .. })
+    ));
+    let done = second
+        .complete("w2", json!(2), vec![], now + 1_003)
+        .unwrap();
+    b.store.replace(&done).await.unwrap();
+    assert_eq!(
+        b.store.get(&job.job_id).await.unwrap().unwrap().result,
+        Some(json!(2))
+    );
+}
+
+async fn finished_and_missing_jobs_cannot_be_claimed(b: Backends) {
+    let job = new_job();
+    b.store.create(&job).await.unwrap();
+    let now = now_millis();
+    let running = b
+        .store
+        .claim(&job.job_id, "w", now + 60_000, now)
+        .await
+        .unwrap();
+    b.store
+        .replace(&running.complete("w", json!(null), vec![], now).unwrap())
+        .await
+        .unwrap();
+    match b
+        .store
+        .claim(&job.job_id, "w2", now + 60_000, i64::MAX / 2)
+        .await
+    {
+        Err(StoreError::Conflict { current: Some(cur) }) => {
+            assert_eq!(cur.status, JobStatus::Completed)
+        }
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+    let ghost = jobkit::JobId::generate(now);
+    assert!(matches!(
+        b.store.claim(&ghost, "w", now, now).await,
+        Err(StoreError::NotFound)
+    ));
+    let mut orphan = new_job();
+    orphan.version = 1;
+    assert!(matches!(
+        b.store.replace(&orphan).await,
+        Err(StoreError::NotFound)
+    ));
+}
+
+// ---------- queue ----------
+
+async fn a_received_message_is_hidden_until_its_visibility_ends_and_counts_receives(b: Backends) {
+    b.queue.send("m1", Duration::ZERO).await.unwrap();
+    let first = b
+        .queue
+        .receive(10, Duration::from_secs(2), Some(Duration::from_secs(30)))
+        .await
+        .unwrap();
+    assert_eq!(first.len(), 1);
+    assert_eq!((first[0].body.as_str(), first[0].receive_count), ("m1", 1));
+    assert!(first[0].sent_at > 0);
+    assert!(
+        b.queue
+            .receive(10, Duration::ZERO, None)
+            .await
+            .unwrap()
+            .is_empty(),
+        "hidden while in flight"
+    );
+    b.queue
+        .change_visibility(&first[0].receipt_handle, Duration::ZERO)
+        .await
+        .unwrap();
+    let second = eventually("the message back", T, async || {
+        let m = b
+            .queue
+            .receive(10, Duration::from_secs(1), Some(Duration::from_secs(30)))
+            .await
+            .unwrap();
+        (!m.is_empty()).then_some(m)
+    })
+    .await;
+    assert_eq!(
+        (second[0].message_id.as_str(), second[0].receive_count),
+        (first[0].message_id.as_str(), 2)
+    );
+    b.queue.delete(&second[0].receipt_handle).await.unwrap();
+    assert!(
+        b.queue
+            .receive(10, Duration::from_secs(1), None)
+            .await
+            .unwrap()
+            .is_empty(),
+        "deleted"
+    );
+}
+
+async fn changing_visibility_of_a_deleted_message_is_a_stale_receipt(b: Backends) {
+    b.queue.send("m", Duration::ZERO).await.unwrap();
+    let m = b
+        .queue
+        .receive(1, Duration::from_secs(2), None)
+        .await
+        .unwrap()
+        .remove(0);
+    b.queue.delete(&m.receipt_handle).await.unwrap();
+    assert!(matches!(
+        b.queue
+            .change_visibility(&m.receipt_handle, Duration::from_secs(5))
+            .await,
+        Err(QueueError::StaleReceipt)
+    ));
+}
+
+async fn a_delayed_message_is_invisible_until_its_delay_passes(b: Backends) {
+    b.queue.send("later", Duration::from_secs(2)).await.unwrap();
+    assert!(
+        b.queue
+            .receive(10, Duration::ZERO, None)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let got = eventually("the delayed message", T, async || {
+        let m = b
+            .queue
+            .receive(10, Duration::from_secs(1), None)
+            .await
+            .unwrap();
+        (!m.is_empty()).then_some(m)
+    })
+    .await;
+    assert_eq!(got[0].body, "later");
+}
+
+async fn a_message_received_max_receive_count_times_moves_to_the_dlq(b: Backends) {
+    b.queue.send("poison", Duration::ZERO).await.unwrap();
+    let mut receives = 0;
+    let moved = eventually("the message in the DLQ", T, async || {
+        for m in b
+            .queue
+            .receive(10, Duration::from_millis(200), None)
+            .await
+            .unwrap()
+        {
+            receives += 1;
+            b.queue
+                .change_visibility(&m.receipt_handle, Duration::ZERO)
+                .await
+                .unwrap();
+        }
+        let d = b.dlq.receive(10, Duration::ZERO, None).await.unwrap();
+        (!d.is_empty()).then_some(d)
+    })
+    .await;
+    assert_eq!(moved[0].body, "poison");
+    assert_eq!(receives, b.max_receives);
+}
+
+async fn depth_counts_waiting_messages(b: Backends) {
+    assert_eq!(b.queue.depth().await.unwrap(), 0);
+    for i in 0..3 {
+        b.queue
+            .send(&format!("m{i}"), Duration::ZERO)
+            .await
+            .unwrap();
+    }
+    assert_eq!(b.queue.depth().await.unwrap(), 3);
+}
+
+// ---------- both together: the event source and the worker ----------
+
+async fn a_partial_batch_failure_returns_only_the_failed_message(b: Backends) {
+    let registry = HandlerRegistry::with_builtins();
+    let worker = Arc::new(Worker::new(
+        b.store.clone(),
+        b.queue.clone(),
+        registry,
+        fast_settings(b.max_receives),
+    ));
+    let events = EventSource::new(b.queue.clone(), &b.queue_arn, worker, 10);
+    let ok = new_job();
+    b.store.create(&ok).await.unwrap();
+    let msg = JobMessage {
+        job_id: ok.job_id.clone(),
+        kind: "echo".into(),
+    };
+    b.queue.send(&msg.encode(), Duration::ZERO).await.unwrap();
+    b.queue.send("garbage", Duration::ZERO).await.unwrap();
+    let mut outcomes = Vec::new();
+    eventually("both messages processed", T, async || {
+        let (_, r) = events.poll_once().await.unwrap();
+        outcomes.extend(r.outcomes);
+        (outcomes.len() >= 2).then_some(())
+    })
+    .await;
+    outcomes.sort_by_key(|o| format!("{o:?}"));
+    assert_eq!(outcomes, [Outcome::Completed, Outcome::Malformed]);
+    // Only the malformed message comes back (after its backoff of at most 1 s).
+    let back = eventually("the failed message back", T, async || {
+        let m = b
+            .queue
+            .receive(10, Duration::from_secs(1), None)
+            .await
+            .unwrap();
+        (!m.is_empty()).then_some(m)
+    })
+    .await;
+    assert_eq!(back.len(), 1);
+    assert_eq!(
+        (back[0].body.as_str(), back[0].receive_count),
+        ("garbage", 2)
+    );
+    assert_eq!(
+        b.store.get(&ok.job_id).await.unwrap().unwrap().status,
+        JobStatus::Completed
+    );
+}
+
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {
+        mod embedded {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name(super::memory().await).await })*
+        }
+        mod on_emulator {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name(super::emulator().await).await })*
+        }
+    };
+}
+
+conformance!(
+    create_then_get_round_trips_and_ids_are_unique,
+    concurrent_claims_of_one_job_have_exactly_one_winner,
+    an_expired_lease_can_be_claimed_and_the_old_owner_cannot_write,
+    finished_and_missing_jobs_cannot_be_claimed,
+    a_received_message_is_hidden_until_its_visibility_ends_and_counts_receives,
+    changing_visibility_of_a_deleted_message_is_a_stale_receipt,
+    a_delayed_message_is_invisible_until_its_delay_passes,
+    a_message_received_max_receive_count_times_moves_to_the_dlq,
+    depth_counts_waiting_messages,
+    a_partial_batch_failure_returns_only_the_failed_message,
+);
