@@ -29,6 +29,7 @@ fn local() -> Local {
     let settings = ApiSettings {
         max_attempts: 5,
         job_ttl: Duration::from_secs(86_400),
+        resend_after: Duration::from_secs(60),
     };
     let api = Api::new(
         store.clone(),

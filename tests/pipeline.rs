@@ -7,8 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use async_trait::async_trait;
-use jobkit::queue::{JobMessage, JobQueue, QueueError, ReceivedMessage};
+use jobkit::queue::{JobMessage, JobQueue, ReceivedMessage};
 use jobkit::worker::Outcome;
 use jobkit::{HandlerRegistry, JobId, JobStatus};
 use serde_json::json;
@@ -401,39 +400,13 @@ async fn bad_submits_get_a_specific_4xx_and_write_nothing() {
     assert_eq!(env.queue.depth().await.unwrap(), 0, "no message was sent");
 }
 
-/// A queue whose sends fail, as SQS does when throttling or unreachable.
-struct SendFails;
-
-#[async_trait]
-impl JobQueue for SendFails {
-    async fn send(&self, _: &str, _: Duration) -> Result<String, QueueError> {
-        Err(QueueError::Unavailable {
-            source: "injected send failure".into(),
-        })
-    }
-    async fn receive(
-        &self,
-        _: u32,
-        _: Duration,
-        _: Option<Duration>,
-    ) -> Result<Vec<ReceivedMessage>, QueueError> {
-        Ok(vec![])
-    }
-    async fn delete(&self, _: &str) -> Result<(), QueueError> {
-        Ok(())
-    }
-    async fn change_visibility(&self, _: &str, _: Duration) -> Result<(), QueueError> {
-        Ok(())
-    }
-    async fn depth(&self) -> Result<u64, QueueError> {
-        Ok(0)
-    }
-}
-
 #[tokio::test]
 async fn a_failed_enqueue_answers_503_and_leaves_no_job_waiting_forever() {
     let env = TestEnv::start().await;
-    let api = env.api_with_queue(HandlerRegistry::with_builtins(), Arc::new(SendFails));
+    let api = env.api_with_queue(
+        HandlerRegistry::with_builtins(),
+        FailingSends::new(env.queue.clone(), 1),
+    );
     let resp = api
         .handle(post_jobs("alice", r#"{"kind":"echo","input":1}"#))
         .await;

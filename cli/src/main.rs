@@ -3,8 +3,9 @@
 mod client;
 mod dev;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
@@ -42,6 +43,13 @@ enum Command {
     Status { id: String },
     /// Follow a job until it finishes; exit non-zero unless it completed.
     Watch { id: String },
+    /// Dead-letter queue tools, against the stack named by JOBKIT_TABLE, JOBKIT_QUEUE_URL, JOBKIT_DLQ_URL.
+    Dlq {
+        #[command(subcommand)]
+        action: DlqAction,
+        #[arg(long, env = "AWS_ENDPOINT_URL", global = true)]
+        endpoint_url: Option<String>,
+    },
     /// Create the queues and table from template.yaml on an emulator (or AWS); print their env vars.
     Bootstrap {
         #[arg(long, env = "AWS_ENDPOINT_URL")]
@@ -52,6 +60,23 @@ enum Command {
         /// Template parameter overrides, as Name=Value.
         #[arg(long = "parameter", value_parser = parse_param)]
         parameters: Vec<(String, String)>,
+    },
+}
+
+#[derive(Subcommand)]
+enum DlqAction {
+    /// Show the messages in the DLQ with their job's attempts and last error.
+    List,
+    /// Move messages back to the jobs queue and their jobs back to queued (all, or only --job ones).
+    Redrive {
+        #[arg(long = "job")]
+        jobs: Vec<String>,
+    },
+    /// Delete every message in the DLQ (job records are kept).
+    Purge {
+        /// Required: purging cannot be undone.
+        #[arg(long)]
+        yes: bool,
     },
 }
 
@@ -100,6 +125,10 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             }
             Ok(true)
         }
+        Command::Dlq {
+            action,
+            endpoint_url,
+        } => dlq(action, endpoint_url, cli.target.json).await,
         command => {
             let c = client::Client::new(cli.target)?;
             let job = match command {
@@ -122,10 +151,75 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
                     return Ok(true);
                 }
                 Command::Watch { id } => c.watch(&id).await?,
-                Command::Dev(_) | Command::Bootstrap { .. } => unreachable!("handled above"),
+                Command::Dev(_) | Command::Bootstrap { .. } | Command::Dlq { .. } => {
+                    unreachable!("handled above")
+                }
             };
             c.print_job(&job);
             Ok(client::completed(&job))
         }
     }
+}
+
+async fn dlq(action: DlqAction, endpoint_url: Option<String>, json: bool) -> anyhow::Result<bool> {
+    let config = jobkit::Config::from_env()?;
+    let sdk = jobkit::aws::sdk_config(endpoint_url.as_deref()).await;
+    let aws = jobkit::aws::AwsBackend::new(&sdk, &config);
+    let dlq = aws.dead_letter_queue.context("JOBKIT_DLQ_URL is not set")?;
+    let tools =
+        jobkit::dlq::DeadLetters::new(Arc::new(aws.store), Arc::new(aws.queue), Arc::new(dlq));
+    let err = |e: jobkit::handler::BoxError| anyhow::anyhow!(e);
+    match action {
+        DlqAction::List => {
+            let entries = tools.list().await.map_err(err)?;
+            if json {
+                println!("{}", serde_json::to_string(&entries)?);
+            } else if entries.is_empty() {
+                println!("the dead-letter queue is empty");
+            }
+            for e in entries.iter().filter(|_| !json) {
+                let id = e
+                    .job_id
+                    .as_ref()
+                    .map_or("-".to_owned(), ToString::to_string);
+                let error = e
+                    .last_error
+                    .as_ref()
+                    .map_or(String::new(), |x| format!("{}: {}", x.code, x.message));
+                let body = e
+                    .body
+                    .as_deref()
+                    .map_or(String::new(), |b| format!("not a job message: {b:?}"));
+                println!(
+                    "{id} {} attempts={} {error}{body}",
+                    e.kind.as_deref().unwrap_or("-"),
+                    e.attempts.map_or("-".to_owned(), |a| a.to_string())
+                );
+            }
+        }
+        DlqAction::Redrive { jobs } => {
+            let only = if jobs.is_empty() {
+                None
+            } else {
+                Some(
+                    jobs.iter()
+                        .map(|j| jobkit::JobId::parse(j))
+                        .collect::<Result<HashSet<_>, _>>()?,
+                )
+            };
+            let report = tools.redrive(only.as_ref()).await.map_err(err)?;
+            println!(
+                "moved {} message(s), left {} in the DLQ",
+                report.moved, report.skipped
+            );
+        }
+        DlqAction::Purge { yes } => {
+            anyhow::ensure!(
+                yes,
+                "purge deletes every message in the DLQ: pass --yes to confirm"
+            );
+            println!("purged {} message(s)", tools.purge().await.map_err(err)?);
+        }
+    }
+    Ok(true)
 }

@@ -15,6 +15,9 @@ use serde_json::Value;
 /// Milliseconds since the Unix epoch. Stored as a number so DynamoDB conditions can compare it.
 pub type Millis = i64;
 
+/// Error code of a job whose submit could not enqueue it.
+pub const ENQUEUE_FAILED: &str = "enqueue_failed";
+
 /// Largest accepted `input`, serialized. A job record holds input, result and checkpoint and must stay
 /// under DynamoDB's 400 KB item limit; the SQS message carries only the id, so SQS's 1 MiB is not the bound.
 pub const MAX_INPUT_BYTES: usize = 128 * 1024;
@@ -175,6 +178,11 @@ pub struct Job {
         skip_serializing_if = "Option::is_none"
     )]
     pub checkpoint: Option<Value>,
+    /// The `Idempotency-Key` the job was submitted with, and the hash of the request it was used for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_hash: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lease_owner: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -187,6 +195,9 @@ pub struct Job {
     pub updated_at: Millis,
     /// DynamoDB TTL attribute: epoch *seconds* after which the record may be deleted.
     pub expires_at: i64,
+    /// How often the job was redriven from the dead-letter queue.
+    #[serde(default)]
+    pub redrives: u32,
     /// Bumped by every write; stores persist a new value only over the version it was computed from.
     pub version: u64,
 }
@@ -224,6 +235,8 @@ impl Job {
             attempts: 0,
             max_attempts: spec.max_attempts,
             checkpoint: None,
+            idempotency_key: None,
+            request_hash: None,
             lease_owner: None,
             lease_expires_at: None,
             submitted_at: now,
@@ -231,6 +244,7 @@ impl Job {
             finished_at: None,
             updated_at: now,
             expires_at: now.div_euclid(1000) + spec.ttl_secs,
+            redrives: 0,
             version: 0,
         }
     }
@@ -306,6 +320,35 @@ impl Job {
         Ok(next)
     }
 
+    /// The status its owner should see at `now`. A `running` job whose lease expired with no attempts left
+    /// will never be claimed successfully again (its message goes to the DLQ on its next receive), so it
+    /// is reported `dead_letter` before any worker notices.
+    pub fn effective_status(&self, now: Millis) -> JobStatus {
+        let lease_lost = self.lease_expires_at.is_some_and(|exp| exp < now);
+        if self.status == JobStatus::Running && lease_lost && self.attempts >= self.max_attempts {
+            JobStatus::DeadLetter
+        } else {
+            self.status
+        }
+    }
+
+    /// `dead_letter` (or `failed`, on an operator's request) -> `queued` for another round of attempts.
+    /// The attempt count restarts; the last error stays as history and `redrives` counts the rounds.
+    pub fn requeue(&self, now: Millis) -> Result<Self, IllegalTransition> {
+        let stuck = self.effective_status(now) == JobStatus::DeadLetter;
+        if !(stuck || self.status == JobStatus::Failed) {
+            return Err(self.illegal("redrive"));
+        }
+        let mut next = self.next_version(now);
+        next.status = JobStatus::Queued;
+        next.attempts = 0;
+        next.redrives += 1;
+        next.lease_owner = None;
+        next.lease_expires_at = None;
+        next.finished_at = None;
+        Ok(next)
+    }
+
     /// `queued` -> `failed`: the submit could not enqueue the job and told its client so.
     pub fn abandon(&self, error: ErrorInfo, now: Millis) -> Result<Self, IllegalTransition> {
         if self.status != JobStatus::Queued {
@@ -316,6 +359,33 @@ impl Job {
         next.error = Some(error);
         next.finished_at = Some(now);
         Ok(next)
+    }
+
+    /// `failed` with `enqueue_failed` -> `queued`: the client retried a submit whose send had failed.
+    pub fn resubmit(&self, now: Millis) -> Result<Self, IllegalTransition> {
+        if !self.enqueue_failed() {
+            return Err(self.illegal("resubmit"));
+        }
+        let mut next = self.next_version(now);
+        next.status = JobStatus::Queued;
+        next.error = None;
+        next.finished_at = None;
+        Ok(next)
+    }
+
+    /// Whether the submit told its client the job could not be enqueued.
+    pub fn enqueue_failed(&self) -> bool {
+        self.status == JobStatus::Failed
+            && self
+                .error
+                .as_ref()
+                .is_some_and(|e| e.code == ENQUEUE_FAILED)
+    }
+
+    /// Whether the job may have been stored without its message ever being sent (the submit crashed
+    /// between the two): never touched by a worker and submitted more than `after_ms` ago.
+    pub fn maybe_unsent(&self, now: Millis, after_ms: Millis) -> bool {
+        self.status == JobStatus::Queued && self.version == 0 && now - self.submitted_at > after_ms
     }
 
     /// Common part of leaving `running`: the caller must hold the lease; the lease is released.
@@ -518,6 +588,90 @@ mod tests {
             assert_eq!(f.finished_at, Some(T0 + 1));
             assert!(!f.claimable(i64::MAX));
         }
+    }
+
+    #[test]
+    fn an_expired_lease_with_no_attempts_left_reads_as_dead_letter() {
+        let mut j = job();
+        j.max_attempts = 2;
+        let j = j
+            .claim("w1", T0 + 10, T0)
+            .unwrap()
+            .claim("w2", T0 + 100, T0 + 11)
+            .unwrap();
+        assert_eq!(
+            j.effective_status(T0 + 100),
+            JobStatus::Running,
+            "lease still live"
+        );
+        assert_eq!(j.effective_status(T0 + 101), JobStatus::DeadLetter);
+        let one_left = job().claim("w1", T0 + 10, T0).unwrap();
+        assert_eq!(
+            one_left.effective_status(T0 + 11),
+            JobStatus::Running,
+            "attempts remain"
+        );
+    }
+
+    #[test]
+    fn redrive_requeues_dead_and_failed_jobs_keeping_their_history() {
+        let j = job().claim("w1", T0 + 60_000, T0).unwrap();
+        let dead = j
+            .fail("w1", JobStatus::DeadLetter, err(true), T0 + 1)
+            .unwrap();
+        let again = dead.requeue(T0 + 2).unwrap();
+        assert_eq!(
+            (again.status, again.attempts, again.redrives),
+            (JobStatus::Queued, 0, 1)
+        );
+        assert_eq!(again.error, Some(err(true)), "the last error is kept");
+        assert!(again.claimable(T0 + 3));
+        let failed = j.fail("w1", JobStatus::Failed, err(false), T0 + 1).unwrap();
+        assert!(failed.requeue(T0 + 2).is_ok());
+        assert!(job().requeue(T0).is_err(), "a queued job is not redriven");
+        let done = j.complete("w1", json!(1), vec![], T0 + 1).unwrap();
+        assert!(
+            done.requeue(T0 + 2).is_err(),
+            "a completed job is never run again"
+        );
+    }
+
+    #[test]
+    fn only_untouched_old_queued_jobs_are_presumed_unsent() {
+        let j = job();
+        assert!(!j.maybe_unsent(T0 + 60_000, 60_000), "young");
+        assert!(j.maybe_unsent(T0 + 60_001, 60_000));
+        let claimed = j.claim("w", T0 + 1, T0).unwrap();
+        let retried = claimed
+            .fail("w", JobStatus::Retrying, err(true), T0)
+            .unwrap();
+        assert!(
+            !retried.maybe_unsent(T0 + 600_000, 60_000),
+            "a worker has seen it"
+        );
+    }
+
+    #[test]
+    fn a_job_whose_enqueue_failed_can_be_resubmitted_once() {
+        let mut e = err(true);
+        e.code = ENQUEUE_FAILED.into();
+        let failed = job().abandon(e, T0 + 1).unwrap();
+        assert!(failed.enqueue_failed());
+        let again = failed.resubmit(T0 + 2).unwrap();
+        assert_eq!(
+            (again.status, again.error.clone()),
+            (JobStatus::Queued, None)
+        );
+        assert!(again.resubmit(T0 + 3).is_err());
+        let other = job()
+            .claim("w", T0 + 9, T0)
+            .unwrap()
+            .fail("w", JobStatus::Failed, err(false), T0)
+            .unwrap();
+        assert!(
+            other.resubmit(T0 + 1).is_err(),
+            "a handler failure is not resubmitted"
+        );
     }
 
     #[test]

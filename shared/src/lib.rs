@@ -8,6 +8,7 @@
 //! - [`store`], [`queue`]: the ports (`JobStore`, `JobQueue`) with DynamoDB/SQS and embedded adapters.
 //! - [`local`]: API Gateway and the SQS event source, reproduced for `jobctl dev` and tests.
 //! - [`template`]: reads template.yaml's queue and table definitions, so local resources match deployed ones.
+//! - [`dlq`]: dead-letter queue tools: list, redrive, purge.
 //! - [`config`], [`telemetry`]: typed configuration from the environment; logging.
 //!
 //! `api` and `worker` never name an AWS SDK type: those live in `store::dynamo`, `queue::sqs` and
@@ -16,6 +17,7 @@
 pub mod api;
 pub mod aws;
 pub mod config;
+pub mod dlq;
 pub mod handler;
 pub mod job;
 pub mod lambda;

@@ -10,7 +10,7 @@ use std::time::Duration;
 use jobkit::api::{Api, ApiSettings};
 use jobkit::aws::{Provisioned, provision, sdk_config};
 use jobkit::local::EventSource;
-use jobkit::queue::{JobQueue, ReceivedMessage, SqsQueue};
+use jobkit::queue::{JobQueue, QueueError, ReceivedMessage, SqsQueue};
 use jobkit::store::{DynamoStore, JobStore};
 use jobkit::template::{StackSpec, TEMPLATE_YAML, parse};
 use jobkit::worker::{Backoff, BatchResult, Worker, WorkerSettings};
@@ -293,5 +293,68 @@ impl TestEnv {
         let (status, body) = json(&api.handle(post_jobs("alice", body)).await);
         assert_eq!(status, 202, "{body}");
         JobId::parse(body["job_id"].as_str().unwrap()).unwrap()
+    }
+}
+
+/// Fault injection: a queue whose first `n` sends fail as SQS does when throttling or unreachable (or,
+/// `hanging`, never return, as when the process dies mid-call); every other call goes to the real queue.
+pub struct FailingSends {
+    inner: Arc<dyn JobQueue>,
+    failures_left: std::sync::atomic::AtomicU32,
+    hang: bool,
+}
+
+impl FailingSends {
+    pub fn new(inner: Arc<dyn JobQueue>, n: u32) -> Arc<Self> {
+        Arc::new(Self {
+            inner,
+            failures_left: n.into(),
+            hang: false,
+        })
+    }
+
+    pub fn hanging(inner: Arc<dyn JobQueue>, n: u32) -> Arc<Self> {
+        Arc::new(Self {
+            inner,
+            failures_left: n.into(),
+            hang: true,
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl JobQueue for FailingSends {
+    async fn send(&self, body: &str, delay: Duration) -> Result<String, QueueError> {
+        use std::sync::atomic::Ordering::SeqCst;
+        if self
+            .failures_left
+            .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            if self.hang {
+                std::future::pending::<()>().await;
+            }
+            return Err(QueueError::Unavailable {
+                source: "injected send failure".into(),
+            });
+        }
+        self.inner.send(body, delay).await
+    }
+    async fn receive(
+        &self,
+        max: u32,
+        wait: Duration,
+        vis: Option<Duration>,
+    ) -> Result<Vec<ReceivedMessage>, QueueError> {
+        self.inner.receive(max, wait, vis).await
+    }
+    async fn delete(&self, receipt: &str) -> Result<(), QueueError> {
+        self.inner.delete(receipt).await
+    }
+    async fn change_visibility(&self, receipt: &str, timeout: Duration) -> Result<(), QueueError> {
+        self.inner.change_visibility(receipt, timeout).await
+    }
+    async fn depth(&self) -> Result<u64, QueueError> {
+        self.inner.depth().await
     }
 }

@@ -29,6 +29,8 @@ pub enum ApiError {
     UnsupportedMediaType,
     #[error("job not found")]
     JobNotFound,
+    #[error("this Idempotency-Key was already used with a different request")]
+    IdempotencyKeyReused,
     #[error("no such route")]
     RouteNotFound,
     #[error("method not allowed; allowed: {allow}")]
@@ -53,6 +55,7 @@ impl ApiError {
             Self::MalformedJson(_) | Self::InvalidRequest(_) | Self::InvalidJobId(_) => 400,
             Self::JobNotFound | Self::RouteNotFound => 404,
             Self::MethodNotAllowed { .. } => 405,
+            Self::IdempotencyKeyReused => 409,
             Self::PayloadTooLarge | Self::InputTooLarge => 413,
             Self::UnsupportedMediaType => 415,
             Self::UnknownKind { .. } => 422,
@@ -71,6 +74,7 @@ impl ApiError {
             Self::InputTooLarge => "input_too_large",
             Self::UnsupportedMediaType => "unsupported_media_type",
             Self::JobNotFound => "job_not_found",
+            Self::IdempotencyKeyReused => "idempotency_key_reused",
             Self::RouteNotFound => "route_not_found",
             Self::MethodNotAllowed { .. } => "method_not_allowed",
             Self::Unavailable { .. } => "service_unavailable",

@@ -28,6 +28,10 @@ use crate::store::JobStore;
 pub struct ApiSettings {
     pub max_attempts: u32,
     pub job_ttl: Duration,
+    /// A queued job untouched this long after submit is presumed to have lost its message; a retried
+    /// submit with its Idempotency-Key sends it again. Far above a send's latency: a duplicate message
+    /// costs one skipped delivery, a lost one the whole job.
+    pub resend_after: Duration,
 }
 
 impl ApiSettings {
@@ -35,6 +39,7 @@ impl ApiSettings {
         Self {
             max_attempts: c.max_attempts,
             job_ttl: c.job_ttl,
+            resend_after: Duration::from_secs(60),
         }
     }
 }

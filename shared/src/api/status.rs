@@ -37,16 +37,17 @@ fn rfc3339(ms: Millis) -> String {
         .to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
-impl From<Job> for JobView {
-    fn from(j: Job) -> Self {
+impl JobView {
+    /// The view of `j` at `now` (see [`Job::effective_status`]).
+    pub fn at(j: Job, now: Millis) -> Self {
         Self {
+            status: j.effective_status(now),
             submitted_at: rfc3339(j.submitted_at),
             started_at: j.started_at.map(rfc3339),
             finished_at: j.finished_at.map(rfc3339),
             updated_at: rfc3339(j.updated_at),
             job_id: j.job_id,
             kind: j.kind,
-            status: j.status,
             input: j.input,
             result: j.result,
             warnings: j.warnings,
@@ -71,6 +72,6 @@ impl Api {
             .await?
             .filter(|j| j.user_id == caller(req))
             .ok_or(ApiError::JobNotFound)?;
-        Ok(json_response(200, &JobView::from(job)))
+        Ok(json_response(200, &JobView::at(job, crate::now_millis())))
     }
 }

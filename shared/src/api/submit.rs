@@ -8,9 +8,12 @@ use serde_json::{Value, json};
 
 use super::error::MAX_BODY_BYTES;
 use super::{Api, ApiError, caller, json_response};
-use crate::job::{ErrorInfo, Job, MAX_INPUT_BYTES, NewJob};
+use sha2::{Digest, Sha256};
+
+use crate::job::{ENQUEUE_FAILED, ErrorInfo, Job, MAX_INPUT_BYTES, NewJob};
 use crate::now_millis;
 use crate::queue::JobMessage;
+use crate::store::{Created, KeyReservation};
 
 /// The body of `POST /jobs`. Unknown fields are rejected, so a misspelt field is an error, not a no-op.
 #[derive(Debug, Clone, Deserialize)]
@@ -20,8 +23,12 @@ pub struct SubmitRequest {
     pub input: Value,
 }
 
+/// How long an `Idempotency-Key` names its job: a retry within this window gets the same job.
+pub const IDEMPOTENCY_TTL_SECS: i64 = 24 * 3600;
+
 impl Api {
     pub(super) async fn submit(&self, req: &Request) -> Result<Response<Body>, ApiError> {
+        let key = idempotency_key(req)?;
         let body = parse_body(req)?;
         if !self.registry.contains(&body.kind) {
             return Err(ApiError::UnknownKind {
@@ -29,13 +36,15 @@ impl Api {
                 known: self.registry.kinds().collect::<Vec<_>>().join(", "),
             });
         }
-        if serde_json::to_vec(&body.input).map_or(usize::MAX, |v| v.len()) > MAX_INPUT_BYTES {
+        let input_len = serde_json::to_vec(&body.input).map_or(usize::MAX, |v| v.len());
+        if input_len > MAX_INPUT_BYTES {
             return Err(ApiError::InputTooLarge);
         }
+        let user = caller(req);
         let now = now_millis();
-        let job = Job::new(
+        let mut job = Job::new(
             NewJob {
-                user_id: caller(req),
+                user_id: user.clone(),
                 kind: body.kind,
                 input: body.input,
                 max_attempts: self.settings.max_attempts,
@@ -43,38 +52,127 @@ impl Api {
             },
             now,
         );
-        self.store.create(&job).await?;
-        let message = JobMessage {
-            job_id: job.job_id.clone(),
-            kind: job.kind.clone(),
+        let Some(key) = key else {
+            self.store.create(&job).await?;
+            return self.enqueue(job).await;
         };
-        if let Err(e) = self.queue.send(&message.encode(), Duration::ZERO).await {
-            // The client is told the job was not accepted; record the same, so no job sits `queued`
-            // forever without a message.
+        let request_hash =
+            sha256_hex(&[job.kind.as_bytes(), b"\0", job.input.to_string().as_bytes()]);
+        job.idempotency_key = Some(key.clone());
+        job.request_hash = Some(request_hash.clone());
+        let reservation = KeyReservation {
+            // Scoped per user: equal keys of two users never name the same job.
+            scoped_key: sha256_hex(&[user.as_bytes(), b"\0", key.as_bytes()]),
+            request_hash: request_hash.clone(),
+            expires_at: now / 1000 + IDEMPOTENCY_TTL_SECS,
+        };
+        match self
+            .store
+            .create_with_key(&job, &reservation, now / 1000)
+            .await?
+        {
+            Created::New => self.enqueue(job).await,
+            Created::Existing {
+                request_hash: held, ..
+            } if held != request_hash => Err(ApiError::IdempotencyKeyReused),
+            Created::Existing { job_id, .. } => {
+                let existing = self
+                    .store
+                    .get(&job_id)
+                    .await?
+                    .ok_or(ApiError::JobNotFound)?;
+                self.replay(existing).await
+            }
+        }
+    }
+
+    /// A retried submit of an existing job. Its first submit may have failed to send the message (the
+    /// client got a 503, the job says `enqueue_failed`) or crashed before sending (the job sits untouched
+    /// in `queued`): then the message is sent now. Otherwise nothing is sent: the same job is the answer.
+    async fn replay(&self, job: Job) -> Result<Response<Body>, ApiError> {
+        let now = now_millis();
+        if job.enqueue_failed() {
+            let again = job.resubmit(now).expect("checked: enqueue failed");
+            self.store.replace(&again).await?;
+            return self.enqueue(again).await.map(|r| with_status(r, 200));
+        }
+        if job.maybe_unsent(now, self.settings.resend_after.as_millis() as i64) {
+            tracing::warn!(job_id = %job.job_id, "re-sending a job that may never have been enqueued");
+            self.send(&job).await?;
+        }
+        Ok(accepted(&job, 200))
+    }
+
+    /// Sends a stored job's message and answers `202`. If the send fails, the job is marked
+    /// `enqueue_failed` before the client gets its 503, so no job waits forever for a message; a retry
+    /// with the same Idempotency-Key resubmits it.
+    async fn enqueue(&self, job: Job) -> Result<Response<Body>, ApiError> {
+        if let Err(e) = self.send(&job).await {
             let error = ErrorInfo {
-                code: "enqueue_failed".into(),
+                code: ENQUEUE_FAILED.into(),
                 message: "the job could not be enqueued; submit it again".into(),
                 retryable: true,
             };
             if let Ok(abandoned) = job.abandon(error, now_millis()) {
                 let _ = self.store.replace(&abandoned).await;
             }
-            return Err(e.into());
+            return Err(e);
         }
         tracing::info!(job_id = %job.job_id, kind = %job.kind, "job accepted");
-        let status_url = format!("/jobs/{}", job.job_id);
-        let mut resp = json_response(
-            202,
-            &json!({"job_id": job.job_id, "status": job.status, "status_url": status_url}),
-        );
-        resp.headers_mut().insert(
-            "location",
-            status_url
-                .parse()
-                .expect("a job id is a valid header value"),
-        );
-        Ok(resp)
+        Ok(accepted(&job, 202))
     }
+
+    async fn send(&self, job: &Job) -> Result<(), ApiError> {
+        let message = JobMessage {
+            job_id: job.job_id.clone(),
+            kind: job.kind.clone(),
+        };
+        self.queue.send(&message.encode(), Duration::ZERO).await?;
+        Ok(())
+    }
+}
+
+fn with_status(mut resp: Response<Body>, status: u16) -> Response<Body> {
+    *resp.status_mut() = http::StatusCode::from_u16(status).expect("a valid status");
+    resp
+}
+
+/// `{job_id, status, status_url}` with `Location`.
+fn accepted(job: &Job, status: u16) -> Response<Body> {
+    let status_url = format!("/jobs/{}", job.job_id);
+    let mut resp = json_response(
+        status,
+        &json!({"job_id": job.job_id, "status": job.status, "status_url": status_url}),
+    );
+    resp.headers_mut().insert(
+        "location",
+        status_url
+            .parse()
+            .expect("a job id is a valid header value"),
+    );
+    resp
+}
+
+fn sha256_hex(parts: &[&[u8]]) -> String {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update(p);
+    }
+    hex::encode(h.finalize())
+}
+
+/// The `Idempotency-Key` header, if any: 1-255 visible ASCII characters.
+fn idempotency_key(req: &Request) -> Result<Option<String>, ApiError> {
+    let Some(raw) = req.headers().get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = raw.to_str().unwrap_or("");
+    if key.is_empty() || key.len() > 255 || !key.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(ApiError::InvalidRequest(
+            "Idempotency-Key must be 1-255 visible ASCII characters".into(),
+        ));
+    }
+    Ok(Some(key.to_owned()))
 }
 
 /// Content type, size and JSON shape of a submit body.

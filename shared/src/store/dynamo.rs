@@ -5,11 +5,14 @@ use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::operation::put_item::PutItemError;
+use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
-use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, ReturnValuesOnConditionCheckFailure};
+use aws_sdk_dynamodb::types::{
+    AttributeValue, Put, ReturnValue, ReturnValuesOnConditionCheckFailure, TransactWriteItem,
+};
 use std::collections::HashMap;
 
-use super::{JobStore, StoreError};
+use super::{Created, JobStore, KeyReservation, StoreError};
 use crate::job::{Job, JobId, JobStatus, Millis};
 
 /// Jobs in one DynamoDB table (see `JobsTable` in template.yaml).
@@ -99,6 +102,94 @@ impl JobStore for DynamoStore {
             }
             Err(e) => Err(unavailable(e)),
         }
+    }
+
+    async fn create_with_key(
+        &self,
+        job: &Job,
+        key: &KeyReservation,
+        now_secs: i64,
+    ) -> Result<Created, StoreError> {
+        // One transaction: the job and its key item, each conditional. The key item lives in the same
+        // table under a partition key no job id can take (`idem#...`), so no second table is needed.
+        let key_id = format!("idem#{}", key.scoped_key);
+        let key_item = HashMap::from([
+            ("job_id".to_owned(), AttributeValue::S(key_id.clone())),
+            (
+                "target_job_id".to_owned(),
+                AttributeValue::S(job.job_id.to_string()),
+            ),
+            (
+                "request_hash".to_owned(),
+                AttributeValue::S(key.request_hash.clone()),
+            ),
+            ("expires_at".to_owned(), num(key.expires_at)),
+        ]);
+        let put_job = Put::builder()
+            .table_name(&self.table)
+            .set_item(Some(to_item(job)))
+            .condition_expression("attribute_not_exists(job_id)")
+            .build()
+            .expect("table and item are set");
+        let put_key = Put::builder()
+            .table_name(&self.table)
+            .set_item(Some(key_item))
+            .condition_expression("attribute_not_exists(job_id) OR expires_at < :now")
+            .expression_attribute_values(":now", num(now_secs))
+            .build()
+            .expect("table and item are set");
+        let res = self
+            .client
+            .transact_write_items()
+            .transact_items(TransactWriteItem::builder().put(put_job).build())
+            .transact_items(TransactWriteItem::builder().put(put_key).build())
+            .send()
+            .await;
+        let reasons = match res {
+            Ok(_) => return Ok(Created::New),
+            Err(e) => match e.into_service_error() {
+                TransactWriteItemsError::TransactionCanceledException(c) => c.cancellation_reasons,
+                other => {
+                    return Err(StoreError::Unavailable {
+                        source: other.into(),
+                    });
+                }
+            },
+        };
+        let failed = |i: usize| {
+            reasons
+                .as_ref()
+                .and_then(|r| r.get(i))
+                .and_then(|r| r.code.as_deref())
+                .is_some_and(|c| c == "ConditionalCheckFailed")
+        };
+        if failed(0) {
+            return Err(StoreError::AlreadyExists);
+        }
+        // The key is taken (or the emulator gave no reasons): read who holds it.
+        let held = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("job_id", AttributeValue::S(key_id))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(unavailable)?
+            .item
+            .ok_or_else(|| StoreError::Conflict { current: None })?;
+        let text = |k: &str| match held.get(k) {
+            Some(AttributeValue::S(s)) => Ok(s.clone()),
+            _ => Err(StoreError::Corrupt {
+                source: format!("idempotency item lacks {k}").into(),
+            }),
+        };
+        let job_id = JobId::parse(&text("target_job_id")?)
+            .map_err(|e| StoreError::Corrupt { source: e.into() })?;
+        Ok(Created::Existing {
+            job_id,
+            request_hash: text("request_hash")?,
+        })
     }
 
     async fn get(&self, id: &JobId) -> Result<Option<Job>, StoreError> {

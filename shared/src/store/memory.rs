@@ -6,12 +6,14 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 
-use super::{JobStore, StoreError};
+use super::{Created, JobStore, KeyReservation, StoreError};
 use crate::job::{Job, JobId, Millis};
 
 #[derive(Debug, Default)]
 pub struct MemoryStore {
     jobs: Mutex<HashMap<JobId, Job>>,
+    /// scoped key -> (job, reservation); under its own lock, always taken before `jobs`.
+    keys: Mutex<HashMap<String, (JobId, KeyReservation)>>,
 }
 
 impl MemoryStore {
@@ -34,6 +36,30 @@ impl JobStore for MemoryStore {
         }
         jobs.insert(job.job_id.clone(), job.clone());
         Ok(())
+    }
+
+    async fn create_with_key(
+        &self,
+        job: &Job,
+        key: &KeyReservation,
+        now_secs: i64,
+    ) -> Result<Created, StoreError> {
+        let mut keys = self.keys.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((job_id, held)) = keys.get(&key.scoped_key)
+            && held.expires_at >= now_secs
+        {
+            return Ok(Created::Existing {
+                job_id: job_id.clone(),
+                request_hash: held.request_hash.clone(),
+            });
+        }
+        let mut jobs = self.jobs();
+        if jobs.contains_key(&job.job_id) {
+            return Err(StoreError::AlreadyExists);
+        }
+        jobs.insert(job.job_id.clone(), job.clone());
+        keys.insert(key.scoped_key.clone(), (job.job_id.clone(), key.clone()));
+        Ok(Created::New)
     }
 
     async fn get(&self, id: &JobId) -> Result<Option<Job>, StoreError> {

@@ -40,11 +40,40 @@ pub enum StoreError {
     },
 }
 
+/// An idempotency key, reserved together with the job it creates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyReservation {
+    /// The key, already scoped to its user (see [`crate::api`]): two users' equal keys never meet.
+    pub scoped_key: String,
+    /// Hash of the request the key is used with.
+    pub request_hash: String,
+    /// Epoch seconds after which the key is free again.
+    pub expires_at: i64,
+}
+
+/// The outcome of [`JobStore::create_with_key`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Created {
+    /// The job was stored and the key now names it.
+    New,
+    /// The key (unexpired) already names a job: nothing was written.
+    Existing { job_id: JobId, request_hash: String },
+}
+
 /// Persistence of job records. Every method is a single atomic operation on one job.
 #[async_trait]
 pub trait JobStore: Send + Sync {
     /// Stores a new job; `AlreadyExists` if its id is taken.
     async fn create(&self, job: &Job) -> Result<(), StoreError>;
+
+    /// Stores a new job and reserves `key` for it, atomically: either both are written or neither. If the
+    /// key is reserved and unexpired at `now_secs`, returns the job it names instead.
+    async fn create_with_key(
+        &self,
+        job: &Job,
+        key: &KeyReservation,
+        now_secs: i64,
+    ) -> Result<Created, StoreError>;
 
     /// Reads a job, strongly consistent.
     async fn get(&self, id: &JobId) -> Result<Option<Job>, StoreError>;
