@@ -11,6 +11,7 @@ use std::time::Duration;
 use jobkit::api::{Api, ApiSettings};
 use jobkit::dlq::DeadLetters;
 use jobkit::queue::{JobMessage, JobQueue};
+use jobkit::worker::{Outcome, WorkerSettings};
 use jobkit::{HandlerRegistry, JobError, JobId, JobStatus};
 use lambda_http::Request;
 use serde_json::Value;
@@ -267,4 +268,162 @@ async fn dead_letters_are_listed_redriven_with_their_history_and_purged() {
 
     assert_eq!(tools.purge().await.unwrap(), 1);
     assert!(tools.list().await.unwrap().is_empty());
+}
+
+/// Settings with a short lease, so heartbeats and lease expiry happen within a test.
+fn short_lease(env: &TestEnv, lease: Duration) -> WorkerSettings {
+    WorkerSettings {
+        lease,
+        ..fast_settings(env.config.max_attempts)
+    }
+}
+
+/// `slow`: sleeps `input` milliseconds on the first run only; counts runs.
+fn slow_registry(runs: Arc<AtomicU32>) -> HandlerRegistry {
+    let mut r = HandlerRegistry::with_builtins();
+    r.register_fn("slow", move |input, _| {
+        let runs = runs.clone();
+        async move {
+            if runs.fetch_add(1, Ordering::SeqCst) == 0 {
+                tokio::time::sleep(Duration::from_millis(input.as_u64().unwrap_or(0))).await;
+            }
+            Ok(Value::from("done").into())
+        }
+    })
+    .unwrap();
+    r
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_keep_a_long_job_leased_so_a_duplicate_delivery_finds_it_busy() {
+    let env = TestEnv::start().await;
+    let runs = Arc::new(AtomicU32::new(0));
+    let api = env.api(slow_registry(runs.clone()));
+    let id = env.submit(&api, r#"{"kind":"slow","input":4000}"#).await;
+    // A 1.5 s lease for a 4 s job: only heartbeats keep it.
+    let first = Arc::new(env.worker_with(
+        slow_registry(runs.clone()),
+        short_lease(&env, Duration::from_millis(1500)),
+    ));
+    let running = tokio::spawn({
+        let first = first.clone();
+        async move { first.poll_once().await.unwrap() }
+    });
+    let claimed = eventually("the job claimed", WAIT, async || {
+        let j = env.job(&id).await;
+        (j.status == JobStatus::Running).then_some(j)
+    })
+    .await;
+    eventually("a heartbeat past the first lease", WAIT, async || {
+        let j = env.job(&id).await;
+        (j.lease_expires_at > claimed.lease_expires_at
+            && jobkit::now_millis() > claimed.lease_expires_at.unwrap())
+        .then_some(())
+    })
+    .await;
+    // The lease the claim took has run out, but heartbeats renewed it: a second delivery must not run it.
+    let dup = JobMessage {
+        job_id: id.clone(),
+        kind: "slow".into(),
+    };
+    env.queue.send(&dup.encode(), Duration::ZERO).await.unwrap();
+    let second = env.worker(slow_registry(runs.clone()));
+    let (_, r) = eventually("the duplicate delivered", WAIT, async || {
+        let (m, r) = second.poll_once().await.unwrap();
+        (!m.is_empty()).then_some((m, r))
+    })
+    .await;
+    assert_eq!(r.outcomes, [Outcome::Busy]);
+    let (_, r) = running.await.unwrap();
+    assert_eq!(r.outcomes, [Outcome::Completed]);
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+    assert_eq!(env.job(&id).await.attempts, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_mid_job_is_recovered_when_its_lease_and_visibility_run_out() {
+    let env = TestEnv::start().await;
+    let runs = Arc::new(AtomicU32::new(0));
+    let api = env.api(slow_registry(runs.clone()));
+    let id = env.submit(&api, r#"{"kind":"slow","input":600000}"#).await;
+    let settings = short_lease(&env, Duration::from_secs(1));
+    let doomed = Arc::new(env.worker_with(slow_registry(runs.clone()), settings.clone()));
+    let task = tokio::spawn({
+        let doomed = doomed.clone();
+        async move { doomed.poll_once().await }
+    });
+    eventually("the job running", WAIT, async || {
+        (env.job(&id).await.status == JobStatus::Running).then_some(())
+    })
+    .await;
+    task.abort(); // the worker dies: no more heartbeats, no outcome, no delete
+    assert!(task.await.unwrap_err().is_cancelled());
+
+    let rescuer = env.worker_with(slow_registry(runs.clone()), settings);
+    let job = env
+        .run_until(&rescuer, &id, JobStatus::Completed, WAIT)
+        .await;
+    assert_eq!(job.attempts, 2, "the dead attempt counts");
+    assert_eq!(runs.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn a_job_longer_than_an_invocation_yields_and_resumes_from_its_checkpoint_each_time() {
+    let env = TestEnv::start().await;
+    let starts = Arc::new(std::sync::Mutex::new(Vec::<u64>::new()));
+    let mut registry = HandlerRegistry::with_builtins();
+    let seen = starts.clone();
+    registry
+        .register_fn("steps", move |input, ctx| {
+            let seen = seen.clone();
+            async move {
+                let total = input["steps"].as_u64().unwrap();
+                let from = ctx
+                    .checkpoint()
+                    .and_then(|c| c["next"].as_u64())
+                    .unwrap_or(0);
+                seen.lock().unwrap().push(from);
+                for step in from..total {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    ctx.save_checkpoint(serde_json::json!({"next": step + 1}))
+                        .await?;
+                    ctx.progress(
+                        ((step + 1) * 100 / total) as u8,
+                        format!("step {}", step + 1),
+                    )
+                    .await?;
+                    if step + 1 < total && ctx.should_yield() {
+                        return Err(JobError::Yield);
+                    }
+                }
+                Ok(Value::from(total).into())
+            }
+        })
+        .unwrap();
+    let api = env.api(registry.clone());
+    let id = env
+        .submit(&api, r#"{"kind":"steps","input":{"steps":8}}"#)
+        .await;
+    // Each simulated invocation has 700 ms; handlers yield with 500 ms left: a few steps per invocation.
+    let settings = WorkerSettings {
+        yield_margin: Duration::from_millis(500),
+        ..fast_settings(env.config.max_attempts)
+    };
+    let worker = env
+        .worker_with(registry, settings)
+        .with_timeout(Duration::from_millis(700));
+    let job = env
+        .run_until(&worker, &id, JobStatus::Completed, WAIT)
+        .await;
+    let starts = starts.lock().unwrap().clone();
+    assert!(starts.len() >= 3, "spanned several invocations: {starts:?}");
+    assert_eq!(starts[0], 0);
+    assert!(
+        starts.windows(2).all(|w| w[0] < w[1]),
+        "each resumed past the last: {starts:?}"
+    );
+    assert_eq!(job.result, Some(Value::from(8)));
+    assert_eq!(job.continuations as usize, starts.len() - 1);
+    assert_eq!(job.attempts, 1, "continuations are not failed attempts");
+    assert_eq!(job.progress.unwrap().percent, 100);
 }

@@ -12,7 +12,8 @@ use async_trait::async_trait;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::job::JobId;
+use crate::job::{Job, JobId, MAX_CHECKPOINT_BYTES, Millis, Progress};
+use crate::worker::lease::{LeaseError, LeaseKeeper};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
@@ -35,6 +36,10 @@ pub enum JobError {
         #[source]
         source: BoxError,
     },
+    /// Not a failure: the handler stopped before the invocation's deadline (see
+    /// [`JobContext::should_yield`]) and the job continues from its last checkpoint in a new message.
+    #[error("yielded before the invocation deadline")]
+    Yield,
 }
 
 impl JobError {
@@ -90,22 +95,38 @@ impl Output {
     }
 }
 
-/// What a running handler knows about its job. Cheap to clone.
-#[derive(Debug, Clone)]
+/// What a running handler knows about its job, and how it talks back (checkpoints, progress). Cheap to
+/// clone.
+#[derive(Clone)]
 pub struct JobContext {
     inner: Arc<ContextInner>,
 }
 
-#[derive(Debug)]
 struct ContextInner {
     job_id: JobId,
     kind: String,
     attempt: u32,
     max_attempts: u32,
     checkpoint: Option<Value>,
+    /// When the invocation ends (epoch ms), if it does.
+    deadline: Option<Millis>,
+    /// How long before the deadline a handler should yield.
+    yield_margin: Duration,
+    /// The running attempt's writer; `None` for a detached context (handler unit tests).
+    keeper: Option<Arc<LeaseKeeper>>,
+}
+
+impl fmt::Debug for JobContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JobContext")
+            .field("job_id", &self.inner.job_id)
+            .field("attempt", &self.inner.attempt)
+            .finish_non_exhaustive()
+    }
 }
 
 impl JobContext {
+    /// A context not attached to a stored job: writes are accepted and dropped. For handler unit tests.
     pub fn new(
         job_id: JobId,
         kind: String,
@@ -120,6 +141,30 @@ impl JobContext {
                 attempt,
                 max_attempts,
                 checkpoint,
+                deadline: None,
+                yield_margin: Duration::ZERO,
+                keeper: None,
+            }),
+        }
+    }
+
+    /// The context of a claimed job, writing through `keeper`.
+    pub(crate) fn attached(
+        keeper: Arc<LeaseKeeper>,
+        job: &Job,
+        deadline: Option<Millis>,
+        yield_margin: Duration,
+    ) -> Self {
+        Self {
+            inner: Arc::new(ContextInner {
+                job_id: job.job_id.clone(),
+                kind: job.kind.clone(),
+                attempt: job.attempts,
+                max_attempts: job.max_attempts,
+                checkpoint: job.checkpoint.clone(),
+                deadline,
+                yield_margin,
+                keeper: Some(keeper),
             }),
         }
     }
@@ -132,7 +177,7 @@ impl JobContext {
         &self.inner.kind
     }
 
-    /// 1 on the first run, incremented on every retry.
+    /// 1 on the first run, incremented on every retry (continuations after a yield do not count).
     pub fn attempt(&self) -> u32 {
         self.inner.attempt
     }
@@ -141,9 +186,62 @@ impl JobContext {
         self.inner.max_attempts
     }
 
-    /// The last checkpoint a previous attempt saved, if any.
+    /// The last checkpoint saved by an earlier attempt or continuation, if any: resume from here.
     pub fn checkpoint(&self) -> Option<&Value> {
         self.inner.checkpoint.as_ref()
+    }
+
+    /// Time left before the invocation's deadline; `None` when there is none (local runs).
+    pub fn remaining(&self) -> Option<Duration> {
+        let left = self.inner.deadline? - crate::now_millis();
+        Some(Duration::from_millis(left.max(0) as u64))
+    }
+
+    /// Whether the deadline is close enough that the handler should save a checkpoint and return
+    /// [`JobError::Yield`], to continue in a fresh invocation.
+    pub fn should_yield(&self) -> bool {
+        self.remaining()
+            .is_some_and(|left| left <= self.inner.yield_margin)
+    }
+
+    /// Saves a checkpoint (at most [`MAX_CHECKPOINT_BYTES`] serialized). A retry or continuation of the
+    /// job starts with it in [`Self::checkpoint`].
+    pub async fn save_checkpoint(&self, checkpoint: Value) -> Result<(), JobError> {
+        if serde_json::to_vec(&checkpoint).map_or(usize::MAX, |v| v.len()) > MAX_CHECKPOINT_BYTES {
+            return Err(JobError::terminal(
+                "checkpoint_too_large",
+                format!("a checkpoint may be at most {MAX_CHECKPOINT_BYTES} bytes"),
+            ));
+        }
+        self.write(move |job, owner, now| job.save_checkpoint(owner, checkpoint.clone(), now))
+            .await
+    }
+
+    /// Reports progress, shown to pollers of the job.
+    pub async fn progress(&self, percent: u8, message: impl Into<String>) -> Result<(), JobError> {
+        let progress = Progress {
+            percent: percent.min(100),
+            message: message.into(),
+        };
+        self.write(move |job, owner, now| job.report_progress(owner, progress.clone(), now))
+            .await
+    }
+
+    async fn write(
+        &self,
+        change: impl Fn(&Job, &str, Millis) -> Result<Job, crate::job::IllegalTransition>,
+    ) -> Result<(), JobError> {
+        let Some(keeper) = &self.inner.keeper else {
+            return Ok(());
+        };
+        match keeper.update(change).await {
+            Ok(_) => Ok(()),
+            Err(LeaseError::Lost) => Err(JobError::retryable(
+                "lease_lost",
+                "another attempt owns the job now",
+            )),
+            Err(LeaseError::Store(e)) => Err(JobError::retryable("store_unavailable", e)),
+        }
     }
 }
 

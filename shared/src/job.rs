@@ -149,6 +149,15 @@ pub struct ErrorInfo {
     pub retryable: bool,
 }
 
+/// The latest progress a handler reported.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Progress {
+    /// 0-100.
+    pub percent: u8,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+}
+
 /// The job record. Its serde form is the storage form (DynamoDB item / embedded store); the API shows
 /// a [`crate::api::JobView`] of it instead.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -178,6 +187,11 @@ pub struct Job {
         skip_serializing_if = "Option::is_none"
     )]
     pub checkpoint: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<Progress>,
+    /// Times the job yielded before a deadline and continued in a new message (not failed attempts).
+    #[serde(default)]
+    pub continuations: u32,
     /// The `Idempotency-Key` the job was submitted with, and the hash of the request it was used for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
@@ -235,6 +249,8 @@ impl Job {
             attempts: 0,
             max_attempts: spec.max_attempts,
             checkpoint: None,
+            progress: None,
+            continuations: 0,
             idempotency_key: None,
             request_hash: None,
             lease_owner: None,
@@ -388,6 +404,64 @@ impl Job {
         self.status == JobStatus::Queued && self.version == 0 && now - self.submitted_at > after_ms
     }
 
+    /// The lease holder extends its lease to `until` (a heartbeat).
+    pub fn heartbeat(
+        &self,
+        owner: &str,
+        until: Millis,
+        now: Millis,
+    ) -> Result<Self, IllegalTransition> {
+        let mut next = self.holding(owner, "heartbeat", now)?;
+        next.lease_expires_at = Some(until);
+        Ok(next)
+    }
+
+    /// The lease holder saves a checkpoint; a later attempt or continuation starts from it.
+    pub fn save_checkpoint(
+        &self,
+        owner: &str,
+        checkpoint: Value,
+        now: Millis,
+    ) -> Result<Self, IllegalTransition> {
+        let mut next = self.holding(owner, "checkpoint", now)?;
+        next.checkpoint = Some(checkpoint);
+        Ok(next)
+    }
+
+    /// The lease holder reports progress.
+    pub fn report_progress(
+        &self,
+        owner: &str,
+        progress: Progress,
+        now: Millis,
+    ) -> Result<Self, IllegalTransition> {
+        let mut next = self.holding(owner, "report progress of", now)?;
+        next.progress = Some(progress);
+        Ok(next)
+    }
+
+    /// `running` -> `queued`: the handler yielded before the invocation's deadline and the job continues
+    /// from its checkpoint in a new message. Not a failed attempt: the attempt is given back.
+    pub fn suspend(&self, owner: &str, now: Millis) -> Result<Self, IllegalTransition> {
+        let mut next = self.finish(owner, JobStatus::Queued, "suspend", now)?;
+        next.attempts = next.attempts.saturating_sub(1);
+        next.continuations += 1;
+        Ok(next)
+    }
+
+    /// A new version of a running job, if `owner` holds its lease.
+    fn holding(
+        &self,
+        owner: &str,
+        action: &'static str,
+        now: Millis,
+    ) -> Result<Self, IllegalTransition> {
+        if self.status != JobStatus::Running || self.lease_owner.as_deref() != Some(owner) {
+            return Err(self.illegal(action));
+        }
+        Ok(self.next_version(now))
+    }
+
     /// Common part of leaving `running`: the caller must hold the lease; the lease is released.
     fn finish(
         &self,
@@ -396,10 +470,7 @@ impl Job {
         action: &'static str,
         now: Millis,
     ) -> Result<Self, IllegalTransition> {
-        if self.status != JobStatus::Running || self.lease_owner.as_deref() != Some(owner) {
-            return Err(self.illegal(action));
-        }
-        let mut next = self.next_version(now);
+        let mut next = self.holding(owner, action, now)?;
         next.status = to;
         next.lease_owner = None;
         next.lease_expires_at = None;
@@ -672,6 +743,44 @@ mod tests {
             other.resubmit(T0 + 1).is_err(),
             "a handler failure is not resubmitted"
         );
+    }
+
+    #[test]
+    fn the_lease_holder_heartbeats_checkpoints_and_reports_progress_and_others_cannot() {
+        let j = job().claim("w1", T0 + 10, T0).unwrap();
+        let j = j.heartbeat("w1", T0 + 100, T0 + 5).unwrap();
+        assert_eq!(j.lease_expires_at, Some(T0 + 100));
+        let j = j.save_checkpoint("w1", json!({"step": 2}), T0 + 6).unwrap();
+        let progress = Progress {
+            percent: 40,
+            message: "step 2".into(),
+        };
+        let j = j.report_progress("w1", progress.clone(), T0 + 7).unwrap();
+        assert_eq!(
+            (j.checkpoint.clone(), j.progress.clone(), j.version),
+            (Some(json!({"step": 2})), Some(progress), 4)
+        );
+        assert!(j.heartbeat("w2", T0 + 200, T0 + 8).is_err());
+        assert!(j.save_checkpoint("w2", json!(0), T0 + 8).is_err());
+        let done = j.complete("w1", json!(1), vec![], T0 + 9).unwrap();
+        assert!(
+            done.heartbeat("w1", T0 + 200, T0 + 10).is_err(),
+            "no heartbeat after the end"
+        );
+    }
+
+    #[test]
+    fn a_suspended_job_is_queued_with_its_checkpoint_and_the_attempt_given_back() {
+        let j = job().claim("w1", T0 + 10, T0).unwrap();
+        let j = j.save_checkpoint("w1", json!({"step": 5}), T0 + 1).unwrap();
+        let s = j.suspend("w1", T0 + 2).unwrap();
+        assert_eq!(
+            (s.status, s.attempts, s.continuations),
+            (JobStatus::Queued, 0, 1)
+        );
+        assert_eq!(s.checkpoint, Some(json!({"step": 5})));
+        assert_eq!(s.lease_owner, None);
+        assert!(s.claimable(T0 + 3));
     }
 
     #[test]

@@ -88,6 +88,7 @@ pub struct EventSource {
     worker: Arc<Worker>,
     batch_size: u32,
     wait: Duration,
+    timeout: Option<Duration>,
 }
 
 impl EventSource {
@@ -103,7 +104,14 @@ impl EventSource {
             worker,
             batch_size: batch_size.clamp(1, 10),
             wait: Duration::from_secs(1),
+            timeout: None,
         }
+    }
+
+    /// Gives each invocation a deadline `timeout` after it starts, like the function's Timeout.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
     }
 
     /// How long one receive waits for a first message (long polling).
@@ -125,7 +133,9 @@ impl EventSource {
             .collect();
         let inv = Invocation {
             request_id: format!("local-{:016x}", rand::random::<u64>()),
-            deadline: None,
+            deadline: self
+                .timeout
+                .map(|t| crate::now_millis() + t.as_millis() as i64),
         };
         let result = self.worker.process_batch(event, &inv).await;
         for m in &msgs {

@@ -102,7 +102,8 @@ pub fn fast_settings(max_attempts: u32) -> WorkerSettings {
         max_attempts,
         backoff: Backoff::new(Duration::from_secs(1), Duration::from_secs(1)),
         concurrency: 10,
-        default_lease: Duration::from_secs(60),
+        lease: Duration::from_secs(60),
+        yield_margin: Duration::from_secs(1),
     }
 }
 
@@ -237,12 +238,11 @@ impl TestEnv {
 
     /// A worker behind a local SQS event source on this stack's queue.
     pub fn worker(&self, registry: HandlerRegistry) -> EventSource {
-        let worker = Worker::new(
-            self.store.clone(),
-            self.queue.clone(),
-            registry,
-            fast_settings(self.config.max_attempts),
-        );
+        self.worker_with(registry, fast_settings(self.config.max_attempts))
+    }
+
+    pub fn worker_with(&self, registry: HandlerRegistry, settings: WorkerSettings) -> EventSource {
+        let worker = Worker::new(self.store.clone(), self.queue.clone(), registry, settings);
         EventSource::new(self.queue.clone(), &self.queue_arn, Arc::new(worker), 10)
     }
 

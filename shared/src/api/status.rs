@@ -6,7 +6,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::{Api, ApiError, caller, json_response};
-use crate::job::{ErrorInfo, Job, JobId, JobStatus, Millis};
+use crate::job::{ErrorInfo, Job, JobId, JobStatus, Millis, Progress};
 
 /// The public form of a job: no lease internals, times as RFC 3339.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -21,6 +21,8 @@ pub struct JobView {
     pub warnings: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<ErrorInfo>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub progress: Option<Progress>,
     pub attempts: u32,
     pub max_attempts: u32,
     pub submitted_at: String,
@@ -52,6 +54,7 @@ impl JobView {
             result: j.result,
             warnings: j.warnings,
             error: j.error,
+            progress: j.progress,
             attempts: j.attempts,
             max_attempts: j.max_attempts,
         }

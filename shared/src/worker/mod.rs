@@ -10,6 +10,7 @@
 //! acknowledged without running it; one of a job another worker is running comes back when that lease ends.
 
 mod backoff;
+pub(crate) mod lease;
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -23,11 +24,12 @@ use tracing::Instrument;
 
 pub use backoff::Backoff;
 
-use crate::handler::{HandlerRegistry, JobContext, JobError};
+use crate::handler::{HandlerRegistry, JobContext, JobError, Output};
 use crate::job::{ErrorInfo, Job, JobStatus, MAX_RESULT_BYTES, Millis};
 use crate::queue::{JobMessage, JobQueue, MAX_VISIBILITY};
 use crate::store::{JobStore, StoreError};
 use crate::{config::Config, now_millis};
+use lease::{LeaseError, LeaseKeeper};
 
 /// How the worker retries and leases.
 #[derive(Debug, Clone, PartialEq)]
@@ -37,8 +39,11 @@ pub struct WorkerSettings {
     pub backoff: Backoff,
     /// Jobs of one batch run at once.
     pub concurrency: usize,
-    /// Lease length when the invocation has no deadline (local runs).
-    pub default_lease: Duration,
+    /// How long a claim or heartbeat holds the job (and hides its message). Heartbeats come every third
+    /// of it, so a dead worker's job is free again within one lease.
+    pub lease: Duration,
+    /// How long before the invocation deadline [`JobContext::should_yield`] turns true.
+    pub yield_margin: Duration,
 }
 
 impl WorkerSettings {
@@ -47,14 +52,11 @@ impl WorkerSettings {
             max_attempts: c.max_attempts,
             backoff: c.backoff,
             concurrency: c.worker_concurrency,
-            default_lease: Duration::from_secs(900),
+            lease: Duration::from_secs(60),
+            yield_margin: Duration::from_secs(60),
         }
     }
 }
-
-/// Extra lease time past the invocation deadline, so a job finishing right at the deadline can still
-/// write its outcome.
-const LEASE_GRACE_MS: Millis = 5_000;
 
 /// The invocation a batch arrived in.
 #[derive(Debug, Clone, Default)]
@@ -81,6 +83,8 @@ pub enum Outcome {
     Missing,
     /// The lease was lost while running (it expired and someone else claimed): that run's result is dropped.
     LeaseLost,
+    /// The handler yielded before the deadline; the job continues in a new message.
+    Continued,
     /// The store or queue failed: the message comes back with backoff.
     Unavailable,
 }
@@ -202,17 +206,14 @@ impl Worker {
         let span = tracing::info_span!("job", job_id = %msg.job_id, kind = %msg.kind, receive = attempt_no);
         async {
             let now = now_millis();
-            let lease_until = inv
-                .deadline
-                .unwrap_or(now + self.settings.default_lease.as_millis() as Millis)
-                + LEASE_GRACE_MS;
             let owner = format!("{}:{:016x}", inv.request_id, rand::random::<u64>());
+            let lease_until = now + self.settings.lease.as_millis() as Millis;
             match self
                 .store
                 .claim(&msg.job_id, &owner, lease_until, now)
                 .await
             {
-                Ok(job) => self.run(job, &owner, attempt_no).await,
+                Ok(job) => self.run(job, owner, rec, inv).await,
                 Err(StoreError::NotFound) => {
                     tracing::error!("message for a job that does not exist");
                     (Outcome::Missing, backoff())
@@ -243,64 +244,113 @@ impl Worker {
         .await
     }
 
-    /// Runs a claimed job and records its outcome.
-    async fn run(&self, job: Job, owner: &str, receive_count: u32) -> Verdict {
-        let started = std::time::Instant::now();
-        let ctx = JobContext::new(
-            job.job_id.clone(),
-            job.kind.clone(),
-            job.attempts,
-            job.max_attempts,
-            job.checkpoint.clone(),
-        );
-        let ran = match self.registry.get(&job.kind) {
-            None => Err(JobError::terminal(
+    /// Keeps the message hidden while the lease is live, and half a lease more (best effort: if it shows
+    /// up early, the next receiver finds the job busy and puts it back).
+    async fn hide(&self, rec: &SqsMessage) {
+        if let Some(receipt) = rec.receipt_handle.as_deref() {
+            let _ = self
+                .queue
+                .change_visibility(receipt, self.settings.lease.mul_f32(1.5))
+                .await;
+        }
+    }
+
+    /// Runs the handler while heartbeating: every third of a lease, the lease and the message's
+    /// visibility are extended. Returns `None` if the lease was lost (the run is abandoned).
+    async fn run_handler(
+        &self,
+        job: &Job,
+        keeper: &Arc<LeaseKeeper>,
+        rec: &SqsMessage,
+        inv: &Invocation,
+    ) -> Option<Result<Output, JobError>> {
+        let Some(handler) = self.registry.get(&job.kind) else {
+            return Some(Err(JobError::terminal(
                 "unknown_kind",
                 format!("no handler is registered for kind {:?}", job.kind),
-            )),
-            Some(handler) => AssertUnwindSafe(handler.run(job.input.clone(), ctx))
-                .catch_unwind()
-                .await
-                .unwrap_or_else(|panic| Err(JobError::retryable("panic", panic_message(&panic)))),
+            )));
         };
-        let now = now_millis();
+        let ctx = JobContext::attached(
+            keeper.clone(),
+            job,
+            inv.deadline,
+            self.settings.yield_margin,
+        );
+        let run = AssertUnwindSafe(handler.run(job.input.clone(), ctx)).catch_unwind();
+        tokio::pin!(run);
+        let mut beat = tokio::time::interval(self.settings.lease / 3);
+        beat.tick().await; // the first tick is immediate: the claim just set the lease
+        loop {
+            tokio::select! {
+                ran = &mut run => {
+                    return Some(ran.unwrap_or_else(|panic| Err(JobError::retryable("panic", panic_message(&panic)))));
+                }
+                _ = beat.tick() => {
+                    let lease = self.settings.lease.as_millis() as Millis;
+                    match keeper.update(|j, owner, now| j.heartbeat(owner, now + lease, now)).await {
+                        Ok(_) => self.hide(rec).await,
+                        Err(LeaseError::Lost) => {
+                            tracing::warn!("lease lost while running; abandoning the attempt");
+                            return None;
+                        }
+                        // The lease may still be valid; keep going and try at the next beat.
+                        Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Runs a claimed job and records its outcome.
+    async fn run(&self, job: Job, owner: String, rec: &SqsMessage, inv: &Invocation) -> Verdict {
+        let started = std::time::Instant::now();
+        let receive_count = receive_count(rec);
+        self.hide(rec).await;
+        let keeper = LeaseKeeper::new(self.store.clone(), owner, job.clone());
+        let Some(ran) = self.run_handler(&job, &keeper, rec, inv).await else {
+            return (Outcome::LeaseLost, None);
+        };
+        let elapsed_ms = started.elapsed().as_millis() as u64;
         // The attempt that reaches maxReceiveCount is the last one SQS delivers: the job is dead-lettered
         // now, before SQS moves the message, so its record says why.
         let last_attempt = job.attempts.max(receive_count) >= self.settings.max_attempts;
-        let (next, verdict) = match ran {
+        if let Err(JobError::Yield) = ran {
+            return self.continue_later(&keeper, rec).await;
+        }
+        let fail = |to, code: String, message: String, retryable| {
+            let e = error_info(code, message, retryable);
+            move |j: &Job, owner: &str, now| j.fail(owner, to, e.clone(), now)
+        };
+        let (written, verdict) = match ran {
             Ok(out)
                 if serde_json::to_vec(&out.result).map_or(0, |v| v.len()) > MAX_RESULT_BYTES =>
             {
-                let err = error_info(
-                    "result_too_large",
+                let f = fail(
+                    JobStatus::Failed,
+                    "result_too_large".into(),
                     format!("result exceeds {MAX_RESULT_BYTES} bytes"),
                     false,
                 );
-                (
-                    job.fail(owner, JobStatus::Failed, err, now),
-                    (Outcome::Failed, None),
-                )
+                (keeper.update(f).await, (Outcome::Failed, None))
             }
             Ok(out) => (
-                job.complete(owner, out.result, out.warnings, now),
+                keeper
+                    .update(|j, owner, now| {
+                        j.complete(owner, out.result.clone(), out.warnings.clone(), now)
+                    })
+                    .await,
                 (Outcome::Completed, None),
             ),
             Err(JobError::Terminal { code, source }) => (
-                job.fail(
-                    owner,
-                    JobStatus::Failed,
-                    error_info(code, source.to_string(), false),
-                    now,
-                ),
+                keeper
+                    .update(fail(JobStatus::Failed, code, source.to_string(), false))
+                    .await,
                 (Outcome::Failed, None),
             ),
             Err(JobError::Retryable { code, source, .. }) if last_attempt => (
-                job.fail(
-                    owner,
-                    JobStatus::DeadLetter,
-                    error_info(code, source.to_string(), true),
-                    now,
-                ),
+                keeper
+                    .update(fail(JobStatus::DeadLetter, code, source.to_string(), true))
+                    .await,
                 // Back at once so SQS moves it to the DLQ on its next receive.
                 (Outcome::DeadLettered, Some(Duration::ZERO)),
             ),
@@ -311,42 +361,56 @@ impl Worker {
             }) => {
                 let delay = after.unwrap_or_else(|| self.settings.backoff.delay(job.attempts));
                 (
-                    job.fail(
-                        owner,
-                        JobStatus::Retrying,
-                        error_info(code, source.to_string(), true),
-                        now,
-                    ),
+                    keeper
+                        .update(fail(JobStatus::Retrying, code, source.to_string(), true))
+                        .await,
                     (Outcome::Retrying, Some(delay.min(MAX_VISIBILITY))),
                 )
             }
+            Err(JobError::Yield) => unreachable!("handled above"),
         };
-        let elapsed_ms = started.elapsed().as_millis() as u64;
-        let next = match next {
-            Ok(next) => next,
-            Err(e) => {
-                // Cannot happen: `job` is the running job this worker just claimed.
-                tracing::error!(error = %e, "illegal transition after run");
-                return (Outcome::LeaseLost, None);
-            }
-        };
-        match self.store.replace(&next).await {
-            Ok(()) => {
+        match written {
+            Ok(_) => {
                 tracing::info!(outcome = ?verdict.0, attempt = job.attempts, elapsed_ms, "job attempt finished");
                 verdict
             }
-            Err(StoreError::Conflict { .. }) | Err(StoreError::NotFound) => {
+            Err(LeaseError::Lost) => {
                 // Someone claimed the job after our lease expired; their run decides. Our message (if it
                 // is still ours) is acknowledged: the job's fate no longer depends on it.
                 tracing::warn!(elapsed_ms, "lease lost while running; result dropped");
                 (Outcome::LeaseLost, None)
             }
-            Err(e) => {
+            Err(LeaseError::Store(e)) => {
                 tracing::warn!(error = %e, "could not record the outcome; the job will run again");
                 (
                     Outcome::Unavailable,
                     Some(self.settings.backoff.delay(job.attempts)),
                 )
+            }
+        }
+    }
+
+    /// A yield: a new message carries the job on (sent first: if we die before the job is written back
+    /// to `queued`, that message finds the lease expired and claims it), then the job is suspended and
+    /// this message acknowledged.
+    async fn continue_later(&self, keeper: &LeaseKeeper, rec: &SqsMessage) -> Verdict {
+        let body = rec.body.clone().unwrap_or_default();
+        if let Err(e) = self.queue.send(&body, Duration::ZERO).await {
+            tracing::warn!(error = %e, "could not send the continuation; retrying the attempt");
+            return (Outcome::Unavailable, Some(self.settings.backoff.delay(1)));
+        }
+        match keeper.update(|j, owner, now| j.suspend(owner, now)).await {
+            Ok(j) => {
+                tracing::info!(
+                    continuations = j.continuations,
+                    "job yielded; continues in a new message"
+                );
+                (Outcome::Continued, None)
+            }
+            Err(e) => {
+                // The continuation message finds the lease expired and resumes from the checkpoint.
+                tracing::warn!(error = %e, "could not suspend the job");
+                (Outcome::Continued, None)
             }
         }
     }
