@@ -70,8 +70,10 @@ async fn create_then_get_round_trips_and_ids_are_unique(b: Backends) {
     let job = new_job();
     b.store.create(&job).await.unwrap();
     assert_eq!(b.store.get(&job.job_id).await.unwrap(), Some(job.clone()));
+    let mut other = new_job();
+    other.job_id = job.job_id.clone();
     assert!(matches!(
-        b.store.create(&job).await,
+        b.store.create(&other).await,
         Err(StoreError::AlreadyExists)
     ));
     assert_eq!(
@@ -191,6 +193,32 @@ async fn finished_and_missing_jobs_cannot_be_claimed(b: Backends) {
         b.store.replace(&orphan).await,
         Err(StoreError::NotFound)
     ));
+}
+
+async fn repeating_a_write_that_landed_succeeds_as_after_a_lost_response(b: Backends) {
+    let job = new_job();
+    b.store.create(&job).await.unwrap();
+    b.store.create(&job).await.expect("create again");
+    let now = now_millis();
+    let claimed = b
+        .store
+        .claim(&job.job_id, "w", now + 60_000, now)
+        .await
+        .unwrap();
+    let again = b
+        .store
+        .claim(&job.job_id, "w", now + 60_000, now)
+        .await
+        .expect("claim again");
+    assert_eq!(
+        (again.attempts, again.version),
+        (claimed.attempts, claimed.version),
+        "counted once"
+    );
+    let done = claimed.complete("w", json!(1), vec![], now).unwrap();
+    b.store.replace(&done).await.unwrap();
+    b.store.replace(&done).await.expect("replace again");
+    assert_eq!(b.store.get(&job.job_id).await.unwrap(), Some(done));
 }
 
 // ---------- queue ----------
@@ -379,6 +407,7 @@ conformance!(
     concurrent_claims_of_one_job_have_exactly_one_winner,
     an_expired_lease_can_be_claimed_and_the_old_owner_cannot_write,
     finished_and_missing_jobs_cannot_be_claimed,
+    repeating_a_write_that_landed_succeeds_as_after_a_lost_response,
     a_received_message_is_hidden_until_its_visibility_ends_and_counts_receives,
     changing_visibility_of_a_deleted_message_is_a_stale_receipt,
     a_delayed_message_is_invisible_until_its_delay_passes,

@@ -98,7 +98,11 @@ impl JobStore for DynamoStore {
                 if e.as_service_error()
                     .is_some_and(|s| s.is_conditional_check_failed_exception()) =>
             {
-                Err(StoreError::AlreadyExists)
+                // The SDK retries a write whose response was lost; if the first try landed, it is ours.
+                match self.get(&job.job_id).await? {
+                    Some(stored) if stored == *job => Ok(()),
+                    _ => Err(StoreError::AlreadyExists),
+                }
             }
             Err(e) => Err(unavailable(e)),
         }
@@ -141,6 +145,8 @@ impl JobStore for DynamoStore {
         let res = self
             .client
             .transact_write_items()
+            // Makes the SDK's retries of this transaction idempotent (for 10 minutes).
+            .client_request_token(job.job_id.to_string())
             .transact_items(TransactWriteItem::builder().put(put_job).build())
             .transact_items(TransactWriteItem::builder().put(put_key).build())
             .send()
@@ -244,7 +250,16 @@ impl JobStore for DynamoStore {
             Ok(out) => from_item(out.attributes.unwrap_or_default()),
             Err(e) => match e.into_service_error() {
                 UpdateItemError::ConditionalCheckFailedException(c) => {
-                    Err(self.conflict(id, c.item).await)
+                    match self.conflict(id, c.item).await {
+                        // A retried claim whose first try landed (its response was lost) is ours.
+                        StoreError::Conflict { current: Some(job) }
+                            if job.lease_owner.as_deref() == Some(owner)
+                                && job.lease_expires_at == Some(lease_expires_at) =>
+                        {
+                            Ok(*job)
+                        }
+                        e => Err(e),
+                    }
                 }
                 other => Err(StoreError::Unavailable {
                     source: other.into(),
@@ -268,7 +283,11 @@ impl JobStore for DynamoStore {
             Ok(_) => Ok(()),
             Err(e) => match e.into_service_error() {
                 PutItemError::ConditionalCheckFailedException(c) => {
-                    Err(self.conflict(&job.job_id, c.item).await)
+                    match self.conflict(&job.job_id, c.item).await {
+                        // A retried write whose first try landed: done.
+                        StoreError::Conflict { current: Some(cur) } if *cur == *job => Ok(()),
+                        e => Err(e),
+                    }
                 }
                 other => Err(StoreError::Unavailable {
                     source: other.into(),

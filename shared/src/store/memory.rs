@@ -31,11 +31,14 @@ impl MemoryStore {
 impl JobStore for MemoryStore {
     async fn create(&self, job: &Job) -> Result<(), StoreError> {
         let mut jobs = self.jobs();
-        if jobs.contains_key(&job.job_id) {
-            return Err(StoreError::AlreadyExists);
+        match jobs.get(&job.job_id) {
+            Some(stored) if stored == job => Ok(()),
+            Some(_) => Err(StoreError::AlreadyExists),
+            None => {
+                jobs.insert(job.job_id.clone(), job.clone());
+                Ok(())
+            }
         }
-        jobs.insert(job.job_id.clone(), job.clone());
-        Ok(())
     }
 
     async fn create_with_key(
@@ -75,6 +78,11 @@ impl JobStore for MemoryStore {
     ) -> Result<Job, StoreError> {
         let mut jobs = self.jobs();
         let current = jobs.get(id).ok_or(StoreError::NotFound)?;
+        if current.lease_owner.as_deref() == Some(owner)
+            && current.lease_expires_at == Some(lease_expires_at)
+        {
+            return Ok(current.clone()); // the same claim again
+        }
         let claimed =
             current
                 .claim(owner, lease_expires_at, now)
@@ -88,6 +96,8 @@ impl JobStore for MemoryStore {
     async fn replace(&self, job: &Job) -> Result<(), StoreError> {
         let mut jobs = self.jobs();
         match jobs.get(&job.job_id) {
+            // Writing what is already stored is a no-op, as for a retried write that landed.
+            Some(cur) if cur == job => Ok(()),
             Some(cur) if cur.version + 1 == job.version => {
                 jobs.insert(job.job_id.clone(), job.clone());
                 Ok(())

@@ -60,7 +60,9 @@ pub enum Created {
     Existing { job_id: JobId, request_hash: String },
 }
 
-/// Persistence of job records. Every method is a single atomic operation on one job.
+/// Persistence of job records. Every method is a single atomic operation on one job, and safe to retry:
+/// repeating a write that already landed (the SDK retries when a response is lost) succeeds again instead
+/// of reporting a conflict with itself.
 #[async_trait]
 pub trait JobStore: Send + Sync {
     /// Stores a new job; `AlreadyExists` if its id is taken.
