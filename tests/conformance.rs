@@ -72,6 +72,7 @@ async fn create_then_get_round_trips_and_ids_are_unique(b: Backends) {
     assert_eq!(b.store.get(&job.job_id).await.unwrap(), Some(job.clone()));
     let mut other = new_job();
     other.job_id = job.job_id.clone();
+    other.input = json!("another job");
     assert!(matches!(
         b.store.create(&other).await,
         Err(StoreError::AlreadyExists)
