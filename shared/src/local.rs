@@ -89,6 +89,7 @@ pub struct EventSource {
     batch_size: u32,
     wait: Duration,
     timeout: Option<Duration>,
+    visibility: Option<Duration>,
 }
 
 impl EventSource {
@@ -105,7 +106,14 @@ impl EventSource {
             batch_size: batch_size.clamp(1, 10),
             wait: Duration::from_secs(1),
             timeout: None,
+            visibility: None,
         }
+    }
+
+    /// Receives with this visibility timeout instead of the queue's default.
+    pub fn with_visibility(mut self, visibility: Duration) -> Self {
+        self.visibility = Some(visibility);
+        self
     }
 
     /// Gives each invocation a deadline `timeout` after it starts, like the function's Timeout.
@@ -122,7 +130,10 @@ impl EventSource {
 
     /// One receive -> invoke -> delete cycle. Returns the messages received and the worker's result.
     pub async fn poll_once(&self) -> Result<(Vec<ReceivedMessage>, BatchResult), QueueError> {
-        let msgs = self.queue.receive(self.batch_size, self.wait, None).await?;
+        let msgs = self
+            .queue
+            .receive(self.batch_size, self.wait, self.visibility)
+            .await?;
         if msgs.is_empty() {
             return Ok((msgs, BatchResult::default()));
         }

@@ -2,6 +2,8 @@
 //! and table (from template.yaml) on the emulator, reached through the real AWS SDK.
 #![allow(dead_code)] // each test binary uses part of the harness
 
+pub mod proxy;
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
@@ -173,10 +175,21 @@ pub struct TestEnv {
 
 impl TestEnv {
     pub async fn start() -> Self {
+        Self::start_with(&[]).await
+    }
+
+    /// With template parameter overrides (beyond the shortest worker timeout, which keeps the queue's
+    /// default visibility short).
+    pub async fn start_with(overrides: &[(&str, &str)]) -> Self {
         ensure_emulator();
         let sdk = sdk_config(Some(&endpoint())).await;
-        // The shortest worker timeout the template allows keeps the queue's default visibility short.
-        let overrides = BTreeMap::from([("WorkerTimeout".to_owned(), "30".to_owned())]);
+        let mut overrides: BTreeMap<String, String> = overrides
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        overrides
+            .entry("WorkerTimeout".into())
+            .or_insert_with(|| "30".into());
         let spec = parse(TEMPLATE_YAML, &overrides).expect("template.yaml parses");
         let prefix = format!(
             "t{}",

@@ -170,7 +170,12 @@ impl JobStore for DynamoStore {
                 .is_some_and(|c| c == "ConditionalCheckFailed")
         };
         if failed(0) {
-            return Err(StoreError::AlreadyExists);
+            // Our own transaction, retried by the SDK after its response was lost (emulators ignore the
+            // request token), finds the job it wrote: it landed.
+            return match self.get(&job.job_id).await? {
+                Some(stored) if stored == *job => Ok(Created::New),
+                _ => Err(StoreError::AlreadyExists),
+            };
         }
         // The key is taken (or the emulator gave no reasons): read who holds it.
         let held = self

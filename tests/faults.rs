@@ -1,0 +1,358 @@
+//! The fault suite: thousands of jobs with every kind of trouble at once, on the emulator behind a
+//! fault-injecting proxy, then a ledger check of ARCHITECTURE.md's invariants 1 and 2: every job ends in
+//! exactly one terminal state (or the DLQ), none is lost, none completes twice.
+//!
+//! Trouble mixed in: successes, retryable failures that later succeed, terminal failures, jobs that never
+//! succeed (dead letters), panics, poison messages, duplicated deliveries, workers killed mid-batch, and
+//! throttling / 5xx / lost responses from the AWS side.
+
+mod support;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use jobkit::api::Api;
+use jobkit::aws::sdk_config;
+use jobkit::local::EventSource;
+use jobkit::queue::{JobMessage, JobQueue, SqsQueue};
+use jobkit::store::{DynamoStore, JobStore};
+use jobkit::worker::{Outcome, Worker, WorkerSettings};
+use jobkit::{HandlerRegistry, Job, JobError, JobId, JobStatus};
+use serde_json::{Value, json};
+use support::proxy::FaultProxy;
+use support::*;
+
+/// Jobs submitted (plus poison messages beside them). `JOBKIT_FAULT_JOBS` overrides.
+fn job_count() -> usize {
+    std::env::var("JOBKIT_FAULT_JOBS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2000)
+}
+
+/// What each kind does, and where its jobs must end.
+const MIX: [(&str, usize, JobStatus); 6] = [
+    ("ok", 50, JobStatus::Completed),
+    ("flaky", 15, JobStatus::Completed), // fails retryably twice, then succeeds
+    ("fatal", 10, JobStatus::Failed),
+    ("doomed", 5, JobStatus::DeadLetter),  // never succeeds
+    ("panicky", 10, JobStatus::Completed), // panics on its first run
+    ("slow", 10, JobStatus::Completed),    // 400 ms on its first run: often killed there
+];
+
+/// Side effects of successful runs, applied with the job id as idempotency key, as a real handler should.
+#[derive(Default)]
+struct Ledger {
+    runs: Mutex<HashMap<String, u32>>,
+    effects: Mutex<HashSet<String>>,
+}
+
+impl Ledger {
+    fn run(&self, id: &JobId) -> u32 {
+        let mut runs = self.runs.lock().unwrap();
+        let n = runs.entry(id.to_string()).or_default();
+        *n += 1;
+        *n
+    }
+
+    fn effect(&self, id: &JobId) {
+        self.effects.lock().unwrap().insert(id.to_string());
+    }
+}
+
+fn registry(ledger: Arc<Ledger>) -> HandlerRegistry {
+    let mut r = HandlerRegistry::new();
+    for (kind, _, _) in MIX {
+        let ledger = ledger.clone();
+        r.register_fn(kind, move |input: Value, ctx| {
+            let ledger = ledger.clone();
+            async move {
+                let run = ledger.run(ctx.job_id());
+                match ctx.kind() {
+                    "flaky" if run <= 2 => return Err(JobError::retryable("flaky", "not yet")),
+                    "fatal" => return Err(JobError::terminal("fatal", "cannot be done")),
+                    "doomed" => return Err(JobError::retryable("doomed", "never works")),
+                    "panicky" if run == 1 => panic!("first run panics"),
+                    "slow" if run == 1 => tokio::time::sleep(Duration::from_millis(400)).await,
+                    _ => {}
+                }
+                ledger.effect(ctx.job_id());
+                Ok(input.into())
+            }
+        })
+        .unwrap();
+    }
+    r
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousands_of_jobs_under_faults_all_end_exactly_once() {
+    let started = Instant::now();
+    let env = TestEnv::start_with(&[("MaxReceiveCount", "8")]).await;
+    let proxy = FaultProxy::start(&endpoint(), 0.02, 0.01).await;
+    let sdk = sdk_config(Some(&proxy.endpoint)).await;
+    let store: Arc<dyn JobStore> = Arc::new(DynamoStore::new(
+        aws_sdk_dynamodb::Client::new(&sdk),
+        &env.config.table,
+    ));
+    let queue: Arc<dyn JobQueue> = Arc::new(SqsQueue::new(
+        aws_sdk_sqs::Client::new(&sdk),
+        &env.config.queue_url,
+    ));
+    let ledger = Arc::new(Ledger::default());
+    let api = Api::new(
+        store.clone(),
+        queue.clone(),
+        registry(ledger.clone()),
+        jobkit::api::ApiSettings::from_config(&env.config),
+    );
+
+    // Submit through the API (faults included: a 503 is retried with the same Idempotency-Key).
+    let n = job_count();
+    let weights: usize = MIX.iter().map(|(_, w, _)| w).sum();
+    let mut expected: HashMap<JobId, JobStatus> = HashMap::new();
+    for i in 0..n {
+        let mut pick = (i * 7919) % weights; // spread the kinds over the run
+        let (kind, _, end) = MIX
+            .iter()
+            .find(|(_, w, _)| {
+                pick < *w || {
+                    pick -= w;
+                    false
+                }
+            })
+            .unwrap();
+        let body = json!({"kind": kind, "input": i}).to_string();
+        let id = loop {
+            let mut req = post_jobs("fault-user", &body);
+            req.headers_mut()
+                .insert("idempotency-key", format!("job-{i}").parse().unwrap());
+            let (status, answer) = json(&api.handle(req).await);
+            match status {
+                200 | 202 => break JobId::parse(answer["job_id"].as_str().unwrap()).unwrap(),
+                503 => {
+                    eprintln!("submit {i}: 503 {answer}");
+                    continue;
+                }
+                other => panic!("submit answered {other}: {answer}"),
+            }
+        };
+        expected.insert(id.clone(), *end);
+        // Duplicated delivery: every tenth job's message is sent twice.
+        if i % 10 == 0 {
+            let dup = JobMessage {
+                job_id: id,
+                kind: kind.to_string(),
+            };
+            while queue.send(&dup.encode(), Duration::ZERO).await.is_err() {}
+        }
+    }
+    let poison = n / 50;
+    for i in 0..poison {
+        while queue
+            .send(&format!("poison #{i}"), Duration::ZERO)
+            .await
+            .is_err()
+        {}
+    }
+    let submitted_in = started.elapsed();
+
+    // Workers: four concurrent pollers, short leases; one poll in twenty is killed 150 ms in.
+    let settings = WorkerSettings {
+        lease: Duration::from_secs(1),
+        ..fast_settings(8)
+    };
+    let worker = Arc::new(Worker::new(
+        store.clone(),
+        queue.clone(),
+        registry(ledger.clone()),
+        settings,
+    ));
+    let events = Arc::new(
+        EventSource::new(queue.clone(), &env.queue_arn, worker, 10)
+            .with_visibility(Duration::from_secs(3))
+            .with_wait(Duration::from_millis(200)),
+    );
+    let completions: Arc<Mutex<HashMap<String, u32>>> = Arc::default();
+    let kills = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let pollers: Vec<_> = (0..4)
+        .map(|_| {
+            let (events, completions, kills, stop) = (
+                events.clone(),
+                completions.clone(),
+                kills.clone(),
+                stop.clone(),
+            );
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    let kill = rand::random::<f64>() < 0.05;
+                    let limit = if kill {
+                        Duration::from_millis(150)
+                    } else {
+                        Duration::from_secs(60)
+                    };
+                    match tokio::time::timeout(limit, events.poll_once()).await {
+                        Err(_) => {
+                            kills.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Ok(Err(_)) => {} // receive failed (injected): poll again
+                        Ok(Ok((msgs, result))) => {
+                            let mut c = completions.lock().unwrap();
+                            for (m, o) in msgs.iter().zip(&result.outcomes) {
+                                if *o == Outcome::Completed {
+                                    let id =
+                                        JobMessage::decode(&m.body).unwrap().job_id.to_string();
+                                    *c.entry(id).or_default() += 1;
+                                }
+                            }
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+
+    // Wait until every job is terminal, reading the table directly (no faults on the check itself).
+    let direct = aws_sdk_dynamodb::Client::new(&env.sdk);
+    let jobs: Vec<Job> = eventually(
+        "every job terminal",
+        Duration::from_secs(1200),
+        async || {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let jobs = scan_jobs(&direct, &env.config.table).await;
+            let done = jobs.iter().filter(|j| j.status.is_terminal()).count();
+            (done == n).then_some(jobs)
+        },
+    )
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    for p in pollers {
+        p.await.unwrap();
+    }
+
+    // The ledger.
+    let mut by_status: HashMap<JobStatus, usize> = HashMap::new();
+    for j in &jobs {
+        *by_status.entry(j.status).or_default() += 1;
+        assert_eq!(
+            Some(&j.status),
+            expected.get(&j.job_id),
+            "job {} ({}) ended {:?}",
+            j.job_id,
+            j.kind,
+            j.status
+        );
+    }
+    let count = |s| by_status.get(&s).copied().unwrap_or(0);
+    assert_eq!(jobs.len(), n, "no job lost, none invented");
+    assert_eq!(
+        n,
+        count(JobStatus::Completed) + count(JobStatus::Failed) + count(JobStatus::DeadLetter)
+    );
+    let completions = completions.lock().unwrap();
+    assert!(
+        completions.values().all(|&c| c == 1),
+        "a job completed twice"
+    );
+    let effects = ledger.effects.lock().unwrap();
+    for j in jobs.iter().filter(|j| j.status == JobStatus::Completed) {
+        assert!(
+            effects.contains(j.job_id.as_str()),
+            "completed without its effect"
+        );
+        assert!(
+            completions.get(j.job_id.as_str()).is_some_and(|&c| c == 1)
+                || kills.load(Ordering::Relaxed) > 0
+        );
+    }
+    // The DLQ holds every poison message and every dead letter's message.
+    let dlq = &env.dlq;
+    let mut dead_ids = HashSet::new();
+    let mut poisoned = 0;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let dead_expected: HashSet<String> = jobs
+        .iter()
+        .filter(|j| j.status == JobStatus::DeadLetter)
+        .map(|j| j.job_id.to_string())
+        .collect();
+    let drain = EventSource::new(
+        env.queue.clone(),
+        &env.queue_arn,
+        Arc::new(Worker::new(
+            env.store.clone(),
+            env.queue.clone(),
+            registry(ledger.clone()),
+            fast_settings(8),
+        )),
+        10,
+    );
+    while (poisoned < poison || dead_ids.len() < dead_expected.len()) && Instant::now() < deadline {
+        drain.poll_once().await.unwrap(); // moves the last messages to the DLQ on their final receive
+        for m in dlq
+            .receive(
+                10,
+                Duration::from_millis(200),
+                Some(Duration::from_secs(600)),
+            )
+            .await
+            .unwrap()
+        {
+            match JobMessage::decode(&m.body) {
+                Ok(msg) => {
+                    dead_ids.insert(msg.job_id.to_string());
+                }
+                Err(_) => poisoned += 1,
+            }
+        }
+    }
+    assert_eq!(poisoned, poison, "every poison message reached the DLQ");
+    assert!(
+        dead_expected.is_subset(&dead_ids),
+        "every dead letter's message reached the DLQ"
+    );
+    let runs: u32 = ledger.runs.lock().unwrap().values().sum();
+    eprintln!(
+        "fault ledger: {n} jobs + {poison} poison in {:.1}s (submitted in {:.1}s): completed {}, failed {}, dead_letter {}; \
+         handler runs {runs}, distinct effects {}, completions reported {}, workers killed {}; \
+         proxy: {} forwarded, {} rejected, {} responses lost; DLQ: {} job messages, {poisoned} poison",
+        started.elapsed().as_secs_f64(),
+        submitted_in.as_secs_f64(),
+        count(JobStatus::Completed),
+        count(JobStatus::Failed),
+        count(JobStatus::DeadLetter),
+        effects.len(),
+        completions.values().sum::<u32>(),
+        kills.load(Ordering::Relaxed),
+        proxy.stats.forwarded.load(Ordering::Relaxed),
+        proxy.stats.rejected.load(Ordering::Relaxed),
+        proxy.stats.lost_responses.load(Ordering::Relaxed),
+        dead_ids.len(),
+    );
+}
+
+/// Every job record in the table (idempotency-key items skipped).
+async fn scan_jobs(client: &aws_sdk_dynamodb::Client, table: &str) -> Vec<Job> {
+    let mut jobs = Vec::new();
+    let mut start = None;
+    loop {
+        let out = client
+            .scan()
+            .table_name(table)
+            .set_exclusive_start_key(start)
+            .send()
+            .await
+            .expect("scan");
+        for item in out.items.unwrap_or_default() {
+            if let Ok(job) = serde_dynamo::from_item::<_, Job>(item) {
+                jobs.push(job);
+            }
+        }
+        start = out.last_evaluated_key;
+        if start.is_none() {
+            return jobs;
+        }
+    }
+}

@@ -1,0 +1,110 @@
+//! A fault-injecting HTTP proxy in front of the emulator: it fails some requests before forwarding them
+//! (throttling, 5xx: the request never ran) and drops some responses after forwarding (the request ran,
+//! the client sees a 500 and its SDK retries it). The second kind is what makes retried writes land twice.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use axum::body::{Body, to_bytes};
+use axum::extract::State;
+use axum::response::Response;
+
+#[derive(Debug, Default)]
+pub struct ProxyStats {
+    pub forwarded: AtomicU64,
+    /// Failed before reaching the emulator.
+    pub rejected: AtomicU64,
+    /// Ran on the emulator, answered with a 500 instead of its response.
+    pub lost_responses: AtomicU64,
+}
+
+struct Proxy {
+    upstream: String,
+    http: reqwest::Client,
+    reject_rate: f64,
+    lose_rate: f64,
+    stats: Arc<ProxyStats>,
+}
+
+pub struct FaultProxy {
+    pub endpoint: String,
+    pub stats: Arc<ProxyStats>,
+}
+
+impl FaultProxy {
+    /// Starts the proxy on 127.0.0.1 (a free port) in front of `upstream`.
+    pub async fn start(upstream: &str, reject_rate: f64, lose_rate: f64) -> Self {
+        let stats = Arc::new(ProxyStats::default());
+        let state = Arc::new(Proxy {
+            upstream: upstream.trim_end_matches('/').to_owned(),
+            http: reqwest::Client::new(),
+            reject_rate,
+            lose_rate,
+            stats: stats.clone(),
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        let app = axum::Router::new().fallback(forward).with_state(state);
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Self { endpoint, stats }
+    }
+}
+
+fn error(status: u16, body: &'static str) -> Response {
+    http::Response::builder()
+        .status(status)
+        .header("content-type", "application/x-amz-json-1.0")
+        .body(Body::from(body))
+        .unwrap()
+}
+
+async fn forward(State(p): State<Arc<Proxy>>, req: http::Request<Body>) -> Response {
+    let (parts, body) = req.into_parts();
+    let body = to_bytes(body, 64 * 1024 * 1024).await.unwrap();
+    let dynamo = parts
+        .headers
+        .get("x-amz-target")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.starts_with("DynamoDB"));
+    if rand::random::<f64>() < p.reject_rate {
+        p.stats.rejected.fetch_add(1, Ordering::Relaxed);
+        return if dynamo && rand::random::<bool>() {
+            error(
+                400,
+                r#"{"__type":"com.amazonaws.dynamodb.v20120810#ThrottlingException","message":"Rate of requests exceeds the allowed throughput."}"#,
+            )
+        } else {
+            error(503, r#"{"message":"Service Unavailable"}"#)
+        };
+    }
+    let url = format!(
+        "{}{}",
+        p.upstream,
+        parts.uri.path_and_query().map_or("/", |x| x.as_str())
+    );
+    let mut out = p.http.request(parts.method.clone(), url).body(body);
+    for (name, value) in &parts.headers {
+        if name != "host" && name != "content-length" {
+            out = out.header(name, value);
+        }
+    }
+    let resp = match out.send().await {
+        Ok(r) => r,
+        Err(_) => return error(502, r#"{"message":"Bad Gateway"}"#),
+    };
+    p.stats.forwarded.fetch_add(1, Ordering::Relaxed);
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let bytes = resp.bytes().await.unwrap_or_default();
+    if rand::random::<f64>() < p.lose_rate {
+        p.stats.lost_responses.fetch_add(1, Ordering::Relaxed);
+        return error(500, r#"{"message":"Internal Server Error"}"#);
+    }
+    let mut builder = http::Response::builder().status(status);
+    for (name, value) in &headers {
+        if name != "transfer-encoding" && name != "content-length" && name != "connection" {
+            builder = builder.header(name, value);
+        }
+    }
+    builder.body(Body::from(bytes)).unwrap()
+}
