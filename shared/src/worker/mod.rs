@@ -218,6 +218,14 @@ impl Worker {
                     tracing::error!("message for a job that does not exist");
                     (Outcome::Missing, backoff())
                 }
+                Err(StoreError::Conflict { current: Some(job) })
+                    if job.effective_status(now) == JobStatus::DeadLetter =>
+                {
+                    // Every message of a dead-lettered job belongs in the DLQ, where the tools find and
+                    // redrive it: back at once, until SQS moves it there.
+                    tracing::info!("delivery of a dead-lettered job; on its way to the DLQ");
+                    (Outcome::DeadLettered, Some(Duration::ZERO))
+                }
                 Err(StoreError::Conflict { current: Some(job) }) if job.status.is_terminal() => {
                     tracing::info!(status = %job.status, "duplicate delivery of a finished job");
                     (Outcome::AlreadyFinished, None)
