@@ -18,11 +18,15 @@ use crate::queue::SqsQueue;
 use crate::store::DynamoStore;
 use crate::template::{StackSpec, TableSpec};
 
-/// SDK configuration. With `endpoint` (an emulator), requests go there; region and credentials default to
-/// `us-east-1` and static test keys when the environment sets none, since emulators accept any.
+/// SDK configuration. With an endpoint (`endpoint`, else `AWS_ENDPOINT_URL`: an emulator), requests go
+/// there, and region and credentials default to `us-east-1` and static test keys when the environment sets
+/// none, since emulators accept any.
 pub async fn sdk_config(endpoint: Option<&str>) -> SdkConfig {
     let mut loader = aws_config::defaults(BehaviorVersion::latest());
-    if let Some(url) = endpoint {
+    let from_env = std::env::var("AWS_ENDPOINT_URL")
+        .ok()
+        .filter(|u| !u.is_empty());
+    if let Some(url) = endpoint.or(from_env.as_deref()) {
         loader = loader.endpoint_url(url);
         if std::env::var_os("AWS_REGION").is_none()
             && std::env::var_os("AWS_DEFAULT_REGION").is_none()

@@ -348,11 +348,17 @@ impl Job {
         }
     }
 
-    /// `dead_letter` (or `failed`, on an operator's request) -> `queued` for another round of attempts.
-    /// The attempt count restarts; the last error stays as history and `redrives` counts the rounds.
+    /// An operator's redrive -> `queued` for another round of attempts: from `dead_letter` or `failed`, or
+    /// from `retrying` / an expired `running` whose message reached the DLQ before a worker could record
+    /// it (its last deliveries were lost to crashes). The attempt count restarts; the last error stays as
+    /// history and `redrives` counts the rounds.
     pub fn requeue(&self, now: Millis) -> Result<Self, IllegalTransition> {
-        let stuck = self.effective_status(now) == JobStatus::DeadLetter;
-        if !(stuck || self.status == JobStatus::Failed) {
+        let allowed = match self.status {
+            JobStatus::DeadLetter | JobStatus::Failed | JobStatus::Retrying => true,
+            JobStatus::Running => self.claimable(now),
+            JobStatus::Queued | JobStatus::Completed | JobStatus::Cancelled => false,
+        };
+        if !allowed {
             return Err(self.illegal("redrive"));
         }
         let mut next = self.next_version(now);
@@ -362,18 +368,6 @@ impl Job {
         next.lease_owner = None;
         next.lease_expires_at = None;
         next.finished_at = None;
-        Ok(next)
-    }
-
-    /// `queued` -> `failed`: the submit could not enqueue the job and told its client so.
-    pub fn abandon(&self, error: ErrorInfo, now: Millis) -> Result<Self, IllegalTransition> {
-        if self.status != JobStatus::Queued {
-            return Err(self.illegal("abandon"));
-        }
-        let mut next = self.next_version(now);
-        next.status = JobStatus::Failed;
-        next.error = Some(error);
-        next.finished_at = Some(now);
         Ok(next)
     }
 
@@ -700,6 +694,15 @@ mod tests {
         let failed = j.fail("w1", JobStatus::Failed, err(false), T0 + 1).unwrap();
         assert!(failed.requeue(T0 + 2).is_ok());
         assert!(job().requeue(T0).is_err(), "a queued job is not redriven");
+        let retrying = j
+            .fail("w1", JobStatus::Retrying, err(true), T0 + 1)
+            .unwrap();
+        assert!(retrying.requeue(T0 + 2).is_ok(), "stranded while retrying");
+        assert!(j.requeue(T0 + 1).is_err(), "running with a live lease");
+        assert!(
+            j.requeue(T0 + 60_001).is_ok(),
+            "running with an expired lease"
+        );
         let done = j.complete("w1", json!(1), vec![], T0 + 1).unwrap();
         assert!(
             done.requeue(T0 + 2).is_err(),
