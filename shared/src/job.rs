@@ -371,6 +371,18 @@ impl Job {
         Ok(next)
     }
 
+    /// `queued` -> `failed`: the submit could not enqueue the job and told its client so.
+    pub fn abandon(&self, error: ErrorInfo, now: Millis) -> Result<Self, IllegalTransition> {
+        if self.status != JobStatus::Queued {
+            return Err(self.illegal("abandon"));
+        }
+        let mut next = self.next_version(now);
+        next.status = JobStatus::Failed;
+        next.error = Some(error);
+        next.finished_at = Some(now);
+        Ok(next)
+    }
+
     /// `failed` with `enqueue_failed` -> `queued`: the client retried a submit whose send had failed.
     pub fn resubmit(&self, now: Millis) -> Result<Self, IllegalTransition> {
         if !self.enqueue_failed() {
