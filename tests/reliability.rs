@@ -427,3 +427,50 @@ async fn a_job_longer_than_an_invocation_yields_and_resumes_from_its_checkpoint_
     assert_eq!(job.attempts, 1, "continuations are not failed attempts");
     assert_eq!(job.progress.unwrap().percent, 100);
 }
+
+#[tokio::test]
+async fn the_sweep_resends_a_job_whose_submit_crashed_before_sending_and_it_completes() {
+    let env = TestEnv::start().await;
+    let dying = env.api_with_queue(
+        HandlerRegistry::with_builtins(),
+        FailingSends::hanging(env.queue.clone(), 1),
+    );
+    let crashed = tokio::time::timeout(
+        Duration::from_secs(2),
+        dying.handle(post_jobs("alice", r#"{"kind":"echo","input":"swept"}"#)),
+    )
+    .await;
+    assert!(
+        crashed.is_err(),
+        "the submit died mid-send, with no key to retry with"
+    );
+    assert!(all_messages(&env).await.is_empty());
+    let store: Arc<dyn jobkit::store::JobStore> = env.store.clone();
+    let queue: Arc<dyn JobQueue> = env.queue.clone();
+    // Not yet stale under the deployed threshold; stale under a zero one.
+    assert_eq!(
+        jobkit::recovery::resend_stale(&store, &queue, jobkit::recovery::SWEEP_AFTER)
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        jobkit::recovery::resend_stale(&store, &queue, Duration::ZERO)
+            .await
+            .unwrap(),
+        1
+    );
+    let worker = env.worker(HandlerRegistry::with_builtins());
+    let (msgs, result) = env.deliver(&worker).await;
+    assert_eq!(
+        (msgs.len(), result.outcomes.as_slice()),
+        (1, [Outcome::Completed].as_slice())
+    );
+    assert_eq!(
+        jobkit::recovery::resend_stale(&store, &queue, Duration::ZERO)
+            .await
+            .unwrap(),
+        0,
+        "nothing left queued"
+    );
+}

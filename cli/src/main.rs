@@ -50,6 +50,14 @@ enum Command {
         #[arg(long, env = "AWS_ENDPOINT_URL", global = true)]
         endpoint_url: Option<String>,
     },
+    /// Re-send jobs left queued without a message (what the worker's scheduled sweep does).
+    Sweep {
+        #[arg(long, env = "AWS_ENDPOINT_URL")]
+        endpoint_url: Option<String>,
+        /// Jobs queued and untouched for longer than this many seconds are re-sent.
+        #[arg(long, default_value_t = 900)]
+        older_than: u64,
+    },
     /// Create the queues and table from template.yaml on an emulator (or AWS); print their env vars.
     Bootstrap {
         #[arg(long, env = "AWS_ENDPOINT_URL")]
@@ -151,7 +159,10 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
                     return Ok(true);
                 }
                 Command::Watch { id } => c.watch(&id).await?,
-                Command::Dev(_) | Command::Bootstrap { .. } | Command::Dlq { .. } => {
+                Command::Dev(_)
+                | Command::Bootstrap { .. }
+                | Command::Dlq { .. }
+                | Command::Sweep { .. } => {
                     unreachable!("handled above")
                 }
             };

@@ -371,6 +371,14 @@ impl Job {
         Ok(next)
     }
 
+    /// `queued` -> `queued`, touched: a sweep re-sent its message (so the next sweep waits again).
+    pub fn resent(&self, now: Millis) -> Result<Self, IllegalTransition> {
+        if self.status != JobStatus::Queued {
+            return Err(self.illegal("re-send"));
+        }
+        Ok(self.next_version(now))
+    }
+
     /// `queued` -> `failed`: the submit could not enqueue the job and told its client so.
     pub fn abandon(&self, error: ErrorInfo, now: Millis) -> Result<Self, IllegalTransition> {
         if self.status != JobStatus::Queued {

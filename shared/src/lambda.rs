@@ -3,11 +3,16 @@
 
 use std::sync::Arc;
 
+use aws_lambda_events::sqs::SqsEvent;
 use lambda_http::{Request, service_fn};
-use lambda_runtime::Error;
+use lambda_runtime::{Error, LambdaEvent};
+use serde_json::{Value, json};
 
 use crate::api::{Api, ApiSettings};
 use crate::aws::{AwsBackend, sdk_config};
+use crate::queue::JobQueue;
+use crate::recovery;
+use crate::store::JobStore;
 use crate::worker::{Worker, WorkerSettings};
 use crate::{Config, HandlerRegistry};
 
@@ -34,15 +39,31 @@ pub async fn serve_api(registry: HandlerRegistry) -> Result<(), Error> {
     .await
 }
 
-/// Serves SQS batches (the worker function) with the handlers in `registry`.
+/// Serves the worker function: SQS batches with the handlers in `registry`, and the scheduled sweep for
+/// jobs whose message was lost (`Sweep` in template.yaml).
 pub async fn serve_worker(registry: HandlerRegistry) -> Result<(), Error> {
     let (config, aws) = backend().await?;
+    let store: Arc<dyn JobStore> = Arc::new(aws.store);
+    let queue: Arc<dyn JobQueue> = Arc::new(aws.queue);
     let worker = Worker::new(
-        Arc::new(aws.store),
-        Arc::new(aws.queue),
+        store.clone(),
+        queue.clone(),
         registry,
         WorkerSettings::from_config(&config),
     );
-    let worker = &worker;
-    lambda_runtime::run(service_fn(move |event| worker.handle(event))).await
+    let (worker, store, queue) = (&worker, &store, &queue);
+    lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
+        if event.payload.get("Records").is_some() {
+            // Parsed here as the raw SqsEvent: bodies are decoded per record by the worker.
+            let batch: SqsEvent = serde_json::from_value(event.payload)?;
+            let response = worker
+                .handle(LambdaEvent::new(batch, event.context))
+                .await?;
+            Ok::<Value, Error>(serde_json::to_value(response)?)
+        } else {
+            let resent = recovery::resend_stale(store, queue, recovery::SWEEP_AFTER).await?;
+            Ok(json!({ "resent": resent }))
+        }
+    }))
+    .await
 }

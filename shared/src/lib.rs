@@ -8,7 +8,7 @@
 //! - [`store`], [`queue`]: the ports (`JobStore`, `JobQueue`) with DynamoDB/SQS and embedded adapters.
 //! - [`local`]: API Gateway and the SQS event source, reproduced for `jobctl dev` and tests.
 //! - [`template`]: reads template.yaml's queue and table definitions, so local resources match deployed ones.
-//! - [`dlq`]: dead-letter queue tools: list, redrive, purge.
+//! - [`dlq`]: dead-letter queue tools: list, redrive, purge; [`recovery`]: the sweep for lost messages.
 //! - [`config`], [`telemetry`]: typed configuration from the environment; logging.
 //!
 //! `api` and `worker` never name an AWS SDK type: those live in `store::dynamo`, `queue::sqs` and
@@ -23,6 +23,7 @@ pub mod job;
 pub mod lambda;
 pub mod local;
 pub mod queue;
+pub mod recovery;
 pub mod store;
 pub mod telemetry;
 pub mod template;

@@ -300,4 +300,33 @@ impl JobStore for DynamoStore {
             },
         }
     }
+
+    async fn stale_queued(&self, before: Millis, limit: usize) -> Result<Vec<Job>, StoreError> {
+        let mut found = Vec::new();
+        let mut start = None;
+        loop {
+            let out = self
+                .client
+                .scan()
+                .table_name(&self.table)
+                .filter_expression("#s = :queued AND updated_at < :before")
+                .expression_attribute_names("#s", "status")
+                .expression_attribute_values(":queued", status(JobStatus::Queued))
+                .expression_attribute_values(":before", num(before))
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(unavailable)?;
+            for item in out.items.unwrap_or_default() {
+                found.push(from_item(item)?);
+                if found.len() >= limit {
+                    return Ok(found);
+                }
+            }
+            start = out.last_evaluated_key;
+            if start.is_none() {
+                return Ok(found);
+            }
+        }
+    }
 }

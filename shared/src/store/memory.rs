@@ -108,4 +108,16 @@ impl JobStore for MemoryStore {
             None => Err(StoreError::NotFound),
         }
     }
+
+    async fn stale_queued(&self, before: Millis, limit: usize) -> Result<Vec<Job>, StoreError> {
+        let mut stale: Vec<Job> = self
+            .jobs()
+            .values()
+            .filter(|j| j.status == crate::job::JobStatus::Queued && j.updated_at < before)
+            .cloned()
+            .collect();
+        stale.sort_by_key(|j| j.updated_at);
+        stale.truncate(limit);
+        Ok(stale)
+    }
 }

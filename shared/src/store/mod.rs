@@ -94,4 +94,8 @@ pub trait JobStore: Send + Sync {
     /// Replaces the stored job with `job` if the stored version is `job.version - 1` (compare-and-set).
     /// `Conflict` otherwise.
     async fn replace(&self, job: &Job) -> Result<(), StoreError>;
+
+    /// Up to `limit` jobs still `queued` and not updated since `before`: candidates for a lost message.
+    /// A full scan on DynamoDB: meant for a periodic sweep, not for a request path.
+    async fn stale_queued(&self, before: Millis, limit: usize) -> Result<Vec<Job>, StoreError>;
 }
