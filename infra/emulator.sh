@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The local AWS emulator (ministack, from PyPI) on 127.0.0.1 only.
-#   infra/emulator.sh start|stop|status|reset
+#   infra/emulator.sh install|start|stop|status|reset
 # start reuses an emulator (ministack or LocalStack) already answering on the port; otherwise it installs
 # ministack into .venv/ministack (its own venv: it pins botocore exactly) and starts it in the background.
 set -euo pipefail
@@ -18,6 +18,16 @@ healthy() {
     curl -fsS -o /dev/null --max-time 2 "$URL/_localstack/health" 2>/dev/null
 }
 
+# ministack and the SAM translator (CloudFormation with `Transform: AWS::Serverless`), plus boto3 for the
+# end-to-end driver, in their own venv.
+install() {
+  if [ ! -x "$VENV/bin/ministack" ]; then
+    echo "emulator: installing ministack $MINISTACK_VERSION into $VENV"
+    python3 -m venv "$VENV"
+    "$VENV/bin/pip" install -q --disable-pip-version-check "ministack==$MINISTACK_VERSION" aws-sam-translator
+  fi
+}
+
 start() {
   mkdir -p "$CACHE"
   # Parallel test processes may all ask at once: one starts it, the others wait for it.
@@ -27,11 +37,7 @@ start() {
     echo "emulator: reusing the one answering at $URL"
     return 0
   fi
-  if [ ! -x "$VENV/bin/ministack" ]; then
-    echo "emulator: installing ministack $MINISTACK_VERSION into $VENV"
-    python3 -m venv "$VENV"
-    "$VENV/bin/pip" install -q --disable-pip-version-check "ministack==$MINISTACK_VERSION" aws-sam-translator
-  fi
+  install
   echo "emulator: starting ministack on $URL (log: $LOG)"
   # AWS_ENDPOINT_URL is handed to the Lambda processes ministack runs, so their SDK calls stay local.
   BIND_HOST=127.0.0.1 GATEWAY_PORT="$PORT" AWS_ENDPOINT_URL="$URL" \
@@ -66,9 +72,10 @@ stop() {
 }
 
 case "${1:-}" in
+  install) install ;;
   start) start ;;
   stop) stop ;;
   status) if healthy; then echo "emulator: running at $URL"; else echo "emulator: not running"; exit 1; fi ;;
   reset) curl -fsS -X POST "$URL/_ministack/reset" && echo ;;
-  *) echo "usage: $0 start|stop|status|reset" >&2; exit 2 ;;
+  *) echo "usage: $0 install|start|stop|status|reset" >&2; exit 2 ;;
 esac

@@ -69,6 +69,7 @@ def deploy():
         with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
             info = zipfile.ZipInfo("bootstrap")
             info.external_attr = 0o755 << 16
+            info.compress_type = zipfile.ZIP_DEFLATED
             with open(os.path.join(BINARIES, name), "rb") as f:
                 z.writestr(info, f.read())
         s3.put_object(Bucket=bucket, Key=f"{name}.zip", Body=buf.getvalue())
@@ -119,6 +120,18 @@ def deploy():
     stages = {s["StageName"] for s in apigw.get_stages(ApiId=api_id).get("Items", [])}
     if "$default" not in stages:
         apigw.create_stage(ApiId=api_id, StageName="$default", AutoDeploy=True)
+    # CloudFormation hands numeric parameters over as strings; AWS takes them, ministack's event-source
+    # poller then fails comparing them with numbers. Store them as numbers.
+    lam.update_event_source_mapping(
+        UUID=resources["WorkerFunctionJobs"],
+        BatchSize=int(params["WorkerBatchSize"]),
+        ScalingConfig={"MaximumConcurrency": 10},
+    )
+    sqs = boto3.client("sqs", **KW)
+    queue_url = resources["JobsQueue"]
+    policy = json.loads(sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["RedrivePolicy"])["Attributes"]["RedrivePolicy"])
+    policy["maxReceiveCount"] = int(policy["maxReceiveCount"])
+    sqs.set_queue_attributes(QueueUrl=queue_url, Attributes={"RedrivePolicy": json.dumps(policy)})
     boto3.client("dynamodb", **KW).update_time_to_live(
         TableName=resources["JobsTable"], TimeToLiveSpecification={"AttributeName": "expires_at", "Enabled": True}
     )
@@ -174,10 +187,15 @@ def main():
         )
         assert job["attempts"] == 1 and job["error"]["retryable"] is False, job
 
-    check("a job submitted through the API completes and its status shows the result", submit_and_complete)
-    check("bad input gets specific 4xx answers through the API", bad_input_is_rejected)
-    check("a terminal failure ends failed after one attempt", terminal_failure_is_failed)
-    check("a job that keeps failing is dead-lettered and its message reaches the DLQ", failing_job_reaches_the_dlq)
+    try:
+        check("a job submitted through the API completes and its status shows the result", submit_and_complete)
+        check("bad input gets specific 4xx answers through the API", bad_input_is_rejected)
+        check("a terminal failure ends failed after one attempt", terminal_failure_is_failed)
+        check("a job that keeps failing is dead-lettered and its message reaches the DLQ", failing_job_reaches_the_dlq)
+    finally:
+        # Leave no poller behind on a shared emulator.
+        boto3.client("lambda", **KW).delete_event_source_mapping(UUID=resources["WorkerFunctionJobs"])
+        boto3.client("cloudformation", **KW).delete_stack(StackName=STACK)
     print(f"{passed} passed, {failed} failed")
     return 1 if failed else 0
 

@@ -6,7 +6,8 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$ROOT"
 TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
-cargo build --release -p jobkit-submit -p jobkit-worker -p jobkit-status
+cargo build --profile e2e -p jobkit-submit -p jobkit-worker -p jobkit-status
+bash infra/emulator.sh install
 bash infra/emulator.sh start
-JOBKIT_E2E_BINARIES="$TARGET/release" AWS_ENDPOINT_URL="${JOBKIT_TEST_ENDPOINT:-http://127.0.0.1:4566}" \
+JOBKIT_E2E_BINARIES="$TARGET/e2e" AWS_ENDPOINT_URL="${JOBKIT_TEST_ENDPOINT:-http://127.0.0.1:4566}" \
   .venv/ministack/bin/python tests/e2e/e2e.py
