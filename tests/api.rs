@@ -1,0 +1,3 @@
+//! API security: identity, isolation, list and cancel, validation, backpressure (issue 5).
+
+mod support;

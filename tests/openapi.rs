@@ -1,0 +1,1 @@
+//! The API against openapi.yaml: schemathesis drives `jobctl dev` (tests/openapi/run.sh).
