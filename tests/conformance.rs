@@ -57,6 +57,8 @@ fn new_job() -> Job {
             input: json!({"x": 1}),
             max_attempts: 5,
             ttl_secs: 3600,
+            callback_url: None,
+            counted: false,
         },
         now_millis(),
     )
@@ -147,13 +149,13 @@ async fn an_expired_lease_can_be_claimed_and_the_old_owner_cannot_write(b: Backe
     // The first owner's completion was computed from a stale version: refused.
     let stale = first.complete("w1", json!(1), vec![], now + 1_002).unwrap();
     assert!(matches!(
-        b.store.replace(&stale).await,
+        b.store.replace(&first, &stale).await,
         Err(StoreError::Conflict { .. })
     ));
     let done = second
         .complete("w2", json!(2), vec![], now + 1_003)
         .unwrap();
-    b.store.replace(&done).await.unwrap();
+    b.store.replace(&second, &done).await.unwrap();
     assert_eq!(
         b.store.get(&job.job_id).await.unwrap().unwrap().result,
         Some(json!(2))
@@ -169,10 +171,8 @@ async fn finished_and_missing_jobs_cannot_be_claimed(b: Backends) {
         .claim(&job.job_id, "w", now + 60_000, now)
         .await
         .unwrap();
-    b.store
-        .replace(&running.complete("w", json!(null), vec![], now).unwrap())
-        .await
-        .unwrap();
+    let done = running.complete("w", json!(null), vec![], now).unwrap();
+    b.store.replace(&running, &done).await.unwrap();
     match b
         .store
         .claim(&job.job_id, "w2", now + 60_000, i64::MAX / 2)
@@ -188,10 +188,10 @@ async fn finished_and_missing_jobs_cannot_be_claimed(b: Backends) {
         b.store.claim(&ghost, "w", now, now).await,
         Err(StoreError::NotFound)
     ));
-    let mut orphan = new_job();
-    orphan.version = 1;
+    let orphan = new_job();
+    let touched = orphan.resent(now).unwrap();
     assert!(matches!(
-        b.store.replace(&orphan).await,
+        b.store.replace(&orphan, &touched).await,
         Err(StoreError::NotFound)
     ));
 }
@@ -217,8 +217,11 @@ async fn repeating_a_write_that_landed_succeeds_as_after_a_lost_response(b: Back
         "counted once"
     );
     let done = claimed.complete("w", json!(1), vec![], now).unwrap();
-    b.store.replace(&done).await.unwrap();
-    b.store.replace(&done).await.expect("replace again");
+    b.store.replace(&claimed, &done).await.unwrap();
+    b.store
+        .replace(&claimed, &done)
+        .await
+        .expect("replace again");
     assert_eq!(b.store.get(&job.job_id).await.unwrap(), Some(done));
 }
 

@@ -30,6 +30,9 @@ fn local() -> Local {
         max_attempts: 5,
         job_ttl: Duration::from_secs(86_400),
         resend_after: Duration::from_secs(60),
+        max_queue_depth: None,
+        max_in_flight_per_user: None,
+        dev_mode: false,
     };
     let api = Api::new(
         store.clone(),

@@ -1,4 +1,4 @@
-//! Client commands against any deployment or `jobctl dev`: submit, status, watch.
+//! Client commands against any deployment or `jobctl dev`: submit, status, watch, list, cancel.
 
 use std::time::Duration;
 
@@ -20,7 +20,8 @@ pub struct Target {
     /// Bearer token for an API behind a JWT authorizer.
     #[arg(long, env = "JOBKIT_TOKEN", global = true, hide_env_values = true)]
     pub token: Option<String>,
-    /// User id to act as, for `jobctl dev` only (sent as X-User-Id; deployed stacks ignore it).
+    /// User id to act as, for `jobctl dev --user-header` only (sent as X-User-Id; deployed stacks ignore
+    /// it).
     #[arg(long, env = "JOBKIT_USER", global = true)]
     pub user: Option<String>,
     /// Print JSON instead of human-readable lines.
@@ -80,6 +81,26 @@ impl Client {
             .await
     }
 
+    /// One page of the caller's jobs, newest first.
+    pub async fn list(
+        &self,
+        status: Option<&str>,
+        limit: u32,
+        cursor: Option<&str>,
+    ) -> anyhow::Result<Value> {
+        let mut query = vec![("limit", limit.to_string())];
+        query.extend(status.map(|s| ("status", s.to_owned())));
+        query.extend(cursor.map(|c| ("cursor", c.to_owned())));
+        let url = reqwest::Url::parse_with_params(&self.url("/jobs"), &query)
+            .context("invalid --api-url")?;
+        self.send(self.http.get(url)).await
+    }
+
+    pub async fn cancel(&self, id: &str) -> anyhow::Result<Value> {
+        self.send(self.http.delete(self.url(&format!("/jobs/{id}"))))
+            .await
+    }
+
     /// Polls until the job is terminal, showing a live status line unless output is JSON.
     pub async fn watch(&self, id: &str) -> anyhow::Result<Value> {
         let bar = if self.target.json {
@@ -100,6 +121,30 @@ impl Client {
                 return Ok(job);
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    /// Prints a page of jobs: JSON, or a line per job and the next page's cursor.
+    pub fn print_list(&self, page: &Value) {
+        if self.target.json {
+            println!("{page}");
+            return;
+        }
+        let jobs = page["jobs"].as_array().map_or(&[][..], Vec::as_slice);
+        if jobs.is_empty() {
+            println!("no jobs");
+        }
+        for j in jobs {
+            println!(
+                "{} {:<12} {:<11} {}",
+                j["job_id"].as_str().unwrap_or("?"),
+                j["kind"].as_str().unwrap_or("?"),
+                j["status"].as_str().unwrap_or("?"),
+                j["submitted_at"].as_str().unwrap_or("")
+            );
+        }
+        if let Some(c) = page["next_cursor"].as_str() {
+            println!("more: --cursor {c}");
         }
     }
 

@@ -42,6 +42,10 @@ pub struct DevArgs {
     /// Concurrent worker invocations, as the mapping's MaximumConcurrency.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=100))]
     pub concurrency: u64,
+    /// Dev mode identity: take the caller's user id from an `X-User-Id` header (as if a JWT authorizer
+    /// had verified it), to try per-user isolation locally. Without it every caller is `local`.
+    #[arg(long)]
+    pub user_header: bool,
 }
 
 /// The largest request body read; the API itself rejects smaller oversize bodies with its own error.
@@ -108,11 +112,15 @@ async fn backend(args: &DevArgs) -> anyhow::Result<Backend> {
 
 pub async fn run(args: DevArgs, registry: HandlerRegistry) -> anyhow::Result<()> {
     let b = backend(&args).await?;
+    let settings = ApiSettings {
+        dev_mode: true,
+        ..ApiSettings::from_config(&b.config)
+    };
     let api = Arc::new(Api::new(
         b.store.clone(),
         b.queue.clone(),
         registry.clone(),
-        ApiSettings::from_config(&b.config),
+        settings,
     ));
     let worker = Worker::new(
         b.store,
@@ -130,7 +138,13 @@ pub async fn run(args: DevArgs, registry: HandlerRegistry) -> anyhow::Result<()>
     let listener = tokio::net::TcpListener::bind(args.addr)
         .await
         .with_context(|| format!("cannot listen on {}", args.addr))?;
-    let app = axum::Router::new().fallback(gateway).with_state(api);
+    let gateway_state = Gateway {
+        api,
+        user_header: args.user_header,
+    };
+    let app = axum::Router::new()
+        .fallback(gateway)
+        .with_state(Arc::new(gateway_state));
     eprintln!(
         "jobctl dev: API on http://{} ({}); worker: batch size {}, concurrency {}. Ctrl-C stops.",
         listener.local_addr()?,
@@ -150,9 +164,18 @@ async fn shutdown_signal() {
     let _ = tokio::signal::ctrl_c().await;
 }
 
-/// API Gateway's part: HTTP request in, the function's answer out. `X-User-Id` plays the authorizer's
-/// verified identity; this exists only in this local server, never in the deployed functions.
-async fn gateway(State(api): State<Arc<Api>>, req: http::Request<AxumBody>) -> AxumResponse {
+struct Gateway {
+    api: Arc<Api>,
+    user_header: bool,
+}
+
+/// The user every local caller is, unless `--user-header` lets `X-User-Id` say otherwise.
+const LOCAL_USER: &str = "local";
+
+/// API Gateway's part: HTTP request in, the function's answer out, with the authorizer's verified
+/// identity played by `LOCAL_USER` or, with `--user-header`, by `X-User-Id`. This exists only in this
+/// local server: the deployed functions read identity from the authorizer alone.
+async fn gateway(State(gw): State<Arc<Gateway>>, req: http::Request<AxumBody>) -> AxumResponse {
     let (parts, body) = req.into_parts();
     let Ok(bytes) = to_bytes(body, MAX_HTTP_BODY).await else {
         return http::Response::builder()
@@ -163,13 +186,23 @@ async fn gateway(State(api): State<Arc<Api>>, req: http::Request<AxumBody>) -> A
             ))
             .expect("static response");
     };
-    let user = parts
-        .headers
-        .get("x-user-id")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    let resp = api
-        .handle(gateway_request(&parts, &bytes, user.as_deref()))
+    let header = parts.headers.get("x-user-id").filter(|_| gw.user_header);
+    let user = match header.map(|v| v.to_str().map(str::trim)) {
+        None => LOCAL_USER,
+        Some(Ok(u)) if (1..=128).contains(&u.len()) => u,
+        Some(_) => {
+            return http::Response::builder()
+                .status(401)
+                .header("content-type", "application/json")
+                .body(AxumBody::from(
+                    r#"{"error":{"code":"unauthenticated","message":"X-User-Id must be 1-128 visible ASCII characters"}}"#,
+                ))
+                .expect("static response");
+        }
+    };
+    let resp = gw
+        .api
+        .handle(gateway_request(&parts, &bytes, Some(user)))
         .await;
     let (parts, body) = resp.into_parts();
     http::Response::from_parts(parts, AxumBody::from(body.to_vec()))

@@ -43,6 +43,19 @@ enum Command {
     Status { id: String },
     /// Follow a job until it finishes; exit non-zero unless it completed.
     Watch { id: String },
+    /// List your jobs, newest first.
+    List {
+        /// Only jobs in this status (queued, running, retrying, completed, failed, cancelled, dead_letter).
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=100))]
+        limit: u32,
+        /// The next_cursor of a previous page.
+        #[arg(long)]
+        cursor: Option<String>,
+    },
+    /// Cancel a job: at once if it waits, else its handler is asked to stop.
+    Cancel { id: String },
     /// Dead-letter queue tools, against the stack named by JOBKIT_TABLE, JOBKIT_QUEUE_URL, JOBKIT_DLQ_URL.
     Dlq {
         #[command(subcommand)]
@@ -159,6 +172,20 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
                     return Ok(true);
                 }
                 Command::Watch { id } => c.watch(&id).await?,
+                Command::List {
+                    status,
+                    limit,
+                    cursor,
+                } => {
+                    let page = c.list(status.as_deref(), limit, cursor.as_deref()).await?;
+                    c.print_list(&page);
+                    return Ok(true);
+                }
+                Command::Cancel { id } => {
+                    let job = c.cancel(&id).await?;
+                    c.print_job(&job);
+                    return Ok(true);
+                }
                 Command::Dev(_)
                 | Command::Bootstrap { .. }
                 | Command::Dlq { .. }

@@ -22,6 +22,10 @@ pub struct Config {
     pub backoff: Backoff,
     /// `JOBKIT_WORKER_CONCURRENCY` (default 10): jobs of one batch run at once.
     pub worker_concurrency: usize,
+    /// `JOBKIT_MAX_QUEUE_DEPTH` (default 10000; 0 = no bound): submit answers 429 at this queue depth.
+    pub max_queue_depth: u64,
+    /// `JOBKIT_MAX_IN_FLIGHT_PER_USER` (default 100; 0 = no cap): jobs one user may have in flight.
+    pub max_in_flight_per_user: u32,
 }
 
 /// A variable that is missing or does not parse.
@@ -76,6 +80,9 @@ impl Config {
             job_ttl: Duration::from_secs(number("JOBKIT_JOB_TTL_DAYS", 7, 1, 3650)? * 86_400),
             backoff: Backoff::new(Duration::from_secs(base), Duration::from_secs(max)),
             worker_concurrency: number("JOBKIT_WORKER_CONCURRENCY", 10, 1, 1000)? as usize,
+            max_queue_depth: number("JOBKIT_MAX_QUEUE_DEPTH", 10_000, 0, 1 << 40)?,
+            max_in_flight_per_user: number("JOBKIT_MAX_IN_FLIGHT_PER_USER", 100, 0, 1_000_000)?
+                as u32,
         })
     }
 }
@@ -106,6 +113,7 @@ mod tests {
         );
         assert_eq!(c.worker_concurrency, 10);
         assert_eq!(c.dlq_url, None);
+        assert_eq!((c.max_queue_depth, c.max_in_flight_per_user), (10_000, 100));
     }
 
     #[test]

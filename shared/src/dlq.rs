@@ -140,7 +140,7 @@ impl DeadLetters {
             let Ok(next) = job.requeue(crate::now_millis()) else {
                 return Ok(());
             };
-            match self.store.replace(&next).await {
+            match self.store.replace(&job, &next).await {
                 Ok(()) => return Ok(()),
                 Err(StoreError::Conflict { .. }) => continue,
                 Err(e) => return Err(e.into()),

@@ -40,6 +40,10 @@ pub enum JobError {
     /// [`JobContext::should_yield`]) and the job continues from its last checkpoint in a new message.
     #[error("yielded before the invocation deadline")]
     Yield,
+    /// The handler stopped because its job's cancellation was requested (see
+    /// [`JobContext::cancel_requested`]): the job ends `cancelled`.
+    #[error("stopped on a cancel request")]
+    Cancelled,
 }
 
 impl JobError {
@@ -204,6 +208,26 @@ impl JobContext {
             .is_some_and(|left| left <= self.inner.yield_margin)
     }
 
+    /// Whether the job's owner asked to cancel it (`DELETE /jobs/{id}`). Seen within a heartbeat (a third
+    /// of the lease); a handler that checks it between steps should return [`JobError::Cancelled`]
+    /// (or use [`Self::check_cancelled`]). Any error returned after a cancel request also ends the job
+    /// `cancelled`; a success is kept.
+    pub fn cancel_requested(&self) -> bool {
+        self.inner
+            .keeper
+            .as_ref()
+            .is_some_and(|k| k.cancel_requested())
+    }
+
+    /// `Err(JobError::Cancelled)` once cancellation was requested, for `?` between a handler's steps.
+    pub fn check_cancelled(&self) -> Result<(), JobError> {
+        if self.cancel_requested() {
+            Err(JobError::Cancelled)
+        } else {
+            Ok(())
+        }
+    }
+
     /// Saves a checkpoint (at most [`MAX_CHECKPOINT_BYTES`] serialized). A retry or continuation of the
     /// job starts with it in [`Self::checkpoint`].
     pub async fn save_checkpoint(&self, checkpoint: Value) -> Result<(), JobError> {
@@ -356,7 +380,8 @@ impl JobHandler for Echo {
     }
 }
 
-/// `sleep`: waits `input.ms` milliseconds, then succeeds or, when told to, fails.
+/// `sleep`: waits `input.ms` milliseconds (stopping early if cancelled), then succeeds or, when told to,
+/// fails.
 ///
 /// Input: `{"ms": 100, "fail": "retryable" | "terminal" | "panic", "times": 2}`. With `fail`, the first
 /// `times` attempts fail that way (every attempt when `times` is absent); later attempts succeed. Used by
@@ -380,6 +405,9 @@ enum FailMode {
     Panic,
 }
 
+/// How often a sleeping `sleep` looks for a cancel request.
+const SLEEP_SLICE: Duration = Duration::from_millis(50);
+
 /// The longest `sleep` accepted: a demo handler should not pin a worker for long.
 const SLEEP_MAX_MS: u64 = 15 * 60 * 1000;
 
@@ -394,7 +422,16 @@ impl JobHandler for Sleep {
                 format!("ms must be at most {SLEEP_MAX_MS}"),
             ));
         }
-        tokio::time::sleep(Duration::from_millis(args.ms)).await;
+        // In slices, so a cancel request stops it within one.
+        let until = tokio::time::Instant::now() + Duration::from_millis(args.ms);
+        loop {
+            ctx.check_cancelled()?;
+            let left = until.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            tokio::time::sleep(left.min(SLEEP_SLICE)).await;
+        }
         let failing = args
             .fail
             .filter(|_| args.times.is_none_or(|t| ctx.attempt() <= t));

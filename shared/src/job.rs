@@ -212,6 +212,17 @@ pub struct Job {
     /// How often the job was redriven from the dead-letter queue.
     #[serde(default)]
     pub redrives: u32,
+    /// Webhook target for the terminal state, validated at submit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callback_url: Option<String>,
+    /// Its owner asked to cancel it while it ran; the handler sees it and the job ends `cancelled`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cancel_requested: bool,
+    /// Whether the job counts against its owner's in-flight cap (one was set when it was submitted): it
+    /// holds a slot while not terminal. Stores move the owner's counter by [`Job::slot_change`] in the
+    /// same atomic write as the job, so the count is exact whatever path a job takes.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub counted: bool,
     /// Bumped by every write; stores persist a new value only over the version it was computed from.
     pub version: u64,
 }
@@ -224,6 +235,20 @@ pub struct NewJob {
     pub input: Value,
     pub max_attempts: u32,
     pub ttl_secs: i64,
+    pub callback_url: Option<String>,
+    /// Whether the job takes a slot of its owner's in-flight cap.
+    pub counted: bool,
+}
+
+/// What a cancel request did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cancel {
+    /// The job was waiting: it is `cancelled` now.
+    Cancelled,
+    /// The job is running: its handler is asked to stop.
+    Requested,
+    /// It was already cancelled, or already asked to stop: nothing changed.
+    AlreadyDone,
 }
 
 /// A change the state machine does not allow from the job's current state.
@@ -261,8 +286,22 @@ impl Job {
             updated_at: now,
             expires_at: now.div_euclid(1000) + spec.ttl_secs,
             redrives: 0,
+            callback_url: spec.callback_url,
+            cancel_requested: false,
+            counted: spec.counted,
             version: 0,
         }
+    }
+
+    /// Whether the job occupies a slot of its owner's in-flight cap now.
+    pub fn holds_slot(&self) -> bool {
+        self.counted && !self.status.is_terminal()
+    }
+
+    /// How the owner's in-flight count moves when `self` is replaced by `next`: -1 when it becomes
+    /// terminal, +1 when a terminal job is redriven or resubmitted, else 0.
+    pub fn slot_change(&self, next: &Job) -> i64 {
+        i64::from(next.holds_slot()) - i64::from(self.holds_slot())
     }
 
     /// Whether a worker may claim the job at `now`: it waits to run, or its runner's lease has expired
@@ -365,6 +404,7 @@ impl Job {
         next.status = JobStatus::Queued;
         next.attempts = 0;
         next.redrives += 1;
+        next.cancel_requested = false;
         next.lease_owner = None;
         next.lease_expires_at = None;
         next.finished_at = None;
@@ -416,6 +456,65 @@ impl Job {
     /// between the two): never touched by a worker and submitted more than `after_ms` ago.
     pub fn maybe_unsent(&self, now: Millis, after_ms: Millis) -> bool {
         self.status == JobStatus::Queued && self.version == 0 && now - self.submitted_at > after_ms
+    }
+
+    /// The owner asks to cancel. A job nobody runs (queued, retrying, or running under an expired lease)
+    /// is `cancelled` at once; a running one is flagged, its handler sees the flag through its context
+    /// and the worker records `cancelled` when it stops. A finished job cannot be cancelled.
+    pub fn cancel(&self, now: Millis) -> Result<(Cancel, Option<Self>), IllegalTransition> {
+        match self.effective_status(now) {
+            JobStatus::Cancelled => Ok((Cancel::AlreadyDone, None)),
+            JobStatus::Queued | JobStatus::Retrying => {
+                Ok((Cancel::Cancelled, Some(self.cancelled(now))))
+            }
+            JobStatus::Running if self.claimable(now) => {
+                Ok((Cancel::Cancelled, Some(self.cancelled(now))))
+            }
+            JobStatus::Running if self.cancel_requested => Ok((Cancel::AlreadyDone, None)),
+            JobStatus::Running => {
+                let mut next = self.next_version(now);
+                next.cancel_requested = true;
+                Ok((Cancel::Requested, Some(next)))
+            }
+            JobStatus::Completed | JobStatus::Failed | JobStatus::DeadLetter => {
+                Err(self.illegal("cancel"))
+            }
+        }
+    }
+
+    /// `running` -> `cancelled`: the lease holder stops a job whose cancellation was requested.
+    pub fn stop_cancelled(&self, owner: &str, now: Millis) -> Result<Self, IllegalTransition> {
+        self.finish(owner, JobStatus::Cancelled, "cancel", now)
+    }
+
+    /// `running` -> `dead_letter` for a job whose lease expired on its last attempt (its runner died):
+    /// records what [`Self::effective_status`] already reports, and frees its slot.
+    pub fn bury(&self, now: Millis) -> Result<Self, IllegalTransition> {
+        if self.status != JobStatus::Running || self.effective_status(now) != JobStatus::DeadLetter
+        {
+            return Err(self.illegal("dead-letter"));
+        }
+        let mut next = self.next_version(now);
+        next.status = JobStatus::DeadLetter;
+        next.lease_owner = None;
+        next.lease_expires_at = None;
+        next.finished_at = Some(now);
+        next.error = Some(ErrorInfo {
+            code: "lease_expired".into(),
+            message: "the worker running the last attempt stopped before recording an outcome"
+                .into(),
+            retryable: true,
+        });
+        Ok(next)
+    }
+
+    fn cancelled(&self, now: Millis) -> Self {
+        let mut next = self.next_version(now);
+        next.status = JobStatus::Cancelled;
+        next.lease_owner = None;
+        next.lease_expires_at = None;
+        next.finished_at = Some(now);
+        next
     }
 
     /// The lease holder extends its lease to `until` (a heartbeat).
@@ -558,6 +657,8 @@ mod tests {
                 input: json!({"a": 1}),
                 max_attempts: 5,
                 ttl_secs: 86_400,
+                callback_url: None,
+                counted: false,
             },
             T0,
         )

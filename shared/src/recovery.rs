@@ -39,7 +39,7 @@ pub async fn resend_stale(
         // Touch it so the next sweep does not send again at once; a worker that claimed it meanwhile
         // wins, and that is fine.
         if let Ok(touched) = job.resent(crate::now_millis()) {
-            match store.replace(&touched).await {
+            match store.replace(&job, &touched).await {
                 Ok(()) | Err(StoreError::Conflict { .. }) => {}
                 Err(e) => return Err(e.into()),
             }

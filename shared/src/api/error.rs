@@ -4,7 +4,7 @@ use lambda_http::{Body, Response};
 use serde_json::json;
 
 use crate::handler::BoxError;
-use crate::job::{InvalidJobId, MAX_INPUT_BYTES};
+use crate::job::{InvalidJobId, JobStatus, MAX_INPUT_BYTES};
 use crate::queue::QueueError;
 use crate::store::StoreError;
 
@@ -27,8 +27,20 @@ pub enum ApiError {
     InputTooLarge,
     #[error("content-type must be application/json")]
     UnsupportedMediaType,
+    #[error("invalid callback_url: {0}")]
+    InvalidCallbackUrl(String),
+    #[error("cursor is not one this API returned")]
+    InvalidCursor,
+    #[error("no authenticated caller: the request carries no authorizer identity")]
+    Unauthenticated,
     #[error("job not found")]
     JobNotFound,
+    #[error("the job is already {0} and cannot be cancelled")]
+    JobFinished(JobStatus),
+    #[error("the job queue is full; retry after {retry_after} s")]
+    QueueFull { retry_after: u64 },
+    #[error("you have {cap} jobs in flight, the most allowed; retry after {retry_after} s")]
+    TooManyInFlight { cap: u32, retry_after: u64 },
     #[error("this Idempotency-Key was already used with a different request")]
     IdempotencyKeyReused,
     #[error("no such route")]
@@ -52,10 +64,16 @@ pub enum ApiError {
 impl ApiError {
     pub fn status(&self) -> u16 {
         match self {
-            Self::MalformedJson(_) | Self::InvalidRequest(_) | Self::InvalidJobId(_) => 400,
+            Self::MalformedJson(_)
+            | Self::InvalidRequest(_)
+            | Self::InvalidJobId(_)
+            | Self::InvalidCallbackUrl(_)
+            | Self::InvalidCursor => 400,
+            Self::Unauthenticated => 401,
             Self::JobNotFound | Self::RouteNotFound => 404,
             Self::MethodNotAllowed { .. } => 405,
-            Self::IdempotencyKeyReused => 409,
+            Self::IdempotencyKeyReused | Self::JobFinished(_) => 409,
+            Self::QueueFull { .. } | Self::TooManyInFlight { .. } => 429,
             Self::PayloadTooLarge | Self::InputTooLarge => 413,
             Self::UnsupportedMediaType => 415,
             Self::UnknownKind { .. } => 422,
@@ -73,7 +91,13 @@ impl ApiError {
             Self::PayloadTooLarge => "payload_too_large",
             Self::InputTooLarge => "input_too_large",
             Self::UnsupportedMediaType => "unsupported_media_type",
+            Self::InvalidCallbackUrl(_) => "invalid_callback_url",
+            Self::InvalidCursor => "invalid_cursor",
+            Self::Unauthenticated => "unauthenticated",
             Self::JobNotFound => "job_not_found",
+            Self::JobFinished(_) => "job_finished",
+            Self::QueueFull { .. } => "queue_full",
+            Self::TooManyInFlight { .. } => "too_many_jobs_in_flight",
             Self::IdempotencyKeyReused => "idempotency_key_reused",
             Self::RouteNotFound => "route_not_found",
             Self::MethodNotAllowed { .. } => "method_not_allowed",
@@ -96,14 +120,19 @@ impl ApiError {
             &json!({"error": {"code": self.code(), "message": self.to_string()}}),
         );
         let headers = resp.headers_mut();
-        match self {
+        let retry_after = match self {
             Self::MethodNotAllowed { allow } => {
                 headers.insert("allow", allow.parse().expect("static header value"));
+                None
             }
-            Self::Unavailable { .. } => {
-                headers.insert("retry-after", "1".parse().expect("static header value"));
+            Self::Unavailable { .. } => Some(1),
+            Self::QueueFull { retry_after } | Self::TooManyInFlight { retry_after, .. } => {
+                Some(retry_after)
             }
-            _ => {}
+            _ => None,
+        };
+        if let Some(secs) = retry_after {
+            headers.insert("retry-after", secs.into());
         }
         resp
     }
@@ -113,6 +142,7 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Corrupt { source } => Self::Internal { source },
+            StoreError::NotFound => Self::JobNotFound,
             other => Self::Unavailable {
                 source: other.into(),
             },

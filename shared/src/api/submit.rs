@@ -7,13 +7,13 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::error::MAX_BODY_BYTES;
-use super::{Api, ApiError, caller, json_response};
+use super::{Api, ApiError, callback, caller, json_response};
 use sha2::{Digest, Sha256};
 
 use crate::job::{ENQUEUE_FAILED, ErrorInfo, Job, MAX_INPUT_BYTES, NewJob};
 use crate::now_millis;
 use crate::queue::JobMessage;
-use crate::store::{Created, KeyReservation};
+use crate::store::{Created, Insert, KeyReservation, StoreError};
 
 /// The body of `POST /jobs`. Unknown fields are rejected, so a misspelt field is an error, not a no-op.
 #[derive(Debug, Clone, Deserialize)]
@@ -21,13 +21,23 @@ use crate::store::{Created, KeyReservation};
 pub struct SubmitRequest {
     pub kind: String,
     pub input: Value,
+    /// Where to deliver the outcome (see [`super::callback`]).
+    #[serde(default)]
+    pub callback_url: Option<String>,
 }
 
 /// How long an `Idempotency-Key` names its job: a retry within this window gets the same job.
 pub const IDEMPOTENCY_TTL_SECS: i64 = 24 * 3600;
 
+/// Retry-After when the queue is over its bound: about the depth cache's lifetime, when a new reading
+/// can tell.
+const QUEUE_FULL_RETRY_SECS: u64 = 5;
+/// Retry-After when the caller is at the in-flight cap: a slot frees when one of their jobs ends.
+const IN_FLIGHT_RETRY_SECS: u64 = 10;
+
 impl Api {
     pub(super) async fn submit(&self, req: &Request) -> Result<Response<Body>, ApiError> {
+        let user = caller(req)?;
         let key = idempotency_key(req)?;
         let body = parse_body(req)?;
         if !self.registry.contains(&body.kind) {
@@ -40,7 +50,23 @@ impl Api {
         if input_len > MAX_INPUT_BYTES {
             return Err(ApiError::InputTooLarge);
         }
-        let user = caller(req);
+        let callback_url = match &body.callback_url {
+            Some(raw) => Some(
+                callback::validate(raw, self.settings.dev_mode)
+                    .await
+                    .map_err(|e| ApiError::InvalidCallbackUrl(e.to_string()))?
+                    .to_string(),
+            ),
+            None => None,
+        };
+        if let Some(bound) = self.settings.max_queue_depth
+            && self.queue_depth().await.is_some_and(|d| d >= bound)
+        {
+            return Err(ApiError::QueueFull {
+                retry_after: QUEUE_FULL_RETRY_SECS,
+            });
+        }
+        let cap = self.settings.max_in_flight_per_user;
         let now = now_millis();
         let mut job = Job::new(
             NewJob {
@@ -49,33 +75,45 @@ impl Api {
                 input: body.input,
                 max_attempts: self.settings.max_attempts,
                 ttl_secs: self.settings.job_ttl.as_secs() as i64,
+                callback_url,
+                counted: cap.is_some(),
             },
             now,
         );
-        let Some(key) = key else {
-            self.store.create(&job).await?;
-            return self.enqueue(job).await;
+        let mut how = Insert {
+            key: None,
+            in_flight_cap: cap,
+            now_secs: now / 1000,
         };
-        let request_hash =
-            sha256_hex(&[job.kind.as_bytes(), b"\0", job.input.to_string().as_bytes()]);
-        job.idempotency_key = Some(key.clone());
-        job.request_hash = Some(request_hash.clone());
-        let reservation = KeyReservation {
-            // Scoped per user: equal keys of two users never name the same job.
-            scoped_key: sha256_hex(&[user.as_bytes(), b"\0", key.as_bytes()]),
-            request_hash: request_hash.clone(),
-            expires_at: now / 1000 + IDEMPOTENCY_TTL_SECS,
-        };
-        match self
-            .store
-            .create_with_key(&job, &reservation, now / 1000)
-            .await?
-        {
-            Created::New => self.enqueue(job).await,
-            Created::Existing {
+        let request_hash = key.as_ref().map(|key| {
+            let hash = sha256_hex(&[
+                job.kind.as_bytes(),
+                b"\0",
+                job.input.to_string().as_bytes(),
+                b"\0",
+                job.callback_url.as_deref().unwrap_or("").as_bytes(),
+            ]);
+            job.idempotency_key = Some(key.clone());
+            job.request_hash = Some(hash.clone());
+            how.key = Some(KeyReservation {
+                // Scoped per user: equal keys of two users never name the same job.
+                scoped_key: sha256_hex(&[user.as_bytes(), b"\0", key.as_bytes()]),
+                request_hash: hash.clone(),
+                expires_at: now / 1000 + IDEMPOTENCY_TTL_SECS,
+            });
+            hash
+        });
+        match self.store.insert(&job, &how).await {
+            Ok(Created::New) => self.enqueue(job).await,
+            Err(StoreError::InFlightCapReached) => Err(ApiError::TooManyInFlight {
+                cap: cap.unwrap_or_default(),
+                retry_after: IN_FLIGHT_RETRY_SECS,
+            }),
+            Err(e) => Err(e.into()),
+            Ok(Created::Existing {
                 request_hash: held, ..
-            } if held != request_hash => Err(ApiError::IdempotencyKeyReused),
-            Created::Existing { job_id, .. } => {
+            }) if Some(&held) != request_hash.as_ref() => Err(ApiError::IdempotencyKeyReused),
+            Ok(Created::Existing { job_id, .. }) => {
                 let existing = self
                     .store
                     .get(&job_id)
@@ -93,7 +131,7 @@ impl Api {
         let now = now_millis();
         if job.enqueue_failed() {
             let again = job.resubmit(now).expect("checked: enqueue failed");
-            self.store.replace(&again).await?;
+            self.store.replace(&job, &again).await?;
             return self.enqueue(again).await.map(|r| with_status(r, 200));
         }
         if job.maybe_unsent(now, self.settings.resend_after.as_millis() as i64) {
@@ -114,7 +152,7 @@ impl Api {
                 retryable: true,
             };
             if let Ok(abandoned) = job.abandon(error, now_millis()) {
-                let _ = self.store.replace(&abandoned).await;
+                let _ = self.store.replace(&job, &abandoned).await;
             }
             return Err(e);
         }

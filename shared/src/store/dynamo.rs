@@ -8,11 +8,13 @@ use aws_sdk_dynamodb::operation::put_item::PutItemError;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::{
-    AttributeValue, Put, ReturnValue, ReturnValuesOnConditionCheckFailure, TransactWriteItem,
+    AttributeValue, CancellationReason, Put, ReturnValue, ReturnValuesOnConditionCheckFailure,
+    TransactWriteItem, Update,
 };
+use sha2::Digest;
 use std::collections::HashMap;
 
-use super::{Created, JobStore, KeyReservation, StoreError};
+use super::{Created, Insert, JobStore, KeyReservation, ListQuery, StoreError};
 use crate::job::{Job, JobId, JobStatus, Millis};
 
 /// Jobs in one DynamoDB table (see `JobsTable` in template.yaml).
@@ -52,9 +54,116 @@ impl DynamoStore {
         }
     }
 
+    /// PutItem of a new job; a retried put that landed (its response was lost) is ours.
+    async fn put_new(&self, job: &Job) -> Result<(), StoreError> {
+        let res = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(to_item(job)))
+            .condition_expression("attribute_not_exists(job_id)")
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(()),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_conditional_check_failed_exception()) =>
+            {
+                match self.get(&job.job_id).await? {
+                    Some(stored) if stored == *job => Ok(()),
+                    _ => Err(StoreError::AlreadyExists),
+                }
+            }
+            Err(e) => Err(unavailable(e)),
+        }
+    }
+
+    /// Runs a transaction. `None` when it committed; the cancellation reasons when a condition failed
+    /// (empty if the backend gave none, as some emulators do).
+    async fn transact(
+        &self,
+        items: Vec<TransactWriteItem>,
+        token: String,
+    ) -> Result<Option<Vec<CancellationReason>>, StoreError> {
+        let res = self
+            .client
+            .transact_write_items()
+            // Makes the SDK's retries of this transaction idempotent (for 10 minutes).
+            .client_request_token(token)
+            .set_transact_items(Some(items))
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(None),
+            Err(e) => match e.into_service_error() {
+                TransactWriteItemsError::TransactionCanceledException(c) => {
+                    Ok(Some(c.cancellation_reasons.unwrap_or_default()))
+                }
+                other => Err(StoreError::Unavailable {
+                    source: other.into(),
+                }),
+            },
+        }
+    }
+
+    /// The job an unexpired idempotency key names, if any.
+    async fn held_key(
+        &self,
+        key: &KeyReservation,
+        now_secs: i64,
+    ) -> Result<Option<Created>, StoreError> {
+        let held = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("job_id", AttributeValue::S(idem_key(key)))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(unavailable)?
+            .item;
+        let Some(held) = held else { return Ok(None) };
+        let text = |k: &str| match held.get(k) {
+            Some(AttributeValue::S(s)) => Ok(s.clone()),
+            _ => Err(StoreError::Corrupt {
+                source: format!("idempotency item lacks {k}").into(),
+            }),
+        };
+        let expired = match held.get("expires_at") {
+            Some(AttributeValue::N(n)) => n.parse::<i64>().map_or(true, |e| e < now_secs),
+            _ => true,
+        };
+        if expired {
+            return Ok(None);
+        }
+        let job_id = JobId::parse(&text("target_job_id")?)
+            .map_err(|e| StoreError::Corrupt { source: e.into() })?;
+        Ok(Some(Created::Existing {
+            job_id,
+            request_hash: text("request_hash")?,
+        }))
+    }
+
     fn key(id: &JobId) -> Item {
         HashMap::from([("job_id".to_owned(), AttributeValue::S(id.to_string()))])
     }
+}
+
+/// The GSI listing one owner's jobs by submit time (`JobsTable` in template.yaml).
+const BY_USER_INDEX: &str = "by_user";
+
+fn idem_key(key: &KeyReservation) -> String {
+    format!("idem#{}", key.scoped_key)
+}
+
+/// The item holding a user's in-flight count. Hashed: user ids (IAM ARNs, say) may be long.
+fn counter_key(user: &str) -> Item {
+    let hash = hex::encode(sha2::Sha256::digest(user.as_bytes()));
+    HashMap::from([(
+        "job_id".to_owned(),
+        AttributeValue::S(format!("user#{hash}")),
+    )])
 }
 
 fn to_item(job: &Job) -> Item {
@@ -83,89 +192,65 @@ fn num(n: impl ToString) -> AttributeValue {
 
 #[async_trait]
 impl JobStore for DynamoStore {
-    async fn create(&self, job: &Job) -> Result<(), StoreError> {
-        let res = self
-            .client
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(to_item(job)))
-            .condition_expression("attribute_not_exists(job_id)")
-            .send()
-            .await;
-        match res {
-            Ok(_) => Ok(()),
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|s| s.is_conditional_check_failed_exception()) =>
-            {
-                // The SDK retries a write whose response was lost; if the first try landed, it is ours.
-                match self.get(&job.job_id).await? {
-                    Some(stored) if stored == *job => Ok(()),
-                    _ => Err(StoreError::AlreadyExists),
-                }
-            }
-            Err(e) => Err(unavailable(e)),
-        }
-    }
-
-    async fn create_with_key(
-        &self,
-        job: &Job,
-        key: &KeyReservation,
-        now_secs: i64,
-    ) -> Result<Created, StoreError> {
-        // One transaction: the job and its key item, each conditional. The key item lives in the same
-        // table under a partition key no job id can take (`idem#...`), so no second table is needed.
-        let key_id = format!("idem#{}", key.scoped_key);
-        let key_item = HashMap::from([
-            ("job_id".to_owned(), AttributeValue::S(key_id.clone())),
-            (
-                "target_job_id".to_owned(),
-                AttributeValue::S(job.job_id.to_string()),
-            ),
-            (
-                "request_hash".to_owned(),
-                AttributeValue::S(key.request_hash.clone()),
-            ),
-            ("expires_at".to_owned(), num(key.expires_at)),
-        ]);
+    async fn insert(&self, job: &Job, how: &Insert) -> Result<Created, StoreError> {
+        debug_assert_eq!(job.counted, how.in_flight_cap.is_some());
         let put_job = Put::builder()
             .table_name(&self.table)
             .set_item(Some(to_item(job)))
             .condition_expression("attribute_not_exists(job_id)")
             .build()
             .expect("table and item are set");
-        let put_key = Put::builder()
-            .table_name(&self.table)
-            .set_item(Some(key_item))
-            .condition_expression("attribute_not_exists(job_id) OR expires_at < :now")
-            .expression_attribute_values(":now", num(now_secs))
-            .build()
-            .expect("table and item are set");
-        let res = self
-            .client
-            .transact_write_items()
-            // Makes the SDK's retries of this transaction idempotent (for 10 minutes).
-            .client_request_token(job.job_id.to_string())
-            .transact_items(TransactWriteItem::builder().put(put_job).build())
-            .transact_items(TransactWriteItem::builder().put(put_key).build())
-            .send()
-            .await;
-        let reasons = match res {
-            Ok(_) => return Ok(Created::New),
-            Err(e) => match e.into_service_error() {
-                TransactWriteItemsError::TransactionCanceledException(c) => c.cancellation_reasons,
-                other => {
-                    return Err(StoreError::Unavailable {
-                        source: other.into(),
-                    });
-                }
-            },
+        if how.key.is_none() && how.in_flight_cap.is_none() {
+            return self.put_new(job).await.map(|()| Created::New);
+        }
+        // One transaction: the job, its key item and its owner's counter, each conditional. Key and
+        // counter items live in the same table under partition keys no job id can take (`idem#...`,
+        // `user#...`), so no second table is needed, and they stay out of the `by_user` index.
+        let mut items = vec![TransactWriteItem::builder().put(put_job).build()];
+        let key_at = how.key.as_ref().map(|key| {
+            let item = HashMap::from([
+                ("job_id".to_owned(), AttributeValue::S(idem_key(key))),
+                (
+                    "target_job_id".to_owned(),
+                    AttributeValue::S(job.job_id.to_string()),
+                ),
+                (
+                    "request_hash".to_owned(),
+                    AttributeValue::S(key.request_hash.clone()),
+                ),
+                ("expires_at".to_owned(), num(key.expires_at)),
+            ]);
+            let put = Put::builder()
+                .table_name(&self.table)
+                .set_item(Some(item))
+                .condition_expression("attribute_not_exists(job_id) OR expires_at < :now")
+                .expression_attribute_values(":now", num(how.now_secs))
+                .build()
+                .expect("table and item are set");
+            items.push(TransactWriteItem::builder().put(put).build());
+            items.len() - 1
+        });
+        let counter_at = how.in_flight_cap.map(|cap| {
+            let update = Update::builder()
+                .table_name(&self.table)
+                .set_key(Some(counter_key(&job.user_id)))
+                .update_expression("SET in_flight = if_not_exists(in_flight, :zero) + :one")
+                .condition_expression("attribute_not_exists(in_flight) OR in_flight < :cap")
+                .expression_attribute_values(":zero", num(0))
+                .expression_attribute_values(":one", num(1))
+                .expression_attribute_values(":cap", num(cap))
+                .build()
+                .expect("table, key and expression are set");
+            items.push(TransactWriteItem::builder().update(update).build());
+            items.len() - 1
+        });
+        let reasons = match self.transact(items, job.job_id.to_string()).await? {
+            None => return Ok(Created::New),
+            Some(reasons) => reasons,
         };
         let failed = |i: usize| {
             reasons
-                .as_ref()
-                .and_then(|r| r.get(i))
+                .get(i)
                 .and_then(|r| r.code.as_deref())
                 .is_some_and(|c| c == "ConditionalCheckFailed")
         };
@@ -177,30 +262,19 @@ impl JobStore for DynamoStore {
                 _ => Err(StoreError::AlreadyExists),
             };
         }
-        // The key is taken (or the emulator gave no reasons): read who holds it.
-        let held = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .key("job_id", AttributeValue::S(key_id))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(unavailable)?
-            .item
-            .ok_or_else(|| StoreError::Conflict { current: None })?;
-        let text = |k: &str| match held.get(k) {
-            Some(AttributeValue::S(s)) => Ok(s.clone()),
-            _ => Err(StoreError::Corrupt {
-                source: format!("idempotency item lacks {k}").into(),
-            }),
-        };
-        let job_id = JobId::parse(&text("target_job_id")?)
-            .map_err(|e| StoreError::Corrupt { source: e.into() })?;
-        Ok(Created::Existing {
-            job_id,
-            request_hash: text("request_hash")?,
-        })
+        let known = !reasons.is_empty();
+        if let (Some(i), Some(key)) = (key_at, &how.key)
+            && (failed(i) || !known)
+            && let Some(held) = self.held_key(key, how.now_secs).await?
+        {
+            return Ok(held);
+        }
+        if let (Some(i), Some(cap)) = (counter_at, how.in_flight_cap)
+            && (failed(i) || (!known && self.in_flight(&job.user_id).await? >= i64::from(cap)))
+        {
+            return Err(StoreError::InFlightCapReached);
+        }
+        Err(StoreError::Conflict { current: None })
     }
 
     async fn get(&self, id: &JobId) -> Result<Option<Job>, StoreError> {
@@ -273,31 +347,122 @@ impl JobStore for DynamoStore {
         }
     }
 
-    async fn replace(&self, job: &Job) -> Result<(), StoreError> {
-        let res = self
-            .client
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(to_item(job)))
-            .condition_expression("version = :prev")
-            .expression_attribute_values(":prev", num(job.version.saturating_sub(1)))
-            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
-            .send()
-            .await;
-        match res {
-            Ok(_) => Ok(()),
-            Err(e) => match e.into_service_error() {
-                PutItemError::ConditionalCheckFailedException(c) => {
-                    match self.conflict(&job.job_id, c.item).await {
-                        // A retried write whose first try landed: done.
-                        StoreError::Conflict { current: Some(cur) } if *cur == *job => Ok(()),
-                        e => Err(e),
+    async fn replace(&self, from: &Job, to: &Job) -> Result<(), StoreError> {
+        let delta = from.slot_change(to);
+        let landed_or_conflict =
+            async |old: Option<Item>| match self.conflict(&to.job_id, old).await {
+                // A retried write whose first try landed: done.
+                StoreError::Conflict { current: Some(cur) } if *cur == *to => Ok(()),
+                e => Err(e),
+            };
+        if delta == 0 {
+            let res = self
+                .client
+                .put_item()
+                .table_name(&self.table)
+                .set_item(Some(to_item(to)))
+                .condition_expression("version = :prev")
+                .expression_attribute_values(":prev", num(from.version))
+                .return_values_on_condition_check_failure(
+                    ReturnValuesOnConditionCheckFailure::AllOld,
+                )
+                .send()
+                .await;
+            return match res {
+                Ok(_) => Ok(()),
+                Err(e) => match e.into_service_error() {
+                    PutItemError::ConditionalCheckFailedException(c) => {
+                        landed_or_conflict(c.item).await
                     }
+                    other => Err(StoreError::Unavailable {
+                        source: other.into(),
+                    }),
+                },
+            };
+        }
+        // The job's write and its owner's counter move together, so the count stays exact.
+        let put = Put::builder()
+            .table_name(&self.table)
+            .set_item(Some(to_item(to)))
+            .condition_expression("version = :prev")
+            .expression_attribute_values(":prev", num(from.version))
+            .build()
+            .expect("table and item are set");
+        let count = Update::builder()
+            .table_name(&self.table)
+            .set_key(Some(counter_key(&to.user_id)))
+            .update_expression("ADD in_flight :delta")
+            .expression_attribute_values(":delta", num(delta))
+            .build()
+            .expect("table, key and expression are set");
+        let items = vec![
+            TransactWriteItem::builder().put(put).build(),
+            TransactWriteItem::builder().update(count).build(),
+        ];
+        match self
+            .transact(items, format!("{}-{}", to.job_id, to.version))
+            .await?
+        {
+            None => Ok(()),
+            Some(_) => landed_or_conflict(None).await,
+        }
+    }
+
+    async fn list(&self, user: &str, query: &ListQuery) -> Result<Vec<Job>, StoreError> {
+        let mut found = Vec::new();
+        let mut start = query.after.as_ref().map(|(t, id)| {
+            let mut key = Self::key(id);
+            key.insert("user_id".into(), AttributeValue::S(user.to_owned()));
+            key.insert("submitted_at".into(), num(t));
+            key
+        });
+        loop {
+            let mut q = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .index_name(BY_USER_INDEX)
+                .key_condition_expression("user_id = :u")
+                .expression_attribute_values(":u", AttributeValue::S(user.to_owned()))
+                .scan_index_forward(false)
+                .set_exclusive_start_key(start);
+            q = match query.status {
+                // A filtered page may hold fewer matches than its Limit: read whole pages then.
+                Some(st) => q
+                    .filter_expression("#s = :st")
+                    .expression_attribute_names("#s", "status")
+                    .expression_attribute_values(":st", status(st)),
+                None => q.limit(i32::try_from(query.limit - found.len()).unwrap_or(i32::MAX)),
+            };
+            let out = q.send().await.map_err(unavailable)?;
+            for item in out.items.unwrap_or_default() {
+                found.push(from_item(item)?);
+                if found.len() >= query.limit {
+                    return Ok(found);
                 }
-                other => Err(StoreError::Unavailable {
-                    source: other.into(),
-                }),
-            },
+            }
+            start = out.last_evaluated_key;
+            if start.is_none() {
+                return Ok(found);
+            }
+        }
+    }
+
+    async fn in_flight(&self, user: &str) -> Result<i64, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(counter_key(user)))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(unavailable)?;
+        match out.item.as_ref().and_then(|i| i.get("in_flight")) {
+            Some(AttributeValue::N(n)) => n.parse().map_err(|e| StoreError::Corrupt {
+                source: format!("in-flight counter {n:?}: {e}").into(),
+            }),
+            _ => Ok(0),
         }
     }
 

@@ -2,18 +2,25 @@
 //! conformance suite; used by `jobctl dev` and by fast tests.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 
 use async_trait::async_trait;
 
-use super::{Created, JobStore, KeyReservation, StoreError};
+use super::{Created, Insert, JobStore, KeyReservation, ListQuery, StoreError};
 use crate::job::{Job, JobId, Millis};
 
 #[derive(Debug, Default)]
 pub struct MemoryStore {
-    jobs: Mutex<HashMap<JobId, Job>>,
-    /// scoped key -> (job, reservation); under its own lock, always taken before `jobs`.
-    keys: Mutex<HashMap<String, (JobId, KeyReservation)>>,
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    jobs: HashMap<JobId, Job>,
+    /// scoped key -> (job, reservation).
+    keys: HashMap<String, (JobId, KeyReservation)>,
+    /// user -> counted jobs in flight.
+    in_flight: HashMap<String, i64>,
 }
 
 impl MemoryStore {
@@ -21,52 +28,50 @@ impl MemoryStore {
         Self::default()
     }
 
-    fn jobs(&self) -> std::sync::MutexGuard<'_, HashMap<JobId, Job>> {
-        // A panic while holding the lock cannot leave a half-written job (every write is one insert).
-        self.jobs.lock().unwrap_or_else(|p| p.into_inner())
+    fn state(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave a half-written job: every write is applied only
+        // after all its checks passed, and none of the inserts panics.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
 #[async_trait]
 impl JobStore for MemoryStore {
-    async fn create(&self, job: &Job) -> Result<(), StoreError> {
-        let mut jobs = self.jobs();
-        match jobs.get(&job.job_id) {
-            Some(stored) if stored == job => Ok(()),
-            Some(_) => Err(StoreError::AlreadyExists),
-            None => {
-                jobs.insert(job.job_id.clone(), job.clone());
-                Ok(())
-            }
-        }
-    }
-
-    async fn create_with_key(
-        &self,
-        job: &Job,
-        key: &KeyReservation,
-        now_secs: i64,
-    ) -> Result<Created, StoreError> {
-        let mut keys = self.keys.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((job_id, held)) = keys.get(&key.scoped_key)
-            && held.expires_at >= now_secs
+    async fn insert(&self, job: &Job, how: &Insert) -> Result<Created, StoreError> {
+        debug_assert_eq!(job.counted, how.in_flight_cap.is_some());
+        let mut st = self.state();
+        if let Some(key) = &how.key
+            && let Some((job_id, held)) = st.keys.get(&key.scoped_key)
+            && held.expires_at >= how.now_secs
         {
             return Ok(Created::Existing {
                 job_id: job_id.clone(),
                 request_hash: held.request_hash.clone(),
             });
         }
-        let mut jobs = self.jobs();
-        if jobs.contains_key(&job.job_id) {
-            return Err(StoreError::AlreadyExists);
+        match st.jobs.get(&job.job_id) {
+            // A retried insert that already landed.
+            Some(stored) if stored == job => return Ok(Created::New),
+            Some(_) => return Err(StoreError::AlreadyExists),
+            None => {}
         }
-        jobs.insert(job.job_id.clone(), job.clone());
-        keys.insert(key.scoped_key.clone(), (job.job_id.clone(), key.clone()));
+        if let Some(cap) = how.in_flight_cap {
+            let n = st.in_flight.entry(job.user_id.clone()).or_default();
+            if *n >= i64::from(cap) {
+                return Err(StoreError::InFlightCapReached);
+            }
+            *n += 1;
+        }
+        st.jobs.insert(job.job_id.clone(), job.clone());
+        if let Some(key) = &how.key {
+            st.keys
+                .insert(key.scoped_key.clone(), (job.job_id.clone(), key.clone()));
+        }
         Ok(Created::New)
     }
 
     async fn get(&self, id: &JobId) -> Result<Option<Job>, StoreError> {
-        Ok(self.jobs().get(id).cloned())
+        Ok(self.state().jobs.get(id).cloned())
     }
 
     async fn claim(
@@ -76,8 +81,8 @@ impl JobStore for MemoryStore {
         lease_expires_at: Millis,
         now: Millis,
     ) -> Result<Job, StoreError> {
-        let mut jobs = self.jobs();
-        let current = jobs.get(id).ok_or(StoreError::NotFound)?;
+        let mut st = self.state();
+        let current = st.jobs.get(id).ok_or(StoreError::NotFound)?;
         if current.lease_owner.as_deref() == Some(owner)
             && current.lease_expires_at == Some(lease_expires_at)
         {
@@ -89,17 +94,18 @@ impl JobStore for MemoryStore {
                 .map_err(|_| StoreError::Conflict {
                     current: Some(Box::new(current.clone())),
                 })?;
-        jobs.insert(id.clone(), claimed.clone());
+        st.jobs.insert(id.clone(), claimed.clone());
         Ok(claimed)
     }
 
-    async fn replace(&self, job: &Job) -> Result<(), StoreError> {
-        let mut jobs = self.jobs();
-        match jobs.get(&job.job_id) {
+    async fn replace(&self, from: &Job, to: &Job) -> Result<(), StoreError> {
+        let mut st = self.state();
+        match st.jobs.get(&to.job_id) {
             // Writing what is already stored is a no-op, as for a retried write that landed.
-            Some(cur) if cur == job => Ok(()),
-            Some(cur) if cur.version + 1 == job.version => {
-                jobs.insert(job.job_id.clone(), job.clone());
+            Some(cur) if cur == to => Ok(()),
+            Some(cur) if cur.version == from.version => {
+                *st.in_flight.entry(to.user_id.clone()).or_default() += from.slot_change(to);
+                st.jobs.insert(to.job_id.clone(), to.clone());
                 Ok(())
             }
             Some(cur) => Err(StoreError::Conflict {
@@ -109,9 +115,31 @@ impl JobStore for MemoryStore {
         }
     }
 
+    async fn list(&self, user: &str, query: &ListQuery) -> Result<Vec<Job>, StoreError> {
+        let st = self.state();
+        let mut jobs: Vec<&Job> = st
+            .jobs
+            .values()
+            .filter(|j| j.user_id == user && query.status.is_none_or(|s| j.status == s))
+            .filter(|j| {
+                query
+                    .after
+                    .as_ref()
+                    .is_none_or(|(t, id)| (j.submitted_at, &j.job_id) < (*t, id))
+            })
+            .collect();
+        jobs.sort_by(|a, b| (b.submitted_at, &b.job_id).cmp(&(a.submitted_at, &a.job_id)));
+        Ok(jobs.into_iter().take(query.limit).cloned().collect())
+    }
+
+    async fn in_flight(&self, user: &str) -> Result<i64, StoreError> {
+        Ok(self.state().in_flight.get(user).copied().unwrap_or(0))
+    }
+
     async fn stale_queued(&self, before: Millis, limit: usize) -> Result<Vec<Job>, StoreError> {
         let mut stale: Vec<Job> = self
-            .jobs()
+            .state()
+            .jobs
             .values()
             .filter(|j| j.status == crate::job::JobStatus::Queued && j.updated_at < before)
             .cloned()

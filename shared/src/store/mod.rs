@@ -5,7 +5,7 @@
 use async_trait::async_trait;
 
 use crate::handler::BoxError;
-use crate::job::{Job, JobId, Millis};
+use crate::job::{Job, JobId, JobStatus, Millis};
 
 pub mod dynamo;
 pub mod memory;
@@ -32,6 +32,9 @@ pub enum StoreError {
         #[source]
         source: BoxError,
     },
+    /// The owner already has as many jobs in flight as the cap allows: nothing was written.
+    #[error("too many jobs in flight")]
+    InFlightCapReached,
     /// A stored record could not be read back as a job.
     #[error("stored job is malformed")]
     Corrupt {
@@ -51,13 +54,34 @@ pub struct KeyReservation {
     pub expires_at: i64,
 }
 
-/// The outcome of [`JobStore::create_with_key`].
+/// How [`JobStore::insert`] stores a new job.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Insert {
+    /// Reserve this idempotency key for the job; if it names a job already, that job is the answer.
+    pub key: Option<KeyReservation>,
+    /// Take a slot of the owner's in-flight count, failing with `InFlightCapReached` when it holds this
+    /// many already. Set exactly when the job is [`Job::counted`].
+    pub in_flight_cap: Option<u32>,
+    /// Now, in epoch seconds: keys expired before it are free.
+    pub now_secs: i64,
+}
+
+/// The outcome of [`JobStore::insert`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Created {
-    /// The job was stored and the key now names it.
+    /// The job was stored (and the key, if any, now names it).
     New,
     /// The key (unexpired) already names a job: nothing was written.
     Existing { job_id: JobId, request_hash: String },
+}
+
+/// A page request of [`JobStore::list`]: one owner's jobs, newest first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListQuery {
+    pub status: Option<JobStatus>,
+    pub limit: usize,
+    /// Start after this job (its `submitted_at` and id): the last one of the previous page.
+    pub after: Option<(Millis, JobId)>,
 }
 
 /// Persistence of job records. Every method is a single atomic operation on one job, and safe to retry:
@@ -65,17 +89,15 @@ pub enum Created {
 /// of reporting a conflict with itself.
 #[async_trait]
 pub trait JobStore: Send + Sync {
-    /// Stores a new job; `AlreadyExists` if its id is taken.
-    async fn create(&self, job: &Job) -> Result<(), StoreError>;
+    /// Stores a new job, atomically with its idempotency key and its in-flight slot when asked: either
+    /// all are written or nothing is. `AlreadyExists` if its id is taken; `InFlightCapReached` if the
+    /// owner is at the cap; `Existing` if the key names a job already (checked before the cap).
+    async fn insert(&self, job: &Job, how: &Insert) -> Result<Created, StoreError>;
 
-    /// Stores a new job and reserves `key` for it, atomically: either both are written or neither. If the
-    /// key is reserved and unexpired at `now_secs`, returns the job it names instead.
-    async fn create_with_key(
-        &self,
-        job: &Job,
-        key: &KeyReservation,
-        now_secs: i64,
-    ) -> Result<Created, StoreError>;
+    /// Stores a new job with no key and no cap; `AlreadyExists` if its id is taken.
+    async fn create(&self, job: &Job) -> Result<(), StoreError> {
+        self.insert(job, &Insert::default()).await.map(|_| ())
+    }
 
     /// Reads a job, strongly consistent.
     async fn get(&self, id: &JobId) -> Result<Option<Job>, StoreError>;
@@ -91,9 +113,16 @@ pub trait JobStore: Send + Sync {
         now: Millis,
     ) -> Result<Job, StoreError>;
 
-    /// Replaces the stored job with `job` if the stored version is `job.version - 1` (compare-and-set).
-    /// `Conflict` otherwise.
-    async fn replace(&self, job: &Job) -> Result<(), StoreError>;
+    /// Replaces `from` (as read) with `to`, computed from it, if the stored version is still
+    /// `from.version` (compare-and-set); `Conflict` otherwise. The owner's in-flight count moves by
+    /// [`Job::slot_change`] in the same atomic write.
+    async fn replace(&self, from: &Job, to: &Job) -> Result<(), StoreError>;
+
+    /// Up to `query.limit` of `user`'s jobs, newest first. A query, never a scan (the `by_user` index).
+    async fn list(&self, user: &str, query: &ListQuery) -> Result<Vec<Job>, StoreError>;
+
+    /// How many of `user`'s counted jobs are in flight (the counter the cap checks).
+    async fn in_flight(&self, user: &str) -> Result<i64, StoreError>;
 
     /// Up to `limit` jobs still `queued` and not updated since `before`: candidates for a lost message.
     /// A full scan on DynamoDB: meant for a periodic sweep, not for a request path.

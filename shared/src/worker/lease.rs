@@ -8,6 +8,7 @@
 //! fresh copy; if the lease is gone, the attempt has lost the job and must stop.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::sync::Mutex;
 
@@ -29,6 +30,8 @@ pub struct LeaseKeeper {
     store: Arc<dyn JobStore>,
     owner: String,
     job: Mutex<Job>,
+    /// Mirrors the latest known job's `cancel_requested`, readable without waiting for a write.
+    cancel_requested: AtomicBool,
 }
 
 /// Conflicts in a row before giving up: each one means another writer got in between, which for a job
@@ -40,8 +43,15 @@ impl LeaseKeeper {
         Arc::new(Self {
             store,
             owner,
+            cancel_requested: AtomicBool::new(claimed.cancel_requested),
             job: Mutex::new(claimed),
         })
+    }
+
+    /// Whether the job's owner asked to cancel it, as of the last write or heartbeat (a cancel request
+    /// changes the job's version, so the next heartbeat re-reads it).
+    pub fn cancel_requested(&self) -> bool {
+        self.cancel_requested.load(Ordering::Relaxed)
     }
 
     /// Computes a new version with `change` (given the owner and the current job) and writes it.
@@ -53,7 +63,7 @@ impl LeaseKeeper {
         for _ in 0..MAX_CONFLICTS {
             let next =
                 change(&job, &self.owner, crate::now_millis()).map_err(|_| LeaseError::Lost)?;
-            match self.store.replace(&next).await {
+            match self.store.replace(&job, &next).await {
                 Ok(()) => {
                     *job = next.clone();
                     return Ok(next);
@@ -64,6 +74,8 @@ impl LeaseKeeper {
                         Some(fresh)
                             if fresh.lease_owner.as_deref() == Some(self.owner.as_str()) =>
                         {
+                            self.cancel_requested
+                                .store(fresh.cancel_requested, Ordering::Relaxed);
                             *job = fresh
                         }
                         _ => return Err(LeaseError::Lost),

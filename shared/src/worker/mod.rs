@@ -85,6 +85,8 @@ pub enum Outcome {
     LeaseLost,
     /// The handler yielded before the deadline; the job continues in a new message.
     Continued,
+    /// The job's owner cancelled it: it stopped (or never started) and is `cancelled`.
+    Cancelled,
     /// The store or queue failed: the message comes back with backoff.
     Unavailable,
 }
@@ -213,6 +215,7 @@ impl Worker {
                 .claim(&msg.job_id, &owner, lease_until, now)
                 .await
             {
+                Ok(job) if job.cancel_requested => self.stop_cancelled(job, owner).await,
                 Ok(job) => self.run(job, owner, rec, inv).await,
                 Err(StoreError::NotFound) => {
                     tracing::error!("message for a job that does not exist");
@@ -222,7 +225,11 @@ impl Worker {
                     if job.effective_status(now) == JobStatus::DeadLetter =>
                 {
                     // Every message of a dead-lettered job belongs in the DLQ, where the tools find and
-                    // redrive it: back at once, until SQS moves it there.
+                    // redrive it: back at once, until SQS moves it there. A job whose runner died on
+                    // its last attempt is recorded dead now (best effort: reads already say so).
+                    if let Ok(buried) = job.bury(now) {
+                        let _ = self.store.replace(&job, &buried).await;
+                    }
                     tracing::info!("delivery of a dead-lettered job; on its way to the DLQ");
                     (Outcome::DeadLettered, Some(Duration::ZERO))
                 }
@@ -322,6 +329,22 @@ impl Worker {
         // The attempt that reaches maxReceiveCount is the last one SQS delivers: the job is dead-lettered
         // now, before SQS moves the message, so its record says why.
         let last_attempt = job.attempts.max(receive_count) >= self.settings.max_attempts;
+        let cancelled =
+            matches!(ran, Err(JobError::Cancelled)) || (ran.is_err() && keeper.cancel_requested());
+        if cancelled {
+            // The owner asked it to stop and it did: whatever error it stopped with, it is cancelled.
+            return match keeper
+                .update(|j, owner, now| j.stop_cancelled(owner, now))
+                .await
+            {
+                Ok(_) => (Outcome::Cancelled, None),
+                Err(LeaseError::Lost) => (Outcome::LeaseLost, None),
+                Err(LeaseError::Store(_)) => (
+                    Outcome::Unavailable,
+                    Some(self.settings.backoff.delay(job.attempts)),
+                ),
+            };
+        }
         if let Err(JobError::Yield) = ran {
             return self.continue_later(&keeper, rec).await;
         }
@@ -375,7 +398,7 @@ impl Worker {
                     (Outcome::Retrying, Some(delay.min(MAX_VISIBILITY))),
                 )
             }
-            Err(JobError::Yield) => unreachable!("handled above"),
+            Err(JobError::Yield | JobError::Cancelled) => unreachable!("handled above"),
         };
         match written {
             Ok(_) => {
@@ -394,6 +417,22 @@ impl Worker {
                     Outcome::Unavailable,
                     Some(self.settings.backoff.delay(job.attempts)),
                 )
+            }
+        }
+    }
+
+    /// A claimed job whose cancellation was requested before it ran (its runner died after the request):
+    /// recorded `cancelled` without running the handler.
+    async fn stop_cancelled(&self, job: Job, owner: String) -> Verdict {
+        let keeper = LeaseKeeper::new(self.store.clone(), owner, job);
+        match keeper
+            .update(|j, owner, now| j.stop_cancelled(owner, now))
+            .await
+        {
+            Ok(_) => (Outcome::Cancelled, None),
+            Err(LeaseError::Lost) => (Outcome::LeaseLost, None),
+            Err(LeaseError::Store(_)) => {
+                (Outcome::Unavailable, Some(self.settings.backoff.delay(1)))
             }
         }
     }
