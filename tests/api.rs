@@ -1,3 +1,514 @@
-//! API security: identity, isolation, list and cancel, validation, backpressure (issue 5).
+//! API security (issue 5): identity, per-user isolation, list and cancel, validation, backpressure and the
+//! per-user in-flight cap. Every test runs on the embedded backend and on the emulator, from the same code.
 
 mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use jobkit::api::{Api, ApiSettings};
+use jobkit::local::EventSource;
+use jobkit::queue::{JobQueue, MemoryQueue};
+use jobkit::store::{JobStore, MemoryStore};
+use jobkit::worker::{Outcome, Worker, WorkerSettings};
+use jobkit::{Config, HandlerRegistry, JobError, JobId, JobStatus};
+use serde_json::{Value, json};
+use support::*;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// The ports under test, and the settings a stack built on them starts from.
+struct Stack {
+    store: Arc<dyn JobStore>,
+    queue: Arc<dyn JobQueue>,
+    queue_arn: String,
+    config: Config,
+    _env: Option<TestEnv>,
+}
+
+async fn memory() -> Stack {
+    let env_config = Config::from_lookup(|k| match k {
+        "JOBKIT_TABLE" | "JOBKIT_QUEUE_URL" => Some("memory".into()),
+        _ => None,
+    })
+    .unwrap();
+    let dlq = Arc::new(MemoryQueue::new(Duration::from_secs(30)));
+    Stack {
+        store: Arc::new(MemoryStore::new()),
+        queue: Arc::new(MemoryQueue::new(Duration::from_secs(30)).with_dead_letter_queue(dlq, 5)),
+        queue_arn: "arn:aws:sqs:local:000000000000:jobs".into(),
+        config: env_config,
+        _env: None,
+    }
+}
+
+async fn emulator() -> Stack {
+    let env = TestEnv::start().await;
+    Stack {
+        store: env.store.clone(),
+        queue: env.queue.clone(),
+        queue_arn: env.queue_arn.clone(),
+        config: env.config.clone(),
+        _env: Some(env),
+    }
+}
+
+impl Stack {
+    /// An API instance (a cold start) with `tune` applied to the stack's settings.
+    fn api(&self, tune: impl FnOnce(&mut ApiSettings)) -> Api {
+        self.api_with(registry(Arc::default()), tune)
+    }
+
+    fn api_with(&self, registry: HandlerRegistry, tune: impl FnOnce(&mut ApiSettings)) -> Api {
+        let mut settings = ApiSettings::from_config(&self.config);
+        tune(&mut settings);
+        Api::new(self.store.clone(), self.queue.clone(), registry, settings)
+    }
+
+    fn worker(&self, registry: HandlerRegistry, settings: WorkerSettings) -> EventSource {
+        let worker = Worker::new(self.store.clone(), self.queue.clone(), registry, settings);
+        EventSource::new(self.queue.clone(), &self.queue_arn, Arc::new(worker), 10)
+            .with_wait(Duration::from_millis(200))
+    }
+
+    async fn status(&self, id: &JobId) -> JobStatus {
+        self.store.get(id).await.unwrap().unwrap().status
+    }
+}
+
+/// The built-ins plus `count`: an echo that counts its runs.
+fn registry(runs: Arc<AtomicU32>) -> HandlerRegistry {
+    let mut r = HandlerRegistry::with_builtins();
+    r.register_fn("count", move |input, _| {
+        let runs = runs.clone();
+        async move {
+            runs.fetch_add(1, Ordering::SeqCst);
+            Ok::<_, JobError>(input.into())
+        }
+    })
+    .unwrap();
+    r
+}
+
+async fn submit(api: &Api, user: &str, body: &str) -> (u16, Value) {
+    json(&api.handle(post_jobs(user, body)).await)
+}
+
+async fn submit_ok(api: &Api, user: &str, body: &str) -> JobId {
+    let (status, b) = submit(api, user, body).await;
+    assert_eq!(status, 202, "{b}");
+    JobId::parse(b["job_id"].as_str().unwrap()).unwrap()
+}
+
+async fn list(api: &Api, user: &str, query: &str) -> (u16, Value) {
+    json(&api.handle(list_jobs(user, query)).await)
+}
+
+/// The ids of a listing, in order.
+fn ids(page: &Value) -> Vec<String> {
+    page["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["job_id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Nothing was stored for `user` and nothing was enqueued.
+async fn nothing_written(s: &Stack, user: &str) {
+    let jobs = s
+        .store
+        .list(
+            user,
+            &jobkit::store::ListQuery {
+                status: None,
+                limit: 10,
+                after: None,
+            },
+        )
+        .await
+        .unwrap();
+    assert!(jobs.is_empty(), "jobs were written: {jobs:?}");
+    assert_eq!(s.queue.depth().await.unwrap(), 0, "a message was sent");
+    assert_eq!(
+        s.store.in_flight(user).await.unwrap(),
+        0,
+        "a slot was taken"
+    );
+}
+
+// ---------- identity and isolation ----------
+
+async fn requests_without_an_identity_get_401_and_write_nothing(s: Stack) {
+    let api = s.api(|_| {});
+    for (method, path) in [
+        ("POST", "/jobs"),
+        ("GET", "/jobs"),
+        ("GET", "/jobs/01KAQZ7X4N3M2P1R0S9T8V7W6Y"),
+        ("DELETE", "/jobs/01KAQZ7X4N3M2P1R0S9T8V7W6Y"),
+    ] {
+        assert_error(
+            &api.handle(unauthenticated(method, path)).await,
+            401,
+            "unauthenticated",
+        );
+    }
+    nothing_written(&s, "anonymous").await;
+}
+
+async fn another_users_job_is_invisible_to_read_cancel_and_list(s: Stack) {
+    let api = s.api(|_| {});
+    let id = submit_ok(&api, "alice", r#"{"kind":"echo","input":1}"#).await;
+    let unknown = JobId::generate(jobkit::now_millis());
+
+    let as_unknown = json(&api.handle(get_job("alice", unknown.as_str())).await);
+    assert_eq!(as_unknown.0, 404);
+    // Bob's read and cancel answer exactly like an unknown id, and change nothing.
+    assert_eq!(
+        json(&api.handle(get_job("bob", id.as_str())).await),
+        as_unknown
+    );
+    let path = format!("/jobs/{id}");
+    let (status, body) = json(&api.handle(request("DELETE", &path, "bob")).await);
+    let unknown_delete = json(
+        &api.handle(request("DELETE", &format!("/jobs/{unknown}"), "alice"))
+            .await,
+    );
+    assert_eq!((status, body), unknown_delete);
+    assert_eq!(s.status(&id).await, JobStatus::Queued);
+    // Bob's list is empty; Alice's holds her job.
+    let (status, page) = list(&api, "bob", "").await;
+    assert_eq!((status, ids(&page)), (200, vec![]));
+    let page = eventually("alice's job to be listed", WAIT, async || {
+        let (_, page) = list(&api, "alice", "").await;
+        (!ids(&page).is_empty()).then_some(page)
+    })
+    .await;
+    assert_eq!(ids(&page), vec![id.to_string()]);
+    assert!(
+        page["jobs"][0].get("input").is_none(),
+        "lists carry no payloads"
+    );
+}
+
+// ---------- list ----------
+
+async fn lists_page_newest_first_and_filter_by_status(s: Stack) {
+    let api = s.api(|_| {});
+    let mut submitted = Vec::new();
+    for i in 0..5 {
+        submitted
+            .push(submit_ok(&api, "carol", &format!(r#"{{"kind":"echo","input":{i}}}"#)).await);
+        // Distinct submit times: the index orders by time only.
+        tokio::time::sleep(Duration::from_millis(3)).await;
+    }
+    let cancelled = submitted[1].clone();
+    let (status, _) = json(
+        &api.handle(request("DELETE", &format!("/jobs/{cancelled}"), "carol"))
+            .await,
+    );
+    assert_eq!(status, 202);
+
+    let newest_first: Vec<String> = submitted.iter().rev().map(|i| i.to_string()).collect();
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let query = match &cursor {
+            Some(c) => format!("limit=2&cursor={c}"),
+            None => "limit=2".to_owned(),
+        };
+        let (status, page) = list(&api, "carol", &query).await;
+        assert_eq!(status, 200, "{page}");
+        assert!(ids(&page).len() <= 2);
+        seen.extend(ids(&page));
+        pages += 1;
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => break,
+        }
+        assert!(pages < 10, "paging does not end");
+    }
+    assert_eq!(seen, newest_first);
+    assert_eq!(pages, 3);
+
+    let page = eventually("the cancelled job under its status", WAIT, async || {
+        let (_, page) = list(&api, "carol", "status=cancelled").await;
+        (!ids(&page).is_empty()).then_some(page)
+    })
+    .await;
+    assert_eq!(ids(&page), vec![cancelled.to_string()]);
+    assert_eq!(page["next_cursor"], Value::Null);
+    let (_, queued) = list(&api, "carol", "status=queued&limit=100").await;
+    assert_eq!(ids(&queued).len(), 4);
+}
+
+async fn bad_list_queries_are_rejected(s: Stack) {
+    let api = s.api(|_| {});
+    for (query, code) in [
+        ("status=done", "invalid_request"),
+        ("limit=0", "invalid_request"),
+        ("limit=101", "invalid_request"),
+        ("limit=ten", "invalid_request"),
+        ("sort=asc", "invalid_request"),
+        ("cursor=not-a-cursor", "invalid_cursor"),
+    ] {
+        assert_error(&api.handle(list_jobs("alice", query)).await, 400, code);
+    }
+}
+
+// ---------- validation ----------
+
+async fn bad_callback_urls_are_rejected_and_write_nothing(s: Stack) {
+    let api = s.api(|_| {});
+    for url in [
+        "http://93.184.215.14/hook",                // not https
+        "https://127.0.0.1/hook",                   // loopback
+        "https://10.0.0.8/hook",                    // private
+        "https://169.254.169.254/latest/meta-data", // instance metadata
+        "https://[fd00:ec2::254]/",                 // instance metadata, IPv6
+        "https://[::ffff:192.168.0.1]/",            // private, IPv4-mapped
+        "https://localhost/hook",                   // resolves to loopback
+        "https://user:secret@93.184.215.14/",       // credentials
+        "https://no-such-host.invalid/hook",        // does not resolve
+        "not a url",
+    ] {
+        let body = json!({"kind": "echo", "input": 1, "callback_url": url}).to_string();
+        let resp = api.handle(post_jobs("dave", &body)).await;
+        assert_error(&resp, 400, "invalid_callback_url");
+    }
+    nothing_written(&s, "dave").await;
+
+    let body = json!({"kind": "echo", "input": 1, "callback_url": "https://93.184.215.14/hook"});
+    let id = submit_ok(&api, "dave", &body.to_string()).await;
+    let (_, view) = json(&api.handle(get_job("dave", id.as_str())).await);
+    assert_eq!(view["callback_url"], "https://93.184.215.14/hook");
+
+    // Local development may call back to loopback over http; a deployed API never does.
+    let dev = s.api(|c| c.dev_mode = true);
+    let local = json!({"kind": "echo", "input": 1, "callback_url": "http://127.0.0.1:9000/hook"});
+    submit_ok(&dev, "dave", &local.to_string()).await;
+    assert_error(
+        &api.handle(post_jobs("dave", &local.to_string())).await,
+        400,
+        "invalid_callback_url",
+    );
+}
+
+// ---------- cancel ----------
+
+async fn a_queued_job_is_cancelled_at_once_and_never_runs(s: Stack) {
+    let runs = Arc::new(AtomicU32::new(0));
+    let api = s.api_with(registry(runs.clone()), |c| {
+        c.max_in_flight_per_user = Some(5)
+    });
+    let id = submit_ok(&api, "erin", r#"{"kind":"count","input":1}"#).await;
+    let path = format!("/jobs/{id}");
+    let (status, view) = json(&api.handle(request("DELETE", &path, "erin")).await);
+    assert_eq!(
+        (status, view["status"].as_str()),
+        (202, Some("cancelled")),
+        "{view}"
+    );
+    assert_eq!(s.store.in_flight("erin").await.unwrap(), 0, "slot released");
+    // Cancelling again changes nothing and says so.
+    let (status, view) = json(&api.handle(request("DELETE", &path, "erin")).await);
+    assert_eq!((status, view["status"].as_str()), (200, Some("cancelled")));
+
+    let worker = s.worker(registry(runs.clone()), fast_settings(5));
+    let (msgs, result) = worker.poll_once().await.unwrap();
+    assert_eq!(msgs.len(), 1);
+    assert_eq!(result.outcomes, vec![Outcome::AlreadyFinished]);
+    assert_eq!(runs.load(Ordering::SeqCst), 0, "a cancelled job never runs");
+    assert_eq!(s.status(&id).await, JobStatus::Cancelled);
+}
+
+async fn a_running_job_stops_when_cancelled_and_ends_cancelled(s: Stack) {
+    let api = s.api(|c| c.max_in_flight_per_user = Some(5));
+    let id = submit_ok(&api, "frank", r#"{"kind":"sleep","input":{"ms":600000}}"#).await;
+    // Short leases: heartbeats, which bring the cancel request to the worker, come every 200 ms.
+    let settings = WorkerSettings {
+        lease: Duration::from_millis(600),
+        ..fast_settings(5)
+    };
+    let worker = s.worker(HandlerRegistry::with_builtins(), settings);
+    let running = tokio::spawn(async move { worker.poll_once().await.unwrap().1.outcomes });
+    eventually("the job to run", WAIT, async || {
+        (s.status(&id).await == JobStatus::Running).then_some(())
+    })
+    .await;
+    let path = format!("/jobs/{id}");
+    let (status, view) = json(&api.handle(request("DELETE", &path, "frank")).await);
+    assert_eq!(status, 202, "{view}");
+    assert_eq!(
+        (view["status"].as_str(), view["cancel_requested"].as_bool()),
+        (Some("running"), Some(true))
+    );
+    // A ten-minute sleep ends long before the deadline: the handler saw the request.
+    let outcomes = tokio::time::timeout(WAIT, running)
+        .await
+        .expect("the handler stopped")
+        .unwrap();
+    assert_eq!(outcomes, vec![Outcome::Cancelled]);
+    let job = s.store.get(&id).await.unwrap().unwrap();
+    assert_eq!(job.status, JobStatus::Cancelled);
+    assert!(job.finished_at.is_some());
+    assert_eq!(s.store.in_flight("frank").await.unwrap(), 0);
+}
+
+async fn finished_jobs_cannot_be_cancelled(s: Stack) {
+    let api = s.api(|_| {});
+    let id = submit_ok(&api, "gina", r#"{"kind":"echo","input":1}"#).await;
+    let worker = s.worker(HandlerRegistry::with_builtins(), fast_settings(5));
+    worker.poll_once().await.unwrap();
+    assert_eq!(s.status(&id).await, JobStatus::Completed);
+    let resp = api
+        .handle(request("DELETE", &format!("/jobs/{id}"), "gina"))
+        .await;
+    assert_error(&resp, 409, "job_finished");
+    assert_eq!(s.status(&id).await, JobStatus::Completed);
+    assert_error(
+        &api.handle(request("DELETE", "/jobs/nope", "gina")).await,
+        400,
+        "invalid_job_id",
+    );
+}
+
+// ---------- backpressure ----------
+
+async fn submit_answers_429_when_the_queue_is_over_its_bound(s: Stack) {
+    let bound = |c: &mut ApiSettings| c.max_queue_depth = Some(2);
+    for _ in 0..2 {
+        // A fresh instance each time: each reads the depth anew (instances cache it for seconds).
+        submit_ok(&s.api(bound), "hank", r#"{"kind":"echo","input":1}"#).await;
+    }
+    let depth = eventually("the queue depth to show both jobs", WAIT, async || {
+        let d = s.queue.depth().await.unwrap();
+        (d >= 2).then_some(d)
+    })
+    .await;
+    assert_eq!(depth, 2);
+    let resp = s
+        .api(bound)
+        .handle(post_jobs("hank", r#"{"kind":"echo","input":2}"#))
+        .await;
+    assert_error(&resp, 429, "queue_full");
+    assert!(
+        resp.headers()["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            > 0
+    );
+    assert_eq!(s.queue.depth().await.unwrap(), 2, "nothing sent");
+    // Without a bound the same submit goes through.
+    submit_ok(
+        &s.api(|c| c.max_queue_depth = None),
+        "hank",
+        r#"{"kind":"echo","input":2}"#,
+    )
+    .await;
+}
+
+async fn concurrent_submits_never_exceed_the_in_flight_cap(s: Stack) {
+    const CAP: u32 = 3;
+    let api = Arc::new(s.api(|c| c.max_in_flight_per_user = Some(CAP)));
+    let attempts = (0..12).map(|i| {
+        let api = api.clone();
+        tokio::spawn(async move {
+            submit(&api, "ivy", &format!(r#"{{"kind":"echo","input":{i}}}"#)).await
+        })
+    });
+    let answers: Vec<(u16, Value)> = futures::future::join_all(attempts)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    let accepted = answers.iter().filter(|(s, _)| *s == 202).count();
+    for (status, body) in answers.iter().filter(|(s, _)| *s != 202) {
+        assert_eq!(*status, 429, "{body}");
+        assert_eq!(body["error"]["code"], "too_many_jobs_in_flight", "{body}");
+    }
+    assert_eq!(accepted, CAP as usize, "exactly the cap was admitted");
+    assert_eq!(s.store.in_flight("ivy").await.unwrap(), i64::from(CAP));
+    // The cap is per user.
+    submit_ok(&api, "jack", r#"{"kind":"echo","input":1}"#).await;
+
+    // Finishing jobs frees their slots.
+    let worker = s.worker(HandlerRegistry::with_builtins(), fast_settings(5));
+    eventually("ivy's jobs to finish", WAIT, async || {
+        worker.poll_once().await.unwrap();
+        (s.store.in_flight("ivy").await.unwrap() == 0).then_some(())
+    })
+    .await;
+    submit_ok(&api, "ivy", r#"{"kind":"echo","input":"again"}"#).await;
+}
+
+async fn every_way_a_job_ends_releases_its_slot(s: Stack) {
+    let api = s.api(|c| c.max_in_flight_per_user = Some(10));
+    let ok = submit_ok(&api, "kim", r#"{"kind":"echo","input":1}"#).await;
+    let fails = submit_ok(
+        &api,
+        "kim",
+        r#"{"kind":"sleep","input":{"fail":"terminal"}}"#,
+    )
+    .await;
+    let cancelled = submit_ok(&api, "kim", r#"{"kind":"echo","input":2}"#).await;
+    assert_eq!(s.store.in_flight("kim").await.unwrap(), 3);
+    api.handle(request("DELETE", &format!("/jobs/{cancelled}"), "kim"))
+        .await;
+    assert_eq!(s.store.in_flight("kim").await.unwrap(), 2);
+
+    // A submit whose send fails is abandoned (failed) and gives its slot back.
+    let failing = Api::new(
+        s.store.clone(),
+        FailingSends::new(s.queue.clone(), 1),
+        HandlerRegistry::with_builtins(),
+        ApiSettings {
+            max_in_flight_per_user: Some(10),
+            ..ApiSettings::from_config(&s.config)
+        },
+    );
+    let resp = failing
+        .handle(post_jobs("kim", r#"{"kind":"echo","input":3}"#))
+        .await;
+    assert_error(&resp, 503, "service_unavailable");
+    assert_eq!(s.store.in_flight("kim").await.unwrap(), 2);
+
+    let worker = s.worker(HandlerRegistry::with_builtins(), fast_settings(5));
+    eventually("the jobs to finish", WAIT, async || {
+        worker.poll_once().await.unwrap();
+        (s.status(&ok).await.is_terminal() && s.status(&fails).await.is_terminal()).then_some(())
+    })
+    .await;
+    assert_eq!(s.status(&ok).await, JobStatus::Completed);
+    assert_eq!(s.status(&fails).await, JobStatus::Failed);
+    assert_eq!(s.store.in_flight("kim").await.unwrap(), 0);
+}
+
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod embedded {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name(super::memory().await).await })*
+        }
+        mod on_emulator {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name(super::emulator().await).await })*
+        }
+    };
+}
+
+on_both_backends!(
+    requests_without_an_identity_get_401_and_write_nothing,
+    another_users_job_is_invisible_to_read_cancel_and_list,
+    lists_page_newest_first_and_filter_by_status,
+    bad_list_queries_are_rejected,
+    bad_callback_urls_are_rejected_and_write_nothing,
+    a_queued_job_is_cancelled_at_once_and_never_runs,
+    a_running_job_stops_when_cancelled_and_ends_cancelled,
+    finished_jobs_cannot_be_cancelled,
+    submit_answers_429_when_the_queue_is_over_its_bound,
+    concurrent_submits_never_exceed_the_in_flight_cap,
+    every_way_a_job_ends_releases_its_slot,
+);

@@ -113,7 +113,12 @@ async fn thousands_of_jobs_under_faults_all_end_exactly_once() {
         store.clone(),
         queue.clone(),
         registry(ledger.clone()),
-        jobkit::api::ApiSettings::from_config(&env.config),
+        jobkit::api::ApiSettings {
+            // Every job counted against a cap it never reaches: the in-flight counter goes through the
+            // faults too, and must come out exact.
+            max_in_flight_per_user: Some(1_000_000),
+            ..jobkit::api::ApiSettings::from_config(&env.config)
+        },
     );
 
     // Submit through the API (faults included: a 503 is retried with the same Idempotency-Key).
@@ -313,6 +318,12 @@ async fn thousands_of_jobs_under_faults_all_end_exactly_once() {
             + stranded
     );
     assert_eq!(poisoned, poison, "every poison message reached the DLQ");
+    let holding = jobs.iter().filter(|j| j.holds_slot()).count() as i64;
+    let counted = env.store.in_flight("fault-user").await.unwrap();
+    assert_eq!(
+        counted, holding,
+        "the in-flight counter matches the jobs not yet terminal"
+    );
     let completions = completions.lock().unwrap();
     assert!(
         completions.values().all(|&c| c == 1),

@@ -91,6 +91,8 @@ impl Provisioned {
             ("JOBKIT_RETRY_BASE_SECS", p("RetryBaseSeconds")),
             ("JOBKIT_RETRY_MAX_SECS", p("RetryMaxSeconds")),
             ("JOBKIT_WORKER_CONCURRENCY", p("JobConcurrencyPerBatch")),
+            ("JOBKIT_MAX_QUEUE_DEPTH", p("MaxQueueDepth")),
+            ("JOBKIT_MAX_IN_FLIGHT_PER_USER", p("MaxJobsInFlightPerUser")),
         ]);
         Ok(Config::from_lookup(|k| vars.get(k).cloned().flatten())?)
     }

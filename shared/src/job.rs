@@ -926,4 +926,98 @@ mod tests {
         let back: Job = serde_json::from_value(stored).unwrap();
         assert_eq!(back, j);
     }
+
+    fn counted_job() -> Job {
+        let mut j = job();
+        j.counted = true;
+        j
+    }
+
+    #[test]
+    fn a_waiting_job_is_cancelled_at_once_and_a_running_one_is_asked_to_stop() {
+        let (what, next) = counted_job().cancel(T0 + 1).unwrap();
+        let next = next.unwrap();
+        assert_eq!(
+            (what, next.status),
+            (Cancel::Cancelled, JobStatus::Cancelled)
+        );
+        assert_eq!(next.finished_at, Some(T0 + 1));
+        assert_eq!(next.cancel(T0 + 2).unwrap(), (Cancel::AlreadyDone, None));
+
+        let running = counted_job().claim("w", T0 + 60_000, T0).unwrap();
+        let (what, asked) = running.cancel(T0 + 1).unwrap();
+        let asked = asked.unwrap();
+        assert_eq!(
+            (what, asked.status, asked.cancel_requested),
+            (Cancel::Requested, JobStatus::Running, true)
+        );
+        assert_eq!(asked.cancel(T0 + 2).unwrap(), (Cancel::AlreadyDone, None));
+        // Only the lease holder records the stop.
+        assert!(asked.stop_cancelled("other", T0 + 3).is_err());
+        let stopped = asked.stop_cancelled("w", T0 + 3).unwrap();
+        assert_eq!(stopped.status, JobStatus::Cancelled);
+        // A running job whose runner died is cancelled at once: nobody would see the flag.
+        let (what, _) = running.cancel(T0 + 60_001).unwrap();
+        assert_eq!(what, Cancel::Cancelled);
+    }
+
+    #[test]
+    fn finished_jobs_cannot_be_cancelled() {
+        let running = job().claim("w", T0 + 60_000, T0).unwrap();
+        let done = running.complete("w", json!(1), vec![], T0 + 1).unwrap();
+        assert!(done.cancel(T0 + 2).is_err());
+        let failed = running
+            .fail("w", JobStatus::Failed, err(false), T0 + 1)
+            .unwrap();
+        assert!(failed.cancel(T0 + 2).is_err());
+        // Reads as dead_letter: finished too.
+        let mut last = job();
+        last.max_attempts = 1;
+        let last = last.claim("w", T0 + 10, T0).unwrap();
+        assert!(last.cancel(T0 + 11).is_err());
+    }
+
+    #[test]
+    fn an_expired_last_attempt_is_buried_and_nothing_else_is() {
+        let mut j = job();
+        j.max_attempts = 1;
+        let running = j.claim("w", T0 + 10, T0).unwrap();
+        assert!(running.bury(T0 + 5).is_err(), "lease still live");
+        let dead = running.bury(T0 + 11).unwrap();
+        assert_eq!(dead.status, JobStatus::DeadLetter);
+        assert_eq!(dead.error.unwrap().code, "lease_expired");
+        assert!(
+            job()
+                .claim("w", T0 + 10, T0)
+                .unwrap()
+                .bury(T0 + 11)
+                .is_err(),
+            "attempts left"
+        );
+    }
+
+    #[test]
+    fn a_counted_job_holds_a_slot_exactly_while_not_terminal() {
+        let j = counted_job();
+        let running = j.claim("w", T0 + 60_000, T0).unwrap();
+        assert_eq!(j.slot_change(&running), 0);
+        let retrying = running
+            .fail("w", JobStatus::Retrying, err(true), T0 + 1)
+            .unwrap();
+        assert_eq!(running.slot_change(&retrying), 0);
+        let dead = retrying
+            .claim("w", T0 + 60_000, T0 + 2)
+            .unwrap()
+            .fail("w", JobStatus::DeadLetter, err(true), T0 + 3)
+            .unwrap();
+        assert_eq!(retrying.slot_change(&dead), -1);
+        let redriven = dead.requeue(T0 + 4).unwrap();
+        assert_eq!(dead.slot_change(&redriven), 1);
+        let (_, cancelled) = redriven.cancel(T0 + 5).unwrap();
+        assert_eq!(redriven.slot_change(&cancelled.unwrap()), -1);
+        // Jobs submitted without a cap never move the counter.
+        let free = job();
+        let (_, c) = free.cancel(T0).unwrap();
+        assert_eq!(free.slot_change(&c.unwrap()), 0);
+    }
 }

@@ -71,6 +71,36 @@ pub fn request(method: &str, path: &str, user: &str) -> Request {
     to_request(e)
 }
 
+/// `GET /jobs?{query}` as user `user` (`query` already URL-encoded).
+pub fn list_jobs(user: &str, query: &str) -> Request {
+    let mut e = fixture("apigw_v2_get_job.json");
+    e["rawPath"] = Value::from("/jobs");
+    e["requestContext"]["http"]["path"] = Value::from("/jobs");
+    e["requestContext"]["authorizer"]["jwt"]["claims"]["sub"] = Value::from(user);
+    e["rawQueryString"] = Value::from(query);
+    let mut params = serde_json::Map::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        params.insert(k.to_owned(), Value::from(v));
+    }
+    e["queryStringParameters"] = Value::Object(params);
+    e.as_object_mut().unwrap().remove("pathParameters");
+    to_request(e)
+}
+
+/// A request that reached the function with no authorizer identity (a route left without one).
+pub fn unauthenticated(method: &str, path: &str) -> Request {
+    let mut e = fixture("apigw_v2_post_jobs.json");
+    e["rawPath"] = Value::from(path);
+    e["requestContext"]["http"]["path"] = Value::from(path);
+    e["requestContext"]["http"]["method"] = Value::from(method);
+    e["requestContext"]
+        .as_object_mut()
+        .unwrap()
+        .remove("authorizer");
+    to_request(e)
+}
+
 /// Status and JSON body of a response.
 pub fn json(resp: &Response<Body>) -> (u16, Value) {
     let body = match resp.body() {
