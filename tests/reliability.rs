@@ -62,7 +62,11 @@ async fn the_same_key_and_body_return_the_same_job_without_a_second_message() {
     let msgs = all_messages(&env).await;
     assert_eq!(msgs.len(), 1, "no second message");
     assert_eq!(msgs[0].job_id.as_str(), first["job_id"]);
-    assert_eq!(env.item_count().await, 2, "one job and its key");
+    assert_eq!(
+        env.item_count().await,
+        3,
+        "one job, its key and its owner's in-flight counter"
+    );
 }
 
 #[tokio::test]
@@ -80,7 +84,7 @@ async fn the_same_key_with_a_different_body_is_a_conflict_that_writes_nothing() 
         409,
         "idempotency_key_reused",
     );
-    assert_eq!(env.item_count().await, 2);
+    assert_eq!(env.item_count().await, 3);
     assert_eq!(all_messages(&env).await.len(), 1);
     assert_error(
         &api.handle(keyed("alice", r#"{"kind":"echo","input":2}"#, "bad key"))
@@ -129,7 +133,11 @@ async fn concurrent_identical_submits_create_one_job() {
         1,
         "exactly one creation"
     );
-    assert_eq!(env.item_count().await, 2, "one job and one key item");
+    assert_eq!(
+        env.item_count().await,
+        3,
+        "one job, one key item, one counter"
+    );
 }
 
 #[tokio::test]
@@ -178,8 +186,8 @@ async fn a_submit_that_crashed_between_write_and_send_is_sent_by_its_retry() {
     assert!(crashed.is_err(), "the submit died mid-send");
     assert_eq!(
         env.item_count().await,
-        2,
-        "the job and its key were written"
+        3,
+        "the job, its key and its counter were written"
     );
     assert!(
         all_messages(&env).await.is_empty(),
