@@ -488,6 +488,41 @@ async fn every_way_a_job_ends_releases_its_slot(s: Stack) {
     assert_eq!(s.store.in_flight("kim").await.unwrap(), 0);
 }
 
+async fn the_sweep_records_a_job_whose_last_attempt_died_and_frees_its_slot(s: Stack) {
+    let api = s.api(|c| c.max_in_flight_per_user = Some(5));
+    let id = submit_ok(&api, "lena", r#"{"kind":"echo","input":1}"#).await;
+    // Every attempt's worker died: each claim's lease is already over when the next one comes.
+    let mut job = s.store.get(&id).await.unwrap().unwrap();
+    for attempt in 0..job.max_attempts {
+        let now = jobkit::now_millis();
+        job = s
+            .store
+            .claim(&id, &format!("dead-{attempt}"), now - 1, now)
+            .await
+            .unwrap();
+    }
+    assert_eq!(job.status, JobStatus::Running);
+    assert_eq!(s.store.in_flight("lena").await.unwrap(), 1);
+    let (_, view) = json(&api.handle(get_job("lena", id.as_str())).await);
+    assert_eq!(
+        view["status"], "dead_letter",
+        "reads say so before any write"
+    );
+
+    let report = jobkit::recovery::sweep(&s.store, &s.queue, jobkit::recovery::SWEEP_AFTER)
+        .await
+        .unwrap();
+    assert_eq!((report.buried, report.resent), (1, 0));
+    let job = s.store.get(&id).await.unwrap().unwrap();
+    assert_eq!(job.status, JobStatus::DeadLetter);
+    assert_eq!(job.error.unwrap().code, "lease_expired");
+    assert_eq!(s.store.in_flight("lena").await.unwrap(), 0);
+    let again = jobkit::recovery::sweep(&s.store, &s.queue, jobkit::recovery::SWEEP_AFTER)
+        .await
+        .unwrap();
+    assert_eq!(again.buried, 0);
+}
+
 macro_rules! on_both_backends {
     ($($name:ident),* $(,)?) => {
         mod embedded {
@@ -511,4 +546,5 @@ on_both_backends!(
     submit_answers_429_when_the_queue_is_over_its_bound,
     concurrent_submits_never_exceed_the_in_flight_cap,
     every_way_a_job_ends_releases_its_slot,
+    the_sweep_records_a_job_whose_last_attempt_died_and_frees_its_slot,
 );

@@ -457,15 +457,17 @@ async fn the_sweep_resends_a_job_whose_submit_crashed_before_sending_and_it_comp
     let queue: Arc<dyn JobQueue> = env.queue.clone();
     // Not yet stale under the deployed threshold; stale under a zero one.
     assert_eq!(
-        jobkit::recovery::resend_stale(&store, &queue, jobkit::recovery::SWEEP_AFTER)
+        jobkit::recovery::sweep(&store, &queue, jobkit::recovery::SWEEP_AFTER)
             .await
-            .unwrap(),
+            .unwrap()
+            .resent,
         0
     );
     assert_eq!(
-        jobkit::recovery::resend_stale(&store, &queue, Duration::ZERO)
+        jobkit::recovery::sweep(&store, &queue, Duration::ZERO)
             .await
-            .unwrap(),
+            .unwrap()
+            .resent,
         1
     );
     let worker = env.worker(HandlerRegistry::with_builtins());
@@ -475,9 +477,10 @@ async fn the_sweep_resends_a_job_whose_submit_crashed_before_sending_and_it_comp
         (1, [Outcome::Completed].as_slice())
     );
     assert_eq!(
-        jobkit::recovery::resend_stale(&store, &queue, Duration::ZERO)
+        jobkit::recovery::sweep(&store, &queue, Duration::ZERO)
             .await
-            .unwrap(),
+            .unwrap()
+            .resent,
         0,
         "nothing left queued"
     );

@@ -6,6 +6,7 @@ mod dev;
 use std::collections::{BTreeMap, HashSet};
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
@@ -63,7 +64,8 @@ enum Command {
         #[arg(long, env = "AWS_ENDPOINT_URL", global = true)]
         endpoint_url: Option<String>,
     },
-    /// Re-send jobs left queued without a message (what the worker's scheduled sweep does).
+    /// Re-send jobs left queued without a message and record jobs whose last attempt died (what the
+    /// worker's scheduled sweep does), against the stack named by JOBKIT_TABLE and JOBKIT_QUEUE_URL.
     Sweep {
         #[arg(long, env = "AWS_ENDPOINT_URL")]
         endpoint_url: Option<String>,
@@ -150,6 +152,28 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             action,
             endpoint_url,
         } => dlq(action, endpoint_url, cli.target.json).await,
+        Command::Sweep {
+            endpoint_url,
+            older_than,
+        } => {
+            let config = jobkit::Config::from_env()?;
+            let sdk = jobkit::aws::sdk_config(endpoint_url.as_deref()).await;
+            let aws = jobkit::aws::AwsBackend::new(&sdk, &config);
+            let store: Arc<dyn jobkit::store::JobStore> = Arc::new(aws.store);
+            let queue: Arc<dyn jobkit::queue::JobQueue> = Arc::new(aws.queue);
+            let report = jobkit::recovery::sweep(&store, &queue, Duration::from_secs(older_than))
+                .await
+                .map_err(|e| anyhow::anyhow!(e))?;
+            if cli.target.json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                println!(
+                    "re-sent {} job(s), recorded {} dead job(s)",
+                    report.resent, report.buried
+                );
+            }
+            Ok(true)
+        }
         command => {
             let c = client::Client::new(cli.target)?;
             let job = match command {

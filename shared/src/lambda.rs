@@ -6,7 +6,7 @@ use std::sync::Arc;
 use aws_lambda_events::sqs::SqsEvent;
 use lambda_http::{Request, service_fn};
 use lambda_runtime::{Error, LambdaEvent};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::api::{Api, ApiSettings};
 use crate::aws::{AwsBackend, sdk_config};
@@ -61,8 +61,8 @@ pub async fn serve_worker(registry: HandlerRegistry) -> Result<(), Error> {
                 .await?;
             Ok::<Value, Error>(serde_json::to_value(response)?)
         } else {
-            let resent = recovery::resend_stale(store, queue, recovery::SWEEP_AFTER).await?;
-            Ok(json!({ "resent": resent }))
+            let report = recovery::sweep(store, queue, recovery::SWEEP_AFTER).await?;
+            Ok(serde_json::to_value(report)?)
         }
     }))
     .await

@@ -466,7 +466,12 @@ impl JobStore for DynamoStore {
         }
     }
 
-    async fn stale_queued(&self, before: Millis, limit: usize) -> Result<Vec<Job>, StoreError> {
+    async fn stale_jobs(
+        &self,
+        before: Millis,
+        now: Millis,
+        limit: usize,
+    ) -> Result<Vec<Job>, StoreError> {
         let mut found = Vec::new();
         let mut start = None;
         loop {
@@ -474,10 +479,16 @@ impl JobStore for DynamoStore {
                 .client
                 .scan()
                 .table_name(&self.table)
-                .filter_expression("#s = :queued AND updated_at < :before")
+                // The second half is `Job::effective_status` == dead_letter for a running job.
+                .filter_expression(
+                    "(#s = :queued AND updated_at < :before) OR (#s = :running AND \
+                     lease_expires_at < :now AND attempts >= max_attempts)",
+                )
                 .expression_attribute_names("#s", "status")
                 .expression_attribute_values(":queued", status(JobStatus::Queued))
+                .expression_attribute_values(":running", status(JobStatus::Running))
                 .expression_attribute_values(":before", num(before))
+                .expression_attribute_values(":now", num(now))
                 .set_exclusive_start_key(start)
                 .send()
                 .await

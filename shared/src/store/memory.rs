@@ -136,12 +136,22 @@ impl JobStore for MemoryStore {
         Ok(self.state().in_flight.get(user).copied().unwrap_or(0))
     }
 
-    async fn stale_queued(&self, before: Millis, limit: usize) -> Result<Vec<Job>, StoreError> {
+    async fn stale_jobs(
+        &self,
+        before: Millis,
+        now: Millis,
+        limit: usize,
+    ) -> Result<Vec<Job>, StoreError> {
+        use crate::job::JobStatus;
         let mut stale: Vec<Job> = self
             .state()
             .jobs
             .values()
-            .filter(|j| j.status == crate::job::JobStatus::Queued && j.updated_at < before)
+            .filter(|j| {
+                (j.status == JobStatus::Queued && j.updated_at < before)
+                    || (j.status == JobStatus::Running
+                        && j.effective_status(now) == JobStatus::DeadLetter)
+            })
             .cloned()
             .collect();
         stale.sort_by_key(|j| j.updated_at);

@@ -124,7 +124,13 @@ pub trait JobStore: Send + Sync {
     /// How many of `user`'s counted jobs are in flight (the counter the cap checks).
     async fn in_flight(&self, user: &str) -> Result<i64, StoreError>;
 
-    /// Up to `limit` jobs still `queued` and not updated since `before`: candidates for a lost message.
-    /// A full scan on DynamoDB: meant for a periodic sweep, not for a request path.
-    async fn stale_queued(&self, before: Millis, limit: usize) -> Result<Vec<Job>, StoreError>;
+    /// Up to `limit` jobs the sweep must look at (see [`crate::recovery`]): still `queued` and not
+    /// updated since `before` (a lost message?), or `running` on their last attempt under a lease
+    /// expired at `now` (a dead runner). A full scan on DynamoDB: for a periodic sweep, not a request.
+    async fn stale_jobs(
+        &self,
+        before: Millis,
+        now: Millis,
+        limit: usize,
+    ) -> Result<Vec<Job>, StoreError>;
 }
