@@ -1,6 +1,7 @@
 //! API security (issue 5): identity, per-user isolation, list and cancel, validation, backpressure and the
 //! per-user in-flight cap. Every test runs on the embedded backend and on the emulator, from the same code.
 
+#[macro_use]
 mod support;
 
 use std::sync::Arc;
@@ -12,7 +13,7 @@ use jobkit::local::EventSource;
 use jobkit::queue::{JobQueue, MemoryQueue};
 use jobkit::store::{JobStore, MemoryStore};
 use jobkit::worker::{Outcome, Worker, WorkerSettings};
-use jobkit::{Config, HandlerRegistry, JobError, JobId, JobStatus};
+use jobkit::{Config, HandlerRegistry, JobId, JobStatus};
 use serde_json::{Value, json};
 use support::*;
 
@@ -57,7 +58,7 @@ async fn emulator() -> Stack {
 impl Stack {
     /// An API instance (a cold start) with `tune` applied to the stack's settings.
     fn api(&self, tune: impl FnOnce(&mut ApiSettings)) -> Api {
-        self.api_with(registry(Arc::default()), tune)
+        self.api_with(counting_registry(Arc::default()), tune)
     }
 
     fn api_with(&self, registry: HandlerRegistry, tune: impl FnOnce(&mut ApiSettings)) -> Api {
@@ -75,20 +76,6 @@ impl Stack {
     async fn status(&self, id: &JobId) -> JobStatus {
         self.store.get(id).await.unwrap().unwrap().status
     }
-}
-
-/// The built-ins plus `count`: an echo that counts its runs.
-fn registry(runs: Arc<AtomicU32>) -> HandlerRegistry {
-    let mut r = HandlerRegistry::with_builtins();
-    r.register_fn("count", move |input, _| {
-        let runs = runs.clone();
-        async move {
-            runs.fetch_add(1, Ordering::SeqCst);
-            Ok::<_, JobError>(input.into())
-        }
-    })
-    .unwrap();
-    r
 }
 
 async fn submit(api: &Api, user: &str, body: &str) -> (u16, Value) {
@@ -300,7 +287,7 @@ async fn bad_callback_urls_are_rejected_and_write_nothing(s: Stack) {
 
 async fn a_queued_job_is_cancelled_at_once_and_never_runs(s: Stack) {
     let runs = Arc::new(AtomicU32::new(0));
-    let api = s.api_with(registry(runs.clone()), |c| {
+    let api = s.api_with(counting_registry(runs.clone()), |c| {
         c.max_in_flight_per_user = Some(5)
     });
     let id = submit_ok(&api, "erin", r#"{"kind":"count","input":1}"#).await;
@@ -316,7 +303,7 @@ async fn a_queued_job_is_cancelled_at_once_and_never_runs(s: Stack) {
     let (status, view) = json(&api.handle(request("DELETE", &path, "erin")).await);
     assert_eq!((status, view["status"].as_str()), (200, Some("cancelled")));
 
-    let worker = s.worker(registry(runs.clone()), fast_settings(5));
+    let worker = s.worker(counting_registry(runs.clone()), fast_settings(5));
     let (msgs, result) = worker.poll_once().await.unwrap();
     assert_eq!(msgs.len(), 1);
     assert_eq!(result.outcomes, vec![Outcome::AlreadyFinished]);
@@ -521,17 +508,6 @@ async fn the_sweep_records_a_job_whose_last_attempt_died_and_frees_its_slot(s: S
         .await
         .unwrap();
     assert_eq!(again.buried, 0);
-}
-
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod embedded {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name(super::memory().await).await })*
-        }
-        mod on_emulator {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name(super::emulator().await).await })*
-        }
-    };
 }
 
 on_both_backends!(

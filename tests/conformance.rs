@@ -2,6 +2,7 @@
 //! DynamoDB + SQS on the emulator, from the same code. A behaviour that differs is a bug in the embedded
 //! backend (the emulator stands in for AWS).
 
+#[macro_use]
 mod support;
 
 use std::sync::Arc;
@@ -395,18 +396,7 @@ async fn a_partial_batch_failure_returns_only_the_failed_message(b: Backends) {
     );
 }
 
-macro_rules! conformance {
-    ($($name:ident),* $(,)?) => {
-        mod embedded {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name(super::memory().await).await })*
-        }
-        mod on_emulator {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name(super::emulator().await).await })*
-        }
-    };
-}
-
-conformance!(
+on_both_backends!(
     create_then_get_round_trips_and_ids_are_unique,
     concurrent_claims_of_one_job_have_exactly_one_winner,
     an_expired_lease_can_be_claimed_and_the_old_owner_cannot_write,

@@ -185,20 +185,6 @@ async fn a_job_that_keeps_failing_is_dead_lettered_with_its_last_error_and_its_m
     assert_eq!(JobMessage::decode(&moved.body).unwrap().job_id, id);
 }
 
-/// Counts runs, to prove a job's handler ran exactly as often as expected.
-fn counting_registry(runs: Arc<AtomicU32>) -> HandlerRegistry {
-    let mut r = HandlerRegistry::with_builtins();
-    r.register_fn("count", move |input, _ctx| {
-        let runs = runs.clone();
-        async move {
-            runs.fetch_add(1, Ordering::SeqCst);
-            Ok(input.into())
-        }
-    })
-    .unwrap();
-    r
-}
-
 #[tokio::test]
 async fn a_duplicate_delivery_of_a_completed_job_does_not_run_it_again() {
     let env = TestEnv::start().await;

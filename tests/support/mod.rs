@@ -128,6 +128,35 @@ pub fn assert_error(resp: &Response<Body>, status: u16, code: &str) {
     );
 }
 
+/// The built-ins plus `count`: an echo that counts its runs, to prove a handler ran exactly as often as
+/// expected.
+pub fn counting_registry(runs: Arc<std::sync::atomic::AtomicU32>) -> HandlerRegistry {
+    let mut r = HandlerRegistry::with_builtins();
+    r.register_fn("count", move |input, _ctx| {
+        let runs = runs.clone();
+        async move {
+            runs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Ok(input.into())
+        }
+    })
+    .unwrap();
+    r
+}
+
+/// Generates, for each named `async fn(Backends)` of the calling file, one test on the embedded backend
+/// (`memory()`) and one on the emulator (`emulator()`): the same code holds both to one behaviour.
+#[allow(unused_macros)] // not every test binary has two backends
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod embedded {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name(super::memory().await).await })*
+        }
+        mod on_emulator {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name(super::emulator().await).await })*
+        }
+    };
+}
+
 /// Settings that retry fast: backoff of at most one second.
 pub fn fast_settings(max_attempts: u32) -> WorkerSettings {
     WorkerSettings {
