@@ -18,13 +18,14 @@ healthy() {
     curl -fsS -o /dev/null --max-time 2 "$URL/_localstack/health" 2>/dev/null
 }
 
-# ministack and the SAM translator (CloudFormation with `Transform: AWS::Serverless`), plus boto3 for the
-# end-to-end driver, in their own venv.
+# ministack, the SAM translator (CloudFormation with `Transform: AWS::Serverless`) and cryptography (its
+# API Gateway verifies JWTs with it), plus boto3 for the end-to-end driver, in their own venv.
 install() {
-  if [ ! -x "$VENV/bin/ministack" ]; then
+  if ! "$VENV/bin/python" -c 'import ministack, samtranslator, cryptography' 2>/dev/null; then
     echo "emulator: installing ministack $MINISTACK_VERSION into $VENV"
     python3 -m venv "$VENV"
-    "$VENV/bin/pip" install -q --disable-pip-version-check "ministack==$MINISTACK_VERSION" aws-sam-translator
+    "$VENV/bin/pip" install -q --disable-pip-version-check "ministack==$MINISTACK_VERSION" \
+      aws-sam-translator 'cryptography>=44'
   fi
 }
 
