@@ -187,9 +187,9 @@ async fn gateway(State(gw): State<Arc<Gateway>>, req: http::Request<AxumBody>) -
             .expect("static response");
     };
     let header = parts.headers.get("x-user-id").filter(|_| gw.user_header);
-    let user = match header.map(|v| v.to_str().map(str::trim)) {
+    let user = match header.map(|v| v.to_str()) {
         None => LOCAL_USER,
-        Some(Ok(u)) if (1..=128).contains(&u.len()) => u,
+        Some(Ok(u)) if (1..=128).contains(&u.len()) && u.bytes().all(|b| b.is_ascii_graphic()) => u,
         Some(_) => {
             return http::Response::builder()
                 .status(401)

@@ -10,7 +10,7 @@ before the functions see the `sub` claim.
 """
 
 import base64
-import http.server
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import threading
 import io
 import json
@@ -53,7 +53,7 @@ def start_issuer():
     }]}
     state = {}
 
-    class Handler(http.server.BaseHTTPRequestHandler):
+    class Handler(BaseHTTPRequestHandler):
         def do_GET(self):
             docs = {
                 "/.well-known/openid-configuration": {"issuer": state["issuer"], "jwks_uri": state["issuer"] + "/jwks.json"},
@@ -68,7 +68,7 @@ def start_issuer():
         def log_message(self, *args):
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     state["issuer"] = f"http://127.0.0.1:{server.server_address[1]}"
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return state["issuer"]
@@ -136,7 +136,7 @@ def deploy(issuer):
     template = open(os.path.join(ROOT, "template.yaml")).read()
     # What `sam package` does: point each function at its uploaded zip. The binaries are built for this
     # machine, so the architecture follows it.
-    template = re.sub(r"(Binary: (\w+)\n    Properties:\n      CodeUri:) \.", rf"\1 s3://{bucket}/\2.zip", template)
+    template = re.sub(r"(Binary: (\w+)\n(?:.*\n)*?    Properties:\n      CodeUri:) \.", rf"\1 s3://{bucket}/\2.zip", template)
     template = template.replace("Architectures: [arm64]", "Architectures: [x86_64]")
     assert template.count(f"s3://{bucket}/") == 3, "three functions point at their zips"
     cfn = boto3.client("cloudformation", **KW)
@@ -215,6 +215,12 @@ def main():
         assert status == 400 and body["error"]["code"] == "invalid_job_id", (status, body)
         status, body = call("GET", f"{api}/jobs/01JF0000000000000000000000")
         assert status == 404 and body["error"]["code"] == "job_not_found", (status, body)
+        status, body = call("PUT", f"{api}/jobs", {"kind": "echo", "input": 1})
+        assert status == 405 and body["error"]["code"] == "method_not_allowed", (status, body)
+        status, body = call("GET", f"{api}/nowhere")
+        assert status == 404 and body["error"]["code"] == "route_not_found", (status, body)
+        status, body = call("GET", f"{api}/jobs?limit=0")
+        assert status == 400 and body["error"]["code"] == "invalid_request", (status, body)
 
     def failing_job_reaches_the_dlq():
         status, body = call("POST", f"{api}/jobs", {"kind": "sleep", "input": {"fail": "retryable"}})
@@ -245,8 +251,9 @@ def main():
     def auth_is_enforced_and_users_are_isolated():
         # No token, a forged one, one for another audience: the gateway refuses before any function runs.
         for tok in (None, alice[:-4] + "AAAA", token(issuer, "alice", audience="someone-else")):
-            status, _ = http("GET", f"{api}/jobs", tok=tok)
-            assert status == 401, (tok and tok[-8:], status)
+            status, body = http("GET", f"{api}/jobs", tok=tok)
+            # The gateway's own 401 ({"message": ...}), not the function's: the request never got in.
+            assert status == 401 and "error" not in body, (tok and tok[-8:], status, body)
         status, body = call("POST", f"{api}/jobs", {"kind": "echo", "input": "mine"})
         assert status == 202, (status, body)
         job_id = body["job_id"]

@@ -180,7 +180,7 @@ fn accepted(job: &Job, status: u16) -> Response<Body> {
     let status_url = format!("/jobs/{}", job.job_id);
     let mut resp = json_response(
         status,
-        &json!({"job_id": job.job_id, "status": job.status, "status_url": status_url}),
+        &json!({"job_id": job.job_id, "status": job.effective_status(now_millis()), "status_url": status_url}),
     );
     resp.headers_mut().insert(
         "location",
