@@ -5,37 +5,26 @@ use lambda_http::{Body, Request, Response};
 use serde::Serialize;
 use serde_json::Value;
 
+use super::JobSummary;
 use super::{Api, ApiError, caller, json_response};
-use crate::job::{ErrorInfo, Job, JobId, JobStatus, Millis, Progress};
+use crate::job::{Job, JobId, Millis};
 use crate::store::StoreError;
 
-/// The public form of a job: no lease internals, times as RFC 3339.
+/// The public form of a job: its [`JobSummary`] (what lists show) plus its payloads. No lease internals;
+/// times as RFC 3339.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct JobView {
-    pub job_id: JobId,
-    pub kind: String,
-    pub status: JobStatus,
+    #[serde(flatten)]
+    pub summary: JobSummary,
     pub input: Value,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub result: Option<Value>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<ErrorInfo>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub progress: Option<Progress>,
-    pub attempts: u32,
-    pub max_attempts: u32,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub callback_url: Option<String>,
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub cancel_requested: bool,
-    pub submitted_at: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub started_at: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub finished_at: Option<String>,
-    pub updated_at: String,
 }
 
 pub(super) fn rfc3339(ms: Millis) -> String {
@@ -46,24 +35,14 @@ pub(super) fn rfc3339(ms: Millis) -> String {
 
 impl JobView {
     /// The view of `j` at `now` (see [`Job::effective_status`]).
-    pub fn at(j: Job, now: Millis) -> Self {
+    pub fn at(mut j: Job, now: Millis) -> Self {
         Self {
-            status: j.effective_status(now),
-            submitted_at: rfc3339(j.submitted_at),
+            input: std::mem::take(&mut j.input),
+            result: j.result.take(),
+            warnings: std::mem::take(&mut j.warnings),
+            callback_url: j.callback_url.take(),
             started_at: j.started_at.map(rfc3339),
-            finished_at: j.finished_at.map(rfc3339),
-            updated_at: rfc3339(j.updated_at),
-            job_id: j.job_id,
-            kind: j.kind,
-            input: j.input,
-            result: j.result,
-            warnings: j.warnings,
-            error: j.error,
-            progress: j.progress,
-            attempts: j.attempts,
-            max_attempts: j.max_attempts,
-            callback_url: j.callback_url,
-            cancel_requested: j.cancel_requested,
+            summary: JobSummary::at(j, now),
         }
     }
 }
