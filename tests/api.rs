@@ -10,50 +10,15 @@ use std::time::Duration;
 
 use jobkit::api::{Api, ApiSettings};
 use jobkit::local::EventSource;
-use jobkit::queue::{JobQueue, MemoryQueue};
-use jobkit::store::{JobStore, MemoryStore};
 use jobkit::worker::{Outcome, Worker, WorkerSettings};
-use jobkit::{Config, HandlerRegistry, JobId, JobStatus};
+use jobkit::{HandlerRegistry, JobId, JobStatus};
 use serde_json::{Value, json};
 use support::*;
 
 const WAIT: Duration = Duration::from_secs(30);
 
-/// The ports under test, and the settings a stack built on them starts from.
-struct Stack {
-    store: Arc<dyn JobStore>,
-    queue: Arc<dyn JobQueue>,
-    queue_arn: String,
-    config: Config,
-    _env: Option<TestEnv>,
-}
-
-async fn memory() -> Stack {
-    let env_config = Config::from_lookup(|k| match k {
-        "JOBKIT_TABLE" | "JOBKIT_QUEUE_URL" => Some("memory".into()),
-        _ => None,
-    })
-    .unwrap();
-    let dlq = Arc::new(MemoryQueue::new(Duration::from_secs(30)));
-    Stack {
-        store: Arc::new(MemoryStore::new()),
-        queue: Arc::new(MemoryQueue::new(Duration::from_secs(30)).with_dead_letter_queue(dlq, 5)),
-        queue_arn: "arn:aws:sqs:local:000000000000:jobs".into(),
-        config: env_config,
-        _env: None,
-    }
-}
-
-async fn emulator() -> Stack {
-    let env = TestEnv::start().await;
-    Stack {
-        store: env.store.clone(),
-        queue: env.queue.clone(),
-        queue_arn: env.queue_arn.clone(),
-        config: env.config.clone(),
-        _env: Some(env),
-    }
-}
+/// The embedded backend or the emulator, with what the API suite builds on them.
+type Stack = Backends;
 
 impl Stack {
     /// An API instance (a cold start) with `tune` applied to the stack's settings.

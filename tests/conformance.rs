@@ -10,45 +10,12 @@ use std::time::Duration;
 
 use jobkit::job::NewJob;
 use jobkit::local::EventSource;
-use jobkit::queue::{JobMessage, JobQueue, MemoryQueue, QueueError};
-use jobkit::store::{JobStore, MemoryStore, StoreError};
+use jobkit::queue::{JobMessage, QueueError};
+use jobkit::store::StoreError;
 use jobkit::worker::{Outcome, Worker};
 use jobkit::{HandlerRegistry, Job, JobStatus, now_millis};
 use serde_json::json;
 use support::*;
-
-/// The ports under test, and the queue's redrive setting.
-struct Backends {
-    store: Arc<dyn JobStore>,
-    queue: Arc<dyn JobQueue>,
-    dlq: Arc<dyn JobQueue>,
-    max_receives: u32,
-    queue_arn: String,
-}
-
-async fn memory() -> Backends {
-    let dlq = Arc::new(MemoryQueue::new(Duration::from_secs(30)));
-    let queue =
-        Arc::new(MemoryQueue::new(Duration::from_secs(30)).with_dead_letter_queue(dlq.clone(), 5));
-    Backends {
-        store: Arc::new(MemoryStore::new()),
-        queue,
-        dlq,
-        max_receives: 5,
-        queue_arn: "arn:aws:sqs:local:000000000000:jobs".into(),
-    }
-}
-
-async fn emulator() -> Backends {
-    let env = TestEnv::start().await;
-    Backends {
-        max_receives: env.max_receive_count(),
-        store: env.store.clone(),
-        queue: env.queue.clone(),
-        dlq: env.dlq.clone(),
-        queue_arn: env.queue_arn.clone(),
-    }
-}
 
 fn new_job() -> Job {
     Job::new(

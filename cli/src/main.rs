@@ -156,9 +156,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             endpoint_url,
             older_than,
         } => {
-            let config = jobkit::Config::from_env()?;
-            let sdk = jobkit::aws::sdk_config(endpoint_url.as_deref()).await;
-            let aws = jobkit::aws::AwsBackend::new(&sdk, &config);
+            let aws = deployed_stack(endpoint_url).await?;
             let store: Arc<dyn jobkit::store::JobStore> = Arc::new(aws.store);
             let queue: Arc<dyn jobkit::queue::JobQueue> = Arc::new(aws.queue);
             let report = jobkit::recovery::sweep(&store, &queue, Duration::from_secs(older_than))
@@ -223,10 +221,15 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
     }
 }
 
-async fn dlq(action: DlqAction, endpoint_url: Option<String>, json: bool) -> anyhow::Result<bool> {
+/// The stack named by JOBKIT_TABLE, JOBKIT_QUEUE_URL and JOBKIT_DLQ_URL, at `endpoint_url` or on AWS.
+async fn deployed_stack(endpoint_url: Option<String>) -> anyhow::Result<jobkit::aws::AwsBackend> {
     let config = jobkit::Config::from_env()?;
     let sdk = jobkit::aws::sdk_config(endpoint_url.as_deref()).await;
-    let aws = jobkit::aws::AwsBackend::new(&sdk, &config);
+    Ok(jobkit::aws::AwsBackend::new(&sdk, &config))
+}
+
+async fn dlq(action: DlqAction, endpoint_url: Option<String>, json: bool) -> anyhow::Result<bool> {
+    let aws = deployed_stack(endpoint_url).await?;
     let dlq = aws.dead_letter_queue.context("JOBKIT_DLQ_URL is not set")?;
     let tools =
         jobkit::dlq::DeadLetters::new(Arc::new(aws.store), Arc::new(aws.queue), Arc::new(dlq));

@@ -494,11 +494,9 @@ impl Job {
         {
             return Err(self.illegal("dead-letter"));
         }
-        let mut next = self.next_version(now);
-        next.status = JobStatus::DeadLetter;
-        next.lease_owner = None;
-        next.lease_expires_at = None;
-        next.finished_at = Some(now);
+        let mut next = self
+            .next_version(now)
+            .leaving_running(JobStatus::DeadLetter, now);
         next.error = Some(ErrorInfo {
             code: "lease_expired".into(),
             message: "the worker running the last attempt stopped before recording an outcome"
@@ -509,12 +507,8 @@ impl Job {
     }
 
     fn cancelled(&self, now: Millis) -> Self {
-        let mut next = self.next_version(now);
-        next.status = JobStatus::Cancelled;
-        next.lease_owner = None;
-        next.lease_expires_at = None;
-        next.finished_at = Some(now);
-        next
+        self.next_version(now)
+            .leaving_running(JobStatus::Cancelled, now)
     }
 
     /// The lease holder extends its lease to `until` (a heartbeat).
@@ -583,14 +577,18 @@ impl Job {
         action: &'static str,
         now: Millis,
     ) -> Result<Self, IllegalTransition> {
-        let mut next = self.holding(owner, action, now)?;
-        next.status = to;
-        next.lease_owner = None;
-        next.lease_expires_at = None;
+        Ok(self.holding(owner, action, now)?.leaving_running(to, now))
+    }
+
+    /// Moves this (new) version to `to`, releasing the lease; a terminal `to` stamps the finish time.
+    fn leaving_running(mut self, to: JobStatus, now: Millis) -> Self {
+        self.status = to;
+        self.lease_owner = None;
+        self.lease_expires_at = None;
         if to.is_terminal() {
-            next.finished_at = Some(now);
+            self.finished_at = Some(now);
         }
-        Ok(next)
+        self
     }
 
     fn next_version(&self, now: Millis) -> Self {

@@ -47,13 +47,13 @@ pub async fn sweep(
     let stale = store
         .stale_jobs(now - older_than.as_millis() as i64, now, SWEEP_LIMIT)
         .await?;
+    // Either write may lose to a worker that got there first: that is fine, the job moved on.
+    let lost_race = |r: Result<(), StoreError>| match r {
+        Ok(()) | Err(StoreError::Conflict { .. }) => Ok(()),
+        Err(e) => Err(e),
+    };
     let mut report = SweepReport::default();
     for job in stale {
-        // Either write may lose to a worker that got there first: that is fine, the job moved on.
-        let lost_race = |r: Result<(), StoreError>| match r {
-            Ok(()) | Err(StoreError::Conflict { .. }) => Ok(()),
-            Err(e) => Err(e),
-        };
         if job.status == JobStatus::Running {
             if let Ok(dead) = job.bury(crate::now_millis()) {
                 lost_race(store.replace(&job, &dead).await)?;

@@ -12,8 +12,8 @@ use std::time::Duration;
 use jobkit::api::{Api, ApiSettings};
 use jobkit::aws::{Provisioned, provision, sdk_config};
 use jobkit::local::EventSource;
-use jobkit::queue::{JobQueue, QueueError, ReceivedMessage, SqsQueue};
-use jobkit::store::{DynamoStore, JobStore};
+use jobkit::queue::{JobQueue, MemoryQueue, QueueError, ReceivedMessage, SqsQueue};
+use jobkit::store::{DynamoStore, JobStore, MemoryStore};
 use jobkit::template::{StackSpec, TEMPLATE_YAML, parse};
 use jobkit::worker::{Backoff, BatchResult, Worker, WorkerSettings};
 use jobkit::{Config, HandlerRegistry, Job, JobId, JobStatus};
@@ -141,6 +141,54 @@ pub fn counting_registry(runs: Arc<std::sync::atomic::AtomicU32>) -> HandlerRegi
     })
     .unwrap();
     r
+}
+
+/// The ports a suite runs on, the queue's redrive setting, and the configuration a stack on them starts
+/// from. Built by [`memory`] (the embedded backend) or [`emulator`] (a fresh copy of the stack on it).
+pub struct Backends {
+    pub store: Arc<dyn JobStore>,
+    pub queue: Arc<dyn JobQueue>,
+    pub dlq: Arc<dyn JobQueue>,
+    pub max_receives: u32,
+    pub queue_arn: String,
+    pub config: Config,
+    /// Keeps the emulator stack (if any) alive as long as the ports.
+    _env: Option<TestEnv>,
+}
+
+/// The embedded store and queue, with the queue's DLQ after 5 receives.
+pub async fn memory() -> Backends {
+    let dlq = Arc::new(MemoryQueue::new(Duration::from_secs(30)));
+    let queue =
+        Arc::new(MemoryQueue::new(Duration::from_secs(30)).with_dead_letter_queue(dlq.clone(), 5));
+    let config = Config::from_lookup(|k| match k {
+        "JOBKIT_TABLE" | "JOBKIT_QUEUE_URL" => Some("memory".into()),
+        _ => None,
+    })
+    .expect("the resources are set");
+    Backends {
+        store: Arc::new(MemoryStore::new()),
+        queue,
+        dlq,
+        max_receives: 5,
+        queue_arn: "arn:aws:sqs:local:000000000000:jobs".into(),
+        config,
+        _env: None,
+    }
+}
+
+/// DynamoDB and SQS on the emulator: a fresh copy of the stack's table and queues.
+pub async fn emulator() -> Backends {
+    let env = TestEnv::start().await;
+    Backends {
+        max_receives: env.max_receive_count(),
+        store: env.store.clone(),
+        queue: env.queue.clone(),
+        dlq: env.dlq.clone(),
+        queue_arn: env.queue_arn.clone(),
+        config: env.config.clone(),
+        _env: Some(env),
+    }
 }
 
 /// Generates, for each named `async fn(Backends)` of the calling file, one test on the embedded backend

@@ -11,6 +11,7 @@ use aws_sdk_dynamodb::types::{
     AttributeValue, CancellationReason, Put, ReturnValue, ReturnValuesOnConditionCheckFailure,
     TransactWriteItem, Update,
 };
+use futures::future::BoxFuture;
 use sha2::Digest;
 use std::collections::HashMap;
 
@@ -194,15 +195,15 @@ fn num(n: impl ToString) -> AttributeValue {
 impl JobStore for DynamoStore {
     async fn insert(&self, job: &Job, how: &Insert) -> Result<Created, StoreError> {
         debug_assert_eq!(job.counted, how.in_flight_cap.is_some());
+        if how.key.is_none() && how.in_flight_cap.is_none() {
+            return self.put_new(job).await.map(|()| Created::New);
+        }
         let put_job = Put::builder()
             .table_name(&self.table)
             .set_item(Some(to_item(job)))
             .condition_expression("attribute_not_exists(job_id)")
             .build()
             .expect("table and item are set");
-        if how.key.is_none() && how.in_flight_cap.is_none() {
-            return self.put_new(job).await.map(|()| Created::New);
-        }
         // One transaction: the job, its key item and its owner's counter, each conditional. Key and
         // counter items live in the same table under partition keys no job id can take (`idem#...`,
         // `user#...`), so no second table is needed, and they stay out of the `by_user` index.
@@ -409,15 +410,14 @@ impl JobStore for DynamoStore {
     }
 
     async fn list(&self, user: &str, query: &ListQuery) -> Result<Vec<Job>, StoreError> {
-        let mut found = Vec::new();
-        let mut start = query.after.as_ref().map(|(t, id)| {
+        let start = query.after.as_ref().map(|(t, id)| {
             let mut key = Self::key(id);
             key.insert("user_id".into(), AttributeValue::S(user.to_owned()));
             key.insert("submitted_at".into(), num(t));
             key
         });
-        loop {
-            let mut q = self
+        collect_pages(query.limit, start, |start, wanted| {
+            let q = self
                 .client
                 .query()
                 .table_name(&self.table)
@@ -426,26 +426,20 @@ impl JobStore for DynamoStore {
                 .expression_attribute_values(":u", AttributeValue::S(user.to_owned()))
                 .scan_index_forward(false)
                 .set_exclusive_start_key(start);
-            q = match query.status {
+            let q = match query.status {
                 // A filtered page may hold fewer matches than its Limit: read whole pages then.
                 Some(st) => q
                     .filter_expression("#s = :st")
                     .expression_attribute_names("#s", "status")
                     .expression_attribute_values(":st", status(st)),
-                None => q.limit(i32::try_from(query.limit - found.len()).unwrap_or(i32::MAX)),
+                None => q.limit(i32::try_from(wanted).unwrap_or(i32::MAX)),
             };
-            let out = q.send().await.map_err(unavailable)?;
-            for item in out.items.unwrap_or_default() {
-                found.push(from_item(item)?);
-                if found.len() >= query.limit {
-                    return Ok(found);
-                }
-            }
-            start = out.last_evaluated_key;
-            if start.is_none() {
-                return Ok(found);
-            }
-        }
+            Box::pin(async move {
+                let out = q.send().await.map_err(unavailable)?;
+                Ok((out.items.unwrap_or_default(), out.last_evaluated_key))
+            })
+        })
+        .await
     }
 
     async fn in_flight(&self, user: &str) -> Result<i64, StoreError> {
@@ -472,10 +466,8 @@ impl JobStore for DynamoStore {
         now: Millis,
         limit: usize,
     ) -> Result<Vec<Job>, StoreError> {
-        let mut found = Vec::new();
-        let mut start = None;
-        loop {
-            let out = self
+        collect_pages(limit, None, |start, _| {
+            let scan = self
                 .client
                 .scan()
                 .table_name(&self.table)
@@ -489,20 +481,38 @@ impl JobStore for DynamoStore {
                 .expression_attribute_values(":running", status(JobStatus::Running))
                 .expression_attribute_values(":before", num(before))
                 .expression_attribute_values(":now", num(now))
-                .set_exclusive_start_key(start)
-                .send()
-                .await
-                .map_err(unavailable)?;
-            for item in out.items.unwrap_or_default() {
-                found.push(from_item(item)?);
-                if found.len() >= limit {
-                    return Ok(found);
-                }
-            }
-            start = out.last_evaluated_key;
-            if start.is_none() {
+                .set_exclusive_start_key(start);
+            Box::pin(async move {
+                let out = scan.send().await.map_err(unavailable)?;
+                Ok((out.items.unwrap_or_default(), out.last_evaluated_key))
+            })
+        })
+        .await
+    }
+}
+
+/// One page of items, and where the next starts (`None`: it was the last).
+type Page = (Vec<Item>, Option<Item>);
+
+/// Reads pages with `page(start, still wanted)` -> (items, next start) until `limit` jobs are found or
+/// the pages run out (DynamoDB's pagination, for queries and scans alike).
+async fn collect_pages(
+    limit: usize,
+    mut start: Option<Item>,
+    mut page: impl FnMut(Option<Item>, usize) -> BoxFuture<'static, Result<Page, StoreError>>,
+) -> Result<Vec<Job>, StoreError> {
+    let mut found = Vec::new();
+    loop {
+        let (items, next) = page(start, limit - found.len()).await?;
+        for item in items {
+            found.push(from_item(item)?);
+            if found.len() >= limit {
                 return Ok(found);
             }
+        }
+        start = next;
+        if start.is_none() {
+            return Ok(found);
         }
     }
 }

@@ -215,7 +215,12 @@ impl Worker {
                 .claim(&msg.job_id, &owner, lease_until, now)
                 .await
             {
-                Ok(job) if job.cancel_requested => self.stop_cancelled(job, owner).await,
+                Ok(job) if job.cancel_requested => {
+                    // Its cancellation was requested before it ran (its runner died after the
+                    // request): recorded `cancelled` without running the handler.
+                    let keeper = LeaseKeeper::new(self.store.clone(), owner, job);
+                    self.record_cancelled(&keeper, 1).await
+                }
                 Ok(job) => self.run(job, owner, rec, inv).await,
                 Err(StoreError::NotFound) => {
                     tracing::error!("message for a job that does not exist");
@@ -333,17 +338,7 @@ impl Worker {
             matches!(ran, Err(JobError::Cancelled)) || (ran.is_err() && keeper.cancel_requested());
         if cancelled {
             // The owner asked it to stop and it did: whatever error it stopped with, it is cancelled.
-            return match keeper
-                .update(|j, owner, now| j.stop_cancelled(owner, now))
-                .await
-            {
-                Ok(_) => (Outcome::Cancelled, None),
-                Err(LeaseError::Lost) => (Outcome::LeaseLost, None),
-                Err(LeaseError::Store(_)) => (
-                    Outcome::Unavailable,
-                    Some(self.settings.backoff.delay(job.attempts)),
-                ),
-            };
+            return self.record_cancelled(&keeper, job.attempts).await;
         }
         if let Err(JobError::Yield) = ran {
             return self.continue_later(&keeper, rec).await;
@@ -421,19 +416,19 @@ impl Worker {
         }
     }
 
-    /// A claimed job whose cancellation was requested before it ran (its runner died after the request):
-    /// recorded `cancelled` without running the handler.
-    async fn stop_cancelled(&self, job: Job, owner: String) -> Verdict {
-        let keeper = LeaseKeeper::new(self.store.clone(), owner, job);
+    /// Records `cancelled` for a job the keeper holds; if that cannot be written now, the message
+    /// comes back after the backoff for attempt `attempt`.
+    async fn record_cancelled(&self, keeper: &LeaseKeeper, attempt: u32) -> Verdict {
         match keeper
             .update(|j, owner, now| j.stop_cancelled(owner, now))
             .await
         {
             Ok(_) => (Outcome::Cancelled, None),
             Err(LeaseError::Lost) => (Outcome::LeaseLost, None),
-            Err(LeaseError::Store(_)) => {
-                (Outcome::Unavailable, Some(self.settings.backoff.delay(1)))
-            }
+            Err(LeaseError::Store(_)) => (
+                Outcome::Unavailable,
+                Some(self.settings.backoff.delay(attempt)),
+            ),
         }
     }
 
