@@ -1,10 +1,14 @@
-//! Client commands against any deployment or `jobctl dev`: submit, status, watch, list, cancel.
+//! Client commands against any deployment or `jobctl dev`: submit, status, watch, list, cancel. Answers
+//! are read as the kit's own types; `--json` prints them exactly as the API sent them.
 
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use indicatif::{ProgressBar, ProgressStyle};
-use serde_json::Value;
+use jobkit::api::{JobList, JobView};
+use jobkit::{JobId, JobStatus, Json};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
 
 /// Where the API is and who we are.
 #[derive(Debug, clap::Args)]
@@ -29,12 +33,23 @@ pub struct Target {
     pub json: bool,
 }
 
+/// An answer: as sent (for `--json`) and as read.
+pub struct Answer<T> {
+    pub raw: String,
+    pub value: T,
+}
+
+/// `POST /jobs`'s answer.
+#[derive(Debug, Deserialize)]
+pub struct Accepted {
+    pub job_id: JobId,
+    pub status: JobStatus,
+}
+
 pub struct Client {
     http: reqwest::Client,
     target: Target,
 }
-
-const TERMINAL: [&str; 4] = ["completed", "failed", "cancelled", "dead_letter"];
 
 impl Client {
     pub fn new(target: Target) -> anyhow::Result<Self> {
@@ -48,7 +63,10 @@ impl Client {
         format!("{}{}", self.target.api_url.trim_end_matches('/'), path)
     }
 
-    async fn send(&self, req: reqwest::RequestBuilder) -> anyhow::Result<Value> {
+    async fn send<T: DeserializeOwned>(
+        &self,
+        req: reqwest::RequestBuilder,
+    ) -> anyhow::Result<Answer<T>> {
         let mut req = req.header("accept", "application/json");
         if let Some(t) = &self.target.token {
             req = req.bearer_auth(t);
@@ -61,22 +79,30 @@ impl Client {
             .await
             .with_context(|| format!("cannot reach {}", self.target.api_url))?;
         let status = resp.status();
-        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        let raw = resp.text().await.unwrap_or_default();
         if !status.is_success() {
+            let body: serde_json::Value = serde_json::from_str(&raw).unwrap_or_default();
             let code = body["error"]["code"].as_str().unwrap_or("http_error");
             let message = body["error"]["message"].as_str().unwrap_or("");
             bail!("{status}: {code}: {message}");
         }
-        Ok(body)
+        let value = serde_json::from_str(&raw)
+            .with_context(|| format!("unexpected answer from the API: {raw}"))?;
+        Ok(Answer { raw, value })
     }
 
-    pub async fn submit(&self, kind: &str, input: Value) -> anyhow::Result<Value> {
-        let body = serde_json::json!({"kind": kind, "input": input});
-        self.send(self.http.post(self.url("/jobs")).json(&body))
-            .await
+    pub async fn submit(&self, kind: &str, input: &Json) -> anyhow::Result<Answer<Accepted>> {
+        let body = format!(r#"{{"kind":{},"input":{input}}}"#, serde_json::to_string(kind)?);
+        self.send(
+            self.http
+                .post(self.url("/jobs"))
+                .header("content-type", "application/json")
+                .body(body),
+        )
+        .await
     }
 
-    pub async fn status(&self, id: &str) -> anyhow::Result<Value> {
+    pub async fn status(&self, id: &str) -> anyhow::Result<Answer<JobView>> {
         self.send(self.http.get(self.url(&format!("/jobs/{id}"))))
             .await
     }
@@ -87,7 +113,7 @@ impl Client {
         status: Option<&str>,
         limit: u32,
         cursor: Option<&str>,
-    ) -> anyhow::Result<Value> {
+    ) -> anyhow::Result<Answer<JobList>> {
         let mut query = vec![("limit", limit.to_string())];
         query.extend(status.map(|s| ("status", s.to_owned())));
         query.extend(cursor.map(|c| ("cursor", c.to_owned())));
@@ -96,13 +122,13 @@ impl Client {
         self.send(self.http.get(url)).await
     }
 
-    pub async fn cancel(&self, id: &str) -> anyhow::Result<Value> {
+    pub async fn cancel(&self, id: &str) -> anyhow::Result<Answer<JobView>> {
         self.send(self.http.delete(self.url(&format!("/jobs/{id}"))))
             .await
     }
 
     /// Polls until the job is terminal, showing a live status line unless output is JSON.
-    pub async fn watch(&self, id: &str) -> anyhow::Result<Value> {
+    pub async fn watch(&self, id: &str) -> anyhow::Result<Answer<JobView>> {
         let bar = if self.target.json {
             ProgressBar::hidden()
         } else {
@@ -114,9 +140,9 @@ impl Client {
         bar.enable_steady_tick(Duration::from_millis(120));
         loop {
             let job = self.status(id).await?;
-            let status = job["status"].as_str().unwrap_or("?");
-            bar.set_message(format!("{id} {status} (attempt {})", job["attempts"]));
-            if TERMINAL.contains(&status) {
+            let s = &job.value.summary;
+            bar.set_message(format!("{id} {} (attempt {})", s.status, s.attempts));
+            if s.status.is_terminal() {
                 bar.finish_and_clear();
                 return Ok(job);
             }
@@ -124,59 +150,49 @@ impl Client {
         }
     }
 
-    /// Prints a page of jobs: JSON, or a line per job and the next page's cursor.
-    pub fn print_list(&self, page: &Value) {
+    pub fn print_accepted(&self, a: &Answer<Accepted>) {
         if self.target.json {
-            println!("{page}");
+            println!("{}", a.raw);
+        } else {
+            println!("{} {}", a.value.job_id, a.value.status);
+        }
+    }
+
+    /// Prints a page of jobs: JSON, or a line per job and the next page's cursor.
+    pub fn print_list(&self, page: &Answer<JobList>) {
+        if self.target.json {
+            println!("{}", page.raw);
             return;
         }
-        let jobs = page["jobs"].as_array().map_or(&[][..], Vec::as_slice);
-        if jobs.is_empty() {
+        if page.value.jobs.is_empty() {
             println!("no jobs");
         }
-        for j in jobs {
+        for j in &page.value.jobs {
             println!(
                 "{} {:<12} {:<11} {}",
-                j["job_id"].as_str().unwrap_or("?"),
-                j["kind"].as_str().unwrap_or("?"),
-                j["status"].as_str().unwrap_or("?"),
-                j["submitted_at"].as_str().unwrap_or("")
+                j.job_id, j.kind, j.status, j.submitted_at
             );
         }
-        if let Some(c) = page["next_cursor"].as_str() {
+        if let Some(c) = &page.value.next_cursor {
             println!("more: --cursor {c}");
         }
     }
 
     /// Prints a job: JSON, or a few human lines.
-    pub fn print_job(&self, job: &Value) {
+    pub fn print_job(&self, job: &Answer<JobView>) {
         if self.target.json {
-            println!("{job}");
+            println!("{}", job.raw);
             return;
         }
-        println!(
-            "{} {} {}",
-            job["job_id"].as_str().unwrap_or("?"),
-            job["kind"].as_str().unwrap_or("?"),
-            job["status"].as_str().unwrap_or("?")
-        );
-        if let Some(n) = job["attempts"].as_u64() {
-            println!("  attempts: {n}/{}", job["max_attempts"]);
+        let v = &job.value;
+        let s = &v.summary;
+        println!("{} {} {}", s.job_id, s.kind, s.status);
+        println!("  attempts: {}/{}", s.attempts, s.max_attempts);
+        if let Some(r) = &v.result {
+            println!("  result:   {r}");
         }
-        if !job["result"].is_null() {
-            println!("  result:   {}", job["result"]);
-        }
-        if !job["error"].is_null() {
-            println!(
-                "  error:    {}: {}",
-                job["error"]["code"].as_str().unwrap_or("?"),
-                job["error"]["message"].as_str().unwrap_or("")
-            );
+        if let Some(e) = &s.error {
+            println!("  error:    {}: {}", e.code, e.message);
         }
     }
-}
-
-/// Exit status for a finished job: success only if it completed.
-pub fn completed(job: &Value) -> bool {
-    job["status"] == "completed"
 }

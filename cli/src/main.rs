@@ -5,12 +5,10 @@ mod dev;
 
 use std::collections::{BTreeMap, HashSet};
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use jobkit::HandlerRegistry;
 
 #[derive(Parser)]
 #[command(
@@ -125,9 +123,7 @@ async fn main() -> ExitCode {
 /// Runs a command; `Ok(false)` means it ran but the job did not complete.
 async fn run(cli: Cli) -> anyhow::Result<bool> {
     match cli.command {
-        Command::Dev(args) => dev::run(args, HandlerRegistry::with_builtins())
-            .await
-            .map(|_| true),
+        Command::Dev(args) => dev::run(args, kinds::registry()).await.map(|_| true),
         Command::Bootstrap {
             endpoint_url,
             prefix,
@@ -156,18 +152,18 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             endpoint_url,
             older_than,
         } => {
-            let aws = deployed_stack(endpoint_url).await?;
-            let store: Arc<dyn jobkit::store::JobStore> = Arc::new(aws.store);
-            let queue: Arc<dyn jobkit::queue::JobQueue> = Arc::new(aws.queue);
-            let report = jobkit::recovery::sweep(&store, &queue, Duration::from_secs(older_than))
+            let stack = deployed_stack(endpoint_url).await?;
+            let report = stack
+                .sweeper()
+                .sweep(Duration::from_secs(older_than))
                 .await
                 .map_err(|e| anyhow::anyhow!(e))?;
             if cli.target.json {
                 println!("{}", serde_json::to_string(&report)?);
             } else {
                 println!(
-                    "re-sent {} job(s), recorded {} dead job(s)",
-                    report.resent, report.buried
+                    "re-sent {} job(s), recorded {} dead job(s), released {} orphaned slot(s)",
+                    report.resent, report.buried, report.slots_released
                 );
             }
             Ok(true)
@@ -176,17 +172,13 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             let c = client::Client::new(cli.target)?;
             let job = match command {
                 Command::Submit { kind, input, wait } => {
-                    let input = serde_json::from_str(&input).context("--input must be JSON")?;
-                    let accepted = c.submit(&kind, input).await?;
+                    let input = jobkit::Json::parse(&input).context("--input must be JSON")?;
+                    let accepted = c.submit(&kind, &input).await?;
                     if !wait {
-                        c.print_job(&accepted);
+                        c.print_accepted(&accepted);
                         return Ok(true);
                     }
-                    let id = accepted["job_id"]
-                        .as_str()
-                        .context("no job_id in the answer")?
-                        .to_owned();
-                    c.watch(&id).await?
+                    c.watch(accepted.value.job_id.as_str()).await?
                 }
                 Command::Status { id } => {
                     let job = c.status(&id).await?;
@@ -216,24 +208,24 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
                 }
             };
             c.print_job(&job);
-            Ok(client::completed(&job))
+            Ok(job.value.summary.status == jobkit::JobStatus::Completed)
         }
     }
 }
 
 /// The stack named by JOBKIT_TABLE, JOBKIT_QUEUE_URL and JOBKIT_DLQ_URL, at `endpoint_url` or on AWS.
-async fn deployed_stack(endpoint_url: Option<String>) -> anyhow::Result<jobkit::aws::AwsBackend> {
+async fn deployed_stack(endpoint_url: Option<String>) -> anyhow::Result<jobkit::Backend> {
     let config = jobkit::Config::from_env()?;
     let sdk = jobkit::aws::sdk_config(endpoint_url.as_deref()).await;
-    Ok(jobkit::aws::AwsBackend::new(&sdk, &config))
+    jobkit::Backend::aws(&sdk, config)
+        .await
+        .map_err(|e| anyhow::anyhow!(e))
 }
 
 async fn dlq(action: DlqAction, endpoint_url: Option<String>, json: bool) -> anyhow::Result<bool> {
-    let aws = deployed_stack(endpoint_url).await?;
-    let dlq = aws.dead_letter_queue.context("JOBKIT_DLQ_URL is not set")?;
-    let tools =
-        jobkit::dlq::DeadLetters::new(Arc::new(aws.store), Arc::new(aws.queue), Arc::new(dlq));
-    let err = |e: jobkit::handler::BoxError| anyhow::anyhow!(e);
+    let stack = deployed_stack(endpoint_url).await?;
+    let tools = stack.dead_letters().context("JOBKIT_DLQ_URL is not set")?;
+    let err = |e: jobkit::error::BoxError| anyhow::anyhow!(e);
     match action {
         DlqAction::List => {
             let entries = tools.list().await.map_err(err)?;

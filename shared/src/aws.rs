@@ -1,4 +1,4 @@
-//! AWS plumbing outside the two adapters: SDK configuration (real AWS, or an emulator through
+//! AWS plumbing outside the adapters: SDK configuration (real AWS, or an emulator through
 //! `AWS_ENDPOINT_URL`), and provisioning the queues and table that template.yaml describes, for local
 //! runs and tests.
 
@@ -13,9 +13,8 @@ use aws_sdk_dynamodb::types::{
 use aws_sdk_sqs::types::QueueAttributeName;
 
 use crate::config::Config;
-use crate::handler::BoxError;
+use crate::error::BoxError;
 use crate::queue::SqsQueue;
-use crate::store::DynamoStore;
 use crate::template::{StackSpec, TableSpec};
 
 /// SDK configuration. With an endpoint (`endpoint`, else `AWS_ENDPOINT_URL`: an emulator), requests go
@@ -46,24 +45,6 @@ pub async fn sdk_config(endpoint: Option<&str>) -> SdkConfig {
     loader.load().await
 }
 
-/// The deployed backends, from the functions' configuration.
-pub struct AwsBackend {
-    pub store: DynamoStore,
-    pub queue: SqsQueue,
-    pub dead_letter_queue: Option<SqsQueue>,
-}
-
-impl AwsBackend {
-    pub fn new(sdk: &SdkConfig, config: &Config) -> Self {
-        let sqs = aws_sdk_sqs::Client::new(sdk);
-        Self {
-            store: DynamoStore::new(aws_sdk_dynamodb::Client::new(sdk), &config.table),
-            queue: SqsQueue::new(sqs.clone(), &config.queue_url),
-            dead_letter_queue: config.dlq_url.as_ref().map(|u| SqsQueue::new(sqs, u)),
-        }
-    }
-}
-
 /// What [`provision`] created: physical names by logical id.
 #[derive(Debug, Clone, Default)]
 pub struct Provisioned {
@@ -75,6 +56,16 @@ pub struct Provisioned {
 impl Provisioned {
     /// The configuration the functions would get from template.yaml's environment variables.
     pub fn config(&self, spec: &StackSpec) -> Result<Config, BoxError> {
+        self.config_with(spec, |_| None)
+    }
+
+    /// [`Self::config`], with each setting `overrides` gives taking precedence (the process
+    /// environment, for `jobctl dev`); the resources are always the provisioned ones.
+    pub fn config_with(
+        &self,
+        spec: &StackSpec,
+        overrides: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, BoxError> {
         let p = |k: &str| spec.parameters.get(k).cloned();
         let vars: HashMap<&str, Option<String>> = HashMap::from([
             ("JOBKIT_TABLE", self.tables.get("JobsTable").cloned()),
@@ -93,8 +84,15 @@ impl Provisioned {
             ("JOBKIT_WORKER_CONCURRENCY", p("JobConcurrencyPerBatch")),
             ("JOBKIT_MAX_QUEUE_DEPTH", p("MaxQueueDepth")),
             ("JOBKIT_MAX_IN_FLIGHT_PER_USER", p("MaxJobsInFlightPerUser")),
+            ("JOBKIT_WORKER_TIMEOUT_SECS", p("WorkerTimeout")),
         ]);
-        Ok(Config::from_lookup(|k| vars.get(k).cloned().flatten())?)
+        let resource = |k: &str| matches!(k, "JOBKIT_TABLE" | "JOBKIT_QUEUE_URL" | "JOBKIT_DLQ_URL");
+        Ok(Config::from_lookup(|k| {
+            (!resource(k))
+                .then(|| overrides(k))
+                .flatten()
+                .or_else(|| vars.get(k).cloned().flatten())
+        })?)
     }
 }
 

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::worker::Backoff;
+use crate::retry::Backoff;
 
 /// Everything the functions need to know about their deployment.
 #[derive(Debug, Clone, PartialEq)]
@@ -26,6 +26,28 @@ pub struct Config {
     pub max_queue_depth: u64,
     /// `JOBKIT_MAX_IN_FLIGHT_PER_USER` (default 100; 0 = no cap): jobs one user may have in flight.
     pub max_in_flight_per_user: u32,
+    /// The stack's signing secret (page cursors): `JOBKIT_SIGNING_SECRET` (the value, for local runs)
+    /// or `JOBKIT_SIGNING_SECRET_ARN` (a Secrets Manager secret, read once per cold start).
+    pub signing_secret: Option<SecretSource>,
+    /// `JOBKIT_WORKER_TIMEOUT_SECS` (default 900): the worker function's timeout, so local runs give each
+    /// invocation the same deadline.
+    pub worker_timeout: Duration,
+}
+
+/// Where a secret comes from.
+#[derive(Clone, PartialEq)]
+pub enum SecretSource {
+    Value(String),
+    SecretsManager { arn: String },
+}
+
+impl std::fmt::Debug for SecretSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Value(_) => f.write_str("Value(..)"),
+            Self::SecretsManager { arn } => write!(f, "SecretsManager({arn})"),
+        }
+    }
 }
 
 /// A variable that is missing or does not parse.
@@ -83,6 +105,15 @@ impl Config {
             max_queue_depth: number("JOBKIT_MAX_QUEUE_DEPTH", 10_000, 0, 1 << 40)?,
             max_in_flight_per_user: number("JOBKIT_MAX_IN_FLIGHT_PER_USER", 100, 0, 1_000_000)?
                 as u32,
+            signing_secret: get("JOBKIT_SIGNING_SECRET")
+                .filter(|v| !v.is_empty())
+                .map(SecretSource::Value)
+                .or_else(|| {
+                    get("JOBKIT_SIGNING_SECRET_ARN")
+                        .filter(|v| !v.is_empty())
+                        .map(|arn| SecretSource::SecretsManager { arn })
+                }),
+            worker_timeout: Duration::from_secs(number("JOBKIT_WORKER_TIMEOUT_SECS", 900, 1, 900)?),
         })
     }
 }

@@ -12,10 +12,11 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::handler::BoxError;
+use crate::clock::SharedClock;
+use crate::error::BoxError;
 use crate::job::{ErrorInfo, JobId, JobStatus};
-use crate::queue::{JobMessage, JobQueue, ReceivedMessage};
-use crate::store::{JobStore, StoreError};
+use crate::queue::{Delivery, JobMessage, JobQueue};
+use crate::store::{Change, JobStore, RmwError, read_modify_write};
 
 /// One message in the DLQ, with what the job record says about it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -45,20 +46,34 @@ pub struct DeadLetters {
     store: Arc<dyn JobStore>,
     queue: Arc<dyn JobQueue>,
     dlq: Arc<dyn JobQueue>,
+    clock: SharedClock,
 }
+
+/// Conflicting writes tolerated while requeueing one job (a worker's, say) before giving up.
+const REQUEUE_TRIES: usize = 5;
 
 /// How long a scanned message stays hidden, so one pass sees each message once.
 const HOLD: Duration = Duration::from_secs(30);
 
 impl DeadLetters {
-    pub fn new(store: Arc<dyn JobStore>, queue: Arc<dyn JobQueue>, dlq: Arc<dyn JobQueue>) -> Self {
-        Self { store, queue, dlq }
+    pub fn new(
+        store: Arc<dyn JobStore>,
+        queue: Arc<dyn JobQueue>,
+        dlq: Arc<dyn JobQueue>,
+        clock: SharedClock,
+    ) -> Self {
+        Self {
+            store,
+            queue,
+            dlq,
+            clock,
+        }
     }
 
     /// Every message of the DLQ, received once (hidden for [`HOLD`]) and handed to `visit`.
     async fn scan(
         &self,
-        mut visit: impl AsyncFnMut(&ReceivedMessage) -> Result<(), BoxError>,
+        mut visit: impl AsyncFnMut(&Delivery) -> Result<(), BoxError>,
     ) -> Result<(), BoxError> {
         loop {
             let batch = self.dlq.receive(10, Duration::ZERO, Some(HOLD)).await?;
@@ -87,7 +102,7 @@ impl DeadLetters {
                 kind: msg.as_ref().map(|m| m.kind.clone()),
                 status: job
                     .as_ref()
-                    .map(|j| j.effective_status(crate::now_millis())),
+                    .map(|j| j.effective_status(self.clock.now())),
                 attempts: job.as_ref().map(|j| j.attempts),
                 last_error: job.and_then(|j| j.error),
                 body: msg.is_none().then(|| m.body.clone()),
@@ -133,18 +148,15 @@ impl DeadLetters {
     /// Puts the job back to `queued` if it is dead-lettered or failed; a job already queued again (an
     /// interrupted earlier redrive) or finished is left alone.
     async fn requeue_job(&self, id: &JobId) -> Result<(), BoxError> {
-        loop {
-            let Some(job) = self.store.get(id).await? else {
-                return Ok(());
-            };
-            let Ok(next) = job.requeue(crate::now_millis()) else {
-                return Ok(());
-            };
-            match self.store.replace(&job, &next).await {
-                Ok(()) => return Ok(()),
-                Err(StoreError::Conflict { .. }) => continue,
-                Err(e) => return Err(e.into()),
-            }
+        let step = |job: &crate::Job| {
+            Ok::<_, ()>(match job.requeue(self.clock.now()) {
+                Ok(next) => Change::Write(next, ()),
+                Err(_) => Change::Keep(()),
+            })
+        };
+        match read_modify_write(&*self.store, id, None, REQUEUE_TRIES, step).await {
+            Ok(_) | Err(RmwError::NotFound) => Ok(()),
+            Err(e) => Err(e.into()),
         }
     }
 

@@ -10,10 +10,9 @@ use std::fmt;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
-/// Milliseconds since the Unix epoch. Stored as a number so DynamoDB conditions can compare it.
-pub type Millis = i64;
+pub use crate::clock::Millis;
+use crate::json::Json;
 
 /// Error code of a job whose submit could not enqueue it.
 pub const ENQUEUE_FAILED: &str = "enqueue_failed";
@@ -166,15 +165,15 @@ pub struct Job {
     pub user_id: String,
     pub kind: String,
     /// Stored as a JSON string: DynamoDB maps nest at most 32 deep and its numbers are not JSON's.
-    #[serde(with = "json_string")]
-    pub input: Value,
+    #[serde(with = "crate::json::as_string")]
+    pub input: Json,
     pub status: JobStatus,
     #[serde(
         default,
-        with = "json_string_opt",
+        with = "crate::json::as_string::opt",
         skip_serializing_if = "Option::is_none"
     )]
-    pub result: Option<Value>,
+    pub result: Option<Json>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -183,10 +182,10 @@ pub struct Job {
     pub max_attempts: u32,
     #[serde(
         default,
-        with = "json_string_opt",
+        with = "crate::json::as_string::opt",
         skip_serializing_if = "Option::is_none"
     )]
-    pub checkpoint: Option<Value>,
+    pub checkpoint: Option<Json>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress: Option<Progress>,
     /// Times the job yielded before a deadline and continued in a new message (not failed attempts).
@@ -232,7 +231,7 @@ pub struct Job {
 pub struct NewJob {
     pub user_id: String,
     pub kind: String,
-    pub input: Value,
+    pub input: Json,
     pub max_attempts: u32,
     pub ttl_secs: i64,
     pub callback_url: Option<String>,
@@ -344,7 +343,7 @@ impl Job {
     pub fn complete(
         &self,
         owner: &str,
-        result: Value,
+        result: Json,
         warnings: Vec<String>,
         now: Millis,
     ) -> Result<Self, IllegalTransition> {
@@ -527,7 +526,7 @@ impl Job {
     pub fn save_checkpoint(
         &self,
         owner: &str,
-        checkpoint: Value,
+        checkpoint: Json,
         now: Millis,
     ) -> Result<Self, IllegalTransition> {
         let mut next = self.holding(owner, "checkpoint", now)?;
@@ -553,6 +552,14 @@ impl Job {
         let mut next = self.finish(owner, JobStatus::Queued, "suspend", now)?;
         next.attempts = next.attempts.saturating_sub(1);
         next.continuations += 1;
+        Ok(next)
+    }
+
+    /// `running` -> `queued`: the lease holder gives the job back unfinished (its worker is shutting
+    /// down), so another worker can take it at once. Not a failed attempt: the attempt is given back.
+    pub fn release(&self, owner: &str, now: Millis) -> Result<Self, IllegalTransition> {
+        let mut next = self.finish(owner, JobStatus::Queued, "release", now)?;
+        next.attempts = next.attempts.saturating_sub(1);
         Ok(next)
     }
 
@@ -606,40 +613,6 @@ impl Job {
     }
 }
 
-/// Serde adapter: a JSON value stored as its compact string form.
-mod json_string {
-    use serde::{Deserialize, Deserializer, Serializer, de::Error};
-    use serde_json::Value;
-
-    pub fn serialize<S: Serializer>(v: &Value, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&v.to_string())
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Value, D::Error> {
-        let raw = String::deserialize(d)?;
-        serde_json::from_str(&raw).map_err(D::Error::custom)
-    }
-}
-
-/// [`json_string`] for optional fields.
-mod json_string_opt {
-    use serde::{Deserialize, Deserializer, Serializer};
-    use serde_json::Value;
-
-    pub fn serialize<S: Serializer>(v: &Option<Value>, s: S) -> Result<S::Ok, S::Error> {
-        match v {
-            Some(v) => super::json_string::serialize(v, s),
-            None => s.serialize_none(),
-        }
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
-        #[derive(Deserialize)]
-        struct Wrap(#[serde(with = "super::json_string")] Value);
-        Ok(Option::<Wrap>::deserialize(d)?.map(|w| w.0))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -652,7 +625,7 @@ mod tests {
             NewJob {
                 user_id: "u1".into(),
                 kind: "echo".into(),
-                input: json!({"a": 1}),
+                input: Json::from(json!({"a": 1})),
                 max_attempts: 5,
                 ttl_secs: 86_400,
                 callback_url: None,
@@ -726,22 +699,22 @@ mod tests {
         assert_eq!(j2.attempts, 2);
         assert_eq!(j2.started_at, Some(T0));
         // The first worker lost its lease and can no longer finish the job.
-        assert!(j2.complete("w1", json!(1), vec![], T0 + 60_002).is_err());
+        assert!(j2.complete("w1", Json::from(json!(1)), vec![], T0 + 60_002).is_err());
     }
 
     #[test]
     fn completion_needs_the_lease_and_is_terminal() {
         let j = job().claim("w1", T0 + 60_000, T0).unwrap();
         let done = j
-            .complete("w1", json!({"ok": true}), vec!["slow".into()], T0 + 5)
+            .complete("w1", Json::from(json!({"ok": true})), vec!["slow".into()], T0 + 5)
             .unwrap();
         assert_eq!(done.status, JobStatus::Completed);
-        assert_eq!(done.result, Some(json!({"ok": true})));
+        assert_eq!(done.result, Some(Json::from(json!({"ok": true}))));
         assert_eq!(done.finished_at, Some(T0 + 5));
         assert_eq!(done.lease_owner, None);
         assert!(!done.claimable(T0 + 1_000_000));
-        assert!(done.complete("w1", json!(2), vec![], T0 + 6).is_err());
-        assert!(job().complete("w1", json!(1), vec![], T0).is_err());
+        assert!(done.complete("w1", Json::from(json!(2)), vec![], T0 + 6).is_err());
+        assert!(job().complete("w1", Json::from(json!(1)), vec![], T0).is_err());
     }
 
     #[test]
@@ -822,7 +795,7 @@ mod tests {
             j.requeue(T0 + 60_001).is_ok(),
             "running with an expired lease"
         );
-        let done = j.complete("w1", json!(1), vec![], T0 + 1).unwrap();
+        let done = j.complete("w1", Json::from(json!(1)), vec![], T0 + 1).unwrap();
         assert!(
             done.requeue(T0 + 2).is_err(),
             "a completed job is never run again"
@@ -872,7 +845,7 @@ mod tests {
         let j = job().claim("w1", T0 + 10, T0).unwrap();
         let j = j.heartbeat("w1", T0 + 100, T0 + 5).unwrap();
         assert_eq!(j.lease_expires_at, Some(T0 + 100));
-        let j = j.save_checkpoint("w1", json!({"step": 2}), T0 + 6).unwrap();
+        let j = j.save_checkpoint("w1", Json::from(json!({"step": 2})), T0 + 6).unwrap();
         let progress = Progress {
             percent: 40,
             message: "step 2".into(),
@@ -880,11 +853,11 @@ mod tests {
         let j = j.report_progress("w1", progress.clone(), T0 + 7).unwrap();
         assert_eq!(
             (j.checkpoint.clone(), j.progress.clone(), j.version),
-            (Some(json!({"step": 2})), Some(progress), 4)
+            (Some(Json::from(json!({"step": 2}))), Some(progress), 4)
         );
         assert!(j.heartbeat("w2", T0 + 200, T0 + 8).is_err());
-        assert!(j.save_checkpoint("w2", json!(0), T0 + 8).is_err());
-        let done = j.complete("w1", json!(1), vec![], T0 + 9).unwrap();
+        assert!(j.save_checkpoint("w2", Json::from(json!(0)), T0 + 8).is_err());
+        let done = j.complete("w1", Json::from(json!(1)), vec![], T0 + 9).unwrap();
         assert!(
             done.heartbeat("w1", T0 + 200, T0 + 10).is_err(),
             "no heartbeat after the end"
@@ -894,13 +867,13 @@ mod tests {
     #[test]
     fn a_suspended_job_is_queued_with_its_checkpoint_and_the_attempt_given_back() {
         let j = job().claim("w1", T0 + 10, T0).unwrap();
-        let j = j.save_checkpoint("w1", json!({"step": 5}), T0 + 1).unwrap();
+        let j = j.save_checkpoint("w1", Json::from(json!({"step": 5})), T0 + 1).unwrap();
         let s = j.suspend("w1", T0 + 2).unwrap();
         assert_eq!(
             (s.status, s.attempts, s.continuations),
             (JobStatus::Queued, 0, 1)
         );
-        assert_eq!(s.checkpoint, Some(json!({"step": 5})));
+        assert_eq!(s.checkpoint, Some(Json::from(json!({"step": 5}))));
         assert_eq!(s.lease_owner, None);
         assert!(s.claimable(T0 + 3));
     }
@@ -917,8 +890,8 @@ mod tests {
     #[test]
     fn the_storage_form_keeps_json_payloads_exact() {
         let mut j = job();
-        j.input = json!({"deep": [[[[{"n": 1.5e300}]]]], "big": 123456789012345678u64});
-        j.checkpoint = Some(json!({"step": 3}));
+        j.input = Json::from(json!({"deep": [[[[{"n": 1.5e300}]]]], "big": 123456789012345678u64}));
+        j.checkpoint = Some(Json::from(json!({"step": 3})));
         let stored = serde_json::to_value(&j).unwrap();
         assert!(stored["input"].is_string());
         let back: Job = serde_json::from_value(stored).unwrap();
@@ -962,7 +935,7 @@ mod tests {
     #[test]
     fn finished_jobs_cannot_be_cancelled() {
         let running = job().claim("w", T0 + 60_000, T0).unwrap();
-        let done = running.complete("w", json!(1), vec![], T0 + 1).unwrap();
+        let done = running.complete("w", Json::from(json!(1)), vec![], T0 + 1).unwrap();
         assert!(done.cancel(T0 + 2).is_err());
         let failed = running
             .fail("w", JobStatus::Failed, err(false), T0 + 1)

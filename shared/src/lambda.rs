@@ -1,69 +1,150 @@
-//! Entry points for the Lambda binaries: configuration from the environment, SDK clients built once per
-//! cold start, then the runtime loop. A kit user's `main` is one call with their handler registry.
+//! The Lambda adapters: the only module that knows Lambda's event types. Each entry point reads the
+//! configuration, builds the SDK clients once per cold start, and serves its function:
+//!
+//! - HTTP (submit, status): the API's axum router through `lambda_http`, with the API Gateway
+//!   authorizer's verified caller turned into the API's [`Identity`].
+//! - SQS (worker): an `SqsEvent` mapped to plain deliveries, and the verdicts back to a partial batch
+//!   response.
+//! - Schedule (sweep): its own function, so only it needs (and has) Scan.
 
 use std::sync::Arc;
 
-use aws_lambda_events::sqs::SqsEvent;
-use lambda_http::{Request, service_fn};
-use lambda_runtime::{Error, LambdaEvent};
+use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
+use axum::Router;
+use axum::extract::Request;
+use lambda_http::RequestExt;
+use lambda_http::request::RequestContext;
+use lambda_runtime::{Error, LambdaEvent, service_fn};
 use serde_json::Value;
 
-use crate::api::{Api, ApiSettings};
-use crate::aws::{AwsBackend, sdk_config};
-use crate::queue::JobQueue;
-use crate::recovery;
-use crate::store::JobStore;
-use crate::worker::{Worker, WorkerSettings};
+use crate::api::{self, ApiSettings, Identity};
+use crate::aws::sdk_config;
+use crate::backend::Backend;
+use crate::clock::Millis;
+use crate::queue::Delivery;
+use crate::sweep::SWEEP_AFTER;
+use crate::worker::{Invocation, Worker, WorkerSettings};
 use crate::{Config, HandlerRegistry};
 
-async fn backend() -> Result<(Config, AwsBackend), Error> {
+async fn backend() -> Result<Backend, Error> {
     crate::telemetry::init_lambda();
     let config = Config::from_env()?;
-    let aws = AwsBackend::new(&sdk_config(None).await, &config);
-    Ok((config, aws))
+    Backend::aws(&sdk_config(None).await, config).await
 }
 
-/// Serves the HTTP API (the submit and status functions). `registry` gives the kinds submit accepts.
-pub async fn serve_api(registry: HandlerRegistry) -> Result<(), Error> {
-    let (config, aws) = backend().await?;
-    let api = Api::new(
-        Arc::new(aws.store),
-        Arc::new(aws.queue),
-        registry,
-        ApiSettings::from_config(&config),
-    );
-    let api = &api;
-    lambda_http::run(service_fn(move |req: Request| async move {
-        Ok::<_, Error>(api.handle(req).await)
-    }))
-    .await
+/// Serves the submit function: `POST /jobs` for the kinds in `registry`.
+pub async fn serve_submit(registry: HandlerRegistry) -> Result<(), Error> {
+    let b = backend().await?;
+    let settings = ApiSettings::from_config(&b.config);
+    let api = Arc::new(b.submit_api(registry, settings));
+    lambda_http::run(with_authorizer_identity(api::submit_routes(api))).await
 }
 
-/// Serves the worker function: SQS batches with the handlers in `registry`, and the scheduled sweep for
-/// jobs whose message was lost (`Sweep` in template.yaml).
+/// Serves the status function: reads, lists, cancels.
+pub async fn serve_status() -> Result<(), Error> {
+    let b = backend().await?;
+    let api = Arc::new(b.status_api());
+    lambda_http::run(with_authorizer_identity(api::status_routes(api))).await
+}
+
+/// Serves the worker function: SQS batches with the handlers in `registry`.
 pub async fn serve_worker(registry: HandlerRegistry) -> Result<(), Error> {
-    let (config, aws) = backend().await?;
-    let store: Arc<dyn JobStore> = Arc::new(aws.store);
-    let queue: Arc<dyn JobQueue> = Arc::new(aws.queue);
-    let worker = Worker::new(
-        store.clone(),
-        queue.clone(),
-        registry,
-        WorkerSettings::from_config(&config),
-    );
-    let (worker, store, queue) = (&worker, &store, &queue);
-    lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
-        if event.payload.get("Records").is_some() {
-            // Parsed here as the raw SqsEvent: bodies are decoded per record by the worker.
-            let batch: SqsEvent = serde_json::from_value(event.payload)?;
-            let response = worker
-                .handle(LambdaEvent::new(batch, event.context))
-                .await?;
-            Ok::<Value, Error>(serde_json::to_value(response)?)
-        } else {
-            let report = recovery::sweep(store, queue, recovery::SWEEP_AFTER).await?;
-            Ok(serde_json::to_value(report)?)
-        }
+    let b = backend().await?;
+    let worker = b.worker(registry, WorkerSettings::from_config(&b.config));
+    let worker = &worker;
+    lambda_runtime::run(service_fn(move |event: LambdaEvent<SqsEvent>| async move {
+        Ok::<_, Error>(handle_sqs(worker, event).await)
     }))
     .await
+}
+
+/// Serves the sweep function (on a schedule; the event's content does not matter).
+pub async fn serve_sweep() -> Result<(), Error> {
+    let b = backend().await?;
+    let sweeper = b.sweeper();
+    let sweeper = &sweeper;
+    lambda_runtime::run(service_fn(move |_: LambdaEvent<Value>| async move {
+        let report = sweeper.sweep(SWEEP_AFTER).await?;
+        Ok::<_, Error>(serde_json::to_value(report)?)
+    }))
+    .await
+}
+
+/// The router, with each request's caller taken from the API Gateway authorizer: the JWT `sub` claim,
+/// else the IAM caller. Nothing in the request itself (body, headers) can name a caller.
+pub fn with_authorizer_identity(router: Router) -> Router {
+    router.layer(axum::middleware::map_request(|mut req: Request| async move {
+        let user = authorizer_user(req.request_context_ref());
+        req.extensions_mut().remove::<Identity>();
+        if let Some(user) = user {
+            req.extensions_mut().insert(Identity(user));
+        }
+        req
+    }))
+}
+
+fn authorizer_user(ctx: Option<&RequestContext>) -> Option<String> {
+    let Some(RequestContext::ApiGatewayV2(ctx)) = ctx else {
+        return None;
+    };
+    let authorizer = ctx.authorizer.as_ref()?;
+    let jwt_sub = authorizer
+        .jwt
+        .as_ref()
+        .and_then(|j| j.claims.get("sub"))
+        .filter(|s| !s.is_empty())
+        .cloned();
+    jwt_sub.or_else(|| {
+        authorizer
+            .iam
+            .as_ref()
+            .and_then(|i| i.user_arn.clone().or_else(|| i.caller_id.clone()))
+    })
+}
+
+/// One SQS batch through the worker: records become deliveries (a record without a body is a malformed
+/// one, failing alone), verdicts become the partial batch response. A record without a message id is
+/// processed but cannot be reported: Lambda treats an empty item identifier as a failure of the whole
+/// batch.
+pub async fn handle_sqs(worker: &Worker, event: LambdaEvent<SqsEvent>) -> SqsBatchResponse {
+    let deadline: Option<Millis> = event
+        .context
+        .deadline
+        .try_into()
+        .ok()
+        .filter(|d: &Millis| *d > 0);
+    let inv = Invocation {
+        request_id: event.context.request_id,
+        deadline,
+    };
+    let deliveries: Vec<Delivery> = event
+        .payload
+        .records
+        .into_iter()
+        .map(|r| Delivery {
+            receive_count: r
+                .attributes
+                .get("ApproximateReceiveCount")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(1),
+            sent_at: r
+                .attributes
+                .get("SentTimestamp")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0),
+            message_id: r.message_id.unwrap_or_default(),
+            receipt_handle: r.receipt_handle.unwrap_or_default(),
+            body: r.body.unwrap_or_default(),
+        })
+        .collect();
+    let result = worker.process(&deliveries, &inv).await;
+    let mut response = SqsBatchResponse::default();
+    for id in result.failures {
+        if id.is_empty() {
+            tracing::error!("record without a message id cannot be reported as failed");
+        } else {
+            response.add_failure(id);
+        }
+    }
+    response
 }

@@ -1,39 +1,55 @@
 //! jobkit: asynchronous, long-running jobs on AWS serverless.
 //!
-//! Layout (see ARCHITECTURE.md):
+//! Layout (see ARCHITECTURE.md), leaves first; no module imports one listed after it:
+//! - [`error`], [`clock`], [`retry`], [`json`]: the shared leaves (error alias, time, backoff, exact JSON).
 //! - [`job`]: the job record and its state machine; pure.
-//! - [`handler`]: the handler API (`JobHandler`, `JobError`, `JobContext`) and the kind registry.
-//! - [`api`]: submit / status request handling over the ports; validation; error bodies.
-//! - [`worker`]: SQS batch processing: claim, run, classify, report partial failures.
-//! - [`store`], [`queue`]: the ports (`JobStore`, `JobQueue`) with DynamoDB/SQS and embedded adapters.
-//! - [`local`]: API Gateway and the SQS event source, reproduced for `jobctl dev` and tests.
-//! - [`template`]: reads template.yaml's queue and table definitions, so local resources match deployed ones.
-//! - [`dlq`]: dead-letter queue tools: list, redrive, purge; [`recovery`]: the sweep for lost messages.
-//! - [`config`], [`telemetry`]: typed configuration from the environment; logging.
+//! - [`config`], [`template`]: typed configuration from the environment; template.yaml's resources.
+//! - [`handler`]: typed handlers, the kind registry, [`JobContext`]; [`prelude`] for handler authors.
+//! - [`store`], [`queue`]: capability-shaped ports with DynamoDB/SQS and embedded adapters.
+//! - [`worker`]: deliveries in, verdicts out: claim, run, decide (pure), apply.
+//! - [`api`]: the axum router: submit / status / list / cancel; [`sweep`], [`dlq`]: repair and DLQ tools.
+//! - [`backend`]: the one bundle of ports (AWS or embedded) everything is built from; [`aws`]: SDK
+//!   configuration and provisioning.
+//! - [`local`]: the SQS event source for local runs; [`lambda`]: the Lambda adapters, the only module
+//!   that knows Lambda's event types.
 //!
-//! `api` and `worker` never name an AWS SDK type: those live in `store::dynamo`, `queue::sqs` and
-//! [`aws`] (client construction), so every behaviour can be tested on the embedded backends too.
+//! `api` and `worker` never name an AWS type: those live in `store::dynamo`, `queue::sqs`, [`aws`] and
+//! [`backend`], so every behaviour can be tested on the embedded backends too.
 
-pub mod api;
-pub mod aws;
-pub mod config;
-pub mod dlq;
-pub mod handler;
+pub mod error;
+pub mod clock;
+pub mod retry;
+pub mod json;
 pub mod job;
-pub mod lambda;
-pub mod local;
-pub mod queue;
-pub mod recovery;
-pub mod store;
-pub mod telemetry;
+pub mod config;
 pub mod template;
+pub mod telemetry;
+pub mod handler;
+pub mod store;
+pub mod queue;
 pub mod worker;
+pub mod api;
+pub mod sweep;
+pub mod dlq;
+pub mod aws;
+pub mod backend;
+pub mod local;
+pub mod lambda;
 
+pub use backend::Backend;
 pub use config::Config;
-pub use handler::{HandlerRegistry, JobContext, JobError, JobHandler, Output};
+pub use handler::{Handler, HandlerRegistry, JobContext, JobError};
 pub use job::{Job, JobId, JobStatus};
+pub use json::Json;
 
-/// The wall clock in epoch milliseconds. The only place the kit reads it; pure code takes `now`.
+/// Everything a handler author needs, in one `use jobkit::prelude::*;`.
+pub mod prelude {
+    pub use crate::handler::{Handler, HandlerRegistry, JobContext, JobError};
+    pub use crate::json::Json;
+    pub use serde::{Deserialize, Serialize};
+}
+
+/// The wall clock in epoch milliseconds (the kit's parts take a [`clock::Clock`] instead).
 pub fn now_millis() -> job::Millis {
-    chrono::Utc::now().timestamp_millis()
+    clock::Clock::now(&clock::SystemClock)
 }

@@ -1,7 +1,6 @@
-//! Status Lambda: `GET /jobs/{id}` -> the caller's job, or `404`.
-//! Everything but the wiring lives in the `jobkit` crate.
+//! Status Lambda: `GET /jobs`, `GET /jobs/{id}`, `DELETE /jobs/{id}` for the caller's own jobs.
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
-    jobkit::lambda::serve_api(jobkit::HandlerRegistry::with_builtins()).await
+    jobkit::lambda::serve_status().await
 }

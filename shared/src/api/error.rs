@@ -1,9 +1,11 @@
 //! API errors: each variant is one answer the client can act on. The one mapping to HTTP lives here.
 
-use lambda_http::{Body, Response};
+use axum::Json as JsonBody;
+use axum::response::{IntoResponse, Response};
+use http::{HeaderValue, StatusCode};
 use serde_json::json;
 
-use crate::handler::BoxError;
+use crate::error::BoxError;
 use crate::job::{InvalidJobId, JobStatus, MAX_INPUT_BYTES};
 use crate::queue::QueueError;
 use crate::store::StoreError;
@@ -19,7 +21,7 @@ pub enum ApiError {
     InvalidRequest(String),
     #[error(transparent)]
     InvalidJobId(#[from] InvalidJobId),
-    #[error("unknown job kind {kind:?}; registered kinds: {known}")]
+    #[error("unknown job kind {}; registered kinds: {known}", quote(kind))]
     UnknownKind { kind: String, known: String },
     #[error("request body exceeds {MAX_BODY_BYTES} bytes")]
     PayloadTooLarge,
@@ -27,6 +29,8 @@ pub enum ApiError {
     InputTooLarge,
     #[error("content-type must be application/json")]
     UnsupportedMediaType,
+    #[error("the request body ended before its declared length")]
+    TruncatedBody,
     #[error("invalid callback_url: {0}")]
     InvalidCallbackUrl(String),
     #[error("cursor is not one this API returned")]
@@ -45,6 +49,8 @@ pub enum ApiError {
     IdempotencyKeyReused,
     #[error("no such route")]
     RouteNotFound,
+    #[error("the request took too long")]
+    RequestTimeout,
     #[error("method not allowed; allowed: {allow}")]
     MethodNotAllowed { allow: &'static str },
     /// A dependency failed in a way a retry may fix. The source is logged, never returned.
@@ -68,9 +74,11 @@ impl ApiError {
             | Self::InvalidRequest(_)
             | Self::InvalidJobId(_)
             | Self::InvalidCallbackUrl(_)
+            | Self::TruncatedBody
             | Self::InvalidCursor => 400,
             Self::Unauthenticated => 401,
             Self::JobNotFound | Self::RouteNotFound => 404,
+            Self::RequestTimeout => 408,
             Self::MethodNotAllowed { .. } => 405,
             Self::IdempotencyKeyReused | Self::JobFinished(_) => 409,
             Self::QueueFull { .. } | Self::TooManyInFlight { .. } => 429,
@@ -91,6 +99,7 @@ impl ApiError {
             Self::PayloadTooLarge => "payload_too_large",
             Self::InputTooLarge => "input_too_large",
             Self::UnsupportedMediaType => "unsupported_media_type",
+            Self::TruncatedBody => "truncated_body",
             Self::InvalidCallbackUrl(_) => "invalid_callback_url",
             Self::InvalidCursor => "invalid_cursor",
             Self::Unauthenticated => "unauthenticated",
@@ -100,13 +109,43 @@ impl ApiError {
             Self::TooManyInFlight { .. } => "too_many_jobs_in_flight",
             Self::IdempotencyKeyReused => "idempotency_key_reused",
             Self::RouteNotFound => "route_not_found",
+            Self::RequestTimeout => "request_timeout",
             Self::MethodNotAllowed { .. } => "method_not_allowed",
             Self::Unavailable { .. } => "service_unavailable",
             Self::Internal { .. } => "internal_error",
         }
     }
 
-    pub fn into_response(self) -> Response<Body> {
+}
+
+/// How much of a client's own input an error message quotes: enough to recognise it, never a megabyte.
+pub const QUOTE_MAX_CHARS: usize = 64;
+
+/// `raw` quoted for an error message, cut to [`QUOTE_MAX_CHARS`] characters.
+pub fn quote(raw: &str) -> String {
+    let mut chars = raw.chars();
+    let head: String = chars.by_ref().take(QUOTE_MAX_CHARS).collect();
+    if chars.next().is_some() {
+        format!("{head:?}... ({} bytes)", raw.len())
+    } else {
+        format!("{head:?}")
+    }
+}
+
+/// The longest error message returned: messages that embed parser errors can quote client input.
+const MESSAGE_MAX_CHARS: usize = 512;
+
+fn shorten(message: String) -> String {
+    match message.char_indices().nth(MESSAGE_MAX_CHARS) {
+        Some((cut, _)) => format!("{}...", &message[..cut]),
+        None => message,
+    }
+}
+
+/// The one place an error becomes an HTTP answer: status, `{"error":{"code","message"}}`, and the
+/// headers some statuses need. Internals are logged here and never returned.
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
         let status = self.status();
         match &self {
             Self::Internal { source } => tracing::error!(error = %source, "internal error"),
@@ -115,14 +154,16 @@ impl ApiError {
             }
             other => tracing::info!(code = other.code(), status, "request rejected"),
         }
-        let mut resp = super::json_response(
-            status,
-            &json!({"error": {"code": self.code(), "message": self.to_string()}}),
-        );
+        let body = json!({"error": {"code": self.code(), "message": shorten(self.to_string())}});
+        let mut resp = (
+            StatusCode::from_u16(status).expect("a valid status"),
+            JsonBody(body),
+        )
+            .into_response();
         let headers = resp.headers_mut();
         let retry_after = match self {
             Self::MethodNotAllowed { allow } => {
-                headers.insert("allow", allow.parse().expect("static header value"));
+                headers.insert("allow", HeaderValue::from_static(allow));
                 None
             }
             Self::Unavailable { .. } => Some(1),
@@ -160,16 +201,19 @@ impl From<QueueError> for ApiError {
 mod tests {
     use super::*;
 
-    #[test]
-    fn internal_details_never_reach_the_body() {
+    async fn body(resp: Response) -> String {
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap();
+        String::from_utf8(bytes.to_vec()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn internal_details_never_reach_the_body() {
         let resp = ApiError::Internal {
             source: "secret table name jobs-prod".into(),
         }
         .into_response();
         assert_eq!(resp.status(), 500);
-        let Body::Text(body) = resp.body() else {
-            panic!("text body")
-        };
+        let body = body(resp).await;
         assert!(!body.contains("secret"), "{body}");
         assert!(body.contains(r#""code":"internal_error""#), "{body}");
     }
@@ -182,5 +226,18 @@ mod tests {
         let resp = ApiError::MethodNotAllowed { allow: "GET" }.into_response();
         assert_eq!(resp.status(), 405);
         assert_eq!(resp.headers()["allow"], "GET");
+    }
+
+    #[test]
+    fn messages_quote_at_most_a_short_prefix_of_client_input() {
+        let kind = "k".repeat(147 * 1024);
+        let msg = ApiError::UnknownKind {
+            kind,
+            known: "echo".into(),
+        }
+        .to_string();
+        assert!(msg.len() < 200, "{} bytes", msg.len());
+        assert!(msg.contains("150528 bytes"), "{msg}");
+        assert_eq!(quote("echo"), "\"echo\"");
     }
 }

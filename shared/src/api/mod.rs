@@ -1,31 +1,44 @@
-//! The HTTP API (API Gateway HTTP API, payload 2.0) over the store and queue ports.
+//! The HTTP API as an axum [`Router`]: submit, status, list and cancel over the store and queue ports.
 //!
-//! [`Api::handle`] takes the `lambda_http` request the deployed functions receive and routes it; `jobctl
-//! dev` feeds it the same requests, so one piece of code answers both. Every error leaves through
-//! [`ApiError`], the one place errors become a status and a `{"error":{"code","message"}}` body.
+//! The deployed functions serve it through `lambda_http` ([`crate::lambda`]), `jobctl dev` through
+//! `axum::serve`: the same code answers both. Each function serves only its own routes, built from a
+//! port that is exactly what its IAM policy allows: [`SubmitApi`] (`POST /jobs`) and [`StatusApi`]
+//! (`GET /jobs`, `GET /jobs/{id}`, `DELETE /jobs/{id}`); [`router`] merges the two for local runs.
+//!
+//! Who calls is an [`Identity`] in the request's extensions, put there by whatever authenticated the
+//! request — API Gateway's authorizer on Lambda, `jobctl dev`'s stand-in locally — and read by the
+//! [`Caller`] extractor. Every error leaves through [`ApiError`], the one place errors become a status
+//! and a `{"error":{"code","message"}}` body; a middleware gives the same shape to the answers of the
+//! tower layers (body limit, timeout) and of axum itself.
 
 mod callback;
+mod cursor;
 mod error;
 mod jobs;
 mod status;
 mod submit;
 
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
-use lambda_http::{Body, Request, RequestExt, Response, request::RequestContext};
-use serde::Serialize;
+use axum::Router;
+use axum::extract::{FromRequestParts, Request};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use http::request::Parts;
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
 
 pub use callback::{CallbackError, is_public_ip};
-pub use error::ApiError;
+pub use cursor::CursorKey;
+pub use error::{ApiError, MAX_BODY_BYTES, quote};
 pub use jobs::{JobList, JobSummary};
-pub use status::JobView;
-pub use submit::SubmitRequest;
+pub use status::{JobView, StatusApi};
+pub use submit::{SubmitApi, SubmitRequest};
 
 use crate::config::Config;
-use crate::handler::HandlerRegistry;
-use crate::queue::JobQueue;
-use crate::store::JobStore;
 
 /// Limits the API enforces; from [`Config`].
 #[derive(Debug, Clone, PartialEq)]
@@ -59,106 +72,126 @@ impl ApiSettings {
     }
 }
 
-/// How long one instance trusts a queue depth it read: GetQueueAttributes on every submit would double
-/// the API's SQS calls, and the number is approximate anyway.
-const DEPTH_CACHE_TTL: Duration = Duration::from_secs(5);
+/// How long one request may take end to end (a slow client included) before it is answered 408.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The API's dependencies, built once per cold start.
-pub struct Api {
-    store: Arc<dyn JobStore>,
-    queue: Arc<dyn JobQueue>,
-    registry: HandlerRegistry,
-    settings: ApiSettings,
-    /// The last queue depth read, and when.
-    depth: Mutex<Option<(Instant, u64)>>,
-}
+/// The verified caller of a request, put in its extensions by the authenticating layer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity(pub String);
 
-impl Api {
-    pub fn new(
-        store: Arc<dyn JobStore>,
-        queue: Arc<dyn JobQueue>,
-        registry: HandlerRegistry,
-        settings: ApiSettings,
-    ) -> Self {
-        Self {
-            store,
-            queue,
-            registry,
-            settings,
-            depth: Mutex::new(None),
-        }
-    }
+/// The caller's user id: from [`Identity`], never from the request body or headers. A request without
+/// one is refused: every deployed route has an authorizer (template.yaml), and `jobctl dev` plays one,
+/// so none arrives without an identity unless the API is misconfigured — and then no one should share an
+/// anonymous bucket of jobs.
+#[derive(Debug, Clone)]
+pub struct Caller(pub String);
 
-    /// Routes a request and answers it; never fails (errors become JSON error responses).
-    pub async fn handle(&self, req: Request) -> Response<Body> {
-        let path = req.raw_http_path().trim_end_matches('/').to_owned();
-        let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
-        let result = match (req.method().as_str(), segments.as_slice()) {
-            ("POST", ["jobs"]) => self.submit(&req).await,
-            ("GET", ["jobs"]) => self.list(&req).await,
-            ("GET", ["jobs", id]) => self.status(&req, id).await,
-            ("DELETE", ["jobs", id]) => self.cancel(&req, id).await,
-            (_, ["jobs"]) => Err(ApiError::MethodNotAllowed { allow: "GET, POST" }),
-            (_, ["jobs", _]) => Err(ApiError::MethodNotAllowed {
-                allow: "GET, DELETE",
-            }),
-            _ => Err(ApiError::RouteNotFound),
-        };
-        result.unwrap_or_else(|e| e.into_response())
-    }
+impl<S: Send + Sync> FromRequestParts<S> for Caller {
+    type Rejection = ApiError;
 
-    /// The jobs queue's approximate depth, read at most every [`DEPTH_CACHE_TTL`] per instance. `None`
-    /// when it cannot be read: backpressure then fails open (the send itself reports an outage).
-    async fn queue_depth(&self) -> Option<u64> {
-        let cached = *self.depth.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((at, depth)) = cached
-            && at.elapsed() < DEPTH_CACHE_TTL
-        {
-            return Some(depth);
-        }
-        match self.queue.depth().await {
-            Ok(depth) => {
-                *self.depth.lock().unwrap_or_else(|p| p.into_inner()) =
-                    Some((Instant::now(), depth));
-                Some(depth)
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "could not read the queue depth; not applying backpressure");
-                None
-            }
-        }
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        parts
+            .extensions
+            .get::<Identity>()
+            .filter(|i| !i.0.is_empty())
+            .map(|i| Caller(i.0.clone()))
+            .ok_or(ApiError::Unauthenticated)
     }
 }
 
-/// The caller's user id, from the API Gateway authorizer: the JWT `sub` claim, else the IAM caller.
-/// Never from the request body or headers. A request with neither is refused: every deployed route has
-/// an authorizer (template.yaml), and `jobctl dev` plays one, so none arrives without an identity unless
-/// the API is misconfigured — and then no one should share an anonymous bucket of jobs.
-fn caller(req: &Request) -> Result<String, ApiError> {
-    let authorizer = match req.request_context_ref() {
-        Some(RequestContext::ApiGatewayV2(ctx)) => ctx.authorizer.as_ref(),
-        _ => None,
-    };
-    let jwt_sub = authorizer
-        .and_then(|a| a.jwt.as_ref())
-        .and_then(|j| j.claims.get("sub"))
-        .filter(|s| !s.is_empty())
-        .cloned();
-    let iam = || {
-        authorizer
-            .and_then(|a| a.iam.as_ref())
-            .and_then(|i| i.user_arn.clone().or_else(|| i.caller_id.clone()))
-    };
-    jwt_sub.or_else(iam).ok_or(ApiError::Unauthenticated)
+/// The submit function's routes.
+pub fn submit_routes(api: Arc<SubmitApi>) -> Router {
+    with_layers(Router::new().route("/jobs", post(submit::submit).with_state(api)))
 }
 
-/// A JSON response.
-fn json_response(status: u16, body: &impl Serialize) -> Response<Body> {
-    Response::builder()
-        .status(status)
-        .header("content-type", "application/json")
-        .body(Body::Text(
-            serde_json::to_string(body).expect("response bodies always serialize"),
+/// The status function's routes (reads, lists, cancels).
+pub fn status_routes(api: Arc<StatusApi>) -> Router {
+    with_layers(status_only(api))
+}
+
+/// Both: the whole API, for `jobctl dev` and tests.
+pub fn router(submit: Arc<SubmitApi>, status: Arc<StatusApi>) -> Router {
+    with_layers(
+        status_only(status).merge(Router::new().route("/jobs", post(submit::submit).with_state(submit))),
+    )
+}
+
+fn status_only(api: Arc<StatusApi>) -> Router {
+    Router::new()
+        .route("/jobs", get(jobs::list))
+        .route("/jobs/{id}", get(status::status).delete(status::cancel))
+        .with_state(api)
+}
+
+/// What every router gets: 404/405 in the API's words, the body limit (enforced while the body streams:
+/// a too-long Content-Length is refused before a byte is read), a request timeout, tracing, and JSON
+/// error bodies for the layers' own answers.
+fn with_layers(routes: Router) -> Router {
+    routes
+        .method_not_allowed_fallback(method_not_allowed)
+        .fallback(|| async { ApiError::RouteNotFound })
+        .layer(middleware::from_fn(json_errors))
+        .layer(RequestBodyLimitLayer::new(MAX_BODY_BYTES))
+        .layer(TimeoutLayer::with_status_code(
+            http::StatusCode::REQUEST_TIMEOUT,
+            REQUEST_TIMEOUT,
         ))
-        .expect("static response parts are valid")
+        .layer(TraceLayer::new_for_http())
+}
+
+async fn method_not_allowed(uri: http::Uri) -> ApiError {
+    let allow = if uri.path().trim_end_matches('/') == "/jobs" {
+        "GET, POST"
+    } else {
+        "GET, DELETE"
+    };
+    ApiError::MethodNotAllowed { allow }
+}
+
+/// Gives answers made outside [`ApiError`] (the body limit's 413, the timeout's 408) the API's error
+/// shape, so clients parse one format.
+async fn json_errors(req: Request, next: Next) -> Response {
+    let resp = next.run(req).await;
+    let is_json = resp
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if resp.status().as_u16() < 400 || is_json {
+        return resp;
+    }
+    match resp.status().as_u16() {
+        413 => ApiError::PayloadTooLarge.into_response(),
+        408 => ApiError::RequestTimeout.into_response(),
+        _ => ApiError::Internal {
+            source: format!("unexpected plain answer {}", resp.status()).into(),
+        }
+        .into_response(),
+    }
+}
+
+/// The dev-mode stand-in for an authorizer (`jobctl dev` only): every caller is `local`, or with
+/// `user_header`, whoever `X-User-Id` names (visible ASCII, 1-128 characters, given once).
+pub async fn dev_identity(user_header: bool, mut req: Request, next: Next) -> Response {
+    let values: Vec<_> = if user_header {
+        req.headers().get_all("x-user-id").iter().collect()
+    } else {
+        Vec::new()
+    };
+    let user = match values.as_slice() {
+        [] => "local".to_owned(),
+        [v] => match v.to_str() {
+            Ok(u) if (1..=128).contains(&u.len()) && u.bytes().all(|b| b.is_ascii_graphic()) => {
+                u.to_owned()
+            }
+            _ => {
+                return ApiError::Unauthenticated.into_response();
+            }
+        },
+        _ => {
+            return ApiError::InvalidRequest("X-User-Id must be given at most once".into())
+                .into_response();
+        }
+    };
+    req.extensions_mut().insert(Identity(user));
+    next.run(req).await
 }

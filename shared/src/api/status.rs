@@ -1,14 +1,18 @@
 //! `GET /jobs/{id}`: the job as its owner may see it; `DELETE /jobs/{id}`: cancel it.
 
-use chrono::{DateTime, SecondsFormat, Utc};
-use lambda_http::{Body, Request, Response};
-use serde::Serialize;
-use serde_json::Value;
+use std::sync::Arc;
 
-use super::JobSummary;
-use super::{Api, ApiError, caller, json_response};
-use crate::job::{Job, JobId, Millis};
-use crate::store::StoreError;
+use axum::Json as JsonBody;
+use axum::extract::{Path, State};
+use chrono::{DateTime, SecondsFormat, Utc};
+use http::StatusCode;
+use serde::{Deserialize, Serialize};
+
+use super::{ApiError, Caller, CursorKey, JobSummary};
+use crate::clock::SharedClock;
+use crate::job::{Cancel, Job, JobId, Millis};
+use crate::json::Json;
+use crate::store::{Change, RmwError, StatusStore, read_modify_write};
 
 /// The public form of a job: its [`JobSummary`] (what lists show) plus its payloads. No lease internals;
 /// times as RFC 3339.
@@ -16,15 +20,46 @@ use crate::store::StoreError;
 pub struct JobView {
     #[serde(flatten)]
     pub summary: JobSummary,
-    pub input: Value,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub result: Option<Value>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub input: Json,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<Json>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub callback_url: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at: Option<String>,
+}
+
+/// Reading a view back (clients such as `jobctl`). Through `Value` payloads: serde's `flatten` buffers
+/// the document, which exact [`Json`] text cannot pass through, so numbers wider than f64 lose digits
+/// here. The API itself never reads a view.
+impl<'de> Deserialize<'de> for JobView {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        struct Wire {
+            #[serde(flatten)]
+            summary: JobSummary,
+            input: serde_json::Value,
+            #[serde(default)]
+            result: Option<serde_json::Value>,
+            #[serde(default)]
+            warnings: Vec<String>,
+            #[serde(default)]
+            callback_url: Option<String>,
+            #[serde(default)]
+            started_at: Option<String>,
+        }
+        let w = Wire::deserialize(d)?;
+        Ok(Self {
+            summary: w.summary,
+            input: w.input.into(),
+            result: w.result.map(Json::from),
+            warnings: w.warnings,
+            callback_url: w.callback_url,
+            started_at: w.started_at,
+        })
+    }
 }
 
 pub(super) fn rfc3339(ms: Millis) -> String {
@@ -37,7 +72,7 @@ impl JobView {
     /// The view of `j` at `now` (see [`Job::effective_status`]).
     pub fn at(mut j: Job, now: Millis) -> Self {
         Self {
-            input: std::mem::take(&mut j.input),
+            input: j.input.clone(),
             result: j.result.take(),
             warnings: std::mem::take(&mut j.warnings),
             callback_url: j.callback_url.take(),
@@ -47,53 +82,25 @@ impl JobView {
     }
 }
 
-/// Cancel writes retried when a worker's heartbeat got in between.
-const CANCEL_ATTEMPTS: usize = 5;
+/// The status function's dependencies: reads, lists and cancels, nothing else.
+pub struct StatusApi {
+    pub(super) store: Arc<dyn StatusStore>,
+    pub(super) cursors: CursorKey,
+    pub(super) clock: SharedClock,
+}
 
-impl Api {
-    pub(super) async fn status(
-        &self,
-        req: &Request,
-        raw_id: &str,
-    ) -> Result<Response<Body>, ApiError> {
-        let job = self.owned(req, raw_id).await?;
-        Ok(json_response(200, &JobView::at(job, crate::now_millis())))
-    }
-
-    /// `202` with the job once cancelled (or, if running, once asked to stop); `200` if that had
-    /// already happened; `409` for a finished job.
-    pub(super) async fn cancel(
-        &self,
-        req: &Request,
-        raw_id: &str,
-    ) -> Result<Response<Body>, ApiError> {
-        for _ in 0..CANCEL_ATTEMPTS {
-            let job = self.owned(req, raw_id).await?;
-            let now = crate::now_millis();
-            let (what, next) = job
-                .cancel(now)
-                .map_err(|_| ApiError::JobFinished(job.effective_status(now)))?;
-            let Some(next) = next else {
-                return Ok(json_response(200, &JobView::at(job, now)));
-            };
-            match self.store.replace(&job, &next).await {
-                Ok(()) => {
-                    tracing::info!(job_id = %next.job_id, outcome = ?what, "cancel requested");
-                    return Ok(json_response(202, &JobView::at(next, now)));
-                }
-                Err(StoreError::Conflict { .. }) => continue,
-                Err(e) => return Err(e.into()),
-            }
+impl StatusApi {
+    pub fn new(store: Arc<dyn StatusStore>, cursors: CursorKey, clock: SharedClock) -> Self {
+        Self {
+            store,
+            cursors,
+            clock,
         }
-        Err(ApiError::Unavailable {
-            source: "the job kept changing while being cancelled".into(),
-        })
     }
 
     /// The caller's job `raw_id`. Another user's job answers exactly like a missing one, so ids cannot
     /// be probed.
-    async fn owned(&self, req: &Request, raw_id: &str) -> Result<Job, ApiError> {
-        let user = caller(req)?;
+    async fn owned(&self, user: &str, raw_id: &str) -> Result<Job, ApiError> {
         let id = JobId::parse(raw_id)?;
         self.store
             .get(&id)
@@ -101,4 +108,57 @@ impl Api {
             .filter(|j| j.user_id == user)
             .ok_or(ApiError::JobNotFound)
     }
+}
+
+pub(super) async fn status(
+    State(api): State<Arc<StatusApi>>,
+    Caller(user): Caller,
+    Path(raw_id): Path<String>,
+) -> Result<JsonBody<JobView>, ApiError> {
+    let job = api.owned(&user, &raw_id).await?;
+    Ok(JsonBody(JobView::at(job, api.clock.now())))
+}
+
+/// Cancel writes retried when a worker's heartbeat got in between.
+const CANCEL_TRIES: usize = 5;
+
+/// `202` with the job once cancelled (or, if running, once asked to stop); `200` if that had already
+/// happened; `409` for a finished job.
+pub(super) async fn cancel(
+    State(api): State<Arc<StatusApi>>,
+    Caller(user): Caller,
+    Path(raw_id): Path<String>,
+) -> Result<(StatusCode, JsonBody<JobView>), ApiError> {
+    let job = api.owned(&user, &raw_id).await?;
+    let step = |job: &Job| {
+        let now = api.clock.now();
+        match job.cancel(now) {
+            Ok((what, Some(next))) => Ok(Change::Write(next, what)),
+            Ok((what, None)) => Ok(Change::Keep(what)),
+            Err(_) => Err(ApiError::JobFinished(job.effective_status(now))),
+        }
+    };
+    let (job, what) = read_modify_write(&*api.store, &job.job_id.clone(), Some(job), CANCEL_TRIES, step)
+        .await
+        .map_err(|e| match e {
+            RmwError::Refused(e) => e,
+            RmwError::NotFound => ApiError::JobNotFound,
+            RmwError::Contended => ApiError::Unavailable {
+                source: "the job kept changing while being cancelled".into(),
+            },
+            RmwError::Store(e) => e.into(),
+        })?;
+    if what == Cancel::Requested {
+        // The running attempt looks for this small mark every few seconds (a read of a few bytes, not of
+        // the job); it also sees the flag on the job at its next write, should this mark be lost.
+        api.store.signal_cancel(&job.job_id, job.expires_at).await?;
+    }
+    let status = match what {
+        Cancel::AlreadyDone => StatusCode::OK,
+        Cancel::Cancelled | Cancel::Requested => {
+            tracing::info!(job_id = %job.job_id, outcome = ?what, "cancel requested");
+            StatusCode::ACCEPTED
+        }
+    };
+    Ok((status, JsonBody(JobView::at(job, api.clock.now()))))
 }

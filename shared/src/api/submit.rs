@@ -1,26 +1,33 @@
 //! `POST /jobs`: validate, store the job `queued`, enqueue its message, answer `202` at once.
 
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use lambda_http::{Body, Request, Response};
+use axum::Json as JsonBody;
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use http::{HeaderMap, StatusCode};
 use serde::Deserialize;
-use serde_json::{Value, json};
-
-use super::error::MAX_BODY_BYTES;
-use super::{Api, ApiError, callback, caller, json_response};
+use serde_json::json;
 use sha2::{Digest, Sha256};
 
+use super::{ApiError, ApiSettings, Caller, MAX_BODY_BYTES, callback};
+use crate::clock::SharedClock;
+use crate::handler::HandlerRegistry;
 use crate::job::{ENQUEUE_FAILED, ErrorInfo, Job, MAX_INPUT_BYTES, NewJob};
-use crate::now_millis;
-use crate::queue::JobMessage;
-use crate::store::{Created, Insert, KeyReservation, StoreError};
+use crate::json::Json;
+use crate::queue::{JobMessage, SubmitQueue};
+use crate::store::{Created, Insert, KeyReservation, StoreError, SubmitStore};
 
-/// The body of `POST /jobs`. Unknown fields are rejected, so a misspelt field is an error, not a no-op.
+/// The body of `POST /jobs`: a JSON object. Unknown fields are rejected, so a misspelt field is an
+/// error, not a no-op.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SubmitRequest {
     pub kind: String,
-    pub input: Value,
+    /// Kept as submitted, to the digit (see [`Json`]).
+    pub input: Json,
     /// Where to deliver the outcome (see [`super::callback`]).
     #[serde(default)]
     pub callback_url: Option<String>,
@@ -35,129 +42,72 @@ const QUEUE_FULL_RETRY_SECS: u64 = 5;
 /// Retry-After when the caller is at the in-flight cap: a slot frees when one of their jobs ends.
 const IN_FLIGHT_RETRY_SECS: u64 = 10;
 
-impl Api {
-    pub(super) async fn submit(&self, req: &Request) -> Result<Response<Body>, ApiError> {
-        let user = caller(req)?;
-        let key = idempotency_key(req)?;
-        let body = parse_body(req)?;
-        if !self.registry.contains(&body.kind) {
-            return Err(ApiError::UnknownKind {
-                kind: body.kind,
-                known: self.registry.kinds().collect::<Vec<_>>().join(", "),
-            });
+/// How long one instance trusts a queue depth it read: GetQueueAttributes on every submit would double
+/// the API's SQS calls, and the number is approximate anyway.
+const DEPTH_CACHE_TTL: Duration = Duration::from_secs(5);
+
+/// The last depth read, and the messages this instance sent since: their sum is the instance's estimate,
+/// so one instance overshoots the bound by at most what *other* instances sent within the cache's
+/// lifetime.
+#[derive(Debug, Clone, Copy)]
+struct DepthReading {
+    at: Instant,
+    depth: u64,
+    sent_since: u64,
+}
+
+/// The submit function's dependencies: insert and read jobs, send and count messages, nothing else.
+pub struct SubmitApi {
+    store: Arc<dyn SubmitStore>,
+    queue: Arc<dyn SubmitQueue>,
+    registry: HandlerRegistry,
+    settings: ApiSettings,
+    clock: SharedClock,
+    depth: Mutex<Option<DepthReading>>,
+}
+
+impl SubmitApi {
+    pub fn new(
+        store: Arc<dyn SubmitStore>,
+        queue: Arc<dyn SubmitQueue>,
+        registry: HandlerRegistry,
+        settings: ApiSettings,
+        clock: SharedClock,
+    ) -> Self {
+        Self {
+            store,
+            queue,
+            registry,
+            settings,
+            clock,
+            depth: Mutex::new(None),
         }
-        let input_len = serde_json::to_vec(&body.input).map_or(usize::MAX, |v| v.len());
-        if input_len > MAX_INPUT_BYTES {
-            return Err(ApiError::InputTooLarge);
-        }
-        let callback_url = match &body.callback_url {
-            Some(raw) => Some(
-                callback::validate(raw, self.settings.dev_mode)
-                    .await
-                    .map_err(|e| ApiError::InvalidCallbackUrl(e.to_string()))?
-                    .to_string(),
-            ),
-            None => None,
-        };
-        if let Some(bound) = self.settings.max_queue_depth
-            && self.queue_depth().await.is_some_and(|d| d >= bound)
+    }
+
+    /// The queue's depth as this instance estimates it: the last reading (at most [`DEPTH_CACHE_TTL`]
+    /// old) plus its own sends since. `None` when it cannot be read: backpressure then fails open (the
+    /// send itself reports an outage).
+    async fn queue_depth(&self) -> Option<u64> {
+        let cached = *self.depth.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(r) = cached
+            && r.at.elapsed() < DEPTH_CACHE_TTL
         {
-            return Err(ApiError::QueueFull {
-                retry_after: QUEUE_FULL_RETRY_SECS,
-            });
+            return Some(r.depth + r.sent_since);
         }
-        let cap = self.settings.max_in_flight_per_user;
-        let now = now_millis();
-        let mut job = Job::new(
-            NewJob {
-                user_id: user.clone(),
-                kind: body.kind,
-                input: body.input,
-                max_attempts: self.settings.max_attempts,
-                ttl_secs: self.settings.job_ttl.as_secs() as i64,
-                callback_url,
-                counted: cap.is_some(),
-            },
-            now,
-        );
-        let mut how = Insert {
-            key: None,
-            in_flight_cap: cap,
-            now_secs: now / 1000,
-        };
-        let request_hash = key.as_ref().map(|key| {
-            let hash = sha256_hex(&[
-                job.kind.as_bytes(),
-                b"\0",
-                job.input.to_string().as_bytes(),
-                b"\0",
-                job.callback_url.as_deref().unwrap_or("").as_bytes(),
-            ]);
-            job.idempotency_key = Some(key.clone());
-            job.request_hash = Some(hash.clone());
-            how.key = Some(KeyReservation {
-                // Scoped per user: equal keys of two users never name the same job.
-                scoped_key: sha256_hex(&[user.as_bytes(), b"\0", key.as_bytes()]),
-                request_hash: hash.clone(),
-                expires_at: now / 1000 + IDEMPOTENCY_TTL_SECS,
-            });
-            hash
-        });
-        match self.store.insert(&job, &how).await {
-            Ok(Created::New) => self.enqueue(job).await,
-            Err(StoreError::InFlightCapReached) => Err(ApiError::TooManyInFlight {
-                cap: cap.unwrap_or_default(),
-                retry_after: IN_FLIGHT_RETRY_SECS,
-            }),
-            Err(e) => Err(e.into()),
-            Ok(Created::Existing {
-                request_hash: held, ..
-            }) if Some(&held) != request_hash.as_ref() => Err(ApiError::IdempotencyKeyReused),
-            Ok(Created::Existing { job_id, .. }) => {
-                let existing = self
-                    .store
-                    .get(&job_id)
-                    .await?
-                    .ok_or(ApiError::JobNotFound)?;
-                self.replay(existing).await
+        match self.queue.depth().await {
+            Ok(depth) => {
+                *self.depth.lock().unwrap_or_else(|p| p.into_inner()) = Some(DepthReading {
+                    at: Instant::now(),
+                    depth,
+                    sent_since: 0,
+                });
+                Some(depth)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not read the queue depth; not applying backpressure");
+                None
             }
         }
-    }
-
-    /// A retried submit of an existing job. Its first submit may have failed to send the message (the
-    /// client got a 503, the job says `enqueue_failed`) or crashed before sending (the job sits untouched
-    /// in `queued`): then the message is sent now. Otherwise nothing is sent: the same job is the answer.
-    async fn replay(&self, job: Job) -> Result<Response<Body>, ApiError> {
-        let now = now_millis();
-        if job.enqueue_failed() {
-            let again = job.resubmit(now).expect("checked: enqueue failed");
-            self.store.replace(&job, &again).await?;
-            return self.enqueue(again).await.map(|r| with_status(r, 200));
-        }
-        if job.maybe_unsent(now, self.settings.resend_after.as_millis() as i64) {
-            tracing::warn!(job_id = %job.job_id, "re-sending a job that may never have been enqueued");
-            self.send(&job).await?;
-        }
-        Ok(accepted(&job, 200))
-    }
-
-    /// Sends a stored job's message and answers `202`. If the send fails, the job is marked
-    /// `enqueue_failed` before the client gets its 503, so no job waits forever for a message; a retry
-    /// with the same Idempotency-Key resubmits it.
-    async fn enqueue(&self, job: Job) -> Result<Response<Body>, ApiError> {
-        if let Err(e) = self.send(&job).await {
-            let error = ErrorInfo {
-                code: ENQUEUE_FAILED.into(),
-                message: "the job could not be enqueued; submit it again".into(),
-                retryable: true,
-            };
-            if let Ok(abandoned) = job.abandon(error, now_millis()) {
-                let _ = self.store.replace(&job, &abandoned).await;
-            }
-            return Err(e);
-        }
-        tracing::info!(job_id = %job.job_id, kind = %job.kind, "job accepted");
-        Ok(accepted(&job, 202))
     }
 
     async fn send(&self, job: &Job) -> Result<(), ApiError> {
@@ -166,29 +116,159 @@ impl Api {
             kind: job.kind.clone(),
         };
         self.queue.send(&message.encode(), Duration::ZERO).await?;
+        if let Some(r) = self.depth.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+            r.sent_since += 1;
+        }
         Ok(())
+    }
+
+    /// A retried submit of an existing job. Its first submit may have failed to send the message (the
+    /// client got a 503, the job says `enqueue_failed`) or crashed before sending (the job sits untouched
+    /// in `queued`): then the message is sent now. Otherwise nothing is sent: the same job is the answer.
+    async fn replay(&self, job: Job) -> Result<Response, ApiError> {
+        let now = self.clock.now();
+        if job.enqueue_failed() {
+            let again = job.resubmit(now).expect("checked: enqueue failed");
+            self.store.replace(&job, &again).await?;
+            return self.enqueue(again, StatusCode::OK).await;
+        }
+        if job.maybe_unsent(now, self.settings.resend_after.as_millis() as i64) {
+            tracing::warn!(job_id = %job.job_id, "re-sending a job that may never have been enqueued");
+            self.send(&job).await?;
+        }
+        Ok(accepted(&job, StatusCode::OK, now))
+    }
+
+    /// Sends a stored job's message and answers `status`. If the send fails, the job is marked
+    /// `enqueue_failed` before the client gets its 503, so no job waits forever for a message; a retry
+    /// with the same Idempotency-Key resubmits it.
+    async fn enqueue(&self, job: Job, status: StatusCode) -> Result<Response, ApiError> {
+        if let Err(e) = self.send(&job).await {
+            let error = ErrorInfo {
+                code: ENQUEUE_FAILED.into(),
+                message: "the job could not be enqueued; submit it again".into(),
+                retryable: true,
+            };
+            if let Ok(abandoned) = job.abandon(error, self.clock.now()) {
+                let _ = self.store.replace(&job, &abandoned).await;
+            }
+            return Err(e);
+        }
+        tracing::info!(job_id = %job.job_id, kind = %job.kind, "job accepted");
+        Ok(accepted(&job, status, self.clock.now()))
+    }
+
+    /// The existing job an unexpired key names: its replay, or `409` when the key was used with another
+    /// request.
+    async fn answer_existing(&self, created: Created, request_hash: &str) -> Result<Response, ApiError> {
+        let Created::Existing {
+            job_id,
+            request_hash: held,
+        } = created
+        else {
+            unreachable!("only called with an existing job");
+        };
+        if held != request_hash {
+            return Err(ApiError::IdempotencyKeyReused);
+        }
+        let existing = self.store.get(&job_id).await?.ok_or(ApiError::JobNotFound)?;
+        self.replay(existing).await
     }
 }
 
-fn with_status(mut resp: Response<Body>, status: u16) -> Response<Body> {
-    *resp.status_mut() = http::StatusCode::from_u16(status).expect("a valid status");
-    resp
+pub(super) async fn submit(
+    State(api): State<Arc<SubmitApi>>,
+    Caller(user): Caller,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let key = idempotency_key(&headers)?;
+    let body = parse_body(&headers, read_body(&headers, body).await?)?;
+    if !api.registry.contains(&body.kind) {
+        return Err(ApiError::UnknownKind {
+            kind: body.kind,
+            known: api.registry.kinds().collect::<Vec<_>>().join(", "),
+        });
+    }
+    if body.input.len() > MAX_INPUT_BYTES {
+        return Err(ApiError::InputTooLarge);
+    }
+    let callback_url = match &body.callback_url {
+        Some(raw) => Some(
+            callback::validate(raw, api.settings.dev_mode)
+                .await
+                .map_err(|e| ApiError::InvalidCallbackUrl(e.to_string()))?
+                .to_string(),
+        ),
+        None => None,
+    };
+    let now = api.clock.now();
+    // The hash is over what was submitted: the kind, the exact input text, the callback.
+    let request_hash = sha256_hex(&[
+        body.kind.as_bytes(),
+        b"\0",
+        body.input.get().as_bytes(),
+        b"\0",
+        callback_url.as_deref().unwrap_or("").as_bytes(),
+    ]);
+    let reservation = key.as_ref().map(|key| KeyReservation {
+        // Scoped per user: equal keys of two users never name the same job.
+        scoped_key: sha256_hex(&[user.as_bytes(), b"\0", key.as_bytes()]),
+        request_hash: request_hash.clone(),
+        expires_at: now / 1000 + IDEMPOTENCY_TTL_SECS,
+    });
+    // A retry of a submit that was accepted gets its job whatever the backlog: looked up before the
+    // queue bound is applied (the insert below checks the key again, atomically, for races).
+    if let Some(r) = &reservation
+        && let Some(existing) = api.store.held_key(r, now / 1000).await?
+    {
+        return api.answer_existing(existing, &request_hash).await;
+    }
+    if let Some(bound) = api.settings.max_queue_depth
+        && api.queue_depth().await.is_some_and(|d| d >= bound)
+    {
+        return Err(ApiError::QueueFull {
+            retry_after: QUEUE_FULL_RETRY_SECS,
+        });
+    }
+    let cap = api.settings.max_in_flight_per_user;
+    let mut job = Job::new(
+        NewJob {
+            user_id: user,
+            kind: body.kind,
+            input: body.input,
+            max_attempts: api.settings.max_attempts,
+            ttl_secs: api.settings.job_ttl.as_secs() as i64,
+            callback_url,
+            counted: cap.is_some(),
+        },
+        now,
+    );
+    if let Some(key) = key {
+        job.idempotency_key = Some(key);
+        job.request_hash = Some(request_hash.clone());
+    }
+    let how = Insert {
+        key: reservation,
+        in_flight_cap: cap,
+        now_secs: now / 1000,
+    };
+    match api.store.insert(&job, &how).await {
+        Ok(Created::New) => api.enqueue(job, StatusCode::ACCEPTED).await,
+        Ok(existing) => api.answer_existing(existing, &request_hash).await,
+        Err(StoreError::InFlightCapReached) => Err(ApiError::TooManyInFlight {
+            cap: cap.unwrap_or_default(),
+            retry_after: IN_FLIGHT_RETRY_SECS,
+        }),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// `{job_id, status, status_url}` with `Location`.
-fn accepted(job: &Job, status: u16) -> Response<Body> {
+fn accepted(job: &Job, status: StatusCode, now: i64) -> Response {
     let status_url = format!("/jobs/{}", job.job_id);
-    let mut resp = json_response(
-        status,
-        &json!({"job_id": job.job_id, "status": job.effective_status(now_millis()), "status_url": status_url}),
-    );
-    resp.headers_mut().insert(
-        "location",
-        status_url
-            .parse()
-            .expect("a job id is a valid header value"),
-    );
-    resp
+    let body = json!({"job_id": job.job_id, "status": job.effective_status(now), "status_url": status_url});
+    (status, [(http::header::LOCATION, status_url)], JsonBody(body)).into_response()
 }
 
 fn sha256_hex(parts: &[&[u8]]) -> String {
@@ -199,41 +279,75 @@ fn sha256_hex(parts: &[&[u8]]) -> String {
     hex::encode(h.finalize())
 }
 
-/// The `Idempotency-Key` header, if any: 1-255 visible ASCII characters.
-fn idempotency_key(req: &Request) -> Result<Option<String>, ApiError> {
-    let Some(raw) = req.headers().get("idempotency-key") else {
+/// The `Idempotency-Key` header, if any: given once, 1-255 visible ASCII characters other than `,` (API
+/// Gateway joins a repeated header's values with commas, so a comma would make two keys look like one).
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let mut values = headers.get_all("idempotency-key").iter();
+    let Some(raw) = values.next() else {
         return Ok(None);
     };
-    let key = raw.to_str().unwrap_or("");
-    if key.is_empty() || key.len() > 255 || !key.bytes().all(|b| b.is_ascii_graphic()) {
+    if values.next().is_some() {
         return Err(ApiError::InvalidRequest(
-            "Idempotency-Key must be 1-255 visible ASCII characters".into(),
+            "Idempotency-Key must be given at most once".into(),
+        ));
+    }
+    let key = raw.to_str().unwrap_or("");
+    let valid = |b: u8| b.is_ascii_graphic() && b != b',';
+    if key.is_empty() || key.len() > 255 || !key.bytes().all(valid) {
+        return Err(ApiError::InvalidRequest(
+            "Idempotency-Key must be 1-255 visible ASCII characters other than ','".into(),
         ));
     }
     Ok(Some(key.to_owned()))
 }
 
-/// Content type, size and JSON shape of a submit body.
-fn parse_body(req: &Request) -> Result<SubmitRequest, ApiError> {
-    let is_json = req
-        .headers()
-        .get("content-type")
+/// The body, after its content type is checked (415 before a byte is read). The body limit layer stops
+/// the read at [`MAX_BODY_BYTES`] (413); a body that ends before its declared length is a 400.
+async fn read_body(headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
+    let mut types = headers.get_all(http::header::CONTENT_TYPE).iter();
+    let is_json = types
+        .next()
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split(';').next())
         .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/json"));
-    if !is_json {
+    if !is_json || types.next().is_some() {
         return Err(ApiError::UnsupportedMediaType);
     }
-    let bytes: &[u8] = req.body().as_ref();
+    axum::body::to_bytes(body, MAX_BODY_BYTES + 1)
+        .await
+        .map_err(|e| {
+            let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+            while let Some(s) = source {
+                if s.is::<http_body_util::LengthLimitError>() {
+                    return ApiError::PayloadTooLarge;
+                }
+                source = s.source();
+            }
+            ApiError::TruncatedBody
+        })
+}
+
+/// The JSON shape of a submit body: an object with the documented fields.
+fn parse_body(_headers: &HeaderMap, bytes: Bytes) -> Result<SubmitRequest, ApiError> {
     if bytes.len() > MAX_BODY_BYTES {
         return Err(ApiError::PayloadTooLarge);
     }
-    if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Err(ApiError::InvalidRequest(
-            "request body is empty; expected {\"kind\", \"input\"}".into(),
-        ));
+    match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
+        None => {
+            return Err(ApiError::InvalidRequest(
+                "request body is empty; expected {\"kind\", \"input\"}".into(),
+            ));
+        }
+        // serde would read a JSON array into the struct's fields in order: only an object is a request.
+        Some(b'{') => {}
+        Some(_) if serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).is_err() => {}
+        Some(_) => {
+            return Err(ApiError::InvalidRequest(
+                "request body must be a JSON object {\"kind\", \"input\"}".into(),
+            ));
+        }
     }
-    serde_json::from_slice(bytes).map_err(|e| {
+    serde_json::from_slice(&bytes).map_err(|e| {
         if e.is_data() {
             ApiError::InvalidRequest(format!("invalid job request: {e}"))
         } else {

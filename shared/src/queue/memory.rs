@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use super::{JobQueue, QueueError, ReceivedMessage};
+use super::{Delivery, JobSender, MessageVisibility, QueueDepth, QueueError, QueueReceiver};
 use crate::job::Millis;
 
 #[derive(Debug)]
@@ -78,7 +78,7 @@ impl MemoryQueue {
         &self,
         max: usize,
         visibility: Duration,
-    ) -> (Vec<ReceivedMessage>, Option<Instant>) {
+    ) -> (Vec<Delivery>, Option<Instant>) {
         let now = Instant::now();
         let mut out = Vec::new();
         let mut msgs = self.messages();
@@ -101,7 +101,7 @@ impl MemoryQueue {
             m.visible_at = now + visibility;
             let receipt = handle();
             m.receipt = Some(receipt.clone());
-            out.push(ReceivedMessage {
+            out.push(Delivery {
                 message_id: m.id.clone(),
                 receipt_handle: receipt,
                 body: m.body.clone(),
@@ -139,18 +139,21 @@ impl MemoryQueue {
 }
 
 #[async_trait]
-impl JobQueue for MemoryQueue {
+impl JobSender for MemoryQueue {
     async fn send(&self, body: &str, delay: Duration) -> Result<String, QueueError> {
         let now = chrono::Utc::now().timestamp_millis();
         Ok(self.push(body.to_owned(), now, delay.min(Duration::from_secs(900))))
     }
+}
 
+#[async_trait]
+impl QueueReceiver for MemoryQueue {
     async fn receive(
         &self,
         max: u32,
         wait: Duration,
         visibility: Option<Duration>,
-    ) -> Result<Vec<ReceivedMessage>, QueueError> {
+    ) -> Result<Vec<Delivery>, QueueError> {
         let deadline = Instant::now() + wait.min(Duration::from_secs(20));
         let visibility = visibility.unwrap_or(self.default_visibility);
         loop {
@@ -172,7 +175,10 @@ impl JobQueue for MemoryQueue {
         self.with_receipt(receipt_handle, |msgs, i| msgs.remove(i));
         Ok(())
     }
+}
 
+#[async_trait]
+impl MessageVisibility for MemoryQueue {
     async fn change_visibility(
         &self,
         receipt_handle: &str,
@@ -196,7 +202,10 @@ impl JobQueue for MemoryQueue {
             Err(QueueError::StaleReceipt)
         }
     }
+}
 
+#[async_trait]
+impl QueueDepth for MemoryQueue {
     async fn depth(&self) -> Result<u64, QueueError> {
         let now = Instant::now();
         Ok(self

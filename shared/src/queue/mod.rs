@@ -1,14 +1,12 @@
-//! The job queue. `JobQueue` is the port; `sqs` (aws-sdk-sqs) and `memory` (embedded, SQS semantics) are
-//! its adapters. Messages are small: the job id and kind; the job itself lives in the store.
+//! The job queue: capability-shaped ports with SQS semantics, and their adapters: `sqs` (aws-sdk-sqs) and
+//! `memory` (embedded, SQS semantics). Messages are small: the job id and kind; the job lives in the store.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use aws_lambda_events::sqs::SqsMessage;
 use serde::{Deserialize, Serialize};
 
-use crate::handler::BoxError;
+use crate::error::BoxError;
 use crate::job::{JobId, Millis};
 
 pub mod memory;
@@ -35,9 +33,10 @@ impl JobMessage {
     }
 }
 
-/// A message as received from a queue.
+/// A message as a consumer receives it: from a queue (the local event source, `jobctl`), or from
+/// Lambda's SQS event source (mapped in [`crate::lambda`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ReceivedMessage {
+pub struct Delivery {
     pub message_id: String,
     pub receipt_handle: String,
     pub body: String,
@@ -45,26 +44,6 @@ pub struct ReceivedMessage {
     pub receive_count: u32,
     /// When the message was first sent (SQS SentTimestamp).
     pub sent_at: Millis,
-}
-
-impl ReceivedMessage {
-    /// The record Lambda's SQS event source would hand the worker for this message.
-    pub fn to_lambda_record(&self, queue_arn: &str) -> SqsMessage {
-        let mut m = SqsMessage::default();
-        m.message_id = Some(self.message_id.clone());
-        m.receipt_handle = Some(self.receipt_handle.clone());
-        m.body = Some(self.body.clone());
-        m.attributes = HashMap::from([
-            (
-                "ApproximateReceiveCount".to_owned(),
-                self.receive_count.to_string(),
-            ),
-            ("SentTimestamp".to_owned(), self.sent_at.to_string()),
-        ]);
-        m.event_source = Some("aws:sqs".to_owned());
-        m.event_source_arn = Some(queue_arn.to_owned());
-        m
-    }
 }
 
 /// Why a queue call failed.
@@ -84,12 +63,34 @@ pub enum QueueError {
 /// The longest visibility timeout SQS accepts (12 hours).
 pub const MAX_VISIBILITY: Duration = Duration::from_secs(43_200);
 
-/// Message transport with SQS semantics: at-least-once delivery, visibility timeouts, receive counts.
+/// Enqueues messages (SendMessage).
 #[async_trait]
-pub trait JobQueue: Send + Sync {
+pub trait JobSender: Send + Sync {
     /// Enqueues `body`, invisible for `delay` (at most 15 minutes). Returns the message id.
     async fn send(&self, body: &str, delay: Duration) -> Result<String, QueueError>;
+}
 
+/// Reads the backlog (GetQueueAttributes).
+#[async_trait]
+pub trait QueueDepth: Send + Sync {
+    /// Approximate number of messages waiting to be received.
+    async fn depth(&self) -> Result<u64, QueueError>;
+}
+
+/// Hides received messages for longer, or hands them back (ChangeMessageVisibility).
+#[async_trait]
+pub trait MessageVisibility: Send + Sync {
+    /// Makes a received message visible again after `timeout` from now (0 = at once).
+    async fn change_visibility(
+        &self,
+        receipt_handle: &str,
+        timeout: Duration,
+    ) -> Result<(), QueueError>;
+}
+
+/// Consumes messages (ReceiveMessage, DeleteMessage): what Lambda's event source does for a function.
+#[async_trait]
+pub trait QueueReceiver: Send + Sync {
     /// Receives up to `max` (1..=10) messages, waiting up to `wait` for the first. Each becomes invisible
     /// for `visibility`, or the queue's default when `None`.
     async fn receive(
@@ -97,18 +98,20 @@ pub trait JobQueue: Send + Sync {
         max: u32,
         wait: Duration,
         visibility: Option<Duration>,
-    ) -> Result<Vec<ReceivedMessage>, QueueError>;
+    ) -> Result<Vec<Delivery>, QueueError>;
 
     /// Acknowledges a message: it is never delivered again.
     async fn delete(&self, receipt_handle: &str) -> Result<(), QueueError>;
-
-    /// Makes a received message visible again after `timeout` from now (0 = at once).
-    async fn change_visibility(
-        &self,
-        receipt_handle: &str,
-        timeout: Duration,
-    ) -> Result<(), QueueError>;
-
-    /// Approximate number of messages waiting to be received.
-    async fn depth(&self) -> Result<u64, QueueError>;
 }
+
+/// The submit function's port: send, and read the depth for backpressure.
+pub trait SubmitQueue: JobSender + QueueDepth {}
+impl<T: JobSender + QueueDepth + ?Sized> SubmitQueue for T {}
+
+/// The worker's port: continuations are sent; retries and heartbeats change visibility.
+pub trait WorkerQueue: JobSender + MessageVisibility {}
+impl<T: JobSender + MessageVisibility + ?Sized> WorkerQueue for T {}
+
+/// Every capability: what an adapter implements and what a bundle holds.
+pub trait JobQueue: SubmitQueue + WorkerQueue + QueueReceiver {}
+impl<T: SubmitQueue + WorkerQueue + QueueReceiver + ?Sized> JobQueue for T {}

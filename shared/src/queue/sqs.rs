@@ -7,7 +7,7 @@ use aws_sdk_sqs::Client;
 use aws_sdk_sqs::error::SdkError;
 use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
 
-use super::{JobQueue, QueueError, ReceivedMessage};
+use super::{Delivery, JobSender, MessageVisibility, QueueDepth, QueueError, QueueReceiver};
 
 /// One SQS queue, by URL.
 #[derive(Debug, Clone)]
@@ -64,7 +64,7 @@ impl SqsQueue {
 }
 
 #[async_trait]
-impl JobQueue for SqsQueue {
+impl JobSender for SqsQueue {
     async fn send(&self, body: &str, delay: Duration) -> Result<String, QueueError> {
         let out = self
             .client
@@ -77,13 +77,16 @@ impl JobQueue for SqsQueue {
             .map_err(unavailable)?;
         Ok(out.message_id.unwrap_or_default())
     }
+}
 
+#[async_trait]
+impl QueueReceiver for SqsQueue {
     async fn receive(
         &self,
         max: u32,
         wait: Duration,
         visibility: Option<Duration>,
-    ) -> Result<Vec<ReceivedMessage>, QueueError> {
+    ) -> Result<Vec<Delivery>, QueueError> {
         let out = self
             .client
             .receive_message()
@@ -104,7 +107,7 @@ impl JobQueue for SqsQueue {
                 let attr = |name: MessageSystemAttributeName| {
                     m.attributes.as_ref().and_then(|a| a.get(&name)).cloned()
                 };
-                ReceivedMessage {
+                Delivery {
                     receive_count: attr(MessageSystemAttributeName::ApproximateReceiveCount)
                         .and_then(|v| v.parse().ok())
                         .unwrap_or(1),
@@ -138,7 +141,10 @@ impl JobQueue for SqsQueue {
             Err(e) => Err(unavailable(e)),
         }
     }
+}
 
+#[async_trait]
+impl MessageVisibility for SqsQueue {
     async fn change_visibility(
         &self,
         receipt_handle: &str,
@@ -164,7 +170,10 @@ impl JobQueue for SqsQueue {
             Err(e) => Err(unavailable(e)),
         }
     }
+}
 
+#[async_trait]
+impl QueueDepth for SqsQueue {
     async fn depth(&self) -> Result<u64, QueueError> {
         let out = self
             .client

@@ -15,7 +15,10 @@ use futures::future::BoxFuture;
 use sha2::Digest;
 use std::collections::HashMap;
 
-use super::{Created, Insert, JobStore, KeyReservation, ListQuery, StoreError};
+use super::{
+    CancelSignals, CancelWatch, Created, Insert, JobClaimer, JobInserter, JobLister, JobReader,
+    JobScanner, JobWriter, KeyReservation, ListQuery, SlotLedger, Slots, StoreError,
+};
 use crate::job::{Job, JobId, JobStatus, Millis};
 
 /// Jobs in one DynamoDB table (see `JobsTable` in template.yaml).
@@ -108,44 +111,6 @@ impl DynamoStore {
         }
     }
 
-    /// The job an unexpired idempotency key names, if any.
-    async fn held_key(
-        &self,
-        key: &KeyReservation,
-        now_secs: i64,
-    ) -> Result<Option<Created>, StoreError> {
-        let held = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .key("job_id", AttributeValue::S(idem_key(key)))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(unavailable)?
-            .item;
-        let Some(held) = held else { return Ok(None) };
-        let text = |k: &str| match held.get(k) {
-            Some(AttributeValue::S(s)) => Ok(s.clone()),
-            _ => Err(StoreError::Corrupt {
-                source: format!("idempotency item lacks {k}").into(),
-            }),
-        };
-        let expired = match held.get("expires_at") {
-            Some(AttributeValue::N(n)) => n.parse::<i64>().map_or(true, |e| e < now_secs),
-            _ => true,
-        };
-        if expired {
-            return Ok(None);
-        }
-        let job_id = JobId::parse(&text("target_job_id")?)
-            .map_err(|e| StoreError::Corrupt { source: e.into() })?;
-        Ok(Some(Created::Existing {
-            job_id,
-            request_hash: text("request_hash")?,
-        }))
-    }
-
     fn key(id: &JobId) -> Item {
         HashMap::from([("job_id".to_owned(), AttributeValue::S(id.to_string()))])
     }
@@ -158,13 +123,44 @@ fn idem_key(key: &KeyReservation) -> String {
     format!("idem#{}", key.scoped_key)
 }
 
-/// The item holding a user's in-flight count. Hashed: user ids (IAM ARNs, say) may be long.
-fn counter_key(user: &str) -> Item {
+/// Partition-key prefix of the items holding a user's in-flight slots.
+const SLOTS_PREFIX: &str = "user#";
+
+/// The item holding a user's in-flight slots: the set `slots` of their counted, unfinished job ids, and
+/// `owner`. Keyed by a hash: user ids (IAM ARNs, say) may be long.
+fn slots_key(user: &str) -> Item {
     let hash = hex::encode(sha2::Sha256::digest(user.as_bytes()));
     HashMap::from([(
         "job_id".to_owned(),
-        AttributeValue::S(format!("user#{hash}")),
+        AttributeValue::S(format!("{SLOTS_PREFIX}{hash}")),
     )])
+}
+
+/// The small item that tells a running attempt its job was asked to stop.
+fn cancel_key(id: &JobId) -> Item {
+    HashMap::from([("job_id".to_owned(), AttributeValue::S(format!("cancel#{id}")))])
+}
+
+/// The slot update that moves `job` in (`+1`) or out (`-1`) of its owner's set.
+fn slot_update(table: &str, job: &Job, delta: i64, cap: Option<u32>) -> Update {
+    let ids = AttributeValue::Ss(vec![job.job_id.to_string()]);
+    let mut u = Update::builder()
+        .table_name(table)
+        .set_key(Some(slots_key(&job.user_id)))
+        .expression_attribute_values(":id", ids);
+    u = if delta > 0 {
+        u.update_expression("ADD slots :id SET #o = :owner")
+            .expression_attribute_names("#o", "owner")
+            .expression_attribute_values(":owner", AttributeValue::S(job.user_id.clone()))
+    } else {
+        u.update_expression("DELETE slots :id")
+    };
+    if let Some(cap) = cap {
+        u = u
+            .condition_expression("attribute_not_exists(slots) OR size(slots) < :cap")
+            .expression_attribute_values(":cap", num(cap));
+    }
+    u.build().expect("table, key and expression are set")
 }
 
 fn to_item(job: &Job) -> Item {
@@ -192,7 +188,7 @@ fn num(n: impl ToString) -> AttributeValue {
 }
 
 #[async_trait]
-impl JobStore for DynamoStore {
+impl JobInserter for DynamoStore {
     async fn insert(&self, job: &Job, how: &Insert) -> Result<Created, StoreError> {
         debug_assert_eq!(job.counted, how.in_flight_cap.is_some());
         if how.key.is_none() && how.in_flight_cap.is_none() {
@@ -204,8 +200,8 @@ impl JobStore for DynamoStore {
             .condition_expression("attribute_not_exists(job_id)")
             .build()
             .expect("table and item are set");
-        // One transaction: the job, its key item and its owner's counter, each conditional. Key and
-        // counter items live in the same table under partition keys no job id can take (`idem#...`,
+        // One transaction: the job, its key item and its owner's slot, each conditional. Key and
+        // slot items live in the same table under partition keys no job id can take (`idem#...`,
         // `user#...`), so no second table is needed, and they stay out of the `by_user` index.
         let mut items = vec![TransactWriteItem::builder().put(put_job).build()];
         let key_at = how.key.as_ref().map(|key| {
@@ -232,16 +228,7 @@ impl JobStore for DynamoStore {
             items.len() - 1
         });
         let counter_at = how.in_flight_cap.map(|cap| {
-            let update = Update::builder()
-                .table_name(&self.table)
-                .set_key(Some(counter_key(&job.user_id)))
-                .update_expression("SET in_flight = if_not_exists(in_flight, :zero) + :one")
-                .condition_expression("attribute_not_exists(in_flight) OR in_flight < :cap")
-                .expression_attribute_values(":zero", num(0))
-                .expression_attribute_values(":one", num(1))
-                .expression_attribute_values(":cap", num(cap))
-                .build()
-                .expect("table, key and expression are set");
+            let update = slot_update(&self.table, job, 1, Some(cap));
             items.push(TransactWriteItem::builder().update(update).build());
             items.len() - 1
         });
@@ -278,6 +265,46 @@ impl JobStore for DynamoStore {
         Err(StoreError::Conflict { current: None })
     }
 
+    async fn held_key(
+        &self,
+        key: &KeyReservation,
+        now_secs: i64,
+    ) -> Result<Option<Created>, StoreError> {
+        let held = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("job_id", AttributeValue::S(idem_key(key)))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(unavailable)?
+            .item;
+        let Some(held) = held else { return Ok(None) };
+        let text = |k: &str| match held.get(k) {
+            Some(AttributeValue::S(s)) => Ok(s.clone()),
+            _ => Err(StoreError::Corrupt {
+                source: format!("idempotency item lacks {k}").into(),
+            }),
+        };
+        let expired = match held.get("expires_at") {
+            Some(AttributeValue::N(n)) => n.parse::<i64>().map_or(true, |e| e < now_secs),
+            _ => true,
+        };
+        if expired {
+            return Ok(None);
+        }
+        let job_id = JobId::parse(&text("target_job_id")?)
+            .map_err(|e| StoreError::Corrupt { source: e.into() })?;
+        Ok(Some(Created::Existing {
+            job_id,
+            request_hash: text("request_hash")?,
+        }))
+    }
+}
+
+#[async_trait]
+impl JobReader for DynamoStore {
     async fn get(&self, id: &JobId) -> Result<Option<Job>, StoreError> {
         let out = self
             .client
@@ -290,7 +317,10 @@ impl JobStore for DynamoStore {
             .map_err(unavailable)?;
         out.item.map(from_item).transpose()
     }
+}
 
+#[async_trait]
+impl JobClaimer for DynamoStore {
     async fn claim(
         &self,
         id: &JobId,
@@ -348,6 +378,10 @@ impl JobStore for DynamoStore {
         }
     }
 
+}
+
+#[async_trait]
+impl JobWriter for DynamoStore {
     async fn replace(&self, from: &Job, to: &Job) -> Result<(), StoreError> {
         let delta = from.slot_change(to);
         let landed_or_conflict =
@@ -381,7 +415,7 @@ impl JobStore for DynamoStore {
                 },
             };
         }
-        // The job's write and its owner's counter move together, so the count stays exact.
+        // The job's write and its owner's slot move together, so the set stays exact.
         let put = Put::builder()
             .table_name(&self.table)
             .set_item(Some(to_item(to)))
@@ -389,13 +423,7 @@ impl JobStore for DynamoStore {
             .expression_attribute_values(":prev", num(from.version))
             .build()
             .expect("table and item are set");
-        let count = Update::builder()
-            .table_name(&self.table)
-            .set_key(Some(counter_key(&to.user_id)))
-            .update_expression("ADD in_flight :delta")
-            .expression_attribute_values(":delta", num(delta))
-            .build()
-            .expect("table, key and expression are set");
+        let count = slot_update(&self.table, to, delta, None);
         let items = vec![
             TransactWriteItem::builder().put(put).build(),
             TransactWriteItem::builder().update(count).build(),
@@ -409,6 +437,10 @@ impl JobStore for DynamoStore {
         }
     }
 
+}
+
+#[async_trait]
+impl JobLister for DynamoStore {
     async fn list(&self, user: &str, query: &ListQuery) -> Result<Vec<Job>, StoreError> {
         let start = query.after.as_ref().map(|(t, id)| {
             let mut key = Self::key(id);
@@ -442,24 +474,122 @@ impl JobStore for DynamoStore {
         .await
     }
 
+}
+
+#[async_trait]
+impl CancelSignals for DynamoStore {
+    async fn signal_cancel(&self, id: &JobId, expires_at: i64) -> Result<(), StoreError> {
+        let mut item = cancel_key(id);
+        item.insert("expires_at".into(), num(expires_at));
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .send()
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl CancelWatch for DynamoStore {
+    async fn cancel_signalled(&self, id: &JobId) -> Result<bool, StoreError> {
+        // Eventually consistent: half the price, and a mark is seen well within the poll period.
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(cancel_key(id)))
+            .projection_expression("job_id")
+            .send()
+            .await
+            .map_err(unavailable)?;
+        Ok(out.item.is_some())
+    }
+}
+
+#[async_trait]
+impl SlotLedger for DynamoStore {
     async fn in_flight(&self, user: &str) -> Result<i64, StoreError> {
         let out = self
             .client
             .get_item()
             .table_name(&self.table)
-            .set_key(Some(counter_key(user)))
+            .set_key(Some(slots_key(user)))
             .consistent_read(true)
             .send()
             .await
             .map_err(unavailable)?;
-        match out.item.as_ref().and_then(|i| i.get("in_flight")) {
-            Some(AttributeValue::N(n)) => n.parse().map_err(|e| StoreError::Corrupt {
-                source: format!("in-flight counter {n:?}: {e}").into(),
+        match out.item.as_ref().and_then(|i| i.get("slots")) {
+            Some(AttributeValue::Ss(ids)) => Ok(ids.len() as i64),
+            Some(other) => Err(StoreError::Corrupt {
+                source: format!("slots item holds {other:?}").into(),
             }),
-            _ => Ok(0),
+            None => Ok(0),
         }
     }
 
+    async fn all_slots(&self) -> Result<Vec<Slots>, StoreError> {
+        let mut found = Vec::new();
+        let mut start = None;
+        loop {
+            let out = self
+                .client
+                .scan()
+                .table_name(&self.table)
+                .filter_expression("begins_with(job_id, :p) AND attribute_exists(slots)")
+                .expression_attribute_values(":p", AttributeValue::S(SLOTS_PREFIX.into()))
+                .consistent_read(true)
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(unavailable)?;
+            for item in out.items.unwrap_or_default() {
+                let (Some(AttributeValue::S(user_id)), Some(AttributeValue::Ss(ids))) =
+                    (item.get("owner"), item.get("slots"))
+                else {
+                    continue;
+                };
+                let jobs = ids.iter().filter_map(|id| JobId::parse(id).ok()).collect();
+                found.push(Slots {
+                    user_id: user_id.clone(),
+                    jobs,
+                });
+            }
+            start = out.last_evaluated_key;
+            if start.is_none() {
+                return Ok(found);
+            }
+        }
+    }
+
+    async fn release_slots(&self, user: &str, jobs: &[JobId]) -> Result<(), StoreError> {
+        if jobs.is_empty() {
+            return Ok(());
+        }
+        let ids = AttributeValue::Ss(jobs.iter().map(ToString::to_string).collect());
+        self.client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(slots_key(user)))
+            .update_expression("DELETE slots :ids")
+            .condition_expression("attribute_exists(job_id)")
+            .expression_attribute_values(":ids", ids)
+            .send()
+            .await
+            .map(|_| ())
+            .or_else(|e| match e.into_service_error() {
+                UpdateItemError::ConditionalCheckFailedException(_) => Ok(()),
+                other => Err(StoreError::Unavailable {
+                    source: other.into(),
+                }),
+            })
+    }
+}
+
+#[async_trait]
+impl JobScanner for DynamoStore {
     async fn stale_jobs(
         &self,
         before: Millis,

@@ -1,13 +1,16 @@
-//! The embedded `JobStore`: jobs in a map behind a mutex. Same contract as DynamoDB, held to it by the
+//! The embedded store: jobs in a map behind a mutex. Same contract as DynamoDB, held to it by the
 //! conformance suite; used by `jobctl dev` and by fast tests.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Mutex, MutexGuard};
 
 use async_trait::async_trait;
 
-use super::{Created, Insert, JobStore, KeyReservation, ListQuery, StoreError};
-use crate::job::{Job, JobId, Millis};
+use super::{
+    CancelSignals, CancelWatch, Created, Insert, JobClaimer, JobInserter, JobLister, JobReader,
+    JobScanner, JobWriter, KeyReservation, ListQuery, SlotLedger, Slots, StoreError,
+};
+use crate::job::{Job, JobId, JobStatus, Millis};
 
 #[derive(Debug, Default)]
 pub struct MemoryStore {
@@ -19,8 +22,9 @@ struct State {
     jobs: HashMap<JobId, Job>,
     /// scoped key -> (job, reservation).
     keys: HashMap<String, (JobId, KeyReservation)>,
-    /// user -> counted jobs in flight.
-    in_flight: HashMap<String, i64>,
+    /// user -> their counted jobs in flight.
+    slots: HashMap<String, BTreeSet<JobId>>,
+    cancel_signals: HashSet<JobId>,
 }
 
 impl MemoryStore {
@@ -33,10 +37,30 @@ impl MemoryStore {
         // after all its checks passed, and none of the inserts panics.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    /// Deletes a job as DynamoDB's TTL would, leaving its key and slot items alone (for tests).
+    pub fn expire(&self, id: &JobId) {
+        self.state().jobs.remove(id);
+    }
+}
+
+impl State {
+    fn move_slot(&mut self, from: &Job, to: &Job) {
+        let slots = self.slots.entry(to.user_id.clone()).or_default();
+        match from.slot_change(to) {
+            1 => {
+                slots.insert(to.job_id.clone());
+            }
+            -1 => {
+                slots.remove(&to.job_id);
+            }
+            _ => {}
+        }
+    }
 }
 
 #[async_trait]
-impl JobStore for MemoryStore {
+impl JobInserter for MemoryStore {
     async fn insert(&self, job: &Job, how: &Insert) -> Result<Created, StoreError> {
         debug_assert_eq!(job.counted, how.in_flight_cap.is_some());
         let mut st = self.state();
@@ -56,11 +80,11 @@ impl JobStore for MemoryStore {
             None => {}
         }
         if let Some(cap) = how.in_flight_cap {
-            let n = st.in_flight.entry(job.user_id.clone()).or_default();
-            if *n >= i64::from(cap) {
+            let slots = st.slots.entry(job.user_id.clone()).or_default();
+            if slots.len() >= cap as usize {
                 return Err(StoreError::InFlightCapReached);
             }
-            *n += 1;
+            slots.insert(job.job_id.clone());
         }
         st.jobs.insert(job.job_id.clone(), job.clone());
         if let Some(key) = &how.key {
@@ -70,10 +94,32 @@ impl JobStore for MemoryStore {
         Ok(Created::New)
     }
 
+    async fn held_key(
+        &self,
+        key: &KeyReservation,
+        now_secs: i64,
+    ) -> Result<Option<Created>, StoreError> {
+        Ok(self
+            .state()
+            .keys
+            .get(&key.scoped_key)
+            .filter(|(_, held)| held.expires_at >= now_secs)
+            .map(|(job_id, held)| Created::Existing {
+                job_id: job_id.clone(),
+                request_hash: held.request_hash.clone(),
+            }))
+    }
+}
+
+#[async_trait]
+impl JobReader for MemoryStore {
     async fn get(&self, id: &JobId) -> Result<Option<Job>, StoreError> {
         Ok(self.state().jobs.get(id).cloned())
     }
+}
 
+#[async_trait]
+impl JobClaimer for MemoryStore {
     async fn claim(
         &self,
         id: &JobId,
@@ -97,14 +143,17 @@ impl JobStore for MemoryStore {
         st.jobs.insert(id.clone(), claimed.clone());
         Ok(claimed)
     }
+}
 
+#[async_trait]
+impl JobWriter for MemoryStore {
     async fn replace(&self, from: &Job, to: &Job) -> Result<(), StoreError> {
         let mut st = self.state();
         match st.jobs.get(&to.job_id) {
             // Writing what is already stored is a no-op, as for a retried write that landed.
             Some(cur) if cur == to => Ok(()),
             Some(cur) if cur.version == from.version => {
-                *st.in_flight.entry(to.user_id.clone()).or_default() += from.slot_change(to);
+                st.move_slot(from, to);
                 st.jobs.insert(to.job_id.clone(), to.clone());
                 Ok(())
             }
@@ -114,7 +163,10 @@ impl JobStore for MemoryStore {
             None => Err(StoreError::NotFound),
         }
     }
+}
 
+#[async_trait]
+impl JobLister for MemoryStore {
     async fn list(&self, user: &str, query: &ListQuery) -> Result<Vec<Job>, StoreError> {
         let st = self.state();
         let mut jobs: Vec<&Job> = st
@@ -131,18 +183,60 @@ impl JobStore for MemoryStore {
         jobs.sort_by(|a, b| (b.submitted_at, &b.job_id).cmp(&(a.submitted_at, &a.job_id)));
         Ok(jobs.into_iter().take(query.limit).cloned().collect())
     }
+}
 
+#[async_trait]
+impl CancelSignals for MemoryStore {
+    async fn signal_cancel(&self, id: &JobId, _expires_at: i64) -> Result<(), StoreError> {
+        self.state().cancel_signals.insert(id.clone());
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl CancelWatch for MemoryStore {
+    async fn cancel_signalled(&self, id: &JobId) -> Result<bool, StoreError> {
+        Ok(self.state().cancel_signals.contains(id))
+    }
+}
+
+#[async_trait]
+impl SlotLedger for MemoryStore {
     async fn in_flight(&self, user: &str) -> Result<i64, StoreError> {
-        Ok(self.state().in_flight.get(user).copied().unwrap_or(0))
+        Ok(self.state().slots.get(user).map_or(0, |s| s.len() as i64))
     }
 
+    async fn all_slots(&self) -> Result<Vec<Slots>, StoreError> {
+        Ok(self
+            .state()
+            .slots
+            .iter()
+            .filter(|(_, jobs)| !jobs.is_empty())
+            .map(|(user, jobs)| Slots {
+                user_id: user.clone(),
+                jobs: jobs.iter().cloned().collect(),
+            })
+            .collect())
+    }
+
+    async fn release_slots(&self, user: &str, jobs: &[JobId]) -> Result<(), StoreError> {
+        if let Some(slots) = self.state().slots.get_mut(user) {
+            for id in jobs {
+                slots.remove(id);
+            }
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl JobScanner for MemoryStore {
     async fn stale_jobs(
         &self,
         before: Millis,
         now: Millis,
         limit: usize,
     ) -> Result<Vec<Job>, StoreError> {
-        use crate::job::JobStatus;
         let mut stale: Vec<Job> = self
             .state()
             .jobs

@@ -1,10 +1,17 @@
-//! Where jobs live. `JobStore` is the port; `dynamo` (aws-sdk-dynamodb) and `memory` (embedded) are its
-//! adapters. The store never decides a transition: it persists what [`crate::job`] computed, over the
-//! version that value was computed from, so a concurrent change is detected instead of overwritten.
+//! Where jobs live: capability-shaped ports, their DynamoDB (`dynamo`) and embedded (`memory`) adapters,
+//! and the one bounded read-modify-write loop every writer uses.
+//!
+//! The store never decides a transition: it persists what [`crate::job`] computed, over the version that
+//! value was computed from, so a concurrent change is detected instead of overwritten.
+//!
+//! Each capability is one trait, and each function's port is the set its IAM policy allows (see
+//! template.yaml): [`SubmitStore`] (insert, read, write), [`StatusStore`] (read, list, write, cancel
+//! signals), [`WorkerStore`] (read, claim, write, read cancel signals), [`SweepStore`] (scan, read, write,
+//! slots). A function handed the wrong port fails to compile, not at runtime with AccessDenied.
 
 use async_trait::async_trait;
 
-use crate::handler::BoxError;
+use crate::error::BoxError;
 use crate::job::{Job, JobId, JobStatus, Millis};
 
 pub mod dynamo;
@@ -54,19 +61,19 @@ pub struct KeyReservation {
     pub expires_at: i64,
 }
 
-/// How [`JobStore::insert`] stores a new job.
+/// How [`JobInserter::insert`] stores a new job.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Insert {
     /// Reserve this idempotency key for the job; if it names a job already, that job is the answer.
     pub key: Option<KeyReservation>,
-    /// Take a slot of the owner's in-flight count, failing with `InFlightCapReached` when it holds this
+    /// Take a slot of the owner's in-flight set, failing with `InFlightCapReached` when it holds this
     /// many already. Set exactly when the job is [`Job::counted`].
     pub in_flight_cap: Option<u32>,
     /// Now, in epoch seconds: keys expired before it are free.
     pub now_secs: i64,
 }
 
-/// The outcome of [`JobStore::insert`].
+/// The outcome of [`JobInserter::insert`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Created {
     /// The job was stored (and the key, if any, now names it).
@@ -75,7 +82,7 @@ pub enum Created {
     Existing { job_id: JobId, request_hash: String },
 }
 
-/// A page request of [`JobStore::list`]: one owner's jobs, newest first.
+/// A page request of [`JobLister::list`]: one owner's jobs, newest first.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListQuery {
     pub status: Option<JobStatus>,
@@ -84,24 +91,61 @@ pub struct ListQuery {
     pub after: Option<(Millis, JobId)>,
 }
 
-/// Persistence of job records. Every method is a single atomic operation on one job, and safe to retry:
-/// repeating a write that already landed (the SDK retries when a response is lost) succeeds again instead
-/// of reporting a conflict with itself.
+/// One owner's in-flight slots: the ids of their counted jobs not yet finished.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Slots {
+    pub user_id: String,
+    pub jobs: Vec<JobId>,
+}
+
+// Every method below is a single atomic operation, and safe to retry: repeating a write that already
+// landed (the SDK retries when a response is lost) succeeds again instead of reporting a conflict with
+// itself.
+
+/// Reads a job (GetItem), strongly consistent.
 #[async_trait]
-pub trait JobStore: Send + Sync {
+pub trait JobReader: Send + Sync {
+    async fn get(&self, id: &JobId) -> Result<Option<Job>, StoreError>;
+}
+
+/// Compare-and-set writes of a job (PutItem/UpdateItem).
+#[async_trait]
+pub trait JobWriter: Send + Sync {
+    /// Replaces `from` (as read) with `to`, computed from it, if the stored version is still
+    /// `from.version`; `Conflict` otherwise. The owner's in-flight slot is taken or released by
+    /// [`Job::slot_change`] in the same atomic write.
+    async fn replace(&self, from: &Job, to: &Job) -> Result<(), StoreError>;
+}
+
+/// New jobs (PutItem, UpdateItem of key and slot items).
+#[async_trait]
+pub trait JobInserter: Send + Sync {
     /// Stores a new job, atomically with its idempotency key and its in-flight slot when asked: either
     /// all are written or nothing is. `AlreadyExists` if its id is taken; `InFlightCapReached` if the
     /// owner is at the cap; `Existing` if the key names a job already (checked before the cap).
     async fn insert(&self, job: &Job, how: &Insert) -> Result<Created, StoreError>;
 
+    /// The job an unexpired idempotency key names (`Created::Existing`), if any (a GetItem: a retry is
+    /// answered before any write or queue check).
+    async fn held_key(&self, key: &KeyReservation, now_secs: i64)
+    -> Result<Option<Created>, StoreError>;
+
     /// Stores a new job with no key and no cap; `AlreadyExists` if its id is taken.
     async fn create(&self, job: &Job) -> Result<(), StoreError> {
         self.insert(job, &Insert::default()).await.map(|_| ())
     }
+}
 
-    /// Reads a job, strongly consistent.
-    async fn get(&self, id: &JobId) -> Result<Option<Job>, StoreError>;
+/// One owner's jobs (Query on the `by_user` index).
+#[async_trait]
+pub trait JobLister: Send + Sync {
+    /// Up to `query.limit` of `user`'s jobs, newest first. A query, never a scan.
+    async fn list(&self, user: &str, query: &ListQuery) -> Result<Vec<Job>, StoreError>;
+}
 
+/// The worker's claim (one conditional UpdateItem).
+#[async_trait]
+pub trait JobClaimer: Send + Sync {
     /// Atomically applies [`Job::claim`]: leases the job to `owner` until `lease_expires_at` and counts an
     /// attempt, if [`Job::claimable`] holds at `now`. Returns the claimed job; `Conflict` with the current
     /// job if it is not claimable; `NotFound` if it does not exist.
@@ -112,25 +156,122 @@ pub trait JobStore: Send + Sync {
         lease_expires_at: Millis,
         now: Millis,
     ) -> Result<Job, StoreError>;
+}
 
-    /// Replaces `from` (as read) with `to`, computed from it, if the stored version is still
-    /// `from.version` (compare-and-set); `Conflict` otherwise. The owner's in-flight count moves by
-    /// [`Job::slot_change`] in the same atomic write.
-    async fn replace(&self, from: &Job, to: &Job) -> Result<(), StoreError>;
+/// Cancel requests of running jobs, kept in a small item apart from the job, so a running attempt can
+/// look for one every few seconds for the price of reading a few bytes, not the whole job record.
+#[async_trait]
+pub trait CancelSignals: Send + Sync {
+    /// Marks `id` as asked to stop (PutItem); the mark expires at `expires_at` (epoch seconds).
+    async fn signal_cancel(&self, id: &JobId, expires_at: i64) -> Result<(), StoreError>;
+}
 
-    /// Up to `query.limit` of `user`'s jobs, newest first. A query, never a scan (the `by_user` index).
-    async fn list(&self, user: &str, query: &ListQuery) -> Result<Vec<Job>, StoreError>;
+/// The running attempt's side of [`CancelSignals`] (GetItem).
+#[async_trait]
+pub trait CancelWatch: Send + Sync {
+    /// Whether `id` was asked to stop (an eventually consistent read of the mark).
+    async fn cancel_signalled(&self, id: &JobId) -> Result<bool, StoreError>;
+}
 
-    /// How many of `user`'s counted jobs are in flight (the counter the cap checks).
+/// In-flight slots (GetItem, Scan, UpdateItem of slot items): what the cap counts, and the sweep's repair.
+#[async_trait]
+pub trait SlotLedger: Send + Sync {
+    /// How many slots `user` holds (the number the cap checks).
     async fn in_flight(&self, user: &str) -> Result<i64, StoreError>;
+    /// Every owner's slots (a scan: for the periodic sweep only).
+    async fn all_slots(&self) -> Result<Vec<Slots>, StoreError>;
+    /// Releases the slots of these jobs, which are finished or gone (idempotent).
+    async fn release_slots(&self, user: &str, jobs: &[JobId]) -> Result<(), StoreError>;
+}
 
-    /// Up to `limit` jobs the sweep must look at (see [`crate::recovery`]): still `queued` and not
+/// Jobs nothing will move again (Scan): for the periodic sweep only.
+#[async_trait]
+pub trait JobScanner: Send + Sync {
+    /// Up to `limit` jobs the sweep must look at (see [`crate::sweep`]): still `queued` and not
     /// updated since `before` (a lost message?), or `running` on their last attempt under a lease
-    /// expired at `now` (a dead runner). A full scan on DynamoDB: for a periodic sweep, not a request.
+    /// expired at `now` (a dead runner).
     async fn stale_jobs(
         &self,
         before: Millis,
         now: Millis,
         limit: usize,
     ) -> Result<Vec<Job>, StoreError>;
+}
+
+/// The submit function's port: insert, read (replays), write (a failed enqueue).
+pub trait SubmitStore: JobInserter + JobReader + JobWriter {}
+impl<T: JobInserter + JobReader + JobWriter + ?Sized> SubmitStore for T {}
+
+/// The status function's port: read, list, and cancel (a write and a signal).
+pub trait StatusStore: JobReader + JobLister + JobWriter + CancelSignals {}
+impl<T: JobReader + JobLister + JobWriter + CancelSignals + ?Sized> StatusStore for T {}
+
+/// The worker's port: claim, read, write, and watch for cancel signals.
+pub trait WorkerStore: JobClaimer + JobReader + JobWriter + CancelWatch {}
+impl<T: JobClaimer + JobReader + JobWriter + CancelWatch + ?Sized> WorkerStore for T {}
+
+/// The sweep's port: scan, read, write, and repair slots.
+pub trait SweepStore: JobScanner + JobReader + JobWriter + SlotLedger {}
+impl<T: JobScanner + JobReader + JobWriter + SlotLedger + ?Sized> SweepStore for T {}
+
+/// Every capability: what an adapter implements and what a bundle holds.
+pub trait JobStore: SubmitStore + StatusStore + WorkerStore + SweepStore {}
+impl<T: SubmitStore + StatusStore + WorkerStore + SweepStore + ?Sized> JobStore for T {}
+
+/// What a read-modify-write step decided about the job it was shown.
+pub enum Change<T> {
+    /// Write this new version (computed from the one shown), then return `T`.
+    Write(Job, T),
+    /// Nothing to write: return `T`.
+    Keep(T),
+}
+
+/// Why [`read_modify_write`] gave up.
+#[derive(Debug, thiserror::Error)]
+pub enum RmwError<E> {
+    /// The step refused the job as it is.
+    #[error("refused")]
+    Refused(E),
+    #[error("job not found")]
+    NotFound,
+    /// Other writers kept changing the job.
+    #[error("the job kept changing")]
+    Contended,
+    #[error(transparent)]
+    Store(StoreError),
+}
+
+/// Writes every conflict loop of the kit: shows `step` the job (`current`, else read by `id`), writes
+/// its new version with a compare-and-set, and on a conflict shows it the fresh job again, at most
+/// `tries` times.
+pub async fn read_modify_write<S, T, E>(
+    store: &S,
+    id: &JobId,
+    mut current: Option<Job>,
+    tries: usize,
+    mut step: impl FnMut(&Job) -> Result<Change<T>, E>,
+) -> Result<(Job, T), RmwError<E>>
+where
+    S: JobReader + JobWriter + ?Sized,
+{
+    for _ in 0..tries.max(1) {
+        let job = match current.take() {
+            Some(job) => job,
+            None => store
+                .get(id)
+                .await
+                .map_err(RmwError::Store)?
+                .ok_or(RmwError::NotFound)?,
+        };
+        match step(&job).map_err(RmwError::Refused)? {
+            Change::Keep(t) => return Ok((job, t)),
+            Change::Write(next, t) => match store.replace(&job, &next).await {
+                Ok(()) => return Ok((next, t)),
+                Err(StoreError::Conflict { current: fresh }) => current = fresh.map(|j| *j),
+                Err(StoreError::NotFound) => return Err(RmwError::NotFound),
+                Err(e) => return Err(RmwError::Store(e)),
+            },
+        }
+    }
+    Err(RmwError::Contended)
 }

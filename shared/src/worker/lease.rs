@@ -4,16 +4,20 @@
 //! heartbeats extend it (and the message's visibility) while the handler runs, so a worker that dies is
 //! noticed within one lease, not at the end of a 15-minute invocation. Every write — heartbeat,
 //! checkpoint, progress, the final outcome — is a compare-and-set on the version the keeper last wrote;
-//! if someone else changed the job meanwhile and the lease is still ours, the change is re-applied to the
-//! fresh copy; if the lease is gone, the attempt has lost the job and must stop.
+//! if someone else changed the job meanwhile (a cancel request) and the lease is still ours, the change is
+//! re-applied to the fresh copy; if the lease is gone, the attempt has lost the job and must stop.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use async_trait::async_trait;
 use tokio::sync::Mutex;
 
-use crate::job::{IllegalTransition, Job, Millis};
-use crate::store::{JobStore, StoreError};
+use crate::clock::{Millis, SharedClock};
+use crate::handler::{Attempt, JobError};
+use crate::job::{IllegalTransition, Job, Progress};
+use crate::json::Json;
+use crate::store::{Change, RmwError, StoreError, WorkerStore, read_modify_write};
 
 /// Why a lease-holder write failed.
 #[derive(Debug, thiserror::Error)]
@@ -27,10 +31,11 @@ pub enum LeaseError {
 
 /// Serialises one attempt's writes to its job.
 pub struct LeaseKeeper {
-    store: Arc<dyn JobStore>,
+    store: Arc<dyn WorkerStore>,
+    clock: SharedClock,
     owner: String,
     job: Mutex<Job>,
-    /// Mirrors the latest known job's `cancel_requested`, readable without waiting for a write.
+    /// The job's cancel request as last seen (a write, a heartbeat, or the cancel signal).
     cancel_requested: AtomicBool,
 }
 
@@ -39,52 +44,87 @@ pub struct LeaseKeeper {
 const MAX_CONFLICTS: usize = 5;
 
 impl LeaseKeeper {
-    pub fn new(store: Arc<dyn JobStore>, owner: String, claimed: Job) -> Arc<Self> {
+    pub fn new(
+        store: Arc<dyn WorkerStore>,
+        clock: SharedClock,
+        owner: String,
+        claimed: Job,
+    ) -> Arc<Self> {
         Arc::new(Self {
             store,
+            clock,
             owner,
             cancel_requested: AtomicBool::new(claimed.cancel_requested),
             job: Mutex::new(claimed),
         })
     }
 
-    /// Whether the job's owner asked to cancel it, as of the last write or heartbeat (a cancel request
-    /// changes the job's version, so the next heartbeat re-reads it).
     pub fn cancel_requested(&self) -> bool {
         self.cancel_requested.load(Ordering::Relaxed)
     }
 
-    /// Computes a new version with `change` (given the owner and the current job) and writes it.
+    /// Records that the job's owner asked to stop it (seen through the cancel signal).
+    pub fn note_cancel_requested(&self) {
+        self.cancel_requested.store(true, Ordering::Relaxed);
+    }
+
+    /// Computes a new version with `change` (given the current job, the owner and now) and writes it.
     pub async fn update(
         &self,
         change: impl Fn(&Job, &str, Millis) -> Result<Job, IllegalTransition>,
     ) -> Result<Job, LeaseError> {
-        let mut job = self.job.lock().await;
-        for _ in 0..MAX_CONFLICTS {
-            let next =
-                change(&job, &self.owner, crate::now_millis()).map_err(|_| LeaseError::Lost)?;
-            match self.store.replace(&job, &next).await {
-                Ok(()) => {
-                    *job = next.clone();
-                    return Ok(next);
-                }
-                Err(StoreError::Conflict { .. }) => {
-                    // Someone else wrote; if the lease is still ours, apply the change to their version.
-                    match self.store.get(&job.job_id).await? {
-                        Some(fresh)
-                            if fresh.lease_owner.as_deref() == Some(self.owner.as_str()) =>
-                        {
-                            self.cancel_requested
-                                .store(fresh.cancel_requested, Ordering::Relaxed);
-                            *job = fresh
-                        }
-                        _ => return Err(LeaseError::Lost),
-                    }
-                }
-                Err(StoreError::NotFound) => return Err(LeaseError::Lost),
-                Err(e) => return Err(e.into()),
+        let mut held = self.job.lock().await;
+        let id = held.job_id.clone();
+        let step = |job: &Job| {
+            if job.lease_owner.as_deref() != Some(self.owner.as_str()) {
+                return Err(());
+            }
+            if job.cancel_requested {
+                self.note_cancel_requested();
+            }
+            let next = change(job, &self.owner, self.clock.now()).map_err(|_| ())?;
+            Ok(Change::Write(next, ()))
+        };
+        match read_modify_write(&*self.store, &id, Some(held.clone()), MAX_CONFLICTS, step).await {
+            Ok((written, ())) => {
+                *held = written.clone();
+                Ok(written)
+            }
+            Err(RmwError::Store(e)) => Err(e.into()),
+            Err(RmwError::Refused(()) | RmwError::NotFound | RmwError::Contended) => {
+                Err(LeaseError::Lost)
             }
         }
-        Err(LeaseError::Lost)
+    }
+
+    fn job_error(e: LeaseError) -> JobError {
+        match e {
+            LeaseError::Lost => {
+                JobError::retryable("lease_lost", "another attempt owns the job now")
+            }
+            LeaseError::Store(e) => JobError::retryable("store_unavailable", e),
+        }
+    }
+}
+
+/// What a handler's context writes through.
+#[async_trait]
+impl Attempt for LeaseKeeper {
+    async fn save_checkpoint(&self, checkpoint: Json) -> Result<(), JobError> {
+        self.update(|job, owner, now| job.save_checkpoint(owner, checkpoint.clone(), now))
+            .await
+            .map(drop)
+            .map_err(Self::job_error)
+    }
+
+    async fn progress(&self, progress: Progress) -> Result<(), JobError> {
+        self.update(|job, owner, now| job.report_progress(owner, progress.clone(), now))
+            .await
+            .map(drop)
+            .map_err(Self::job_error)
+    }
+
+    fn cancel_requested(&self) -> bool {
+        LeaseKeeper::cancel_requested(self)
     }
 }

@@ -1,35 +1,38 @@
-//! Batch processing: the worker Lambda's whole job, written against the store and queue ports.
+//! The worker core: deliveries in, one verdict per delivery out. Written against the ports only; the
+//! Lambda adapter ([`crate::lambda`]) maps an SQS event to deliveries and verdicts to a partial batch
+//! response, and the local event source hands deliveries in straight from a queue.
 //!
-//! For each SQS record, independently and concurrently (bounded): decode the body, claim the job with a
-//! lease, run its handler with panics caught, persist the outcome over the claimed version, and decide the
-//! message's fate. A record is reported as a batch item failure only when it must come back; its visibility
-//! is set first, so it comes back after the backoff rather than after the queue's long default.
+//! For each delivery, independently and concurrently (bounded): decode the body, claim the job with a
+//! lease, run its handler with panics caught while heartbeating, [`decide`] what the outcome means (pure),
+//! and apply that decision. A delivery gets a `Retry` verdict only when its message must come back; its
+//! visibility is set first, so it comes back after the backoff rather than after the queue's long default.
 //!
 //! Delivery is at least once; completion is at most once: a job is completed only by the holder of its
 //! lease, through a compare-and-set on the version it claimed. A duplicate delivery of a finished job is
 //! acknowledged without running it; one of a job another worker is running comes back when that lease ends.
 
-mod backoff;
-pub(crate) mod lease;
+mod decide;
+mod lease;
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
-use aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
-use lambda_runtime::LambdaEvent;
+use tokio::sync::watch;
 use tracing::Instrument;
 
-pub use backoff::Backoff;
+pub use decide::{Decision, Facts, decide};
+pub use lease::{LeaseError, LeaseKeeper};
 
-use crate::handler::{HandlerRegistry, JobContext, JobError, Output};
-use crate::job::{ErrorInfo, Job, JobStatus, MAX_RESULT_BYTES, Millis};
-use crate::queue::{JobMessage, JobQueue, MAX_VISIBILITY};
-use crate::store::{JobStore, StoreError};
-use crate::{config::Config, now_millis};
-use lease::{LeaseError, LeaseKeeper};
+use crate::clock::{Millis, SharedClock};
+use crate::config::Config;
+use crate::handler::{Attached, HandlerRegistry, JobContext, JobError, Output};
+use crate::job::{Job, JobStatus};
+use crate::queue::{Delivery, JobMessage, MAX_VISIBILITY, WorkerQueue};
+use crate::retry::Backoff;
+use crate::store::{StoreError, WorkerStore};
 
 /// How the worker retries and leases.
 #[derive(Debug, Clone, PartialEq)]
@@ -44,6 +47,8 @@ pub struct WorkerSettings {
     pub lease: Duration,
     /// How long before the invocation deadline [`JobContext::should_yield`] turns true.
     pub yield_margin: Duration,
+    /// How often a running job looks for a cancel request (one read of a few bytes).
+    pub cancel_poll: Duration,
 }
 
 impl WorkerSettings {
@@ -54,6 +59,7 @@ impl WorkerSettings {
             concurrency: c.worker_concurrency,
             lease: Duration::from_secs(60),
             yield_margin: Duration::from_secs(60),
+            cancel_poll: Duration::from_secs(5),
         }
     }
 }
@@ -62,11 +68,11 @@ impl WorkerSettings {
 #[derive(Debug, Clone, Default)]
 pub struct Invocation {
     pub request_id: String,
-    /// When Lambda will stop the invocation (epoch ms); `None` outside Lambda.
+    /// When the invocation must end (epoch ms); `None` when nothing stops it.
     pub deadline: Option<Millis>,
 }
 
-/// What happened to one record; logged and counted.
+/// What happened to one delivery; logged and counted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Outcome {
     Completed,
@@ -87,127 +93,127 @@ pub enum Outcome {
     Continued,
     /// The job's owner cancelled it: it stopped (or never started) and is `cancelled`.
     Cancelled,
+    /// The worker was stopping: the job was given back unfinished, for another worker.
+    Released,
     /// The store or queue failed: the message comes back with backoff.
     Unavailable,
 }
 
-/// The batch response plus what happened to each record, in record order.
+/// A delivery's fate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Done with: delete the message.
+    Ack,
+    /// Leave the message; it comes back after this delay (already set as its visibility).
+    Retry(Duration),
+}
+
+/// What happened to a batch, in delivery order.
 #[derive(Debug, Default)]
 pub struct BatchResult {
-    pub response: SqsBatchResponse,
     pub outcomes: Vec<Outcome>,
+    pub verdicts: Vec<Verdict>,
+    /// Message ids whose verdict is `Retry`: the partial batch failures.
+    pub failures: Vec<String>,
 }
 
 /// The worker: dependencies built once per cold start, shared by every invocation.
 pub struct Worker {
-    store: Arc<dyn JobStore>,
-    queue: Arc<dyn JobQueue>,
+    store: Arc<dyn WorkerStore>,
+    queue: Arc<dyn WorkerQueue>,
     registry: HandlerRegistry,
     settings: WorkerSettings,
+    clock: SharedClock,
+    /// Turns true when the process is stopping: running jobs are given back.
+    stop: watch::Receiver<bool>,
 }
 
-/// A record's fate: acknowledged, or back on the queue after a delay.
-type Verdict = (Outcome, Option<Duration>);
+type Graded = (Outcome, Verdict);
 
 impl Worker {
     pub fn new(
-        store: Arc<dyn JobStore>,
-        queue: Arc<dyn JobQueue>,
+        store: Arc<dyn WorkerStore>,
+        queue: Arc<dyn WorkerQueue>,
         registry: HandlerRegistry,
         settings: WorkerSettings,
+        clock: SharedClock,
     ) -> Self {
         Self {
             store,
             queue,
             registry,
             settings,
+            clock,
+            stop: watch::channel(false).1,
         }
     }
 
-    /// The Lambda entry point.
-    pub async fn handle(
-        &self,
-        event: LambdaEvent<SqsEvent>,
-    ) -> Result<SqsBatchResponse, lambda_runtime::Error> {
-        let deadline = event
-            .context
-            .deadline
-            .try_into()
-            .ok()
-            .filter(|d: &Millis| *d > 0);
-        let inv = Invocation {
-            request_id: event.context.request_id,
-            deadline,
-        };
-        Ok(self.process_batch(event.payload, &inv).await.response)
+    /// Gives running jobs back (released, their messages visible at once) when `stop` turns true.
+    pub fn with_stop(mut self, stop: watch::Receiver<bool>) -> Self {
+        self.stop = stop;
+        self
     }
 
-    /// Processes a batch; never fails as a whole. Records without a message id cannot be reported and are
-    /// only logged (Lambda would treat an empty item identifier as a failure of the entire batch).
-    pub async fn process_batch(&self, event: SqsEvent, inv: &Invocation) -> BatchResult {
+    pub fn settings(&self) -> &WorkerSettings {
+        &self.settings
+    }
+
+    /// Processes a batch; never fails as a whole.
+    pub async fn process(&self, deliveries: &[Delivery], inv: &Invocation) -> BatchResult {
         // Futures built up front and boxed with an explicit `Send` bound: a closure inside the stream
         // defeats the compiler's `Send` proof (rust-lang/rust#102211), and a batch could not run on a
         // spawned task.
-        let jobs: Vec<BoxFuture<'_, (usize, Verdict)>> = event
-            .records
+        let jobs: Vec<BoxFuture<'_, (usize, Graded)>> = deliveries
             .iter()
             .enumerate()
-            .map(|(i, rec)| {
-                Box::pin(async move { (i, self.guarded(rec, inv).await) }) as BoxFuture<'_, _>
-            })
+            .map(|(i, d)| Box::pin(async move { (i, self.guarded(d, inv).await) }) as BoxFuture<'_, _>)
             .collect();
-        let verdicts: Vec<(usize, Verdict)> = futures::stream::iter(jobs)
+        let mut graded: Vec<(usize, Graded)> = futures::stream::iter(jobs)
             .buffer_unordered(self.settings.concurrency.max(1))
             .collect()
             .await;
-
-        let mut ordered = verdicts;
-        ordered.sort_by_key(|(i, _)| *i);
+        graded.sort_by_key(|(i, _)| *i);
         let mut result = BatchResult::default();
-        for (i, (outcome, retry_in)) in ordered {
-            let rec = &event.records[i];
+        for (i, (outcome, verdict)) in graded {
+            let d = &deliveries[i];
             result.outcomes.push(outcome);
-            let Some(delay) = retry_in else { continue };
-            let Some(id) = rec.message_id.as_deref().filter(|id| !id.is_empty()) else {
-                tracing::error!("record without a message id cannot be reported as failed");
+            result.verdicts.push(verdict);
+            let Verdict::Retry(delay) = verdict else {
                 continue;
             };
-            if let Some(receipt) = rec.receipt_handle.as_deref() {
-                // Best effort: if it fails, the message returns after the queue's default visibility.
-                if let Err(e) = self.queue.change_visibility(receipt, delay).await {
-                    tracing::warn!(message_id = id, error = %e, "could not set retry visibility");
-                }
+            // Best effort: if it fails, the message returns after the queue's default visibility.
+            if let Err(e) = self.queue.change_visibility(&d.receipt_handle, delay).await {
+                tracing::warn!(message_id = %d.message_id, error = %e, "could not set retry visibility");
             }
-            result.response.add_failure(id);
+            result.failures.push(d.message_id.clone());
         }
         result
     }
 
-    /// [`Self::process_record`], isolated: our own code does not panic on purpose, but if it ever does,
-    /// only this record fails.
-    async fn guarded(&self, rec: &SqsMessage, inv: &Invocation) -> Verdict {
-        AssertUnwindSafe(self.process_record(rec, inv))
+    /// [`Self::process_one`], isolated: our own code does not panic on purpose, but if it ever does,
+    /// only this delivery fails.
+    async fn guarded(&self, d: &Delivery, inv: &Invocation) -> Graded {
+        AssertUnwindSafe(self.process_one(d, inv))
             .catch_unwind()
             .await
             .unwrap_or_else(|_| {
-                tracing::error!(message_id = ?rec.message_id, "worker panicked on a record");
-                (
-                    Outcome::Unavailable,
-                    Some(self.settings.backoff.delay(receive_count(rec))),
-                )
+                tracing::error!(message_id = %d.message_id, "worker panicked on a delivery");
+                (Outcome::Unavailable, self.backoff(d.receive_count))
             })
     }
 
-    async fn process_record(&self, rec: &SqsMessage, inv: &Invocation) -> Verdict {
-        let attempt_no = receive_count(rec);
-        let backoff = || Some(self.settings.backoff.delay(attempt_no));
-        let Some(msg) = rec.body.as_deref().and_then(|b| JobMessage::decode(b).ok()) else {
-            tracing::error!(message_id = ?rec.message_id, "malformed job message");
-            return (Outcome::Malformed, backoff());
+    fn backoff(&self, attempt: u32) -> Verdict {
+        Verdict::Retry(self.settings.backoff.delay(attempt))
+    }
+
+    async fn process_one(&self, d: &Delivery, inv: &Invocation) -> Graded {
+        let Ok(msg) = JobMessage::decode(&d.body) else {
+            tracing::error!(message_id = %d.message_id, "malformed job message");
+            return (Outcome::Malformed, self.backoff(d.receive_count));
         };
-        let span = tracing::info_span!("job", job_id = %msg.job_id, kind = %msg.kind, receive = attempt_no);
+        let span = tracing::info_span!("job", job_id = %msg.job_id, kind = %msg.kind, receive = d.receive_count);
         async {
-            let now = now_millis();
+            let now = self.clock.now();
             let owner = format!("{}:{:016x}", inv.request_id, rand::random::<u64>());
             let lease_until = now + self.settings.lease.as_millis() as Millis;
             match self
@@ -215,48 +221,15 @@ impl Worker {
                 .claim(&msg.job_id, &owner, lease_until, now)
                 .await
             {
-                Ok(job) if job.cancel_requested => {
-                    // Its cancellation was requested before it ran (its runner died after the
-                    // request): recorded `cancelled` without running the handler.
-                    let keeper = LeaseKeeper::new(self.store.clone(), owner, job);
-                    self.record_cancelled(&keeper, 1).await
-                }
-                Ok(job) => self.run(job, owner, rec, inv).await,
+                Ok(job) => self.run(job, owner, d, inv).await,
                 Err(StoreError::NotFound) => {
                     tracing::error!("message for a job that does not exist");
-                    (Outcome::Missing, backoff())
+                    (Outcome::Missing, self.backoff(d.receive_count))
                 }
-                Err(StoreError::Conflict { current: Some(job) })
-                    if job.effective_status(now) == JobStatus::DeadLetter =>
-                {
-                    // Every message of a dead-lettered job belongs in the DLQ, where the tools find and
-                    // redrive it: back at once, until SQS moves it there. A job whose runner died on
-                    // its last attempt is recorded dead now (best effort: reads already say so).
-                    if let Ok(buried) = job.bury(now) {
-                        let _ = self.store.replace(&job, &buried).await;
-                    }
-                    tracing::info!("delivery of a dead-lettered job; on its way to the DLQ");
-                    (Outcome::DeadLettered, Some(Duration::ZERO))
-                }
-                Err(StoreError::Conflict { current: Some(job) }) if job.status.is_terminal() => {
-                    tracing::info!(status = %job.status, "duplicate delivery of a finished job");
-                    (Outcome::AlreadyFinished, None)
-                }
-                Err(StoreError::Conflict { current: Some(job) })
-                    if job.status == JobStatus::Running =>
-                {
-                    let left = job.lease_expires_at.unwrap_or(now) - now;
-                    let wait =
-                        Duration::from_millis(left.max(0) as u64 + 1_000).min(MAX_VISIBILITY);
-                    tracing::info!(
-                        retry_in_ms = wait.as_millis() as u64,
-                        "job is running elsewhere"
-                    );
-                    (Outcome::Busy, Some(wait))
-                }
+                Err(StoreError::Conflict { current: Some(job) }) => self.not_claimed(&job, now).await,
                 Err(e) => {
                     tracing::warn!(error = %e, "could not claim job");
-                    (Outcome::Unavailable, backoff())
+                    (Outcome::Unavailable, self.backoff(d.receive_count))
                 }
             }
         }
@@ -264,214 +237,207 @@ impl Worker {
         .await
     }
 
-    /// Keeps the message hidden while the lease is live, and half a lease more (best effort: if it shows
-    /// up early, the next receiver finds the job busy and puts it back).
-    async fn hide(&self, rec: &SqsMessage) {
-        if let Some(receipt) = rec.receipt_handle.as_deref() {
-            let _ = self
-                .queue
-                .change_visibility(receipt, self.settings.lease.mul_f32(1.5))
-                .await;
+    /// A delivery of a job that could not be claimed.
+    async fn not_claimed(&self, job: &Job, now: Millis) -> Graded {
+        if job.effective_status(now) == JobStatus::DeadLetter {
+            // Every message of a dead-lettered job belongs in the DLQ, where the tools find and redrive
+            // it: back at once, until SQS moves it there. A job whose runner died on its last attempt
+            // is recorded dead now (best effort: reads already say so, and the sweep would).
+            if let Ok(buried) = job.bury(now) {
+                let _ = self.store.replace(job, &buried).await;
+            }
+            tracing::info!("delivery of a dead-lettered job; on its way to the DLQ");
+            return (Outcome::DeadLettered, Verdict::Retry(Duration::ZERO));
         }
+        if job.status.is_terminal() {
+            tracing::info!(status = %job.status, "duplicate delivery of a finished job");
+            return (Outcome::AlreadyFinished, Verdict::Ack);
+        }
+        let left = job.lease_expires_at.unwrap_or(now) - now;
+        let wait = Duration::from_millis(left.max(0) as u64 + 1_000).min(MAX_VISIBILITY);
+        tracing::info!(retry_in_ms = wait.as_millis() as u64, "job is running elsewhere");
+        (Outcome::Busy, Verdict::Retry(wait))
     }
 
-    /// Runs the handler while heartbeating: every third of a lease, the lease and the message's
-    /// visibility are extended. Returns `None` if the lease was lost (the run is abandoned).
+    /// Keeps the message hidden while the lease is live, and half a lease more (best effort: if it shows
+    /// up early, the next receiver finds the job busy and puts it back).
+    async fn hide(&self, d: &Delivery) {
+        let _ = self
+            .queue
+            .change_visibility(&d.receipt_handle, self.settings.lease.mul_f32(1.5))
+            .await;
+    }
+
+    /// Runs a claimed job, decides, applies.
+    async fn run(&self, job: Job, owner: String, d: &Delivery, inv: &Invocation) -> Graded {
+        let keeper = LeaseKeeper::new(self.store.clone(), self.clock.clone(), owner, job.clone());
+        if job.cancel_requested {
+            // Asked to stop before it ran (its runner died after the request): not run at all.
+            return self.apply(Decision::Cancel, &keeper, &job, d).await;
+        }
+        let started = std::time::Instant::now();
+        self.hide(d).await;
+        let ran = match self.run_handler(&job, &keeper, d, inv).await {
+            Run::Finished(ran) => ran,
+            Run::LeaseLost => return (Outcome::LeaseLost, Verdict::Ack),
+            Run::Stopped => return self.release(&keeper).await,
+        };
+        let facts = Facts {
+            receive_count: d.receive_count,
+            cancel_requested: keeper.cancel_requested(),
+            max_attempts: self.settings.max_attempts,
+            backoff: self.settings.backoff,
+            jitter: rand::random::<f64>(),
+        };
+        let graded = self.apply(decide(ran, &job, facts), &keeper, &job, d).await;
+        tracing::info!(outcome = ?graded.0, attempt = job.attempts, elapsed_ms = started.elapsed().as_millis() as u64, "job attempt finished");
+        graded
+    }
+
+    /// Runs the handler while heartbeating (every third of a lease: the lease and the message's
+    /// visibility are extended) and watching for cancel requests (every `cancel_poll`).
     async fn run_handler(
         &self,
         job: &Job,
         keeper: &Arc<LeaseKeeper>,
-        rec: &SqsMessage,
+        d: &Delivery,
         inv: &Invocation,
-    ) -> Option<Result<Output, JobError>> {
+    ) -> Run {
         let Some(handler) = self.registry.get(&job.kind) else {
-            return Some(Err(JobError::terminal(
+            return Run::Finished(Err(JobError::terminal(
                 "unknown_kind",
                 format!("no handler is registered for kind {:?}", job.kind),
             )));
         };
         let ctx = JobContext::attached(
+            Attached {
+                job_id: job.job_id.clone(),
+                kind: job.kind.clone(),
+                attempt: job.attempts,
+                max_attempts: job.max_attempts,
+                checkpoint: job.checkpoint.clone(),
+                deadline: inv.deadline,
+                yield_margin: self.settings.yield_margin,
+                clock: self.clock.clone(),
+            },
             keeper.clone(),
-            job,
-            inv.deadline,
-            self.settings.yield_margin,
         );
-        let run = AssertUnwindSafe(handler.run(job.input.clone(), ctx)).catch_unwind();
+        let run = AssertUnwindSafe(handler.run_json(&job.input, ctx)).catch_unwind();
         tokio::pin!(run);
         let mut beat = tokio::time::interval(self.settings.lease / 3);
         beat.tick().await; // the first tick is immediate: the claim just set the lease
+        let mut poll = tokio::time::interval(self.settings.cancel_poll);
+        poll.tick().await;
+        let mut stop = self.stop.clone();
+        let stopping = async move {
+            // A worker whose stop sender is gone is never stopped.
+            if stop.wait_for(|s| *s).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::pin!(stopping);
         loop {
             tokio::select! {
                 ran = &mut run => {
-                    return Some(ran.unwrap_or_else(|panic| Err(JobError::retryable("panic", panic_message(&panic)))));
+                    return Run::Finished(ran.unwrap_or_else(|panic| Err(JobError::retryable("panic", panic_message(&panic)))));
                 }
                 _ = beat.tick() => {
                     let lease = self.settings.lease.as_millis() as Millis;
                     match keeper.update(|j, owner, now| j.heartbeat(owner, now + lease, now)).await {
-                        Ok(_) => self.hide(rec).await,
+                        Ok(_) => self.hide(d).await,
                         Err(LeaseError::Lost) => {
                             tracing::warn!("lease lost while running; abandoning the attempt");
-                            return None;
+                            return Run::LeaseLost;
                         }
                         // The lease may still be valid; keep going and try at the next beat.
                         Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
                     }
                 }
+                _ = poll.tick(), if !keeper.cancel_requested() => {
+                    if let Ok(true) = self.store.cancel_signalled(&job.job_id).await {
+                        keeper.note_cancel_requested();
+                    }
+                }
+                () = &mut stopping => return Run::Stopped,
             }
         }
     }
 
-    /// Runs a claimed job and records its outcome.
-    async fn run(&self, job: Job, owner: String, rec: &SqsMessage, inv: &Invocation) -> Verdict {
-        let started = std::time::Instant::now();
-        let receive_count = receive_count(rec);
-        self.hide(rec).await;
-        let keeper = LeaseKeeper::new(self.store.clone(), owner, job.clone());
-        let Some(ran) = self.run_handler(&job, &keeper, rec, inv).await else {
-            return (Outcome::LeaseLost, None);
-        };
-        let elapsed_ms = started.elapsed().as_millis() as u64;
-        // The attempt that reaches maxReceiveCount is the last one SQS delivers: the job is dead-lettered
-        // now, before SQS moves the message, so its record says why.
-        let last_attempt = job.attempts.max(receive_count) >= self.settings.max_attempts;
-        let cancelled =
-            matches!(ran, Err(JobError::Cancelled)) || (ran.is_err() && keeper.cancel_requested());
-        if cancelled {
-            // The owner asked it to stop and it did: whatever error it stopped with, it is cancelled.
-            return self.record_cancelled(&keeper, job.attempts).await;
-        }
-        if let Err(JobError::Yield) = ran {
-            return self.continue_later(&keeper, rec).await;
-        }
-        let fail = |to, code: String, message: String, retryable| {
-            let e = error_info(code, message, retryable);
-            move |j: &Job, owner: &str, now| j.fail(owner, to, e.clone(), now)
-        };
-        let (written, verdict) = match ran {
-            Ok(out)
-                if serde_json::to_vec(&out.result).map_or(0, |v| v.len()) > MAX_RESULT_BYTES =>
-            {
-                let f = fail(
-                    JobStatus::Failed,
-                    "result_too_large".into(),
-                    format!("result exceeds {MAX_RESULT_BYTES} bytes"),
-                    false,
-                );
-                (keeper.update(f).await, (Outcome::Failed, None))
-            }
-            Ok(out) => (
+    /// Writes `decision` while holding the lease, and grades the delivery.
+    async fn apply(&self, decision: Decision, keeper: &LeaseKeeper, job: &Job, d: &Delivery) -> Graded {
+        let (written, graded) = match decision {
+            Decision::Continue => return self.continue_later(keeper, d).await,
+            Decision::Complete { result, warnings } => (
                 keeper
-                    .update(|j, owner, now| {
-                        j.complete(owner, out.result.clone(), out.warnings.clone(), now)
-                    })
+                    .update(|j, owner, now| j.complete(owner, result.clone(), warnings.clone(), now))
                     .await,
-                (Outcome::Completed, None),
+                (Outcome::Completed, Verdict::Ack),
             ),
-            Err(JobError::Terminal { code, source }) => (
-                keeper
-                    .update(fail(JobStatus::Failed, code, source.to_string(), false))
-                    .await,
-                (Outcome::Failed, None),
+            Decision::Fail(e) => (
+                keeper.update(|j, owner, now| j.fail(owner, JobStatus::Failed, e.clone(), now)).await,
+                (Outcome::Failed, Verdict::Ack),
             ),
-            Err(JobError::Retryable { code, source, .. }) if last_attempt => (
-                keeper
-                    .update(fail(JobStatus::DeadLetter, code, source.to_string(), true))
-                    .await,
+            Decision::DeadLetter(e) => (
+                keeper.update(|j, owner, now| j.fail(owner, JobStatus::DeadLetter, e.clone(), now)).await,
                 // Back at once so SQS moves it to the DLQ on its next receive.
-                (Outcome::DeadLettered, Some(Duration::ZERO)),
+                (Outcome::DeadLettered, Verdict::Retry(Duration::ZERO)),
             ),
-            Err(JobError::Retryable {
-                code,
-                source,
-                after,
-            }) => {
-                let delay = after.unwrap_or_else(|| self.settings.backoff.delay(job.attempts));
-                (
-                    keeper
-                        .update(fail(JobStatus::Retrying, code, source.to_string(), true))
-                        .await,
-                    (Outcome::Retrying, Some(delay.min(MAX_VISIBILITY))),
-                )
-            }
-            Err(JobError::Yield | JobError::Cancelled) => unreachable!("handled above"),
+            Decision::Retry { error, after } => (
+                keeper.update(|j, owner, now| j.fail(owner, JobStatus::Retrying, error.clone(), now)).await,
+                (Outcome::Retrying, Verdict::Retry(after)),
+            ),
+            Decision::Cancel => (
+                keeper.update(|j, owner, now| j.stop_cancelled(owner, now)).await,
+                (Outcome::Cancelled, Verdict::Ack),
+            ),
         };
         match written {
-            Ok(_) => {
-                tracing::info!(outcome = ?verdict.0, attempt = job.attempts, elapsed_ms, "job attempt finished");
-                verdict
-            }
+            Ok(_) => graded,
             Err(LeaseError::Lost) => {
                 // Someone claimed the job after our lease expired; their run decides. Our message (if it
                 // is still ours) is acknowledged: the job's fate no longer depends on it.
-                tracing::warn!(elapsed_ms, "lease lost while running; result dropped");
-                (Outcome::LeaseLost, None)
+                tracing::warn!("lease lost while running; result dropped");
+                (Outcome::LeaseLost, Verdict::Ack)
             }
             Err(LeaseError::Store(e)) => {
                 tracing::warn!(error = %e, "could not record the outcome; the job will run again");
-                (
-                    Outcome::Unavailable,
-                    Some(self.settings.backoff.delay(job.attempts)),
-                )
+                (Outcome::Unavailable, self.backoff(job.attempts))
             }
-        }
-    }
-
-    /// Records `cancelled` for a job the keeper holds; if that cannot be written now, the message
-    /// comes back after the backoff for attempt `attempt`.
-    async fn record_cancelled(&self, keeper: &LeaseKeeper, attempt: u32) -> Verdict {
-        match keeper
-            .update(|j, owner, now| j.stop_cancelled(owner, now))
-            .await
-        {
-            Ok(_) => (Outcome::Cancelled, None),
-            Err(LeaseError::Lost) => (Outcome::LeaseLost, None),
-            Err(LeaseError::Store(_)) => (
-                Outcome::Unavailable,
-                Some(self.settings.backoff.delay(attempt)),
-            ),
         }
     }
 
     /// A yield: a new message carries the job on (sent first: if we die before the job is written back
     /// to `queued`, that message finds the lease expired and claims it), then the job is suspended and
     /// this message acknowledged.
-    async fn continue_later(&self, keeper: &LeaseKeeper, rec: &SqsMessage) -> Verdict {
-        let body = rec.body.clone().unwrap_or_default();
-        if let Err(e) = self.queue.send(&body, Duration::ZERO).await {
+    async fn continue_later(&self, keeper: &LeaseKeeper, d: &Delivery) -> Graded {
+        if let Err(e) = self.queue.send(&d.body, Duration::ZERO).await {
             tracing::warn!(error = %e, "could not send the continuation; retrying the attempt");
-            return (Outcome::Unavailable, Some(self.settings.backoff.delay(1)));
+            return (Outcome::Unavailable, self.backoff(1));
         }
         match keeper.update(|j, owner, now| j.suspend(owner, now)).await {
-            Ok(j) => {
-                tracing::info!(
-                    continuations = j.continuations,
-                    "job yielded; continues in a new message"
-                );
-                (Outcome::Continued, None)
-            }
-            Err(e) => {
-                // The continuation message finds the lease expired and resumes from the checkpoint.
-                tracing::warn!(error = %e, "could not suspend the job");
-                (Outcome::Continued, None)
-            }
+            Ok(j) => tracing::info!(continuations = j.continuations, "job yielded; continues in a new message"),
+            // The continuation message finds the lease expired and resumes from the checkpoint.
+            Err(e) => tracing::warn!(error = %e, "could not suspend the job"),
         }
+        (Outcome::Continued, Verdict::Ack)
+    }
+
+    /// The worker is stopping: the job goes back to `queued` (its attempt given back) and its message is
+    /// visible at once, so another worker takes it without waiting for the lease to expire.
+    async fn release(&self, keeper: &LeaseKeeper) -> Graded {
+        if let Err(e) = keeper.update(|j, owner, now| j.release(owner, now)).await {
+            tracing::warn!(error = %e, "could not release the job; it is free again when its lease ends");
+        }
+        tracing::info!("worker stopping: job released");
+        (Outcome::Released, Verdict::Retry(Duration::ZERO))
     }
 }
 
-fn error_info(code: impl Into<String>, message: String, retryable: bool) -> ErrorInfo {
-    ErrorInfo {
-        code: code.into(),
-        message,
-        retryable,
-    }
-}
-
-/// The record's ApproximateReceiveCount (1 when absent).
-fn receive_count(rec: &SqsMessage) -> u32 {
-    rec.attributes
-        .get("ApproximateReceiveCount")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1)
+/// How a handler run ended.
+enum Run {
+    Finished(Result<Output, JobError>),
+    LeaseLost,
+    Stopped,
 }
 
 fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {

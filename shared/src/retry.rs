@@ -1,5 +1,6 @@
-//! Retry delays: exponential backoff with full jitter (AWS Architecture Blog, "Exponential Backoff and
-//! Jitter"): spreading retries uniformly over [0, cap] keeps a burst of failures from retrying in lockstep.
+//! Retry delays, a leaf of the module graph: exponential backoff with full jitter (AWS Architecture Blog,
+//! "Exponential Backoff and Jitter"): spreading retries uniformly over [0, cap] keeps a burst of failures
+//! from retrying in lockstep.
 
 use std::time::Duration;
 

@@ -1,0 +1,221 @@
+//! [`JobContext`]: what a running handler knows about its job and how it talks back.
+
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::JobError;
+use crate::clock::{Millis, SharedClock, SystemClock};
+use crate::job::{JobId, MAX_CHECKPOINT_BYTES, Progress};
+use crate::json::Json;
+
+/// The running attempt's side of the context: writes that need the attempt's lease, and the cancel flag.
+/// Implemented by the worker; this trait is what keeps the handler API free of the worker's internals.
+#[async_trait]
+pub trait Attempt: Send + Sync {
+    async fn save_checkpoint(&self, checkpoint: Json) -> Result<(), JobError>;
+    async fn progress(&self, progress: Progress) -> Result<(), JobError>;
+    /// Whether the job's owner asked to cancel it, as last seen.
+    fn cancel_requested(&self) -> bool;
+}
+
+/// What a running handler knows about its job, and how it talks back (checkpoints, progress, warnings).
+/// Cheap to clone.
+#[derive(Clone)]
+pub struct JobContext {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    job_id: JobId,
+    kind: String,
+    attempt: u32,
+    max_attempts: u32,
+    checkpoint: Option<Json>,
+    /// When the invocation ends (epoch ms), if it does.
+    deadline: Option<Millis>,
+    /// How long before the deadline a handler should yield.
+    yield_margin: Duration,
+    clock: SharedClock,
+    /// The running attempt; `None` for a detached context (handler unit tests).
+    attempt_handle: Option<Arc<dyn Attempt>>,
+    warnings: Mutex<Vec<String>>,
+}
+
+impl fmt::Debug for JobContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JobContext")
+            .field("job_id", &self.inner.job_id)
+            .field("attempt", &self.inner.attempt)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How a worker attaches a context to a claimed job.
+pub struct Attached {
+    pub job_id: JobId,
+    pub kind: String,
+    pub attempt: u32,
+    pub max_attempts: u32,
+    pub checkpoint: Option<Json>,
+    pub deadline: Option<Millis>,
+    pub yield_margin: Duration,
+    pub clock: SharedClock,
+}
+
+impl JobContext {
+    /// A context not attached to a stored job: writes are accepted and dropped. For handler unit tests.
+    pub fn new(
+        job_id: JobId,
+        kind: String,
+        attempt: u32,
+        max_attempts: u32,
+        checkpoint: Option<Json>,
+    ) -> Self {
+        Self::build(
+            Attached {
+                job_id,
+                kind,
+                attempt,
+                max_attempts,
+                checkpoint,
+                deadline: None,
+                yield_margin: Duration::ZERO,
+                clock: Arc::new(SystemClock),
+            },
+            None,
+        )
+    }
+
+    /// The context of a claimed job, writing through `handle`.
+    pub fn attached(a: Attached, handle: Arc<dyn Attempt>) -> Self {
+        Self::build(a, Some(handle))
+    }
+
+    fn build(a: Attached, handle: Option<Arc<dyn Attempt>>) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                job_id: a.job_id,
+                kind: a.kind,
+                attempt: a.attempt,
+                max_attempts: a.max_attempts,
+                checkpoint: a.checkpoint,
+                deadline: a.deadline,
+                yield_margin: a.yield_margin,
+                clock: a.clock,
+                attempt_handle: handle,
+                warnings: Mutex::new(Vec::new()),
+            }),
+        }
+    }
+
+    pub fn job_id(&self) -> &JobId {
+        &self.inner.job_id
+    }
+
+    pub fn kind(&self) -> &str {
+        &self.inner.kind
+    }
+
+    /// 1 on the first run, incremented on every retry (continuations after a yield do not count).
+    pub fn attempt(&self) -> u32 {
+        self.inner.attempt
+    }
+
+    pub fn max_attempts(&self) -> u32 {
+        self.inner.max_attempts
+    }
+
+    /// The last checkpoint saved by an earlier attempt or continuation, decoded: resume from here.
+    /// `None` on a first run; a checkpoint that does not decode as `T` fails the job (`invalid_checkpoint`).
+    pub fn checkpoint<T: DeserializeOwned>(&self) -> Result<Option<T>, JobError> {
+        self.inner
+            .checkpoint
+            .as_ref()
+            .map(|c| c.decode())
+            .transpose()
+            .map_err(|e| JobError::terminal("invalid_checkpoint", e))
+    }
+
+    /// Time left before the invocation's deadline; `None` when there is none.
+    pub fn remaining(&self) -> Option<Duration> {
+        let left = self.inner.deadline? - self.inner.clock.now();
+        Some(Duration::from_millis(left.max(0) as u64))
+    }
+
+    /// Whether the deadline is close enough that the handler should save a checkpoint and return
+    /// [`JobError::Yield`], to continue in a fresh invocation.
+    pub fn should_yield(&self) -> bool {
+        self.remaining()
+            .is_some_and(|left| left <= self.inner.yield_margin)
+    }
+
+    /// Whether the job's owner asked to cancel it (`DELETE /jobs/{id}`), seen within a few seconds. A
+    /// handler that checks it between steps should return [`JobError::Cancelled`] (or use
+    /// [`Self::check_cancelled`]). Any error returned after a cancel request also ends the job
+    /// `cancelled`; a success is kept.
+    pub fn cancel_requested(&self) -> bool {
+        self.inner
+            .attempt_handle
+            .as_ref()
+            .is_some_and(|a| a.cancel_requested())
+    }
+
+    /// `Err(JobError::Cancelled)` once cancellation was requested, for `?` between a handler's steps.
+    pub fn check_cancelled(&self) -> Result<(), JobError> {
+        if self.cancel_requested() {
+            Err(JobError::Cancelled)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Saves a checkpoint (at most [`MAX_CHECKPOINT_BYTES`] serialized). A retry or continuation of the
+    /// job starts with it in [`Self::checkpoint`].
+    pub async fn save_checkpoint<T: Serialize + ?Sized>(&self, value: &T) -> Result<(), JobError> {
+        let checkpoint =
+            Json::encode(value).map_err(|e| JobError::terminal("invalid_checkpoint", e))?;
+        if checkpoint.len() > MAX_CHECKPOINT_BYTES {
+            return Err(JobError::terminal(
+                "checkpoint_too_large",
+                format!("a checkpoint may be at most {MAX_CHECKPOINT_BYTES} bytes"),
+            ));
+        }
+        match &self.inner.attempt_handle {
+            Some(a) => a.save_checkpoint(checkpoint).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Reports progress, shown to pollers of the job.
+    pub async fn progress(&self, percent: u8, message: impl Into<String>) -> Result<(), JobError> {
+        let progress = Progress {
+            percent: percent.min(100),
+            message: message.into(),
+        };
+        match &self.inner.attempt_handle {
+            Some(a) => a.progress(progress).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Records a non-fatal problem the job worked around; shown with its result.
+    pub fn warn(&self, warning: impl Into<String>) {
+        self.warnings().push(warning.into());
+    }
+
+    pub(super) fn take_warnings(&self) -> Vec<String> {
+        std::mem::take(&mut *self.warnings())
+    }
+
+    fn warnings(&self) -> std::sync::MutexGuard<'_, Vec<String>> {
+        self.inner
+            .warnings
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+}

@@ -1,0 +1,181 @@
+//! [`Json`]: a JSON document kept as its exact text. A leaf of the module graph.
+//!
+//! Job inputs, results and checkpoints pass through the kit without being reinterpreted: parsing into
+//! `serde_json::Value` would turn `12345678901234567890123` into `1.2345678901234568e29`, and a hash over
+//! the re-serialized value would no longer be a hash over what the client sent. So payloads stay text
+//! (validated, with insignificant whitespace removed) and are decoded once, by the handler, into the type
+//! it declares.
+
+use std::fmt;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::value::RawValue;
+
+/// A valid JSON document, minified, exactly as submitted otherwise (numbers keep every digit).
+#[derive(Clone)]
+pub struct Json(Box<RawValue>);
+
+impl Json {
+    /// Validates and minifies `text`.
+    pub fn parse(text: &str) -> Result<Self, serde_json::Error> {
+        let raw: &RawValue = serde_json::from_str(text)?;
+        let min = minify(raw.get());
+        Ok(Self(RawValue::from_string(min)?))
+    }
+
+    /// Serializes `value` (numbers as the type writes them: exact for integers of any width it has).
+    pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Self, serde_json::Error> {
+        Ok(Self(serde_json::value::to_raw_value(value)?))
+    }
+
+    /// Decodes into the type a handler declares.
+    pub fn decode<T: DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
+        serde_json::from_str(self.0.get())
+    }
+
+    /// As a `Value` (numbers beyond f64 lose precision there: prefer [`Self::decode`] to a typed value).
+    pub fn to_value(&self) -> serde_json::Value {
+        self.decode().expect("a Json is valid JSON")
+    }
+
+    /// The text.
+    pub fn get(&self) -> &str {
+        self.0.get()
+    }
+
+    /// Its size in bytes, as stored.
+    pub fn len(&self) -> usize {
+        self.0.get().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+}
+
+impl From<serde_json::Value> for Json {
+    fn from(v: serde_json::Value) -> Self {
+        Self::encode(&v).expect("a Value always serializes")
+    }
+}
+
+impl PartialEq for Json {
+    fn eq(&self, other: &Self) -> bool {
+        self.get() == other.get()
+    }
+}
+
+/// Compares as JSON values (for tests and assertions: `job.input == json!({..})`).
+impl PartialEq<serde_json::Value> for Json {
+    fn eq(&self, other: &serde_json::Value) -> bool {
+        self.to_value() == *other
+    }
+}
+
+impl fmt::Debug for Json {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.get())
+    }
+}
+
+impl fmt::Display for Json {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.get())
+    }
+}
+
+/// Written verbatim into the enclosing document.
+impl Serialize for Json {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Json {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = Box::<RawValue>::deserialize(d)?;
+        Ok(Self(
+            RawValue::from_string(minify(raw.get())).map_err(serde::de::Error::custom)?,
+        ))
+    }
+}
+
+/// `text` (valid JSON) without whitespace outside strings.
+fn minify(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let (mut in_string, mut escaped) = (false, false);
+    for c in text.chars() {
+        if in_string {
+            out.push(c);
+            match (escaped, c) {
+                (true, _) => escaped = false,
+                (false, '\\') => escaped = true,
+                (false, '"') => in_string = false,
+                _ => {}
+            }
+        } else if c == '"' {
+            in_string = true;
+            out.push(c);
+        } else if !c.is_ascii_whitespace() {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Serde adapter for storage: a [`Json`] stored as a string (DynamoDB maps nest at most 32 deep and its
+/// numbers are not JSON's).
+pub mod as_string {
+    use super::Json;
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+    pub fn serialize<S: Serializer>(v: &Json, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(v.get())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Json, D::Error> {
+        let raw = String::deserialize(d)?;
+        Json::parse(&raw).map_err(D::Error::custom)
+    }
+
+    /// [`as_string`](self) for optional fields.
+    pub mod opt {
+        use super::Json;
+        use serde::{Deserialize, Deserializer, Serializer};
+
+        pub fn serialize<S: Serializer>(v: &Option<Json>, s: S) -> Result<S::Ok, S::Error> {
+            match v {
+                Some(v) => super::serialize(v, s),
+                None => s.serialize_none(),
+            }
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Json>, D::Error> {
+            #[derive(Deserialize)]
+            struct Wrap(#[serde(with = "super")] Json);
+            Ok(Option::<Wrap>::deserialize(d)?.map(|w| w.0))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn large_numbers_keep_every_digit_and_whitespace_goes() {
+        let j = Json::parse("{ \"n\" : 12345678901234567890123 , \"s\": \"a b\\\" c\" }").unwrap();
+        assert_eq!(j.get(), r#"{"n":12345678901234567890123,"s":"a b\" c"}"#);
+        let back: Json = serde_json::from_str(&serde_json::to_string(&j).unwrap()).unwrap();
+        assert_eq!(back, j);
+        assert_ne!(Json::parse("12345678901234567890123").unwrap(), Json::parse("12345678901234567890124").unwrap());
+    }
+
+    #[test]
+    fn invalid_json_is_rejected() {
+        assert!(Json::parse("{").is_err());
+        assert!(Json::parse("").is_err());
+        assert!(Json::parse("1 2").is_err());
+    }
+}

@@ -1,0 +1,112 @@
+//! The sweep: repairs what no message will ever move again. Run on a schedule by its own function
+//! (`SweepFunction` in template.yaml, the only one allowed to Scan) or by `jobctl sweep`:
+//!
+//! - A submit that crashed between its DynamoDB write and its SQS send leaves a `queued` job no message
+//!   will bring to a worker. A retried submit with the same Idempotency-Key re-sends it (see `api`); for
+//!   the rest, the sweep re-sends every job still `queued` and untouched for longer than the threshold. A
+//!   job merely waiting in a deep backlog gets a duplicate message, which the worker's claim makes
+//!   harmless; a lost one gets its only message.
+//! - A worker that died on a job's last attempt leaves it `running` under an expired lease; SQS moves its
+//!   message to the DLQ on the next receive, so no worker records the end. Reads already say
+//!   `dead_letter`; the sweep writes it, which also frees the owner's in-flight slot.
+//! - An owner's in-flight slots can outlive their jobs only if a job record disappears unfinished (TTL,
+//!   or an operator's delete): the sweep releases every slot whose job is gone or finished.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::clock::SharedClock;
+use crate::error::BoxError;
+use crate::job::JobStatus;
+use crate::queue::{JobMessage, JobSender};
+use crate::store::{StoreError, SweepStore};
+
+/// How long a job may sit `queued` and untouched before a sweep presumes its message lost: far longer
+/// than any send, and than a healthy queue's wait.
+pub const SWEEP_AFTER: Duration = Duration::from_secs(15 * 60);
+
+/// Jobs handled per sweep at most (the next sweep takes the rest).
+pub const SWEEP_LIMIT: usize = 1000;
+
+/// What a sweep did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct SweepReport {
+    /// Queued jobs whose message was sent again.
+    pub resent: usize,
+    /// Jobs whose last attempt died, recorded `dead_letter`.
+    pub buried: usize,
+    /// In-flight slots released because their job was gone or finished.
+    pub slots_released: usize,
+}
+
+/// The sweep's dependencies: exactly what its function's IAM policy allows.
+pub struct Sweeper {
+    pub store: Arc<dyn SweepStore>,
+    pub queue: Arc<dyn JobSender>,
+    pub clock: SharedClock,
+}
+
+impl Sweeper {
+    /// Re-sends the messages of jobs `queued` and untouched for longer than `older_than`, records
+    /// `dead_letter` for jobs whose last attempt's lease expired, and releases orphaned slots.
+    pub async fn sweep(&self, older_than: Duration) -> Result<SweepReport, BoxError> {
+        let now = self.clock.now();
+        let stale = self
+            .store
+            .stale_jobs(now - older_than.as_millis() as i64, now, SWEEP_LIMIT)
+            .await?;
+        // Either write may lose to a worker that got there first: that is fine, the job moved on.
+        let lost_race = |r: Result<(), StoreError>| match r {
+            Ok(()) | Err(StoreError::Conflict { .. }) => Ok(()),
+            Err(e) => Err(e),
+        };
+        let mut report = SweepReport::default();
+        for job in stale {
+            if job.status == JobStatus::Running {
+                if let Ok(dead) = job.bury(self.clock.now()) {
+                    lost_race(self.store.replace(&job, &dead).await)?;
+                    tracing::warn!(job_id = %job.job_id, "recorded a job whose last attempt died as dead_letter");
+                    report.buried += 1;
+                }
+                continue;
+            }
+            let msg = JobMessage {
+                job_id: job.job_id.clone(),
+                kind: job.kind.clone(),
+            };
+            self.queue.send(&msg.encode(), Duration::ZERO).await?;
+            // Touch it so the next sweep does not send again at once.
+            if let Ok(touched) = job.resent(self.clock.now()) {
+                lost_race(self.store.replace(&job, &touched).await)?;
+            }
+            tracing::warn!(job_id = %job.job_id, "re-sent a job that may have lost its message");
+            report.resent += 1;
+        }
+        report.slots_released = self.release_orphaned_slots().await?;
+        Ok(report)
+    }
+
+    /// Releases every slot whose job is gone or no longer holds one. Exact, and safe against concurrent
+    /// submits: a slot is taken in the same atomic write as its job is created, so a slot whose job
+    /// cannot be read was released already or lost its job; each release names its own job id.
+    async fn release_orphaned_slots(&self) -> Result<usize, BoxError> {
+        let mut released = 0;
+        for slots in self.store.all_slots().await? {
+            let mut orphans = Vec::new();
+            for id in slots.jobs {
+                match self.store.get(&id).await? {
+                    Some(job) if job.holds_slot() => {}
+                    _ => orphans.push(id),
+                }
+            }
+            if !orphans.is_empty() {
+                tracing::warn!(orphans = orphans.len(), "released in-flight slots of jobs gone or finished");
+                self.store.release_slots(&slots.user_id, &orphans).await?;
+                released += orphans.len();
+            }
+        }
+        Ok(released)
+    }
+}

@@ -1,0 +1,161 @@
+//! What a finished handler run means for its job: a pure function of the run's outcome, the job and the
+//! settings, tested as a table. Applying the decision (the writes, the message's fate) is the worker's.
+
+use std::time::Duration;
+
+use crate::handler::{JobError, Output};
+use crate::job::{ErrorInfo, Job, MAX_RESULT_BYTES};
+use crate::json::Json;
+use crate::queue::MAX_VISIBILITY;
+use crate::retry::Backoff;
+
+/// What to record for a job whose handler returned.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    /// `completed` with this result.
+    Complete { result: Json, warnings: Vec<String> },
+    /// `failed`: retrying cannot help.
+    Fail(ErrorInfo),
+    /// `retrying`: the message comes back after `after`.
+    Retry { error: ErrorInfo, after: Duration },
+    /// `dead_letter`: the last attempt failed; the message goes on to the DLQ.
+    DeadLetter(ErrorInfo),
+    /// Yielded before the deadline: continues from its checkpoint in a new message.
+    Continue,
+    /// Stopped on its owner's request: `cancelled`.
+    Cancel,
+}
+
+/// The facts `decide` weighs besides the run itself.
+#[derive(Debug, Clone, Copy)]
+pub struct Facts {
+    /// The message's receive count (it may run ahead of the job's attempts after crashes).
+    pub receive_count: u32,
+    /// Whether the job's owner asked to cancel it.
+    pub cancel_requested: bool,
+    pub max_attempts: u32,
+    pub backoff: Backoff,
+    /// The jitter draw in `[0, 1)` for the backoff (random in the worker, fixed in tests).
+    pub jitter: f64,
+}
+
+/// Decides the fate of `job` after its handler returned `ran` (a panic arrives as a retryable error).
+pub fn decide(ran: Result<Output, JobError>, job: &Job, f: Facts) -> Decision {
+    let error = |code: String, source: &dyn std::fmt::Display, retryable| ErrorInfo {
+        code,
+        message: source.to_string(),
+        retryable,
+    };
+    match ran {
+        // The owner asked it to stop and it did: whatever error it stopped with, it is cancelled.
+        Err(JobError::Cancelled) => Decision::Cancel,
+        Err(_) if f.cancel_requested => Decision::Cancel,
+        Err(JobError::Yield) => Decision::Continue,
+        Ok(out) if out.result.len() > MAX_RESULT_BYTES => Decision::Fail(ErrorInfo {
+            code: "result_too_large".into(),
+            message: format!("result exceeds {MAX_RESULT_BYTES} bytes"),
+            retryable: false,
+        }),
+        Ok(Output { result, warnings }) => Decision::Complete { result, warnings },
+        Err(JobError::Terminal { code, source }) => Decision::Fail(error(code, &source, false)),
+        Err(JobError::Retryable { code, source, .. })
+            // The attempt that reaches maxReceiveCount is the last one SQS delivers: the job is
+            // dead-lettered now, before SQS moves the message, so its record says why.
+            if job.attempts.max(f.receive_count) >= f.max_attempts =>
+        {
+            Decision::DeadLetter(error(code, &source, true))
+        }
+        Err(JobError::Retryable {
+            code,
+            source,
+            after,
+        }) => {
+            let after = after.unwrap_or_else(|| f.backoff.delay_with(job.attempts, f.jitter));
+            Decision::Retry {
+                error: error(code, &source, true),
+                after: after.min(MAX_VISIBILITY),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::job::{JobId, NewJob};
+    use serde_json::json;
+
+    fn job(attempts: u32) -> Job {
+        let mut j = Job::new(
+            NewJob {
+                user_id: "u".into(),
+                kind: "k".into(),
+                input: json!(1).into(),
+                max_attempts: 5,
+                ttl_secs: 60,
+                callback_url: None,
+                counted: false,
+            },
+            0,
+        );
+        j.attempts = attempts;
+        j.job_id = JobId::generate(0);
+        j
+    }
+
+    fn facts(receive_count: u32, cancel_requested: bool) -> Facts {
+        Facts {
+            receive_count,
+            cancel_requested,
+            max_attempts: 5,
+            backoff: Backoff::new(Duration::from_secs(2), Duration::from_secs(60)),
+            jitter: 0.5,
+        }
+    }
+
+    fn ok(result: serde_json::Value) -> Result<Output, JobError> {
+        Ok(Output {
+            result: result.into(),
+            warnings: vec![],
+        })
+    }
+
+    fn retryable(after: Option<Duration>) -> Result<Output, JobError> {
+        Err(JobError::Retryable {
+            code: "busy".into(),
+            source: "try later".into(),
+            after,
+        })
+    }
+
+    fn info(code: &str, message: &str, retryable: bool) -> ErrorInfo {
+        ErrorInfo {
+            code: code.into(),
+            message: message.into(),
+            retryable,
+        }
+    }
+
+    #[test]
+    fn every_outcome_maps_to_one_decision() {
+        let big = json!("x".repeat(MAX_RESULT_BYTES));
+        let table: Vec<(&str, Result<Output, JobError>, u32, u32, bool, Decision)> = vec![
+            ("success", ok(json!(1)), 1, 1, false, Decision::Complete { result: json!(1).into(), warnings: vec![] }),
+            ("success despite a cancel request", ok(json!(1)), 1, 1, true, Decision::Complete { result: json!(1).into(), warnings: vec![] }),
+            ("oversized result", ok(big), 1, 1, false, Decision::Fail(info("result_too_large", &format!("result exceeds {MAX_RESULT_BYTES} bytes"), false))),
+            ("terminal", Err(JobError::terminal("bad", "no")), 1, 1, false, Decision::Fail(info("bad", "no", false))),
+            ("retryable with backoff", retryable(None), 3, 3, false, Decision::Retry { error: info("busy", "try later", true), after: Duration::from_secs(4) }),
+            ("retryable with retry_after", retryable(Some(Duration::from_secs(7))), 1, 1, false, Decision::Retry { error: info("busy", "try later", true), after: Duration::from_secs(7) }),
+            ("retry_after capped at SQS's maximum", retryable(Some(Duration::from_secs(86_400))), 1, 1, false, Decision::Retry { error: info("busy", "try later", true), after: MAX_VISIBILITY }),
+            ("last attempt", retryable(None), 5, 5, false, Decision::DeadLetter(info("busy", "try later", true))),
+            ("receives ran ahead of attempts", retryable(None), 2, 5, false, Decision::DeadLetter(info("busy", "try later", true))),
+            ("yield", Err(JobError::Yield), 1, 1, false, Decision::Continue),
+            ("cancelled", Err(JobError::Cancelled), 1, 1, false, Decision::Cancel),
+            ("error after a cancel request", Err(JobError::terminal("bad", "no")), 1, 1, true, Decision::Cancel),
+            ("yield after a cancel request", Err(JobError::Yield), 1, 1, true, Decision::Cancel),
+        ];
+        for (name, ran, attempts, receives, cancel, want) in table {
+            assert_eq!(decide(ran, &job(attempts), facts(receives, cancel)), want, "{name}");
+        }
+    }
+}
