@@ -1,0 +1,499 @@
+"""Benchmark driver: jobkit's three Lambda binaries against the Powertools peer (bench/peer/), same emulator,
+same workload, alternating rounds. Plays API Gateway (HTTP API payload 2.0, JWT authorizer) and the SQS event
+source mapping, runs every function under runtime_api.Function, counts AWS calls and DynamoDB units through
+proxy.py, prices a million jobs and writes bench/BENCHMARKS.md. See bench/README.md.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+
+import boto3
+import yaml
+from botocore.config import Config
+
+from runtime_api import Function
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+# us-east-1 list prices.
+PRICES = {
+    "wru": 0.625e-6,        # DynamoDB on-demand, per write request unit
+    "rru": 0.125e-6,        # per read request unit
+    "sqs": 0.40e-6,         # SQS standard, per request
+    "lambda_req": 0.20e-6,  # Lambda arm64, per request
+    "gb_s": 0.0000133334,   # Lambda arm64, per GB-second
+    "http": 1.00e-6,        # API Gateway HTTP API, per request
+}
+MEMORY_GB = 128 / 1024
+
+
+# ---------------------------------------------------------------- stack from template.yaml
+
+class Tag:
+    def __init__(self, tag, value):
+        self.tag, self.value = tag, value
+
+
+def _tagged(loader, suffix, node):
+    if isinstance(node, yaml.ScalarNode):
+        value = loader.construct_scalar(node)
+    elif isinstance(node, yaml.SequenceNode):
+        value = loader.construct_sequence(node, deep=True)
+    else:
+        value = loader.construct_mapping(node, deep=True)
+    return Tag(suffix, value)
+
+
+class CfnLoader(yaml.SafeLoader):
+    pass
+
+
+CfnLoader.add_multi_constructor("!", _tagged)
+
+
+class Stack:
+    """The queues and table template.yaml defines, created under a prefix; the functions' environment."""
+
+    def __init__(self, endpoint, prefix, template=os.path.join(ROOT, "template.yaml")):
+        with open(template) as f:
+            self.t = yaml.load(f, Loader=CfnLoader)
+        self.prefix = prefix
+        self.sqs = client("sqs", endpoint)
+        self.ddb = client("dynamodb", endpoint)
+        self.physical, self.arns = {}, {}
+
+    def resolve(self, v):
+        if isinstance(v, Tag):
+            if v.tag == "Ref":
+                if v.value in self.physical:
+                    return self.physical[v.value]
+                return str(self.t["Parameters"][v.value]["Default"])
+            if v.tag == "GetAtt":
+                name = v.value if isinstance(v.value, str) else ".".join(v.value)
+                return self.arns[name.split(".")[0]]
+            if v.tag == "FindInMap":
+                m, a, b = (self.resolve(x) for x in v.value)
+                return self.t["Mappings"][m][str(a)][b]
+            raise ValueError(f"unsupported !{v.tag}")
+        if isinstance(v, dict):
+            return {k: self.resolve(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [self.resolve(x) for x in v]
+        return v
+
+    def create(self):
+        res = self.t["Resources"]
+        queues = [k for k, r in res.items() if r["Type"] == "AWS::SQS::Queue"]
+        queues.sort(key=lambda k: "RedrivePolicy" in res[k].get("Properties", {}))  # DLQs first
+        for name in queues:
+            props = self.resolve(res[name].get("Properties", {}))
+            attrs = {k: json.dumps(v) if isinstance(v, dict) else str(v).lower() if isinstance(v, bool) else str(v)
+                     for k, v in props.items() if k not in ("QueueName", "Tags")}
+            url = self.sqs.create_queue(QueueName=f"{self.prefix}-{name}", Attributes=attrs)["QueueUrl"]
+            self.physical[name] = url
+            self.arns[name] = self.sqs.get_queue_attributes(
+                QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+        for name in (k for k, r in res.items() if r["Type"] == "AWS::DynamoDB::Table"):
+            props = self.resolve(res[name]["Properties"])
+            self.create_table(f"{self.prefix}-{name}", props)
+            self.physical[name] = f"{self.prefix}-{name}"
+        return self
+
+    def create_table(self, table, props):
+        kw = {k: props[k] for k in ("AttributeDefinitions", "KeySchema", "GlobalSecondaryIndexes") if k in props}
+        self.ddb.create_table(TableName=table, BillingMode=props.get("BillingMode", "PAY_PER_REQUEST"), **kw)
+        self.ddb.get_waiter("table_exists").wait(TableName=table, WaiterConfig={"Delay": 0.2})
+
+    def function_env(self, logical_id):
+        env = dict(self.t.get("Globals", {}).get("Function", {}).get("Environment", {}).get("Variables", {}))
+        env.update(self.t["Resources"][logical_id]["Properties"].get("Environment", {}).get("Variables", {}))
+        return {k: str(self.resolve(v)) for k, v in env.items()}
+
+
+def client(service, endpoint, caller=None):
+    c = boto3.client(service, endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="test",
+                     aws_secret_access_key="test", config=Config(retries={"max_attempts": 2}))
+    if caller:
+        c.meta.events.register("before-sign.*.*", lambda request, **_: request.headers.__setitem__(
+            "X-Bench-Caller", caller))
+    return c
+
+
+# ---------------------------------------------------------------- events
+
+def http_event(method, path, route, user, body=None, headers=None, path_params=None):
+    now = time.time()
+    return {
+        "version": "2.0", "routeKey": route, "rawPath": path, "rawQueryString": "",
+        "headers": {"host": "bench.execute-api.us-east-1.amazonaws.com", "user-agent": "bench",
+                    "content-type": "application/json", **(headers or {})},
+        "pathParameters": path_params,
+        "requestContext": {
+            "accountId": "000000000000", "apiId": "bench", "domainName": "bench.execute-api.us-east-1.amazonaws.com",
+            "domainPrefix": "bench", "requestId": uuid.uuid4().hex, "routeKey": route, "stage": "$default",
+            "authorizer": {"jwt": {"claims": {"sub": user, "iss": "https://issuer.bench"}, "scopes": None}},
+            "http": {"method": method, "path": path, "protocol": "HTTP/1.1", "sourceIp": "127.0.0.1",
+                     "userAgent": "bench"},
+            "time": time.strftime("%d/%b/%Y:%H:%M:%S +0000", time.gmtime(now)), "timeEpoch": int(now * 1000),
+        },
+        "body": json.dumps(body) if body is not None else None,
+        "isBase64Encoded": False,
+    }
+
+
+def sqs_event(messages, queue_arn):
+    return {"Records": [{
+        "messageId": m["MessageId"], "receiptHandle": m["ReceiptHandle"], "body": m["Body"],
+        "attributes": m.get("Attributes", {}), "messageAttributes": {}, "md5OfBody": m["MD5OfBody"],
+        "eventSource": "aws:sqs", "eventSourceARN": queue_arn, "awsRegion": "us-east-1",
+    } for m in messages]}
+
+
+# ---------------------------------------------------------------- one round
+
+def functions_for(variant, stack, args, logs):
+    if variant == "jobkit":
+        names = {"submit": "SubmitFunction", "worker": "WorkerFunction", "status": "StatusFunction"}
+        fns = {}
+        for fn, logical in names.items():
+            env = {**stack.function_env(logical), "AWS_ENDPOINT_URL": args.proxy_url,
+                   "JOBKIT_MAX_IN_FLIGHT_PER_USER": str(args.cap), "RUST_LOG": "info"}
+            fns[fn] = Function(f"jobkit-{fn}", [os.path.join(args.bin_dir, fn)], env, f"{logs}/jobkit-{fn}.log",
+                               cwd=ROOT)
+        return fns
+    idem = f"{stack.prefix}-Idempotency"
+    stack.ddb.create_table(TableName=idem, BillingMode="PAY_PER_REQUEST",
+                           AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
+                           KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}])
+    stack.ddb.get_waiter("table_exists").wait(TableName=idem, WaiterConfig={"Delay": 0.2})
+    env = {"AWS_ENDPOINT_URL": args.proxy_url, "JOBS_TABLE": stack.physical["JobsTable"],
+           "QUEUE_URL": stack.physical["JobsQueue"], "IDEMPOTENCY_TABLE": idem,
+           "MAX_IN_FLIGHT_PER_USER": str(args.cap), "POWERTOOLS_SERVICE_NAME": "jobs"}
+    return {fn: Function(f"peer-{fn}", [args.peer_python, "-m", "awslambdaric", f"{fn}.lambda_handler"],
+                         env, f"{logs}/peer-{fn}.log", cwd=os.path.join(HERE, "peer"))
+            for fn in ("submit", "worker", "status")}
+
+
+def proxy_stats(proxy_url, reset=False):
+    import urllib.request
+    path = "/_bench/reset" if reset else "/_bench/stats"
+    req = urllib.request.Request(proxy_url + path, method="POST" if reset else "GET")
+    with urllib.request.urlopen(req) as r:
+        return json.loads(r.read())
+
+
+def run_round(variant, rnd, args, logs):
+    prefix = f"b{args.run_id}-{rnd}-{variant}"
+    stack = Stack(args.proxy_url, prefix).create()
+    fns = functions_for(variant, stack, args, logs)
+    for f in fns.values():  # one after another: init is measured on an otherwise idle machine
+        f.start().wait_ready()
+    out = {"variant": variant, "round": rnd, "init_ms": {n: f.init_ms for n, f in fns.items()}}
+    proxy_stats(args.proxy_url, reset=True)
+    try:
+        out.update(workload(fns, stack, args))
+    finally:
+        out["rss_mib"] = {n: f.stop() / 1024 for n, f in fns.items()}
+    out["aws"] = proxy_stats(args.proxy_url)
+    out["ledger"] = ledger(stack, out["job_ids"], args)
+    return out
+
+
+def workload(fns, stack, args):
+    n = args.jobs
+    users = [f"user-{i}" for i in range(args.users)]
+    submit_ms, job_ids, owner = [], [], {}
+    for i in range(n):
+        user = users[i % len(users)]
+        body = {"kind": "echo", "input": {"prompt": f"hello {i}", "n": i}}
+        ev = http_event("POST", "/jobs", "POST /jobs", user, body, {"idempotency-key": uuid.uuid4().hex})
+        r = fns["submit"].invoke(ev)
+        resp = r.response if isinstance(r.response, dict) else {}
+        if r.error or resp.get("statusCode") not in (200, 202):
+            raise RuntimeError(f"submit {i}: {r.response}")
+        job_id = json.loads(resp["body"])["job_id"]
+        job_ids.append(job_id)
+        owner[job_id] = user
+        submit_ms.append(r.latency_ms)
+
+    queue_url, queue_arn = stack.physical["JobsQueue"], stack.arns["JobsQueue"]
+    poller = client("sqs", args.proxy_url, caller="poller")
+    direct = client("sqs", args.emulator_url)
+    batches, worker_cpu, failures, poller_requests = [], 0.0, 0, 0
+    deadline = time.monotonic() + args.worker_timeout
+    while time.monotonic() < deadline:
+        msgs = poller.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=0,
+                                      MessageSystemAttributeNames=["All"]).get("Messages", [])
+        if not msgs:
+            a = direct.get_queue_attributes(QueueUrl=queue_url, AttributeNames=[
+                "ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible",
+                "ApproximateNumberOfMessagesDelayed"])["Attributes"]
+            if not any(int(v) for v in a.values()):
+                break
+            time.sleep(0.2)
+            continue
+        poller_requests += 1
+        r = fns["worker"].invoke(sqs_event(msgs, queue_arn))
+        failed = {f["itemIdentifier"] for f in (r.response or {}).get("batchItemFailures", [])} \
+            if not r.error and isinstance(r.response, dict) else {m["MessageId"] for m in msgs}
+        failures += len(failed)
+        batches.append((len(msgs), r.latency_ms))
+        worker_cpu += r.cpu_ms
+        done = [m for m in msgs if m["MessageId"] not in failed]
+        if done:
+            poller.delete_message_batch(QueueUrl=queue_url, Entries=[
+                {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(done)])
+            poller_requests += 1
+
+    status_ms, statuses = [], {}
+    for job_id in job_ids:
+        ev = http_event("GET", f"/jobs/{job_id}", "GET /jobs/{id}", owner[job_id], path_params={"id": job_id})
+        r = fns["status"].invoke(ev)
+        resp = r.response if isinstance(r.response, dict) else {}
+        statuses[job_id] = json.loads(resp.get("body") or "{}").get("status") if resp.get("statusCode") == 200 \
+            else f"http {resp.get('statusCode')}"
+        status_ms.append(r.latency_ms)
+
+    all_lat = submit_ms + status_ms + [ms for _, ms in batches]
+    return {
+        "job_ids": job_ids, "statuses": statuses, "submit_ms": submit_ms, "status_ms": status_ms,
+        "batches": batches, "worker_cpu_ms": worker_cpu, "batch_failures": failures,
+        "poller_requests": poller_requests, "invocations": len(all_lat),
+        "billed_ms": sum(max(1, int(ms + 0.999)) for ms in all_lat),
+    }
+
+
+def ledger(stack, job_ids, args):
+    """Every job completed exactly once (one attempt), read straight from the emulator."""
+    ddb = client("dynamodb", args.emulator_url)
+    table = stack.physical["JobsTable"]
+    problems, items = [], []
+    for i in range(0, len(job_ids), 100):
+        keys = [{"job_id": {"S": j}} for j in job_ids[i:i + 100]]
+        while keys:
+            got = ddb.batch_get_item(RequestItems={table: {"Keys": keys, "ConsistentRead": True}})
+            items += got["Responses"][table]
+            keys = got.get("UnprocessedKeys", {}).get(table, {}).get("Keys", [])
+    found = {it["job_id"]["S"]: it for it in items}
+    for j in job_ids:
+        it = found.get(j)
+        if it is None:
+            problems.append(f"{j}: missing")
+        elif it["status"]["S"] != "completed" or it["attempts"]["N"] != "1":
+            problems.append(f"{j}: {it['status']['S']} after {it['attempts']['N']} attempts")
+    return {"jobs": len(job_ids), "completed_once": len(job_ids) - len(problems), "problems": problems[:10]}
+
+
+# ---------------------------------------------------------------- summary
+
+def p50(xs):
+    return statistics.median(xs) if xs else float("nan")
+
+
+def metrics(r, n):
+    aws = r["aws"]
+    fn_calls = lambda svc: sum(v for k, v in aws["calls"].items() if k.split()[1] == svc and k.split()[0] != "poller")
+    full = [ms for size, ms in r["batches"] if size == 10] or [ms for _, ms in r["batches"]]
+    wru, rru = sum(aws["wru"].values()) / n, sum(aws["rru"].values()) / n
+    sqs_fn, sqs_poll = fn_calls("sqs") / n, r["poller_requests"] / n
+    cost = {
+        "DynamoDB": (wru * PRICES["wru"] + rru * PRICES["rru"]) * 1e6,
+        "SQS": (sqs_fn + sqs_poll) * PRICES["sqs"] * 1e6,
+        "Lambda": (r["invocations"] / n * PRICES["lambda_req"]
+                   + r["billed_ms"] / 1000 / n * MEMORY_GB * PRICES["gb_s"]) * 1e6,
+        "HTTP API": 2 * PRICES["http"] * 1e6,
+    }
+    return {
+        **{f"init {k} ms": v for k, v in r["init_ms"].items()},
+        "submit p50 ms": p50(r["submit_ms"]),
+        "worker batch of 10 p50 ms": p50(full),
+        "status p50 ms": p50(r["status_ms"]),
+        "worker CPU ms/job": r["worker_cpu_ms"] / n,
+        **{f"peak RSS {k} MiB": v for k, v in r["rss_mib"].items()},
+        "DynamoDB WRU/job": wru,
+        "DynamoDB index WRU/job": sum(aws["index_wru"].values()) / n,
+        "DynamoDB RRU/job": rru,
+        "SQS requests/job (functions)": sqs_fn,
+        "SQS requests/job (poller)": sqs_poll,
+        "SQS requests/job": sqs_fn + sqs_poll,
+        "DynamoDB calls/job": fn_calls("dynamodb") / n,
+        **{f"$/M jobs {k}": v for k, v in cost.items()},
+        "$ per million jobs": sum(cost.values()),
+    }
+
+
+def spread(values):
+    values = sorted(values)
+    med = statistics.median(values)
+    if len(values) == 1:
+        return med, ""
+    return med, f"{values[0]:.3g}–{values[-1]:.3g}"
+
+
+def fmt(v):
+    return f"{v:.2f}" if abs(v) < 100 else f"{v:.0f}"
+
+
+def per_op(rounds, n):
+    """Calls and WRU per job by operation (median over rounds)."""
+    keys = sorted({k for r in rounds for k in r["aws"]["calls"]})
+    rows = {}
+    for k in keys:
+        caller, svc, op = k.split()
+        calls = statistics.median(r["aws"]["calls"].get(k, 0) / n for r in rounds)
+        wru = statistics.median(r["aws"]["wru"].get(op, 0) / n for r in rounds) if svc == "dynamodb" else None
+        idx = statistics.median(r["aws"]["index_wru"].get(op, 0) / n for r in rounds) if svc == "dynamodb" else None
+        rows[f"{svc} {op}" + (" (poller)" if caller == "poller" else "")] = (calls, wru, idx)
+    return rows
+
+
+def report(results, args, command):
+    n = args.jobs
+    by = {v: [metrics(r, n) for r in results if r["variant"] == v] for v in ("jobkit", "peer")}
+    names = list(by["jobkit"][0].keys())
+    lines = ["| per job (Idempotency-Key on, per-user cap %d) | jobkit | Powertools peer | jobkit / peer |" % args.cap,
+             "|---|---|---|---|"]
+    for name in names:
+        (jm, js), (pm, ps) = spread([m[name] for m in by["jobkit"]]), spread([m[name] for m in by["peer"]])
+        ratio = f"{jm / pm:.2f}" if pm else "–"
+        cell = lambda m, s: f"{fmt(m)}" + (f" ({s})" if s else "")
+        lines.append(f"| {name} | {cell(jm, js)} | {cell(pm, ps)} | {ratio} |")
+    table = "\n".join(lines)
+
+    ops = {v: per_op([r for r in results if r["variant"] == v], n) for v in ("jobkit", "peer")}
+    op_lines = ["| variant | call | calls/job | WRU/job (index part) |", "|---|---|---|---|"]
+    for v, rows in ops.items():
+        for op, (calls, wru, idx) in rows.items():
+            op_lines.append(f"| {v} | {op} | {calls:.2f} | " + (f"{wru:.2f} ({idx:.2f})" if wru is not None else "") + " |")
+
+    ledgers = [f"{r['variant']} round {r['round']}: {r['ledger']['completed_once']}/{r['ledger']['jobs']} completed once"
+               + (f" — {r['ledger']['problems']}" if r["ledger"]["problems"] else "") for r in results]
+    cpu = subprocess.run(["sh", "-c", "grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"],
+                         capture_output=True, text=True).stdout.strip()
+    machine = f"{os.cpu_count()} cores ({cpu}), Linux {platform.release()}, Python {platform.python_version()}"
+    doc = f"""# Benchmarks
+
+jobkit's three Lambda functions against the same functions written in Python with AWS Lambda Powertools
+(`bench/peer/`), on the same local emulator, same workload, alternating rounds.
+
+- date: {datetime.date.today().isoformat()}
+- machine: {machine}
+- command: `{command}`
+- workload: {n} `echo` jobs per round, each with an `Idempotency-Key`, spread over {args.users} users, per-user
+  in-flight cap {args.cap} on both sides; submit all, drain the queue through the worker, GET each job once;
+  {args.rounds} round(s) per variant. Medians over rounds, with (min–max) when there are several.
+
+{table}
+
+Prices (us-east-1): DynamoDB on-demand $0.625 per million WRU and $0.125 per million RRU; SQS standard $0.40 per
+million requests; Lambda arm64 $0.20 per million requests + $0.0000133334 per GB-s at 128 MB (billed duration =
+measured invocation time, rounded up to 1 ms); HTTP API $1.00 per million requests (submit + one status poll
+per job). SQS requests include the event source mapping's ReceiveMessage and DeleteMessageBatch (Lambda's
+poller bills them too), listed apart as "poller".
+
+Numbers from a shared 2-core machine are noisy: compare the ratios of one run, not figures across runs. Counts
+and units are deterministic for a given workload.
+
+## Calls per job, by operation
+
+{chr(10).join(op_lines)}
+
+## Ledger
+
+{chr(10).join("- " + l for l in ledgers)}
+
+## How measured
+
+- **Functions**: the release-like `bench` profile binaries (`target/bench/bench/{{submit,worker,status}}`) and
+  the peer under `python -m awslambdaric` (the real AWS runtime interface client), each one process behind a
+  loopback Lambda Runtime API (`bench/runtime_api.py`) with the Lambda environment (128 MB, JSON logs).
+- **init**: process spawn to its first `GET /runtime/invocation/next`. **Latency**: event handed out to
+  response posted. **CPU**: the process's own accounting (`/proc/<pid>/task/*/schedstat`) across each
+  invocation. **Peak RSS**: `VmHWM` before the process is stopped.
+- **API Gateway** is played by the driver (HTTP API payload 2.0, `requestContext.authorizer.jwt.claims.sub`);
+  the **SQS event source mapping** too: ReceiveMessage (10, all attributes) → invoke with an SQS event →
+  DeleteMessageBatch of the records not in `batchItemFailures`. Queues and table are created from
+  `template.yaml`'s own definitions, fresh per round; the peer gets an extra idempotency table.
+- **AWS calls and units**: every function's `AWS_ENDPOINT_URL` is a counting proxy (`bench/proxy.py`) in front
+  of ministack. Write units: ceil(max(item size before, after) / 1 KB), x2 per item of a transaction, 1 for a
+  failed conditional write, plus each GSI write (item in/out of the index, key change = 2 writes, or a
+  projected attribute changed; index writes at 1x also inside transactions). Read units: ceil(size / 4 KB), x0.5
+  when eventually consistent. ministack does not return ConsumedCapacity, so item sizes are computed by the
+  proxy with DynamoDB's size rules (an approximation: attribute names + values, numbers (digits+1)/2+1 bytes,
+  3 bytes + 1 per element for lists and maps).
+"""
+    return table, doc
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--short", action="store_true")
+    p.add_argument("--rounds", type=int)
+    p.add_argument("--jobs", type=int)
+    p.add_argument("--users", type=int, help="users the jobs are spread over (default jobs/10)")
+    p.add_argument("--cap", type=int, default=100)
+    p.add_argument("--check", action="store_true")
+    p.add_argument("--max-wru", type=float)
+    p.add_argument("--max-sqs", type=float)
+    p.add_argument("--bin-dir", required=True)
+    p.add_argument("--peer-python", required=True)
+    p.add_argument("--proxy-url", required=True)
+    p.add_argument("--emulator-url", required=True)
+    p.add_argument("--out", default=os.path.join(HERE, "BENCHMARKS.md"))
+    p.add_argument("--command", default="bash bench/run.sh")
+    p.add_argument("--worker-timeout", type=float, default=300)
+    p.add_argument("--only", choices=("jobkit", "peer"), help="run one side (debugging; no report)")
+    args = p.parse_args()
+    args.bin_dir, args.peer_python = os.path.abspath(args.bin_dir), os.path.abspath(args.peer_python)
+    args.rounds = args.rounds or (1 if args.short else 5)
+    args.jobs = args.jobs or (20 if args.short else 200)
+    args.users = args.users or max(1, args.jobs // 10)
+    args.run_id = uuid.uuid4().hex[:6]
+    logs = os.path.join(ROOT, "target", "bench", "logs", args.run_id)
+    os.makedirs(logs, exist_ok=True)
+
+    results = []
+    for rnd in range(args.rounds):
+        for variant in (("jobkit", "peer") if rnd % 2 == 0 else ("peer", "jobkit")):
+            if args.only and variant != args.only:
+                continue
+            print(f"round {rnd + 1}/{args.rounds}: {variant} ...", file=sys.stderr, flush=True)
+            results.append(run_round(variant, rnd, args, logs))
+    with open(os.path.join(logs, "results.json"), "w") as f:
+        json.dump(results, f, indent=1)
+    if args.only:
+        for r in results:
+            print(json.dumps(metrics(r, args.jobs), indent=1))
+        return
+    table, doc = report(results, args, args.command)
+    print(table)
+    with open(args.out, "w") as f:
+        f.write(doc)
+    print(f"\nwrote {os.path.relpath(args.out, ROOT)} (raw results and function logs: {os.path.relpath(logs, ROOT)})")
+
+    ok = True
+    for r in results:
+        if r["ledger"]["problems"]:
+            print(f"FAIL: {r['variant']} round {r['round']}: {r['ledger']['problems']}", file=sys.stderr)
+            ok = False
+    jobkit = [metrics(r, args.jobs) for r in results if r["variant"] == "jobkit"]
+    for limit, key in ((args.max_wru, "DynamoDB WRU/job"), (args.max_sqs, "SQS requests/job")):
+        worst = max(m[key] for m in jobkit)
+        if limit is not None and worst > limit:
+            print(f"FAIL: jobkit {key} = {worst:.2f} > {limit}", file=sys.stderr)
+            ok = False
+    if args.check and not ok:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# jobkit vs the Powertools peer, end to end: build, emulator, counting proxy, rounds, BENCHMARKS.md.
+#   bash bench/run.sh [--short] [--rounds N] [--jobs N] [--users N] [--cap N] [--check] [--max-wru X] [--max-sqs X]
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+EMULATOR_PORT="${BENCH_EMULATOR_PORT:-4610}"
+PROXY_PORT="${BENCH_PROXY_PORT:-4611}"
+TARGET="$ROOT/target/bench"
+
+venv() { # venv DIR REQUIREMENTS
+  if ! cmp -s "$2" "$1/.requirements" 2>/dev/null; then
+    python3 -m venv "$1"
+    "$1/bin/pip" install -q --disable-pip-version-check -r "$2"
+    cp "$2" "$1/.requirements"
+  fi
+}
+venv "$ROOT/.venv/bench" bench/requirements.txt
+venv "$ROOT/.venv/bench-peer" bench/peer/requirements.txt
+
+echo "bench: building the functions (profile bench)" >&2
+CARGO_TARGET_DIR="$TARGET" nice -n 10 cargo build -q --profile bench -p jobkit-submit -p jobkit-worker -p jobkit-status
+
+GATEWAY_PORT="$EMULATOR_PORT" bash infra/emulator.sh start >&2
+"$ROOT/.venv/bench/bin/python" bench/proxy.py --port "$PROXY_PORT" --upstream "http://127.0.0.1:$EMULATOR_PORT" &
+PROXY_PID=$!
+cleanup() {
+  kill "$PROXY_PID" 2>/dev/null || true
+  GATEWAY_PORT="$EMULATOR_PORT" bash infra/emulator.sh stop >&2 || true
+}
+trap cleanup EXIT
+for _ in $(seq 1 50); do curl -fsS -o /dev/null "http://127.0.0.1:$PROXY_PORT/_bench/stats" 2>/dev/null && break; sleep 0.1; done
+
+"$ROOT/.venv/bench/bin/python" bench/driver.py \
+  --bin-dir "$TARGET/bench" --peer-python "$ROOT/.venv/bench-peer/bin/python" \
+  --proxy-url "http://127.0.0.1:$PROXY_PORT" --emulator-url "http://127.0.0.1:$EMULATOR_PORT" \
+  --command "bash bench/run.sh${*:+ $*}" "$@"
