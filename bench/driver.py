@@ -191,6 +191,11 @@ def proxy_stats(proxy_url, reset=False):
         return json.loads(r.read())
 
 
+def diff(after, before):
+    return {k: {op: v - before[k].get(op, 0) for op, v in after[k].items() if v != before[k].get(op, 0)}
+            for k in after}
+
+
 def run_round(variant, rnd, args, logs):
     prefix = f"b{args.run_id}-{rnd}-{variant}"
     stack = Stack(args.proxy_url, prefix).create()
@@ -225,6 +230,7 @@ def workload(fns, stack, args):
         owner[job_id] = user
         submit_ms.append(r.latency_ms)
 
+    phases = {"submit": proxy_stats(args.proxy_url)}
     queue_url, queue_arn = stack.physical["JobsQueue"], stack.arns["JobsQueue"]
     poller = client("sqs", args.proxy_url, caller="poller")
     direct = client("sqs", args.emulator_url)
@@ -254,6 +260,7 @@ def workload(fns, stack, args):
                 {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(done)])
             poller_requests += 1
 
+    phases["worker"] = proxy_stats(args.proxy_url)
     status_ms, statuses = [], {}
     for job_id in job_ids:
         ev = http_event("GET", f"/jobs/{job_id}", "GET /jobs/{id}", owner[job_id], path_params={"id": job_id})
@@ -263,8 +270,11 @@ def workload(fns, stack, args):
             else f"http {resp.get('statusCode')}"
         status_ms.append(r.latency_ms)
 
+    phases["status"] = proxy_stats(args.proxy_url)
     all_lat = submit_ms + status_ms + [ms for _, ms in batches]
     return {
+        "phases": {"submit": phases["submit"], "worker": diff(phases["worker"], phases["submit"]),
+                   "status": diff(phases["status"], phases["worker"])},
         "job_ids": job_ids, "statuses": statuses, "submit_ms": submit_ms, "status_ms": status_ms,
         "batches": batches, "worker_cpu_ms": worker_cpu, "batch_failures": failures,
         "poller_requests": poller_requests, "invocations": len(all_lat),
@@ -344,15 +354,16 @@ def fmt(v):
 
 
 def per_op(rounds, n):
-    """Calls and WRU per job by operation (median over rounds)."""
-    keys = sorted({k for r in rounds for k in r["aws"]["calls"]})
+    """Calls and WRU per job by phase and operation (median over rounds)."""
     rows = {}
-    for k in keys:
-        caller, svc, op = k.split()
-        calls = statistics.median(r["aws"]["calls"].get(k, 0) / n for r in rounds)
-        wru = statistics.median(r["aws"]["wru"].get(op, 0) / n for r in rounds) if svc == "dynamodb" else None
-        idx = statistics.median(r["aws"]["index_wru"].get(op, 0) / n for r in rounds) if svc == "dynamodb" else None
-        rows[f"{svc} {op}" + (" (poller)" if caller == "poller" else "")] = (calls, wru, idx)
+    for phase in ("submit", "worker", "status"):
+        stats = [r["phases"][phase] for r in rounds]
+        for k in sorted({k for st in stats for k in st["calls"]}):
+            caller, svc, op = k.split()
+            med = lambda kind, key: statistics.median(st[kind].get(key, 0) / n for st in stats)
+            wru = (med("wru", op), med("index_wru", op)) if svc == "dynamodb" and caller != "poller" else None
+            rru = med("rru", op) if svc == "dynamodb" and caller != "poller" else None
+            rows[(phase, f"{svc} {op}" + (" (poller)" if caller == "poller" else ""))] = (med("calls", k), wru, rru)
     return rows
 
 
@@ -370,10 +381,12 @@ def report(results, args, command):
     table = "\n".join(lines)
 
     ops = {v: per_op([r for r in results if r["variant"] == v], n) for v in ("jobkit", "peer")}
-    op_lines = ["| variant | call | calls/job | WRU/job (index part) |", "|---|---|---|---|"]
+    op_lines = ["| side | phase | call | calls/job | WRU/job (of which index) | RRU/job |", "|---|---|---|---|---|---|"]
     for v, rows in ops.items():
-        for op, (calls, wru, idx) in rows.items():
-            op_lines.append(f"| {v} | {op} | {calls:.2f} | " + (f"{wru:.2f} ({idx:.2f})" if wru is not None else "") + " |")
+        for (phase, op), (calls, wru, rru) in rows.items():
+            w = f"{wru[0]:.2f} ({wru[1]:.2f})" if wru and wru[0] else ""
+            r = f"{rru:.2f}" if rru else ""
+            op_lines.append(f"| {v} | {phase} | {op} | {calls:.2f} | {w} | {r} |")
 
     ledgers = [f"{r['variant']} round {r['round']}: {r['ledger']['completed_once']}/{r['ledger']['jobs']} completed once"
                + (f" — {r['ledger']['problems']}" if r["ledger"]["problems"] else "") for r in results]
@@ -413,7 +426,7 @@ and units are deterministic for a given workload.
 
 ## How measured
 
-- **Functions**: the release-like `bench` profile binaries (`target/bench/bench/{{submit,worker,status}}`) and
+- **Functions**: the release-like `bench` profile binaries (`target/bench/release/{{submit,worker,status}}`) and
   the peer under `python -m awslambdaric` (the real AWS runtime interface client), each one process behind a
   loopback Lambda Runtime API (`bench/runtime_api.py`) with the Lambda environment (128 MB, JSON logs).
 - **init**: process spawn to its first `GET /runtime/invocation/next`. **Latency**: event handed out to

@@ -161,6 +161,7 @@ class Dynamo:
         self.up, self.stats = upstream, stats
         self.tables = {}
         self.items = {}  # (table, key) -> last known item
+        self.pending = {}  # (table, key) -> Event set once a transaction's read-back recorded the item
         self.lock = threading.Lock()
 
     def table(self, name):
@@ -198,21 +199,41 @@ class Dynamo:
             self.stats.failed_writes[op] += 1
 
     def handle(self, op, req, forward):
-        """Forwards `req` (via `forward(bytes) -> (status, headers, body)`) and accounts for it."""
+        """Forwards `req` (`forward(bytes or None) -> (status, headers, body)`) and accounts for it.
+
+        Returns the response and a callable to run after it is sent: the read-back of items updated in a
+        transaction happens then, off the caller's latency. Later writes to those items wait for it.
+        """
         strip = False
         if op == "UpdateItem" and req.get("ReturnValues", "NONE") == "NONE":
             req["ReturnValues"], strip = "ALL_NEW", True
+        for key in self.touched(op, req):
+            event = self.pending.get(key)
+            if event:
+                event.wait(10)
         status, headers, body = forward(json.dumps(req).encode() if strip else None)
         try:
             resp = json.loads(body) if body else {}
         except ValueError:
             resp = {}
         err = str(resp.get("__type", "")) if status != 200 else ""
-        getattr(self, "on_" + op, lambda *a: None)(req, resp, err)
+        after_reply = getattr(self, "on_" + op, lambda *a: None)(req, resp, err)
         if strip and status == 200:
             resp.pop("Attributes", None)
             body = json.dumps(resp).encode()
-        return status, headers, body
+        return status, headers, body, after_reply
+
+    def touched(self, op, req):
+        if op in ("PutItem", "UpdateItem", "DeleteItem"):
+            name = req["TableName"]
+            return [(name, self.table(name).key(req.get("Key") or req["Item"]))]
+        if op == "TransactWriteItems":
+            out = []
+            for entry in req["TransactItems"]:
+                (_, a), = entry.items()
+                out.append((a["TableName"], self.table(a["TableName"]).key(a.get("Key") or a.get("Item"))))
+            return out
+        return []
 
     def on_PutItem(self, req, resp, err):
         self.single("PutItem", req["TableName"], req["Item"], err, lambda: req["Item"])
@@ -241,23 +262,37 @@ class Dynamo:
         acts = []
         for entry in req["TransactItems"]:
             (kind, a), = entry.items()
-            acts.append((kind, a["TableName"], a.get("Key") or a.get("Item")))
+            acts.append((kind, a["TableName"], a.get("Key") or a.get("Item"), a.get("Item")))
         if err:
             if "TransactionCanceled" in err:
                 self.fail("TransactWriteItems", 2 * len(acts))
-            return
-        updated = [(n, k) for kind, n, k in acts if kind == "Update"]
-        fresh = dict(zip(map(str, updated), self.read_back_many(updated)))
-        table_wru = index_wru = 0
-        for entry, (kind, name, key) in zip(req["TransactItems"], acts):
-            before = self.before(name, key)
-            after = {"Put": lambda: entry["Put"]["Item"], "Delete": lambda: None,
-                     "ConditionCheck": lambda: before, "Update": lambda: fresh[str((name, key))]}[kind]()
-            if kind != "ConditionCheck":
-                self.remember(name, key, after)
-            t, i = self.write_cost(name, before, after, 2)
-            table_wru, index_wru = table_wru + t, index_wru + i
-        self.add_write("TransactWriteItems", table_wru, index_wru)
+            return None
+        befores = [self.before(name, key) for _, name, key, _ in acts]
+        updated = [(name, key) for kind, name, key, _ in acts if kind == "Update"]
+        events = [threading.Event() for _ in updated]
+        with self.lock:
+            for (name, key), event in zip(updated, events):
+                self.pending[(name, self.table(name).key(key))] = event
+
+        def account():
+            try:
+                fresh = iter(self.read_back_many(updated))
+                table_wru = index_wru = 0
+                for (kind, name, key, item), before in zip(acts, befores):
+                    after = {"Put": item, "Delete": None, "ConditionCheck": before}.get(kind)
+                    if kind == "Update":
+                        after = next(fresh)
+                    if kind != "ConditionCheck":
+                        self.remember(name, key, after)
+                    t, i = self.write_cost(name, before, after, 2)
+                    table_wru, index_wru = table_wru + t, index_wru + i
+                self.add_write("TransactWriteItems", table_wru, index_wru)
+            finally:
+                with self.lock:
+                    for (name, key), event in zip(updated, events):
+                        self.pending.pop((name, self.table(name).key(key)), None)
+                        event.set()
+        return account
 
     def on_BatchWriteItem(self, req, resp, err):
         if err:
@@ -309,12 +344,13 @@ class Dynamo:
             g = entry["Get"]
             self.add_read("TransactGetItems", self.known_size(g["TableName"], g["Key"], None), True, 2)
 
-    def on_Query(self, req, resp, err):
+    def on_Query(self, req, resp, err, op="Query"):
         if not err:
             size = sum(item_size(i) for i in resp.get("Items", []))
-            self.add_read(req.get("IndexName") and "Query(index)" or "Query", size, req.get("ConsistentRead", False))
+            self.add_read(op, size, req.get("ConsistentRead", False))
 
-    on_Scan = on_Query
+    def on_Scan(self, req, resp, err):
+        self.on_Query(req, resp, err, "Scan")
 
 
 def make_handler(upstream, stats, dynamo):
@@ -362,11 +398,15 @@ def make_handler(upstream, stats, dynamo):
                 b = body if new_body is None else new_body
                 return upstream.request(self.command, self.path, b, {**headers, "Content-Length": str(len(b))})
 
+            after_reply = None
             if service == "dynamodb" and body:
-                status, rheaders, rbody = dynamo.handle(op, json.loads(body), send)
+                status, rheaders, rbody, after_reply = dynamo.handle(op, json.loads(body), send)
             else:
                 status, rheaders, rbody = send()
             self.reply(status, rheaders, rbody)
+            if after_reply:
+                self.wfile.flush()
+                after_reply()
 
     return Handler
 

@@ -6,7 +6,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 EMULATOR_PORT="${BENCH_EMULATOR_PORT:-4610}"
 PROXY_PORT="${BENCH_PROXY_PORT:-4611}"
-TARGET="$ROOT/target/bench"
+TARGET="$ROOT/target/bench"  # cargo puts the built-in bench profile's binaries in $TARGET/release
 
 venv() { # venv DIR REQUIREMENTS
   if ! cmp -s "$2" "$1/.requirements" 2>/dev/null; then
@@ -32,6 +32,6 @@ trap cleanup EXIT
 for _ in $(seq 1 50); do curl -fsS -o /dev/null "http://127.0.0.1:$PROXY_PORT/_bench/stats" 2>/dev/null && break; sleep 0.1; done
 
 "$ROOT/.venv/bench/bin/python" bench/driver.py \
-  --bin-dir "$TARGET/bench" --peer-python "$ROOT/.venv/bench-peer/bin/python" \
+  --bin-dir "$TARGET/release" --peer-python "$ROOT/.venv/bench-peer/bin/python" \
   --proxy-url "http://127.0.0.1:$PROXY_PORT" --emulator-url "http://127.0.0.1:$EMULATOR_PORT" \
   --command "bash bench/run.sh${*:+ $*}" "$@"
