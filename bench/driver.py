@@ -332,6 +332,8 @@ def metrics(r, n):
         "DynamoDB WRU/job": wru,
         "DynamoDB index WRU/job": sum(aws["index_wru"].values()) / n,
         "DynamoDB RRU/job": rru,
+        "DynamoDB WRU/job, emulator's ConsumedCapacity": sum(aws["emulator_wru"].values()) / n,
+        "DynamoDB RRU/job, emulator's ConsumedCapacity": sum(aws["emulator_rru"].values()) / n,
         "SQS requests/job (functions)": sqs_fn,
         "SQS requests/job (poller)": sqs_poll,
         "SQS requests/job": sqs_fn + sqs_poll,
@@ -440,9 +442,11 @@ and units are deterministic for a given workload.
   of ministack. Write units: ceil(max(item size before, after) / 1 KB), x2 per item of a transaction, 1 for a
   failed conditional write, plus each GSI write (item in/out of the index, key change = 2 writes, or a
   projected attribute changed; index writes at 1x also inside transactions). Read units: ceil(size / 4 KB), x0.5
-  when eventually consistent. ministack does not return ConsumedCapacity, so item sizes are computed by the
-  proxy with DynamoDB's size rules (an approximation: attribute names + values, numbers (digits+1)/2+1 bytes,
-  3 bytes + 1 per element for lists and maps).
+  when eventually consistent. Item sizes are the proxy's own, from DynamoDB's size rules (an approximation:
+  attribute names + values, numbers (digits+1)/2+1 bytes, 3 bytes + 1 per element for lists and maps), with
+  each item's before-image remembered from the writes it saw. ministack also returns ConsumedCapacity (the
+  proxy asks for it and strips it from the answer): its figures are the "emulator's ConsumedCapacity" rows, a
+  cross-check; the cost uses the proxy's figures, which also count failed conditional writes.
 """
     return table, doc
 

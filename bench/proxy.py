@@ -16,6 +16,8 @@ item's before-image because every write to the (fresh) tables goes through it; a
 request (Put), from the response (UpdateItem: the proxy asks for ALL_NEW when the caller asked for nothing
 and strips it from the answer) or, for updates inside transactions, from one consistent BatchGetItem
 straight to the emulator (not counted). Index definitions come from DescribeTable (not counted).
+The proxy also asks for ReturnConsumedCapacity=INDEXES (stripped from the answer) and keeps what the
+emulator reports (ministack computes it) beside its own figures, as a cross-check.
 
 Requests carrying the header `X-Bench-Caller: poller` (the harness playing Lambda's SQS poller) are
 counted apart. GET /_bench/stats returns the counts, POST /_bench/reset clears them.
@@ -33,6 +35,8 @@ import zlib
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+WRITE_OPS = {"PutItem", "UpdateItem", "DeleteItem", "TransactWriteItems", "BatchWriteItem"}
+CAPACITY_OPS = WRITE_OPS | {"GetItem", "BatchGetItem", "TransactGetItems", "Query", "Scan"}
 HOP = {"connection", "keep-alive", "transfer-encoding", "host", "content-length", "accept-encoding"}
 
 
@@ -116,10 +120,14 @@ class Stats:
             self.index_wru = Counter()      # "Operation" -> the index part
             self.rru = Counter()
             self.failed_writes = Counter()  # conditional writes / transactions that failed
+            self.emulator_wru = Counter()   # what the emulator reports as ConsumedCapacity, if it does
+            self.emulator_index_wru = Counter()
+            self.emulator_rru = Counter()
 
     def as_json(self):
         with self.lock:
-            return {k: dict(getattr(self, k)) for k in ("calls", "wru", "index_wru", "rru", "failed_writes")}
+            return {k: dict(getattr(self, k)) for k in ("calls", "wru", "index_wru", "rru", "failed_writes",
+                                                    "emulator_wru", "emulator_index_wru", "emulator_rru")}
 
 
 class Upstream:
@@ -204,24 +212,43 @@ class Dynamo:
         Returns the response and a callable to run after it is sent: the read-back of items updated in a
         transaction happens then, off the caller's latency. Later writes to those items wait for it.
         """
-        strip = False
+        strip_values = strip_capacity = False
         if op == "UpdateItem" and req.get("ReturnValues", "NONE") == "NONE":
-            req["ReturnValues"], strip = "ALL_NEW", True
+            req["ReturnValues"], strip_values = "ALL_NEW", True
+        if op in CAPACITY_OPS and req.get("ReturnConsumedCapacity", "NONE") == "NONE":
+            req["ReturnConsumedCapacity"], strip_capacity = "INDEXES", True
         for key in self.touched(op, req):
             event = self.pending.get(key)
             if event:
                 event.wait(10)
-        status, headers, body = forward(json.dumps(req).encode() if strip else None)
+        status, headers, body = forward(json.dumps(req).encode() if strip_values or strip_capacity else None)
         try:
             resp = json.loads(body) if body else {}
         except ValueError:
             resp = {}
         err = str(resp.get("__type", "")) if status != 200 else ""
         after_reply = getattr(self, "on_" + op, lambda *a: None)(req, resp, err)
-        if strip and status == 200:
-            resp.pop("Attributes", None)
+        self.emulator_capacity(op, resp.get("ConsumedCapacity"))
+        if status == 200 and (strip_values or strip_capacity):
+            if strip_values:
+                resp.pop("Attributes", None)
+            if strip_capacity:
+                resp.pop("ConsumedCapacity", None)
             body = json.dumps(resp).encode()
         return status, headers, body, after_reply
+
+    def emulator_capacity(self, op, cc):
+        """The emulator's own ConsumedCapacity, kept beside the proxy's model as a cross-check."""
+        if not cc:
+            return
+        total = index = 0.0
+        for c in cc if isinstance(cc, list) else [cc]:
+            total += c.get("CapacityUnits", 0)
+            index += sum(g.get("CapacityUnits", 0) for g in c.get("GlobalSecondaryIndexes", {}).values())
+        with self.stats.lock:
+            (self.stats.emulator_wru if op in WRITE_OPS else self.stats.emulator_rru)[op] += total
+            if op in WRITE_OPS:
+                self.stats.emulator_index_wru[op] += index
 
     def touched(self, op, req):
         if op in ("PutItem", "UpdateItem", "DeleteItem"):

@@ -8,9 +8,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use jobkit::api::{Api, ApiSettings};
+use jobkit::api::ApiSettings;
 use jobkit::local::EventSource;
-use jobkit::worker::{Outcome, Worker, WorkerSettings};
+use jobkit::worker::{Outcome, WorkerSettings};
 use jobkit::{HandlerRegistry, JobId, JobStatus};
 use serde_json::{Value, json};
 use support::*;
@@ -29,12 +29,11 @@ impl Stack {
     fn api_with(&self, registry: HandlerRegistry, tune: impl FnOnce(&mut ApiSettings)) -> Api {
         let mut settings = ApiSettings::from_config(&self.config);
         tune(&mut settings);
-        Api::new(self.store.clone(), self.queue.clone(), registry, settings)
+        self.api_with_settings(registry, settings)
     }
 
     fn worker(&self, registry: HandlerRegistry, settings: WorkerSettings) -> EventSource {
-        let worker = Worker::new(self.store.clone(), self.queue.clone(), registry, settings);
-        EventSource::new(self.queue.clone(), &self.queue_arn, Arc::new(worker), 10)
+        self.event_source(registry, settings)
             .with_wait(Duration::from_millis(200))
     }
 
@@ -414,9 +413,8 @@ async fn every_way_a_job_ends_releases_its_slot(s: Stack) {
     assert_eq!(s.store.in_flight("kim").await.unwrap(), 2);
 
     // A submit whose send fails is abandoned (failed) and gives its slot back.
-    let failing = Api::new(
-        s.store.clone(),
-        FailingSends::new(s.queue.clone(), 1),
+    let failing = api_on(
+        &with_queue(&s.backend, FailingSends::new(s.queue.clone(), 1)),
         HandlerRegistry::with_builtins(),
         ApiSettings {
             max_in_flight_per_user: Some(10),
@@ -461,17 +459,13 @@ async fn the_sweep_records_a_job_whose_last_attempt_died_and_frees_its_slot(s: S
         "reads say so before any write"
     );
 
-    let report = jobkit::recovery::sweep(&s.store, &s.queue, jobkit::recovery::SWEEP_AFTER)
-        .await
-        .unwrap();
+    let report = s.sweeper().sweep(jobkit::sweep::SWEEP_AFTER).await.unwrap();
     assert_eq!((report.buried, report.resent), (1, 0));
     let job = s.store.get(&id).await.unwrap().unwrap();
     assert_eq!(job.status, JobStatus::DeadLetter);
     assert_eq!(job.error.unwrap().code, "lease_expired");
     assert_eq!(s.store.in_flight("lena").await.unwrap(), 0);
-    let again = jobkit::recovery::sweep(&s.store, &s.queue, jobkit::recovery::SWEEP_AFTER)
-        .await
-        .unwrap();
+    let again = s.sweeper().sweep(jobkit::sweep::SWEEP_AFTER).await.unwrap();
     assert_eq!(again.buried, 0);
 }
 

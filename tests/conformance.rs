@@ -5,14 +5,12 @@
 #[macro_use]
 mod support;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use jobkit::job::NewJob;
-use jobkit::local::EventSource;
 use jobkit::queue::{JobMessage, QueueError};
 use jobkit::store::StoreError;
-use jobkit::worker::{Outcome, Worker};
+use jobkit::worker::Outcome;
 use jobkit::{HandlerRegistry, Job, JobStatus, now_millis};
 use serde_json::json;
 use support::*;
@@ -22,7 +20,7 @@ fn new_job() -> Job {
         NewJob {
             user_id: "u".into(),
             kind: "echo".into(),
-            input: json!({"x": 1}),
+            input: json!({"x": 1}).into(),
             max_attempts: 5,
             ttl_secs: 3600,
             callback_url: None,
@@ -42,7 +40,7 @@ async fn create_then_get_round_trips_and_ids_are_unique(b: Backends) {
     assert_eq!(b.store.get(&job.job_id).await.unwrap(), Some(job.clone()));
     let mut other = new_job();
     other.job_id = job.job_id.clone();
-    other.input = json!("another job");
+    other.input = json!("another job").into();
     assert!(matches!(
         b.store.create(&other).await,
         Err(StoreError::AlreadyExists)
@@ -115,18 +113,20 @@ async fn an_expired_lease_can_be_claimed_and_the_old_owner_cannot_write(b: Backe
         (2, Some("w2"))
     );
     // The first owner's completion was computed from a stale version: refused.
-    let stale = first.complete("w1", json!(1), vec![], now + 1_002).unwrap();
+    let stale = first
+        .complete("w1", json!(1).into(), vec![], now + 1_002)
+        .unwrap();
     assert!(matches!(
         b.store.replace(&first, &stale).await,
         Err(StoreError::Conflict { .. })
     ));
     let done = second
-        .complete("w2", json!(2), vec![], now + 1_003)
+        .complete("w2", json!(2).into(), vec![], now + 1_003)
         .unwrap();
     b.store.replace(&second, &done).await.unwrap();
     assert_eq!(
         b.store.get(&job.job_id).await.unwrap().unwrap().result,
-        Some(json!(2))
+        Some(json!(2).into())
     );
 }
 
@@ -139,7 +139,9 @@ async fn finished_and_missing_jobs_cannot_be_claimed(b: Backends) {
         .claim(&job.job_id, "w", now + 60_000, now)
         .await
         .unwrap();
-    let done = running.complete("w", json!(null), vec![], now).unwrap();
+    let done = running
+        .complete("w", json!(null).into(), vec![], now)
+        .unwrap();
     b.store.replace(&running, &done).await.unwrap();
     match b
         .store
@@ -184,7 +186,7 @@ async fn repeating_a_write_that_landed_succeeds_as_after_a_lost_response(b: Back
         (claimed.attempts, claimed.version),
         "counted once"
     );
-    let done = claimed.complete("w", json!(1), vec![], now).unwrap();
+    let done = claimed.complete("w", json!(1).into(), vec![], now).unwrap();
     b.store.replace(&claimed, &done).await.unwrap();
     b.store
         .replace(&claimed, &done)
@@ -318,13 +320,7 @@ async fn depth_counts_waiting_messages(b: Backends) {
 
 async fn a_partial_batch_failure_returns_only_the_failed_message(b: Backends) {
     let registry = HandlerRegistry::with_builtins();
-    let worker = Arc::new(Worker::new(
-        b.store.clone(),
-        b.queue.clone(),
-        registry,
-        fast_settings(b.max_receives),
-    ));
-    let events = EventSource::new(b.queue.clone(), &b.queue_arn, worker, 10);
+    let events = b.event_source(registry, fast_settings(b.max_receives));
     let ok = new_job();
     b.store.create(&ok).await.unwrap();
     let msg = JobMessage {

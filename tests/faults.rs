@@ -13,12 +13,10 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use jobkit::api::Api;
 use jobkit::aws::sdk_config;
 use jobkit::local::EventSource;
-use jobkit::queue::{JobMessage, JobQueue, SqsQueue};
-use jobkit::store::{DynamoStore, JobStore};
-use jobkit::worker::{Outcome, Worker, WorkerSettings};
+use jobkit::queue::JobMessage;
+use jobkit::worker::{Outcome, WorkerSettings};
 use jobkit::{HandlerRegistry, Job, JobError, JobId, JobStatus};
 use serde_json::{Value, json};
 use support::proxy::FaultProxy;
@@ -79,7 +77,7 @@ fn registry(ledger: Arc<Ledger>) -> HandlerRegistry {
                     _ => {}
                 }
                 ledger.effect(ctx.job_id());
-                Ok(input.into())
+                Ok(input)
             }
         })
         .unwrap();
@@ -100,18 +98,14 @@ async fn thousands_of_jobs_under_faults_all_end_exactly_once() {
     let env = TestEnv::start_with(&[("MaxReceiveCount", "8")]).await;
     let proxy = FaultProxy::start(&endpoint(), 0.02, 0.01).await;
     let sdk = sdk_config(Some(&proxy.endpoint)).await;
-    let store: Arc<dyn JobStore> = Arc::new(DynamoStore::new(
-        aws_sdk_dynamodb::Client::new(&sdk),
-        &env.config.table,
-    ));
-    let queue: Arc<dyn JobQueue> = Arc::new(SqsQueue::new(
-        aws_sdk_sqs::Client::new(&sdk),
-        &env.config.queue_url,
-    ));
+    // Every call of the API and the workers goes through the proxy.
+    let backend = jobkit::Backend::aws(&sdk, env.config.clone())
+        .await
+        .unwrap();
+    let queue = backend.queue.clone();
     let ledger = Arc::new(Ledger::default());
-    let api = Api::new(
-        store.clone(),
-        queue.clone(),
+    let api = api_on(
+        &backend,
         registry(ledger.clone()),
         jobkit::api::ApiSettings {
             // Every job counted against a cap it never reaches: the in-flight counter goes through the
@@ -173,14 +167,9 @@ async fn thousands_of_jobs_under_faults_all_end_exactly_once() {
         lease: Duration::from_secs(1),
         ..fast_settings(8)
     };
-    let worker = Arc::new(Worker::new(
-        store.clone(),
-        queue.clone(),
-        registry(ledger.clone()),
-        settings,
-    ));
+    let worker = Arc::new(backend.worker(registry(ledger.clone()), settings));
     let events = Arc::new(
-        EventSource::new(queue.clone(), &env.queue_arn, worker, 10)
+        EventSource::new(backend.queue.clone(), worker, backend.clock.clone(), 10)
             .with_visibility(Duration::from_secs(3))
             .with_wait(Duration::from_millis(200)),
     );

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use jobkit::queue::{JobMessage, JobQueue, ReceivedMessage};
+use jobkit::queue::JobMessage;
 use jobkit::worker::Outcome;
 use jobkit::{HandlerRegistry, JobId, JobStatus};
 use serde_json::json;
@@ -44,7 +44,7 @@ async fn a_submitted_job_runs_to_completion_and_its_status_shows_the_result() {
         id
     );
     assert_eq!(result.outcomes, [Outcome::Completed]);
-    assert!(result.response.batch_item_failures.is_empty());
+    assert!(result.failures.is_empty());
 
     let (status, done) = json(&api.handle(get_job("alice", id)).await);
     assert_eq!(status, 200);
@@ -80,11 +80,7 @@ async fn a_retryable_failure_comes_back_and_succeeds_on_a_later_attempt() {
 
     let (_, first) = env.deliver(&worker).await;
     assert_eq!(first.outcomes, [Outcome::Retrying]);
-    assert_eq!(
-        first.response.batch_item_failures.len(),
-        1,
-        "reported as a batch item failure"
-    );
+    assert_eq!(first.failures.len(), 1, "reported as a batch item failure");
     let job = env.job(&id).await;
     assert_eq!(job.status, JobStatus::Retrying);
     assert_eq!(
@@ -97,7 +93,7 @@ async fn a_retryable_failure_comes_back_and_succeeds_on_a_later_attempt() {
         .run_until(&worker, &id, JobStatus::Completed, WAIT)
         .await;
     assert_eq!(job.attempts, 2);
-    assert_eq!(job.result.unwrap()["attempt"], 2);
+    assert_eq!(job.result.unwrap().to_value()["attempt"], 2);
 }
 
 #[tokio::test]
@@ -112,7 +108,7 @@ async fn a_terminal_failure_marks_the_job_failed_and_acknowledges_the_message() 
     let (_, result) = env.deliver(&worker).await;
     assert_eq!(result.outcomes, [Outcome::Failed]);
     assert!(
-        result.response.batch_item_failures.is_empty(),
+        result.failures.is_empty(),
         "a terminal failure is not retried"
     );
     let (status, body) = json(&api.handle(get_job("alice", id.as_str())).await);
@@ -141,18 +137,17 @@ async fn a_poison_message_ends_in_the_dlq_after_max_receive_count_receives() {
         .unwrap();
 
     let mut receives = 0;
-    let moved: Vec<ReceivedMessage> =
-        eventually("the poison message in the DLQ", WAIT, async || {
-            let (msgs, result) = env.deliver(&worker).await;
-            if !msgs.is_empty() {
-                receives += 1;
-                assert_eq!(result.outcomes, [Outcome::Malformed]);
-                assert_eq!(result.response.batch_item_failures.len(), 1);
-            }
-            let dead = env.dlq.receive(10, Duration::ZERO, None).await.unwrap();
-            (!dead.is_empty()).then_some(dead)
-        })
-        .await;
+    let moved: Vec<Delivery> = eventually("the poison message in the DLQ", WAIT, async || {
+        let (msgs, result) = env.deliver(&worker).await;
+        if !msgs.is_empty() {
+            receives += 1;
+            assert_eq!(result.outcomes, [Outcome::Malformed]);
+            assert_eq!(result.failures.len(), 1);
+        }
+        let dead = env.dlq.receive(10, Duration::ZERO, None).await.unwrap();
+        (!dead.is_empty()).then_some(dead)
+    })
+    .await;
     assert_eq!(moved[0].body, "this is not a job message");
     assert_eq!(
         receives,
@@ -204,10 +199,7 @@ async fn a_duplicate_delivery_of_a_completed_job_does_not_run_it_again() {
     let (msgs, result) = env.deliver(&worker).await;
     assert_eq!(msgs.len(), 1);
     assert_eq!(result.outcomes, [Outcome::AlreadyFinished]);
-    assert!(
-        result.response.batch_item_failures.is_empty(),
-        "acknowledged"
-    );
+    assert!(result.failures.is_empty(), "acknowledged");
     assert_eq!(runs.load(Ordering::SeqCst), 1, "the handler ran once");
     let job = env.job(&id).await;
     assert_eq!((job.status, job.attempts), (JobStatus::Completed, 1));
@@ -242,12 +234,7 @@ async fn bad_messages_and_missing_jobs_fail_alone_never_the_whole_batch() {
     let mut seen = Vec::new();
     eventually("all four messages delivered", WAIT, async || {
         let (msgs, result) = env.deliver(&worker).await;
-        let failed: Vec<String> = result
-            .response
-            .batch_item_failures
-            .iter()
-            .map(|f| f.item_identifier.clone())
-            .collect();
+        let failed = result.failures.clone();
         for (m, o) in msgs.iter().zip(&result.outcomes) {
             assert_eq!(
                 failed.contains(&m.message_id),
@@ -322,7 +309,7 @@ async fn bad_submits_get_a_specific_4xx_and_write_nothing() {
         "x".repeat(jobkit::job::MAX_INPUT_BYTES)
     );
     let huge_body = format!(r#"{{"kind":"echo","input":"{}"}}"#, "x".repeat(300 * 1024));
-    let cases: Vec<(lambda_http::Request, u16, &str)> = vec![
+    let cases: Vec<(Request, u16, &str)> = vec![
         (
             post_jobs("alice", r#"{"kind":"nope","input":{}}"#),
             422,

@@ -8,12 +8,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use jobkit::api::{Api, ApiSettings};
-use jobkit::dlq::DeadLetters;
-use jobkit::queue::{JobMessage, JobQueue};
+use jobkit::api::ApiSettings;
+use jobkit::queue::JobMessage;
 use jobkit::worker::{Outcome, WorkerSettings};
-use jobkit::{HandlerRegistry, JobError, JobId, JobStatus};
-use lambda_http::Request;
+use jobkit::{HandlerRegistry, JobContext, JobError, JobId, JobStatus};
 use serde_json::Value;
 use support::*;
 
@@ -162,7 +160,10 @@ async fn a_submit_whose_send_failed_is_resubmitted_by_its_retry_and_completes() 
     let job = env
         .run_until(&worker, &id, JobStatus::Completed, WAIT)
         .await;
-    assert_eq!(job.result, Some(Value::from("survives")));
+    assert_eq!(
+        job.result.map(|r| r.to_value()),
+        Some(Value::from("survives"))
+    );
 }
 
 #[tokio::test]
@@ -171,9 +172,8 @@ async fn a_submit_that_crashed_between_write_and_send_is_sent_by_its_retry() {
     let mut settings = ApiSettings::from_config(&env.config);
     settings.resend_after = Duration::ZERO;
     // The send never returns; dropping the request mid-send is the function being killed there.
-    let dying = Api::new(
-        env.store.clone(),
-        FailingSends::hanging(env.queue.clone(), 1),
+    let dying = api_on(
+        &with_queue(&env.backend, FailingSends::hanging(env.queue.clone(), 1)),
         HandlerRegistry::with_builtins(),
         settings,
     );
@@ -201,13 +201,16 @@ async fn a_submit_that_crashed_between_write_and_send_is_sent_by_its_retry() {
     let job = env
         .run_until(&worker, &id, JobStatus::Completed, WAIT)
         .await;
-    assert_eq!(job.result, Some(Value::from("not lost")));
+    assert_eq!(
+        job.result.map(|r| r.to_value()),
+        Some(Value::from("not lost"))
+    );
 }
 
 /// A handler that fails retryably on its first `n` runs overall, then succeeds.
 fn flaky_registry(n: u32, runs: Arc<AtomicU32>) -> HandlerRegistry {
     let mut r = HandlerRegistry::with_builtins();
-    r.register_fn("flaky", move |input, _| {
+    r.register_fn("flaky", move |input: Value, _| {
         let runs = runs.clone();
         async move {
             if runs.fetch_add(1, Ordering::SeqCst) < n {
@@ -216,7 +219,7 @@ fn flaky_registry(n: u32, runs: Arc<AtomicU32>) -> HandlerRegistry {
                     "the upstream API is down",
                 ))
             } else {
-                Ok(input.into())
+                Ok(input)
             }
         }
     })
@@ -237,7 +240,7 @@ async fn dead_letters_are_listed_redriven_with_their_history_and_purged() {
     env.run_until(&worker, &id, JobStatus::DeadLetter, WAIT)
         .await;
     env.queue.send("poison", Duration::ZERO).await.unwrap();
-    let tools = DeadLetters::new(env.store.clone(), env.queue.clone(), env.dlq.clone());
+    let tools = env.backend.dead_letters().expect("the stack has a DLQ");
     let listed = eventually("both messages in the DLQ", WAIT, async || {
         env.deliver(&worker).await;
         let l = tools.list().await.unwrap();
@@ -272,7 +275,7 @@ async fn dead_letters_are_listed_redriven_with_their_history_and_purged() {
     let done = env
         .run_until(&worker, &id, JobStatus::Completed, WAIT)
         .await;
-    assert_eq!(done.result, Some(Value::from("finally")));
+    assert_eq!(done.result.unwrap().to_value(), Value::from("finally"));
 
     assert_eq!(tools.purge().await.unwrap(), 1);
     assert!(tools.list().await.unwrap().is_empty());
@@ -289,13 +292,13 @@ fn short_lease(env: &TestEnv, lease: Duration) -> WorkerSettings {
 /// `slow`: sleeps `input` milliseconds on the first run only; counts runs.
 fn slow_registry(runs: Arc<AtomicU32>) -> HandlerRegistry {
     let mut r = HandlerRegistry::with_builtins();
-    r.register_fn("slow", move |input, _| {
+    r.register_fn("slow", move |input: Value, _| {
         let runs = runs.clone();
         async move {
             if runs.fetch_add(1, Ordering::SeqCst) == 0 {
                 tokio::time::sleep(Duration::from_millis(input.as_u64().unwrap_or(0))).await;
             }
-            Ok(Value::from("done").into())
+            Ok(Value::from("done"))
         }
     })
     .unwrap();
@@ -360,8 +363,10 @@ async fn a_worker_killed_mid_job_is_recovered_when_its_lease_and_visibility_run_
         let doomed = doomed.clone();
         async move { doomed.poll_once().await }
     });
+    // Running: claimed, and its handler started (not merely claimed: the rescuer's run must be the second).
     eventually("the job running", WAIT, async || {
-        (env.job(&id).await.status == JobStatus::Running).then_some(())
+        (env.job(&id).await.status == JobStatus::Running && runs.load(Ordering::SeqCst) == 1)
+            .then_some(())
     })
     .await;
     task.abort(); // the worker dies: no more heartbeats, no outcome, no delete
@@ -382,18 +387,18 @@ async fn a_job_longer_than_an_invocation_yields_and_resumes_from_its_checkpoint_
     let mut registry = HandlerRegistry::with_builtins();
     let seen = starts.clone();
     registry
-        .register_fn("steps", move |input, ctx| {
+        .register_fn("steps", move |input: Value, ctx: JobContext| {
             let seen = seen.clone();
             async move {
                 let total = input["steps"].as_u64().unwrap();
                 let from = ctx
-                    .checkpoint()
+                    .checkpoint::<Value>()?
                     .and_then(|c| c["next"].as_u64())
                     .unwrap_or(0);
                 seen.lock().unwrap().push(from);
                 for step in from..total {
                     tokio::time::sleep(Duration::from_millis(100)).await;
-                    ctx.save_checkpoint(serde_json::json!({"next": step + 1}))
+                    ctx.save_checkpoint(&serde_json::json!({"next": step + 1}))
                         .await?;
                     ctx.progress(
                         ((step + 1) * 100 / total) as u8,
@@ -404,7 +409,7 @@ async fn a_job_longer_than_an_invocation_yields_and_resumes_from_its_checkpoint_
                         return Err(JobError::Yield);
                     }
                 }
-                Ok(Value::from(total).into())
+                Ok(total)
             }
         })
         .unwrap();
@@ -430,7 +435,7 @@ async fn a_job_longer_than_an_invocation_yields_and_resumes_from_its_checkpoint_
         starts.windows(2).all(|w| w[0] < w[1]),
         "each resumed past the last: {starts:?}"
     );
-    assert_eq!(job.result, Some(Value::from(8)));
+    assert_eq!(job.result.unwrap().to_value(), Value::from(8));
     assert_eq!(job.continuations as usize, starts.len() - 1);
     assert_eq!(job.attempts, 1, "continuations are not failed attempts");
     assert_eq!(job.progress.unwrap().percent, 100);
@@ -453,23 +458,17 @@ async fn the_sweep_resends_a_job_whose_submit_crashed_before_sending_and_it_comp
         "the submit died mid-send, with no key to retry with"
     );
     assert!(all_messages(&env).await.is_empty());
-    let store: Arc<dyn jobkit::store::JobStore> = env.store.clone();
-    let queue: Arc<dyn JobQueue> = env.queue.clone();
+    let sweeper = env.backend.sweeper();
     // Not yet stale under the deployed threshold; stale under a zero one.
     assert_eq!(
-        jobkit::recovery::sweep(&store, &queue, jobkit::recovery::SWEEP_AFTER)
+        sweeper
+            .sweep(jobkit::sweep::SWEEP_AFTER)
             .await
             .unwrap()
             .resent,
         0
     );
-    assert_eq!(
-        jobkit::recovery::sweep(&store, &queue, Duration::ZERO)
-            .await
-            .unwrap()
-            .resent,
-        1
-    );
+    assert_eq!(sweeper.sweep(Duration::ZERO).await.unwrap().resent, 1);
     let worker = env.worker(HandlerRegistry::with_builtins());
     let (msgs, result) = env.deliver(&worker).await;
     assert_eq!(
@@ -477,10 +476,7 @@ async fn the_sweep_resends_a_job_whose_submit_crashed_before_sending_and_it_comp
         (1, [Outcome::Completed].as_slice())
     );
     assert_eq!(
-        jobkit::recovery::sweep(&store, &queue, Duration::ZERO)
-            .await
-            .unwrap()
-            .resent,
+        sweeper.sweep(Duration::ZERO).await.unwrap().resent,
         0,
         "nothing left queued"
     );

@@ -92,7 +92,10 @@ impl Client {
     }
 
     pub async fn submit(&self, kind: &str, input: &Json) -> anyhow::Result<Answer<Accepted>> {
-        let body = format!(r#"{{"kind":{},"input":{input}}}"#, serde_json::to_string(kind)?);
+        let body = format!(
+            r#"{{"kind":{},"input":{input}}}"#,
+            serde_json::to_string(kind)?
+        );
         self.send(
             self.http
                 .post(self.url("/jobs"))

@@ -111,9 +111,9 @@ pub async fn run(args: DevArgs, registry: HandlerRegistry) -> anyhow::Result<()>
     let batch_size = args
         .batch_size
         .unwrap_or(template_number(&spec, "WorkerBatchSize", 10) as u32);
-    let concurrency = args
-        .concurrency
-        .unwrap_or(template_number(&spec, "WorkerMaxConcurrency", 10));
+    let concurrency =
+        args.concurrency
+            .unwrap_or(template_number(&spec, "WorkerMaxConcurrency", 10));
     let settings = ApiSettings {
         dev_mode: true,
         ..ApiSettings::from_config(&b.config)
@@ -121,17 +121,22 @@ pub async fn run(args: DevArgs, registry: HandlerRegistry) -> anyhow::Result<()>
     let submit = Arc::new(b.submit_api(registry.clone(), settings));
     let status = Arc::new(b.status_api());
     let user_header = args.user_header;
-    let app = api::router(submit, status).layer(axum::middleware::from_fn(
-        move |req, next| api::dev_identity(user_header, req, next),
-    ));
+    let app = api::router(submit, status).layer(axum::middleware::from_fn(move |req, next| {
+        api::dev_identity(user_header, req, next)
+    }));
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let worker = b
         .worker(registry, WorkerSettings::from_config(&b.config))
         .with_stop(stop_rx.clone());
     let events = Arc::new(
-        EventSource::new(b.queue.clone(), Arc::new(worker), b.clock.clone(), batch_size)
-            .with_timeout(b.config.worker_timeout),
+        EventSource::new(
+            b.queue.clone(),
+            Arc::new(worker),
+            b.clock.clone(),
+            batch_size,
+        )
+        .with_timeout(b.config.worker_timeout),
     );
     let listener = tokio::net::TcpListener::bind(args.addr)
         .await
@@ -150,7 +155,10 @@ pub async fn run(args: DevArgs, registry: HandlerRegistry) -> anyhow::Result<()>
     let server = axum::serve(listener, app).with_graceful_shutdown(stopped(stop_rx));
     let server = tokio::spawn(async move { server.await });
     let _ = tokio::signal::ctrl_c().await;
-    eprintln!("jobctl dev: stopping (in-flight work has {} s)", GRACE.as_secs());
+    eprintln!(
+        "jobctl dev: stopping (in-flight work has {} s)",
+        GRACE.as_secs()
+    );
     let _ = stop_tx.send(true);
     // Requests and batches under way get the grace period; past it, open connections are dropped and
     // the worker gives its running jobs back (already signalled: it releases them as it stops).

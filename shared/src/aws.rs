@@ -86,7 +86,8 @@ impl Provisioned {
             ("JOBKIT_MAX_IN_FLIGHT_PER_USER", p("MaxJobsInFlightPerUser")),
             ("JOBKIT_WORKER_TIMEOUT_SECS", p("WorkerTimeout")),
         ]);
-        let resource = |k: &str| matches!(k, "JOBKIT_TABLE" | "JOBKIT_QUEUE_URL" | "JOBKIT_DLQ_URL");
+        let resource =
+            |k: &str| matches!(k, "JOBKIT_TABLE" | "JOBKIT_QUEUE_URL" | "JOBKIT_DLQ_URL");
         Ok(Config::from_lookup(|k| {
             (!resource(k))
                 .then(|| overrides(k))

@@ -100,9 +100,7 @@ impl DeadLetters {
                 message_id: m.message_id.clone(),
                 job_id: msg.as_ref().map(|m| m.job_id.clone()),
                 kind: msg.as_ref().map(|m| m.kind.clone()),
-                status: job
-                    .as_ref()
-                    .map(|j| j.effective_status(self.clock.now())),
+                status: job.as_ref().map(|j| j.effective_status(self.clock.now())),
                 attempts: job.as_ref().map(|j| j.attempts),
                 last_error: job.and_then(|j| j.error),
                 body: msg.is_none().then(|| m.body.clone()),

@@ -699,22 +699,37 @@ mod tests {
         assert_eq!(j2.attempts, 2);
         assert_eq!(j2.started_at, Some(T0));
         // The first worker lost its lease and can no longer finish the job.
-        assert!(j2.complete("w1", Json::from(json!(1)), vec![], T0 + 60_002).is_err());
+        assert!(
+            j2.complete("w1", Json::from(json!(1)), vec![], T0 + 60_002)
+                .is_err()
+        );
     }
 
     #[test]
     fn completion_needs_the_lease_and_is_terminal() {
         let j = job().claim("w1", T0 + 60_000, T0).unwrap();
         let done = j
-            .complete("w1", Json::from(json!({"ok": true})), vec!["slow".into()], T0 + 5)
+            .complete(
+                "w1",
+                Json::from(json!({"ok": true})),
+                vec!["slow".into()],
+                T0 + 5,
+            )
             .unwrap();
         assert_eq!(done.status, JobStatus::Completed);
         assert_eq!(done.result, Some(Json::from(json!({"ok": true}))));
         assert_eq!(done.finished_at, Some(T0 + 5));
         assert_eq!(done.lease_owner, None);
         assert!(!done.claimable(T0 + 1_000_000));
-        assert!(done.complete("w1", Json::from(json!(2)), vec![], T0 + 6).is_err());
-        assert!(job().complete("w1", Json::from(json!(1)), vec![], T0).is_err());
+        assert!(
+            done.complete("w1", Json::from(json!(2)), vec![], T0 + 6)
+                .is_err()
+        );
+        assert!(
+            job()
+                .complete("w1", Json::from(json!(1)), vec![], T0)
+                .is_err()
+        );
     }
 
     #[test]
@@ -795,7 +810,9 @@ mod tests {
             j.requeue(T0 + 60_001).is_ok(),
             "running with an expired lease"
         );
-        let done = j.complete("w1", Json::from(json!(1)), vec![], T0 + 1).unwrap();
+        let done = j
+            .complete("w1", Json::from(json!(1)), vec![], T0 + 1)
+            .unwrap();
         assert!(
             done.requeue(T0 + 2).is_err(),
             "a completed job is never run again"
@@ -845,7 +862,9 @@ mod tests {
         let j = job().claim("w1", T0 + 10, T0).unwrap();
         let j = j.heartbeat("w1", T0 + 100, T0 + 5).unwrap();
         assert_eq!(j.lease_expires_at, Some(T0 + 100));
-        let j = j.save_checkpoint("w1", Json::from(json!({"step": 2})), T0 + 6).unwrap();
+        let j = j
+            .save_checkpoint("w1", Json::from(json!({"step": 2})), T0 + 6)
+            .unwrap();
         let progress = Progress {
             percent: 40,
             message: "step 2".into(),
@@ -856,8 +875,13 @@ mod tests {
             (Some(Json::from(json!({"step": 2}))), Some(progress), 4)
         );
         assert!(j.heartbeat("w2", T0 + 200, T0 + 8).is_err());
-        assert!(j.save_checkpoint("w2", Json::from(json!(0)), T0 + 8).is_err());
-        let done = j.complete("w1", Json::from(json!(1)), vec![], T0 + 9).unwrap();
+        assert!(
+            j.save_checkpoint("w2", Json::from(json!(0)), T0 + 8)
+                .is_err()
+        );
+        let done = j
+            .complete("w1", Json::from(json!(1)), vec![], T0 + 9)
+            .unwrap();
         assert!(
             done.heartbeat("w1", T0 + 200, T0 + 10).is_err(),
             "no heartbeat after the end"
@@ -867,7 +891,9 @@ mod tests {
     #[test]
     fn a_suspended_job_is_queued_with_its_checkpoint_and_the_attempt_given_back() {
         let j = job().claim("w1", T0 + 10, T0).unwrap();
-        let j = j.save_checkpoint("w1", Json::from(json!({"step": 5})), T0 + 1).unwrap();
+        let j = j
+            .save_checkpoint("w1", Json::from(json!({"step": 5})), T0 + 1)
+            .unwrap();
         let s = j.suspend("w1", T0 + 2).unwrap();
         assert_eq!(
             (s.status, s.attempts, s.continuations),
@@ -935,7 +961,9 @@ mod tests {
     #[test]
     fn finished_jobs_cannot_be_cancelled() {
         let running = job().claim("w", T0 + 60_000, T0).unwrap();
-        let done = running.complete("w", Json::from(json!(1)), vec![], T0 + 1).unwrap();
+        let done = running
+            .complete("w", Json::from(json!(1)), vec![], T0 + 1)
+            .unwrap();
         assert!(done.cancel(T0 + 2).is_err());
         let failed = running
             .fail("w", JobStatus::Failed, err(false), T0 + 1)

@@ -39,6 +39,16 @@ impl Json {
         self.decode().expect("a Json is valid JSON")
     }
 
+    /// A canonical text of the same document, for hashing: object keys sorted (the last of duplicate
+    /// keys kept, as any JSON reader does), strings re-escaped one way, numbers exactly as written. Two
+    /// requests that differ only in key order or escaping hash the same; two that differ in a digit do
+    /// not.
+    pub fn canonical(&self) -> String {
+        let mut out = String::with_capacity(self.len());
+        canonical_into(&self.0, &mut out);
+        out
+    }
+
     /// The text.
     pub fn get(&self) -> &str {
         self.0.get()
@@ -98,6 +108,43 @@ impl<'de> Deserialize<'de> for Json {
         Ok(Self(
             RawValue::from_string(minify(raw.get())).map_err(serde::de::Error::custom)?,
         ))
+    }
+}
+
+fn canonical_into(raw: &RawValue, out: &mut String) {
+    let text = raw.get();
+    match text.as_bytes().first() {
+        Some(b'{') => {
+            let map: std::collections::BTreeMap<String, &RawValue> =
+                serde_json::from_str(text).expect("a Json object reads as a map");
+            out.push('{');
+            for (i, (k, v)) in map.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&serde_json::to_string(&k).expect("a string serializes"));
+                out.push(':');
+                canonical_into(v, out);
+            }
+            out.push('}');
+        }
+        Some(b'[') => {
+            let items: Vec<&RawValue> =
+                serde_json::from_str(text).expect("a Json array reads as a list");
+            out.push('[');
+            for (i, v) in items.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                canonical_into(v, out);
+            }
+            out.push(']');
+        }
+        Some(b'"') => {
+            let s: String = serde_json::from_str(text).expect("a Json string reads as a string");
+            out.push_str(&serde_json::to_string(&s).expect("a string serializes"));
+        }
+        _ => out.push_str(text),
     }
 }
 
@@ -169,7 +216,24 @@ mod tests {
         assert_eq!(j.get(), r#"{"n":12345678901234567890123,"s":"a b\" c"}"#);
         let back: Json = serde_json::from_str(&serde_json::to_string(&j).unwrap()).unwrap();
         assert_eq!(back, j);
-        assert_ne!(Json::parse("12345678901234567890123").unwrap(), Json::parse("12345678901234567890124").unwrap());
+        assert_ne!(
+            Json::parse("12345678901234567890123").unwrap(),
+            Json::parse("12345678901234567890124").unwrap()
+        );
+    }
+
+    #[test]
+    fn the_canonical_form_ignores_key_order_and_escapes_but_not_digits() {
+        let a =
+            Json::parse(r#"{"b":[1,{"y":2,"x":"\u0041"}],"a":12345678901234567890123}"#).unwrap();
+        let b = Json::parse(r#"{"a":12345678901234567890123,"b":[1,{"x":"A","y":2}]}"#).unwrap();
+        assert_eq!(a.canonical(), b.canonical());
+        assert_eq!(
+            a.canonical(),
+            r#"{"a":12345678901234567890123,"b":[1,{"x":"A","y":2}]}"#
+        );
+        let c = Json::parse(r#"{"a":12345678901234567890124,"b":[1,{"x":"A","y":2}]}"#).unwrap();
+        assert_ne!(a.canonical(), c.canonical());
     }
 
     #[test]

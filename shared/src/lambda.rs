@@ -73,14 +73,16 @@ pub async fn serve_sweep() -> Result<(), Error> {
 /// The router, with each request's caller taken from the API Gateway authorizer: the JWT `sub` claim,
 /// else the IAM caller. Nothing in the request itself (body, headers) can name a caller.
 pub fn with_authorizer_identity(router: Router) -> Router {
-    router.layer(axum::middleware::map_request(|mut req: Request| async move {
-        let user = authorizer_user(req.request_context_ref());
-        req.extensions_mut().remove::<Identity>();
-        if let Some(user) = user {
-            req.extensions_mut().insert(Identity(user));
-        }
-        req
-    }))
+    router.layer(axum::middleware::map_request(
+        |mut req: Request| async move {
+            let user = authorizer_user(req.request_context_ref());
+            req.extensions_mut().remove::<Identity>();
+            if let Some(user) = user {
+                req.extensions_mut().insert(Identity(user));
+            }
+            req
+        },
+    ))
 }
 
 fn authorizer_user(ctx: Option<&RequestContext>) -> Option<String> {

@@ -16,25 +16,25 @@
 //! `api` and `worker` never name an AWS type: those live in `store::dynamo`, `queue::sqs`, [`aws`] and
 //! [`backend`], so every behaviour can be tested on the embedded backends too.
 
-pub mod error;
-pub mod clock;
-pub mod retry;
-pub mod json;
-pub mod job;
-pub mod config;
-pub mod template;
-pub mod telemetry;
-pub mod handler;
-pub mod store;
-pub mod queue;
-pub mod worker;
 pub mod api;
-pub mod sweep;
-pub mod dlq;
 pub mod aws;
 pub mod backend;
-pub mod local;
+pub mod clock;
+pub mod config;
+pub mod dlq;
+pub mod error;
+pub mod handler;
+pub mod job;
+pub mod json;
 pub mod lambda;
+pub mod local;
+pub mod queue;
+pub mod retry;
+pub mod store;
+pub mod sweep;
+pub mod telemetry;
+pub mod template;
+pub mod worker;
 
 pub use backend::Backend;
 pub use config::Config;

@@ -102,7 +102,10 @@ impl Sweeper {
                 }
             }
             if !orphans.is_empty() {
-                tracing::warn!(orphans = orphans.len(), "released in-flight slots of jobs gone or finished");
+                tracing::warn!(
+                    orphans = orphans.len(),
+                    "released in-flight slots of jobs gone or finished"
+                );
                 self.store.release_slots(&slots.user_id, &orphans).await?;
                 released += orphans.len();
             }

@@ -1,5 +1,5 @@
 """End to end with the real binaries: template.yaml deployed through the emulator's CloudFormation (SAM
-transform), the three release binaries run by its Lambda executor, driven only through the API endpoint.
+transform), the release binaries run by its Lambda executor, driven only through the API endpoint.
 
 Run by tests/e2e/run.sh (which builds the binaries and starts the emulator) with the ministack venv's
 Python (it has boto3, and `cryptography`, which ministack needs to verify JWTs). Prints `N passed, N failed`.
@@ -123,7 +123,7 @@ def deploy(issuer):
     s3 = boto3.client("s3", **KW)
     bucket = f"{STACK}-code"
     s3.create_bucket(Bucket=bucket)
-    for name in ("submit", "worker", "status"):
+    for name in ("submit", "worker", "status", "sweep"):
         buf = io.BytesIO()
         with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
             info = zipfile.ZipInfo("bootstrap")
@@ -138,7 +138,7 @@ def deploy(issuer):
     # machine, so the architecture follows it.
     template = re.sub(r"(Binary: (\w+)\n(?:.*\n)*?    Properties:\n      CodeUri:) \.", rf"\1 s3://{bucket}/\2.zip", template)
     template = template.replace("Architectures: [arm64]", "Architectures: [x86_64]")
-    assert template.count(f"s3://{bucket}/") == 3, "three functions point at their zips"
+    assert template.count(f"s3://{bucket}/") == 4, "four functions point at their zips"
     cfn = boto3.client("cloudformation", **KW)
     params = {
         "WorkerTimeout": "30", "RetryBaseSeconds": "1", "RetryMaxSeconds": "1", "WorkerBatchSize": "10",

@@ -1,40 +1,48 @@
-//! Test harness: API Gateway requests from fixtures, and [`TestEnv`], a fresh copy of the stack's queues
-//! and table (from template.yaml) on the emulator, reached through the real AWS SDK.
+//! Test harness: requests to the API's router as the authenticated caller, and the stacks the suites run
+//! on: the embedded backend, or [`TestEnv`], a fresh copy of the stack's queues and table (from
+//! template.yaml) on the emulator, reached through the real AWS SDK.
 #![allow(dead_code)] // each test binary uses part of the harness
 
 pub mod proxy;
 
 use std::collections::BTreeMap;
+use std::ops::Deref;
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use jobkit::api::{Api, ApiSettings};
+use axum::Router;
+use axum::body::{Body, Bytes};
+use http::{HeaderMap, StatusCode};
+use jobkit::api::{self, ApiSettings, Identity};
 use jobkit::aws::{Provisioned, provision, sdk_config};
+use jobkit::clock::{SharedClock, SystemClock};
 use jobkit::local::EventSource;
-use jobkit::queue::{JobQueue, MemoryQueue, QueueError, ReceivedMessage, SqsQueue};
-use jobkit::store::{DynamoStore, JobStore, MemoryStore};
+#[allow(unused_imports)]
+pub use jobkit::queue::{
+    Delivery, JobQueue, JobSender, MessageVisibility, QueueDepth, QueueError, QueueReceiver,
+    SqsQueue,
+};
+use jobkit::retry::Backoff;
+#[allow(unused_imports)]
+pub use jobkit::store::{
+    CancelSignals, CancelWatch, DynamoStore, JobClaimer, JobInserter, JobLister, JobReader,
+    JobScanner, JobWriter, SlotLedger,
+};
 use jobkit::template::{StackSpec, TEMPLATE_YAML, parse};
-use jobkit::worker::{Backoff, BatchResult, Worker, WorkerSettings};
-use jobkit::{Config, HandlerRegistry, Job, JobId, JobStatus};
-use lambda_http::{Body, Request, Response};
+use jobkit::worker::{BatchResult, WorkerSettings};
+use jobkit::{Backend, Config, HandlerRegistry, Job, JobId, JobStatus};
 use serde_json::Value;
+use tower::ServiceExt;
 
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-// ---------- API Gateway requests from fixtures ----------
+// ---------- requests to the router ----------
 
-fn fixture(name: &str) -> Value {
-    let path = repo_root().join("tests/fixtures").join(name);
-    serde_json::from_str(&std::fs::read_to_string(&path).expect("fixture exists"))
-        .expect("fixture is JSON")
-}
-
-fn to_request(event: Value) -> Request {
-    lambda_http::request::from_str(&event.to_string()).expect("a valid API Gateway v2 event")
-}
+/// A request to the API's router.
+pub type Request = http::Request<Body>;
 
 /// `POST /jobs` with `body` as user `user`, with a JSON content type.
 pub fn post_jobs(user: &str, body: &str) -> Request {
@@ -43,16 +51,11 @@ pub fn post_jobs(user: &str, body: &str) -> Request {
 
 /// `POST /jobs` with any content type (or none).
 pub fn post_jobs_with(user: &str, body: &str, content_type: Option<&str>) -> Request {
-    let mut e = fixture("apigw_v2_post_jobs.json");
-    e["body"] = Value::from(body);
-    e["requestContext"]["authorizer"]["jwt"]["claims"]["sub"] = Value::from(user);
-    match content_type {
-        Some(ct) => e["headers"]["content-type"] = Value::from(ct),
-        None => {
-            e["headers"].as_object_mut().unwrap().remove("content-type");
-        }
+    let mut b = http::Request::post("/jobs");
+    if let Some(ct) = content_type {
+        b = b.header("content-type", ct);
     }
-    to_request(e)
+    as_user(b.body(Body::from(body.to_owned())).unwrap(), user)
 }
 
 /// `GET /jobs/{id}` as user `user`.
@@ -60,63 +63,100 @@ pub fn get_job(user: &str, id: &str) -> Request {
     request("GET", &format!("/jobs/{id}"), user)
 }
 
-/// Any method and path, as user `user`.
+/// Any method and path (with its query), as user `user`.
 pub fn request(method: &str, path: &str, user: &str) -> Request {
-    let mut e = fixture("apigw_v2_get_job.json");
-    e["rawPath"] = Value::from(path);
-    e["requestContext"]["http"]["path"] = Value::from(path);
-    e["requestContext"]["http"]["method"] = Value::from(method);
-    e["requestContext"]["authorizer"]["jwt"]["claims"]["sub"] = Value::from(user);
-    e.as_object_mut().unwrap().remove("pathParameters");
-    to_request(e)
+    as_user(
+        http::Request::builder()
+            .method(method)
+            .uri(path)
+            .body(Body::empty())
+            .unwrap(),
+        user,
+    )
 }
 
 /// `GET /jobs?{query}` as user `user` (`query` already URL-encoded).
 pub fn list_jobs(user: &str, query: &str) -> Request {
-    let mut e = fixture("apigw_v2_get_job.json");
-    e["rawPath"] = Value::from("/jobs");
-    e["requestContext"]["http"]["path"] = Value::from("/jobs");
-    e["requestContext"]["authorizer"]["jwt"]["claims"]["sub"] = Value::from(user);
-    e["rawQueryString"] = Value::from(query);
-    let mut params = serde_json::Map::new();
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        params.insert(k.to_owned(), Value::from(v));
-    }
-    e["queryStringParameters"] = Value::Object(params);
-    e.as_object_mut().unwrap().remove("pathParameters");
-    to_request(e)
+    request("GET", &format!("/jobs?{query}"), user)
 }
 
-/// A request that reached the function with no authorizer identity (a route left without one).
+/// A request that reached the API with no authenticated caller (a route left without an authorizer).
 pub fn unauthenticated(method: &str, path: &str) -> Request {
-    let mut e = fixture("apigw_v2_post_jobs.json");
-    e["rawPath"] = Value::from(path);
-    e["requestContext"]["http"]["path"] = Value::from(path);
-    e["requestContext"]["http"]["method"] = Value::from(method);
-    e["requestContext"]
-        .as_object_mut()
-        .unwrap()
-        .remove("authorizer");
-    to_request(e)
+    let mut r = request(method, path, "nobody");
+    r.extensions_mut().remove::<Identity>();
+    r
 }
 
-/// Status and JSON body of a response.
-pub fn json(resp: &Response<Body>) -> (u16, Value) {
-    let body = match resp.body() {
-        Body::Text(s) => s.clone(),
-        Body::Binary(b) => String::from_utf8(b.clone()).unwrap(),
-        Body::Empty => String::new(),
-        _ => unreachable!("no other body kinds are produced"),
-    };
+/// `req` as sent by `user`, as the authorizer (or `jobctl dev`) would mark it.
+pub fn as_user(mut req: Request, user: &str) -> Request {
+    req.extensions_mut().insert(Identity(user.to_owned()));
+    req
+}
+
+/// A whole answer of the router.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Answer {
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+    pub fn headers(&self) -> &HeaderMap {
+        &self.headers
+    }
+}
+
+/// The API under test: the router every deployment serves, called in-process.
+#[derive(Clone)]
+pub struct Api(pub Router);
+
+impl Api {
+    pub async fn handle(&self, req: Request) -> Answer {
+        let resp = self
+            .0
+            .clone()
+            .oneshot(req)
+            .await
+            .expect("the router never fails");
+        let (parts, body) = resp.into_parts();
+        let body = axum::body::to_bytes(body, 64 << 20).await.expect("a body");
+        Answer {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        }
+    }
+}
+
+/// The whole API over `backend`, as `jobctl dev` and the functions build it.
+pub fn api_on(backend: &Backend, registry: HandlerRegistry, settings: ApiSettings) -> Api {
+    Api(api::router(
+        Arc::new(backend.submit_api(registry, settings)),
+        Arc::new(backend.status_api()),
+    ))
+}
+
+/// `backend` with its messages sent through `queue` (fault injection).
+pub fn with_queue(backend: &Backend, queue: Arc<dyn JobQueue>) -> Backend {
+    let mut b = backend.clone();
+    b.queue = queue;
+    b
+}
+
+/// Status and JSON body of an answer.
+pub fn json(resp: &Answer) -> (u16, Value) {
     (
-        resp.status().as_u16(),
-        serde_json::from_str(&body).unwrap_or(Value::Null),
+        resp.status.as_u16(),
+        serde_json::from_slice(&resp.body).unwrap_or(Value::Null),
     )
 }
 
 /// Asserts an error response: status, `error.code`, and a non-empty message.
-pub fn assert_error(resp: &Response<Body>, status: u16, code: &str) {
+pub fn assert_error(resp: &Answer, status: u16, code: &str) {
     let (got, body) = json(resp);
     assert_eq!(got, status, "status for {code}: {body}");
     assert_eq!(body["error"]["code"], code, "{body}");
@@ -132,47 +172,79 @@ pub fn assert_error(resp: &Response<Body>, status: u16, code: &str) {
 /// expected.
 pub fn counting_registry(runs: Arc<std::sync::atomic::AtomicU32>) -> HandlerRegistry {
     let mut r = HandlerRegistry::with_builtins();
-    r.register_fn("count", move |input, _ctx| {
+    r.register_fn("count", move |input: jobkit::Json, _ctx| {
         let runs = runs.clone();
         async move {
             runs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            Ok(input.into())
+            Ok(input)
         }
     })
     .unwrap();
     r
 }
 
-/// The ports a suite runs on, the queue's redrive setting, and the configuration a stack on them starts
-/// from. Built by [`memory`] (the embedded backend) or [`emulator`] (a fresh copy of the stack on it).
+/// The ports a suite runs on (a [`Backend`], which it derefs to), the queue's DLQ and redrive setting.
+/// Built by [`memory`] (the embedded backend) or [`emulator`] (a fresh copy of the stack on it).
 pub struct Backends {
-    pub store: Arc<dyn JobStore>,
-    pub queue: Arc<dyn JobQueue>,
+    pub backend: Backend,
     pub dlq: Arc<dyn JobQueue>,
     pub max_receives: u32,
-    pub queue_arn: String,
-    pub config: Config,
     /// Keeps the emulator stack (if any) alive as long as the ports.
     _env: Option<TestEnv>,
 }
 
-/// The embedded store and queue, with the queue's DLQ after 5 receives.
-pub async fn memory() -> Backends {
-    let dlq = Arc::new(MemoryQueue::new(Duration::from_secs(30)));
-    let queue =
-        Arc::new(MemoryQueue::new(Duration::from_secs(30)).with_dead_letter_queue(dlq.clone(), 5));
-    let config = Config::from_lookup(|k| match k {
-        "JOBKIT_TABLE" | "JOBKIT_QUEUE_URL" => Some("memory".into()),
+impl Deref for Backends {
+    type Target = Backend;
+    fn deref(&self) -> &Backend {
+        &self.backend
+    }
+}
+
+impl Backends {
+    /// The API on these ports with `settings`.
+    pub fn api_with_settings(&self, registry: HandlerRegistry, settings: ApiSettings) -> Api {
+        api_on(&self.backend, registry, settings)
+    }
+
+    /// A worker behind a local SQS event source on these ports.
+    pub fn event_source(&self, registry: HandlerRegistry, settings: WorkerSettings) -> EventSource {
+        let worker = self.backend.worker(registry, settings);
+        EventSource::new(
+            self.backend.queue.clone(),
+            Arc::new(worker),
+            self.backend.clock.clone(),
+            10,
+        )
+    }
+}
+
+/// The test configuration of a stack whose resources are named `table` and `queue`.
+fn test_config(table: &str, queue: &str) -> Config {
+    Config::from_lookup(|k| match k {
+        "JOBKIT_TABLE" => Some(table.into()),
+        "JOBKIT_QUEUE_URL" => Some(queue.into()),
         _ => None,
     })
-    .expect("the resources are set");
+    .expect("the resources are set")
+}
+
+/// The embedded store and queue, with the queue's DLQ after 5 receives.
+pub async fn memory() -> Backends {
+    memory_on(Arc::new(SystemClock))
+}
+
+/// [`memory`] on `clock` (a [`jobkit::clock::TokioClock`] for tests on paused time).
+pub fn memory_on(clock: SharedClock) -> Backends {
+    let backend = Backend::embedded(
+        test_config("memory", "memory"),
+        Duration::from_secs(30),
+        5,
+        clock,
+    );
     Backends {
-        store: Arc::new(MemoryStore::new()),
-        queue,
-        dlq,
+        dlq: backend.dead_letter_queue.clone().expect("a DLQ"),
+        backend,
         max_receives: 5,
-        queue_arn: "arn:aws:sqs:local:000000000000:jobs".into(),
-        config,
         _env: None,
     }
 }
@@ -182,11 +254,8 @@ pub async fn emulator() -> Backends {
     let env = TestEnv::start().await;
     Backends {
         max_receives: env.max_receive_count(),
-        store: env.store.clone(),
-        queue: env.queue.clone(),
+        backend: env.backend.clone(),
         dlq: env.dlq.clone(),
-        queue_arn: env.queue_arn.clone(),
-        config: env.config.clone(),
         _env: Some(env),
     }
 }
@@ -213,6 +282,7 @@ pub fn fast_settings(max_attempts: u32) -> WorkerSettings {
         concurrency: 10,
         lease: Duration::from_secs(60),
         yield_margin: Duration::from_secs(1),
+        cancel_poll: Duration::from_secs(5),
     }
 }
 
@@ -274,6 +344,7 @@ pub struct TestEnv {
     pub spec: StackSpec,
     pub resources: Provisioned,
     pub config: Config,
+    pub backend: Backend,
     pub store: Arc<DynamoStore>,
     pub queue: Arc<SqsQueue>,
     pub dlq: Arc<SqsQueue>,
@@ -320,12 +391,16 @@ impl TestEnv {
             sqs,
             config.dlq_url.as_deref().expect("a DLQ"),
         ));
+        let backend = Backend::aws(&sdk, config.clone())
+            .await
+            .expect("the stack's backend");
         let queue_arn = resources.queue_arns["JobsQueue"].clone();
         Self {
             sdk,
             spec,
             resources,
             config,
+            backend,
             store,
             queue,
             dlq,
@@ -344,13 +419,17 @@ impl TestEnv {
     }
 
     pub fn api(&self, registry: HandlerRegistry) -> Api {
-        self.api_with_queue(registry, self.queue.clone())
+        api_on(
+            &self.backend,
+            registry,
+            ApiSettings::from_config(&self.config),
+        )
     }
 
+    /// The API with its messages sent through `queue` (fault injection).
     pub fn api_with_queue(&self, registry: HandlerRegistry, queue: Arc<dyn JobQueue>) -> Api {
-        Api::new(
-            self.store.clone(),
-            queue,
+        api_on(
+            &with_queue(&self.backend, queue),
             registry,
             ApiSettings::from_config(&self.config),
         )
@@ -362,8 +441,13 @@ impl TestEnv {
     }
 
     pub fn worker_with(&self, registry: HandlerRegistry, settings: WorkerSettings) -> EventSource {
-        let worker = Worker::new(self.store.clone(), self.queue.clone(), registry, settings);
-        EventSource::new(self.queue.clone(), &self.queue_arn, Arc::new(worker), 10)
+        let worker = self.backend.worker(registry, settings);
+        EventSource::new(
+            self.backend.queue.clone(),
+            Arc::new(worker),
+            self.backend.clock.clone(),
+            10,
+        )
     }
 
     pub async fn job(&self, id: &JobId) -> Job {
@@ -386,9 +470,9 @@ impl TestEnv {
             .count
     }
 
-    /// What Lambda's event source does once: receive a batch, invoke the worker with it as an `SqsEvent`,
-    /// delete the messages not reported as failed. Returns the messages and the worker's result.
-    pub async fn deliver(&self, worker: &EventSource) -> (Vec<ReceivedMessage>, BatchResult) {
+    /// What Lambda's event source does once: receive a batch, hand it to the worker, delete the messages
+    /// it acknowledged. Returns the deliveries and the worker's result.
+    pub async fn deliver(&self, worker: &EventSource) -> (Vec<Delivery>, BatchResult) {
         worker.poll_once().await.expect("receive from the queue")
     }
 
@@ -443,7 +527,7 @@ impl FailingSends {
 }
 
 #[async_trait::async_trait]
-impl JobQueue for FailingSends {
+impl JobSender for FailingSends {
     async fn send(&self, body: &str, delay: Duration) -> Result<String, QueueError> {
         use std::sync::atomic::Ordering::SeqCst;
         if self
@@ -460,20 +544,32 @@ impl JobQueue for FailingSends {
         }
         self.inner.send(body, delay).await
     }
+}
+
+#[async_trait::async_trait]
+impl QueueReceiver for FailingSends {
     async fn receive(
         &self,
         max: u32,
         wait: Duration,
         vis: Option<Duration>,
-    ) -> Result<Vec<ReceivedMessage>, QueueError> {
+    ) -> Result<Vec<Delivery>, QueueError> {
         self.inner.receive(max, wait, vis).await
     }
     async fn delete(&self, receipt: &str) -> Result<(), QueueError> {
         self.inner.delete(receipt).await
     }
+}
+
+#[async_trait::async_trait]
+impl MessageVisibility for FailingSends {
     async fn change_visibility(&self, receipt: &str, timeout: Duration) -> Result<(), QueueError> {
         self.inner.change_visibility(receipt, timeout).await
     }
+}
+
+#[async_trait::async_trait]
+impl QueueDepth for FailingSends {
     async fn depth(&self) -> Result<u64, QueueError> {
         self.inner.depth().await
     }

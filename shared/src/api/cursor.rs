@@ -38,7 +38,8 @@ impl CursorKey {
     }
 
     fn tag(&self, position: &str, binding: &[&str]) -> Hmac<Sha256> {
-        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&self.0).expect("HMAC takes any key");
+        let mut mac =
+            <Hmac<Sha256> as KeyInit>::new_from_slice(&self.0).expect("HMAC takes any key");
         mac.update(b"jobkit-cursor-v1\0");
         for part in binding {
             mac.update(part.as_bytes());
@@ -114,7 +115,13 @@ mod tests {
             .unwrap();
         tampered[0] ^= 1;
         let tampered = URL_SAFE_NO_PAD.encode(tampered);
-        for bad in ["", "!!", "bm90LWEtY3Vyc29y", forged.as_str(), tampered.as_str()] {
+        for bad in [
+            "",
+            "!!",
+            "bm90LWEtY3Vyc29y",
+            forged.as_str(),
+            tampered.as_str(),
+        ] {
             assert!(
                 matches!(key.decode(bad, &["u", ""]), Err(ApiError::InvalidCursor)),
                 "{bad}"

@@ -115,7 +115,6 @@ impl ApiError {
             Self::Internal { .. } => "internal_error",
         }
     }
-
 }
 
 /// How much of a client's own input an error message quotes: enough to recognise it, never a megabyte.
@@ -202,7 +201,9 @@ mod tests {
     use super::*;
 
     async fn body(resp: Response) -> String {
-        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap();
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .unwrap();
         String::from_utf8(bytes.to_vec()).unwrap()
     }
 

@@ -123,7 +123,8 @@ pub(super) async fn list(
     let next_cursor = (jobs.len() > limit).then(|| {
         jobs.truncate(limit);
         let last = jobs.last().expect("limit is at least 1");
-        api.cursors.encode(last.submitted_at, &last.job_id, &binding)
+        api.cursors
+            .encode(last.submitted_at, &last.job_id, &binding)
     });
     let now = api.clock.now();
     Ok(JsonBody(JobList {
@@ -139,7 +140,11 @@ mod tests {
     #[test]
     fn repeated_and_unknown_parameters_are_refused() {
         assert!(parameters(Some("limit=1&status=queued")).is_ok());
-        for bad in ["limit=1&limit=abc", "status=running&status=completed", "sort=asc"] {
+        for bad in [
+            "limit=1&limit=abc",
+            "status=running&status=completed",
+            "sort=asc",
+        ] {
             assert!(
                 matches!(parameters(Some(bad)), Err(ApiError::InvalidRequest(_))),
                 "{bad}"

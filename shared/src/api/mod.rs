@@ -112,7 +112,8 @@ pub fn status_routes(api: Arc<StatusApi>) -> Router {
 /// Both: the whole API, for `jobctl dev` and tests.
 pub fn router(submit: Arc<SubmitApi>, status: Arc<StatusApi>) -> Router {
     with_layers(
-        status_only(status).merge(Router::new().route("/jobs", post(submit::submit).with_state(submit))),
+        status_only(status)
+            .merge(Router::new().route("/jobs", post(submit::submit).with_state(submit))),
     )
 }
 

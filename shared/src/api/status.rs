@@ -138,16 +138,22 @@ pub(super) async fn cancel(
             Err(_) => Err(ApiError::JobFinished(job.effective_status(now))),
         }
     };
-    let (job, what) = read_modify_write(&*api.store, &job.job_id.clone(), Some(job), CANCEL_TRIES, step)
-        .await
-        .map_err(|e| match e {
-            RmwError::Refused(e) => e,
-            RmwError::NotFound => ApiError::JobNotFound,
-            RmwError::Contended => ApiError::Unavailable {
-                source: "the job kept changing while being cancelled".into(),
-            },
-            RmwError::Store(e) => e.into(),
-        })?;
+    let (job, what) = read_modify_write(
+        &*api.store,
+        &job.job_id.clone(),
+        Some(job),
+        CANCEL_TRIES,
+        step,
+    )
+    .await
+    .map_err(|e| match e {
+        RmwError::Refused(e) => e,
+        RmwError::NotFound => ApiError::JobNotFound,
+        RmwError::Contended => ApiError::Unavailable {
+            source: "the job kept changing while being cancelled".into(),
+        },
+        RmwError::Store(e) => e.into(),
+    })?;
     if what == Cancel::Requested {
         // The running attempt looks for this small mark every few seconds (a read of a few bytes, not of
         // the job); it also sees the flag on the job at its next write, should this mark be lost.

@@ -116,7 +116,12 @@ impl SubmitApi {
             kind: job.kind.clone(),
         };
         self.queue.send(&message.encode(), Duration::ZERO).await?;
-        if let Some(r) = self.depth.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+        if let Some(r) = self
+            .depth
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_mut()
+        {
             r.sent_since += 1;
         }
         Ok(())
@@ -160,7 +165,11 @@ impl SubmitApi {
 
     /// The existing job an unexpired key names: its replay, or `409` when the key was used with another
     /// request.
-    async fn answer_existing(&self, created: Created, request_hash: &str) -> Result<Response, ApiError> {
+    async fn answer_existing(
+        &self,
+        created: Created,
+        request_hash: &str,
+    ) -> Result<Response, ApiError> {
         let Created::Existing {
             job_id,
             request_hash: held,
@@ -171,7 +180,11 @@ impl SubmitApi {
         if held != request_hash {
             return Err(ApiError::IdempotencyKeyReused);
         }
-        let existing = self.store.get(&job_id).await?.ok_or(ApiError::JobNotFound)?;
+        let existing = self
+            .store
+            .get(&job_id)
+            .await?
+            .ok_or(ApiError::JobNotFound)?;
         self.replay(existing).await
     }
 }
@@ -203,11 +216,12 @@ pub(super) async fn submit(
         None => None,
     };
     let now = api.clock.now();
-    // The hash is over what was submitted: the kind, the exact input text, the callback.
+    // The hash is over what was submitted: the kind, the input (canonical: key order does not matter,
+    // every digit does), the callback.
     let request_hash = sha256_hex(&[
         body.kind.as_bytes(),
         b"\0",
-        body.input.get().as_bytes(),
+        body.input.canonical().as_bytes(),
         b"\0",
         callback_url.as_deref().unwrap_or("").as_bytes(),
     ]);
@@ -268,7 +282,12 @@ pub(super) async fn submit(
 fn accepted(job: &Job, status: StatusCode, now: i64) -> Response {
     let status_url = format!("/jobs/{}", job.job_id);
     let body = json!({"job_id": job.job_id, "status": job.effective_status(now), "status_url": status_url});
-    (status, [(http::header::LOCATION, status_url)], JsonBody(body)).into_response()
+    (
+        status,
+        [(http::header::LOCATION, status_url)],
+        JsonBody(body),
+    )
+        .into_response()
 }
 
 fn sha256_hex(parts: &[&[u8]]) -> String {

@@ -105,8 +105,14 @@ mod tests {
         JobContext::new(JobId::generate(0), "sleep".into(), attempt, 5, None)
     }
 
-    async fn run(h: &dyn DynHandler, input: serde_json::Value, attempt: u32) -> Result<Json, JobError> {
-        h.run_json(&input.into(), ctx(attempt)).await.map(|o| o.result)
+    async fn run(
+        h: &dyn DynHandler,
+        input: serde_json::Value,
+        attempt: u32,
+    ) -> Result<Json, JobError> {
+        h.run_json(&input.into(), ctx(attempt))
+            .await
+            .map(|o| o.result)
     }
 
     #[tokio::test]
@@ -129,7 +135,9 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn sleep_can_fail_terminally_and_rejects_bad_input() {
-        let e = run(&Sleep, json!({"fail": "terminal"}), 1).await.unwrap_err();
+        let e = run(&Sleep, json!({"fail": "terminal"}), 1)
+            .await
+            .unwrap_err();
         assert!(matches!(e, JobError::Terminal { ref code, .. } if code == "sleep_failed"));
         for bad in [
             json!({"ms": "ten"}),

@@ -74,11 +74,7 @@ impl MemoryQueue {
 
     /// One non-blocking receive pass. Returns the messages and, when none was visible, the earliest
     /// instant one becomes visible.
-    fn take_visible(
-        &self,
-        max: usize,
-        visibility: Duration,
-    ) -> (Vec<Delivery>, Option<Instant>) {
+    fn take_visible(&self, max: usize, visibility: Duration) -> (Vec<Delivery>, Option<Instant>) {
         let now = Instant::now();
         let mut out = Vec::new();
         let mut msgs = self.messages();

@@ -138,7 +138,10 @@ fn slots_key(user: &str) -> Item {
 
 /// The small item that tells a running attempt its job was asked to stop.
 fn cancel_key(id: &JobId) -> Item {
-    HashMap::from([("job_id".to_owned(), AttributeValue::S(format!("cancel#{id}")))])
+    HashMap::from([(
+        "job_id".to_owned(),
+        AttributeValue::S(format!("cancel#{id}")),
+    )])
 }
 
 /// The slot update that moves `job` in (`+1`) or out (`-1`) of its owner's set.
@@ -377,7 +380,6 @@ impl JobClaimer for DynamoStore {
             },
         }
     }
-
 }
 
 #[async_trait]
@@ -436,7 +438,6 @@ impl JobWriter for DynamoStore {
             Some(_) => landed_or_conflict(None).await,
         }
     }
-
 }
 
 #[async_trait]
@@ -473,7 +474,6 @@ impl JobLister for DynamoStore {
         })
         .await
     }
-
 }
 
 #[async_trait]

@@ -127,8 +127,11 @@ pub trait JobInserter: Send + Sync {
 
     /// The job an unexpired idempotency key names (`Created::Existing`), if any (a GetItem: a retry is
     /// answered before any write or queue check).
-    async fn held_key(&self, key: &KeyReservation, now_secs: i64)
-    -> Result<Option<Created>, StoreError>;
+    async fn held_key(
+        &self,
+        key: &KeyReservation,
+        now_secs: i64,
+    ) -> Result<Option<Created>, StoreError>;
 
     /// Stores a new job with no key and no cap; `AlreadyExists` if its id is taken.
     async fn create(&self, job: &Job) -> Result<(), StoreError> {

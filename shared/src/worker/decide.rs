@@ -140,22 +140,136 @@ mod tests {
     fn every_outcome_maps_to_one_decision() {
         let big = json!("x".repeat(MAX_RESULT_BYTES));
         let table: Vec<(&str, Result<Output, JobError>, u32, u32, bool, Decision)> = vec![
-            ("success", ok(json!(1)), 1, 1, false, Decision::Complete { result: json!(1).into(), warnings: vec![] }),
-            ("success despite a cancel request", ok(json!(1)), 1, 1, true, Decision::Complete { result: json!(1).into(), warnings: vec![] }),
-            ("oversized result", ok(big), 1, 1, false, Decision::Fail(info("result_too_large", &format!("result exceeds {MAX_RESULT_BYTES} bytes"), false))),
-            ("terminal", Err(JobError::terminal("bad", "no")), 1, 1, false, Decision::Fail(info("bad", "no", false))),
-            ("retryable with backoff", retryable(None), 3, 3, false, Decision::Retry { error: info("busy", "try later", true), after: Duration::from_secs(4) }),
-            ("retryable with retry_after", retryable(Some(Duration::from_secs(7))), 1, 1, false, Decision::Retry { error: info("busy", "try later", true), after: Duration::from_secs(7) }),
-            ("retry_after capped at SQS's maximum", retryable(Some(Duration::from_secs(86_400))), 1, 1, false, Decision::Retry { error: info("busy", "try later", true), after: MAX_VISIBILITY }),
-            ("last attempt", retryable(None), 5, 5, false, Decision::DeadLetter(info("busy", "try later", true))),
-            ("receives ran ahead of attempts", retryable(None), 2, 5, false, Decision::DeadLetter(info("busy", "try later", true))),
-            ("yield", Err(JobError::Yield), 1, 1, false, Decision::Continue),
-            ("cancelled", Err(JobError::Cancelled), 1, 1, false, Decision::Cancel),
-            ("error after a cancel request", Err(JobError::terminal("bad", "no")), 1, 1, true, Decision::Cancel),
-            ("yield after a cancel request", Err(JobError::Yield), 1, 1, true, Decision::Cancel),
+            (
+                "success",
+                ok(json!(1)),
+                1,
+                1,
+                false,
+                Decision::Complete {
+                    result: json!(1).into(),
+                    warnings: vec![],
+                },
+            ),
+            (
+                "success despite a cancel request",
+                ok(json!(1)),
+                1,
+                1,
+                true,
+                Decision::Complete {
+                    result: json!(1).into(),
+                    warnings: vec![],
+                },
+            ),
+            (
+                "oversized result",
+                ok(big),
+                1,
+                1,
+                false,
+                Decision::Fail(info(
+                    "result_too_large",
+                    &format!("result exceeds {MAX_RESULT_BYTES} bytes"),
+                    false,
+                )),
+            ),
+            (
+                "terminal",
+                Err(JobError::terminal("bad", "no")),
+                1,
+                1,
+                false,
+                Decision::Fail(info("bad", "no", false)),
+            ),
+            (
+                "retryable with backoff",
+                retryable(None),
+                3,
+                3,
+                false,
+                Decision::Retry {
+                    error: info("busy", "try later", true),
+                    after: Duration::from_secs(4),
+                },
+            ),
+            (
+                "retryable with retry_after",
+                retryable(Some(Duration::from_secs(7))),
+                1,
+                1,
+                false,
+                Decision::Retry {
+                    error: info("busy", "try later", true),
+                    after: Duration::from_secs(7),
+                },
+            ),
+            (
+                "retry_after capped at SQS's maximum",
+                retryable(Some(Duration::from_secs(86_400))),
+                1,
+                1,
+                false,
+                Decision::Retry {
+                    error: info("busy", "try later", true),
+                    after: MAX_VISIBILITY,
+                },
+            ),
+            (
+                "last attempt",
+                retryable(None),
+                5,
+                5,
+                false,
+                Decision::DeadLetter(info("busy", "try later", true)),
+            ),
+            (
+                "receives ran ahead of attempts",
+                retryable(None),
+                2,
+                5,
+                false,
+                Decision::DeadLetter(info("busy", "try later", true)),
+            ),
+            (
+                "yield",
+                Err(JobError::Yield),
+                1,
+                1,
+                false,
+                Decision::Continue,
+            ),
+            (
+                "cancelled",
+                Err(JobError::Cancelled),
+                1,
+                1,
+                false,
+                Decision::Cancel,
+            ),
+            (
+                "error after a cancel request",
+                Err(JobError::terminal("bad", "no")),
+                1,
+                1,
+                true,
+                Decision::Cancel,
+            ),
+            (
+                "yield after a cancel request",
+                Err(JobError::Yield),
+                1,
+                1,
+                true,
+                Decision::Cancel,
+            ),
         ];
         for (name, ran, attempts, receives, cancel, want) in table {
-            assert_eq!(decide(ran, &job(attempts), facts(receives, cancel)), want, "{name}");
+            assert_eq!(
+                decide(ran, &job(attempts), facts(receives, cancel)),
+                want,
+                "{name}"
+            );
         }
     }
 }

@@ -166,7 +166,9 @@ impl Worker {
         let jobs: Vec<BoxFuture<'_, (usize, Graded)>> = deliveries
             .iter()
             .enumerate()
-            .map(|(i, d)| Box::pin(async move { (i, self.guarded(d, inv).await) }) as BoxFuture<'_, _>)
+            .map(|(i, d)| {
+                Box::pin(async move { (i, self.guarded(d, inv).await) }) as BoxFuture<'_, _>
+            })
             .collect();
         let mut graded: Vec<(usize, Graded)> = futures::stream::iter(jobs)
             .buffer_unordered(self.settings.concurrency.max(1))
@@ -226,7 +228,9 @@ impl Worker {
                     tracing::error!("message for a job that does not exist");
                     (Outcome::Missing, self.backoff(d.receive_count))
                 }
-                Err(StoreError::Conflict { current: Some(job) }) => self.not_claimed(&job, now).await,
+                Err(StoreError::Conflict { current: Some(job) }) => {
+                    self.not_claimed(&job, now).await
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "could not claim job");
                     (Outcome::Unavailable, self.backoff(d.receive_count))
@@ -255,7 +259,10 @@ impl Worker {
         }
         let left = job.lease_expires_at.unwrap_or(now) - now;
         let wait = Duration::from_millis(left.max(0) as u64 + 1_000).min(MAX_VISIBILITY);
-        tracing::info!(retry_in_ms = wait.as_millis() as u64, "job is running elsewhere");
+        tracing::info!(
+            retry_in_ms = wait.as_millis() as u64,
+            "job is running elsewhere"
+        );
         (Outcome::Busy, Verdict::Retry(wait))
     }
 
@@ -364,30 +371,46 @@ impl Worker {
     }
 
     /// Writes `decision` while holding the lease, and grades the delivery.
-    async fn apply(&self, decision: Decision, keeper: &LeaseKeeper, job: &Job, d: &Delivery) -> Graded {
+    async fn apply(
+        &self,
+        decision: Decision,
+        keeper: &LeaseKeeper,
+        job: &Job,
+        d: &Delivery,
+    ) -> Graded {
         let (written, graded) = match decision {
             Decision::Continue => return self.continue_later(keeper, d).await,
             Decision::Complete { result, warnings } => (
                 keeper
-                    .update(|j, owner, now| j.complete(owner, result.clone(), warnings.clone(), now))
+                    .update(|j, owner, now| {
+                        j.complete(owner, result.clone(), warnings.clone(), now)
+                    })
                     .await,
                 (Outcome::Completed, Verdict::Ack),
             ),
             Decision::Fail(e) => (
-                keeper.update(|j, owner, now| j.fail(owner, JobStatus::Failed, e.clone(), now)).await,
+                keeper
+                    .update(|j, owner, now| j.fail(owner, JobStatus::Failed, e.clone(), now))
+                    .await,
                 (Outcome::Failed, Verdict::Ack),
             ),
             Decision::DeadLetter(e) => (
-                keeper.update(|j, owner, now| j.fail(owner, JobStatus::DeadLetter, e.clone(), now)).await,
+                keeper
+                    .update(|j, owner, now| j.fail(owner, JobStatus::DeadLetter, e.clone(), now))
+                    .await,
                 // Back at once so SQS moves it to the DLQ on its next receive.
                 (Outcome::DeadLettered, Verdict::Retry(Duration::ZERO)),
             ),
             Decision::Retry { error, after } => (
-                keeper.update(|j, owner, now| j.fail(owner, JobStatus::Retrying, error.clone(), now)).await,
+                keeper
+                    .update(|j, owner, now| j.fail(owner, JobStatus::Retrying, error.clone(), now))
+                    .await,
                 (Outcome::Retrying, Verdict::Retry(after)),
             ),
             Decision::Cancel => (
-                keeper.update(|j, owner, now| j.stop_cancelled(owner, now)).await,
+                keeper
+                    .update(|j, owner, now| j.stop_cancelled(owner, now))
+                    .await,
                 (Outcome::Cancelled, Verdict::Ack),
             ),
         };
@@ -415,7 +438,10 @@ impl Worker {
             return (Outcome::Unavailable, self.backoff(1));
         }
         match keeper.update(|j, owner, now| j.suspend(owner, now)).await {
-            Ok(j) => tracing::info!(continuations = j.continuations, "job yielded; continues in a new message"),
+            Ok(j) => tracing::info!(
+                continuations = j.continuations,
+                "job yielded; continues in a new message"
+            ),
             // The continuation message finds the lease expired and resumes from the checkpoint.
             Err(e) => tracing::warn!(error = %e, "could not suspend the job"),
         }

@@ -1,0 +1,186 @@
+//! `jobctl dev` as a user runs it: the real binary, on a free port, driven over HTTP.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+/// A running `jobctl dev`, killed when dropped.
+struct Dev {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Dev {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Dev {
+    fn start(extra_env: &[(&str, &str)]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_jobctl"))
+            .args(["dev", "--addr", "127.0.0.1:0"])
+            .envs(extra_env.iter().copied())
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("jobctl runs");
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let url = loop {
+            let line = lines
+                .next()
+                .expect("jobctl dev printed its banner")
+                .unwrap();
+            if let Some(rest) = line.split("API on ").nth(1) {
+                break rest.split_whitespace().next().unwrap().to_owned();
+            }
+        };
+        // Keep draining its log so it never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Self { child, url }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Resident memory, from the kernel's accounting.
+    fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS")
+    }
+
+    fn addr(&self) -> &str {
+        self.url.trim_start_matches("http://")
+    }
+}
+
+async fn submit(http: &reqwest::Client, dev: &Dev, body: Value) -> String {
+    let resp = http
+        .post(format!("{}/jobs", dev.url))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    let v: Value = resp.json().await.unwrap();
+    v["job_id"].as_str().unwrap().to_owned()
+}
+
+async fn status(http: &reqwest::Client, dev: &Dev, id: &str) -> String {
+    let v: Value = http
+        .get(format!("{}/jobs/{id}", dev.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    v["status"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn oversized_posts_are_refused_before_they_are_buffered() {
+    let dev = Dev::start(&[]);
+    let http = reqwest::Client::new();
+    // Warm up: the first requests allocate what any request needs.
+    submit(&http, &dev, json!({"kind": "echo", "input": 1})).await;
+    let before = dev.rss_kib();
+    let big = vec![b'x'; 4 << 20];
+    let posts = (0..32).map(|_| {
+        let (http, url, body) = (http.clone(), format!("{}/jobs", dev.url), big.clone());
+        tokio::spawn(async move {
+            let resp = http
+                .post(url)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await;
+            // A refused upload may be cut before all of it was sent: either a 413, or a reset.
+            resp.map(|r| r.status().as_u16()).unwrap_or(413)
+        })
+    });
+    for status in futures::future::join_all(posts).await {
+        assert_eq!(status.unwrap(), 413);
+    }
+    let after = dev.rss_kib();
+    println!("jobctl dev RSS: {before} KiB before, {after} KiB after 32 concurrent 4 MiB POSTs");
+    assert!(
+        after < before + 30 * 1024,
+        "RSS grew from {before} KiB to {after} KiB"
+    );
+}
+
+#[tokio::test]
+async fn long_jobs_do_not_hold_up_a_quick_one_submitted_after_them() {
+    let dev = Dev::start(&[]);
+    let http = reqwest::Client::new();
+    let long: Vec<String> = futures::future::join_all((0..2).map(|_| {
+        submit(
+            &http,
+            &dev,
+            json!({"kind": "sleep", "input": {"ms": 300_000}}),
+        )
+    }))
+    .await;
+    let submitted = Instant::now();
+    let quick = submit(&http, &dev, json!({"kind": "echo", "input": "quick"})).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while status(&http, &dev, &quick).await != "completed" {
+        assert!(Instant::now() < deadline, "the quick job never completed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    println!(
+        "echo completed {:?} after its submit, behind two 5-minute sleeps",
+        submitted.elapsed()
+    );
+    for id in &long {
+        assert_eq!(
+            status(&http, &dev, id).await,
+            "running",
+            "the long jobs are still running"
+        );
+    }
+}
+
+#[test]
+fn ctrl_c_stops_it_within_seconds_even_with_a_half_sent_request_open() {
+    let mut dev = Dev::start(&[]);
+    // A request that never finishes: headers promising a body that never comes.
+    let mut half = TcpStream::connect(dev.addr()).unwrap();
+    half.write_all(b"POST /jobs HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"kind\"")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let sent = Instant::now();
+    let killed = Command::new("kill")
+        .args(["-INT", &dev.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let exit = loop {
+        if let Some(exit) = dev.child.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "jobctl dev still runs 15 s after Ctrl-C"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    println!(
+        "jobctl dev exited {:?} after Ctrl-C ({exit})",
+        sent.elapsed()
+    );
+    assert!(exit.success(), "{exit}");
+}
