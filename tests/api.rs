@@ -211,7 +211,7 @@ async fn bad_list_queries_are_rejected(s: Stack) {
 
 // ---------- validation ----------
 
-async fn bad_callback_urls_are_rejected_and_write_nothing(s: Stack) {
+async fn callback_urls_are_validated_then_refused_until_webhooks_exist(s: Stack) {
     let api = s.api(|_| {});
     for url in [
         "http://93.184.215.14/hook",                // not https
@@ -231,20 +231,26 @@ async fn bad_callback_urls_are_rejected_and_write_nothing(s: Stack) {
     }
     nothing_written(&s, "dave").await;
 
+    // A valid callback is refused too, until webhooks are delivered: never stored and left uncalled.
     let body = json!({"kind": "echo", "input": 1, "callback_url": "https://93.184.215.14/hook"});
-    let id = submit_ok(&api, "dave", &body.to_string()).await;
-    let (_, view) = json(&api.handle(get_job("dave", id.as_str())).await);
-    assert_eq!(view["callback_url"], "https://93.184.215.14/hook");
+    let resp = api.handle(post_jobs("dave", &body.to_string())).await;
+    assert_error(&resp, 422, "callback_unsupported");
 
-    // Local development may call back to loopback over http; a deployed API never does.
+    // Local development may name loopback over http (and is refused the same way); a deployed API
+    // finds such a URL invalid.
     let dev = s.api(|c| c.dev_mode = true);
     let local = json!({"kind": "echo", "input": 1, "callback_url": "http://127.0.0.1:9000/hook"});
-    submit_ok(&dev, "dave", &local.to_string()).await;
+    assert_error(
+        &dev.handle(post_jobs("dave", &local.to_string())).await,
+        422,
+        "callback_unsupported",
+    );
     assert_error(
         &api.handle(post_jobs("dave", &local.to_string())).await,
         400,
         "invalid_callback_url",
     );
+    nothing_written(&s, "dave").await;
 }
 
 // ---------- cancel ----------
@@ -474,7 +480,7 @@ on_both_backends!(
     another_users_job_is_invisible_to_read_cancel_and_list,
     lists_page_newest_first_and_filter_by_status,
     bad_list_queries_are_rejected,
-    bad_callback_urls_are_rejected_and_write_nothing,
+    callback_urls_are_validated_then_refused_until_webhooks_exist,
     a_queued_job_is_cancelled_at_once_and_never_runs,
     a_running_job_stops_when_cancelled_and_ends_cancelled,
     finished_jobs_cannot_be_cancelled,

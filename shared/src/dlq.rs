@@ -148,7 +148,7 @@ impl DeadLetters {
     async fn requeue_job(&self, id: &JobId) -> Result<(), BoxError> {
         let step = |job: &crate::Job| {
             Ok::<_, ()>(match job.requeue(self.clock.now()) {
-                Ok(next) => Change::Write(next, ()),
+                Ok(next) => Change::Write(Box::new(next), ()),
                 Err(_) => Change::Keep(()),
             })
         };

@@ -189,6 +189,8 @@ pub struct Backends {
     pub backend: Backend,
     pub dlq: Arc<dyn JobQueue>,
     pub max_receives: u32,
+    /// The embedded store itself, for what only a test does to it (deleting a record as TTL would).
+    memory_store: Option<Arc<jobkit::store::MemoryStore>>,
     /// Keeps the emulator stack (if any) alive as long as the ports.
     _env: Option<TestEnv>,
 }
@@ -204,6 +206,26 @@ impl Backends {
     /// The API on these ports with `settings`.
     pub fn api_with_settings(&self, registry: HandlerRegistry, settings: ApiSettings) -> Api {
         api_on(&self.backend, registry, settings)
+    }
+
+    /// Deletes a job record as DynamoDB's TTL would: nothing else is told.
+    pub async fn expire_job(&self, id: &JobId) {
+        match (&self.memory_store, &self._env) {
+            (Some(m), _) => m.expire(id),
+            (None, Some(env)) => {
+                aws_sdk_dynamodb::Client::new(&env.sdk)
+                    .delete_item()
+                    .table_name(&env.config.table)
+                    .key(
+                        "job_id",
+                        aws_sdk_dynamodb::types::AttributeValue::S(id.to_string()),
+                    )
+                    .send()
+                    .await
+                    .expect("delete the record");
+            }
+            (None, None) => unreachable!("a stack is embedded or on the emulator"),
+        }
     }
 
     /// A worker behind a local SQS event source on these ports.
@@ -235,16 +257,19 @@ pub async fn memory() -> Backends {
 
 /// [`memory`] on `clock` (a [`jobkit::clock::TokioClock`] for tests on paused time).
 pub fn memory_on(clock: SharedClock) -> Backends {
-    let backend = Backend::embedded(
+    let mut backend = Backend::embedded(
         test_config("memory", "memory"),
         Duration::from_secs(30),
         5,
         clock,
     );
+    let store = Arc::new(jobkit::store::MemoryStore::new());
+    backend.store = store.clone();
     Backends {
         dlq: backend.dead_letter_queue.clone().expect("a DLQ"),
         backend,
         max_receives: 5,
+        memory_store: Some(store),
         _env: None,
     }
 }
@@ -256,6 +281,7 @@ pub async fn emulator() -> Backends {
         max_receives: env.max_receive_count(),
         backend: env.backend.clone(),
         dlq: env.dlq.clone(),
+        memory_store: None,
         _env: Some(env),
     }
 }

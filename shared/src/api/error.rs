@@ -33,6 +33,11 @@ pub enum ApiError {
     TruncatedBody,
     #[error("invalid callback_url: {0}")]
     InvalidCallbackUrl(String),
+    /// Webhook delivery is not built yet: a callback the API accepted would never be called.
+    #[error(
+        "callback_url is not supported yet: results are not delivered by webhook; poll GET /jobs/{{id}}"
+    )]
+    CallbackUnsupported,
     #[error("cursor is not one this API returned")]
     InvalidCursor,
     #[error("no authenticated caller: the request carries no authorizer identity")]
@@ -84,7 +89,7 @@ impl ApiError {
             Self::QueueFull { .. } | Self::TooManyInFlight { .. } => 429,
             Self::PayloadTooLarge | Self::InputTooLarge => 413,
             Self::UnsupportedMediaType => 415,
-            Self::UnknownKind { .. } => 422,
+            Self::UnknownKind { .. } | Self::CallbackUnsupported => 422,
             Self::Internal { .. } => 500,
             Self::Unavailable { .. } => 503,
         }
@@ -101,6 +106,7 @@ impl ApiError {
             Self::UnsupportedMediaType => "unsupported_media_type",
             Self::TruncatedBody => "truncated_body",
             Self::InvalidCallbackUrl(_) => "invalid_callback_url",
+            Self::CallbackUnsupported => "callback_unsupported",
             Self::InvalidCursor => "invalid_cursor",
             Self::Unauthenticated => "unauthenticated",
             Self::JobNotFound => "job_not_found",

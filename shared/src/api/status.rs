@@ -133,7 +133,7 @@ pub(super) async fn cancel(
     let step = |job: &Job| {
         let now = api.clock.now();
         match job.cancel(now) {
-            Ok((what, Some(next))) => Ok(Change::Write(next, what)),
+            Ok((what, Some(next))) => Ok(Change::Write(Box::new(next), what)),
             Ok((what, None)) => Ok(Change::Keep(what)),
             Err(_) => Err(ApiError::JobFinished(job.effective_status(now))),
         }

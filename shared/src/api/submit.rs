@@ -215,6 +215,11 @@ pub(super) async fn submit(
         ),
         None => None,
     };
+    if callback_url.is_some() {
+        // A field the API accepts is a promise: until webhooks are sent, a valid callback is refused
+        // rather than stored and never called.
+        return Err(ApiError::CallbackUnsupported);
+    }
     let now = api.clock.now();
     // The hash is over what was submitted: the kind, the input (canonical: key order does not matter,
     // every digit does), the callback.

@@ -224,7 +224,7 @@ impl<T: SubmitStore + StatusStore + WorkerStore + SweepStore + ?Sized> JobStore 
 /// What a read-modify-write step decided about the job it was shown.
 pub enum Change<T> {
     /// Write this new version (computed from the one shown), then return `T`.
-    Write(Job, T),
+    Write(Box<Job>, T),
     /// Nothing to write: return `T`.
     Keep(T),
 }
@@ -269,7 +269,7 @@ where
         match step(&job).map_err(RmwError::Refused)? {
             Change::Keep(t) => return Ok((job, t)),
             Change::Write(next, t) => match store.replace(&job, &next).await {
-                Ok(()) => return Ok((next, t)),
+                Ok(()) => return Ok((*next, t)),
                 Err(StoreError::Conflict { current: fresh }) => current = fresh.map(|j| *j),
                 Err(StoreError::NotFound) => return Err(RmwError::NotFound),
                 Err(e) => return Err(RmwError::Store(e)),

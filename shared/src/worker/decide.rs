@@ -139,7 +139,16 @@ mod tests {
     #[test]
     fn every_outcome_maps_to_one_decision() {
         let big = json!("x".repeat(MAX_RESULT_BYTES));
-        let table: Vec<(&str, Result<Output, JobError>, u32, u32, bool, Decision)> = vec![
+        // (case, the run, job attempts, receive count, cancel requested, decision)
+        type Case = (
+            &'static str,
+            Result<Output, JobError>,
+            u32,
+            u32,
+            bool,
+            Decision,
+        );
+        let table: Vec<Case> = vec![
             (
                 "success",
                 ok(json!(1)),

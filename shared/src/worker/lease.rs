@@ -83,7 +83,7 @@ impl LeaseKeeper {
                 self.note_cancel_requested();
             }
             let next = change(job, &self.owner, self.clock.now()).map_err(|_| ())?;
-            Ok(Change::Write(next, ()))
+            Ok(Change::Write(Box::new(next), ()))
         };
         match read_modify_write(&*self.store, &id, Some(held.clone()), MAX_CONFLICTS, step).await {
             Ok((written, ())) => {
