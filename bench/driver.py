@@ -61,12 +61,12 @@ CfnLoader.add_multi_constructor("!", _tagged)
 
 
 class Stack:
-    """The queues and table template.yaml defines, created under a prefix; the functions' environment."""
+    """The queues, table and secret template.yaml defines, created under a prefix; the functions' environment."""
 
     def __init__(self, endpoint, prefix, template=os.path.join(ROOT, "template.yaml")):
         with open(template) as f:
             self.t = yaml.load(f, Loader=CfnLoader)
-        self.prefix = prefix
+        self.prefix, self.endpoint = prefix, endpoint
         self.sqs = client("sqs", endpoint)
         self.ddb = client("dynamodb", endpoint)
         self.physical, self.arns = {}, {}
@@ -102,6 +102,10 @@ class Stack:
             self.physical[name] = url
             self.arns[name] = self.sqs.get_queue_attributes(
                 QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+        for name in (k for k, r in res.items() if r["Type"] == "AWS::SecretsManager::Secret"):
+            sm = client("secretsmanager", self.endpoint)
+            arn = sm.create_secret(Name=f"{self.prefix}-{name}", SecretString=uuid.uuid4().hex * 2)["ARN"]
+            self.physical[name] = self.arns[name] = arn
         for name in (k for k, r in res.items() if r["Type"] == "AWS::DynamoDB::Table"):
             props = self.resolve(res[name]["Properties"])
             self.create_table(f"{self.prefix}-{name}", props)
@@ -394,6 +398,8 @@ def report(results, args, command):
                + (f" — {r['ledger']['problems']}" if r["ledger"]["problems"] else "") for r in results]
     cpu = subprocess.run(["sh", "-c", "grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"],
                          capture_output=True, text=True).stdout.strip()
+    rev = subprocess.run(["git", "-C", ROOT, "describe", "--always", "--dirty"], capture_output=True,
+                         text=True).stdout.strip()
     machine = f"{os.cpu_count()} cores ({cpu}), Linux {platform.release()}, Python {platform.python_version()}"
     doc = f"""# Benchmarks
 
@@ -403,6 +409,7 @@ jobkit's three Lambda functions against the same functions written in Python wit
 - date: {datetime.date.today().isoformat()}
 - machine: {machine}
 - command: `{command}`
+- jobkit source: `{rev}` (the work tree the functions were built from)
 - workload: {n} `echo` jobs per round, each with an `Idempotency-Key`, spread over {args.users} users, per-user
   in-flight cap {args.cap} on both sides; submit all, drain the queue through the worker, GET each job once;
   {args.rounds} round(s) per variant. Medians over rounds, with (min–max) when there are several.
