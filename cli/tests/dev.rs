@@ -184,3 +184,19 @@ fn ctrl_c_stops_it_within_seconds_even_with_a_half_sent_request_open() {
     );
     assert!(exit.success(), "{exit}");
 }
+
+#[test]
+fn a_body_cut_short_is_a_400_not_a_413() {
+    use std::io::Read;
+    let dev = Dev::start(&[]);
+    let mut conn = TcpStream::connect(dev.addr()).unwrap();
+    conn.write_all(b"POST /jobs HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"kind\":\"echo\"")
+        .unwrap();
+    conn.shutdown(std::net::Shutdown::Write).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut answer = String::new();
+    let _ = conn.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains(r#""code":"truncated_body""#), "{answer}");
+}
