@@ -14,7 +14,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use jobkit::aws::sdk_config;
-use jobkit::local::EventSource;
 use jobkit::queue::JobMessage;
 use jobkit::worker::{Outcome, WorkerSettings};
 use jobkit::{HandlerRegistry, Job, JobError, JobId, JobStatus};
@@ -167,9 +166,8 @@ async fn thousands_of_jobs_under_faults_all_end_exactly_once() {
         lease: Duration::from_secs(1),
         ..fast_settings(8)
     };
-    let worker = Arc::new(backend.worker(registry(ledger.clone()), settings));
     let events = Arc::new(
-        EventSource::new(backend.queue.clone(), worker, backend.clock.clone(), 10)
+        event_source_on(&backend, registry(ledger.clone()), settings)
             .with_visibility(Duration::from_secs(3))
             .with_wait(Duration::from_millis(200)),
     );

@@ -50,8 +50,16 @@ async fn a_killed_workers_job_is_run_again_once_its_lease_and_visibility_end() {
         let doomed = doomed.clone();
         async move { doomed.poll_once().await }
     });
-    while runs.load(Ordering::SeqCst) == 0 {
+    // Killed after its first heartbeat (which shortened its message's visibility).
+    let claimed = loop {
+        let job = s.store.get(&id).await.unwrap().unwrap();
+        if runs.load(Ordering::SeqCst) == 1 && job.status == JobStatus::Running {
+            break job;
+        }
         tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    while s.store.get(&id).await.unwrap().unwrap().lease_expires_at <= claimed.lease_expires_at {
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let killed_at = tokio::time::Instant::now();
     task.abort(); // no more heartbeats, no outcome, no delete

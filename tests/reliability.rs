@@ -363,10 +363,16 @@ async fn a_worker_killed_mid_job_is_recovered_when_its_lease_and_visibility_run_
         let doomed = doomed.clone();
         async move { doomed.poll_once().await }
     });
-    // Running: claimed, and its handler started (not merely claimed: the rescuer's run must be the second).
-    eventually("the job running", WAIT, async || {
-        (env.job(&id).await.status == JobStatus::Running && runs.load(Ordering::SeqCst) == 1)
-            .then_some(())
+    // Running: its handler started (the rescuer's run must be the second), and a heartbeat renewed the
+    // lease (so the message's visibility was shortened: a worker that dies in the first moments leaves it
+    // to the queue's own timeout).
+    let claimed = eventually("the job running", WAIT, async || {
+        let job = env.job(&id).await;
+        (job.status == JobStatus::Running && runs.load(Ordering::SeqCst) == 1).then_some(job)
+    })
+    .await;
+    eventually("a heartbeat", WAIT, async || {
+        (env.job(&id).await.lease_expires_at > claimed.lease_expires_at).then_some(())
     })
     .await;
     task.abort(); // the worker dies: no more heartbeats, no outcome, no delete

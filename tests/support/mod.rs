@@ -140,6 +140,20 @@ pub fn api_on(backend: &Backend, registry: HandlerRegistry, settings: ApiSetting
     ))
 }
 
+/// The worker core on `backend`, fed by a local SQS event source (batches of 10), as Lambda would.
+pub fn event_source_on(
+    backend: &Backend,
+    registry: HandlerRegistry,
+    settings: WorkerSettings,
+) -> EventSource {
+    EventSource::new(
+        backend.queue.clone(),
+        Arc::new(backend.worker(registry, settings)),
+        backend.clock.clone(),
+        10,
+    )
+}
+
 /// `backend` with its messages sent through `queue` (fault injection).
 pub fn with_queue(backend: &Backend, queue: Arc<dyn JobQueue>) -> Backend {
     let mut b = backend.clone();
@@ -230,13 +244,7 @@ impl Backends {
 
     /// A worker behind a local SQS event source on these ports.
     pub fn event_source(&self, registry: HandlerRegistry, settings: WorkerSettings) -> EventSource {
-        let worker = self.backend.worker(registry, settings);
-        EventSource::new(
-            self.backend.queue.clone(),
-            Arc::new(worker),
-            self.backend.clock.clone(),
-            10,
-        )
+        event_source_on(&self.backend, registry, settings)
     }
 }
 
@@ -467,13 +475,7 @@ impl TestEnv {
     }
 
     pub fn worker_with(&self, registry: HandlerRegistry, settings: WorkerSettings) -> EventSource {
-        let worker = self.backend.worker(registry, settings);
-        EventSource::new(
-            self.backend.queue.clone(),
-            Arc::new(worker),
-            self.backend.clock.clone(),
-            10,
-        )
+        event_source_on(&self.backend, registry, settings)
     }
 
     pub async fn job(&self, id: &JobId) -> Job {

@@ -160,14 +160,17 @@ async fn json_errors(req: Request, next: Next) -> Response {
     if resp.status().as_u16() < 400 || is_json {
         return resp;
     }
-    match resp.status().as_u16() {
-        413 => ApiError::PayloadTooLarge.into_response(),
-        408 => ApiError::RequestTimeout.into_response(),
+    let error = match resp.status().as_u16() {
+        413 => ApiError::PayloadTooLarge,
+        408 => ApiError::RequestTimeout,
+        404 => ApiError::RouteNotFound,
+        415 => ApiError::UnsupportedMediaType,
+        status @ 400..500 => ApiError::InvalidRequest(format!("malformed request ({status})")),
         _ => ApiError::Internal {
             source: format!("unexpected plain answer {}", resp.status()).into(),
-        }
-        .into_response(),
-    }
+        },
+    };
+    error.into_response()
 }
 
 /// The dev-mode stand-in for an authorizer (`jobctl dev` only): every caller is `local`, or with

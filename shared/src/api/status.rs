@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{ApiError, Caller, CursorKey, JobSummary};
 use crate::clock::SharedClock;
-use crate::job::{Cancel, Job, JobId, Millis};
+use crate::job::{Cancel, Job, JobId, JobStatus, Millis};
 use crate::json::Json;
 use crate::store::{Change, RmwError, StatusStore, read_modify_write};
 
@@ -154,9 +154,10 @@ pub(super) async fn cancel(
         },
         RmwError::Store(e) => e.into(),
     })?;
-    if what == Cancel::Requested {
+    if job.status == JobStatus::Running && job.cancel_requested {
         // The running attempt looks for this small mark every few seconds (a read of a few bytes, not of
-        // the job); it also sees the flag on the job at its next write, should this mark be lost.
+        // the job); it also sees the flag on the job at its next write. Written again on a repeated
+        // request, in case the first one died between the two writes.
         api.store.signal_cancel(&job.job_id, job.expires_at).await?;
     }
     let status = match what {

@@ -196,7 +196,7 @@ pub(super) async fn submit(
     body: Body,
 ) -> Result<Response, ApiError> {
     let key = idempotency_key(&headers)?;
-    let body = parse_body(&headers, read_body(&headers, body).await?)?;
+    let body = parse_body(read_body(&headers, body).await?)?;
     if !api.registry.contains(&body.kind) {
         return Err(ApiError::UnknownKind {
             kind: body.kind,
@@ -352,7 +352,7 @@ async fn read_body(headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
 }
 
 /// The JSON shape of a submit body: an object with the documented fields.
-fn parse_body(_headers: &HeaderMap, bytes: Bytes) -> Result<SubmitRequest, ApiError> {
+fn parse_body(bytes: Bytes) -> Result<SubmitRequest, ApiError> {
     if bytes.len() > MAX_BODY_BYTES {
         return Err(ApiError::PayloadTooLarge);
     }

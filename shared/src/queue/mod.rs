@@ -77,7 +77,7 @@ pub trait QueueDepth: Send + Sync {
     async fn depth(&self) -> Result<u64, QueueError>;
 }
 
-/// Hides received messages for longer, or hands them back (ChangeMessageVisibility).
+/// Hides received messages for longer, or hands them back (ChangeMessageVisibility, and its batch form).
 #[async_trait]
 pub trait MessageVisibility: Send + Sync {
     /// Makes a received message visible again after `timeout` from now (0 = at once).
@@ -86,6 +86,18 @@ pub trait MessageVisibility: Send + Sync {
         receipt_handle: &str,
         timeout: Duration,
     ) -> Result<(), QueueError>;
+
+    /// Several changes at once (SQS takes ten a request): one result per change, in order.
+    async fn change_visibility_batch(
+        &self,
+        changes: &[(String, Duration)],
+    ) -> Vec<Result<(), QueueError>> {
+        let mut results = Vec::with_capacity(changes.len());
+        for (receipt, timeout) in changes {
+            results.push(self.change_visibility(receipt, *timeout).await);
+        }
+        results
+    }
 }
 
 /// Consumes messages (ReceiveMessage, DeleteMessage): what Lambda's event source does for a function.

@@ -5,7 +5,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use aws_sdk_sqs::Client;
 use aws_sdk_sqs::error::SdkError;
-use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
+use aws_sdk_sqs::types::{
+    ChangeMessageVisibilityBatchRequestEntry, MessageSystemAttributeName, QueueAttributeName,
+};
 
 use super::{Delivery, JobSender, MessageVisibility, QueueDepth, QueueError, QueueReceiver};
 
@@ -169,6 +171,55 @@ impl MessageVisibility for SqsQueue {
             }
             Err(e) => Err(unavailable(e)),
         }
+    }
+
+    async fn change_visibility_batch(
+        &self,
+        changes: &[(String, Duration)],
+    ) -> Vec<Result<(), QueueError>> {
+        let mut results = Vec::with_capacity(changes.len());
+        for chunk in changes.chunks(10) {
+            let entries: Vec<ChangeMessageVisibilityBatchRequestEntry> = chunk
+                .iter()
+                .enumerate()
+                .map(|(i, (receipt, timeout))| {
+                    ChangeMessageVisibilityBatchRequestEntry::builder()
+                        .id(i.to_string())
+                        .receipt_handle(receipt)
+                        .visibility_timeout(secs((*timeout).min(super::MAX_VISIBILITY)))
+                        .build()
+                        .expect("id and receipt are set")
+                })
+                .collect();
+            let res = self
+                .client
+                .change_message_visibility_batch()
+                .queue_url(&self.url)
+                .set_entries(Some(entries))
+                .send()
+                .await;
+            match res {
+                Ok(out) => {
+                    let failed: Vec<&str> = out.failed().iter().map(|f| f.id()).collect();
+                    results.extend((0..chunk.len()).map(|i| {
+                        if failed.contains(&i.to_string().as_str()) {
+                            Err(QueueError::StaleReceipt)
+                        } else {
+                            Ok(())
+                        }
+                    }));
+                }
+                Err(e) => {
+                    let reason = aws_sdk_sqs::error::DisplayErrorContext(&e).to_string();
+                    results.extend(chunk.iter().map(|_| {
+                        Err(QueueError::Unavailable {
+                            source: reason.clone().into(),
+                        })
+                    }));
+                }
+            }
+        }
+        results
     }
 }
 

@@ -12,6 +12,7 @@
 //! acknowledged without running it; one of a job another worker is running comes back when that lease ends.
 
 mod decide;
+mod hide;
 mod lease;
 
 use std::panic::AssertUnwindSafe;
@@ -24,6 +25,7 @@ use tokio::sync::watch;
 use tracing::Instrument;
 
 pub use decide::{Decision, Facts, decide};
+use hide::Hider;
 pub use lease::{LeaseError, LeaseKeeper};
 
 use crate::clock::{Millis, SharedClock};
@@ -163,39 +165,52 @@ impl Worker {
         // Futures built up front and boxed with an explicit `Send` bound: a closure inside the stream
         // defeats the compiler's `Send` proof (rust-lang/rust#102211), and a batch could not run on a
         // spawned task.
+        let hider = Hider::new(self.queue.clone(), self.settings.lease.mul_f32(1.5));
+        let hider = &hider;
         let jobs: Vec<BoxFuture<'_, (usize, Graded)>> = deliveries
             .iter()
             .enumerate()
             .map(|(i, d)| {
-                Box::pin(async move { (i, self.guarded(d, inv).await) }) as BoxFuture<'_, _>
+                Box::pin(async move {
+                    let graded = self.guarded(d, inv, hider).await;
+                    hider.finished(&d.receipt_handle);
+                    (i, graded)
+                }) as BoxFuture<'_, _>
             })
             .collect();
-        let mut graded: Vec<(usize, Graded)> = futures::stream::iter(jobs)
+        let run = futures::stream::iter(jobs)
             .buffer_unordered(self.settings.concurrency.max(1))
-            .collect()
-            .await;
+            .collect::<Vec<_>>();
+        let mut graded = hider.run_until(run).await;
         graded.sort_by_key(|(i, _)| *i);
         let mut result = BatchResult::default();
+        let mut retries = Vec::new();
         for (i, (outcome, verdict)) in graded {
             let d = &deliveries[i];
             result.outcomes.push(outcome);
             result.verdicts.push(verdict);
-            let Verdict::Retry(delay) = verdict else {
-                continue;
-            };
-            // Best effort: if it fails, the message returns after the queue's default visibility.
-            if let Err(e) = self.queue.change_visibility(&d.receipt_handle, delay).await {
-                tracing::warn!(message_id = %d.message_id, error = %e, "could not set retry visibility");
+            if let Verdict::Retry(delay) = verdict {
+                retries.push((d.receipt_handle.clone(), delay));
+                result.failures.push(d.message_id.clone());
             }
-            result.failures.push(d.message_id.clone());
+        }
+        // One call for the batch's retries. Best effort: a message whose change fails returns after the
+        // queue's default visibility.
+        if !retries.is_empty() {
+            let results = self.queue.change_visibility_batch(&retries).await;
+            for (r, (receipt, _)) in results.iter().zip(&retries) {
+                if let Err(e) = r {
+                    tracing::warn!(receipt = %receipt, error = %e, "could not set retry visibility");
+                }
+            }
         }
         result
     }
 
     /// [`Self::process_one`], isolated: our own code does not panic on purpose, but if it ever does,
     /// only this delivery fails.
-    async fn guarded(&self, d: &Delivery, inv: &Invocation) -> Graded {
-        AssertUnwindSafe(self.process_one(d, inv))
+    async fn guarded(&self, d: &Delivery, inv: &Invocation, hider: &Hider) -> Graded {
+        AssertUnwindSafe(self.process_one(d, inv, hider))
             .catch_unwind()
             .await
             .unwrap_or_else(|_| {
@@ -208,7 +223,7 @@ impl Worker {
         Verdict::Retry(self.settings.backoff.delay(attempt))
     }
 
-    async fn process_one(&self, d: &Delivery, inv: &Invocation) -> Graded {
+    async fn process_one(&self, d: &Delivery, inv: &Invocation, hider: &Hider) -> Graded {
         let Ok(msg) = JobMessage::decode(&d.body) else {
             tracing::error!(message_id = %d.message_id, "malformed job message");
             return (Outcome::Malformed, self.backoff(d.receive_count));
@@ -223,7 +238,7 @@ impl Worker {
                 .claim(&msg.job_id, &owner, lease_until, now)
                 .await
             {
-                Ok(job) => self.run(job, owner, d, inv).await,
+                Ok(job) => self.run(job, owner, d, inv, hider).await,
                 Err(StoreError::NotFound) => {
                     tracing::error!("message for a job that does not exist");
                     (Outcome::Missing, self.backoff(d.receive_count))
@@ -266,25 +281,24 @@ impl Worker {
         (Outcome::Busy, Verdict::Retry(wait))
     }
 
-    /// Keeps the message hidden while the lease is live, and half a lease more (best effort: if it shows
-    /// up early, the next receiver finds the job busy and puts it back).
-    async fn hide(&self, d: &Delivery) {
-        let _ = self
-            .queue
-            .change_visibility(&d.receipt_handle, self.settings.lease.mul_f32(1.5))
-            .await;
-    }
-
     /// Runs a claimed job, decides, applies.
-    async fn run(&self, job: Job, owner: String, d: &Delivery, inv: &Invocation) -> Graded {
+    async fn run(
+        &self,
+        job: Job,
+        owner: String,
+        d: &Delivery,
+        inv: &Invocation,
+        hider: &Hider,
+    ) -> Graded {
         let keeper = LeaseKeeper::new(self.store.clone(), self.clock.clone(), owner, job.clone());
         if job.cancel_requested {
             // Asked to stop before it ran (its runner died after the request): not run at all.
             return self.apply(Decision::Cancel, &keeper, &job, d).await;
         }
         let started = std::time::Instant::now();
-        self.hide(d).await;
-        let ran = match self.run_handler(&job, &keeper, d, inv).await {
+        // Hidden while the lease is live, and half a lease more (see `hide`).
+        hider.hide(&d.receipt_handle);
+        let ran = match self.run_handler(&job, &keeper, d, inv, hider).await {
             Run::Finished(ran) => ran,
             Run::LeaseLost => return (Outcome::LeaseLost, Verdict::Ack),
             Run::Stopped => return self.release(&keeper).await,
@@ -309,6 +323,7 @@ impl Worker {
         keeper: &Arc<LeaseKeeper>,
         d: &Delivery,
         inv: &Invocation,
+        hider: &Hider,
     ) -> Run {
         let Some(handler) = self.registry.get(&job.kind) else {
             return Run::Finished(Err(JobError::terminal(
@@ -351,7 +366,7 @@ impl Worker {
                 _ = beat.tick() => {
                     let lease = self.settings.lease.as_millis() as Millis;
                     match keeper.update(|j, owner, now| j.heartbeat(owner, now + lease, now)).await {
-                        Ok(_) => self.hide(d).await,
+                        Ok(_) => hider.hide(&d.receipt_handle),
                         Err(LeaseError::Lost) => {
                             tracing::warn!("lease lost while running; abandoning the attempt");
                             return Run::LeaseLost;
