@@ -13,6 +13,7 @@ import statistics
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 
 import boto3
@@ -117,6 +118,10 @@ class Stack:
         self.ddb.create_table(TableName=table, BillingMode=props.get("BillingMode", "PAY_PER_REQUEST"), **kw)
         self.ddb.get_waiter("table_exists").wait(TableName=table, WaiterConfig={"Delay": 0.2})
 
+    def timeout(self, logical_id):
+        props = self.t["Resources"][logical_id]["Properties"]
+        return int(self.resolve(props.get("Timeout", self.t.get("Globals", {}).get("Function", {}).get("Timeout", 3))))
+
     def function_env(self, logical_id):
         env = dict(self.t.get("Globals", {}).get("Function", {}).get("Environment", {}).get("Variables", {}))
         env.update(self.t["Resources"][logical_id]["Properties"].get("Environment", {}).get("Variables", {}))
@@ -170,9 +175,9 @@ def functions_for(variant, stack, args, logs):
         fns = {}
         for fn, logical in names.items():
             env = {**stack.function_env(logical), "AWS_ENDPOINT_URL": args.proxy_url,
-                   "JOBKIT_MAX_IN_FLIGHT_PER_USER": str(args.cap), "RUST_LOG": "info"}
+                   "JOBKIT_MAX_IN_FLIGHT_PER_USER": str(args.cap)}
             fns[fn] = Function(f"jobkit-{fn}", [os.path.join(args.bin_dir, fn)], env, f"{logs}/jobkit-{fn}.log",
-                               cwd=ROOT)
+                               cwd=ROOT, timeout_s=stack.timeout(logical))
         return fns
     idem = f"{stack.prefix}-Idempotency"
     stack.ddb.create_table(TableName=idem, BillingMode="PAY_PER_REQUEST",
@@ -183,12 +188,12 @@ def functions_for(variant, stack, args, logs):
            "QUEUE_URL": stack.physical["JobsQueue"], "IDEMPOTENCY_TABLE": idem,
            "MAX_IN_FLIGHT_PER_USER": str(args.cap), "POWERTOOLS_SERVICE_NAME": "jobs"}
     return {fn: Function(f"peer-{fn}", [args.peer_python, "-m", "awslambdaric", f"{fn}.lambda_handler"],
-                         env, f"{logs}/peer-{fn}.log", cwd=os.path.join(HERE, "peer"))
+                         env, f"{logs}/peer-{fn}.log", cwd=os.path.join(HERE, "peer"),
+                         timeout_s=stack.timeout(f"{fn.title()}Function"))
             for fn in ("submit", "worker", "status")}
 
 
 def proxy_stats(proxy_url, reset=False):
-    import urllib.request
     path = "/_bench/reset" if reset else "/_bench/stats"
     req = urllib.request.Request(proxy_url + path, method="POST" if reset else "GET")
     with urllib.request.urlopen(req) as r:
@@ -348,11 +353,12 @@ def metrics(r, n):
 
 
 def spread(values):
+    """Median, and min–max when the rounds differ."""
     values = sorted(values)
     med = statistics.median(values)
-    if len(values) == 1:
+    if values[0] == values[-1]:
         return med, ""
-    return med, f"{values[0]:.3g}–{values[-1]:.3g}"
+    return med, f"{fmt(values[0])}–{fmt(values[-1])}"
 
 
 def fmt(v):
@@ -407,7 +413,7 @@ jobkit's three Lambda functions against the same functions written in Python wit
 (`bench/peer/`), on the same local emulator, same workload, alternating rounds.
 
 - date: {datetime.date.today().isoformat()}
-- machine: {machine}
+- machine: {machine}; 1-minute load average {args.load[0]:.1f} at the start, {args.load[-1]:.1f} at the end
 - command: `{command}`
 - jobkit source: `{rev}` (the work tree the functions were built from)
 - workload: {n} `echo` jobs per round, each with an `Idempotency-Key`, spread over {args.users} users, per-user
@@ -485,6 +491,7 @@ def main():
     logs = os.path.join(ROOT, "target", "bench", "logs", args.run_id)
     os.makedirs(logs, exist_ok=True)
 
+    args.load = [os.getloadavg()[0]]
     results = []
     for rnd in range(args.rounds):
         for variant in (("jobkit", "peer") if rnd % 2 == 0 else ("peer", "jobkit")):
@@ -492,6 +499,7 @@ def main():
                 continue
             print(f"round {rnd + 1}/{args.rounds}: {variant} ...", file=sys.stderr, flush=True)
             results.append(run_round(variant, rnd, args, logs))
+    args.load.append(os.getloadavg()[0])
     with open(os.path.join(logs, "results.json"), "w") as f:
         json.dump(results, f, indent=1)
     if args.only:
