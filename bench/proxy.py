@@ -29,7 +29,9 @@ import argparse
 import http.client
 import json
 import math
+import sys
 import threading
+import time
 import urllib.parse
 import zlib
 from collections import Counter
@@ -416,6 +418,7 @@ def make_handler(upstream, stats, dynamo):
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length) if length else b""
             headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP}
+            started = time.monotonic()
             caller = self.headers.get("X-Bench-Caller", "function")
             service, op = classify(self.headers, self.path, body)
             with stats.lock:
@@ -430,7 +433,12 @@ def make_handler(upstream, stats, dynamo):
                 status, rheaders, rbody, after_reply = dynamo.handle(op, json.loads(body), send)
             else:
                 status, rheaders, rbody = send()
-            self.reply(status, rheaders, rbody)
+            try:
+                self.reply(status, rheaders, rbody)
+            except (BrokenPipeError, ConnectionResetError):
+                print(f"proxy: {caller} hung up before the answer to {service} {op} "
+                      f"({time.monotonic() - started:.1f} s)", file=sys.stderr, flush=True)
+                self.close_connection = True
             if after_reply:
                 self.wfile.flush()
                 after_reply()
