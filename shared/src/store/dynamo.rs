@@ -8,8 +8,8 @@ use aws_sdk_dynamodb::operation::put_item::PutItemError;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::{
-    AttributeValue, CancellationReason, Put, ReturnValue, ReturnValuesOnConditionCheckFailure,
-    TransactWriteItem, Update,
+    AttributeValue, CancellationReason, KeysAndAttributes, Put, ReturnValue,
+    ReturnValuesOnConditionCheckFailure, TransactWriteItem, Update,
 };
 use futures::future::BoxFuture;
 use sha2::Digest;
@@ -109,6 +109,43 @@ impl DynamoStore {
                 }),
             },
         }
+    }
+
+    /// Reads many jobs at once (BatchGetItem, strongly consistent); missing ones are absent.
+    async fn get_many(&self, ids: &[JobId]) -> Result<HashMap<JobId, Job>, StoreError> {
+        let mut found = HashMap::new();
+        for chunk in ids.chunks(100) {
+            let mut keys: Vec<Item> = chunk.iter().map(Self::key).collect();
+            while !keys.is_empty() {
+                let request = KeysAndAttributes::builder()
+                    .set_keys(Some(keys))
+                    .consistent_read(true)
+                    .build()
+                    .expect("keys are set");
+                let out = self
+                    .client
+                    .batch_get_item()
+                    .request_items(&self.table, request)
+                    .send()
+                    .await
+                    .map_err(unavailable)?;
+                for item in out
+                    .responses
+                    .and_then(|mut r| r.remove(&self.table))
+                    .unwrap_or_default()
+                {
+                    let job = from_item(item)?;
+                    found.insert(job.job_id.clone(), job);
+                }
+                // What the backend left unprocessed (throttling) is asked again.
+                keys = out
+                    .unprocessed_keys
+                    .and_then(|mut u| u.remove(&self.table))
+                    .map(|k| k.keys)
+                    .unwrap_or_default();
+            }
+        }
+        Ok(found)
     }
 
     fn key(id: &JobId) -> Item {
@@ -442,15 +479,25 @@ impl JobWriter for DynamoStore {
 
 #[async_trait]
 impl JobLister for DynamoStore {
+    /// The `by_user` index holds keys only (so a job's state changes never write to it): a page of keys
+    /// from the index, newest first, then the jobs themselves in one BatchGetItem. With a status filter,
+    /// pages are read until enough jobs match (what a FilterExpression would read too).
     async fn list(&self, user: &str, query: &ListQuery) -> Result<Vec<Job>, StoreError> {
-        let start = query.after.as_ref().map(|(t, id)| {
+        let mut start = query.after.as_ref().map(|(t, id)| {
             let mut key = Self::key(id);
             key.insert("user_id".into(), AttributeValue::S(user.to_owned()));
             key.insert("submitted_at".into(), num(t));
             key
         });
-        collect_pages(query.limit, start, |start, wanted| {
-            let q = self
+        let mut found = Vec::new();
+        loop {
+            let wanted = query.limit - found.len();
+            let page = if query.status.is_some() {
+                wanted.max(100)
+            } else {
+                wanted
+            };
+            let out = self
                 .client
                 .query()
                 .table_name(&self.table)
@@ -458,21 +505,37 @@ impl JobLister for DynamoStore {
                 .key_condition_expression("user_id = :u")
                 .expression_attribute_values(":u", AttributeValue::S(user.to_owned()))
                 .scan_index_forward(false)
-                .set_exclusive_start_key(start);
-            let q = match query.status {
-                // A filtered page may hold fewer matches than its Limit: read whole pages then.
-                Some(st) => q
-                    .filter_expression("#s = :st")
-                    .expression_attribute_names("#s", "status")
-                    .expression_attribute_values(":st", status(st)),
-                None => q.limit(i32::try_from(wanted).unwrap_or(i32::MAX)),
-            };
-            Box::pin(async move {
-                let out = q.send().await.map_err(unavailable)?;
-                Ok((out.items.unwrap_or_default(), out.last_evaluated_key))
-            })
-        })
-        .await
+                .limit(i32::try_from(page).unwrap_or(i32::MAX))
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(unavailable)?;
+            let ids: Vec<JobId> = out
+                .items
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|i| match i.get("job_id") {
+                    Some(AttributeValue::S(id)) => JobId::parse(id).ok(),
+                    _ => None,
+                })
+                .collect();
+            let mut jobs = self.get_many(&ids).await?;
+            for id in &ids {
+                // A key whose job is gone (TTL) is skipped.
+                if let Some(job) = jobs.remove(id)
+                    && query.status.is_none_or(|s| job.status == s)
+                {
+                    found.push(job);
+                    if found.len() >= query.limit {
+                        return Ok(found);
+                    }
+                }
+            }
+            start = out.last_evaluated_key;
+            if start.is_none() {
+                return Ok(found);
+            }
+        }
     }
 }
 

@@ -83,17 +83,26 @@ impl Hider {
         }
     }
 
-    /// Flushes every window until `until` resolves (which keeps running during a flush).
+    /// Flushes every window until `until` resolves. `until` keeps running during a flush, and a flush
+    /// under way is finished (not dropped mid-request) when `until` resolves.
     pub async fn run_until<F: std::future::Future>(&self, until: F) -> F::Output {
         tokio::pin!(until);
         loop {
-            let window = async {
-                tokio::time::sleep(HIDE_WINDOW).await;
-                self.flush().await;
-            };
             tokio::select! {
                 out = &mut until => return out,
-                () = window => {}
+                () = tokio::time::sleep(HIDE_WINDOW) => {}
+            }
+            let flush = self.flush();
+            tokio::pin!(flush);
+            let mut done = None;
+            loop {
+                tokio::select! {
+                    out = &mut until, if done.is_none() => done = Some(out),
+                    () = &mut flush => break,
+                }
+            }
+            if let Some(out) = done {
+                return out;
             }
         }
     }
