@@ -112,6 +112,20 @@ async fn a_json_array_body_is_refused(s: Backends) {
     assert_eq!(s.queue.depth().await.unwrap(), 0);
 }
 
+// 2b. An input no parser should walk (nested beyond serde_json's limit, or with a lone surrogate) is a 400,
+// not a crash of the process.
+async fn pathological_inputs_are_refused_not_crashed_on(s: Backends) {
+    let api = api(&s, |_| {});
+    let deep = format!("{}{}", "[".repeat(60_000), "]".repeat(60_000));
+    for input in [deep.as_str(), r#""\ud800""#, r#"{"\udc00":1}"#] {
+        let body = format!(r#"{{"kind":"echo","input":{input}}}"#);
+        let (status, answer) = json(&api.handle(post_jobs("pat", &body)).await);
+        assert_eq!(status, 400, "{answer}");
+    }
+    let (_, page) = json(&api.handle(list_jobs("pat", "")).await);
+    assert_eq!(page["jobs"], json!([]), "nothing was written");
+}
+
 // 4. Cursors are tamper-evident and bound to their query.
 async fn forged_edited_and_foreign_cursors_are_refused(s: Backends) {
     let api = api(&s, |_| {});
@@ -264,6 +278,7 @@ on_both_backends!(
     a_retry_with_its_key_gets_its_job_while_the_queue_is_full,
     large_integers_are_kept_to_the_digit_and_hashed_as_sent,
     a_json_array_body_is_refused,
+    pathological_inputs_are_refused_not_crashed_on,
     forged_edited_and_foreign_cursors_are_refused,
     repeated_parameters_and_headers_are_refused,
     a_huge_kind_is_not_echoed_back,

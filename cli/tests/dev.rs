@@ -113,6 +113,17 @@ async fn oversized_posts_are_refused_before_they_are_buffered() {
     for status in futures::future::join_all(posts).await {
         assert_eq!(status.unwrap(), 413);
     }
+    // One more, read whole: refused by its Content-Length, in the API's error shape.
+    let resp = http
+        .post(format!("{}/jobs", dev.url))
+        .header("content-type", "application/json")
+        .body(vec![b' '; 200 * 1024])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 413);
+    let body: Value = resp.json().await.expect("a JSON error body");
+    assert_eq!(body["error"]["code"], "payload_too_large", "{body}");
     let after = dev.rss_kib();
     println!("jobctl dev RSS: {before} KiB before, {after} KiB after 32 concurrent 4 MiB POSTs");
     assert!(

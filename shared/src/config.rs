@@ -103,8 +103,8 @@ impl Config {
             backoff: Backoff::new(Duration::from_secs(base), Duration::from_secs(max)),
             worker_concurrency: number("JOBKIT_WORKER_CONCURRENCY", 10, 1, 1000)? as usize,
             max_queue_depth: number("JOBKIT_MAX_QUEUE_DEPTH", 10_000, 0, 1 << 40)?,
-            max_in_flight_per_user: number("JOBKIT_MAX_IN_FLIGHT_PER_USER", 100, 0, 1_000_000)?
-                as u32,
+            // The owner's slots live in one item (400 KB): 10,000 job ids fit.
+            max_in_flight_per_user: number("JOBKIT_MAX_IN_FLIGHT_PER_USER", 100, 0, 10_000)? as u32,
             signing_secret: get("JOBKIT_SIGNING_SECRET")
                 .filter(|v| !v.is_empty())
                 .map(SecretSource::Value)

@@ -20,8 +20,16 @@ impl Json {
     /// Validates and minifies `text`.
     pub fn parse(text: &str) -> Result<Self, serde_json::Error> {
         let raw: &RawValue = serde_json::from_str(text)?;
-        let min = minify(raw.get());
-        Ok(Self(RawValue::from_string(min)?))
+        Self::checked(raw)
+    }
+
+    /// Validates what a `RawValue` only skims: serde_json skips over a raw value without its nesting
+    /// limit (128) or its check of `\u` escapes, so a hostile document could nest 65,000 deep (and
+    /// overflow the stack of whatever walks it) or carry lone surrogates. Parsing it once as a `Value`
+    /// applies both checks.
+    fn checked(raw: &RawValue) -> Result<Self, serde_json::Error> {
+        serde_json::from_str::<serde_json::Value>(raw.get())?;
+        Ok(Self(RawValue::from_string(minify(raw.get()))?))
     }
 
     /// Serializes `value` (numbers as the type writes them: exact for integers of any width it has).
@@ -102,9 +110,7 @@ impl Serialize for Json {
 impl<'de> Deserialize<'de> for Json {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let raw = Box::<RawValue>::deserialize(d)?;
-        Ok(Self(
-            RawValue::from_string(minify(raw.get())).map_err(serde::de::Error::custom)?,
-        ))
+        Self::checked(&raw).map_err(serde::de::Error::custom)
     }
 }
 
@@ -235,6 +241,26 @@ mod tests {
 
     #[test]
     fn invalid_json_is_rejected() {
+        let deep = format!("{}{}", "[".repeat(20_000), "]".repeat(20_000));
+        assert!(
+            Json::parse(&deep).is_err(),
+            "nesting beyond serde_json's limit"
+        );
+        assert!(Json::parse(r#""\ud800""#).is_err(), "a lone surrogate");
+        assert!(
+            Json::parse(r#"{"\udc00":1}"#).is_err(),
+            "a lone surrogate in a key"
+        );
+        let wrapped: Result<serde_json::Map<String, serde_json::Value>, _> =
+            serde_json::from_str(&format!(r#"{{"input":{deep}}}"#));
+        assert!(wrapped.is_err());
+        #[derive(serde::Deserialize, Debug)]
+        struct Req {
+            #[allow(dead_code)]
+            input: Json,
+        }
+        assert!(serde_json::from_str::<Req>(&format!(r#"{{"input":{deep}}}"#)).is_err());
+        assert!(serde_json::from_str::<Req>(r#"{"input":"\ud800"}"#).is_err());
         assert!(Json::parse("{").is_err());
         assert!(Json::parse("").is_err());
         assert!(Json::parse("1 2").is_err());

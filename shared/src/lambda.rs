@@ -43,6 +43,12 @@ pub async fn serve_submit(registry: HandlerRegistry) -> Result<(), Error> {
 /// Serves the status function: reads, lists, cancels.
 pub async fn serve_status() -> Result<(), Error> {
     let b = backend().await?;
+    if b.config.signing_secret.is_none() {
+        // A key made up per instance would make every other instance refuse this one's cursors.
+        return Err(
+            "the status function needs JOBKIT_SIGNING_SECRET_ARN (or JOBKIT_SIGNING_SECRET)".into(),
+        );
+    }
     let api = Arc::new(b.status_api());
     lambda_http::run(with_authorizer_identity(api::status_routes(api))).await
 }

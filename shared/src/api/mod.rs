@@ -131,12 +131,13 @@ fn with_layers(routes: Router) -> Router {
     routes
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(|| async { ApiError::RouteNotFound })
-        .layer(middleware::from_fn(json_errors))
         .layer(RequestBodyLimitLayer::new(MAX_BODY_BYTES))
         .layer(TimeoutLayer::with_status_code(
             http::StatusCode::REQUEST_TIMEOUT,
             REQUEST_TIMEOUT,
         ))
+        // Outside the limit and the timeout (layers added later run first), so their answers pass it.
+        .layer(middleware::from_fn(json_errors))
         .layer(TraceLayer::new_for_http())
 }
 

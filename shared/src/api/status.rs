@@ -158,7 +158,9 @@ pub(super) async fn cancel(
         // The running attempt looks for this small mark every few seconds (a read of a few bytes, not of
         // the job); it also sees the flag on the job at its next write. Written again on a repeated
         // request, in case the first one died between the two writes.
-        api.store.signal_cancel(&job.job_id, job.expires_at).await?;
+        api.store
+            .signal_cancel(&job.job_id, job.redrives, job.expires_at)
+            .await?;
     }
     let status = match what {
         Cancel::AlreadyDone => StatusCode::OK,

@@ -140,6 +140,10 @@ impl SubmitApi {
         if job.maybe_unsent(now, self.settings.resend_after.as_millis() as i64) {
             tracing::warn!(job_id = %job.job_id, "re-sending a job that may never have been enqueued");
             self.send(&job).await?;
+            // Touched, so the next replay does not send again (best effort: losing to a worker is fine).
+            if let Ok(touched) = job.resent(now) {
+                let _ = self.store.replace(&job, &touched).await;
+            }
         }
         Ok(accepted(&job, StatusCode::OK, now))
     }

@@ -174,10 +174,10 @@ fn slots_key(user: &str) -> Item {
 }
 
 /// The small item that tells a running attempt its job was asked to stop.
-fn cancel_key(id: &JobId) -> Item {
+fn cancel_key(id: &JobId, round: u32) -> Item {
     HashMap::from([(
         "job_id".to_owned(),
-        AttributeValue::S(format!("cancel#{id}")),
+        AttributeValue::S(format!("cancel#{id}#{round}")),
     )])
 }
 
@@ -541,8 +541,13 @@ impl JobLister for DynamoStore {
 
 #[async_trait]
 impl CancelSignals for DynamoStore {
-    async fn signal_cancel(&self, id: &JobId, expires_at: i64) -> Result<(), StoreError> {
-        let mut item = cancel_key(id);
+    async fn signal_cancel(
+        &self,
+        id: &JobId,
+        round: u32,
+        expires_at: i64,
+    ) -> Result<(), StoreError> {
+        let mut item = cancel_key(id, round);
         item.insert("expires_at".into(), num(expires_at));
         self.client
             .put_item()
@@ -557,13 +562,13 @@ impl CancelSignals for DynamoStore {
 
 #[async_trait]
 impl CancelWatch for DynamoStore {
-    async fn cancel_signalled(&self, id: &JobId) -> Result<bool, StoreError> {
+    async fn cancel_signalled(&self, id: &JobId, round: u32) -> Result<bool, StoreError> {
         // Eventually consistent: half the price, and a mark is seen well within the poll period.
         let out = self
             .client
             .get_item()
             .table_name(&self.table)
-            .set_key(Some(cancel_key(id)))
+            .set_key(Some(cancel_key(id, round)))
             .projection_expression("job_id")
             .send()
             .await

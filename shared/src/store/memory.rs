@@ -24,7 +24,7 @@ struct State {
     keys: HashMap<String, (JobId, KeyReservation)>,
     /// user -> their counted jobs in flight.
     slots: HashMap<String, BTreeSet<JobId>>,
-    cancel_signals: HashSet<JobId>,
+    cancel_signals: HashSet<(JobId, u32)>,
 }
 
 impl MemoryStore {
@@ -187,16 +187,21 @@ impl JobLister for MemoryStore {
 
 #[async_trait]
 impl CancelSignals for MemoryStore {
-    async fn signal_cancel(&self, id: &JobId, _expires_at: i64) -> Result<(), StoreError> {
-        self.state().cancel_signals.insert(id.clone());
+    async fn signal_cancel(
+        &self,
+        id: &JobId,
+        round: u32,
+        _expires_at: i64,
+    ) -> Result<(), StoreError> {
+        self.state().cancel_signals.insert((id.clone(), round));
         Ok(())
     }
 }
 
 #[async_trait]
 impl CancelWatch for MemoryStore {
-    async fn cancel_signalled(&self, id: &JobId) -> Result<bool, StoreError> {
-        Ok(self.state().cancel_signals.contains(id))
+    async fn cancel_signalled(&self, id: &JobId, round: u32) -> Result<bool, StoreError> {
+        Ok(self.state().cancel_signals.contains(&(id.clone(), round)))
     }
 }
 

@@ -165,15 +165,21 @@ pub trait JobClaimer: Send + Sync {
 /// look for one every few seconds for the price of reading a few bytes, not the whole job record.
 #[async_trait]
 pub trait CancelSignals: Send + Sync {
-    /// Marks `id` as asked to stop (PutItem); the mark expires at `expires_at` (epoch seconds).
-    async fn signal_cancel(&self, id: &JobId, expires_at: i64) -> Result<(), StoreError>;
+    /// Marks `id`, in its redrive round `round`, as asked to stop (PutItem); the mark expires at
+    /// `expires_at` (epoch seconds). A redriven job starts a new round, which no old mark names.
+    async fn signal_cancel(
+        &self,
+        id: &JobId,
+        round: u32,
+        expires_at: i64,
+    ) -> Result<(), StoreError>;
 }
 
 /// The running attempt's side of [`CancelSignals`] (GetItem).
 #[async_trait]
 pub trait CancelWatch: Send + Sync {
-    /// Whether `id` was asked to stop (an eventually consistent read of the mark).
-    async fn cancel_signalled(&self, id: &JobId) -> Result<bool, StoreError>;
+    /// Whether `id` was asked to stop in redrive round `round` (an eventually consistent read).
+    async fn cancel_signalled(&self, id: &JobId, round: u32) -> Result<bool, StoreError>;
 }
 
 /// In-flight slots (GetItem, Scan, UpdateItem of slot items): what the cap counts, and the sweep's repair.

@@ -376,7 +376,7 @@ impl Worker {
                     }
                 }
                 _ = poll.tick(), if !keeper.cancel_requested() => {
-                    if let Ok(true) = self.store.cancel_signalled(&job.job_id).await {
+                    if let Ok(true) = self.store.cancel_signalled(&job.job_id, job.redrives).await {
                         keeper.note_cancel_requested();
                     }
                 }
