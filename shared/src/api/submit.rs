@@ -241,8 +241,10 @@ pub(super) async fn submit(
         expires_at: now / 1000 + IDEMPOTENCY_TTL_SECS,
     });
     // A retry of a submit that was accepted gets its job whatever the backlog: looked up before the
-    // queue bound is applied (the insert below checks the key again, atomically, for races).
+    // queue bound is applied. Without a bound there is nothing to get ahead of: the insert below
+    // checks the key atomically anyway, so the extra read is skipped.
     if let Some(r) = &reservation
+        && api.settings.max_queue_depth.is_some()
         && let Some(existing) = api.store.held_key(r, now / 1000).await?
     {
         return api.answer_existing(existing, &request_hash).await;
