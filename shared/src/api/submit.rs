@@ -1,5 +1,6 @@
 //! `POST /jobs`: validate, store the job `queued`, enqueue its message, answer `202` at once.
 
+use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -18,7 +19,10 @@ use crate::handler::HandlerRegistry;
 use crate::job::{ENQUEUE_FAILED, ErrorInfo, Job, MAX_INPUT_BYTES, NewJob};
 use crate::json::Json;
 use crate::queue::{JobMessage, SubmitQueue};
-use crate::store::{Created, Insert, KeyReservation, StoreError, SubmitStore};
+use crate::retry::Backoff;
+use crate::store::{
+    Change, Created, Insert, KeyReservation, RmwError, StoreError, SubmitStore, read_modify_write,
+};
 
 /// The body of `POST /jobs`: a JSON object. Unknown fields are rejected, so a misspelt field is an
 /// error, not a no-op.
@@ -158,13 +162,38 @@ impl SubmitApi {
                 message: "the job could not be enqueued; submit it again".into(),
                 retryable: true,
             };
-            if let Ok(abandoned) = job.abandon(error, self.clock.now()) {
-                let _ = self.store.replace(&job, &abandoned).await;
-            }
+            self.mark_unsent(job, error).await;
             return Err(e);
         }
         tracing::info!(job_id = %job.job_id, kind = %job.kind, "job accepted");
         Ok(accepted(&job, status, self.clock.now()))
+    }
+
+    /// Records that `job`'s message was not sent. This write is what makes the client's retry re-send:
+    /// a job left `queued` looks sent to a replay (only the sweep would find it, much later), so the
+    /// write is retried through transient store errors. A job a worker already holds (the send did
+    /// land, its answer was lost) is left alone.
+    async fn mark_unsent(&self, job: Job, error: ErrorInfo) {
+        const TRIES: u32 = 4;
+        let backoff = Backoff::new(Duration::from_millis(25), Duration::from_millis(200));
+        let id = job.job_id.clone();
+        let mut current = Some(job);
+        for attempt in 1..=TRIES {
+            let now = self.clock.now();
+            let step = |j: &Job| {
+                Ok::<_, Infallible>(match j.abandon(error.clone(), now) {
+                    Ok(next) => Change::Write(Box::new(next), ()),
+                    Err(_) => Change::Keep(()),
+                })
+            };
+            match read_modify_write(&*self.store, &id, current.take(), 3, step).await {
+                Ok(_) | Err(RmwError::NotFound) => return,
+                Err(e) if attempt == TRIES => {
+                    tracing::error!(job_id = %id, error = %e, "could not mark an unsent job; the sweep re-sends it");
+                }
+                Err(_) => tokio::time::sleep(backoff.delay(attempt)).await,
+            }
+        }
     }
 
     /// The existing job an unexpired key names: its replay, or `409` when the key was used with another
