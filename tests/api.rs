@@ -211,7 +211,7 @@ async fn bad_list_queries_are_rejected(s: Stack) {
 
 // ---------- validation ----------
 
-async fn callback_urls_are_validated_then_refused_until_webhooks_exist(s: Stack) {
+async fn callback_urls_are_validated_and_refused_where_nothing_delivers_them(s: Stack) {
     let api = s.api(|_| {});
     for url in [
         "http://93.184.215.14/hook",                // not https
@@ -220,6 +220,10 @@ async fn callback_urls_are_validated_then_refused_until_webhooks_exist(s: Stack)
         "https://169.254.169.254/latest/meta-data", // instance metadata
         "https://[fd00:ec2::254]/",                 // instance metadata, IPv6
         "https://[::ffff:192.168.0.1]/",            // private, IPv4-mapped
+        "https://[2002:a9fe:a9fe::]/",              // 6to4 of the instance metadata address
+        "https://[::ffff:0:a9fe:a9fe]/",            // IPv4-translated, same
+        "https://[2001::a9fe:a9fe]/",               // Teredo
+        "https://[fec0::1]/",                       // site-local
         "https://localhost/hook",                   // resolves to loopback
         "https://user:secret@93.184.215.14/",       // credentials
         "https://no-such-host.invalid/hook",        // does not resolve
@@ -231,26 +235,43 @@ async fn callback_urls_are_validated_then_refused_until_webhooks_exist(s: Stack)
     }
     nothing_written(&s, "dave").await;
 
-    // A valid callback is refused too, until webhooks are delivered: never stored and left uncalled.
+    // A deployment without a deliveries queue refuses a valid callback: never stored and left uncalled.
+    let mut undelivered = s.backend.clone();
+    undelivered.deliveries = None;
     let body = json!({"kind": "echo", "input": 1, "callback_url": "https://93.184.215.14/hook"});
-    let resp = api.handle(post_jobs("dave", &body.to_string())).await;
+    let no_webhooks = api_on(
+        &undelivered,
+        HandlerRegistry::with_builtins(),
+        ApiSettings::from_config(&s.config),
+    );
+    let resp = no_webhooks
+        .handle(post_jobs("dave", &body.to_string()))
+        .await;
     assert_error(&resp, 422, "callback_unsupported");
+    nothing_written(&s, "dave").await;
 
-    // Local development may name loopback over http (and is refused the same way); a deployed API
-    // finds such a URL invalid.
+    // Where webhooks are delivered, it is taken and shown.
+    let resp = api.handle(post_jobs("dave", &body.to_string())).await;
+    let (status, view) = json(&resp);
+    assert_eq!(status, 202, "{view}");
+    let id = view["job_id"].as_str().unwrap();
+    let (_, shown) = json(&api.handle(get_job("dave", id)).await);
+    assert_eq!(shown["callback_url"], "https://93.184.215.14/hook");
+
+    // Local development may name loopback over http; a deployed API finds such a URL invalid.
     let dev = s.api(|c| c.dev_mode = true);
     let local = json!({"kind": "echo", "input": 1, "callback_url": "http://127.0.0.1:9000/hook"});
-    assert_error(
-        &dev.handle(post_jobs("dave", &local.to_string())).await,
-        422,
-        "callback_unsupported",
+    assert_eq!(
+        dev.handle(post_jobs("erin", &local.to_string()))
+            .await
+            .status(),
+        202
     );
     assert_error(
-        &api.handle(post_jobs("dave", &local.to_string())).await,
+        &api.handle(post_jobs("erin", &local.to_string())).await,
         400,
         "invalid_callback_url",
     );
-    nothing_written(&s, "dave").await;
 }
 
 // ---------- cancel ----------
@@ -480,7 +501,7 @@ on_both_backends!(
     another_users_job_is_invisible_to_read_cancel_and_list,
     lists_page_newest_first_and_filter_by_status,
     bad_list_queries_are_rejected,
-    callback_urls_are_validated_then_refused_until_webhooks_exist,
+    callback_urls_are_validated_and_refused_where_nothing_delivers_them,
     a_queued_job_is_cancelled_at_once_and_never_runs,
     a_running_job_stops_when_cancelled_and_ends_cancelled,
     finished_jobs_cannot_be_cancelled,

@@ -10,8 +10,10 @@ use anyhow::Context as _;
 use jobkit::api::{self, ApiSettings};
 use jobkit::aws::{Provisioned, provision, sdk_config};
 use jobkit::clock::SystemClock;
+use jobkit::config::SecretSource;
 use jobkit::local::EventSource;
 use jobkit::template::{StackSpec, TEMPLATE_YAML, parse};
+use jobkit::webhook::{DeliverySettings, Schedule, Secrets};
 use jobkit::worker::WorkerSettings;
 use jobkit::{Backend, Config, HandlerRegistry};
 use tokio::sync::watch;
@@ -22,7 +24,13 @@ use tokio::sync::watch;
 Settings come from template.yaml's defaults, overridden by the same environment variables the \
 functions read: JOBKIT_MAX_ATTEMPTS, JOBKIT_JOB_TTL_DAYS, JOBKIT_RETRY_BASE_SECS, JOBKIT_RETRY_MAX_SECS, \
 JOBKIT_WORKER_CONCURRENCY, JOBKIT_MAX_QUEUE_DEPTH, JOBKIT_MAX_IN_FLIGHT_PER_USER, JOBKIT_WORKER_TIMEOUT_SECS \
-(each invocation's deadline: handlers yield and continue as on Lambda), JOBKIT_SIGNING_SECRET.")]
+(each invocation's deadline: handlers yield and continue as on Lambda), JOBKIT_SIGNING_SECRET.
+
+Webhooks: jobs submitted with a callback_url (http or https; loopback allowed here) get their signed \
+event from an in-process delivery loop, on the deployed schedule compressed to seconds: attempts after \
+0, 1, 2, 3, 5, 8, 10 and 10 s instead of 0, 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h. Events are signed \
+with JOBKIT_WEBHOOK_SECRET (whsec_..., as receivers configure it), or with a secret generated at start \
+and printed in the banner.")]
 pub struct DevArgs {
     /// Address to serve the API on (loopback by default: this is a development server).
     #[arg(long, default_value = "127.0.0.1:8080")]
@@ -138,6 +146,24 @@ pub async fn run(args: DevArgs, registry: HandlerRegistry) -> anyhow::Result<()>
         )
         .with_timeout(b.config.worker_timeout),
     );
+    // Webhooks: the delivery function's core on the deliveries queue, on a compressed schedule.
+    let (secret, generated) = match b.config.webhook_secret.clone() {
+        Some(SecretSource::Value(v)) => (v, false),
+        _ => (Secrets::generate(), true),
+    };
+    let secrets = Secrets::parse(&secret).context("JOBKIT_WEBHOOK_SECRET")?;
+    let delivery = DeliverySettings {
+        schedule: Schedule::compressed(),
+        allow_loopback: true,
+        ..DeliverySettings::default()
+    };
+    let deliveries = match (b.deliverer(secrets, delivery), &b.deliveries) {
+        (Some(deliverer), Some(queue)) => Some(Arc::new(
+            EventSource::new(queue.clone(), Arc::new(deliverer), b.clock.clone(), 10)
+                .with_timeout(Duration::from_secs(60)),
+        )),
+        _ => None,
+    };
     let listener = tokio::net::TcpListener::bind(args.addr)
         .await
         .with_context(|| format!("cannot listen on {}", args.addr))?;
@@ -148,10 +174,20 @@ pub async fn run(args: DevArgs, registry: HandlerRegistry) -> anyhow::Result<()>
         b.description,
         b.config.worker_timeout.as_secs(),
     );
+    match (&deliveries, generated) {
+        (None, _) => {
+            eprintln!("jobctl dev: webhooks off (no deliveries queue): callback_url is refused")
+        }
+        (Some(_), true) => eprintln!(
+            "jobctl dev: webhooks signed with {secret} (generated; set JOBKIT_WEBHOOK_SECRET to choose)"
+        ),
+        (Some(_), false) => eprintln!("jobctl dev: webhooks signed with JOBKIT_WEBHOOK_SECRET"),
+    }
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
     let poller = tokio::spawn(events.run(concurrency as usize, stopped(stop_rx.clone())));
+    let delivering = deliveries.map(|d| tokio::spawn(d.run(4, stopped(stop_rx.clone()))));
     let server = axum::serve(listener, app).with_graceful_shutdown(stopped(stop_rx));
     let server = tokio::spawn(async move { server.await });
     let _ = tokio::signal::ctrl_c().await;
@@ -165,6 +201,9 @@ pub async fn run(args: DevArgs, registry: HandlerRegistry) -> anyhow::Result<()>
     let _ = tokio::time::timeout(GRACE, async {
         let _ = poller.await;
         let _ = server.await;
+        if let Some(d) = delivering {
+            let _ = d.await;
+        }
     })
     .await;
     Ok(())

@@ -77,6 +77,10 @@ impl Provisioned {
                 "JOBKIT_DLQ_URL",
                 self.queue_urls.get("JobsDeadLetterQueue").cloned(),
             ),
+            (
+                "JOBKIT_DELIVERIES_QUEUE_URL",
+                self.queue_urls.get("DeliveriesQueue").cloned(),
+            ),
             ("JOBKIT_MAX_ATTEMPTS", p("MaxReceiveCount")),
             ("JOBKIT_JOB_TTL_DAYS", p("JobRetentionDays")),
             ("JOBKIT_RETRY_BASE_SECS", p("RetryBaseSeconds")),
@@ -86,8 +90,15 @@ impl Provisioned {
             ("JOBKIT_MAX_IN_FLIGHT_PER_USER", p("MaxJobsInFlightPerUser")),
             ("JOBKIT_WORKER_TIMEOUT_SECS", p("WorkerTimeout")),
         ]);
-        let resource =
-            |k: &str| matches!(k, "JOBKIT_TABLE" | "JOBKIT_QUEUE_URL" | "JOBKIT_DLQ_URL");
+        let resource = |k: &str| {
+            matches!(
+                k,
+                "JOBKIT_TABLE"
+                    | "JOBKIT_QUEUE_URL"
+                    | "JOBKIT_DLQ_URL"
+                    | "JOBKIT_DELIVERIES_QUEUE_URL"
+            )
+        };
         Ok(Config::from_lookup(|k| {
             (!resource(k))
                 .then(|| overrides(k))

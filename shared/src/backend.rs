@@ -14,6 +14,7 @@ use crate::handler::HandlerRegistry;
 use crate::queue::{JobQueue, MemoryQueue, SqsQueue};
 use crate::store::{DynamoStore, JobStore, MemoryStore};
 use crate::sweep::Sweeper;
+use crate::webhook::{Announcer, Deliverer, DeliverySettings, Secrets};
 use crate::worker::{Worker, WorkerSettings};
 
 /// A deployment's ports.
@@ -22,6 +23,8 @@ pub struct Backend {
     pub store: Arc<dyn JobStore>,
     pub queue: Arc<dyn JobQueue>,
     pub dead_letter_queue: Option<Arc<dyn JobQueue>>,
+    /// The webhook deliveries queue (`None`: this deployment has no webhooks).
+    pub deliveries: Option<Arc<dyn JobQueue>>,
     pub clock: SharedClock,
     /// Keys the API's page cursors.
     pub signing_secret: Vec<u8>,
@@ -34,27 +37,20 @@ impl Backend {
     /// DynamoDB, SQS and Secrets Manager as `config` names them, through `sdk` (AWS, or an emulator).
     pub async fn aws(sdk: &aws_config::SdkConfig, config: Config) -> Result<Self, BoxError> {
         let sqs = aws_sdk_sqs::Client::new(sdk);
-        let signing_secret = match &config.signing_secret {
-            Some(SecretSource::SecretsManager { arn }) => aws_sdk_secretsmanager::Client::new(sdk)
-                .get_secret_value()
-                .secret_id(arn)
-                .send()
-                .await?
-                .secret_string
-                .ok_or("the signing secret has no string value")?
-                .into_bytes(),
-            other => local_secret(other.as_ref()),
+        let signing_secret = match read_secret(sdk, config.signing_secret.as_ref()).await? {
+            Some(value) => value.into_bytes(),
+            None => local_secret(None),
         };
+        let sqs_queue =
+            |url: &String| Arc::new(SqsQueue::new(sqs.clone(), url)) as Arc<dyn JobQueue>;
         Ok(Self {
             store: Arc::new(DynamoStore::new(
                 aws_sdk_dynamodb::Client::new(sdk),
                 &config.table,
             )),
-            queue: Arc::new(SqsQueue::new(sqs.clone(), &config.queue_url)),
-            dead_letter_queue: config
-                .dlq_url
-                .as_ref()
-                .map(|u| Arc::new(SqsQueue::new(sqs, u)) as Arc<dyn JobQueue>),
+            queue: sqs_queue(&config.queue_url),
+            dead_letter_queue: config.dlq_url.as_ref().map(sqs_queue),
+            deliveries: config.deliveries_queue_url.as_ref().map(sqs_queue),
             clock: Arc::new(SystemClock),
             signing_secret,
             description: format!("DynamoDB table {}, SQS {}", config.table, config.queue_url),
@@ -76,6 +72,7 @@ impl Backend {
             store: Arc::new(MemoryStore::new()),
             queue: Arc::new(queue),
             dead_letter_queue: Some(dlq),
+            deliveries: Some(Arc::new(MemoryQueue::new(visibility))),
             clock,
             signing_secret: local_secret(config.signing_secret.as_ref()),
             description: "embedded in-memory store and queue".into(),
@@ -83,13 +80,35 @@ impl Backend {
         }
     }
 
-    /// The submit function's API.
+    /// Sends webhook delivery requests (to nowhere when the deployment has no deliveries queue).
+    pub fn announcer(&self) -> Announcer {
+        match &self.deliveries {
+            Some(q) => Announcer::new(q.clone()),
+            None => Announcer::none(),
+        }
+    }
+
+    /// The delivery function's core, signing with `secrets`; `None` without a deliveries queue.
+    pub fn deliverer(&self, secrets: Secrets, settings: DeliverySettings) -> Option<Deliverer> {
+        Some(Deliverer::new(
+            self.store.clone(),
+            self.deliveries.clone()?,
+            secrets,
+            settings,
+            self.clock.clone(),
+        ))
+    }
+
+    /// The submit function's API. It takes `callback_url` only if this deployment delivers webhooks.
     pub fn submit_api(&self, registry: HandlerRegistry, settings: ApiSettings) -> SubmitApi {
         SubmitApi::new(
             self.store.clone(),
             self.queue.clone(),
             registry,
-            settings,
+            ApiSettings {
+                webhooks: self.deliveries.is_some(),
+                ..settings
+            },
             self.clock.clone(),
         )
     }
@@ -101,6 +120,7 @@ impl Backend {
             CursorKey::new(&self.signing_secret),
             self.clock.clone(),
         )
+        .with_announcer(self.announcer())
     }
 
     /// The worker core with `settings`.
@@ -112,6 +132,7 @@ impl Backend {
             settings,
             self.clock.clone(),
         )
+        .with_announcer(self.announcer())
     }
 
     pub fn sweeper(&self) -> Sweeper {
@@ -119,6 +140,7 @@ impl Backend {
             store: self.store.clone(),
             queue: self.queue.clone(),
             clock: self.clock.clone(),
+            announcer: self.announcer(),
         }
     }
 
@@ -132,6 +154,26 @@ impl Backend {
             self.clock.clone(),
         ))
     }
+}
+
+/// A secret's value: given, read from Secrets Manager (once, at cold start), or `None` when not set.
+pub async fn read_secret(
+    sdk: &aws_config::SdkConfig,
+    source: Option<&SecretSource>,
+) -> Result<Option<String>, BoxError> {
+    Ok(match source {
+        None => None,
+        Some(SecretSource::Value(v)) => Some(v.clone()),
+        Some(SecretSource::SecretsManager { arn }) => Some(
+            aws_sdk_secretsmanager::Client::new(sdk)
+                .get_secret_value()
+                .secret_id(arn)
+                .send()
+                .await?
+                .secret_string
+                .ok_or("the secret has no string value")?,
+        ),
+    })
 }
 
 /// A secret given as a value, or one made up for this process (local runs: cursors then last as long

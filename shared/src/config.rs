@@ -29,6 +29,13 @@ pub struct Config {
     /// The stack's signing secret (page cursors): `JOBKIT_SIGNING_SECRET` (the value, for local runs)
     /// or `JOBKIT_SIGNING_SECRET_ARN` (a Secrets Manager secret, read once per cold start).
     pub signing_secret: Option<SecretSource>,
+    /// `JOBKIT_DELIVERIES_QUEUE_URL`: the webhook deliveries queue. Without it, `callback_url` is refused
+    /// at submit (nothing would deliver it).
+    pub deliveries_queue_url: Option<String>,
+    /// The webhook signing secrets (`whsec_…`, two during a rotation, space-separated):
+    /// `JOBKIT_WEBHOOK_SECRET` (the value) or `JOBKIT_WEBHOOK_SECRET_ARN` (Secrets Manager). Only the
+    /// delivery function reads it.
+    pub webhook_secret: Option<SecretSource>,
     /// `JOBKIT_WORKER_TIMEOUT_SECS` (default 900): the worker function's timeout, so local runs give each
     /// invocation the same deadline.
     pub worker_timeout: Duration,
@@ -92,6 +99,17 @@ impl Config {
                     Err(invalid(format!("must be between {min} and {max}")))
                 }
             };
+        // A secret's value (local runs), else its Secrets Manager ARN (deployed).
+        let secret = |value: &str, arn: &str| {
+            get(value)
+                .filter(|v| !v.is_empty())
+                .map(SecretSource::Value)
+                .or_else(|| {
+                    get(arn)
+                        .filter(|v| !v.is_empty())
+                        .map(|arn| SecretSource::SecretsManager { arn })
+                })
+        };
         let base = number("JOBKIT_RETRY_BASE_SECS", 2, 0, 43_200)?;
         let max = number("JOBKIT_RETRY_MAX_SECS", 900, base.max(1), 43_200)?;
         Ok(Self {
@@ -105,14 +123,9 @@ impl Config {
             max_queue_depth: number("JOBKIT_MAX_QUEUE_DEPTH", 10_000, 0, 1 << 40)?,
             // The owner's slots live in one item (400 KB): 10,000 job ids fit.
             max_in_flight_per_user: number("JOBKIT_MAX_IN_FLIGHT_PER_USER", 100, 0, 10_000)? as u32,
-            signing_secret: get("JOBKIT_SIGNING_SECRET")
-                .filter(|v| !v.is_empty())
-                .map(SecretSource::Value)
-                .or_else(|| {
-                    get("JOBKIT_SIGNING_SECRET_ARN")
-                        .filter(|v| !v.is_empty())
-                        .map(|arn| SecretSource::SecretsManager { arn })
-                }),
+            signing_secret: secret("JOBKIT_SIGNING_SECRET", "JOBKIT_SIGNING_SECRET_ARN"),
+            deliveries_queue_url: get("JOBKIT_DELIVERIES_QUEUE_URL").filter(|v| !v.is_empty()),
+            webhook_secret: secret("JOBKIT_WEBHOOK_SECRET", "JOBKIT_WEBHOOK_SECRET_ARN"),
             worker_timeout: Duration::from_secs(number("JOBKIT_WORKER_TIMEOUT_SECS", 900, 1, 900)?),
         })
     }

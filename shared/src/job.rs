@@ -157,6 +157,41 @@ pub struct Progress {
     pub message: String,
 }
 
+/// Where a terminal job's webhook event stands (jobs with a `callback_url` only). Written with the
+/// terminal state itself, so a crash between that write and the delivery request loses nothing: the
+/// sweep re-announces a `pending` event whose attempt is long overdue.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WebhookState {
+    /// The event's `webhook-id`: one per terminal state, the same on every retry.
+    pub event_id: String,
+    pub status: WebhookStatus,
+    #[serde(default)]
+    pub attempts: u32,
+    /// The receiver's last HTTP status, if it answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_status: Option<u16>,
+    /// Why the last attempt failed, when the receiver did not answer (timeout, refused, not public).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivered_at: Option<Millis>,
+    /// When the next attempt is due (its message is hidden in the deliveries queue until then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_attempt_at: Option<Millis>,
+}
+
+/// A webhook event's fate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WebhookStatus {
+    /// Not delivered yet; attempts continue.
+    Pending,
+    /// A receiver answered 2xx.
+    Delivered,
+    /// Given up: the receiver answered 410, or every attempt of the schedule failed.
+    Failed,
+}
+
 /// The job record. Its serde form is the storage form (DynamoDB item / embedded store); the API shows
 /// a [`crate::api::JobView`] of it instead.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -214,6 +249,9 @@ pub struct Job {
     /// Webhook target for the terminal state, validated at submit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub callback_url: Option<String>,
+    /// The terminal state's webhook event, when there is a `callback_url`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<WebhookState>,
     /// Its owner asked to cancel it while it ran; the handler sees it and the job ends `cancelled`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub cancel_requested: bool,
@@ -286,6 +324,7 @@ impl Job {
             expires_at: now.div_euclid(1000) + spec.ttl_secs,
             redrives: 0,
             callback_url: spec.callback_url,
+            webhook: None,
             cancel_requested: false,
             counted: spec.counted,
             version: 0,
@@ -407,6 +446,8 @@ impl Job {
         next.lease_owner = None;
         next.lease_expires_at = None;
         next.finished_at = None;
+        // The next terminal state brings its own event; one not delivered yet is dropped with its state.
+        next.webhook = None;
         Ok(next)
     }
 
@@ -587,15 +628,56 @@ impl Job {
         Ok(self.holding(owner, action, now)?.leaving_running(to, now))
     }
 
-    /// Moves this (new) version to `to`, releasing the lease; a terminal `to` stamps the finish time.
+    /// Moves this (new) version to `to`, releasing the lease; a terminal `to` stamps the finish time and
+    /// marks the webhook event pending, in the same write.
     fn leaving_running(mut self, to: JobStatus, now: Millis) -> Self {
         self.status = to;
         self.lease_owner = None;
         self.lease_expires_at = None;
         if to.is_terminal() {
             self.finished_at = Some(now);
+            if self.callback_url.is_some() {
+                self.webhook = Some(WebhookState {
+                    event_id: format!("msg_{}_{}", self.job_id, self.version),
+                    status: WebhookStatus::Pending,
+                    attempts: 0,
+                    last_status: None,
+                    last_error: None,
+                    delivered_at: None,
+                    next_attempt_at: Some(now),
+                });
+            }
         }
         self
+    }
+
+    /// Whether its webhook event waits for an attempt that was due before `before`: the message that
+    /// should have brought it was lost (the sweep re-announces it).
+    pub fn webhook_overdue(&self, before: Millis) -> bool {
+        self.webhook.as_ref().is_some_and(|w| {
+            w.status == WebhookStatus::Pending && w.next_attempt_at.is_some_and(|t| t < before)
+        })
+    }
+
+    /// Whether the job's webhook event `event_id` still waits for delivery.
+    pub fn webhook_pending(&self, event_id: &str) -> bool {
+        self.webhook
+            .as_ref()
+            .is_some_and(|w| w.status == WebhookStatus::Pending && w.event_id == event_id)
+    }
+
+    /// Records a delivery attempt (or a re-announcement) of the pending event `state.event_id`.
+    pub fn with_webhook(
+        &self,
+        state: WebhookState,
+        now: Millis,
+    ) -> Result<Self, IllegalTransition> {
+        if !self.webhook_pending(&state.event_id) {
+            return Err(self.illegal("record a webhook attempt of"));
+        }
+        let mut next = self.next_version(now);
+        next.webhook = Some(state);
+        Ok(next)
     }
 
     fn next_version(&self, now: Millis) -> Self {

@@ -5,6 +5,7 @@
 //!   authorizer's verified caller turned into the API's [`Identity`].
 //! - SQS (worker): an `SqsEvent` mapped to plain deliveries, and the verdicts back to a partial batch
 //!   response.
+//! - SQS (deliver): the deliveries queue through the webhook deliverer, the same way.
 //! - Schedule (sweep): its own function, so only it needs (and has) Scan.
 
 use std::sync::Arc;
@@ -19,11 +20,12 @@ use serde_json::Value;
 
 use crate::api::{self, ApiSettings, Identity};
 use crate::aws::sdk_config;
-use crate::backend::Backend;
+use crate::backend::{Backend, read_secret};
 use crate::clock::Millis;
-use crate::queue::Delivery;
+use crate::queue::{Consumer, Delivery, Invocation, Verdict};
 use crate::sweep::SWEEP_AFTER;
-use crate::worker::{Invocation, Worker, WorkerSettings};
+use crate::webhook::{DeliverySettings, Secrets};
+use crate::worker::WorkerSettings;
 use crate::{Config, HandlerRegistry};
 
 async fn backend() -> Result<Backend, Error> {
@@ -60,6 +62,29 @@ pub async fn serve_worker(registry: HandlerRegistry) -> Result<(), Error> {
     let worker = &worker;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<SqsEvent>| async move {
         Ok::<_, Error>(handle_sqs(worker, event).await)
+    }))
+    .await
+}
+
+/// Serves the delivery function: batches of the deliveries queue, each event POSTed signed with the
+/// webhook secret (read once, at cold start).
+pub async fn serve_deliver() -> Result<(), Error> {
+    crate::telemetry::init_lambda();
+    let config = Config::from_env()?;
+    let sdk = sdk_config(None).await;
+    let secret = read_secret(&sdk, config.webhook_secret.as_ref())
+        .await?
+        .ok_or(
+            "the delivery function needs JOBKIT_WEBHOOK_SECRET_ARN (or JOBKIT_WEBHOOK_SECRET)",
+        )?;
+    let secrets = Secrets::parse(&secret)?;
+    let b = Backend::aws(&sdk, config).await?;
+    let deliverer = b
+        .deliverer(secrets, DeliverySettings::default())
+        .ok_or("the delivery function needs JOBKIT_DELIVERIES_QUEUE_URL")?;
+    let deliverer = &deliverer;
+    lambda_runtime::run(service_fn(move |event: LambdaEvent<SqsEvent>| async move {
+        Ok::<_, Error>(handle_sqs(deliverer, event).await)
     }))
     .await
 }
@@ -110,11 +135,14 @@ fn authorizer_user(ctx: Option<&RequestContext>) -> Option<String> {
     })
 }
 
-/// One SQS batch through the worker: records become deliveries (a record without a body is a malformed
-/// one, failing alone), verdicts become the partial batch response. A record without a message id is
-/// processed but cannot be reported: Lambda treats an empty item identifier as a failure of the whole
-/// batch.
-pub async fn handle_sqs(worker: &Worker, event: LambdaEvent<SqsEvent>) -> SqsBatchResponse {
+/// One SQS batch through a consumer (the worker, the webhook deliverer): records become deliveries (a
+/// record without a body is a malformed one, failing alone), `Retry` verdicts become the partial batch
+/// response. A record without a message id is processed but cannot be reported: Lambda treats an empty
+/// item identifier as a failure of the whole batch.
+pub async fn handle_sqs<C: Consumer>(
+    consumer: &C,
+    event: LambdaEvent<SqsEvent>,
+) -> SqsBatchResponse {
     let deadline: Option<Millis> = event
         .context
         .deadline
@@ -145,9 +173,13 @@ pub async fn handle_sqs(worker: &Worker, event: LambdaEvent<SqsEvent>) -> SqsBat
             body: r.body.unwrap_or_default(),
         })
         .collect();
-    let result = worker.process(&deliveries, &inv).await;
+    let report = consumer.consume(&deliveries, &inv).await;
     let mut response = SqsBatchResponse::default();
-    for id in result.failures {
+    for (d, verdict) in deliveries.into_iter().zip(report.as_ref()) {
+        if *verdict == Verdict::Ack {
+            continue;
+        }
+        let id = d.message_id;
         if id.is_empty() {
             tracing::error!("record without a message id cannot be reported as failed");
         } else {

@@ -28,12 +28,14 @@ pub mod job;
 pub mod json;
 pub mod lambda;
 pub mod local;
+pub mod net;
 pub mod queue;
 pub mod retry;
 pub mod store;
 pub mod sweep;
 pub mod telemetry;
 pub mod template;
+pub mod webhook;
 pub mod worker;
 
 pub use backend::Backend;

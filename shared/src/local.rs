@@ -1,20 +1,20 @@
 //! Lambda's SQS event source, for local runs (`jobctl dev`) and tests: receive a batch, hand its
-//! deliveries to the worker core as one invocation (with the function's timeout as its deadline), delete
-//! the messages whose verdict is `Ack`. No Lambda event is made up: the worker takes deliveries as they
-//! come from the queue.
+//! deliveries to a [`Consumer`] (the worker core, the webhook deliverer) as one invocation (with the
+//! function's timeout as its deadline), delete the messages whose verdict is `Ack`. No Lambda event is
+//! made up: the consumer takes deliveries as they come from the queue.
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::clock::SharedClock;
-use crate::queue::{Delivery, JobQueue, QueueError};
-use crate::worker::{BatchResult, Invocation, Verdict, Worker};
+use crate::queue::{Consumer, Delivery, Invocation, JobQueue, QueueError, Verdict};
+use crate::worker::Worker;
 
-/// Polls a queue and feeds the worker, honouring its verdicts.
-pub struct EventSource {
+/// Polls a queue and feeds a consumer (by default the worker), honouring its verdicts.
+pub struct EventSource<C: Consumer = Worker> {
     queue: Arc<dyn JobQueue>,
-    worker: Arc<Worker>,
+    consumer: Arc<C>,
     clock: SharedClock,
     batch_size: u32,
     wait: Duration,
@@ -22,16 +22,16 @@ pub struct EventSource {
     visibility: Option<Duration>,
 }
 
-impl EventSource {
+impl<C: Consumer> EventSource<C> {
     pub fn new(
         queue: Arc<dyn JobQueue>,
-        worker: Arc<Worker>,
+        consumer: Arc<C>,
         clock: SharedClock,
         batch_size: u32,
     ) -> Self {
         Self {
             queue,
-            worker,
+            consumer,
             clock,
             batch_size: batch_size.clamp(1, 10),
             wait: Duration::from_secs(1),
@@ -58,8 +58,8 @@ impl EventSource {
         self
     }
 
-    /// One receive -> invoke -> delete cycle. Returns the deliveries and the worker's result.
-    pub async fn poll_once(&self) -> Result<(Vec<Delivery>, BatchResult), QueueError> {
+    /// One receive -> invoke -> delete cycle. Returns the deliveries and the consumer's report.
+    pub async fn poll_once(&self) -> Result<(Vec<Delivery>, C::Report), QueueError> {
         let batch = self.receive().await?;
         let result = self.invoke(&batch).await;
         Ok((batch, result))
@@ -71,10 +71,10 @@ impl EventSource {
             .await
     }
 
-    /// Hands a batch to the worker as one invocation and deletes the acknowledged messages.
-    async fn invoke(&self, batch: &[Delivery]) -> BatchResult {
+    /// Hands a batch to the consumer as one invocation and deletes the acknowledged messages.
+    async fn invoke(&self, batch: &[Delivery]) -> C::Report {
         if batch.is_empty() {
-            return BatchResult::default();
+            return C::Report::default();
         }
         let inv = Invocation {
             request_id: format!("local-{:016x}", rand::random::<u64>()),
@@ -82,12 +82,12 @@ impl EventSource {
                 .timeout
                 .map(|t| self.clock.now() + t.as_millis() as i64),
         };
-        let result = self.worker.process(batch, &inv).await;
-        for (d, verdict) in batch.iter().zip(&result.verdicts) {
+        let result = self.consumer.consume(batch, &inv).await;
+        for (d, verdict) in batch.iter().zip(result.as_ref()) {
             if *verdict == Verdict::Ack
                 && let Err(e) = self.queue.delete(&d.receipt_handle).await
             {
-                // Not fatal: the message comes back and the worker acknowledges the finished job again.
+                // Not fatal: the message comes back and the consumer acknowledges it again.
                 tracing::warn!(message_id = %d.message_id, error = %e, "could not delete a processed message");
             }
         }
@@ -95,7 +95,7 @@ impl EventSource {
     }
 
     /// Runs `concurrency` pollers (like concurrent Lambda invocations) until `shutdown` resolves; then
-    /// stops receiving and lets the batches under way finish (the worker releases their jobs if its stop
+    /// stops receiving and lets the batches under way finish (the worker releases its jobs if its stop
     /// signal fires first).
     pub async fn run(self: Arc<Self>, concurrency: usize, shutdown: impl Future<Output = ()>) {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

@@ -9,6 +9,9 @@
 //! - A worker that died on a job's last attempt leaves it `running` under an expired lease; SQS moves its
 //!   message to the DLQ on the next receive, so no worker records the end. Reads already say
 //!   `dead_letter`; the sweep writes it, which also frees the owner's in-flight slot.
+//! - A terminal job's webhook event whose next attempt is long overdue lost its message (a crash right
+//!   after the terminal write, a delivery function that died): the sweep announces it again, counting
+//!   that as an attempt, so an event that can never be delivered still ends `failed`.
 //! - An owner's in-flight slots can outlive their jobs only if a job record disappears unfinished (TTL,
 //!   or an operator's delete): the sweep releases every slot whose job is gone or finished.
 
@@ -17,11 +20,13 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::clock::Millis;
 use crate::clock::SharedClock;
 use crate::error::BoxError;
-use crate::job::JobStatus;
-use crate::queue::{JobMessage, JobSender};
+use crate::job::{Job, JobStatus, WebhookStatus};
+use crate::queue::{Announcer, JobMessage, JobSender};
 use crate::store::{StoreError, SweepStore};
+use crate::webhook::MAX_ATTEMPTS;
 
 /// How long a job may sit `queued` and untouched before a sweep presumes its message lost: far longer
 /// than any send, and than a healthy queue's wait.
@@ -37,6 +42,8 @@ pub struct SweepReport {
     pub resent: usize,
     /// Jobs whose last attempt died, recorded `dead_letter`.
     pub buried: usize,
+    /// Webhook events announced again because their message was lost.
+    pub reannounced: usize,
     /// In-flight slots released because their job was gone or finished.
     pub slots_released: usize,
 }
@@ -46,6 +53,7 @@ pub struct Sweeper {
     pub store: Arc<dyn SweepStore>,
     pub queue: Arc<dyn JobSender>,
     pub clock: SharedClock,
+    pub announcer: Announcer,
 }
 
 impl Sweeper {
@@ -64,25 +72,43 @@ impl Sweeper {
         };
         let mut report = SweepReport::default();
         for job in stale {
-            if job.status == JobStatus::Running {
-                if let Ok(dead) = job.bury(self.clock.now()) {
-                    lost_race(self.store.replace(&job, &dead).await)?;
-                    tracing::warn!(job_id = %job.job_id, "recorded a job whose last attempt died as dead_letter");
-                    report.buried += 1;
+            let now = self.clock.now();
+            match job.status {
+                JobStatus::Running => {
+                    if let Ok(dead) = job.bury(now) {
+                        lost_race(self.store.replace(&job, &dead).await)?;
+                        tracing::warn!(job_id = %job.job_id, "recorded a job whose last attempt died as dead_letter");
+                        self.announcer.announce(&dead).await;
+                        report.buried += 1;
+                    }
                 }
-                continue;
+                JobStatus::Queued => {
+                    let msg = JobMessage {
+                        job_id: job.job_id.clone(),
+                        kind: job.kind.clone(),
+                    };
+                    self.queue.send(&msg.encode(), Duration::ZERO).await?;
+                    // Touch it so the next sweep does not send again at once.
+                    if let Ok(touched) = job.resent(now) {
+                        lost_race(self.store.replace(&job, &touched).await)?;
+                    }
+                    tracing::warn!(job_id = %job.job_id, "re-sent a job that may have lost its message");
+                    report.resent += 1;
+                }
+                _ => {
+                    let Some(again) = reannounced(&job, now) else {
+                        continue;
+                    };
+                    match self.store.replace(&job, &again).await {
+                        Ok(()) => {
+                            tracing::warn!(job_id = %job.job_id, "re-announced a webhook event whose message was lost");
+                            self.announcer.announce(&again).await;
+                            report.reannounced += 1;
+                        }
+                        other => lost_race(other)?,
+                    }
+                }
             }
-            let msg = JobMessage {
-                job_id: job.job_id.clone(),
-                kind: job.kind.clone(),
-            };
-            self.queue.send(&msg.encode(), Duration::ZERO).await?;
-            // Touch it so the next sweep does not send again at once.
-            if let Ok(touched) = job.resent(self.clock.now()) {
-                lost_race(self.store.replace(&job, &touched).await)?;
-            }
-            tracing::warn!(job_id = %job.job_id, "re-sent a job that may have lost its message");
-            report.resent += 1;
         }
         report.slots_released = self.release_orphaned_slots().await?;
         Ok(report)
@@ -112,4 +138,20 @@ impl Sweeper {
         }
         Ok(released)
     }
+}
+
+/// `job` with its overdue webhook event counted as a lost attempt and due now — or given up when that
+/// was the last attempt (a delivery function that dies on every try must not be announced forever).
+fn reannounced(job: &Job, now: Millis) -> Option<Job> {
+    let mut state = job.webhook.clone()?;
+    state.attempts += 1;
+    state.last_status = None;
+    state.last_error = Some("lost: the delivery did not report back; announced again".into());
+    if state.attempts >= MAX_ATTEMPTS {
+        state.status = WebhookStatus::Failed;
+        state.next_attempt_at = None;
+    } else {
+        state.next_attempt_at = Some(now);
+    }
+    job.with_webhook(state, now).ok()
 }

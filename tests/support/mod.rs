@@ -4,6 +4,7 @@
 #![allow(dead_code)] // each test binary uses part of the harness
 
 pub mod proxy;
+pub mod receiver;
 
 use std::collections::BTreeMap;
 use std::ops::Deref;

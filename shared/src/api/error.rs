@@ -33,9 +33,9 @@ pub enum ApiError {
     TruncatedBody,
     #[error("invalid callback_url: {0}")]
     InvalidCallbackUrl(String),
-    /// Webhook delivery is not built yet: a callback the API accepted would never be called.
+    /// This deployment delivers no webhooks: a callback the API accepted would never be called.
     #[error(
-        "callback_url is not supported yet: results are not delivered by webhook; poll GET /jobs/{{id}}"
+        "callback_url is not supported by this deployment (it has no webhook deliveries queue); poll GET /jobs/{{id}}"
     )]
     CallbackUnsupported,
     #[error("cursor is not one this API returned")]

@@ -11,7 +11,6 @@
 //! and a `{"error":{"code","message"}}` body; a middleware gives the same shape to the answers of the
 //! tower layers (body limit, timeout) and of axum itself.
 
-mod callback;
 mod cursor;
 mod error;
 mod jobs;
@@ -31,11 +30,11 @@ use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
-pub use callback::{CallbackError, is_public_ip};
+pub use crate::net::{CallbackError, is_public_ip};
 pub use cursor::CursorKey;
 pub use error::{ApiError, MAX_BODY_BYTES, quote};
 pub use jobs::{JobList, JobSummary};
-pub use status::{JobView, StatusApi};
+pub use status::{JobView, StatusApi, WebhookView, rfc3339};
 pub use submit::{SubmitApi, SubmitRequest};
 
 use crate::config::Config;
@@ -53,6 +52,9 @@ pub struct ApiSettings {
     pub max_queue_depth: Option<u64>,
     /// Submit answers 429 while the caller has this many jobs in flight (`None`: no cap).
     pub max_in_flight_per_user: Option<u32>,
+    /// Whether webhooks are delivered (a deliveries queue is configured; `Backend::submit_api` sets it
+    /// from the backend); without them `callback_url` is refused.
+    pub webhooks: bool,
     /// Local development (`jobctl dev` only, never set from the environment): callback URLs may be
     /// `http` to loopback.
     pub dev_mode: bool,
@@ -67,6 +69,7 @@ impl ApiSettings {
             max_queue_depth: (c.max_queue_depth > 0).then_some(c.max_queue_depth),
             max_in_flight_per_user: (c.max_in_flight_per_user > 0)
                 .then_some(c.max_in_flight_per_user),
+            webhooks: c.deliveries_queue_url.is_some(),
             dev_mode: false,
         }
     }

@@ -10,8 +10,9 @@ use serde::{Deserialize, Serialize};
 
 use super::{ApiError, Caller, CursorKey, JobSummary};
 use crate::clock::SharedClock;
-use crate::job::{Cancel, Job, JobId, JobStatus, Millis};
+use crate::job::{Cancel, Job, JobId, JobStatus, Millis, WebhookState, WebhookStatus};
 use crate::json::Json;
+use crate::queue::Announcer;
 use crate::store::{Change, RmwError, StatusStore, read_modify_write};
 
 /// The public form of a job: its [`JobSummary`] (what lists show) plus its payloads. No lease internals;
@@ -27,8 +28,44 @@ pub struct JobView {
     pub warnings: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub callback_url: Option<String>,
+    /// The terminal state's webhook event, when there is a `callback_url`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<WebhookView>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at: Option<String>,
+}
+
+/// Where a job's webhook event stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WebhookView {
+    /// The event's `webhook-id` (receivers deduplicate on it).
+    pub id: String,
+    pub status: WebhookStatus,
+    pub attempts: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_status: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivered_at: Option<String>,
+    /// When the next attempt is due, while `pending`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_attempt_at: Option<String>,
+}
+
+impl From<WebhookState> for WebhookView {
+    fn from(w: WebhookState) -> Self {
+        let pending = w.status == WebhookStatus::Pending;
+        Self {
+            id: w.event_id,
+            status: w.status,
+            attempts: w.attempts,
+            last_status: w.last_status,
+            last_error: w.last_error,
+            delivered_at: w.delivered_at.map(rfc3339),
+            next_attempt_at: w.next_attempt_at.filter(|_| pending).map(rfc3339),
+        }
+    }
 }
 
 /// Reading a view back (clients such as `jobctl`). Through `Value` payloads: serde's `flatten` buffers
@@ -48,6 +85,8 @@ impl<'de> Deserialize<'de> for JobView {
             #[serde(default)]
             callback_url: Option<String>,
             #[serde(default)]
+            webhook: Option<WebhookView>,
+            #[serde(default)]
             started_at: Option<String>,
         }
         let w = Wire::deserialize(d)?;
@@ -57,12 +96,13 @@ impl<'de> Deserialize<'de> for JobView {
             result: w.result.map(Json::from),
             warnings: w.warnings,
             callback_url: w.callback_url,
+            webhook: w.webhook,
             started_at: w.started_at,
         })
     }
 }
 
-pub(super) fn rfc3339(ms: Millis) -> String {
+pub fn rfc3339(ms: Millis) -> String {
     DateTime::<Utc>::from_timestamp_millis(ms)
         .unwrap_or_default()
         .to_rfc3339_opts(SecondsFormat::Millis, true)
@@ -76,6 +116,7 @@ impl JobView {
             result: j.result.take(),
             warnings: std::mem::take(&mut j.warnings),
             callback_url: j.callback_url.take(),
+            webhook: j.webhook.take().map(WebhookView::from),
             started_at: j.started_at.map(rfc3339),
             summary: JobSummary::at(j, now),
         }
@@ -87,6 +128,7 @@ pub struct StatusApi {
     pub(super) store: Arc<dyn StatusStore>,
     pub(super) cursors: CursorKey,
     pub(super) clock: SharedClock,
+    announcer: Announcer,
 }
 
 impl StatusApi {
@@ -95,7 +137,14 @@ impl StatusApi {
             store,
             cursors,
             clock,
+            announcer: Announcer::none(),
         }
+    }
+
+    /// Announces the webhook event of each job it cancels.
+    pub fn with_announcer(mut self, announcer: Announcer) -> Self {
+        self.announcer = announcer;
+        self
     }
 
     /// The caller's job `raw_id`. Another user's job answers exactly like a missing one, so ids cannot
@@ -154,6 +203,9 @@ pub(super) async fn cancel(
         },
         RmwError::Store(e) => e.into(),
     })?;
+    if what == Cancel::Cancelled {
+        api.announcer.announce(&job).await;
+    }
     if job.status == JobStatus::Running && job.cancel_requested {
         // The running attempt looks for this small mark every few seconds (a read of a few bytes, not of
         // the job); it also sees the flag on the job at its next write. Written again on a repeated

@@ -13,11 +13,12 @@ use serde::Deserialize;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-use super::{ApiError, ApiSettings, Caller, MAX_BODY_BYTES, callback};
+use super::{ApiError, ApiSettings, Caller, MAX_BODY_BYTES};
 use crate::clock::SharedClock;
 use crate::handler::HandlerRegistry;
 use crate::job::{ENQUEUE_FAILED, ErrorInfo, Job, MAX_INPUT_BYTES, NewJob};
 use crate::json::Json;
+use crate::net as callback;
 use crate::queue::{JobMessage, SubmitQueue};
 use crate::retry::Backoff;
 use crate::store::{
@@ -248,9 +249,9 @@ pub(super) async fn submit(
         ),
         None => None,
     };
-    if callback_url.is_some() {
-        // A field the API accepts is a promise: until webhooks are sent, a valid callback is refused
-        // rather than stored and never called.
+    if callback_url.is_some() && !api.settings.webhooks {
+        // A field the API accepts is a promise: where nothing delivers webhooks, a valid callback is
+        // refused rather than stored and never called.
         return Err(ApiError::CallbackUnsupported);
     }
     let now = api.clock.now();

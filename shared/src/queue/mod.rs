@@ -9,8 +9,11 @@ use serde::{Deserialize, Serialize};
 use crate::error::BoxError;
 use crate::job::{JobId, Millis};
 
+mod deliveries;
 pub mod memory;
 pub mod sqs;
+
+pub use deliveries::{Announcer, DeliveryMessage};
 
 pub use memory::MemoryQueue;
 pub use sqs::SqsQueue;
@@ -44,6 +47,35 @@ pub struct Delivery {
     pub receive_count: u32,
     /// When the message was first sent (SQS SentTimestamp).
     pub sent_at: Millis,
+}
+
+/// The invocation a batch arrived in.
+#[derive(Debug, Clone, Default)]
+pub struct Invocation {
+    pub request_id: String,
+    /// When the invocation must end (epoch ms); `None` when nothing stops it.
+    pub deadline: Option<Millis>,
+}
+
+/// A delivery's fate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Done with: delete the message.
+    Ack,
+    /// Leave the message; it comes back after this delay (already set as its visibility).
+    Retry(Duration),
+}
+
+/// What a queue-triggered function does with a batch: the worker (jobs) and the webhook deliverer
+/// (events). Lambda's SQS adapter ([`crate::lambda`]) and the local event source ([`crate::local`])
+/// drive any consumer the same way: one verdict per delivery, in order; `Retry` ones are the partial
+/// batch failures.
+#[async_trait]
+pub trait Consumer: Send + Sync + 'static {
+    /// What the consumer reports of a batch: at least its verdicts.
+    type Report: AsRef<[Verdict]> + Default + Send;
+
+    async fn consume(&self, batch: &[Delivery], inv: &Invocation) -> Self::Report;
 }
 
 /// Why a queue call failed.

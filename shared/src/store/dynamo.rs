@@ -669,12 +669,15 @@ impl JobScanner for DynamoStore {
                 .client
                 .scan()
                 .table_name(&self.table)
-                // The second half is `Job::effective_status` == dead_letter for a running job.
+                // The second part is `Job::effective_status` == dead_letter for a running job, the
+                // third `Job::webhook_overdue`.
                 .filter_expression(
                     "(#s = :queued AND updated_at < :before) OR (#s = :running AND \
-                     lease_expires_at < :now AND attempts >= max_attempts)",
+                     lease_expires_at < :now AND attempts >= max_attempts) OR \
+                     (webhook.#s = :pending AND webhook.next_attempt_at < :before)",
                 )
                 .expression_attribute_names("#s", "status")
+                .expression_attribute_values(":pending", AttributeValue::S("pending".into()))
                 .expression_attribute_values(":queued", status(JobStatus::Queued))
                 .expression_attribute_values(":running", status(JobStatus::Running))
                 .expression_attribute_values(":before", num(before))

@@ -250,6 +250,7 @@ impl JobScanner for MemoryStore {
                 (j.status == JobStatus::Queued && j.updated_at < before)
                     || (j.status == JobStatus::Running
                         && j.effective_status(now) == JobStatus::DeadLetter)
+                    || j.webhook_overdue(before)
             })
             .cloned()
             .collect();

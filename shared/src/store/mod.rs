@@ -219,13 +219,20 @@ impl<T: JobReader + JobLister + JobWriter + CancelSignals + ?Sized> StatusStore 
 pub trait WorkerStore: JobClaimer + JobReader + JobWriter + CancelWatch {}
 impl<T: JobClaimer + JobReader + JobWriter + CancelWatch + ?Sized> WorkerStore for T {}
 
+/// The webhook delivery function's port: read the job, record attempts.
+pub trait DeliveryStore: JobReader + JobWriter {}
+impl<T: JobReader + JobWriter + ?Sized> DeliveryStore for T {}
+
 /// The sweep's port: scan, read, write, and repair slots.
 pub trait SweepStore: JobScanner + JobReader + JobWriter + SlotLedger {}
 impl<T: JobScanner + JobReader + JobWriter + SlotLedger + ?Sized> SweepStore for T {}
 
 /// Every capability: what an adapter implements and what a bundle holds.
-pub trait JobStore: SubmitStore + StatusStore + WorkerStore + SweepStore {}
-impl<T: SubmitStore + StatusStore + WorkerStore + SweepStore + ?Sized> JobStore for T {}
+pub trait JobStore: SubmitStore + StatusStore + WorkerStore + SweepStore + DeliveryStore {}
+impl<T: SubmitStore + StatusStore + WorkerStore + SweepStore + DeliveryStore + ?Sized> JobStore
+    for T
+{
+}
 
 /// What a read-modify-write step decided about the job it was shown.
 pub enum Change<T> {

@@ -32,9 +32,11 @@ use crate::clock::{Millis, SharedClock};
 use crate::config::Config;
 use crate::handler::{Attached, HandlerRegistry, JobContext, JobError, Output};
 use crate::job::{Job, JobStatus};
-use crate::queue::{Delivery, JobMessage, MAX_VISIBILITY, WorkerQueue};
+use crate::queue::{Consumer, Delivery, JobMessage, MAX_VISIBILITY, WorkerQueue};
+pub use crate::queue::{Invocation, Verdict};
 use crate::retry::Backoff;
 use crate::store::{StoreError, WorkerStore};
+use crate::webhook::Announcer;
 
 /// How the worker retries and leases.
 #[derive(Debug, Clone, PartialEq)]
@@ -66,14 +68,6 @@ impl WorkerSettings {
     }
 }
 
-/// The invocation a batch arrived in.
-#[derive(Debug, Clone, Default)]
-pub struct Invocation {
-    pub request_id: String,
-    /// When the invocation must end (epoch ms); `None` when nothing stops it.
-    pub deadline: Option<Millis>,
-}
-
 /// What happened to one delivery; logged and counted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Outcome {
@@ -101,15 +95,6 @@ pub enum Outcome {
     Unavailable,
 }
 
-/// A delivery's fate.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
-    /// Done with: delete the message.
-    Ack,
-    /// Leave the message; it comes back after this delay (already set as its visibility).
-    Retry(Duration),
-}
-
 /// What happened to a batch, in delivery order.
 #[derive(Debug, Default)]
 pub struct BatchResult {
@@ -117,6 +102,21 @@ pub struct BatchResult {
     pub verdicts: Vec<Verdict>,
     /// Message ids whose verdict is `Retry`: the partial batch failures.
     pub failures: Vec<String>,
+}
+
+impl AsRef<[Verdict]> for BatchResult {
+    fn as_ref(&self) -> &[Verdict] {
+        &self.verdicts
+    }
+}
+
+#[async_trait::async_trait]
+impl Consumer for Worker {
+    type Report = BatchResult;
+
+    async fn consume(&self, batch: &[Delivery], inv: &Invocation) -> BatchResult {
+        self.process(batch, inv).await
+    }
 }
 
 /// The worker: dependencies built once per cold start, shared by every invocation.
@@ -128,6 +128,7 @@ pub struct Worker {
     clock: SharedClock,
     /// Turns true when the process is stopping: running jobs are given back.
     stop: watch::Receiver<bool>,
+    announcer: Announcer,
 }
 
 type Graded = (Outcome, Verdict);
@@ -147,7 +148,14 @@ impl Worker {
             settings,
             clock,
             stop: watch::channel(false).1,
+            announcer: Announcer::none(),
         }
+    }
+
+    /// Announces the webhook event of each job it finishes.
+    pub fn with_announcer(mut self, announcer: Announcer) -> Self {
+        self.announcer = announcer;
+        self
     }
 
     /// Gives running jobs back (released, their messages visible at once) when `stop` turns true.
@@ -430,7 +438,10 @@ impl Worker {
             ),
         };
         match written {
-            Ok(_) => graded,
+            Ok(written) => {
+                self.announcer.announce(&written).await;
+                graded
+            }
             Err(LeaseError::Lost) => {
                 // Someone claimed the job after our lease expired; their run decides. Our message (if it
                 // is still ours) is acknowledged: the job's fate no longer depends on it.
