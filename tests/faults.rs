@@ -5,6 +5,11 @@
 //! Trouble mixed in: successes, retryable failures that later succeed, terminal failures, jobs that never
 //! succeed (dead letters), panics, poison messages, duplicated deliveries, workers killed mid-batch, and
 //! throttling / 5xx / lost responses from the AWS side.
+//!
+//! Every fifth job has a webhook, to a receiver that fails one delivery in three, delivered by delivery
+//! pollers that are killed too, through the same faults (the deliveries queue throttles like the rest),
+//! with the sweep re-announcing what was lost: every terminal job's event must reach the receiver, and
+//! the ledger counts the duplicates it saw.
 
 mod support;
 
@@ -14,11 +19,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use jobkit::aws::sdk_config;
+use jobkit::local::EventSource;
 use jobkit::queue::JobMessage;
+use jobkit::webhook::{DeliverySettings, Schedule, Secrets};
 use jobkit::worker::{Outcome, WorkerSettings};
 use jobkit::{HandlerRegistry, Job, JobError, JobId, JobStatus};
 use serde_json::{Value, json};
 use support::proxy::FaultProxy;
+use support::receiver::Receiver;
 use support::*;
 
 /// Jobs submitted (plus poison messages beside them). `JOBKIT_FAULT_JOBS` overrides.
@@ -110,9 +118,15 @@ async fn thousands_of_jobs_under_faults_all_end_exactly_once() {
             // Every job counted against a cap it never reaches: the in-flight counter goes through the
             // faults too, and must come out exact.
             max_in_flight_per_user: Some(10_000),
+            // Callbacks to the loopback receiver.
+            dev_mode: true,
             ..jobkit::api::ApiSettings::from_config(&env.config)
         },
     );
+
+    let secret = Secrets::generate();
+    let receiver = Receiver::start(&secret, 3.0);
+    let hook = receiver.url("/flaky");
 
     // Submit through the API (faults included: a 503 is retried with the same Idempotency-Key).
     let n = job_count();
@@ -129,7 +143,12 @@ async fn thousands_of_jobs_under_faults_all_end_exactly_once() {
                 }
             })
             .unwrap();
-        let body = json!({"kind": kind, "input": i}).to_string();
+        let body = if i % 5 == 0 {
+            json!({"kind": kind, "input": i, "callback_url": hook})
+        } else {
+            json!({"kind": kind, "input": i})
+        }
+        .to_string();
         let id = loop {
             let mut req = post_jobs("fault-user", &body);
             req.headers_mut()
@@ -210,6 +229,67 @@ async fn thousands_of_jobs_under_faults_all_end_exactly_once() {
             })
         })
         .collect();
+
+    // Delivery pollers (two, one poll in ten killed 100 ms in) and the sweep, re-announcing events whose
+    // message was lost, every 5 s.
+    let deliverer = backend
+        .deliverer(
+            Secrets::parse(&secret).unwrap(),
+            DeliverySettings {
+                schedule: Schedule::compressed(),
+                timeout: Duration::from_secs(2),
+                allow_loopback: true,
+            },
+        )
+        .expect("a deliveries queue");
+    let deliveries = Arc::new(
+        EventSource::new(
+            backend.deliveries.clone().unwrap(),
+            Arc::new(deliverer),
+            backend.clock.clone(),
+            10,
+        )
+        .with_visibility(Duration::from_secs(5))
+        .with_wait(Duration::from_millis(200)),
+    );
+    let delivery_kills = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let delivering = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let mut helpers: Vec<_> = (0..2)
+        .map(|_| {
+            let (deliveries, kills, on) = (
+                deliveries.clone(),
+                delivery_kills.clone(),
+                delivering.clone(),
+            );
+            tokio::spawn(async move {
+                while on.load(Ordering::Relaxed) {
+                    let limit = if rand::random::<f64>() < 0.1 {
+                        Duration::from_millis(100)
+                    } else {
+                        Duration::from_secs(60)
+                    };
+                    if tokio::time::timeout(limit, deliveries.poll_once())
+                        .await
+                        .is_err()
+                    {
+                        kills.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    let sweeps = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    helpers.push({
+        let (sweeper, on, sweeps) = (backend.sweeper(), delivering.clone(), sweeps.clone());
+        tokio::spawn(async move {
+            while on.load(Ordering::Relaxed) {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                if let Ok(r) = sweeper.sweep(Duration::from_secs(20)).await {
+                    sweeps.fetch_add(r.reannounced as u32, Ordering::Relaxed);
+                }
+            }
+        })
+    });
 
     // Wait until the system is quiet: nothing left in the jobs queue. Then every job is terminal or, if its
     // last deliveries were all lost to kills or faults, in the DLQ without a terminal record, which
@@ -332,7 +412,80 @@ async fn thousands_of_jobs_under_faults_all_end_exactly_once() {
             "completed without its effect"
         );
     }
+    // Webhooks: every terminal job with a callback has its event delivered, at least once.
+    let hooked: Vec<(JobId, String)> = jobs
+        .iter()
+        .filter(|j| j.callback_url.is_some() && j.status.is_terminal())
+        .map(|j| {
+            let w = j
+                .webhook
+                .as_ref()
+                .expect("a terminal job with a callback has an event");
+            (j.job_id.clone(), w.event_id.clone())
+        })
+        .collect();
+    let (log, webhook_states) = eventually(
+        "every event delivered",
+        Duration::from_secs(600),
+        async || {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let log = receiver.log().await;
+            let ok: HashSet<&str> = log
+                .iter()
+                .filter(|d| d["answered"] == 200)
+                .filter_map(|d| d["id"].as_str())
+                .collect();
+            let missing = hooked
+                .iter()
+                .filter(|(_, e)| !ok.contains(e.as_str()))
+                .count();
+            eprintln!(
+                "fault suite: {missing}/{} events not delivered yet",
+                hooked.len()
+            );
+            if missing > 0 {
+                return None;
+            }
+            let states: HashMap<JobId, Job> = scan_jobs(&direct, &env.config.table)
+                .await
+                .into_iter()
+                .map(|j| (j.job_id.clone(), j))
+                .collect();
+            Some((log, states))
+        },
+    )
+    .await;
+    delivering.store(false, Ordering::Relaxed);
+    for h in helpers {
+        h.await.unwrap();
+    }
+    assert!(
+        log.iter().all(|d| d["verified"] == true),
+        "every delivery verifies with standardwebhooks"
+    );
+    let mut per_event: HashMap<&str, u32> = HashMap::new();
+    for d in log.iter().filter(|d| d["answered"] == 200) {
+        *per_event.entry(d["id"].as_str().unwrap()).or_default() += 1;
+    }
+    let duplicates: u32 = per_event.values().map(|c| c - 1).sum();
+    let recorded_delivered = hooked
+        .iter()
+        .filter(|(id, _)| {
+            webhook_states[id].webhook.as_ref().map(|w| w.status)
+                == Some(jobkit::job::WebhookStatus::Delivered)
+        })
+        .count();
     let runs: u32 = ledger.runs.lock().unwrap().values().sum();
+    eprintln!(
+        "delivery ledger: {} events for terminal jobs with callbacks, all delivered; receiver saw {} requests \
+         ({} answered 500), {duplicates} duplicate deliveries of an event already answered 200; recorded delivered \
+         in the job: {recorded_delivered}; delivery polls killed {}, events re-announced by the sweep {}",
+        hooked.len(),
+        log.len(),
+        log.iter().filter(|d| d["answered"] == 500).count(),
+        delivery_kills.load(Ordering::Relaxed),
+        sweeps.load(Ordering::Relaxed),
+    );
     eprintln!(
         "fault ledger: {n} jobs + {poison} poison in {:.1}s (submitted in {:.1}s): completed {}, failed {}, dead_letter {}, \
          unfinished but in the DLQ {stranded}; handler runs {runs}, distinct effects {}, completions reported {} (max 1 per job), \

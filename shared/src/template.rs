@@ -366,9 +366,19 @@ mod tests {
                 .unwrap()
         };
         assert!(retention(dlq) > retention(jobs));
+        // Each DLQ is created before the queue that redrives to it.
+        let position = |id: &str| s.queues.iter().position(|q| q.logical_id == id).unwrap();
+        for q in &s.queues {
+            if let Some(r) = &q.redrive {
+                assert!(position(&r.dead_letter_queue) < position(&q.logical_id));
+            }
+        }
+        // Webhook deliveries outlive their whole retry schedule (about 28 h) and have their own DLQ.
+        let deliveries = s.queue("DeliveriesQueue").expect("DeliveriesQueue");
+        assert!(retention(deliveries) > 28 * 3600);
         assert_eq!(
-            s.queues[0].logical_id, "JobsDeadLetterQueue",
-            "DLQ is created first"
+            deliveries.redrive.as_ref().unwrap().dead_letter_queue,
+            "DeliveriesDeadLetterQueue"
         );
     }
 

@@ -123,7 +123,7 @@ def deploy(issuer):
     s3 = boto3.client("s3", **KW)
     bucket = f"{STACK}-code"
     s3.create_bucket(Bucket=bucket)
-    for name in ("submit", "worker", "status", "sweep"):
+    for name in ("submit", "worker", "status", "sweep", "deliver"):
         buf = io.BytesIO()
         with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
             info = zipfile.ZipInfo("bootstrap")
@@ -138,7 +138,7 @@ def deploy(issuer):
     # machine, so the architecture follows it.
     template = re.sub(r"(Binary: (\w+)\n(?:.*\n)*?    Properties:\n      CodeUri:) \.", rf"\1 s3://{bucket}/\2.zip", template)
     template = template.replace("Architectures: [arm64]", "Architectures: [x86_64]")
-    assert template.count(f"s3://{bucket}/") == 4, "four functions point at their zips"
+    assert template.count(f"s3://{bucket}/") == 5, "five functions point at their zips"
     cfn = boto3.client("cloudformation", **KW)
     params = {
         "WorkerTimeout": "30", "RetryBaseSeconds": "1", "RetryMaxSeconds": "1", "WorkerBatchSize": "10",
@@ -177,11 +177,15 @@ def deploy(issuer):
         BatchSize=int(params["WorkerBatchSize"]),
         ScalingConfig={"MaximumConcurrency": 10},
     )
+    lam.update_event_source_mapping(
+        UUID=resources["DeliverFunctionDeliveries"], BatchSize=10, ScalingConfig={"MaximumConcurrency": 10}
+    )
     sqs = boto3.client("sqs", **KW)
-    queue_url = resources["JobsQueue"]
-    policy = json.loads(sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["RedrivePolicy"])["Attributes"]["RedrivePolicy"])
-    policy["maxReceiveCount"] = int(policy["maxReceiveCount"])
-    sqs.set_queue_attributes(QueueUrl=queue_url, Attributes={"RedrivePolicy": json.dumps(policy)})
+    for queue in ("JobsQueue", "DeliveriesQueue"):
+        queue_url = resources[queue]
+        policy = json.loads(sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["RedrivePolicy"])["Attributes"]["RedrivePolicy"])
+        policy["maxReceiveCount"] = int(policy["maxReceiveCount"])
+        sqs.set_queue_attributes(QueueUrl=queue_url, Attributes={"RedrivePolicy": json.dumps(policy)})
     boto3.client("dynamodb", **KW).update_time_to_live(
         TableName=resources["JobsTable"], TimeToLiveSpecification={"AttributeName": "expires_at", "Enabled": True}
     )
@@ -280,6 +284,24 @@ def main():
         status, again = call("DELETE", f"{api}/jobs/{job_id}")
         assert status == 200 and again["status"] == "cancelled", (status, again)
 
+    def a_callback_is_attempted_by_the_delivery_function():
+        # A loopback receiver is refused at submit; a public one is taken. This machine has no route to
+        # it, so the deployed delivery function (secret from Secrets Manager, SSRF-checked client) records
+        # a failed attempt and keeps the event pending for its next one.
+        status, body = call("POST", f"{api}/jobs", {"kind": "echo", "input": 1, "callback_url": "http://127.0.0.1:9/hook"})
+        assert status == 400 and body["error"]["code"] == "invalid_callback_url", (status, body)
+        status, body = call("POST", f"{api}/jobs", {"kind": "echo", "input": 1, "callback_url": "https://93.184.215.14/hook"})
+        assert status == 202, (status, body)
+        job_id = body["job_id"]
+        job = eventually(
+            "a recorded webhook attempt",
+            lambda: (lambda s, b: b if (b.get("webhook") or {}).get("attempts", 0) >= 1 else None)(*call("GET", f"{api}/jobs/{job_id}")),
+            timeout=120,
+        )
+        w = job["webhook"]
+        assert job["status"] == "completed" and w["status"] == "pending" and w["id"].startswith("msg_"), job
+        assert w.get("last_error") or w.get("last_status"), job
+
     try:
         check("the gateway verifies tokens and one user never sees another's jobs", auth_is_enforced_and_users_are_isolated)
         check("a job submitted through the API completes and its status shows the result", submit_and_complete)
@@ -287,9 +309,11 @@ def main():
         check("bad input gets specific 4xx answers through the API", bad_input_is_rejected)
         check("a terminal failure ends failed after one attempt", terminal_failure_is_failed)
         check("a job that keeps failing is dead-lettered and its message reaches the DLQ", failing_job_reaches_the_dlq)
+        check("a finished job's webhook is attempted by the deployed delivery function", a_callback_is_attempted_by_the_delivery_function)
     finally:
         # Leave no poller behind on a shared emulator.
-        boto3.client("lambda", **KW).delete_event_source_mapping(UUID=resources["WorkerFunctionJobs"])
+        for mapping in ("WorkerFunctionJobs", "DeliverFunctionDeliveries"):
+            boto3.client("lambda", **KW).delete_event_source_mapping(UUID=resources[mapping])
         boto3.client("cloudformation", **KW).delete_stack(StackName=STACK)
     print(f"{passed} passed, {failed} failed")
     return 1 if failed else 0

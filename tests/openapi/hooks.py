@@ -6,8 +6,8 @@ this narrows it, and nothing else:
 
 - `kind` is one of the built-ins (`echo`, `sleep`): a random kind would only ever meet `422 unknown_kind`
   and no job would exist for the stateful phase to read and cancel;
-- `callback_url` is left out of generated submits: every valid one is refused (`422
-  callback_unsupported`) until webhooks are delivered, and tests/api.rs checks that;
+- `callback_url` is left out of generated submits: a generated host would be resolved and its events
+  POSTed to whatever answers; tests/api.rs and tests/webhooks.rs cover callbacks;
 - the answers API Gateway gives itself (`GatewayError` bodies, `403`, its throttling `429`) cannot occur,
   so they are dropped, and `Retry-After` becomes required where the functions always send it
   (`429`, `503`): the run checks the functions' code, strictly;
