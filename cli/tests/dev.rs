@@ -211,3 +211,68 @@ fn a_body_cut_short_is_a_400_not_a_413() {
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
     assert!(answer.contains(r#""code":"truncated_body""#), "{answer}");
 }
+
+/// A receiver on loopback that hands every POST (headers, body) to the test.
+async fn receiver() -> (
+    String,
+    tokio::sync::mpsc::UnboundedReceiver<(http::HeaderMap, String)>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |headers: http::HeaderMap, body: String| {
+            let tx = tx.clone();
+            async move {
+                let _ = tx.send((headers, body));
+                http::StatusCode::NO_CONTENT
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, rx)
+}
+
+#[tokio::test]
+async fn a_finished_jobs_webhook_is_delivered_signed_with_the_configured_secret() {
+    let secret = jobkit::webhook::Secrets::generate();
+    let dev = Dev::start(&[("JOBKIT_WEBHOOK_SECRET", &secret)]);
+    let (hook, mut received) = receiver().await;
+    let http = reqwest::Client::new();
+    let id = submit(
+        &http,
+        &dev,
+        json!({"kind": "echo", "input": {"n": 7}, "callback_url": hook}),
+    )
+    .await;
+    let (headers, body) = tokio::time::timeout(Duration::from_secs(30), received.recv())
+        .await
+        .expect("the event arrives")
+        .unwrap();
+    let now = jobkit::now_millis() / 1000;
+    let secrets = jobkit::webhook::Secrets::parse(&secret).unwrap();
+    jobkit::webhook::verify(&headers, body.as_bytes(), &secrets, now).expect("signed with it");
+    let event: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(event["type"], "job.completed");
+    assert_eq!(event["data"]["job_id"], id.as_str());
+    assert_eq!(event["data"]["result"], json!({"n": 7}));
+    // The job shows the delivery.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let v: Value = http
+            .get(format!("{}/jobs/{id}", dev.url))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if v["webhook"]["status"] == "delivered" {
+            assert_eq!(v["webhook"]["last_status"], 204);
+            break;
+        }
+        assert!(Instant::now() < deadline, "never shown delivered: {v}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
