@@ -400,12 +400,12 @@ async fn thousands_of_jobs_under_faults_all_end_exactly_once() {
         counted, holding,
         "the in-flight counter matches the jobs not yet terminal"
     );
-    let completions = completions.lock().unwrap();
+    let completions = completions.lock().unwrap().clone();
     assert!(
         completions.values().all(|&c| c == 1),
         "a job completed twice"
     );
-    let effects = ledger.effects.lock().unwrap();
+    let effects = ledger.effects.lock().unwrap().clone();
     for j in jobs.iter().filter(|j| j.status == JobStatus::Completed) {
         assert!(
             effects.contains(j.job_id.as_str()),
