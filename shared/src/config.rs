@@ -36,6 +36,10 @@ pub struct Config {
     /// `JOBKIT_WEBHOOK_SECRET` (the value) or `JOBKIT_WEBHOOK_SECRET_ARN` (Secrets Manager). Only the
     /// delivery function reads it.
     pub webhook_secret: Option<SecretSource>,
+    /// `JOBKIT_METRICS_NAMESPACE` (default `jobkit`): the CloudWatch namespace of the kit's metrics.
+    pub metrics_namespace: String,
+    /// `JOBKIT_SERVICE` (default `jobkit`): the `Service` dimension on every metric (the stack's name).
+    pub service: String,
     /// `JOBKIT_WORKER_TIMEOUT_SECS` (default 900): the worker function's timeout, so local runs give each
     /// invocation the same deadline.
     pub worker_timeout: Duration,
@@ -126,6 +130,12 @@ impl Config {
             signing_secret: secret("JOBKIT_SIGNING_SECRET", "JOBKIT_SIGNING_SECRET_ARN"),
             deliveries_queue_url: get("JOBKIT_DELIVERIES_QUEUE_URL").filter(|v| !v.is_empty()),
             webhook_secret: secret("JOBKIT_WEBHOOK_SECRET", "JOBKIT_WEBHOOK_SECRET_ARN"),
+            metrics_namespace: get("JOBKIT_METRICS_NAMESPACE")
+                .filter(|v| !v.is_empty())
+                .unwrap_or_else(|| "jobkit".into()),
+            service: get("JOBKIT_SERVICE")
+                .filter(|v| !v.is_empty())
+                .unwrap_or_else(|| "jobkit".into()),
             worker_timeout: Duration::from_secs(number("JOBKIT_WORKER_TIMEOUT_SECS", 900, 1, 900)?),
         })
     }

@@ -15,7 +15,8 @@ use axum::Router;
 use axum::extract::Request;
 use lambda_http::RequestExt;
 use lambda_http::request::RequestContext;
-use lambda_runtime::{Error, LambdaEvent, service_fn};
+use lambda_runtime::{Error, LambdaEvent};
+use metrics_cloudwatch_embedded::Collector;
 use serde_json::Value;
 
 use crate::api::{self, ApiSettings, Identity};
@@ -34,12 +35,54 @@ async fn backend() -> Result<Backend, Error> {
     Backend::aws(&sdk_config(None).await, config).await
 }
 
+/// The metrics recorder of function `role` (`submit`, `worker`, ...): EMF lines on stdout, flushed after
+/// every invocation by the runtime layer [`serve_events`] and [`serve_http`] install, with a cold-start
+/// count. See [`crate::observe`].
+fn metrics(role: &'static str, config: &Config) -> Result<&'static Collector, Error> {
+    let collector = metrics_cloudwatch_embedded::Builder::new()
+        .cloudwatch_namespace(config.metrics_namespace.clone())
+        .with_dimension("Service", config.service.clone())
+        .with_dimension("Function", role)
+        .lambda_cold_start_metric("ColdStart")
+        .with_lambda_request_id("RequestId")
+        .init()?;
+    // Units go to the installed recorder: described after it is in place.
+    crate::observe::describe();
+    Ok(collector)
+}
+
+/// Serves an HTTP function's router, flushing its metrics after each request.
+async fn serve_http(role: &'static str, config: &Config, router: Router) -> Result<(), Error> {
+    let metrics = metrics(role, config)?;
+    metrics_cloudwatch_embedded::lambda::service::run_http(
+        metrics,
+        with_authorizer_identity(router),
+    )
+    .await
+}
+
+/// Serves an event function, flushing its metrics after each invocation.
+async fn serve_events<E, R, F, Fut>(
+    role: &'static str,
+    config: &Config,
+    handler: F,
+) -> Result<(), Error>
+where
+    E: serde::de::DeserializeOwned,
+    R: serde::Serialize,
+    F: FnMut(LambdaEvent<E>) -> Fut,
+    Fut: std::future::Future<Output = Result<R, Error>>,
+{
+    let metrics = metrics(role, config)?;
+    metrics_cloudwatch_embedded::lambda::handler::run(metrics, handler).await
+}
+
 /// Serves the submit function: `POST /jobs` for the kinds in `registry`.
 pub async fn serve_submit(registry: HandlerRegistry) -> Result<(), Error> {
     let b = backend().await?;
     let settings = ApiSettings::from_config(&b.config);
     let api = Arc::new(b.submit_api(registry, settings));
-    lambda_http::run(with_authorizer_identity(api::submit_routes(api))).await
+    serve_http("submit", &b.config, api::submit_routes(api)).await
 }
 
 /// Serves the status function: reads, lists, cancels.
@@ -52,7 +95,7 @@ pub async fn serve_status() -> Result<(), Error> {
         );
     }
     let api = Arc::new(b.status_api());
-    lambda_http::run(with_authorizer_identity(api::status_routes(api))).await
+    serve_http("status", &b.config, api::status_routes(api)).await
 }
 
 /// Serves the worker function: SQS batches with the handlers in `registry`.
@@ -60,9 +103,13 @@ pub async fn serve_worker(registry: HandlerRegistry) -> Result<(), Error> {
     let b = backend().await?;
     let worker = b.worker(registry, WorkerSettings::from_config(&b.config));
     let worker = &worker;
-    lambda_runtime::run(service_fn(move |event: LambdaEvent<SqsEvent>| async move {
-        Ok::<_, Error>(handle_sqs(worker, event).await)
-    }))
+    serve_events(
+        "worker",
+        &b.config,
+        move |event: LambdaEvent<SqsEvent>| async move {
+            Ok::<_, Error>(handle_sqs(worker, event).await)
+        },
+    )
     .await
 }
 
@@ -83,9 +130,13 @@ pub async fn serve_deliver() -> Result<(), Error> {
         .deliverer(secrets, DeliverySettings::default())
         .ok_or("the delivery function needs JOBKIT_DELIVERIES_QUEUE_URL")?;
     let deliverer = &deliverer;
-    lambda_runtime::run(service_fn(move |event: LambdaEvent<SqsEvent>| async move {
-        Ok::<_, Error>(handle_sqs(deliverer, event).await)
-    }))
+    serve_events(
+        "deliver",
+        &b.config,
+        move |event: LambdaEvent<SqsEvent>| async move {
+            Ok::<_, Error>(handle_sqs(deliverer, event).await)
+        },
+    )
     .await
 }
 
@@ -94,10 +145,14 @@ pub async fn serve_sweep() -> Result<(), Error> {
     let b = backend().await?;
     let sweeper = b.sweeper();
     let sweeper = &sweeper;
-    lambda_runtime::run(service_fn(move |_: LambdaEvent<Value>| async move {
-        let report = sweeper.sweep(SWEEP_AFTER).await?;
-        Ok::<_, Error>(serde_json::to_value(report)?)
-    }))
+    serve_events(
+        "sweep",
+        &b.config,
+        move |_: LambdaEvent<Value>| async move {
+            let report = sweeper.sweep(SWEEP_AFTER).await?;
+            Ok::<_, Error>(serde_json::to_value(report)?)
+        },
+    )
     .await
 }
 

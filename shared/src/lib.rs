@@ -29,6 +29,7 @@ pub mod json;
 pub mod lambda;
 pub mod local;
 pub mod net;
+pub mod observe;
 pub mod queue;
 pub mod retry;
 pub mod store;

@@ -104,7 +104,22 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
 
 /// The submit function's routes.
 pub fn submit_routes(api: Arc<SubmitApi>) -> Router {
-    with_layers(Router::new().route("/jobs", post(submit::submit).with_state(api)))
+    with_layers(submit_only(api))
+}
+
+fn submit_only(api: Arc<SubmitApi>) -> Router {
+    Router::new().route("/jobs", post(submit::submit).with_state(api))
+}
+
+/// Counts every error answer to `POST /jobs` by status, the tower layers' own (body limit, timeout)
+/// included: this runs outside them.
+async fn count_rejected_submits(req: Request, next: Next) -> Response {
+    let submit = req.method() == http::Method::POST && req.uri().path() == "/jobs";
+    let resp = next.run(req).await;
+    if submit && resp.status().as_u16() >= 400 {
+        crate::observe::rejected(resp.status().as_u16());
+    }
+    resp
 }
 
 /// The status function's routes (reads, lists, cancels).
@@ -114,10 +129,7 @@ pub fn status_routes(api: Arc<StatusApi>) -> Router {
 
 /// Both: the whole API, for `jobctl dev` and tests.
 pub fn router(submit: Arc<SubmitApi>, status: Arc<StatusApi>) -> Router {
-    with_layers(
-        status_only(status)
-            .merge(Router::new().route("/jobs", post(submit::submit).with_state(submit))),
-    )
+    with_layers(status_only(status).merge(submit_only(submit)))
 }
 
 fn status_only(api: Arc<StatusApi>) -> Router {
@@ -141,6 +153,7 @@ fn with_layers(routes: Router) -> Router {
         ))
         // Outside the limit and the timeout (layers added later run first), so their answers pass it.
         .layer(middleware::from_fn(json_errors))
+        .layer(middleware::from_fn(count_rejected_submits))
         .layer(TraceLayer::new_for_http())
 }
 

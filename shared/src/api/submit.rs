@@ -167,6 +167,7 @@ impl SubmitApi {
             return Err(e);
         }
         tracing::info!(job_id = %job.job_id, kind = %job.kind, "job accepted");
+        crate::observe::accepted(&job.kind);
         Ok(accepted(&job, status, self.clock.now()))
     }
 

@@ -105,7 +105,9 @@ impl Deliverer {
         ) else {
             return Verdict::Ack;
         };
+        let sent = std::time::Instant::now();
         let answer = self.post(&url, &state.event_id, &body(&job)).await;
+        let latency = matches!(answer, Answer::Status { .. }).then(|| sent.elapsed());
         let now = self.clock.now();
         let made = state.attempts + 1;
         let next = policy::next(&answer, made, &self.settings.schedule);
@@ -124,10 +126,13 @@ impl Deliverer {
             tracing::warn!(job_id = %job.job_id, error = %e, "could not record a webhook attempt");
             return Verdict::Retry(STORE_RETRY);
         }
-        match next {
-            Next::Delivered | Next::GiveUp => Verdict::Ack,
-            Next::RetryIn(wait) => Verdict::Retry(wait),
-        }
+        let (outcome, verdict) = match next {
+            Next::Delivered => ("delivered", Verdict::Ack),
+            Next::GiveUp => ("failed", Verdict::Ack),
+            Next::RetryIn(wait) => ("retried", Verdict::Retry(wait)),
+        };
+        crate::observe::webhook_attempt(outcome, latency);
+        verdict
     }
 
     /// POSTs `body`, signed, to `url`, checked again at connect time.

@@ -32,6 +32,7 @@ use crate::clock::{Millis, SharedClock};
 use crate::config::Config;
 use crate::handler::{Attached, HandlerRegistry, JobContext, JobError, Output};
 use crate::job::{Job, JobStatus};
+use crate::observe;
 use crate::queue::{Consumer, Delivery, JobMessage, MAX_VISIBILITY, WorkerQueue};
 pub use crate::queue::{Invocation, Verdict};
 use crate::retry::Backoff;
@@ -93,6 +94,27 @@ pub enum Outcome {
     Released,
     /// The store or queue failed: the message comes back with backoff.
     Unavailable,
+}
+
+impl Outcome {
+    /// Its name as a metric dimension.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Completed => "completed",
+            Self::Failed => "failed",
+            Self::Retrying => "retried",
+            Self::DeadLettered => "dead_lettered",
+            Self::AlreadyFinished => "duplicate",
+            Self::Busy => "busy",
+            Self::Malformed => "malformed",
+            Self::Missing => "missing",
+            Self::LeaseLost => "lease_lost",
+            Self::Continued => "continued",
+            Self::Cancelled => "cancelled",
+            Self::Released => "released",
+            Self::Unavailable => "unavailable",
+        }
+    }
 }
 
 /// What happened to a batch, in delivery order.
@@ -202,6 +224,7 @@ impl Worker {
                 result.failures.push(d.message_id.clone());
             }
         }
+        observe::batch(deliveries.len(), result.failures.len());
         // One call for the batch's retries. Best effort: a message whose change fails returns after the
         // queue's default visibility.
         if !retries.is_empty() {
@@ -236,8 +259,9 @@ impl Worker {
             tracing::error!(message_id = %d.message_id, "malformed job message");
             return (Outcome::Malformed, self.backoff(d.receive_count));
         };
-        let span = tracing::info_span!("job", job_id = %msg.job_id, kind = %msg.kind, receive = d.receive_count);
-        async {
+        let kind = observe::bounded_kind(&msg.kind, |k| self.registry.contains(k));
+        let span = tracing::info_span!("job", job_id = %msg.job_id, kind = %msg.kind, receive = d.receive_count, attempt = tracing::field::Empty);
+        let graded = async {
             let now = self.clock.now();
             let owner = format!("{}:{:016x}", inv.request_id, rand::random::<u64>());
             let lease_until = now + self.settings.lease.as_millis() as Millis;
@@ -246,7 +270,13 @@ impl Worker {
                 .claim(&msg.job_id, &owner, lease_until, now)
                 .await
             {
-                Ok(job) => self.run(job, owner, d, inv, hider).await,
+                Ok(job) => {
+                    tracing::Span::current().record("attempt", job.attempts);
+                    if job.attempts == 1 && job.continuations == 0 {
+                        observe::queue_wait(&job.kind, job.submitted_at, now);
+                    }
+                    self.run(job, owner, d, inv, hider).await
+                }
                 Err(StoreError::NotFound) => {
                     tracing::error!("message for a job that does not exist");
                     (Outcome::Missing, self.backoff(d.receive_count))
@@ -261,7 +291,9 @@ impl Worker {
             }
         }
         .instrument(span)
-        .await
+        .await;
+        observe::attempt(kind, graded.0.as_str());
+        graded
     }
 
     /// A delivery of a job that could not be claimed.
@@ -318,6 +350,7 @@ impl Worker {
             backoff: self.settings.backoff,
             jitter: rand::random::<f64>(),
         };
+        observe::handler_duration(&job.kind, started.elapsed());
         let graded = self.apply(decide(ran, &job, facts), &keeper, &job, d).await;
         tracing::info!(outcome = ?graded.0, attempt = job.attempts, elapsed_ms = started.elapsed().as_millis() as u64, "job attempt finished");
         graded
@@ -369,7 +402,10 @@ impl Worker {
         loop {
             tokio::select! {
                 ran = &mut run => {
-                    return Run::Finished(ran.unwrap_or_else(|panic| Err(JobError::retryable("panic", panic_message(&panic)))));
+                    return Run::Finished(ran.unwrap_or_else(|panic| {
+                        observe::panicked(&job.kind);
+                        Err(JobError::retryable("panic", panic_message(&panic)))
+                    }));
                 }
                 _ = beat.tick() => {
                     let lease = self.settings.lease.as_millis() as Millis;
@@ -439,6 +475,9 @@ impl Worker {
         };
         match written {
             Ok(written) => {
+                if let Some(finished) = written.finished_at {
+                    observe::end_to_end(&written.kind, written.submitted_at, finished);
+                }
                 self.announcer.announce(&written).await;
                 graded
             }

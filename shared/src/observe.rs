@@ -1,0 +1,112 @@
+//! The kit's metrics, named and typed in one place, recorded through the `metrics` facade. Deployed, the
+//! recorder is `metrics_cloudwatch_embedded`: CloudWatch Embedded Metric Format lines, flushed once per
+//! invocation ([`crate::lambda`]), with the `Service` and `Function` dimensions on every metric. Other
+//! dimensions are low-cardinality only: kind (registered kinds; anything else is `other`), outcome,
+//! HTTP status — never a job or user id.
+//!
+//! | metric | unit | dimensions | recorded by |
+//! |---|---|---|---|
+//! | `JobsAccepted` | Count | Kind | submit |
+//! | `SubmitRejected` | Count | Status | submit (every 4xx/5xx answer to `POST /jobs`) |
+//! | `Attempts` | Count | Kind, Outcome | worker, each delivery |
+//! | `Outcomes` | Count | Outcome | worker (the same, across kinds: the failure-rate alarm's input) |
+//! | `HandlerDuration` | Milliseconds | Kind | worker, each handler run |
+//! | `QueueWait` | Milliseconds | Kind | worker, submitted → first claimed |
+//! | `EndToEnd` | Milliseconds | Kind | worker, submitted → terminal |
+//! | `Panics` | Count | Kind | worker, handler panics caught |
+//! | `BatchSize`, `BatchFailures` | Count | | worker, each invocation |
+//! | `WebhookAttempts` | Count | Outcome (delivered, retried, failed) | delivery function |
+//! | `ReceiverLatency` | Milliseconds | | delivery function, receivers that answered |
+//! | `ColdStart` | Count | | every function, once per instance |
+
+use std::time::Duration;
+
+use metrics::{Unit, counter, describe_counter, describe_histogram, histogram};
+
+use crate::clock::Millis;
+
+pub const NAMESPACE_DEFAULT: &str = "jobkit";
+
+/// Registers units and descriptions with the installed recorder (once per process, after installing it).
+pub fn describe() {
+    for name in [
+        "JobsAccepted",
+        "SubmitRejected",
+        "Attempts",
+        "Outcomes",
+        "Panics",
+        "BatchSize",
+        "BatchFailures",
+        "WebhookAttempts",
+    ] {
+        describe_counter!(name, Unit::Count, "");
+    }
+    for name in [
+        "HandlerDuration",
+        "QueueWait",
+        "EndToEnd",
+        "ReceiverLatency",
+    ] {
+        describe_histogram!(name, Unit::Milliseconds, "");
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// A job was accepted (`kind` is registered: submit checked it).
+pub fn accepted(kind: &str) {
+    counter!("JobsAccepted", "Kind" => kind.to_owned()).increment(1);
+}
+
+/// `POST /jobs` answered `status` (an error).
+pub fn rejected(status: u16) {
+    counter!("SubmitRejected", "Status" => status.to_string()).increment(1);
+}
+
+/// One delivery's outcome (`kind` already bounded by [`bounded_kind`]).
+pub fn attempt(kind: &str, outcome: &'static str) {
+    counter!("Attempts", "Kind" => kind.to_owned(), "Outcome" => outcome).increment(1);
+    counter!("Outcomes", "Outcome" => outcome).increment(1);
+}
+
+pub fn handler_duration(kind: &str, took: Duration) {
+    histogram!("HandlerDuration", "Kind" => kind.to_owned()).record(ms(took));
+}
+
+/// Submitted → first claimed.
+pub fn queue_wait(kind: &str, submitted_at: Millis, claimed_at: Millis) {
+    histogram!("QueueWait", "Kind" => kind.to_owned())
+        .record((claimed_at - submitted_at).max(0) as f64);
+}
+
+/// Submitted → terminal.
+pub fn end_to_end(kind: &str, submitted_at: Millis, finished_at: Millis) {
+    histogram!("EndToEnd", "Kind" => kind.to_owned())
+        .record((finished_at - submitted_at).max(0) as f64);
+}
+
+pub fn panicked(kind: &str) {
+    counter!("Panics", "Kind" => kind.to_owned()).increment(1);
+}
+
+/// One worker invocation: its size and how many deliveries it reported failed.
+pub fn batch(size: usize, failures: usize) {
+    counter!("BatchSize").increment(size as u64);
+    counter!("BatchFailures").increment(failures as u64);
+}
+
+/// One webhook attempt: `delivered`, `retried` or `failed`; `latency` when the receiver answered.
+pub fn webhook_attempt(outcome: &'static str, latency: Option<Duration>) {
+    counter!("WebhookAttempts", "Outcome" => outcome).increment(1);
+    if let Some(l) = latency {
+        histogram!("ReceiverLatency").record(ms(l));
+    }
+}
+
+/// A kind as a metric dimension: registered kinds as they are, anything else (a malformed or forged
+/// message) as `other`, so no input can mint dimensions.
+pub fn bounded_kind<'a>(kind: &'a str, registered: impl Fn(&str) -> bool) -> &'a str {
+    if registered(kind) { kind } else { "other" }
+}

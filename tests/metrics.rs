@@ -1,0 +1,133 @@
+//! The metrics a worker invocation and a few submits print, read back as CloudWatch Embedded Metric
+//! Format lines: names, units and dimensions. Its own test binary: the recorder is process-global.
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use jobkit::HandlerRegistry;
+use serde_json::{Value, json};
+use support::*;
+
+/// Every metric in the flushed lines: name -> (unit, dimension names, dimension values seen).
+type Seen = BTreeMap<String, (String, BTreeSet<String>, BTreeSet<String>)>;
+
+fn read(lines: &str) -> Seen {
+    let mut seen = Seen::new();
+    for line in lines.lines().filter(|l| !l.trim().is_empty()) {
+        let doc: Value = serde_json::from_str(line).expect("each line is one JSON document");
+        let ns = &doc["_aws"]["CloudWatchMetrics"][0];
+        assert_eq!(ns["Namespace"], "jobkit-test", "{line}");
+        let dims: Vec<String> = ns["Dimensions"][0]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d.as_str().unwrap().to_owned())
+            .collect();
+        for m in ns["Metrics"].as_array().unwrap() {
+            let name = m["Name"].as_str().unwrap().to_owned();
+            assert!(!doc[&name].is_null(), "a value for {name}: {line}");
+            let entry = seen.entry(name).or_default();
+            entry.0 = m["Unit"].as_str().unwrap_or_default().to_owned();
+            entry.1.extend(dims.iter().cloned());
+            for d in &dims {
+                entry.2.insert(format!("{d}={}", doc[d].as_str().unwrap()));
+            }
+        }
+    }
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_invocation_prints_emf_with_names_units_and_dimensions() {
+    let metrics = metrics_cloudwatch_embedded::Builder::new()
+        .cloudwatch_namespace("jobkit-test")
+        .with_dimension("Service", "svc")
+        .with_dimension("Function", "worker")
+        .init()
+        .unwrap();
+    jobkit::observe::describe();
+    let s = memory().await;
+    let api = s.api_with_settings(
+        HandlerRegistry::with_builtins(),
+        jobkit::api::ApiSettings::from_config(&s.config),
+    );
+    for body in [
+        json!({"kind": "echo", "input": 1}),
+        json!({"kind": "sleep", "input": {"fail": "terminal"}}),
+        json!({"kind": "sleep", "input": {"fail": "panic", "times": 1}}),
+    ] {
+        assert_eq!(
+            api.handle(post_jobs("m", &body.to_string())).await.status(),
+            202
+        );
+    }
+    let refused = api
+        .handle(post_jobs("m", r#"{"kind":"nope","input":1}"#))
+        .await;
+    assert_eq!(refused.status(), 422);
+    // A malformed message with a made-up kind must not become a dimension.
+    s.queue
+        .send(
+            r#"{"job_id":"01JF0000000000000000000000","kind":"user-chosen"}"#,
+            std::time::Duration::ZERO,
+        )
+        .await
+        .unwrap();
+    let worker = s.event_source(HandlerRegistry::with_builtins(), fast_settings(5));
+    let (batch, _) = worker.poll_once().await.unwrap();
+    assert_eq!(batch.len(), 4, "one invocation of four deliveries");
+
+    let mut out = Vec::new();
+    metrics.flush(&mut out).unwrap();
+    let lines = String::from_utf8(out).unwrap();
+    println!("EMF lines of one worker invocation (and three submits):\n{lines}");
+    let seen = read(&lines);
+
+    let expect = |name: &str, unit: &str, dims: &[&str]| {
+        let (u, d, _) = seen
+            .get(name)
+            .unwrap_or_else(|| panic!("{name} missing: {seen:?}"));
+        assert_eq!(u, unit, "{name}'s unit");
+        let want: BTreeSet<String> = ["Service", "Function"]
+            .iter()
+            .chain(dims)
+            .map(|s| s.to_string())
+            .collect();
+        assert_eq!(d, &want, "{name}'s dimensions");
+    };
+    expect("JobsAccepted", "Count", &["Kind"]);
+    expect("SubmitRejected", "Count", &["Status"]);
+    expect("Attempts", "Count", &["Kind", "Outcome"]);
+    expect("Outcomes", "Count", &["Outcome"]);
+    expect("HandlerDuration", "Milliseconds", &["Kind"]);
+    expect("QueueWait", "Milliseconds", &["Kind"]);
+    expect("EndToEnd", "Milliseconds", &["Kind"]);
+    expect("Panics", "Count", &["Kind"]);
+    expect("BatchSize", "Count", &[]);
+    expect("BatchFailures", "Count", &[]);
+
+    let values = |name: &str| seen[name].2.clone();
+    for v in [
+        "Outcome=completed",
+        "Outcome=failed",
+        "Outcome=retried",
+        "Outcome=missing",
+    ] {
+        assert!(
+            values("Outcomes").contains(v),
+            "{v}: {:?}",
+            values("Outcomes")
+        );
+    }
+    assert!(values("SubmitRejected").contains("Status=422"));
+    assert!(
+        values("Attempts").contains("Kind=other"),
+        "unknown kinds are bounded"
+    );
+    assert!(
+        !values("Attempts").iter().any(|v| v.contains("user-chosen")),
+        "a message cannot mint a dimension"
+    );
+    assert!(values("Panics").contains("Kind=sleep"));
+}
