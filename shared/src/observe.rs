@@ -107,6 +107,6 @@ pub fn webhook_attempt(outcome: &'static str, latency: Option<Duration>) {
 
 /// A kind as a metric dimension: registered kinds as they are, anything else (a malformed or forged
 /// message) as `other`, so no input can mint dimensions.
-pub fn bounded_kind<'a>(kind: &'a str, registered: impl Fn(&str) -> bool) -> &'a str {
+pub fn bounded_kind(kind: &str, registered: impl Fn(&str) -> bool) -> &str {
     if registered(kind) { kind } else { "other" }
 }
