@@ -131,3 +131,111 @@ async fn a_worker_invocation_prints_emf_with_names_units_and_dimensions() {
     );
     assert!(values("Panics").contains("Kind=sleep"));
 }
+
+/// The metric names a dashboard or alarm definition reads from the kit's namespace.
+fn names_read(v: &Value, out: &mut BTreeSet<String>) {
+    match v {
+        Value::String(s) => {
+            // SEARCH('{ns,...} MetricName="X" ...')
+            for part in s.split("MetricName=\"").skip(1) {
+                out.insert(part.split('"').next().unwrap().to_owned());
+            }
+        }
+        Value::Array(items) => {
+            // ["${MetricsNamespace}", "Name", ...] metric rows.
+            if items.first() == Some(&json!("${MetricsNamespace}")) {
+                out.insert(items[1].as_str().unwrap().to_owned());
+            }
+            items.iter().for_each(|i| names_read(i, out));
+        }
+        Value::Object(map) => map.values().for_each(|i| names_read(i, out)),
+        _ => {}
+    }
+}
+
+#[test]
+fn the_dashboard_and_the_failure_rate_alarm_read_metrics_the_kit_emits() {
+    let template: serde_yaml_ng::Value =
+        serde_yaml_ng::from_str(jobkit::template::TEMPLATE_YAML).expect("template.yaml parses");
+    let template: Value = serde_json::to_value(&template).unwrap();
+    let resources = &template["Resources"];
+    let emitted: BTreeSet<String> = jobkit::observe::COUNTERS
+        .iter()
+        .chain(jobkit::observe::HISTOGRAMS)
+        .map(|s| s.to_string())
+        .collect();
+
+    // `!Sub [body, vars]`: the body is JSON as it stands (its ${...} references sit inside strings).
+    let sub = &resources["Dashboard"]["Properties"]["DashboardBody"];
+    let body = sub
+        .as_object()
+        .and_then(|tagged| tagged.values().next())
+        .and_then(|args| args[0].as_str())
+        .unwrap_or_else(|| panic!("DashboardBody is a !Sub [body, vars]: {sub}"));
+    let dashboard: Value = serde_json::from_str(body).expect("the dashboard body is JSON");
+    let mut read = BTreeSet::new();
+    names_read(&dashboard, &mut read);
+    for required in [
+        "Attempts",
+        "Outcomes",
+        "QueueWait",
+        "EndToEnd",
+        "HandlerDuration",
+        "WebhookAttempts",
+    ] {
+        assert!(
+            read.contains(required),
+            "the dashboard shows {required}: {read:?}"
+        );
+    }
+    for name in &read {
+        assert!(
+            emitted.contains(name),
+            "the dashboard reads {name}, which the kit never emits"
+        );
+    }
+    let widgets = dashboard["widgets"].as_array().unwrap();
+    assert!(widgets.len() >= 10, "{} widgets", widgets.len());
+
+    // The failure-rate alarm: the worker's Outcomes, with outcomes the worker records.
+    let alarm = &resources["FailureRateAlarm"]["Properties"];
+    let metrics = alarm["Metrics"].as_array().unwrap();
+    let outcomes: BTreeSet<&str> = [
+        jobkit::worker::Outcome::Completed,
+        jobkit::worker::Outcome::Failed,
+        jobkit::worker::Outcome::Retrying,
+        jobkit::worker::Outcome::DeadLettered,
+        jobkit::worker::Outcome::Cancelled,
+        jobkit::worker::Outcome::Continued,
+    ]
+    .iter()
+    .map(|o| o.as_str())
+    .collect();
+    let mut seen = BTreeSet::new();
+    for m in metrics.iter().filter(|m| m.get("MetricStat").is_some()) {
+        let metric = &m["MetricStat"]["Metric"];
+        assert_eq!(metric["MetricName"], "Outcomes");
+        let outcome = metric["Dimensions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["Name"] == "Outcome")
+            .unwrap()["Value"]
+            .as_str()
+            .unwrap();
+        assert!(
+            outcomes.contains(outcome),
+            "{outcome} is not an outcome the worker records"
+        );
+        seen.insert(outcome);
+    }
+    assert_eq!(
+        seen, outcomes,
+        "the rate's denominator counts every finished attempt"
+    );
+    let expression = metrics
+        .iter()
+        .find_map(|m| m["Expression"].as_str())
+        .unwrap();
+    assert!(expression.contains("failed") && expression.contains("dead"));
+}

@@ -27,27 +27,34 @@ use crate::clock::Millis;
 
 pub const NAMESPACE_DEFAULT: &str = "jobkit";
 
-/// Registers units and descriptions with the installed recorder (once per process, after installing it).
+/// Every counter the kit records (unit Count).
+pub const COUNTERS: &[&str] = &[
+    "JobsAccepted",
+    "SubmitRejected",
+    "Attempts",
+    "Outcomes",
+    "Panics",
+    "BatchSize",
+    "BatchFailures",
+    "WebhookAttempts",
+    "ColdStart",
+];
+
+/// Every histogram the kit records (unit Milliseconds).
+pub const HISTOGRAMS: &[&str] = &[
+    "HandlerDuration",
+    "QueueWait",
+    "EndToEnd",
+    "ReceiverLatency",
+];
+
+/// Registers units with the installed recorder (once per process, after installing it).
 pub fn describe() {
-    for name in [
-        "JobsAccepted",
-        "SubmitRejected",
-        "Attempts",
-        "Outcomes",
-        "Panics",
-        "BatchSize",
-        "BatchFailures",
-        "WebhookAttempts",
-    ] {
-        describe_counter!(name, Unit::Count, "");
+    for name in COUNTERS {
+        describe_counter!(*name, Unit::Count, "");
     }
-    for name in [
-        "HandlerDuration",
-        "QueueWait",
-        "EndToEnd",
-        "ReceiverLatency",
-    ] {
-        describe_histogram!(name, Unit::Milliseconds, "");
+    for name in HISTOGRAMS {
+        describe_histogram!(*name, Unit::Milliseconds, "");
     }
 }
 
