@@ -274,6 +274,48 @@ async fn callback_urls_are_validated_and_refused_where_nothing_delivers_them(s: 
     );
 }
 
+// ---------- traces ----------
+
+async fn a_submits_trace_context_travels_with_its_message(s: Stack) {
+    let api = s.api(|_| {});
+    let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let mut req = post_jobs("tia", r#"{"kind":"echo","input":1}"#);
+    req.headers_mut()
+        .insert("traceparent", parent.parse().unwrap());
+    assert_eq!(api.handle(req).await.status(), 202);
+    // Without one, a new trace starts.
+    assert_eq!(
+        api.handle(post_jobs("tia", r#"{"kind":"echo","input":2}"#))
+            .await
+            .status(),
+        202
+    );
+    let worker = s.worker(HandlerRegistry::with_builtins(), fast_settings(5));
+    let mut traces = Vec::new();
+    eventually("both messages", WAIT, async || {
+        let (batch, _) = worker.poll_once().await.unwrap();
+        traces.extend(batch.into_iter().map(|d| d.trace));
+        (traces.len() >= 2).then_some(())
+    })
+    .await;
+    let parsed: Vec<jobkit::trace::TraceContext> = traces
+        .iter()
+        .map(|t| jobkit::trace::TraceContext::parse(t.as_deref().expect("a traceparent")).unwrap())
+        .collect();
+    let given = parsed
+        .iter()
+        .find(|t| t.trace_id == "4bf92f3577b34da6a3ce929d0e0e4736")
+        .expect("the caller's trace continues in the message");
+    assert_ne!(
+        given.span_id, "00f067aa0ba902b7",
+        "the submit's own span is the parent"
+    );
+    assert!(
+        parsed.iter().any(|t| t.trace_id != given.trace_id),
+        "a request without a trace starts one"
+    );
+}
+
 // ---------- cancel ----------
 
 async fn a_queued_job_is_cancelled_at_once_and_never_runs(s: Stack) {
@@ -502,6 +544,7 @@ on_both_backends!(
     lists_page_newest_first_and_filter_by_status,
     bad_list_queries_are_rejected,
     callback_urls_are_validated_and_refused_where_nothing_delivers_them,
+    a_submits_trace_context_travels_with_its_message,
     a_queued_job_is_cancelled_at_once_and_never_runs,
     a_running_job_stops_when_cancelled_and_ends_cancelled,
     finished_jobs_cannot_be_cancelled,

@@ -189,6 +189,7 @@ async fn jobs_of_one_batch_run_concurrently() {
             body: msg.encode(),
             receive_count: 1,
             sent_at: 0,
+            trace: None,
         });
     }
     // With time paused, the sleeps only end when the runtime is idle: if the five jobs ran one after

@@ -223,6 +223,10 @@ pub async fn handle_sqs<C: Consumer>(
                 .get("SentTimestamp")
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(0),
+            trace: r
+                .message_attributes
+                .get(crate::trace::ATTRIBUTE)
+                .and_then(|v| v.string_value.clone()),
             message_id: r.message_id.unwrap_or_default(),
             receipt_handle: r.receipt_handle.unwrap_or_default(),
             body: r.body.unwrap_or_default(),

@@ -36,6 +36,7 @@ pub mod store;
 pub mod sweep;
 pub mod telemetry;
 pub mod template;
+pub mod trace;
 pub mod webhook;
 pub mod worker;
 

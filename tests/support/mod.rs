@@ -557,7 +557,12 @@ impl FailingSends {
 
 #[async_trait::async_trait]
 impl JobSender for FailingSends {
-    async fn send(&self, body: &str, delay: Duration) -> Result<String, QueueError> {
+    async fn send_traced(
+        &self,
+        body: &str,
+        delay: Duration,
+        trace: Option<&jobkit::trace::TraceContext>,
+    ) -> Result<String, QueueError> {
         use std::sync::atomic::Ordering::SeqCst;
         if self
             .failures_left
@@ -571,7 +576,7 @@ impl JobSender for FailingSends {
                 source: "injected send failure".into(),
             });
         }
-        self.inner.send(body, delay).await
+        self.inner.send_traced(body, delay, trace).await
     }
 }
 

@@ -24,6 +24,7 @@ use crate::retry::Backoff;
 use crate::store::{
     Change, Created, Insert, KeyReservation, RmwError, StoreError, SubmitStore, read_modify_write,
 };
+use crate::trace::TraceContext;
 
 /// The body of `POST /jobs`: a JSON object. Unknown fields are rejected, so a misspelt field is an
 /// error, not a no-op.
@@ -115,12 +116,14 @@ impl SubmitApi {
         }
     }
 
-    async fn send(&self, job: &Job) -> Result<(), ApiError> {
+    async fn send(&self, job: &Job, trace: &TraceContext) -> Result<(), ApiError> {
         let message = JobMessage {
             job_id: job.job_id.clone(),
             kind: job.kind.clone(),
         };
-        self.queue.send(&message.encode(), Duration::ZERO).await?;
+        self.queue
+            .send_traced(&message.encode(), Duration::ZERO, Some(trace))
+            .await?;
         if let Some(r) = self
             .depth
             .lock()
@@ -135,16 +138,16 @@ impl SubmitApi {
     /// A retried submit of an existing job. Its first submit may have failed to send the message (the
     /// client got a 503, the job says `enqueue_failed`) or crashed before sending (the job sits untouched
     /// in `queued`): then the message is sent now. Otherwise nothing is sent: the same job is the answer.
-    async fn replay(&self, job: Job) -> Result<Response, ApiError> {
+    async fn replay(&self, job: Job, trace: &TraceContext) -> Result<Response, ApiError> {
         let now = self.clock.now();
         if job.enqueue_failed() {
             let again = job.resubmit(now).expect("checked: enqueue failed");
             self.store.replace(&job, &again).await?;
-            return self.enqueue(again, StatusCode::OK).await;
+            return self.enqueue(again, StatusCode::OK, trace).await;
         }
         if job.maybe_unsent(now, self.settings.resend_after.as_millis() as i64) {
             tracing::warn!(job_id = %job.job_id, "re-sending a job that may never have been enqueued");
-            self.send(&job).await?;
+            self.send(&job, trace).await?;
             // Touched, so the next replay does not send again (best effort: losing to a worker is fine).
             if let Ok(touched) = job.resent(now) {
                 let _ = self.store.replace(&job, &touched).await;
@@ -156,8 +159,13 @@ impl SubmitApi {
     /// Sends a stored job's message and answers `status`. If the send fails, the job is marked
     /// `enqueue_failed` before the client gets its 503, so no job waits forever for a message; a retry
     /// with the same Idempotency-Key resubmits it.
-    async fn enqueue(&self, job: Job, status: StatusCode) -> Result<Response, ApiError> {
-        if let Err(e) = self.send(&job).await {
+    async fn enqueue(
+        &self,
+        job: Job,
+        status: StatusCode,
+        trace: &TraceContext,
+    ) -> Result<Response, ApiError> {
+        if let Err(e) = self.send(&job, trace).await {
             let error = ErrorInfo {
                 code: ENQUEUE_FAILED.into(),
                 message: "the job could not be enqueued; submit it again".into(),
@@ -166,7 +174,7 @@ impl SubmitApi {
             self.mark_unsent(job, error).await;
             return Err(e);
         }
-        tracing::info!(job_id = %job.job_id, kind = %job.kind, "job accepted");
+        tracing::info!(job_id = %job.job_id, kind = %job.kind, trace_id = %trace.trace_id, span_id = %trace.span_id, "job accepted");
         crate::observe::accepted(&job.kind);
         Ok(accepted(&job, status, self.clock.now()))
     }
@@ -204,6 +212,7 @@ impl SubmitApi {
         &self,
         created: Created,
         request_hash: &str,
+        trace: &TraceContext,
     ) -> Result<Response, ApiError> {
         let Created::Existing {
             job_id,
@@ -220,7 +229,7 @@ impl SubmitApi {
             .get(&job_id)
             .await?
             .ok_or(ApiError::JobNotFound)?;
-        self.replay(existing).await
+        self.replay(existing, trace).await
     }
 }
 
@@ -231,6 +240,12 @@ pub(super) async fn submit(
     body: Body,
 ) -> Result<Response, ApiError> {
     let key = idempotency_key(&headers)?;
+    // The submit's span in the job's trace (see `crate::trace`), handed on with the message.
+    let trace = crate::trace::for_request(
+        headers
+            .get(crate::trace::ATTRIBUTE)
+            .and_then(|v| v.to_str().ok()),
+    );
     let body = parse_body(read_body(&headers, body).await?)?;
     if !api.registry.contains(&body.kind) {
         return Err(ApiError::UnknownKind {
@@ -278,7 +293,7 @@ pub(super) async fn submit(
         && api.settings.max_queue_depth.is_some()
         && let Some(existing) = api.store.held_key(r, now / 1000).await?
     {
-        return api.answer_existing(existing, &request_hash).await;
+        return api.answer_existing(existing, &request_hash, &trace).await;
     }
     if let Some(bound) = api.settings.max_queue_depth
         && api.queue_depth().await.is_some_and(|d| d >= bound)
@@ -310,8 +325,8 @@ pub(super) async fn submit(
         now_secs: now / 1000,
     };
     match api.store.insert(&job, &how).await {
-        Ok(Created::New) => api.enqueue(job, StatusCode::ACCEPTED).await,
-        Ok(existing) => api.answer_existing(existing, &request_hash).await,
+        Ok(Created::New) => api.enqueue(job, StatusCode::ACCEPTED, &trace).await,
+        Ok(existing) => api.answer_existing(existing, &request_hash, &trace).await,
         Err(StoreError::InFlightCapReached) => Err(ApiError::TooManyInFlight {
             cap: cap.unwrap_or_default(),
             retry_after: IN_FLIGHT_RETRY_SECS,

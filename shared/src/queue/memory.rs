@@ -12,11 +12,13 @@ use tokio::time::Instant;
 
 use super::{Delivery, JobSender, MessageVisibility, QueueDepth, QueueError, QueueReceiver};
 use crate::job::Millis;
+use crate::trace::TraceContext;
 
 #[derive(Debug)]
 struct Message {
     id: String,
     body: String,
+    trace: Option<String>,
     sent_at: Millis,
     visible_at: Instant,
     receive_count: u32,
@@ -58,11 +60,18 @@ impl MemoryQueue {
         self.messages.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn push(&self, body: String, sent_at: Millis, delay: Duration) -> String {
+    fn push(
+        &self,
+        body: String,
+        trace: Option<String>,
+        sent_at: Millis,
+        delay: Duration,
+    ) -> String {
         let id = handle();
         self.messages().push(Message {
             id: id.clone(),
             body,
+            trace,
             sent_at,
             visible_at: Instant::now() + delay,
             receive_count: 0,
@@ -103,6 +112,7 @@ impl MemoryQueue {
                 body: m.body.clone(),
                 receive_count: m.receive_count,
                 sent_at: m.sent_at,
+                trace: m.trace.clone(),
             });
             i += 1;
         }
@@ -136,9 +146,19 @@ impl MemoryQueue {
 
 #[async_trait]
 impl JobSender for MemoryQueue {
-    async fn send(&self, body: &str, delay: Duration) -> Result<String, QueueError> {
+    async fn send_traced(
+        &self,
+        body: &str,
+        delay: Duration,
+        trace: Option<&TraceContext>,
+    ) -> Result<String, QueueError> {
         let now = chrono::Utc::now().timestamp_millis();
-        Ok(self.push(body.to_owned(), now, delay.min(Duration::from_secs(900))))
+        Ok(self.push(
+            body.to_owned(),
+            trace.map(ToString::to_string),
+            now,
+            delay.min(Duration::from_secs(900)),
+        ))
     }
 }
 

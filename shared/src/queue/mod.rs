@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::BoxError;
 use crate::job::{JobId, Millis};
+use crate::trace::TraceContext;
 
 mod deliveries;
 pub mod memory;
@@ -47,6 +48,8 @@ pub struct Delivery {
     pub receive_count: u32,
     /// When the message was first sent (SQS SentTimestamp).
     pub sent_at: Millis,
+    /// The sender's W3C `traceparent` (message attribute [`crate::trace::ATTRIBUTE`]), if it sent one.
+    pub trace: Option<String>,
 }
 
 /// The invocation a batch arrived in.
@@ -99,7 +102,17 @@ pub const MAX_VISIBILITY: Duration = Duration::from_secs(43_200);
 #[async_trait]
 pub trait JobSender: Send + Sync {
     /// Enqueues `body`, invisible for `delay` (at most 15 minutes). Returns the message id.
-    async fn send(&self, body: &str, delay: Duration) -> Result<String, QueueError>;
+    async fn send(&self, body: &str, delay: Duration) -> Result<String, QueueError> {
+        self.send_traced(body, delay, None).await
+    }
+
+    /// [`Self::send`], carrying `trace` (see [`crate::trace`]).
+    async fn send_traced(
+        &self,
+        body: &str,
+        delay: Duration,
+        trace: Option<&TraceContext>,
+    ) -> Result<String, QueueError>;
 }
 
 /// Reads the backlog (GetQueueAttributes).

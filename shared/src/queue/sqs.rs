@@ -6,8 +6,11 @@ use async_trait::async_trait;
 use aws_sdk_sqs::Client;
 use aws_sdk_sqs::error::SdkError;
 use aws_sdk_sqs::types::{
-    ChangeMessageVisibilityBatchRequestEntry, MessageSystemAttributeName, QueueAttributeName,
+    ChangeMessageVisibilityBatchRequestEntry, MessageAttributeValue, MessageSystemAttributeName,
+    MessageSystemAttributeNameForSends, MessageSystemAttributeValue, QueueAttributeName,
 };
+
+use crate::trace::{ATTRIBUTE, TraceContext};
 
 use super::{Delivery, JobSender, MessageVisibility, QueueDepth, QueueError, QueueReceiver};
 
@@ -67,16 +70,38 @@ impl SqsQueue {
 
 #[async_trait]
 impl JobSender for SqsQueue {
-    async fn send(&self, body: &str, delay: Duration) -> Result<String, QueueError> {
-        let out = self
+    async fn send_traced(
+        &self,
+        body: &str,
+        delay: Duration,
+        trace: Option<&TraceContext>,
+    ) -> Result<String, QueueError> {
+        let mut req = self
             .client
             .send_message()
             .queue_url(&self.url)
             .message_body(body)
-            .delay_seconds(secs(delay).min(900))
-            .send()
-            .await
-            .map_err(unavailable)?;
+            .delay_seconds(secs(delay).min(900));
+        if let Some(t) = trace {
+            let text = |v: String| {
+                MessageAttributeValue::builder()
+                    .data_type("String")
+                    .string_value(v)
+                    .build()
+                    .expect("data type and value are set")
+            };
+            req = req.message_attributes(ATTRIBUTE, text(t.to_string()));
+            // X-Ray links the worker's invocation to this trace (with active tracing on).
+            req = req.message_system_attributes(
+                MessageSystemAttributeNameForSends::AwsTraceHeader,
+                MessageSystemAttributeValue::builder()
+                    .data_type("String")
+                    .string_value(t.xray_header())
+                    .build()
+                    .expect("data type and value are set"),
+            );
+        }
+        let out = req.send().await.map_err(unavailable)?;
         Ok(out.message_id.unwrap_or_default())
     }
 }
@@ -98,6 +123,7 @@ impl QueueReceiver for SqsQueue {
             .set_visibility_timeout(visibility.map(secs))
             .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
             .message_system_attribute_names(MessageSystemAttributeName::SentTimestamp)
+            .message_attribute_names(ATTRIBUTE)
             .send()
             .await
             .map_err(unavailable)?;
@@ -116,6 +142,11 @@ impl QueueReceiver for SqsQueue {
                     sent_at: attr(MessageSystemAttributeName::SentTimestamp)
                         .and_then(|v| v.parse().ok())
                         .unwrap_or(0),
+                    trace: m
+                        .message_attributes
+                        .as_ref()
+                        .and_then(|a| a.get(ATTRIBUTE))
+                        .and_then(|v| v.string_value.clone()),
                     message_id: m.message_id.unwrap_or_default(),
                     receipt_handle: m.receipt_handle.unwrap_or_default(),
                     body: m.body.unwrap_or_default(),

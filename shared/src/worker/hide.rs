@@ -124,7 +124,12 @@ mod tests {
 
     #[async_trait]
     impl JobSender for Counting {
-        async fn send(&self, _: &str, _: Duration) -> Result<String, QueueError> {
+        async fn send_traced(
+            &self,
+            _: &str,
+            _: Duration,
+            _: Option<&crate::trace::TraceContext>,
+        ) -> Result<String, QueueError> {
             unreachable!()
         }
     }

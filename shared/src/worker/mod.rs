@@ -37,6 +37,7 @@ use crate::queue::{Consumer, Delivery, JobMessage, MAX_VISIBILITY, WorkerQueue};
 pub use crate::queue::{Invocation, Verdict};
 use crate::retry::Backoff;
 use crate::store::{StoreError, WorkerStore};
+use crate::trace::TraceContext;
 use crate::webhook::Announcer;
 
 /// How the worker retries and leases.
@@ -260,7 +261,18 @@ impl Worker {
             return (Outcome::Malformed, self.backoff(d.receive_count));
         };
         let kind = observe::bounded_kind(&msg.kind, |k| self.registry.contains(k));
-        let span = tracing::info_span!("job", job_id = %msg.job_id, kind = %msg.kind, receive = d.receive_count, attempt = tracing::field::Empty);
+        // The submit's trace continues here: same trace id, the submit's span as parent.
+        let parent = d.trace.as_deref().and_then(TraceContext::parse);
+        let span = tracing::info_span!(
+            "job",
+            job_id = %msg.job_id,
+            kind = %msg.kind,
+            receive = d.receive_count,
+            attempt = tracing::field::Empty,
+            trace_id = parent.as_ref().map(|t| t.trace_id.as_str()),
+            parent_span_id = parent.as_ref().map(|t| t.span_id.as_str()),
+            span_id = parent.as_ref().map(|t| t.child().span_id).as_deref(),
+        );
         let graded = async {
             let now = self.clock.now();
             let owner = format!("{}:{:016x}", inv.request_id, rand::random::<u64>());
@@ -498,7 +510,13 @@ impl Worker {
     /// to `queued`, that message finds the lease expired and claims it), then the job is suspended and
     /// this message acknowledged.
     async fn continue_later(&self, keeper: &LeaseKeeper, d: &Delivery) -> Graded {
-        if let Err(e) = self.queue.send(&d.body, Duration::ZERO).await {
+        // The continuation stays in the job's trace.
+        let trace = d.trace.as_deref().and_then(TraceContext::parse);
+        if let Err(e) = self
+            .queue
+            .send_traced(&d.body, Duration::ZERO, trace.as_ref())
+            .await
+        {
             tracing::warn!(error = %e, "could not send the continuation; retrying the attempt");
             return (Outcome::Unavailable, self.backoff(1));
         }
