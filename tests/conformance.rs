@@ -316,6 +316,36 @@ async fn depth_counts_waiting_messages(b: Backends) {
     assert_eq!(b.queue.depth().await.unwrap(), 3);
 }
 
+async fn stats_count_waiting_in_flight_and_delayed_messages_and_carry_traces(b: Backends) {
+    let trace = jobkit::trace::TraceContext::root();
+    for i in 0..3 {
+        b.queue
+            .send_traced(&format!("m{i}"), Duration::ZERO, Some(&trace))
+            .await
+            .unwrap();
+    }
+    b.queue
+        .send("later", Duration::from_secs(600))
+        .await
+        .unwrap();
+    let got = eventually("a message", Duration::from_secs(30), async || {
+        let got = b
+            .queue
+            .receive(1, Duration::from_secs(1), Some(Duration::from_secs(600)))
+            .await
+            .unwrap();
+        (!got.is_empty()).then_some(got)
+    })
+    .await;
+    assert_eq!(got[0].trace.as_deref(), Some(trace.to_string().as_str()));
+    let stats = eventually("settled counts", Duration::from_secs(30), async || {
+        let s = b.queue.stats().await.unwrap();
+        (s.waiting == 2 && s.in_flight == 1 && s.delayed == 1).then_some(s)
+    })
+    .await;
+    assert_eq!(stats.in_flight, 1);
+}
+
 // ---------- both together: the event source and the worker ----------
 
 async fn a_partial_batch_failure_returns_only_the_failed_message(b: Backends) {
@@ -370,5 +400,6 @@ on_both_backends!(
     a_delayed_message_is_invisible_until_its_delay_passes,
     a_message_received_max_receive_count_times_moves_to_the_dlq,
     depth_counts_waiting_messages,
+    stats_count_waiting_in_flight_and_delayed_messages_and_carry_traces,
     a_partial_batch_failure_returns_only_the_failed_message,
 );

@@ -125,6 +125,11 @@ impl Client {
         self.send(self.http.get(url)).await
     }
 
+    /// Any GET of the API (or of `jobctl dev`'s own routes), read as `T`.
+    pub async fn get_raw<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        Ok(self.send(self.http.get(self.url(path))).await?.value)
+    }
+
     pub async fn cancel(&self, id: &str) -> anyhow::Result<Answer<JobView>> {
         self.send(self.http.delete(self.url(&format!("/jobs/{id}"))))
             .await

@@ -51,6 +51,10 @@ pub struct DevArgs {
     /// Concurrent worker invocations (the event source's MaximumConcurrency; default: the template's).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1000))]
     pub concurrency: Option<u64>,
+    /// Print a line of the kit's metrics (throughput, failures, queue wait) every few seconds: the same
+    /// recorder the functions flush to CloudWatch.
+    #[arg(long)]
+    pub metrics: bool,
     /// Dev mode identity: take the caller's user id from an `X-User-Id` header (as if a JWT authorizer
     /// had verified it), to try per-user isolation locally. Without it every caller is `local`.
     #[arg(long)]
@@ -113,6 +117,55 @@ async fn backend(args: &DevArgs, spec: &StackSpec) -> anyhow::Result<Backend> {
     Ok(b)
 }
 
+/// How often `--metrics` prints.
+const METRICS_EVERY: Duration = Duration::from_secs(5);
+
+/// `jobctl dev`'s own routes: `GET /_dev/stats`, the queues' backlog for `jobctl stats` (the embedded
+/// queues live in this process).
+fn dev_routes(b: &Backend) -> axum::Router {
+    let b = b.clone();
+    axum::Router::new().route(
+        "/_dev/stats",
+        axum::routing::get(move || {
+            let b = b.clone();
+            async move {
+                let read = |q: Option<Arc<dyn jobkit::queue::JobQueue>>| async move {
+                    match q {
+                        Some(q) => q.stats().await.ok(),
+                        None => None,
+                    }
+                };
+                axum::Json(crate::stats::Queues {
+                    jobs: b.queue.stats().await.unwrap_or_default(),
+                    dead_letters: read(b.dead_letter_queue.clone()).await,
+                    deliveries: read(b.deliveries.clone()).await,
+                })
+            }
+        }),
+    )
+}
+
+/// Installs the metrics recorder and prints a summary of each interval.
+async fn print_metrics(every: Duration) {
+    let Ok(collector) = metrics_cloudwatch_embedded::Builder::new()
+        .cloudwatch_namespace(jobkit::observe::NAMESPACE_DEFAULT)
+        .with_dimension("Function", "dev")
+        .init()
+    else {
+        eprintln!("jobctl dev: a metrics recorder is already installed; --metrics is off");
+        return;
+    };
+    jobkit::observe::describe();
+    loop {
+        tokio::time::sleep(every).await;
+        let mut out = Vec::new();
+        if collector.flush(&mut out).is_ok() {
+            let summary = crate::stats::summarize_emf(&String::from_utf8_lossy(&out));
+            eprintln!("jobctl dev: last {} s: {summary}", every.as_secs());
+        }
+    }
+}
+
 pub async fn run(args: DevArgs, registry: HandlerRegistry) -> anyhow::Result<()> {
     let spec = parse(TEMPLATE_YAML, &Default::default())?;
     let b = backend(&args, &spec).await?;
@@ -129,9 +182,11 @@ pub async fn run(args: DevArgs, registry: HandlerRegistry) -> anyhow::Result<()>
     let submit = Arc::new(b.submit_api(registry.clone(), settings));
     let status = Arc::new(b.status_api());
     let user_header = args.user_header;
-    let app = api::router(submit, status).layer(axum::middleware::from_fn(move |req, next| {
-        api::dev_identity(user_header, req, next)
-    }));
+    let app = api::router(submit, status)
+        .layer(axum::middleware::from_fn(move |req, next| {
+            api::dev_identity(user_header, req, next)
+        }))
+        .merge(dev_routes(&b));
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let worker = b
@@ -187,6 +242,9 @@ pub async fn run(args: DevArgs, registry: HandlerRegistry) -> anyhow::Result<()>
         let _ = rx.wait_for(|s| *s).await;
     };
     let poller = tokio::spawn(events.run(concurrency as usize, stopped(stop_rx.clone())));
+    if args.metrics {
+        tokio::spawn(print_metrics(METRICS_EVERY));
+    }
     let delivering = deliveries.map(|d| tokio::spawn(d.run(4, stopped(stop_rx.clone()))));
     let server = axum::serve(listener, app).with_graceful_shutdown(stopped(stop_rx));
     let server = tokio::spawn(async move { server.await });

@@ -2,6 +2,7 @@
 
 mod client;
 mod dev;
+mod stats;
 
 use std::collections::{BTreeMap, HashSet};
 use std::process::ExitCode;
@@ -55,6 +56,9 @@ enum Command {
     },
     /// Cancel a job: at once if it waits, else its handler is asked to stop.
     Cancel { id: String },
+    /// Queue depth, in flight, DLQ depth, age of the oldest message, and your jobs by status (against a
+    /// stack with JOBKIT_QUEUE_URL set, or `jobctl dev`).
+    Stats(stats::StatsArgs),
     /// Dead-letter queue tools, against the stack named by JOBKIT_TABLE, JOBKIT_QUEUE_URL, JOBKIT_DLQ_URL.
     Dlq {
         #[command(subcommand)]
@@ -168,6 +172,11 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             }
             Ok(true)
         }
+        Command::Stats(args) => {
+            let json = cli.target.json;
+            let c = client::Client::new(cli.target)?;
+            stats::run(args, &c, json).await.map(|_| true)
+        }
         command => {
             let c = client::Client::new(cli.target)?;
             let job = match command {
@@ -203,7 +212,8 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
                 Command::Dev(_)
                 | Command::Bootstrap { .. }
                 | Command::Dlq { .. }
-                | Command::Sweep { .. } => {
+                | Command::Sweep { .. }
+                | Command::Stats(_) => {
                     unreachable!("handled above")
                 }
             };

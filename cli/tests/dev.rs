@@ -11,6 +11,8 @@ use serde_json::{Value, json};
 struct Dev {
     child: Child,
     url: String,
+    /// Its stderr, line by line, as it comes.
+    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Drop for Dev {
@@ -22,8 +24,13 @@ impl Drop for Dev {
 
 impl Dev {
     fn start(extra_env: &[(&str, &str)]) -> Self {
+        Self::start_with(&[], extra_env)
+    }
+
+    fn start_with(extra_args: &[&str], extra_env: &[(&str, &str)]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_jobctl"))
             .args(["dev", "--addr", "127.0.0.1:0"])
+            .args(extra_args)
             .envs(extra_env.iter().copied())
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
@@ -42,8 +49,14 @@ impl Dev {
             }
         };
         // Keep draining its log so it never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
-        Self { child, url }
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        Self { child, url, log }
     }
 
     fn pid(&self) -> u32 {
@@ -275,4 +288,68 @@ async fn a_finished_jobs_webhook_is_delivered_signed_with_the_configured_secret(
         assert!(Instant::now() < deadline, "never shown delivered: {v}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+#[tokio::test]
+async fn stats_show_the_queues_and_your_jobs_and_metrics_print_a_line() {
+    let dev = Dev::start_with(&["--metrics"], &[]);
+    let http = reqwest::Client::new();
+    let long = submit(
+        &http,
+        &dev,
+        json!({"kind": "sleep", "input": {"ms": 60_000}}),
+    )
+    .await;
+    submit(&http, &dev, json!({"kind": "echo", "input": 1})).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while status(&http, &dev, &long).await != "running" {
+        assert!(Instant::now() < deadline, "the sleep never started");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_jobctl"))
+        .args(["stats", "--api-url", &dev.url, "--json"])
+        .env_remove("JOBKIT_QUEUE_URL")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stats: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(stats["queues"]["jobs"]["in_flight"], 1, "{stats}");
+    assert_eq!(stats["queues"]["dead_letters"]["waiting"], 0, "{stats}");
+    assert_eq!(stats["your_jobs"]["running"], "1", "{stats}");
+    let human = Command::new(env!("CARGO_BIN_EXE_jobctl"))
+        .args(["stats", "--api-url", &dev.url])
+        .env_remove("JOBKIT_QUEUE_URL")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&human.stdout);
+    assert!(
+        text.contains("jobs queue") && text.contains("running 1"),
+        "{text}"
+    );
+
+    // --metrics: a summary line within a few intervals, counting what was accepted.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let line = loop {
+        let found = dev
+            .log
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|l| l.contains("last 5 s:") && l.contains("accepted 2"))
+            .cloned();
+        if let Some(l) = found {
+            break l;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no metrics line: {:?}",
+            dev.log.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    println!("{line}");
 }

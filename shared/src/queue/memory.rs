@@ -10,7 +10,9 @@ use async_trait::async_trait;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use super::{Delivery, JobSender, MessageVisibility, QueueDepth, QueueError, QueueReceiver};
+use super::{
+    Delivery, JobSender, MessageVisibility, QueueDepth, QueueError, QueueReceiver, QueueStats,
+};
 use crate::job::Millis;
 use crate::trace::TraceContext;
 
@@ -229,5 +231,19 @@ impl QueueDepth for MemoryQueue {
             .iter()
             .filter(|m| m.visible_at <= now)
             .count() as u64)
+    }
+
+    async fn stats(&self) -> Result<QueueStats, QueueError> {
+        let now = Instant::now();
+        let msgs = self.messages();
+        let count = |f: &dyn Fn(&Message) -> bool| msgs.iter().filter(|m| f(m)).count() as u64;
+        let oldest = msgs.iter().map(|m| m.sent_at).min();
+        Ok(QueueStats {
+            waiting: count(&|m| m.visible_at <= now),
+            in_flight: count(&|m| m.visible_at > now && m.receipt.is_some()),
+            delayed: count(&|m| m.visible_at > now && m.receipt.is_none()),
+            oldest_age_secs: oldest
+                .map(|t| ((chrono::Utc::now().timestamp_millis() - t).max(0) / 1000) as u64),
+        })
     }
 }

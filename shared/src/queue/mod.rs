@@ -120,6 +120,28 @@ pub trait JobSender: Send + Sync {
 pub trait QueueDepth: Send + Sync {
     /// Approximate number of messages waiting to be received.
     async fn depth(&self) -> Result<u64, QueueError>;
+
+    /// The whole backlog, for operators (`jobctl stats`).
+    async fn stats(&self) -> Result<QueueStats, QueueError> {
+        Ok(QueueStats {
+            waiting: self.depth().await?,
+            ..QueueStats::default()
+        })
+    }
+}
+
+/// A queue's backlog, approximately (SQS's own counts).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueStats {
+    /// Visible, waiting to be received.
+    pub waiting: u64,
+    /// Received and not yet deleted: being worked on (or waiting out a retry's delay).
+    pub in_flight: u64,
+    /// Sent with a delay that has not passed.
+    pub delayed: u64,
+    /// Age of the oldest message, when the queue can tell (SQS reports it to CloudWatch only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oldest_age_secs: Option<u64>,
 }
 
 /// Hides received messages for longer, or hands them back (ChangeMessageVisibility, and its batch form).

@@ -12,7 +12,9 @@ use aws_sdk_sqs::types::{
 
 use crate::trace::{ATTRIBUTE, TraceContext};
 
-use super::{Delivery, JobSender, MessageVisibility, QueueDepth, QueueError, QueueReceiver};
+use super::{
+    Delivery, JobSender, MessageVisibility, QueueDepth, QueueError, QueueReceiver, QueueStats,
+};
 
 /// One SQS queue, by URL.
 #[derive(Debug, Clone)]
@@ -254,24 +256,47 @@ impl MessageVisibility for SqsQueue {
     }
 }
 
-#[async_trait]
-impl QueueDepth for SqsQueue {
-    async fn depth(&self) -> Result<u64, QueueError> {
+impl SqsQueue {
+    /// The approximate counts `names` asks for, in order (0 where SQS gives none).
+    async fn counts(&self, names: &[QueueAttributeName]) -> Result<Vec<u64>, QueueError> {
         let out = self
             .client
             .get_queue_attributes()
             .queue_url(&self.url)
-            .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+            .set_attribute_names(Some(names.to_vec()))
             .send()
             .await
             .map_err(unavailable)?;
-        Ok(out
-            .attributes
-            .and_then(|a| {
-                a.get(&QueueAttributeName::ApproximateNumberOfMessages)
-                    .cloned()
-            })
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0))
+        let attrs = out.attributes.unwrap_or_default();
+        Ok(names
+            .iter()
+            .map(|n| attrs.get(n).and_then(|v| v.parse().ok()).unwrap_or(0))
+            .collect())
+    }
+}
+
+#[async_trait]
+impl QueueDepth for SqsQueue {
+    async fn depth(&self) -> Result<u64, QueueError> {
+        Ok(self
+            .counts(&[QueueAttributeName::ApproximateNumberOfMessages])
+            .await?[0])
+    }
+
+    async fn stats(&self) -> Result<QueueStats, QueueError> {
+        use QueueAttributeName as A;
+        let c = self
+            .counts(&[
+                A::ApproximateNumberOfMessages,
+                A::ApproximateNumberOfMessagesNotVisible,
+                A::ApproximateNumberOfMessagesDelayed,
+            ])
+            .await?;
+        Ok(QueueStats {
+            waiting: c[0],
+            in_flight: c[1],
+            delayed: c[2],
+            oldest_age_secs: None,
+        })
     }
 }
