@@ -28,7 +28,7 @@ use jobkit::retry::Backoff;
 #[allow(unused_imports)]
 pub use jobkit::store::{
     CancelSignals, CancelWatch, DynamoStore, JobClaimer, JobInserter, JobLister, JobReader,
-    JobScanner, JobWriter, SlotLedger,
+    JobScanner, JobWriter, SlotLedger, StepStore,
 };
 use jobkit::template::{StackSpec, TEMPLATE_YAML, parse};
 use jobkit::worker::{BatchResult, WorkerSettings};

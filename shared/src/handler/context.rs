@@ -1,5 +1,6 @@
 //! [`JobContext`]: what a running handler knows about its job and how it talks back.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -21,7 +22,17 @@ pub trait Attempt: Send + Sync {
     async fn progress(&self, progress: Progress) -> Result<(), JobError>;
     /// Whether the job's owner asked to cancel it, as last seen.
     fn cancel_requested(&self) -> bool;
+    /// Step `name`'s recorded result, if an earlier run recorded one.
+    async fn step(&self, name: &str) -> Result<Option<Json>, JobError>;
+    /// Records step `name`'s result unless one is recorded; returns the one that stands.
+    async fn record_step(&self, name: &str, value: Json) -> Result<Json, JobError>;
 }
+
+/// The most a step's result may take, serialized (each step is its own item, under DynamoDB's 400 KB).
+pub const MAX_STEP_BYTES: usize = 64 * 1024;
+
+/// The longest step name (it is part of the step item's key).
+pub const MAX_STEP_NAME: usize = 200;
 
 /// What a running handler knows about its job, and how it talks back (checkpoints, progress, warnings).
 /// Cheap to clone.
@@ -44,6 +55,8 @@ struct Inner {
     /// The running attempt; `None` for a detached context (handler unit tests).
     attempt_handle: Option<Arc<dyn Attempt>>,
     warnings: Mutex<Vec<String>>,
+    /// A detached context's steps (handler unit tests): kept for the context's life.
+    local_steps: Mutex<HashMap<String, Json>>,
 }
 
 impl fmt::Debug for JobContext {
@@ -109,6 +122,7 @@ impl JobContext {
                 clock: a.clock,
                 attempt_handle: handle,
                 warnings: Mutex::new(Vec::new()),
+                local_steps: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -201,6 +215,84 @@ impl JobContext {
             Some(a) => a.progress(progress).await,
             None => Ok(()),
         }
+    }
+
+    /// A durable step: runs `body` once per job and records its result; on a later attempt or
+    /// continuation the recorded result is returned and `body` does not run again.
+    ///
+    /// What holds where: a step whose result was recorded never runs again, whatever happens to later
+    /// attempts. A crash *between* a step's effect and its record (the process dies inside `body`, or
+    /// before the record lands) runs `body` again on the next attempt: hand [`Self::step_key`] to
+    /// external APIs that honour idempotency keys, and the effect still happens once. Results are at
+    /// most [`MAX_STEP_BYTES`] serialized (else the job fails terminally with `step_too_large`, naming the
+    /// step); a result that no longer decodes as `T` fails it with `invalid_step`. Names must be unique
+    /// within the job and stable across attempts (a loop uses `format!("turn-{i}")`).
+    pub async fn step<T, F>(&self, name: &str, body: F) -> Result<T, JobError>
+    where
+        T: Serialize + DeserializeOwned,
+        F: std::future::Future<Output = Result<T, JobError>>,
+    {
+        if name.is_empty() || name.len() > MAX_STEP_NAME {
+            return Err(JobError::terminal(
+                "invalid_step_name",
+                format!(
+                    "a step name has 1 to {MAX_STEP_NAME} bytes; got {}",
+                    name.len()
+                ),
+            ));
+        }
+        let decode = |json: Json| {
+            json.decode::<T>().map_err(|e| {
+                JobError::terminal(
+                    "invalid_step",
+                    format!("step {name:?}: recorded result does not decode: {e}"),
+                )
+            })
+        };
+        if let Some(recorded) = self.recorded_step(name).await? {
+            return decode(recorded);
+        }
+        let value = body.await?;
+        let json = Json::encode(&value).map_err(|e| JobError::terminal("invalid_step", e))?;
+        if json.len() > MAX_STEP_BYTES {
+            return Err(JobError::terminal(
+                "step_too_large",
+                format!(
+                    "step {name:?}: its result is {} bytes; a step result may be at most {MAX_STEP_BYTES}",
+                    json.len()
+                ),
+            ));
+        }
+        let stands = match &self.inner.attempt_handle {
+            Some(a) => a.record_step(name, json).await?,
+            None => self
+                .local_steps()
+                .entry(name.to_owned())
+                .or_insert(json)
+                .clone(),
+        };
+        decode(stands)
+    }
+
+    /// A stable idempotency key for step `name` of this job (`<job id>:<name>`), the same on every attempt:
+    /// hand it to an external API so a crash between its effect and the step's record does not repeat
+    /// the effect.
+    pub fn step_key(&self, name: &str) -> String {
+        format!("{}:{name}", self.inner.job_id)
+    }
+
+    async fn recorded_step(&self, name: &str) -> Result<Option<Json>, JobError> {
+        match &self.inner.attempt_handle {
+            Some(a) => a.step(name).await,
+            None => Ok(self.local_steps().get(name).cloned()),
+        }
+    }
+
+    fn local_steps(&self) -> std::sync::MutexGuard<'_, HashMap<String, Json>> {
+        self.inner
+            .local_steps
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 
     /// Records a non-fatal problem the job worked around; shown with its result.

@@ -21,7 +21,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 pub use builtin::{Echo, Sleep};
-pub use context::{Attached, Attempt, JobContext};
+pub use context::{Attached, Attempt, JobContext, MAX_STEP_BYTES};
 
 use crate::error::BoxError;
 use crate::json::Json;

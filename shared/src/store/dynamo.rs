@@ -17,9 +17,10 @@ use std::collections::HashMap;
 
 use super::{
     CancelSignals, CancelWatch, Created, Insert, JobClaimer, JobInserter, JobLister, JobReader,
-    JobScanner, JobWriter, KeyReservation, ListQuery, SlotLedger, Slots, StoreError,
+    JobScanner, JobWriter, KeyReservation, ListQuery, SlotLedger, Slots, StepStore, StoreError,
 };
 use crate::job::{Job, JobId, JobStatus, Millis};
+use crate::json::Json;
 
 /// Jobs in one DynamoDB table (see `JobsTable` in template.yaml).
 #[derive(Debug, Clone)]
@@ -170,6 +171,14 @@ fn slots_key(user: &str) -> Item {
     HashMap::from([(
         "job_id".to_owned(),
         AttributeValue::S(format!("{SLOTS_PREFIX}{hash}")),
+    )])
+}
+
+/// The item holding one durable step's result.
+fn step_key(id: &JobId, name: &str) -> Item {
+    HashMap::from([(
+        "job_id".to_owned(),
+        AttributeValue::S(format!("step#{id}#{name}")),
     )])
 }
 
@@ -557,6 +566,73 @@ impl CancelSignals for DynamoStore {
             .await
             .map_err(unavailable)?;
         Ok(())
+    }
+}
+
+#[async_trait]
+impl StepStore for DynamoStore {
+    async fn step(&self, id: &JobId, name: &str) -> Result<Option<Json>, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(step_key(id, name)))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(unavailable)?;
+        out.item.as_ref().map(step_value).transpose()
+    }
+
+    async fn record_step(
+        &self,
+        id: &JobId,
+        name: &str,
+        value: &Json,
+        expires_at: i64,
+    ) -> Result<Json, StoreError> {
+        let mut item = step_key(id, name);
+        item.insert("value".into(), AttributeValue::S(value.get().to_owned()));
+        item.insert("expires_at".into(), num(expires_at));
+        let res = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .condition_expression("attribute_not_exists(job_id)")
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(value.clone()),
+            Err(e) => match e.into_service_error() {
+                // Recorded already (by an earlier attempt, or by this put whose answer was lost): that
+                // value stands.
+                PutItemError::ConditionalCheckFailedException(c) => match c.item {
+                    Some(held) => step_value(&held),
+                    None => self
+                        .step(id, name)
+                        .await?
+                        .ok_or_else(|| StoreError::Corrupt {
+                            source: "a step item vanished after its conditional put failed".into(),
+                        }),
+                },
+                other => Err(StoreError::Unavailable {
+                    source: other.into(),
+                }),
+            },
+        }
+    }
+}
+
+fn step_value(item: &Item) -> Result<Json, StoreError> {
+    match item.get("value") {
+        Some(AttributeValue::S(text)) => Json::parse(text).map_err(|e| StoreError::Corrupt {
+            source: format!("step value: {e}").into(),
+        }),
+        other => Err(StoreError::Corrupt {
+            source: format!("step item holds {other:?}").into(),
+        }),
     }
 }
 

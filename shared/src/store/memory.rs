@@ -8,9 +8,10 @@ use async_trait::async_trait;
 
 use super::{
     CancelSignals, CancelWatch, Created, Insert, JobClaimer, JobInserter, JobLister, JobReader,
-    JobScanner, JobWriter, KeyReservation, ListQuery, SlotLedger, Slots, StoreError,
+    JobScanner, JobWriter, KeyReservation, ListQuery, SlotLedger, Slots, StepStore, StoreError,
 };
 use crate::job::{Job, JobId, JobStatus, Millis};
+use crate::json::Json;
 
 #[derive(Debug, Default)]
 pub struct MemoryStore {
@@ -25,6 +26,7 @@ struct State {
     /// user -> their counted jobs in flight.
     slots: HashMap<String, BTreeSet<JobId>>,
     cancel_signals: HashSet<(JobId, u32)>,
+    steps: HashMap<(JobId, String), Json>,
 }
 
 impl MemoryStore {
@@ -195,6 +197,32 @@ impl CancelSignals for MemoryStore {
     ) -> Result<(), StoreError> {
         self.state().cancel_signals.insert((id.clone(), round));
         Ok(())
+    }
+}
+
+#[async_trait]
+impl StepStore for MemoryStore {
+    async fn step(&self, id: &JobId, name: &str) -> Result<Option<Json>, StoreError> {
+        Ok(self
+            .state()
+            .steps
+            .get(&(id.clone(), name.to_owned()))
+            .cloned())
+    }
+
+    async fn record_step(
+        &self,
+        id: &JobId,
+        name: &str,
+        value: &Json,
+        _expires_at: i64,
+    ) -> Result<Json, StoreError> {
+        Ok(self
+            .state()
+            .steps
+            .entry((id.clone(), name.to_owned()))
+            .or_insert_with(|| value.clone())
+            .clone())
     }
 }
 

@@ -13,6 +13,7 @@ use async_trait::async_trait;
 
 use crate::error::BoxError;
 use crate::job::{Job, JobId, JobStatus, Millis};
+use crate::json::Json;
 
 pub mod dynamo;
 pub mod memory;
@@ -182,6 +183,24 @@ pub trait CancelWatch: Send + Sync {
     async fn cancel_signalled(&self, id: &JobId, round: u32) -> Result<bool, StoreError>;
 }
 
+/// Durable step results (`ctx.step`): one small item per (job, step), apart from the job record so a
+/// long agent run cannot fill the job's 400 KB item; it expires with the job (its TTL).
+#[async_trait]
+pub trait StepStore: Send + Sync {
+    /// The recorded result of step `name` of job `id`, if any (a consistent read).
+    async fn step(&self, id: &JobId, name: &str) -> Result<Option<Json>, StoreError>;
+
+    /// Records `value` as step `name`'s result unless one is recorded already, and returns the recorded
+    /// one: the first writer wins, so every attempt sees the same result.
+    async fn record_step(
+        &self,
+        id: &JobId,
+        name: &str,
+        value: &Json,
+        expires_at: i64,
+    ) -> Result<Json, StoreError>;
+}
+
 /// In-flight slots (GetItem, Scan, UpdateItem of slot items): what the cap counts, and the sweep's repair.
 #[async_trait]
 pub trait SlotLedger: Send + Sync {
@@ -216,8 +235,8 @@ pub trait StatusStore: JobReader + JobLister + JobWriter + CancelSignals {}
 impl<T: JobReader + JobLister + JobWriter + CancelSignals + ?Sized> StatusStore for T {}
 
 /// The worker's port: claim, read, write, and watch for cancel signals.
-pub trait WorkerStore: JobClaimer + JobReader + JobWriter + CancelWatch {}
-impl<T: JobClaimer + JobReader + JobWriter + CancelWatch + ?Sized> WorkerStore for T {}
+pub trait WorkerStore: JobClaimer + JobReader + JobWriter + CancelWatch + StepStore {}
+impl<T: JobClaimer + JobReader + JobWriter + CancelWatch + StepStore + ?Sized> WorkerStore for T {}
 
 /// The webhook delivery function's port: read the job, record attempts.
 pub trait DeliveryStore: JobReader + JobWriter {}

@@ -127,4 +127,25 @@ impl Attempt for LeaseKeeper {
     fn cancel_requested(&self) -> bool {
         LeaseKeeper::cancel_requested(self)
     }
+
+    async fn step(&self, name: &str) -> Result<Option<Json>, JobError> {
+        let id = self.job.lock().await.job_id.clone();
+        self.store
+            .step(&id, name)
+            .await
+            .map_err(|e| JobError::retryable("store_unavailable", e))
+    }
+
+    /// Not a lease-holder write: the record is first-writer-wins on its own item, so an attempt that
+    /// lost its lease can only record what the next one would also see.
+    async fn record_step(&self, name: &str, value: Json) -> Result<Json, JobError> {
+        let (id, expires_at) = {
+            let job = self.job.lock().await;
+            (job.job_id.clone(), job.expires_at)
+        };
+        self.store
+            .record_step(&id, name, &value, expires_at)
+            .await
+            .map_err(|e| JobError::retryable("store_unavailable", e))
+    }
 }
