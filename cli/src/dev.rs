@@ -51,6 +51,10 @@ pub struct DevArgs {
     /// Concurrent worker invocations (the event source's MaximumConcurrency; default: the template's).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1000))]
     pub concurrency: Option<u64>,
+    /// Run `agent` jobs on this OpenAI-compatible endpoint (Ollama: http://127.0.0.1:11434/v1; vLLM,
+    /// llama.cpp's server), with no AWS account. Without it there is no `agent` kind.
+    #[arg(long, env = "JOBKIT_MODEL_URL")]
+    pub model_url: Option<String>,
     /// Print a line of the kit's metrics (throughput, failures, queue wait) every few seconds: the same
     /// recorder the functions flush to CloudWatch.
     #[arg(long)]

@@ -127,7 +127,11 @@ async fn main() -> ExitCode {
 /// Runs a command; `Ok(false)` means it ran but the job did not complete.
 async fn run(cli: Cli) -> anyhow::Result<bool> {
     match cli.command {
-        Command::Dev(args) => dev::run(args, kinds::registry()).await.map(|_| true),
+        Command::Dev(args) => {
+            let model = args.model_url.as_deref().map(kinds::openai_model);
+            let registry = kinds::registry_with(model);
+            dev::run(args, registry).await.map(|_| true)
+        }
         Command::Bootstrap {
             endpoint_url,
             prefix,

@@ -16,6 +16,7 @@
 //! `api` and `worker` never name an AWS type: those live in `store::dynamo`, `queue::sqs`, [`aws`] and
 //! [`backend`], so every behaviour can be tested on the embedded backends too.
 
+pub mod agent;
 pub mod api;
 pub mod aws;
 pub mod backend;

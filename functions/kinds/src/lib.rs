@@ -2,13 +2,125 @@
 //! unknown kinds), the worker (which runs them) and `jobctl` (`dev`, and the local commands) all call
 //! [`registry`], so adding a kind is one edit here.
 
-use jobkit::HandlerRegistry;
+use std::sync::Arc;
 
-/// Every kind this project runs: the built-ins (`echo`, `sleep`) plus your own, e.g.
+use jobkit::HandlerRegistry;
+use jobkit::agent::{Agent, Agents, Model, OpenAiCompatible, Tool};
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+/// Every kind this project runs: the built-ins (`echo`, `sleep`), the `agent` kind when a model is
+/// configured, plus your own, e.g.
 ///
 /// ```ignore
 /// r.register_fn("summarize", |input: Summarize, ctx: JobContext| async move { /* ... */ })?;
 /// ```
 pub fn registry() -> HandlerRegistry {
-    HandlerRegistry::with_builtins()
+    registry_with(model_from_env())
+}
+
+/// [`registry`] with agents on `model` (no `agent` kind without one: submit then refuses it as an
+/// unknown kind rather than accepting jobs nothing can run).
+pub fn registry_with(model: Option<Arc<dyn Model>>) -> HandlerRegistry {
+    let mut r = HandlerRegistry::with_builtins();
+    if let Some(model) = model {
+        Agents::new(model)
+            .with(demo_agent())
+            .register(&mut r)
+            .expect("`agent` is a valid kind");
+    }
+    r
+}
+
+/// The model adapter configuration names: `JOBKIT_MODEL_URL`, an OpenAI-compatible `/v1` endpoint
+/// (Ollama, vLLM, llama.cpp's server), with `JOBKIT_MODEL_API_KEY` if it wants one.
+pub fn model_from_env() -> Option<Arc<dyn Model>> {
+    let url = std::env::var("JOBKIT_MODEL_URL")
+        .ok()
+        .filter(|u| !u.is_empty())?;
+    Some(openai_model(&url))
+}
+
+/// An OpenAI-compatible endpoint as the model.
+pub fn openai_model(url: &str) -> Arc<dyn Model> {
+    let key = std::env::var("JOBKIT_MODEL_API_KEY")
+        .ok()
+        .filter(|k| !k.is_empty());
+    Arc::new(OpenAiCompatible::new(url, key))
+}
+
+#[derive(Deserialize, JsonSchema)]
+struct Expression {
+    /// An arithmetic expression, e.g. `(2 + 3) * 4.5`.
+    expression: String,
+}
+
+#[derive(Deserialize, JsonSchema)]
+struct NoInput {}
+
+/// `demo`: a small assistant with two harmless tools, `calculator` and `clock`. Its model id is
+/// `JOBKIT_DEMO_MODEL` (default `llama3.2`, an Ollama model).
+pub fn demo_agent() -> Agent {
+    Agent {
+        name: "demo".into(),
+        model: std::env::var("JOBKIT_DEMO_MODEL").unwrap_or_else(|_| "llama3.2".into()),
+        system: "You are a concise assistant. Use the calculator for arithmetic and the clock for \
+                 the current time; answer in one or two sentences."
+            .into(),
+        max_turns: 6,
+        tools: vec![
+            Tool::new(
+                "calculator",
+                "Evaluates an arithmetic expression (+ - * / % ^ and parentheses).",
+                |input: Expression| async move {
+                    evalexpr::eval_number(&input.expression)
+                        .map_err(|e| format!("cannot evaluate {:?}: {e}", input.expression))
+                },
+            ),
+            Tool::new(
+                "clock",
+                "The current UTC time, RFC 3339.",
+                |_: NoInput| async move { Ok::<_, String>(chrono::Utc::now().to_rfc3339()) },
+            ),
+        ],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_demo_tools_compute_and_refuse_clearly() {
+        let agent = demo_agent();
+        let calc = &agent.tools[0];
+        assert_eq!(
+            calc.call(serde_json::json!({"expression": "(2 + 3) * 4.5"}))
+                .await,
+            Ok(serde_json::json!(22.5))
+        );
+        assert!(
+            calc.call(serde_json::json!({"expression": "2 +"}))
+                .await
+                .is_err()
+        );
+        assert!(
+            calc.call(serde_json::json!({"expr": "1"}))
+                .await
+                .unwrap_err()
+                .contains("invalid arguments")
+        );
+        assert_eq!(
+            calc.spec().schema["properties"]["expression"]["type"],
+            "string"
+        );
+        let clock = agent.tools[1].call(serde_json::json!({})).await.unwrap();
+        assert!(clock.as_str().unwrap().contains('T'));
+    }
+
+    #[test]
+    fn the_agent_kind_exists_only_with_a_model() {
+        assert!(!registry_with(None).contains("agent"));
+        assert!(registry_with(Some(openai_model("http://127.0.0.1:9/v1"))).contains("agent"));
+    }
 }

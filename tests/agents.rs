@@ -1,0 +1,248 @@
+//! Agent jobs end to end on both backends, against a scripted OpenAI-compatible server on loopback (a
+//! stand-in for Ollama or vLLM): a tool call then an answer; a worker killed between a tool call and the
+//! next turn resumes without calling the tool again; a throttled model call is retried; a malformed tool
+//! call is answered to the model as a tool error.
+
+#[macro_use]
+mod support;
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use jobkit::HandlerRegistry;
+use jobkit::agent::{Agent, Agents, OpenAiCompatible, Tool};
+use jobkit::worker::WorkerSettings;
+use schemars::JsonSchema;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use support::*;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// What the fake model does on each call, by call number (1-based) and the last message's role.
+#[derive(Clone, Copy, PartialEq)]
+enum Script {
+    /// Calls `multiply` with 6 and 7, then answers with the tool's output.
+    ToolThenAnswer,
+    /// As `ToolThenAnswer`, but the first second-turn call never answers (the worker is killed there).
+    HangOnSecondTurnOnce,
+    /// 429 with Retry-After: 1 on the first call, then `ToolThenAnswer`.
+    ThrottleFirst,
+    /// Sends arguments that are not JSON first, then valid ones.
+    MalformedFirst,
+}
+
+struct Fake {
+    url: String,
+    calls: Arc<AtomicU32>,
+    requests: Arc<Mutex<Vec<Value>>>,
+}
+
+async fn fake_model(script: Script) -> Fake {
+    let calls = Arc::new(AtomicU32::new(0));
+    let requests = Arc::new(Mutex::new(Vec::new()));
+    let (c, r) = (calls.clone(), requests.clone());
+    let hung = Arc::new(AtomicU32::new(0));
+    let app = axum::Router::new().route(
+        "/v1/chat/completions",
+        axum::routing::post(move |axum::Json(body): axum::Json<Value>| {
+            let (c, r, hung) = (c.clone(), r.clone(), hung.clone());
+            async move {
+                let n = c.fetch_add(1, Ordering::SeqCst) + 1;
+                r.lock().unwrap().push(body.clone());
+                let last = body["messages"].as_array().unwrap().last().unwrap().clone();
+                let usage = json!({"prompt_tokens": 10, "completion_tokens": 3});
+                if script == Script::ThrottleFirst && n == 1 {
+                    return (
+                        http::StatusCode::TOO_MANY_REQUESTS,
+                        [(http::header::RETRY_AFTER, "1")],
+                        axum::Json(json!({"error": {"message": "slow down"}})),
+                    );
+                }
+                let ok = |v: Value| {
+                    (
+                        http::StatusCode::OK,
+                        [(http::header::RETRY_AFTER, "0")],
+                        axum::Json(v),
+                    )
+                };
+                if last["role"] == "tool" {
+                    if script == Script::HangOnSecondTurnOnce
+                        && hung.fetch_add(1, Ordering::SeqCst) == 0
+                    {
+                        std::future::pending::<()>().await;
+                    }
+                    let content = last["content"].as_str().unwrap().to_owned();
+                    return ok(json!({"choices": [{"message": {"role": "assistant",
+                        "content": format!("the tool said {content}")}, "finish_reason": "stop"}],
+                        "usage": usage}));
+                }
+                let arguments = if script == Script::MalformedFirst && n == 1 {
+                    "{oops".to_owned()
+                } else {
+                    json!({"a": 6, "b": 7}).to_string()
+                };
+                ok(
+                    json!({"choices": [{"message": {"role": "assistant", "content": null,
+                    "tool_calls": [{"id": format!("call-{n}"), "type": "function",
+                        "function": {"name": "multiply", "arguments": arguments}}]},
+                    "finish_reason": "tool_calls"}], "usage": usage}),
+                )
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/v1", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Fake {
+        url,
+        calls,
+        requests,
+    }
+}
+
+#[derive(Deserialize, JsonSchema)]
+struct Factors {
+    a: i64,
+    b: i64,
+}
+
+/// The `agent` kind with agent `mathy`, whose `multiply` tool counts its runs.
+fn registry(url: &str, tool_runs: Arc<AtomicU32>) -> HandlerRegistry {
+    let mut r = HandlerRegistry::with_builtins();
+    let multiply = Tool::new("multiply", "Multiplies a by b.", move |f: Factors| {
+        let runs = tool_runs.clone();
+        async move {
+            runs.fetch_add(1, Ordering::SeqCst);
+            Ok::<_, String>(f.a * f.b)
+        }
+    });
+    Agents::new(Arc::new(OpenAiCompatible::new(url, None)))
+        .with(Agent {
+            name: "mathy".into(),
+            model: "fake".into(),
+            system: "multiply".into(),
+            max_turns: 4,
+            tools: vec![multiply],
+        })
+        .register(&mut r)
+        .unwrap();
+    r
+}
+
+/// Submits one `mathy` job and runs it to a terminal state; the worker's first poll may be cut short.
+async fn run(b: &Backends, fake: &Fake, tool_runs: Arc<AtomicU32>, kill_first: bool) -> Value {
+    let api = b.api_with_settings(
+        registry(&fake.url, tool_runs.clone()),
+        jobkit::api::ApiSettings::from_config(&b.config),
+    );
+    let body = json!({"kind": "agent", "input": {"agent": "mathy", "message": "6 times 7?",
+        "context": {"user": "u1"}}});
+    let (status, accepted) = json(&api.handle(post_jobs("ada", &body.to_string())).await);
+    assert_eq!(status, 202, "{accepted}");
+    let id = accepted["job_id"].as_str().unwrap().to_owned();
+    let settings = WorkerSettings {
+        lease: Duration::from_secs(1),
+        ..fast_settings(5)
+    };
+    let worker = b
+        .event_source(registry(&fake.url, tool_runs), settings)
+        .with_visibility(Duration::from_secs(2))
+        .with_wait(Duration::from_millis(200));
+    if kill_first {
+        let killed = tokio::time::timeout(Duration::from_secs(3), worker.poll_once()).await;
+        assert!(
+            killed.is_err(),
+            "the first attempt hangs in its second turn"
+        );
+    }
+    eventually("the agent job to finish", WAIT, async || {
+        let _ = tokio::time::timeout(Duration::from_secs(10), worker.poll_once()).await;
+        let (_, v) = json(&api.handle(get_job("ada", &id)).await);
+        matches!(v["status"].as_str(), Some("completed" | "failed")).then_some(v)
+    })
+    .await
+}
+
+async fn an_agent_calls_its_tool_and_answers(b: Backends) {
+    let fake = fake_model(Script::ToolThenAnswer).await;
+    let runs = Arc::new(AtomicU32::new(0));
+    let view = run(&b, &fake, runs.clone(), false).await;
+    assert_eq!(view["status"], "completed", "{view}");
+    let result = &view["result"];
+    assert_eq!(result["answer"], "the tool said 42");
+    assert_eq!(result["turns"], 2);
+    assert_eq!(
+        result["tool_calls"],
+        json!([{"name": "multiply", "input": {"a": 6, "b": 7}, "output": 42}])
+    );
+    assert_eq!(
+        result["usage"],
+        json!({"input_tokens": 20, "output_tokens": 6})
+    );
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+    println!("agent result: {result}");
+    // The model saw the system prompt, the context, and the tool's schema from its Rust type.
+    let first = fake.requests.lock().unwrap()[0].clone();
+    assert_eq!(first["messages"][0]["content"], "multiply");
+    assert!(
+        first["messages"][1]["content"]
+            .as_str()
+            .unwrap()
+            .contains(r#""user":"u1""#)
+    );
+    assert_eq!(
+        first["tools"][0]["function"]["parameters"]["required"],
+        json!(["a", "b"])
+    );
+}
+
+async fn a_worker_killed_after_a_tool_call_resumes_without_calling_it_again(b: Backends) {
+    let fake = fake_model(Script::HangOnSecondTurnOnce).await;
+    let runs = Arc::new(AtomicU32::new(0));
+    let view = run(&b, &fake, runs.clone(), true).await;
+    assert_eq!(view["status"], "completed", "{view}");
+    assert_eq!(view["attempts"], 2);
+    assert_eq!(runs.load(Ordering::SeqCst), 1, "the tool ran once");
+    // Turn 1 once (recorded), turn 2 twice (the first call never answered).
+    assert_eq!(fake.calls.load(Ordering::SeqCst), 3);
+    println!(
+        "kill-between-steps ledger: attempts 2, tool runs {}, model calls {}",
+        runs.load(Ordering::SeqCst),
+        fake.calls.load(Ordering::SeqCst)
+    );
+}
+
+async fn a_throttled_model_call_is_retried(b: Backends) {
+    let fake = fake_model(Script::ThrottleFirst).await;
+    let view = run(&b, &fake, Arc::default(), false).await;
+    assert_eq!(view["status"], "completed", "{view}");
+    assert_eq!(
+        view["attempts"], 2,
+        "one throttled attempt, one that worked"
+    );
+    assert_eq!(view["result"]["turns"], 2);
+}
+
+async fn a_malformed_tool_call_is_answered_as_a_tool_error(b: Backends) {
+    let fake = fake_model(Script::MalformedFirst).await;
+    let runs = Arc::new(AtomicU32::new(0));
+    let view = run(&b, &fake, runs.clone(), false).await;
+    assert_eq!(view["status"], "completed", "{view}");
+    assert_eq!(view["attempts"], 1, "not a job failure");
+    assert_eq!(
+        runs.load(Ordering::SeqCst),
+        0,
+        "the tool never ran on bad arguments"
+    );
+    let answer = view["result"]["answer"].as_str().unwrap();
+    assert!(answer.contains("not valid JSON"), "{answer}");
+}
+
+on_both_backends!(
+    an_agent_calls_its_tool_and_answers,
+    a_worker_killed_after_a_tool_call_resumes_without_calling_it_again,
+    a_throttled_model_call_is_retried,
+    a_malformed_tool_call_is_answered_as_a_tool_error,
+);
