@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use jobkit::HandlerRegistry;
-use jobkit::agent::{Agent, Agents, OpenAiCompatible, Tool};
+use jobkit::agent::{Agent, Agents, Bedrock, Model, OpenAiCompatible, Tool};
 use jobkit::worker::WorkerSettings;
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -40,6 +40,10 @@ struct Fake {
 }
 
 async fn fake_model(script: Script) -> Fake {
+    fake_model_at("127.0.0.1:0", script).await
+}
+
+async fn fake_model_at(addr: &str, script: Script) -> Fake {
     let calls = Arc::new(AtomicU32::new(0));
     let requests = Arc::new(Mutex::new(Vec::new()));
     let (c, r) = (calls.clone(), requests.clone());
@@ -78,21 +82,28 @@ async fn fake_model(script: Script) -> Fake {
                         "content": format!("the tool said {content}")}, "finish_reason": "stop"}],
                         "usage": usage}));
                 }
+                // The first offered tool: the demo agent's calculator, or `multiply`.
+                let tool = body["tools"][0]["function"]["name"]
+                    .as_str()
+                    .unwrap_or("multiply")
+                    .to_owned();
                 let arguments = if script == Script::MalformedFirst && n == 1 {
                     "{oops".to_owned()
+                } else if tool == "calculator" {
+                    json!({"expression": "6 * 7"}).to_string()
                 } else {
                     json!({"a": 6, "b": 7}).to_string()
                 };
                 ok(
                     json!({"choices": [{"message": {"role": "assistant", "content": null,
                     "tool_calls": [{"id": format!("call-{n}"), "type": "function",
-                        "function": {"name": "multiply", "arguments": arguments}}]},
+                        "function": {"name": tool, "arguments": arguments}}]},
                     "finish_reason": "tool_calls"}], "usage": usage}),
                 )
             }
         }),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
     let url = format!("http://{}/v1", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await });
     Fake {
@@ -108,8 +119,21 @@ struct Factors {
     b: i64,
 }
 
-/// The `agent` kind with agent `mathy`, whose `multiply` tool counts its runs.
+/// The `agent` kind with agent `mathy` on the OpenAI-compatible server at `url`.
 fn registry(url: &str, tool_runs: Arc<AtomicU32>) -> HandlerRegistry {
+    registry_on(
+        Arc::new(OpenAiCompatible::new(url, None)),
+        "fake",
+        tool_runs,
+    )
+}
+
+/// The `agent` kind with agent `mathy` (model id `model_id`), whose `multiply` tool counts its runs.
+fn registry_on(
+    model: Arc<dyn Model>,
+    model_id: &str,
+    tool_runs: Arc<AtomicU32>,
+) -> HandlerRegistry {
     let mut r = HandlerRegistry::with_builtins();
     let multiply = Tool::new("multiply", "Multiplies a by b.", move |f: Factors| {
         let runs = tool_runs.clone();
@@ -118,10 +142,10 @@ fn registry(url: &str, tool_runs: Arc<AtomicU32>) -> HandlerRegistry {
             Ok::<_, String>(f.a * f.b)
         }
     });
-    Agents::new(Arc::new(OpenAiCompatible::new(url, None)))
+    Agents::new(model)
         .with(Agent {
             name: "mathy".into(),
-            model: "fake".into(),
+            model: model_id.into(),
             system: "multiply".into(),
             max_turns: 4,
             tools: vec![multiply],
@@ -238,6 +262,69 @@ async fn a_malformed_tool_call_is_answered_as_a_tool_error(b: Backends) {
     );
     let answer = view["result"]["answer"].as_str().unwrap();
     assert!(answer.contains("not valid JSON"), "{answer}");
+}
+
+/// The same loop through Bedrock's Converse API on the emulator: ministack translates Converse (with its
+/// toolConfig) to an OpenAI-compatible server named by MINISTACK_BEDROCK_PROXY_URL, here the fake. Its
+/// own emulator on port 4571 (the proxy address is read when the emulator starts), the fake on 4572.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_run_through_the_emulators_bedrock_runtime() {
+    let fake = fake_model_at("127.0.0.1:4572", Script::ToolThenAnswer).await;
+    let started = std::process::Command::new("bash")
+        .arg(repo_root().join("infra/emulator.sh"))
+        .arg("start")
+        .env("GATEWAY_PORT", "4571")
+        .env("MINISTACK_BEDROCK_PROXY_URL", "http://127.0.0.1:4572")
+        .status()
+        .expect("bash runs infra/emulator.sh");
+    assert!(started.success());
+    let sdk = jobkit::aws::sdk_config(Some("http://127.0.0.1:4571")).await;
+    let b = memory().await;
+    let model_id = "anthropic.claude-3-5-haiku-20241022-v1:0";
+    // The demo agent of the default registry, on Bedrock.
+    let registry = || {
+        let mut r = HandlerRegistry::with_builtins();
+        Agents::new(Arc::new(Bedrock::new(&sdk)))
+            .with(Agent {
+                model: model_id.into(),
+                ..kinds::demo_agent()
+            })
+            .register(&mut r)
+            .unwrap();
+        r
+    };
+    let api = b.api_with_settings(registry(), jobkit::api::ApiSettings::from_config(&b.config));
+    let body =
+        json!({"kind": "agent", "input": {"agent": "demo", "message": "What is 6 times 7?"}});
+    let (_, accepted) = json(&api.handle(post_jobs("ada", &body.to_string())).await);
+    let id = accepted["job_id"].as_str().unwrap().to_owned();
+    let worker = b.event_source(registry(), fast_settings(3));
+    let view = eventually("the agent job to finish", WAIT, async || {
+        worker.poll_once().await.unwrap();
+        let (_, v) = json(&api.handle(get_job("ada", &id)).await);
+        matches!(v["status"].as_str(), Some("completed" | "failed")).then_some(v)
+    })
+    .await;
+    assert_eq!(
+        fake.calls.load(Ordering::SeqCst),
+        2,
+        "both turns reached the fake through the emulator (an emulator started without \
+         MINISTACK_BEDROCK_PROXY_URL answers from its mock: `GATEWAY_PORT=4571 infra/emulator.sh stop`)"
+    );
+    assert_eq!(view["status"], "completed", "{view}");
+    let result = &view["result"];
+    assert_eq!(result["turns"], 2);
+    assert_eq!(result["answer"], "the tool said 42.0");
+    assert_eq!(
+        result["tool_calls"],
+        json!([{"name": "calculator", "input": {"expression": "6 * 7"}, "output": 42.0}])
+    );
+    // The fake got Bedrock's model id and the tools' schemas through the translation.
+    let first = fake.requests.lock().unwrap()[0].clone();
+    assert_eq!(first["model"], model_id);
+    assert_eq!(first["tools"][0]["function"]["name"], "calculator");
+    assert_eq!(first["tools"][1]["function"]["name"], "clock");
+    println!("demo-style run through the emulator's Bedrock runtime: {result}");
 }
 
 on_both_backends!(

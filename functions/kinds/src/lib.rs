@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use jobkit::HandlerRegistry;
-use jobkit::agent::{Agent, Agents, Model, OpenAiCompatible, Tool};
+use jobkit::agent::{Agent, Agents, Bedrock, Model, OpenAiCompatible, Tool};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
@@ -32,13 +32,16 @@ pub fn registry_with(model: Option<Arc<dyn Model>>) -> HandlerRegistry {
     r
 }
 
-/// The model adapter configuration names: `JOBKIT_MODEL_URL`, an OpenAI-compatible `/v1` endpoint
-/// (Ollama, vLLM, llama.cpp's server), with `JOBKIT_MODEL_API_KEY` if it wants one.
+/// The model adapter the configuration names: `JOBKIT_MODEL_URL`, an OpenAI-compatible `/v1` endpoint
+/// (Ollama, vLLM, llama.cpp's server; `JOBKIT_MODEL_API_KEY` if it wants one), else Amazon Bedrock when
+/// `JOBKIT_MODEL_PROVIDER=bedrock` (template.yaml sets it when `BedrockModelArns` is given).
 pub fn model_from_env() -> Option<Arc<dyn Model>> {
-    let url = std::env::var("JOBKIT_MODEL_URL")
-        .ok()
-        .filter(|u| !u.is_empty())?;
-    Some(openai_model(&url))
+    let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    if let Some(url) = var("JOBKIT_MODEL_URL") {
+        return Some(openai_model(&url));
+    }
+    (var("JOBKIT_MODEL_PROVIDER").as_deref() == Some("bedrock"))
+        .then(|| Arc::new(Bedrock::from_env()) as Arc<dyn Model>)
 }
 
 /// An OpenAI-compatible endpoint as the model.
@@ -59,11 +62,17 @@ struct Expression {
 struct NoInput {}
 
 /// `demo`: a small assistant with two harmless tools, `calculator` and `clock`. Its model id is
-/// `JOBKIT_DEMO_MODEL` (default `llama3.2`, an Ollama model).
+/// `JOBKIT_DEMO_MODEL` (default: `llama3.2`, an Ollama model, or on Bedrock
+/// `anthropic.claude-3-5-haiku-20241022-v1:0`).
 pub fn demo_agent() -> Agent {
+    let default = if std::env::var("JOBKIT_MODEL_PROVIDER").as_deref() == Ok("bedrock") {
+        "anthropic.claude-3-5-haiku-20241022-v1:0"
+    } else {
+        "llama3.2"
+    };
     Agent {
         name: "demo".into(),
-        model: std::env::var("JOBKIT_DEMO_MODEL").unwrap_or_else(|_| "llama3.2".into()),
+        model: std::env::var("JOBKIT_DEMO_MODEL").unwrap_or_else(|_| default.into()),
         system: "You are a concise assistant. Use the calculator for arithmetic and the clock for \
                  the current time; answer in one or two sentences."
             .into(),

@@ -12,6 +12,7 @@
 //! Input `{"agent": name, "message": text, "context": {...}?}`; result
 //! `{answer, turns, tool_calls: [{name, input, output}], usage: {input_tokens, output_tokens}}`.
 
+pub mod bedrock;
 pub mod model;
 pub mod openai;
 mod tool;
@@ -22,6 +23,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+pub use bedrock::Bedrock;
 pub use model::{
     Message, Model, ModelError, ModelReply, ModelRequest, ToolCall, ToolResult, ToolSpec, Usage,
 };
