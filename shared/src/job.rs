@@ -7,6 +7,8 @@
 //! [`Job::claimable`] and the conformance suite holds the two to the same behaviour.
 
 use std::fmt;
+
+use sha2::Digest;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
@@ -52,6 +54,16 @@ impl JobId {
 
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// The id of `parent`'s `index`-th follow-up job: the same on every attempt that records the parent's
+    /// completion, so a retried completion names (and can create) the same children only. Its time
+    /// part is the parent's; its random part a hash of the parent id and the index.
+    pub fn child_of(parent: &JobId, index: usize) -> Self {
+        let parent = ulid::Ulid::from_string(&parent.0).unwrap_or_default();
+        let digest = sha2::Sha256::digest(format!("{}#{index}", parent).as_bytes());
+        let random = u128::from_be_bytes(digest[..16].try_into().expect("16 bytes"));
+        Self(ulid::Ulid::from_parts(parent.timestamp_ms(), random).to_string())
     }
 }
 
@@ -252,6 +264,14 @@ pub struct Job {
     /// The terminal state's webhook event, when there is a `callback_url`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub webhook: Option<WebhookState>,
+    /// The job whose completion created this one (a stage pathway).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_id: Option<JobId>,
+    /// The next stage (a kind) this job's completion started, and its jobs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pathway: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub next: Vec<JobId>,
     /// Its owner asked to cancel it while it ran; the handler sees it and the job ends `cancelled`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub cancel_requested: bool,
@@ -325,6 +345,9 @@ impl Job {
             redrives: 0,
             callback_url: spec.callback_url,
             webhook: None,
+            parent_id: None,
+            pathway: None,
+            next: Vec::new(),
             cancel_requested: false,
             counted: spec.counted,
             version: 0,
@@ -649,6 +672,50 @@ impl Job {
             }
         }
         self
+    }
+
+    /// The follow-up jobs of this job's completion (see [`Self::complete_into`]): stage `kind`, one per
+    /// input, owned and counted like their parent, linked to it.
+    pub fn children(&self, kind: &str, inputs: &[Json], now: Millis) -> Vec<Job> {
+        let ttl = self.expires_at - self.submitted_at.div_euclid(1000);
+        inputs
+            .iter()
+            .enumerate()
+            .map(|(i, input)| {
+                let mut child = Job::new(
+                    NewJob {
+                        user_id: self.user_id.clone(),
+                        kind: kind.to_owned(),
+                        input: input.clone(),
+                        max_attempts: self.max_attempts,
+                        ttl_secs: ttl,
+                        callback_url: None,
+                        counted: self.counted,
+                    },
+                    now,
+                );
+                child.job_id = JobId::child_of(&self.job_id, i);
+                child.parent_id = Some(self.job_id.clone());
+                child
+            })
+            .collect()
+    }
+
+    /// `running` -> `completed`, starting the next stage: `children` (from [`Self::children`]) are
+    /// created in the same atomic write.
+    pub fn complete_into(
+        &self,
+        owner: &str,
+        result: Json,
+        warnings: Vec<String>,
+        pathway: &str,
+        children: &[Job],
+        now: Millis,
+    ) -> Result<Self, IllegalTransition> {
+        let mut next = self.complete(owner, result, warnings, now)?;
+        next.pathway = Some(pathway.to_owned());
+        next.next = children.iter().map(|c| c.job_id.clone()).collect();
+        Ok(next)
     }
 
     /// Whether its webhook event waits for an attempt that was due before `before`: the message that

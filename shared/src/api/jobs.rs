@@ -35,12 +35,31 @@ pub struct JobSummary {
     pub updated_at: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<String>,
+    /// Once terminal: whether it completed (the queue-runner completion summary is `job_id`, `kind`,
+    /// `success`, `pathway`, `error`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub success: Option<bool>,
+    /// The job whose completion started this one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_id: Option<JobId>,
+    /// The next stage this job's completion started, and its jobs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pathway: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub next: Vec<JobId>,
 }
 
 impl JobSummary {
     pub fn at(j: Job, now: Millis) -> Self {
+        let status = j.effective_status(now);
         Self {
-            status: j.effective_status(now),
+            success: status
+                .is_terminal()
+                .then_some(status == JobStatus::Completed),
+            parent_id: j.parent_id,
+            pathway: j.pathway,
+            next: j.next,
+            status,
             submitted_at: rfc3339(j.submitted_at),
             updated_at: rfc3339(j.updated_at),
             finished_at: j.finished_at.map(rfc3339),

@@ -34,6 +34,16 @@ pub const MAX_STEP_BYTES: usize = 64 * 1024;
 /// The longest step name (it is part of the step item's key).
 pub const MAX_STEP_NAME: usize = 200;
 
+/// The most follow-up jobs one completion may start (fan-out), all created in its one transaction.
+pub const MAX_FAN_OUT: usize = 10;
+
+/// The next stage a handler asked for: a kind, and one input per follow-up job.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pathway {
+    pub kind: String,
+    pub inputs: Vec<Json>,
+}
+
 /// What a running handler knows about its job, and how it talks back (checkpoints, progress, warnings).
 /// Cheap to clone.
 #[derive(Clone)]
@@ -57,6 +67,7 @@ struct Inner {
     warnings: Mutex<Vec<String>>,
     /// A detached context's steps (handler unit tests): kept for the context's life.
     local_steps: Mutex<HashMap<String, Json>>,
+    pathway: Mutex<Option<Pathway>>,
 }
 
 impl fmt::Debug for JobContext {
@@ -123,6 +134,7 @@ impl JobContext {
                 attempt_handle: handle,
                 warnings: Mutex::new(Vec::new()),
                 local_steps: Mutex::new(HashMap::new()),
+                pathway: Mutex::new(None),
             }),
         }
     }
@@ -293,6 +305,44 @@ impl JobContext {
             .local_steps
             .lock()
             .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Starts stage `kind` with `input` when this job completes (a stage pathway): the follow-up job is
+    /// created in the same write that records the completion, owned and counted like this one, and
+    /// linked both ways (`parent_id`, `pathway` / `next`). Called several times, it fans out: up to
+    /// [`MAX_FAN_OUT`] jobs, all of one kind. Nothing starts if the job does not complete.
+    pub fn then<T: Serialize + ?Sized>(&self, kind: &str, input: &T) -> Result<(), JobError> {
+        let input = Json::encode(input).map_err(|e| JobError::terminal("invalid_pathway", e))?;
+        let mut pathway = self.inner.pathway.lock().unwrap_or_else(|p| p.into_inner());
+        let p = pathway.get_or_insert_with(|| Pathway {
+            kind: kind.to_owned(),
+            inputs: Vec::new(),
+        });
+        if p.kind != kind {
+            return Err(JobError::terminal(
+                "invalid_pathway",
+                format!(
+                    "one completion starts one next stage: {:?} was already chosen, not {kind:?}",
+                    p.kind
+                ),
+            ));
+        }
+        if p.inputs.len() >= MAX_FAN_OUT {
+            return Err(JobError::terminal(
+                "invalid_pathway",
+                format!("a completion starts at most {MAX_FAN_OUT} follow-up jobs"),
+            ));
+        }
+        p.inputs.push(input);
+        Ok(())
+    }
+
+    pub(super) fn take_pathway(&self) -> Option<Pathway> {
+        self.inner
+            .pathway
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
     }
 
     /// Records a non-fatal problem the job worked around; shown with its result.

@@ -21,7 +21,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 pub use builtin::{Echo, Sleep};
-pub use context::{Attached, Attempt, JobContext, MAX_STEP_BYTES};
+pub use context::{Attached, Attempt, JobContext, MAX_FAN_OUT, MAX_STEP_BYTES, Pathway};
 
 use crate::error::BoxError;
 use crate::json::Json;
@@ -91,6 +91,8 @@ impl JobError {
 pub struct Output {
     pub result: Json,
     pub warnings: Vec<String>,
+    /// The next stage, if the handler chose one ([`JobContext::then`]).
+    pub pathway: Option<Pathway>,
 }
 
 /// The work behind one job kind, with typed input and output.
@@ -144,6 +146,7 @@ impl<H: Handler> DynHandler for H {
             Ok(Output {
                 result,
                 warnings: ctx.take_warnings(),
+                pathway: ctx.take_pathway(),
             })
         })
     }

@@ -13,7 +13,7 @@ use aws_sdk_dynamodb::types::{
 };
 use futures::future::BoxFuture;
 use sha2::Digest;
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 use super::{
     CancelSignals, CancelWatch, Created, Insert, JobClaimer, JobInserter, JobLister, JobReader,
@@ -193,16 +193,19 @@ fn cancel_key(id: &JobId, round: u32) -> Item {
 /// The slot update that moves `job` in (`+1`) or out (`-1`) of its owner's set.
 fn slot_update(table: &str, job: &Job, delta: i64, cap: Option<u32>) -> Update {
     let ids = AttributeValue::Ss(vec![job.job_id.to_string()]);
+    // Every slot write bumps `v`, so a write that sets the whole set (a completion that starts follow-up
+    // jobs) can be made conditional on nothing having moved since it read it.
     let mut u = Update::builder()
         .table_name(table)
         .set_key(Some(slots_key(&job.user_id)))
-        .expression_attribute_values(":id", ids);
+        .expression_attribute_values(":id", ids)
+        .expression_attribute_values(":one", num(1));
     u = if delta > 0 {
-        u.update_expression("ADD slots :id SET #o = :owner")
+        u.update_expression("ADD slots :id, v :one SET #o = :owner")
             .expression_attribute_names("#o", "owner")
             .expression_attribute_values(":owner", AttributeValue::S(job.user_id.clone()))
     } else {
-        u.update_expression("DELETE slots :id")
+        u.update_expression("DELETE slots :id ADD v :one")
     };
     if let Some(cap) = cap {
         u = u
@@ -430,6 +433,15 @@ impl JobClaimer for DynamoStore {
 
 #[async_trait]
 impl JobWriter for DynamoStore {
+    async fn replace_spawning(
+        &self,
+        from: &Job,
+        to: &Job,
+        children: &[Job],
+    ) -> Result<(), StoreError> {
+        self.spawn(from, to, children).await
+    }
+
     async fn replace(&self, from: &Job, to: &Job) -> Result<(), StoreError> {
         let delta = from.slot_change(to);
         let landed_or_conflict =
@@ -482,6 +494,118 @@ impl JobWriter for DynamoStore {
         {
             None => Ok(()),
             Some(_) => landed_or_conflict(None).await,
+        }
+    }
+}
+
+impl DynamoStore {
+    /// The owner's slot set and its write counter `v` (absent on an item no write has bumped yet).
+    async fn slots_with_version(
+        &self,
+        user: &str,
+    ) -> Result<(BTreeSet<String>, Option<i64>), StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(slots_key(user)))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(unavailable)?;
+        let item = out.item.unwrap_or_default();
+        let set = match item.get("slots") {
+            Some(AttributeValue::Ss(ids)) => ids.iter().cloned().collect(),
+            _ => BTreeSet::new(),
+        };
+        let v = match item.get("v") {
+            Some(AttributeValue::N(n)) => n.parse().ok(),
+            _ => None,
+        };
+        Ok((set, v))
+    }
+
+    /// [`JobWriter::replace_spawning`]: one transaction of the parent's write, the children's creation
+    /// and the owner's whole new slot set (the parent out, the children in: one item cannot take an ADD
+    /// and a DELETE of one attribute in one write), conditional on the set's counter not having moved.
+    async fn spawn(&self, from: &Job, to: &Job, children: &[Job]) -> Result<(), StoreError> {
+        let mut items = vec![
+            TransactWriteItem::builder()
+                .put(
+                    Put::builder()
+                        .table_name(&self.table)
+                        .set_item(Some(to_item(to)))
+                        .condition_expression("version = :prev")
+                        .expression_attribute_values(":prev", num(from.version))
+                        .build()
+                        .expect("table and item are set"),
+                )
+                .build(),
+        ];
+        for child in children {
+            items.push(
+                TransactWriteItem::builder()
+                    .put(
+                        Put::builder()
+                            .table_name(&self.table)
+                            .set_item(Some(to_item(child)))
+                            .condition_expression("attribute_not_exists(job_id)")
+                            .build()
+                            .expect("table and item are set"),
+                    )
+                    .build(),
+            );
+        }
+        let leaves = from.slot_change(to) < 0;
+        let entering: Vec<String> = children
+            .iter()
+            .filter(|c| c.holds_slot())
+            .map(|c| c.job_id.to_string())
+            .collect();
+        let mut token = format!("{}-{}", to.job_id, to.version);
+        if leaves || !entering.is_empty() {
+            let (mut set, v) = self.slots_with_version(&to.user_id).await?;
+            if leaves {
+                set.remove(to.job_id.as_str());
+            }
+            set.extend(entering);
+            let mut u = Update::builder()
+                .table_name(&self.table)
+                .set_key(Some(slots_key(&to.user_id)))
+                .expression_attribute_names("#o", "owner")
+                .expression_attribute_values(":owner", AttributeValue::S(to.user_id.clone()))
+                .expression_attribute_values(":one", num(1));
+            u = if set.is_empty() {
+                u.update_expression("REMOVE slots SET #o = :owner ADD v :one")
+            } else {
+                u.update_expression("SET slots = :s, #o = :owner ADD v :one")
+                    .expression_attribute_values(
+                        ":s",
+                        AttributeValue::Ss(set.into_iter().collect()),
+                    )
+            };
+            u = match v {
+                Some(v) => u
+                    .condition_expression("v = :v")
+                    .expression_attribute_values(":v", num(v)),
+                None => u.condition_expression("attribute_not_exists(v)"),
+            };
+            // The set read is part of the request: a retry after the set moved is another request.
+            token = format!("{token}-s{}", v.unwrap_or(-1));
+            items.push(
+                TransactWriteItem::builder()
+                    .update(u.build().expect("table, key and expression are set"))
+                    .build(),
+            );
+        }
+        match self.transact(items, token).await? {
+            None => Ok(()),
+            // The parent moved (a conflict, or this write landed before), or the slot set did: the
+            // caller re-reads the parent and tries again.
+            Some(_) => match self.conflict(&to.job_id, None).await {
+                StoreError::Conflict { current: Some(cur) } if *cur == *to => Ok(()),
+                e => Err(e),
+            },
         }
     }
 }
@@ -717,9 +841,10 @@ impl SlotLedger for DynamoStore {
             .update_item()
             .table_name(&self.table)
             .set_key(Some(slots_key(user)))
-            .update_expression("DELETE slots :ids")
+            .update_expression("DELETE slots :ids ADD v :one")
             .condition_expression("attribute_exists(job_id)")
             .expression_attribute_values(":ids", ids)
+            .expression_attribute_values(":one", num(1))
             .send()
             .await
             .map(|_| ())

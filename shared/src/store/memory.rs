@@ -149,6 +149,42 @@ impl JobClaimer for MemoryStore {
 
 #[async_trait]
 impl JobWriter for MemoryStore {
+    async fn replace_spawning(
+        &self,
+        from: &Job,
+        to: &Job,
+        children: &[Job],
+    ) -> Result<(), StoreError> {
+        let mut st = self.state();
+        match st.jobs.get(&to.job_id) {
+            Some(cur) if cur == to => return Ok(()),
+            Some(cur) if cur.version == from.version => {}
+            Some(cur) => {
+                return Err(StoreError::Conflict {
+                    current: Some(Box::new(cur.clone())),
+                });
+            }
+            None => return Err(StoreError::NotFound),
+        }
+        if let Some(taken) = children.iter().find(|c| st.jobs.contains_key(&c.job_id)) {
+            return Err(StoreError::Corrupt {
+                source: format!("follow-up job {} exists already", taken.job_id).into(),
+            });
+        }
+        st.move_slot(from, to);
+        for child in children {
+            if child.holds_slot() {
+                st.slots
+                    .entry(child.user_id.clone())
+                    .or_default()
+                    .insert(child.job_id.clone());
+            }
+            st.jobs.insert(child.job_id.clone(), child.clone());
+        }
+        st.jobs.insert(to.job_id.clone(), to.clone());
+        Ok(())
+    }
+
     async fn replace(&self, from: &Job, to: &Job) -> Result<(), StoreError> {
         let mut st = self.state();
         match st.jobs.get(&to.job_id) {

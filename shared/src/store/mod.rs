@@ -116,6 +116,15 @@ pub trait JobWriter: Send + Sync {
     /// `from.version`; `Conflict` otherwise. The owner's in-flight slot is taken or released by
     /// [`Job::slot_change`] in the same atomic write.
     async fn replace(&self, from: &Job, to: &Job) -> Result<(), StoreError>;
+
+    /// [`Self::replace`], creating `children` (new jobs: a completion's next stage) in the same atomic
+    /// write, with the owner's slots moved for all of them: the parent's released, the children's taken.
+    async fn replace_spawning(
+        &self,
+        from: &Job,
+        to: &Job,
+        children: &[Job],
+    ) -> Result<(), StoreError>;
 }
 
 /// New jobs (PutItem, UpdateItem of key and slot items).
@@ -257,6 +266,8 @@ impl<T: SubmitStore + StatusStore + WorkerStore + SweepStore + DeliveryStore + ?
 pub enum Change<T> {
     /// Write this new version (computed from the one shown), then return `T`.
     Write(Box<Job>, T),
+    /// Write this new version and create these jobs with it ([`JobWriter::replace_spawning`]).
+    Spawn(Box<Job>, Vec<Job>, T),
     /// Nothing to write: return `T`.
     Keep(T),
 }
@@ -306,6 +317,14 @@ where
                 Err(StoreError::NotFound) => return Err(RmwError::NotFound),
                 Err(e) => return Err(RmwError::Store(e)),
             },
+            Change::Spawn(next, children, t) => {
+                match store.replace_spawning(&job, &next, &children).await {
+                    Ok(()) => return Ok((*next, t)),
+                    Err(StoreError::Conflict { current: fresh }) => current = fresh.map(|j| *j),
+                    Err(StoreError::NotFound) => return Err(RmwError::NotFound),
+                    Err(e) => return Err(RmwError::Store(e)),
+                }
+            }
         }
     }
     Err(RmwError::Contended)

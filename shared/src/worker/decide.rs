@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::handler::{JobError, Output};
+use crate::handler::{JobError, Output, Pathway};
 use crate::job::{ErrorInfo, Job, MAX_RESULT_BYTES};
 use crate::json::Json;
 use crate::queue::MAX_VISIBILITY;
@@ -12,8 +12,12 @@ use crate::retry::Backoff;
 /// What to record for a job whose handler returned.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Decision {
-    /// `completed` with this result.
-    Complete { result: Json, warnings: Vec<String> },
+    /// `completed` with this result (and the next stage's jobs, when the handler chose a pathway).
+    Complete {
+        result: Json,
+        warnings: Vec<String>,
+        pathway: Option<Pathway>,
+    },
     /// `failed`: retrying cannot help.
     Fail(ErrorInfo),
     /// `retrying`: the message comes back after `after`.
@@ -56,7 +60,15 @@ pub fn decide(ran: Result<Output, JobError>, job: &Job, f: Facts) -> Decision {
             message: format!("result exceeds {MAX_RESULT_BYTES} bytes"),
             retryable: false,
         }),
-        Ok(Output { result, warnings }) => Decision::Complete { result, warnings },
+        Ok(Output {
+            result,
+            warnings,
+            pathway,
+        }) => Decision::Complete {
+            result,
+            warnings,
+            pathway,
+        },
         Err(JobError::Terminal { code, source }) => Decision::Fail(error(code, &source, false)),
         Err(JobError::Retryable { code, source, .. })
             // The attempt that reaches maxReceiveCount is the last one SQS delivers: the job is
@@ -158,6 +170,7 @@ mod tests {
                 Decision::Complete {
                     result: json!(1).into(),
                     warnings: vec![],
+                    pathway: None,
                 },
             ),
             (
@@ -169,6 +182,7 @@ mod tests {
                 Decision::Complete {
                     result: json!(1).into(),
                     warnings: vec![],
+                    pathway: None,
                 },
             ),
             (

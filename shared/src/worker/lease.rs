@@ -73,6 +73,15 @@ impl LeaseKeeper {
         &self,
         change: impl Fn(&Job, &str, Millis) -> Result<Job, IllegalTransition>,
     ) -> Result<Job, LeaseError> {
+        self.update_spawning(change, &[]).await
+    }
+
+    /// [`Self::update`], creating `children` in the same write (a completion's next stage).
+    pub async fn update_spawning(
+        &self,
+        change: impl Fn(&Job, &str, Millis) -> Result<Job, IllegalTransition>,
+        children: &[Job],
+    ) -> Result<Job, LeaseError> {
         let mut held = self.job.lock().await;
         let id = held.job_id.clone();
         let step = |job: &Job| {
@@ -83,7 +92,11 @@ impl LeaseKeeper {
                 self.note_cancel_requested();
             }
             let next = change(job, &self.owner, self.clock.now()).map_err(|_| ())?;
-            Ok(Change::Write(Box::new(next), ()))
+            Ok(if children.is_empty() {
+                Change::Write(Box::new(next), ())
+            } else {
+                Change::Spawn(Box::new(next), children.to_vec(), ())
+            })
         };
         match read_modify_write(&*self.store, &id, Some(held.clone()), MAX_CONFLICTS, step).await {
             Ok((written, ())) => {

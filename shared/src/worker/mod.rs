@@ -31,7 +31,7 @@ pub use lease::{LeaseError, LeaseKeeper};
 use crate::clock::{Millis, SharedClock};
 use crate::config::Config;
 use crate::handler::{Attached, HandlerRegistry, JobContext, JobError, Output};
-use crate::job::{Job, JobStatus};
+use crate::job::{ErrorInfo, Job, JobStatus};
 use crate::observe;
 use crate::queue::{Consumer, Delivery, JobMessage, MAX_VISIBILITY, WorkerQueue};
 pub use crate::queue::{Invocation, Verdict};
@@ -451,7 +451,11 @@ impl Worker {
     ) -> Graded {
         let (written, graded) = match decision {
             Decision::Continue => return self.continue_later(keeper, d).await,
-            Decision::Complete { result, warnings } => (
+            Decision::Complete {
+                result,
+                warnings,
+                pathway: None,
+            } => (
                 keeper
                     .update(|j, owner, now| {
                         j.complete(owner, result.clone(), warnings.clone(), now)
@@ -459,6 +463,40 @@ impl Worker {
                     .await,
                 (Outcome::Completed, Verdict::Ack),
             ),
+            Decision::Complete {
+                result,
+                warnings,
+                pathway: Some(p),
+            } => {
+                if !self.registry.contains(&p.kind) {
+                    let e = ErrorInfo {
+                        code: "invalid_pathway".into(),
+                        message: format!("the next stage {:?} is not a registered kind", p.kind),
+                        retryable: false,
+                    };
+                    return Box::pin(self.apply(Decision::Fail(e), keeper, job, d)).await;
+                }
+                let children = job.children(&p.kind, &p.inputs, self.clock.now());
+                let written = keeper
+                    .update_spawning(
+                        |j, owner, now| {
+                            j.complete_into(
+                                owner,
+                                result.clone(),
+                                warnings.clone(),
+                                &p.kind,
+                                &children,
+                                now,
+                            )
+                        },
+                        &children,
+                    )
+                    .await;
+                if written.is_ok() {
+                    self.start(&children, d).await;
+                }
+                (written, (Outcome::Completed, Verdict::Ack))
+            }
             Decision::Fail(e) => (
                 keeper
                     .update(|j, owner, now| j.fail(owner, JobStatus::Failed, e.clone(), now))
@@ -502,6 +540,25 @@ impl Worker {
             Err(LeaseError::Store(e)) => {
                 tracing::warn!(error = %e, "could not record the outcome; the job will run again");
                 (Outcome::Unavailable, self.backoff(job.attempts))
+            }
+        }
+    }
+
+    /// Sends the messages of a completion's follow-up jobs, in the parent's trace. A send that fails
+    /// leaves its job `queued` and untouched, which the sweep re-sends.
+    async fn start(&self, children: &[Job], d: &Delivery) {
+        let trace = d.trace.as_deref().and_then(TraceContext::parse);
+        for child in children {
+            let message = JobMessage {
+                job_id: child.job_id.clone(),
+                kind: child.kind.clone(),
+            };
+            if let Err(e) = self
+                .queue
+                .send_traced(&message.encode(), Duration::ZERO, trace.as_ref())
+                .await
+            {
+                tracing::warn!(child = %child.job_id, error = %e, "could not send a follow-up job; the sweep will");
             }
         }
     }
