@@ -129,6 +129,7 @@ mod tests {
         Ok(Output {
             result: result.into(),
             warnings: vec![],
+            pathway: None,
         })
     }
 
