@@ -165,6 +165,20 @@ pub trait MessageVisibility: Send + Sync {
         }
         results
     }
+
+    /// [`Self::change_visibility_batch`], best effort: a change that fails is logged (`what` failed),
+    /// and its message comes back at the queue's default visibility instead.
+    async fn change_visibility_logged(&self, changes: &[(String, Duration)], what: &str) {
+        if changes.is_empty() {
+            return;
+        }
+        let results = self.change_visibility_batch(changes).await;
+        for (result, (receipt, _)) in results.into_iter().zip(changes) {
+            if let Err(e) = result {
+                tracing::warn!(receipt = %receipt, error = %e, "could not {what}");
+            }
+        }
+    }
 }
 
 /// Consumes messages (ReceiveMessage, DeleteMessage): what Lambda's event source does for a function.

@@ -516,7 +516,12 @@ impl DynamoStore {
         let item = out.item.unwrap_or_default();
         let set = match item.get("slots") {
             Some(AttributeValue::Ss(ids)) => ids.iter().cloned().collect(),
-            _ => BTreeSet::new(),
+            None => BTreeSet::new(),
+            Some(other) => {
+                return Err(StoreError::Corrupt {
+                    source: format!("slots item holds {other:?}").into(),
+                });
+            }
         };
         let v = match item.get("v") {
             Some(AttributeValue::N(n)) => n.parse().ok(),
@@ -780,22 +785,7 @@ impl CancelWatch for DynamoStore {
 #[async_trait]
 impl SlotLedger for DynamoStore {
     async fn in_flight(&self, user: &str) -> Result<i64, StoreError> {
-        let out = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .set_key(Some(slots_key(user)))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(unavailable)?;
-        match out.item.as_ref().and_then(|i| i.get("slots")) {
-            Some(AttributeValue::Ss(ids)) => Ok(ids.len() as i64),
-            Some(other) => Err(StoreError::Corrupt {
-                source: format!("slots item holds {other:?}").into(),
-            }),
-            None => Ok(0),
-        }
+        Ok(self.slots_with_version(user).await?.0.len() as i64)
     }
 
     async fn all_slots(&self) -> Result<Vec<Slots>, StoreError> {

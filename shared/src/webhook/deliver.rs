@@ -225,18 +225,9 @@ impl Consumer for Deliverer {
                 Verdict::Ack => None,
             })
             .collect();
-        for (result, (receipt, _)) in self
-            .queue
-            .change_visibility_batch(&changes)
-            .await
-            .into_iter()
-            .zip(&changes)
-        {
-            if let Err(e) = result {
-                // The message comes back at the queue's default visibility instead: an early retry.
-                tracing::warn!(receipt = %receipt, error = %e, "could not delay a webhook retry");
-            }
-        }
+        self.queue
+            .change_visibility_logged(&changes, "delay a webhook retry")
+            .await;
         verdicts
     }
 }

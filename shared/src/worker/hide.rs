@@ -67,20 +67,9 @@ impl Hider {
                 .map(|r| (r, self.visibility))
                 .collect()
         };
-        if changes.is_empty() {
-            return;
-        }
-        for (result, (receipt, _)) in self
-            .queue
-            .change_visibility_batch(&changes)
-            .await
-            .into_iter()
-            .zip(&changes)
-        {
-            if let Err(e) = result {
-                tracing::debug!(receipt = %receipt, error = %e, "could not extend a message's visibility");
-            }
-        }
+        self.queue
+            .change_visibility_logged(&changes, "extend a message's visibility")
+            .await;
     }
 
     /// Flushes every window until `until` resolves. `until` keeps running during a flush, and a flush

@@ -228,14 +228,9 @@ impl Worker {
         observe::batch(deliveries.len(), result.failures.len());
         // One call for the batch's retries. Best effort: a message whose change fails returns after the
         // queue's default visibility.
-        if !retries.is_empty() {
-            let results = self.queue.change_visibility_batch(&retries).await;
-            for (r, (receipt, _)) in results.iter().zip(&retries) {
-                if let Err(e) = r {
-                    tracing::warn!(receipt = %receipt, error = %e, "could not set retry visibility");
-                }
-            }
-        }
+        self.queue
+            .change_visibility_logged(&retries, "set a retry's visibility")
+            .await;
         result
     }
 
