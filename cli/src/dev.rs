@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use jobkit::api::{self, ApiSettings};
+use jobkit::api::{self, ApiSettings, StreamSettings};
 use jobkit::aws::{Provisioned, provision, sdk_config};
 use jobkit::clock::SystemClock;
 use jobkit::config::SecretSource;
@@ -172,7 +172,12 @@ async fn print_metrics(every: Duration) {
 
 pub async fn run(args: DevArgs, registry: HandlerRegistry) -> anyhow::Result<()> {
     let spec = parse(TEMPLATE_YAML, &Default::default())?;
-    let b = backend(&args, &spec).await?;
+    let mut b = backend(&args, &spec).await?;
+    let listener = tokio::net::TcpListener::bind(args.addr)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.addr))?;
+    // Job streams are served here too: `events_url`s point at this address.
+    b.config.events_url = Some(format!("http://{}", listener.local_addr()?));
     let batch_size = args
         .batch_size
         .unwrap_or(template_number(&spec, "WorkerBatchSize", 10) as u32);
@@ -190,6 +195,9 @@ pub async fn run(args: DevArgs, registry: HandlerRegistry) -> anyhow::Result<()>
         .layer(axum::middleware::from_fn(move |req, next| {
             api::dev_identity(user_header, req, next)
         }))
+        .merge(api::events_routes(Arc::new(
+            b.events_api(StreamSettings::default()),
+        )))
         .merge(dev_routes(&b));
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -223,9 +231,6 @@ pub async fn run(args: DevArgs, registry: HandlerRegistry) -> anyhow::Result<()>
         )),
         _ => None,
     };
-    let listener = tokio::net::TcpListener::bind(args.addr)
-        .await
-        .with_context(|| format!("cannot listen on {}", args.addr))?;
     eprintln!(
         "jobctl dev: API on http://{} ({}); worker: batch size {batch_size}, concurrency {concurrency}, \
          timeout {} s. Ctrl-C stops.",

@@ -5,7 +5,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::api::{ApiSettings, CursorKey, StatusApi, SubmitApi};
+use crate::api::{
+    ApiSettings, CursorKey, EventsApi, EventsKey, EventsLink, StatusApi, StreamSettings, SubmitApi,
+};
 use crate::clock::{SharedClock, SystemClock};
 use crate::config::{Config, SecretSource};
 use crate::dlq::DeadLetters;
@@ -115,12 +117,29 @@ impl Backend {
 
     /// The status function's API.
     pub fn status_api(&self) -> StatusApi {
-        StatusApi::new(
+        let api = StatusApi::new(
             self.store.clone(),
             CursorKey::new(&self.signing_secret),
             self.clock.clone(),
         )
-        .with_announcer(self.announcer())
+        .with_announcer(self.announcer());
+        match &self.config.events_url {
+            Some(base) => api.with_events(EventsLink {
+                base: base.clone(),
+                key: EventsKey::new(&self.signing_secret),
+            }),
+            None => api,
+        }
+    }
+
+    /// The events function's stream endpoint (tokens checked with the signing secret).
+    pub fn events_api(&self, settings: StreamSettings) -> EventsApi {
+        EventsApi::new(
+            self.store.clone(),
+            EventsKey::new(&self.signing_secret),
+            self.clock.clone(),
+            settings,
+        )
     }
 
     /// The worker core with `settings`.

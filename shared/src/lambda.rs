@@ -5,6 +5,7 @@
 //!   authorizer's verified caller turned into the API's [`Identity`].
 //! - SQS (worker): an `SqsEvent` mapped to plain deliveries, and the verdicts back to a partial batch
 //!   response.
+//! - Streaming HTTP (events): a job's Server-Sent Events behind a Function URL, streamed.
 //! - SQS (deliver): the deliveries queue through the webhook deliverer, the same way.
 //! - Schedule (sweep): its own function, so only it needs (and has) Scan.
 
@@ -19,7 +20,7 @@ use lambda_runtime::{Error, LambdaEvent};
 use metrics_cloudwatch_embedded::Collector;
 use serde_json::Value;
 
-use crate::api::{self, ApiSettings, Identity};
+use crate::api::{self, ApiError, ApiSettings, Identity, StreamSettings};
 use crate::aws::sdk_config;
 use crate::backend::{Backend, read_secret};
 use crate::clock::Millis;
@@ -96,6 +97,21 @@ pub async fn serve_status() -> Result<(), Error> {
     }
     let api = Arc::new(b.status_api());
     serve_http("status", &b.config, api::status_routes(api)).await
+}
+
+/// Serves the events function: `GET /jobs/{id}/events` behind a Lambda Function URL with
+/// `InvokeMode: RESPONSE_STREAM`, streamed as it is produced. No authorizer: the token in the URL is the
+/// authority (see [`crate::api::EventsApi`]).
+pub async fn serve_events_stream() -> Result<(), Error> {
+    let b = backend().await?;
+    if b.config.signing_secret.is_none() {
+        return Err(
+            "the events function needs JOBKIT_SIGNING_SECRET_ARN (or JOBKIT_SIGNING_SECRET)".into(),
+        );
+    }
+    let api = Arc::new(b.events_api(StreamSettings::default()));
+    let router = api::events_routes(api).fallback(|| async { ApiError::RouteNotFound });
+    lambda_http::run_with_streaming_response(router).await
 }
 
 /// Serves the worker function: SQS batches with the handlers in `registry`.

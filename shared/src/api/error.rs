@@ -42,6 +42,10 @@ pub enum ApiError {
     InvalidCursor,
     #[error("no authenticated caller: the request carries no authorizer identity")]
     Unauthenticated,
+    #[error(
+        "the events token is missing, invalid or expired: get a fresh events_url from GET /jobs/{{id}}"
+    )]
+    InvalidToken,
     #[error("job not found")]
     JobNotFound,
     #[error("the job is already {0} and cannot be cancelled")]
@@ -81,7 +85,7 @@ impl ApiError {
             | Self::InvalidCallbackUrl(_)
             | Self::TruncatedBody
             | Self::InvalidCursor => 400,
-            Self::Unauthenticated => 401,
+            Self::Unauthenticated | Self::InvalidToken => 401,
             Self::JobNotFound | Self::RouteNotFound => 404,
             Self::RequestTimeout => 408,
             Self::MethodNotAllowed { .. } => 405,
@@ -109,6 +113,7 @@ impl ApiError {
             Self::CallbackUnsupported => "callback_unsupported",
             Self::InvalidCursor => "invalid_cursor",
             Self::Unauthenticated => "unauthenticated",
+            Self::InvalidToken => "invalid_token",
             Self::JobNotFound => "job_not_found",
             Self::JobFinished(_) => "job_finished",
             Self::QueueFull { .. } => "queue_full",

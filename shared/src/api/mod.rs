@@ -13,6 +13,7 @@
 
 mod cursor;
 mod error;
+mod events;
 mod jobs;
 mod status;
 mod submit;
@@ -33,6 +34,7 @@ use tower_http::trace::TraceLayer;
 pub use crate::net::{CallbackError, is_public_ip};
 pub use cursor::CursorKey;
 pub use error::{ApiError, MAX_BODY_BYTES, quote};
+pub use events::{EventsApi, EventsKey, EventsLink, StreamSettings, TOKEN_TTL};
 pub use jobs::{JobList, JobSummary};
 pub use status::{JobView, StatusApi, WebhookView, rfc3339};
 pub use submit::{SubmitApi, SubmitRequest};
@@ -125,6 +127,15 @@ async fn count_rejected_submits(req: Request, next: Next) -> Response {
 /// The status function's routes (reads, lists, cancels).
 pub fn status_routes(api: Arc<StatusApi>) -> Router {
     with_layers(status_only(api))
+}
+
+/// The events function's route, `GET /jobs/{id}/events` (see [`events`]): outside the request timeout
+/// (a stream stays open for minutes) and without a fallback, so it merges into [`router`] locally.
+pub fn events_routes(api: Arc<EventsApi>) -> Router {
+    Router::new()
+        .route("/jobs/{id}/events", get(events::events).with_state(api))
+        .layer(middleware::from_fn(json_errors))
+        .layer(TraceLayer::new_for_http())
 }
 
 /// Both: the whole API, for `jobctl dev` and tests.

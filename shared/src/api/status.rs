@@ -8,7 +8,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use http::StatusCode;
 use serde::{Deserialize, Serialize};
 
-use super::{ApiError, Caller, CursorKey, JobSummary};
+use super::{ApiError, Caller, CursorKey, EventsLink, JobSummary};
 use crate::clock::SharedClock;
 use crate::job::{Cancel, Job, JobId, JobStatus, Millis, WebhookState, WebhookStatus};
 use crate::json::Json;
@@ -33,6 +33,10 @@ pub struct JobView {
     pub webhook: Option<WebhookView>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at: Option<String>,
+    /// The job's live stream, with a token valid for 15 minutes (`GET /jobs/{id}` only, where an events
+    /// endpoint is deployed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub events_url: Option<String>,
 }
 
 /// Where a job's webhook event stands.
@@ -88,6 +92,8 @@ impl<'de> Deserialize<'de> for JobView {
             webhook: Option<WebhookView>,
             #[serde(default)]
             started_at: Option<String>,
+            #[serde(default)]
+            events_url: Option<String>,
         }
         let w = Wire::deserialize(d)?;
         Ok(Self {
@@ -98,6 +104,7 @@ impl<'de> Deserialize<'de> for JobView {
             callback_url: w.callback_url,
             webhook: w.webhook,
             started_at: w.started_at,
+            events_url: w.events_url,
         })
     }
 }
@@ -118,6 +125,7 @@ impl JobView {
             callback_url: j.callback_url.take(),
             webhook: j.webhook.take().map(WebhookView::from),
             started_at: j.started_at.map(rfc3339),
+            events_url: None,
             summary: JobSummary::at(j, now),
         }
     }
@@ -129,6 +137,7 @@ pub struct StatusApi {
     pub(super) cursors: CursorKey,
     pub(super) clock: SharedClock,
     announcer: Announcer,
+    events: Option<EventsLink>,
 }
 
 impl StatusApi {
@@ -138,7 +147,14 @@ impl StatusApi {
             cursors,
             clock,
             announcer: Announcer::none(),
+            events: None,
         }
+    }
+
+    /// Hands out `events_url`s to this events endpoint.
+    pub fn with_events(mut self, link: EventsLink) -> Self {
+        self.events = Some(link);
+        self
     }
 
     /// Announces the webhook event of each job it cancels.
@@ -165,7 +181,12 @@ pub(super) async fn status(
     Path(raw_id): Path<String>,
 ) -> Result<JsonBody<JobView>, ApiError> {
     let job = api.owned(&user, &raw_id).await?;
-    Ok(JsonBody(JobView::at(job, api.clock.now())))
+    let now = api.clock.now();
+    let events_url = api.events.as_ref().map(|l| l.url(&job.job_id, &user, now));
+    Ok(JsonBody(JobView {
+        events_url,
+        ..JobView::at(job, now)
+    }))
 }
 
 /// Cancel writes retried when a worker's heartbeat got in between.

@@ -1,0 +1,338 @@
+//! `GET /jobs/{id}/events`: a job's live stream (Server-Sent Events). An event for every status change
+//! (`status`), one for every progress report (`progress`: `{percent, message}`), and a final `done`
+//! carrying the job's view, after which the stream ends. Each event's `id` is the job's version, so a
+//! client reconnecting with `Last-Event-ID` gets nothing it has seen; the stream reads the job at most
+//! once per `poll` (a second, deployed), and changes between two reads are collapsed into the latest
+//! state, so no state is missed although intermediate ones may be. A comment every 15 s keeps proxies
+//! from closing it; after at most 14 minutes it ends with a `retry:` hint and the client reconnects.
+//!
+//! Browsers' `EventSource` cannot send an `Authorization` header, so the route is not behind the API's
+//! authorizer: `GET /jobs/{id}` (which is) hands out `events_url` with a token, an HMAC over the job id,
+//! its owner and an expiry (15 minutes) under the stack's signing secret. Anything else — no token, a
+//! forged, expired or other job's token, an unknown job — is the same `401`, revealing nothing.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Path, Query, State};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use futures::Stream;
+use hmac::{Hmac, KeyInit, Mac};
+use http::HeaderMap;
+use serde::Deserialize;
+use serde_json::json;
+use sha2::Sha256;
+
+use super::{ApiError, JobView};
+use crate::clock::{Millis, SharedClock};
+use crate::job::{Job, JobId, JobStatus, Progress};
+use crate::store::JobReader;
+
+/// How long an `events_url` token is valid.
+pub const TOKEN_TTL: Duration = Duration::from_secs(15 * 60);
+
+/// Signs and checks event-stream tokens.
+#[derive(Clone)]
+pub struct EventsKey(Vec<u8>);
+
+impl std::fmt::Debug for EventsKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EventsKey(..)")
+    }
+}
+
+impl EventsKey {
+    pub fn new(secret: &[u8]) -> Self {
+        Self(secret.to_vec())
+    }
+
+    fn mac(&self, job: &JobId, owner: &str, expires: i64) -> Hmac<Sha256> {
+        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&self.0)
+            .expect("HMAC takes a key of any length");
+        // Domain-separated from the page cursors signed with the same secret.
+        mac.update(format!("events\0{job}\0{owner}\0{expires}").as_bytes());
+        mac
+    }
+
+    /// A token for `job` of `owner`, valid until `expires` (unix seconds): `<expires>.<mac>`.
+    pub fn token(&self, job: &JobId, owner: &str, expires: i64) -> String {
+        let tag = self.mac(job, owner, expires).finalize().into_bytes();
+        format!("{expires}.{}", URL_SAFE_NO_PAD.encode(tag))
+    }
+
+    /// Whether `token` is this key's, for `job` of `owner`, unexpired at `now` (unix seconds).
+    pub fn verify(&self, token: &str, job: &JobId, owner: &str, now: i64) -> bool {
+        let Some((expires, tag)) = token.split_once('.') else {
+            return false;
+        };
+        let (Ok(expires), Ok(tag)) = (expires.parse::<i64>(), URL_SAFE_NO_PAD.decode(tag)) else {
+            return false;
+        };
+        expires >= now && self.mac(job, owner, expires).verify_slice(&tag).is_ok()
+    }
+}
+
+/// Where `GET /jobs/{id}` points clients for a job's stream.
+#[derive(Debug, Clone)]
+pub struct EventsLink {
+    /// The events endpoint's base URL (the Function URL deployed, `jobctl dev`'s own address locally).
+    pub base: String,
+    pub key: EventsKey,
+}
+
+impl EventsLink {
+    /// The `events_url` of `job` of `owner`, as of `now`.
+    pub fn url(&self, job: &JobId, owner: &str, now: Millis) -> String {
+        let expires = now.div_euclid(1000) + TOKEN_TTL.as_secs() as i64;
+        format!(
+            "{}/jobs/{job}/events?token={}",
+            self.base.trim_end_matches('/'),
+            self.key.token(job, owner, expires)
+        )
+    }
+}
+
+/// How a stream paces itself.
+#[derive(Debug, Clone, Copy)]
+pub struct StreamSettings {
+    /// The store is read at most once per `poll`.
+    pub poll: Duration,
+    pub keep_alive: Duration,
+    /// The longest a stream stays open before it asks the client to reconnect.
+    pub max_open: Duration,
+}
+
+impl Default for StreamSettings {
+    fn default() -> Self {
+        Self {
+            poll: Duration::from_secs(1),
+            keep_alive: Duration::from_secs(15),
+            max_open: Duration::from_secs(14 * 60),
+        }
+    }
+}
+
+/// The events endpoint's dependencies: read a job, check tokens.
+pub struct EventsApi {
+    store: Arc<dyn JobReader>,
+    key: EventsKey,
+    clock: SharedClock,
+    settings: StreamSettings,
+}
+
+impl EventsApi {
+    pub fn new(
+        store: Arc<dyn JobReader>,
+        key: EventsKey,
+        clock: SharedClock,
+        settings: StreamSettings,
+    ) -> Self {
+        Self {
+            store,
+            key,
+            clock,
+            settings,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct TokenQuery {
+    token: Option<String>,
+}
+
+/// The events that take a stream from what the client has seen (`seen`: its last status and progress)
+/// to `job`, and whether the job is finished.
+fn events_for(
+    job: &Job,
+    seen: &mut (Option<JobStatus>, Option<Progress>),
+    now: Millis,
+) -> (Vec<Event>, bool) {
+    let id = job.version.to_string();
+    let status = job.effective_status(now);
+    let mut out = Vec::new();
+    if job.progress.is_some() && job.progress != seen.1 {
+        let p = job.progress.clone().unwrap_or(Progress {
+            percent: 0,
+            message: String::new(),
+        });
+        out.push(
+            Event::default()
+                .event("progress")
+                .id(&id)
+                .json_data(json!({"percent": p.percent, "message": p.message}))
+                .expect("progress serializes"),
+        );
+        seen.1 = job.progress.clone();
+    }
+    if status.is_terminal() {
+        out.push(
+            Event::default()
+                .event("done")
+                .id(&id)
+                .json_data(JobView::at(job.clone(), now))
+                .expect("a view serializes"),
+        );
+        return (out, true);
+    }
+    if seen.0 != Some(status) {
+        out.push(
+            Event::default()
+                .event("status")
+                .id(&id)
+                .json_data(json!({"status": status, "attempts": job.attempts}))
+                .expect("a status serializes"),
+        );
+        seen.0 = Some(status);
+    }
+    (out, false)
+}
+
+struct Streaming {
+    api: Arc<EventsApi>,
+    id: JobId,
+    /// The version the client has seen (Last-Event-ID).
+    last: Option<u64>,
+    seen: (Option<JobStatus>, Option<Progress>),
+    queued: VecDeque<Event>,
+    opened: tokio::time::Instant,
+    first: bool,
+    finished: bool,
+}
+
+fn stream(state: Streaming) -> impl Stream<Item = Result<Event, std::convert::Infallible>> {
+    futures::stream::unfold(state, |mut s| async move {
+        loop {
+            if let Some(e) = s.queued.pop_front() {
+                return Some((Ok(e), s));
+            }
+            if s.finished {
+                return None;
+            }
+            if s.opened.elapsed() >= s.api.settings.max_open {
+                s.finished = true;
+                let bye = Event::default()
+                    .retry(Duration::from_secs(1))
+                    .comment("stream time is up: reconnect with Last-Event-ID");
+                return Some((Ok(bye), s));
+            }
+            if !s.first {
+                tokio::time::sleep(s.api.settings.poll).await;
+            }
+            s.first = false;
+            let job = match s.api.store.get(&s.id).await {
+                Ok(Some(job)) => job,
+                // Gone (expired) or unreadable for now: end, or try at the next tick.
+                Ok(None) => return None,
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not read the job for its stream");
+                    continue;
+                }
+            };
+            if s.last.is_some_and(|v| job.version <= v) {
+                if job.effective_status(s.api.clock.now()).is_terminal() {
+                    return None; // the client saw the end already
+                }
+                continue; // nothing the client has not seen
+            }
+            s.last = Some(job.version);
+            let (events, done) = events_for(&job, &mut s.seen, s.api.clock.now());
+            s.queued.extend(events);
+            s.finished = done;
+        }
+    })
+}
+
+pub(super) async fn events(
+    State(api): State<Arc<EventsApi>>,
+    Path(raw_id): Path<String>,
+    Query(q): Query<TokenQuery>,
+    headers: HeaderMap,
+) -> Result<Sse<impl Stream<Item = Result<Event, std::convert::Infallible>>>, ApiError> {
+    let now = api.clock.now();
+    let (Some(token), Ok(id)) = (q.token, JobId::parse(&raw_id)) else {
+        return Err(ApiError::InvalidToken);
+    };
+    let job = api.store.get(&id).await?.ok_or(ApiError::InvalidToken)?;
+    if !api
+        .key
+        .verify(&token, &id, &job.user_id, now.div_euclid(1000))
+    {
+        return Err(ApiError::InvalidToken);
+    }
+    let last = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    let keep_alive = KeepAlive::new()
+        .interval(api.settings.keep_alive)
+        .text("keep-alive");
+    Ok(Sse::new(stream(Streaming {
+        api,
+        id,
+        last,
+        // A resumed stream does not repeat the state the client had.
+        seen: (None, None),
+        queued: VecDeque::new(),
+        opened: tokio::time::Instant::now(),
+        first: true,
+        finished: false,
+    }))
+    .keep_alive(keep_alive))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id() -> JobId {
+        JobId::parse("01JF0000000000000000000000").unwrap()
+    }
+
+    #[test]
+    fn tokens_are_bound_to_job_owner_and_time() {
+        let key = EventsKey::new(b"secret");
+        let t = key.token(&id(), "ann", 1_000);
+        assert!(key.verify(&t, &id(), "ann", 999));
+        assert!(key.verify(&t, &id(), "ann", 1_000));
+        assert!(!key.verify(&t, &id(), "ann", 1_001), "expired");
+        assert!(!key.verify(&t, &id(), "bob", 999), "another owner");
+        let other = JobId::parse("01JF0000000000000000000001").unwrap();
+        assert!(!key.verify(&t, &other, "ann", 999), "another job");
+        assert!(
+            !EventsKey::new(b"other").verify(&t, &id(), "ann", 999),
+            "forged"
+        );
+        let (exp, tag) = t.split_once('.').unwrap();
+        assert!(
+            !key.verify(
+                &format!("{}.{tag}", exp.parse::<i64>().unwrap() + 60),
+                &id(),
+                "ann",
+                999
+            ),
+            "extended"
+        );
+        for bad in ["", "1000", "x.y", "1000.!!!"] {
+            assert!(!key.verify(bad, &id(), "ann", 0), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn links_carry_a_fifteen_minute_token() {
+        let link = EventsLink {
+            base: "https://abc.lambda-url.eu-west-1.on.aws/".into(),
+            key: EventsKey::new(b"k"),
+        };
+        let url = link.url(&id(), "ann", 1_700_000_000_000);
+        let token = url.split("token=").nth(1).unwrap();
+        assert!(url.starts_with(
+            "https://abc.lambda-url.eu-west-1.on.aws/jobs/01JF0000000000000000000000/events?token="
+        ));
+        assert!(token.starts_with(&format!("{}.", 1_700_000_000 + 900)));
+        assert!(link.key.verify(token, &id(), "ann", 1_700_000_000));
+    }
+}

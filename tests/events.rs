@@ -1,0 +1,305 @@
+//! Job streams (`GET /jobs/{id}/events`) on both backends, over real HTTP on loopback, read by a plain
+//! SSE reader of this file's own (not the server's code): framing, progress, the final view and the end
+//! of the stream, incremental delivery, resuming with `Last-Event-ID`, and tokens.
+
+#[macro_use]
+mod support;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use jobkit::api::{self, ApiSettings, EventsKey, StreamSettings};
+use jobkit::{HandlerRegistry, JobError};
+use serde_json::{Value, json};
+use support::*;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// One frame as a client reads it.
+#[derive(Debug, Clone, Default)]
+struct Frame {
+    event: Option<String>,
+    id: Option<String>,
+    data: String,
+    retry: Option<String>,
+    comment: bool,
+    at: Option<Instant>,
+}
+
+/// Splits a stream's text into frames (blank-line separated; `field: value` lines, `:` comments).
+fn frames(text: &str) -> Vec<Frame> {
+    text.split("\n\n")
+        .filter(|f| !f.trim().is_empty())
+        .map(|f| {
+            let mut frame = Frame::default();
+            for line in f.lines() {
+                if let Some(rest) = line.strip_prefix(':') {
+                    let _ = rest;
+                    frame.comment = true;
+                    continue;
+                }
+                let (field, value) = line.split_once(':').unwrap_or((line, ""));
+                let value = value.strip_prefix(' ').unwrap_or(value);
+                match field {
+                    "event" => frame.event = Some(value.into()),
+                    "id" => frame.id = Some(value.into()),
+                    "retry" => frame.retry = Some(value.into()),
+                    "data" => {
+                        if !frame.data.is_empty() {
+                            frame.data.push('\n');
+                        }
+                        frame.data.push_str(value);
+                    }
+                    other => panic!("unknown field {other:?} in {f:?}"),
+                }
+            }
+            frame
+        })
+        .collect()
+}
+
+/// Reads a stream to its end (or `stop` frames), stamping each frame with when it arrived.
+async fn read(mut resp: reqwest::Response, stop: Option<usize>) -> Vec<Frame> {
+    let mut buf = String::new();
+    let mut out: Vec<Frame> = Vec::new();
+    while let Ok(Some(chunk)) = tokio::time::timeout(WAIT, resp.chunk())
+        .await
+        .expect("the stream moves")
+    {
+        buf.push_str(std::str::from_utf8(&chunk).unwrap());
+        while let Some(end) = buf.find("\n\n") {
+            let raw: String = buf.drain(..end + 2).collect();
+            for mut f in frames(&raw) {
+                f.at = Some(Instant::now());
+                out.push(f);
+            }
+            if stop.is_some_and(|n| out.iter().filter(|f| !f.comment).count() >= n) {
+                return out;
+            }
+        }
+    }
+    out
+}
+
+struct Served {
+    base: String,
+    http: reqwest::Client,
+}
+
+/// The API (submit, status with `events_url`, events) served on loopback for user header `X-User-Id`,
+/// and a worker running beside it.
+async fn serve(b: &Backends) -> Served {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let mut backend = b.backend.clone();
+    backend.config.events_url = Some(base.clone());
+    let registry = registry();
+    let submit =
+        Arc::new(backend.submit_api(registry.clone(), ApiSettings::from_config(&b.config)));
+    let status = Arc::new(backend.status_api());
+    let settings = StreamSettings {
+        poll: Duration::from_millis(100),
+        ..StreamSettings::default()
+    };
+    let app = api::router(submit, status)
+        .merge(api::events_routes(Arc::new(backend.events_api(settings))))
+        .layer(axum::middleware::from_fn(|req, next| {
+            api::dev_identity(true, req, next)
+        }));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let worker = Arc::new(
+        event_source_on(&backend, registry, fast_settings(5)).with_wait(Duration::from_millis(100)),
+    );
+    tokio::spawn(async move {
+        loop {
+            let _ = worker.poll_once().await;
+        }
+    });
+    Served {
+        base,
+        http: reqwest::Client::new(),
+    }
+}
+
+/// `steps`: three progress reports 300 ms apart, then a result.
+fn registry() -> HandlerRegistry {
+    let mut r = HandlerRegistry::with_builtins();
+    r.register_fn("steps", |_: Value, ctx| async move {
+        for (i, msg) in ["fetching", "thinking", "writing"].iter().enumerate() {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            ctx.progress(((i + 1) * 33) as u8, *msg).await?;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        Ok::<_, JobError>(json!("written"))
+    })
+    .unwrap();
+    r
+}
+
+impl Served {
+    async fn submit(&self, user: &str) -> Value {
+        let resp = self
+            .http
+            .post(format!("{}/jobs", self.base))
+            .header("x-user-id", user)
+            .json(&json!({"kind": "steps", "input": null}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 202);
+        let accepted: Value = resp.json().await.unwrap();
+        self.view(user, accepted["job_id"].as_str().unwrap()).await
+    }
+
+    async fn view(&self, user: &str, id: &str) -> Value {
+        self.http
+            .get(format!("{}/jobs/{id}", self.base))
+            .header("x-user-id", user)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    async fn open(&self, url: &str, last_event_id: Option<&str>) -> reqwest::Response {
+        let mut req = self.http.get(url);
+        if let Some(id) = last_event_id {
+            req = req.header("last-event-id", id);
+        }
+        req.send().await.unwrap()
+    }
+}
+
+async fn a_stream_shows_each_change_and_ends_with_the_view(b: Backends) {
+    let s = serve(&b).await;
+    let job = s.submit("eve").await;
+    let url = job["events_url"].as_str().expect("events_url").to_owned();
+    assert!(url.starts_with(&format!(
+        "{}/jobs/{}/events?token=",
+        s.base,
+        job["job_id"].as_str().unwrap()
+    )));
+    let resp = s.open(&url, None).await;
+    assert_eq!(resp.status(), 200);
+    assert!(
+        resp.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
+    let got = read(resp, None).await;
+    let events: Vec<&Frame> = got.iter().filter(|f| !f.comment).collect();
+    let names: Vec<&str> = events.iter().map(|f| f.event.as_deref().unwrap()).collect();
+    assert_eq!(names.first(), Some(&"status"), "{names:?}");
+    assert_eq!(names.last(), Some(&"done"), "{names:?}");
+    let progress: Vec<Value> = events
+        .iter()
+        .filter(|f| f.event.as_deref() == Some("progress"))
+        .map(|f| serde_json::from_str(&f.data).unwrap())
+        .collect();
+    assert_eq!(
+        progress
+            .iter()
+            .map(|p| p["message"].as_str().unwrap())
+            .collect::<Vec<_>>(),
+        ["fetching", "thinking", "writing"],
+        "{names:?}"
+    );
+    assert_eq!(progress[2]["percent"], 99);
+    let ids: Vec<u64> = events
+        .iter()
+        .map(|f| f.id.as_ref().unwrap().parse().unwrap())
+        .collect();
+    assert!(
+        ids.windows(2).all(|w| w[0] <= w[1]),
+        "ids are versions, in order: {ids:?}"
+    );
+    let done: Value = serde_json::from_str(&events.last().unwrap().data).unwrap();
+    assert_eq!(done["status"], "completed");
+    assert_eq!(done["result"], "written");
+    // Delivered as it happened, not at the end: the first event came well before the last.
+    let first = events[0].at.unwrap();
+    let last = events.last().unwrap().at.unwrap();
+    assert!(
+        last - first >= Duration::from_millis(600),
+        "{:?}",
+        last - first
+    );
+}
+
+async fn a_resumed_stream_repeats_nothing(b: Backends) {
+    let s = serve(&b).await;
+    let job = s.submit("fay").await;
+    let url = job["events_url"].as_str().unwrap().to_owned();
+    // Read up to the first progress event, then drop the connection.
+    let first = read(s.open(&url, None).await, Some(2)).await;
+    let seen = first.iter().filter(|f| !f.comment).last().unwrap();
+    let last_id = seen.id.clone().unwrap();
+    let rest = read(s.open(&url, Some(&last_id)).await, None).await;
+    let rest: Vec<&Frame> = rest.iter().filter(|f| !f.comment).collect();
+    assert!(!rest.is_empty());
+    for f in &rest {
+        let id: u64 = f.id.as_ref().unwrap().parse().unwrap();
+        assert!(
+            id > last_id.parse().unwrap(),
+            "{f:?} repeats what {last_id} covered"
+        );
+    }
+    assert_eq!(rest.last().unwrap().event.as_deref(), Some("done"));
+    // Reconnecting after the end gets an empty, closed stream.
+    let done_id = rest.last().unwrap().id.clone().unwrap();
+    let after = read(s.open(&url, Some(&done_id)).await, None).await;
+    assert!(after.iter().all(|f| f.comment), "{after:?}");
+}
+
+async fn only_a_valid_unexpired_token_for_that_job_opens_a_stream(b: Backends) {
+    let s = serve(&b).await;
+    let job = s.submit("gus").await;
+    let other = s.submit("gus").await;
+    let id = job["job_id"].as_str().unwrap();
+    let url = job["events_url"].as_str().unwrap();
+    let token = url.split("token=").nth(1).unwrap();
+    let key = EventsKey::new(&b.signing_secret);
+    let job_id = jobkit::JobId::parse(id).unwrap();
+    let expired = key.token(&job_id, "gus", jobkit::now_millis() / 1000 - 1);
+    let wrong_owner = key.token(&job_id, "hal", jobkit::now_millis() / 1000 + 600);
+    let forged = format!("{}A", &token[..token.len() - 1]);
+    let other_token = other["events_url"]
+        .as_str()
+        .unwrap()
+        .split("token=")
+        .nth(1)
+        .unwrap()
+        .to_owned();
+    let at = |job: &str, token: &str| format!("{}/jobs/{job}/events?token={token}", s.base);
+    let unknown = "01JF0000000000000000000000";
+    let mut answers = Vec::new();
+    for url in [
+        format!("{}/jobs/{id}/events", s.base),
+        at(id, &expired),
+        at(id, &wrong_owner),
+        at(id, &forged),
+        at(id, &other_token),
+        at(unknown, token),
+        at("not-an-id", token),
+    ] {
+        let resp = s.open(&url, None).await;
+        assert_eq!(resp.status(), 401, "{url}");
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "invalid_token", "{url}");
+        answers.push(body);
+    }
+    assert!(
+        answers.windows(2).all(|w| w[0] == w[1]),
+        "every refusal reads the same"
+    );
+    assert_eq!(s.open(url, None).await.status(), 200);
+}
+
+on_both_backends!(
+    a_stream_shows_each_change_and_ends_with_the_view,
+    a_resumed_stream_repeats_nothing,
+    only_a_valid_unexpired_token_for_that_job_opens_a_stream,
+);
