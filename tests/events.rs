@@ -33,8 +33,7 @@ fn frames(text: &str) -> Vec<Frame> {
         .map(|f| {
             let mut frame = Frame::default();
             for line in f.lines() {
-                if let Some(rest) = line.strip_prefix(':') {
-                    let _ = rest;
+                if line.starts_with(':') {
                     frame.comment = true;
                     continue;
                 }
@@ -235,7 +234,7 @@ async fn a_resumed_stream_repeats_nothing(b: Backends) {
     let url = job["events_url"].as_str().unwrap().to_owned();
     // Read up to the first progress event, then drop the connection.
     let first = read(s.open(&url, None).await, Some(2)).await;
-    let seen = first.iter().filter(|f| !f.comment).last().unwrap();
+    let seen = first.iter().rfind(|f| !f.comment).unwrap();
     let last_id = seen.id.clone().unwrap();
     let rest = read(s.open(&url, Some(&last_id)).await, None).await;
     let rest: Vec<&Frame> = rest.iter().filter(|f| !f.comment).collect();
