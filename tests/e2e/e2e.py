@@ -123,7 +123,7 @@ def deploy(issuer):
     s3 = boto3.client("s3", **KW)
     bucket = f"{STACK}-code"
     s3.create_bucket(Bucket=bucket)
-    for name in ("submit", "worker", "status", "sweep", "deliver"):
+    for name in ("submit", "worker", "status", "sweep", "deliver", "events"):
         buf = io.BytesIO()
         with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
             info = zipfile.ZipInfo("bootstrap")
@@ -142,7 +142,7 @@ def deploy(issuer):
     # by cfn-lint and tests/metrics.rs (it reads metrics the kit emits) instead.
     template = re.sub(r"  # Jobs end badly.*?(?=  QueueAgeAlarm:)", "", template, flags=re.S)
     assert "  FailureRateAlarm:" not in template
-    assert template.count(f"s3://{bucket}/") == 5, "five functions point at their zips"
+    assert template.count(f"s3://{bucket}/") == 6, "six functions point at their zips"
     cfn = boto3.client("cloudformation", **KW)
     params = {
         "WorkerTimeout": "30", "RetryBaseSeconds": "1", "RetryMaxSeconds": "1", "WorkerBatchSize": "10",
@@ -306,6 +306,35 @@ def main():
         assert job["status"] == "completed" and w["status"] == "pending" and w["id"].startswith("msg_"), job
         assert w.get("last_error") or w.get("last_status"), job
 
+    def a_job_streams_through_the_function_url():
+        # The status route hands out the stream's URL (the events function's Function URL); ministack
+        # serves Function URLs under /_aws/lambda-url/<id>/ and buffers a streamed body, so this checks
+        # the framing and the headers, and the token.
+        status, body = call("POST", f"{api}/jobs", {"kind": "echo", "input": {"streamed": True}})
+        assert status == 202, (status, body)
+        job_id = body["job_id"]
+        eventually("completed", lambda: call("GET", f"{api}/jobs/{job_id}")[1].get("status") == "completed")
+        status, job = call("GET", f"{api}/jobs/{job_id}")
+        url = job["events_url"]
+        m = re.match(r"https://([a-z0-9-]+)\.lambda-url\.[a-z0-9-]+\.on\.aws/(.*)$", url)
+        assert m, url
+        local = f"{ENDPOINT}/_aws/lambda-url/{m.group(1)}/{m.group(2)}"
+        req = urllib.request.Request(local, method="GET")
+        with urllib.request.urlopen(req, timeout=60) as r:
+            assert r.status == 200, r.status
+            assert r.headers["content-type"].startswith("text/event-stream"), dict(r.headers)
+            text = r.read().decode()
+        frames = [f for f in text.split("\n\n") if f.strip()]
+        assert frames and frames[-1].startswith("event: done"), text
+        done = json.loads(next(l[len("data: "):] for l in frames[-1].splitlines() if l.startswith("data: ")))
+        assert done["job_id"] == job_id and done["result"] == {"streamed": True}, done
+        forged = local[:-1] + ("A" if local[-1] != "A" else "B")
+        try:
+            urllib.request.urlopen(urllib.request.Request(forged), timeout=60)
+            raise AssertionError("a forged token opened a stream")
+        except urllib.error.HTTPError as e:
+            assert e.code == 401 and json.loads(e.read())["error"]["code"] == "invalid_token", e.code
+
     try:
         check("the gateway verifies tokens and one user never sees another's jobs", auth_is_enforced_and_users_are_isolated)
         check("a job submitted through the API completes and its status shows the result", submit_and_complete)
@@ -314,6 +343,7 @@ def main():
         check("a terminal failure ends failed after one attempt", terminal_failure_is_failed)
         check("a job that keeps failing is dead-lettered and its message reaches the DLQ", failing_job_reaches_the_dlq)
         check("a finished job's webhook is attempted by the deployed delivery function", a_callback_is_attempted_by_the_delivery_function)
+        check("a job's stream is served through the events function's URL with its token", a_job_streams_through_the_function_url)
     finally:
         # Leave no poller behind on a shared emulator.
         for mapping in ("WorkerFunctionJobs", "DeliverFunctionDeliveries"):
