@@ -135,17 +135,24 @@ impl Client {
             .await
     }
 
-    /// Polls until the job is terminal, showing a live status line unless output is JSON.
+    /// Follows the job until it is terminal: its event stream (`events_url`) when the API offers one,
+    /// with a progress bar (percent and message; a spinner while there is no percent), reconnecting
+    /// with `Last-Event-ID`; polling `GET /jobs/{id}` when there is no stream or it fails.
     pub async fn watch(&self, id: &str) -> anyhow::Result<Answer<JobView>> {
         let bar = if self.target.json {
             ProgressBar::hidden()
         } else {
             ProgressBar::new_spinner()
         };
-        bar.set_style(
-            ProgressStyle::with_template("{spinner} {elapsed} {msg}").expect("valid template"),
-        );
+        bar.set_style(spinner_style());
         bar.enable_steady_tick(Duration::from_millis(120));
+        let job = self.status(id).await?;
+        if !job.value.summary.status.is_terminal()
+            && let Some(url) = job.value.events_url.clone()
+            && let Err(e) = self.follow(&url, id, &bar).await
+        {
+            tracing::debug!(error = %e, "no event stream; polling");
+        }
         loop {
             let job = self.status(id).await?;
             let s = &job.value.summary;
@@ -155,6 +162,51 @@ impl Client {
                 return Ok(job);
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    /// Reads the job's stream until its `done` event, reconnecting where it left off when the server
+    /// ends a stream early (after 14 minutes).
+    async fn follow(&self, url: &str, id: &str, bar: &ProgressBar) -> anyhow::Result<()> {
+        // No overall timeout: a stream lasts as long as the job (the API client's 30 s would cut it).
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .build()?;
+        let mut last_id: Option<String> = None;
+        loop {
+            let mut req = http.get(url).header("accept", "text/event-stream");
+            if let Some(l) = &last_id {
+                req = req.header("last-event-id", l);
+            }
+            let mut resp = req.send().await?.error_for_status()?;
+            let mut buf = String::new();
+            while let Some(chunk) = resp.chunk().await? {
+                buf.push_str(&String::from_utf8_lossy(&chunk));
+                while let Some(end) = buf.find("\n\n") {
+                    let frame: String = buf.drain(..end + 2).collect();
+                    let (event, data, frame_id) = parse_frame(&frame);
+                    if frame_id.is_some() {
+                        last_id = frame_id;
+                    }
+                    match event.as_deref() {
+                        Some("done") => return Ok(()),
+                        Some("progress") => {
+                            let p: serde_json::Value = serde_json::from_str(&data)?;
+                            if bar.length().is_none() {
+                                bar.set_length(100);
+                                bar.set_style(bar_style());
+                            }
+                            bar.set_position(p["percent"].as_u64().unwrap_or(0));
+                            bar.set_message(p["message"].as_str().unwrap_or("").to_owned());
+                        }
+                        Some("status") => {
+                            let st: serde_json::Value = serde_json::from_str(&data)?;
+                            bar.set_message(format!("{id} {}", st["status"].as_str().unwrap_or("?")));
+                        }
+                        _ => {}
+                    }
+                }
+            }
         }
     }
 
@@ -202,5 +254,49 @@ impl Client {
         if let Some(e) = &s.error {
             println!("  error:    {}: {}", e.code, e.message);
         }
+    }
+}
+
+fn spinner_style() -> ProgressStyle {
+    ProgressStyle::with_template("{spinner} {elapsed} {msg}").expect("valid template")
+}
+
+fn bar_style() -> ProgressStyle {
+    ProgressStyle::with_template("{elapsed} [{bar:30}] {pos:>3}% {msg}").expect("valid template")
+}
+
+/// One Server-Sent Events frame: its event name, data (lines joined) and id; comments are skipped.
+fn parse_frame(frame: &str) -> (Option<String>, String, Option<String>) {
+    let (mut event, mut data, mut id) = (None, String::new(), None);
+    for line in frame.lines().filter(|l| !l.starts_with(':')) {
+        let (field, value) = line.split_once(':').unwrap_or((line, ""));
+        let value = value.strip_prefix(' ').unwrap_or(value);
+        match field {
+            "event" => event = Some(value.to_owned()),
+            "id" => id = Some(value.to_owned()),
+            "data" => {
+                if !data.is_empty() {
+                    data.push('\n');
+                }
+                data.push_str(value);
+            }
+            _ => {}
+        }
+    }
+    (event, data, id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_frame;
+
+    #[test]
+    fn frames_are_read_field_by_field() {
+        let (event, data, id) = parse_frame("event: progress\nid: 7\ndata: {\"percent\":5}\n\n");
+        assert_eq!(event.as_deref(), Some("progress"));
+        assert_eq!(id.as_deref(), Some("7"));
+        assert_eq!(data, r#"{"percent":5}"#);
+        let (event, data, _) = parse_frame(": keep-alive\n\n");
+        assert_eq!((event, data.as_str()), (None, ""));
     }
 }
