@@ -2,6 +2,7 @@
 
 mod client;
 mod dev;
+mod runner;
 mod stats;
 
 use std::collections::{BTreeMap, HashSet};
@@ -56,6 +57,12 @@ enum Command {
     },
     /// Cancel a job: at once if it waits, else its handler is asked to stop.
     Cancel { id: String },
+    /// Run one job of KIND in-process (no queue, no AWS) and print {job_id, kind, success, result,
+    /// pathway, error}; exit 0 when it completed.
+    Run(runner::RunArgs),
+    /// A long-running worker on the stack's jobs queue (JOBKIT_TABLE, JOBKIT_QUEUE_URL), for containers:
+    /// SIGTERM drains, then releases what still runs.
+    Worker(runner::WorkerArgs),
     /// Queue depth, in flight, DLQ depth, age of the oldest message, and your jobs by status (against a
     /// stack with JOBKIT_QUEUE_URL set, or `jobctl dev`).
     Stats(stats::StatsArgs),
@@ -113,8 +120,17 @@ fn parse_param(s: &str) -> Result<(String, String), String> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    jobkit::telemetry::init_local("info,aws_config=warn,aws_smithy_runtime=warn");
-    match run(Cli::parse()).await {
+    let cli = Cli::parse();
+    if matches!(cli.command, Command::Worker(_)) {
+        // The same structured logs as the functions.
+        jobkit::telemetry::init_json();
+    } else if matches!(cli.command, Command::Run(_)) {
+        // stdout is the result document; stderr shows progress and problems only.
+        jobkit::telemetry::init_local("warn");
+    } else {
+        jobkit::telemetry::init_local("info,aws_config=warn,aws_smithy_runtime=warn");
+    }
+    match run(cli).await {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
         Err(e) => {
@@ -176,6 +192,8 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             }
             Ok(true)
         }
+        Command::Run(args) => runner::run(args, kinds::registry()).await,
+        Command::Worker(args) => runner::worker(args, kinds::registry()).await.map(|_| true),
         Command::Stats(args) => {
             let json = cli.target.json;
             let c = client::Client::new(cli.target)?;
@@ -217,7 +235,9 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
                 | Command::Bootstrap { .. }
                 | Command::Dlq { .. }
                 | Command::Sweep { .. }
-                | Command::Stats(_) => {
+                | Command::Stats(_)
+                | Command::Run(_)
+                | Command::Worker(_) => {
                     unreachable!("handled above")
                 }
             };

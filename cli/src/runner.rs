@@ -1,0 +1,254 @@
+//! The same handlers outside Lambda:
+//!
+//! - `jobctl run`: one job, in-process, on the embedded backend (checkpoints, steps, retries and
+//!   continuations work as deployed), for a shell or another queue system: one JSON document out
+//!   (`{job_id, kind, success, result, pathway, error}`), exit 0 on success.
+//! - `jobctl worker`: a long-running worker for containers and ordinary machines, on the same jobs
+//!   queue and the same worker core as the worker function (`EventSource` + `Worker`), without an
+//!   invocation deadline.
+//!
+//! Past SQS's 12 hours of total visibility a message cannot be hidden longer: it comes back while its
+//! job still runs. The lease in the table is what protects the job then: the worker that receives the
+//! message finds the lease live (heartbeats keep renewing it) and hands the message back until the
+//! lease ends; the running attempt alone may record the outcome. A job that runs that long may so use
+//! up its message's receives and leave the message in the DLQ, where a redrive finds the job finished.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use axum::body::Body;
+use jobkit::api::{self, ApiSettings, Identity, JobView};
+use jobkit::clock::SystemClock;
+use jobkit::local::EventSource;
+use jobkit::worker::WorkerSettings;
+use jobkit::{Backend, Config, HandlerRegistry, Json};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::sync::watch;
+use tower::ServiceExt;
+
+/// Options of `jobctl run`.
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// The job kind (omit with --spec).
+    pub kind: Option<String>,
+    /// The input, as JSON.
+    #[arg(long, conflicts_with_all = ["input_file", "spec"])]
+    pub input: Option<String>,
+    /// Read the input from this file (`-`: stdin).
+    #[arg(long, conflicts_with = "spec")]
+    pub input_file: Option<String>,
+    /// A whole task spec `{"kind", "input", "task_uuid"?, "stage_uuid"?}` from this file (`-`: stdin),
+    /// as another queue system hands it over.
+    #[arg(long)]
+    pub spec: Option<String>,
+    /// Attempts before the job fails (retryable errors are retried with the kit's backoff).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=20))]
+    pub max_attempts: u32,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Spec {
+    kind: String,
+    input: Value,
+    #[serde(default)]
+    task_uuid: Option<String>,
+    #[serde(default)]
+    stage_uuid: Option<String>,
+}
+
+fn read_source(path: &str) -> anyhow::Result<String> {
+    if path == "-" {
+        std::io::read_to_string(std::io::stdin()).context("cannot read stdin")
+    } else {
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {path}"))
+    }
+}
+
+/// Runs one job; `Ok(true)` when it completed.
+pub async fn run(args: RunArgs, registry: HandlerRegistry) -> anyhow::Result<bool> {
+    let (kind, input, ids) = match (&args.spec, &args.kind) {
+        (Some(path), None) => {
+            let spec: Spec = serde_json::from_str(&read_source(path)?)
+                .context("--spec must be {\"kind\", \"input\", \"task_uuid\"?, \"stage_uuid\"?}")?;
+            (spec.kind, spec.input, (spec.task_uuid, spec.stage_uuid))
+        }
+        (Some(_), Some(_)) => bail!("give either KIND (with --input) or --spec, not both"),
+        (None, None) => bail!("give a KIND (with --input) or --spec"),
+        (None, Some(kind)) => {
+            let raw = match (&args.input, &args.input_file) {
+                (Some(text), _) => text.clone(),
+                (None, Some(path)) => read_source(path)?,
+                (None, None) => "null".into(),
+            };
+            let input: Value = serde_json::from_str(&raw).context("the input must be JSON")?;
+            (kind.clone(), input, (None, None))
+        }
+    };
+    let config = Config::from_lookup(|k| match k {
+        "JOBKIT_TABLE" | "JOBKIT_QUEUE_URL" => Some("memory".into()),
+        "JOBKIT_MAX_ATTEMPTS" => Some(args.max_attempts.to_string()),
+        _ => None,
+    })?;
+    let b = Backend::embedded(config, Duration::from_secs(30), args.max_attempts + 1, Arc::new(SystemClock));
+    let submit = api::submit_routes(Arc::new(b.submit_api(
+        registry.clone(),
+        ApiSettings::from_config(&b.config),
+    )));
+    let body = json!({"kind": kind, "input": input}).to_string();
+    let mut req = http::Request::post("/jobs")
+        .header("content-type", "application/json")
+        .body(Body::from(body))?;
+    req.extensions_mut().insert(Identity("local".into()));
+    let resp = submit.oneshot(req).await?;
+    let status = resp.status();
+    let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20).await?;
+    let accepted: Value = serde_json::from_slice(&bytes)?;
+    if !status.is_success() {
+        bail!(
+            "{}: {}",
+            accepted["error"]["code"].as_str().unwrap_or("refused"),
+            accepted["error"]["message"].as_str().unwrap_or("")
+        );
+    }
+    let id = jobkit::JobId::parse(accepted["job_id"].as_str().unwrap_or_default())?;
+    let worker = EventSource::new(
+        b.queue.clone(),
+        Arc::new(b.worker(registry, WorkerSettings::from_config(&b.config))),
+        b.clock.clone(),
+        1,
+    )
+    .with_wait(Duration::from_millis(200))
+    .with_timeout(b.config.worker_timeout);
+    let mut shown = None;
+    let job = loop {
+        worker.poll_once().await.map_err(|e| anyhow::anyhow!(e))?;
+        let job = b.store.get(&id).await.map_err(|e| anyhow::anyhow!(e))?.context("the job vanished")?;
+        if job.progress != shown {
+            if let Some(p) = &job.progress {
+                eprintln!("jobctl run: {}% {}", p.percent, p.message);
+            }
+            shown = job.progress.clone();
+        }
+        if job.status.is_terminal() {
+            break job;
+        }
+    };
+    let view = JobView::at(job, b.clock.now());
+    let success = view.summary.status == jobkit::JobStatus::Completed;
+    let mut out = json!({
+        "job_id": view.summary.job_id,
+        "kind": view.summary.kind,
+        "success": success,
+        "result": view.result.as_ref().map(Json::to_value),
+        "pathway": view.summary.pathway,
+        "next": view.summary.next,
+        "error": view.summary.error,
+    });
+    // A task spec's own ids go back with its completion, as a queue runner reports them.
+    if ids.0.is_some() || ids.1.is_some() {
+        out["task_uuid"] = json!(ids.0);
+        out["stage_uuid"] = json!(ids.1);
+    }
+    println!("{out}");
+    Ok(success)
+}
+
+/// Options of `jobctl worker`.
+#[derive(Debug, clap::Args)]
+pub struct WorkerArgs {
+    /// Jobs run at once (receives of up to 10 messages, as many in flight as this).
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    pub concurrency: u64,
+    /// On SIGTERM, how long running jobs may take to finish before they are released to other
+    /// workers.
+    #[arg(long, default_value_t = 30)]
+    pub drain_timeout: u64,
+    /// Serve `GET /healthz` here (200 while working, 503 while draining), for container health checks.
+    #[arg(long)]
+    pub healthz: Option<SocketAddr>,
+    #[arg(long, env = "AWS_ENDPOINT_URL")]
+    pub endpoint_url: Option<String>,
+}
+
+/// Runs the worker until SIGTERM or Ctrl-C, then drains.
+pub async fn worker(args: WorkerArgs, registry: HandlerRegistry) -> anyhow::Result<()> {
+    let config = Config::from_env().context("set JOBKIT_TABLE and JOBKIT_QUEUE_URL")?;
+    let sdk = jobkit::aws::sdk_config(args.endpoint_url.as_deref()).await;
+    let b = Backend::aws(&sdk, config)
+        .await
+        .map_err(|e| anyhow::anyhow!(e))?;
+    let (release_tx, release_rx) = watch::channel(false);
+    let core = b
+        .worker(registry, WorkerSettings::from_config(&b.config))
+        .with_stop(release_rx)
+        .with_announcer(b.announcer());
+    // No deadline: a handler may run for hours; long polls of 20 s, like Lambda's poller.
+    let source = Arc::new(
+        EventSource::new(b.queue.clone(), Arc::new(core), b.clock.clone(), 10)
+            .with_wait(Duration::from_secs(20)),
+    );
+    let draining = Arc::new(AtomicBool::new(false));
+    if let Some(addr) = args.healthz {
+        let draining = draining.clone();
+        let app = axum::Router::new().route(
+            "/healthz",
+            axum::routing::get(move || {
+                let draining = draining.load(Ordering::Relaxed);
+                async move {
+                    if draining {
+                        (http::StatusCode::SERVICE_UNAVAILABLE, "draining")
+                    } else {
+                        (http::StatusCode::OK, "ok")
+                    }
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr}"))?;
+        tokio::spawn(async move { axum::serve(listener, app).await });
+    }
+    let (term_tx, term_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        terminated().await;
+        let _ = term_tx.send(true);
+    });
+    let wait = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|t| *t).await;
+    };
+    tracing::info!(concurrency = args.concurrency, queue = %b.config.queue_url, "jobctl worker: started");
+    let mut pollers = tokio::spawn(source.run(args.concurrency as usize, wait(term_rx.clone())));
+    wait(term_rx).await;
+    draining.store(true, Ordering::Relaxed);
+    tracing::info!(drain_timeout_s = args.drain_timeout, "jobctl worker: stopping; running jobs may finish");
+    if tokio::time::timeout(Duration::from_secs(args.drain_timeout), &mut pollers)
+        .await
+        .is_err()
+    {
+        tracing::warn!("jobctl worker: drain time is up; releasing the jobs still running");
+        let _ = release_tx.send(true);
+        let _ = pollers.await;
+    }
+    tracing::info!("jobctl worker: stopped");
+    Ok(())
+}
+
+/// SIGTERM (what containers get) or Ctrl-C.
+async fn terminated() {
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("a SIGTERM handler installs");
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}
