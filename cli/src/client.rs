@@ -201,7 +201,10 @@ impl Client {
                         }
                         Some("status") => {
                             let st: serde_json::Value = serde_json::from_str(&data)?;
-                            bar.set_message(format!("{id} {}", st["status"].as_str().unwrap_or("?")));
+                            bar.set_message(format!(
+                                "{id} {}",
+                                st["status"].as_str().unwrap_or("?")
+                            ));
                         }
                         _ => {}
                     }

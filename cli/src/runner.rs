@@ -94,11 +94,15 @@ pub async fn run(args: RunArgs, registry: HandlerRegistry) -> anyhow::Result<boo
         "JOBKIT_MAX_ATTEMPTS" => Some(args.max_attempts.to_string()),
         _ => None,
     })?;
-    let b = Backend::embedded(config, Duration::from_secs(30), args.max_attempts + 1, Arc::new(SystemClock));
-    let submit = api::submit_routes(Arc::new(b.submit_api(
-        registry.clone(),
-        ApiSettings::from_config(&b.config),
-    )));
+    let b = Backend::embedded(
+        config,
+        Duration::from_secs(30),
+        args.max_attempts + 1,
+        Arc::new(SystemClock),
+    );
+    let submit = api::submit_routes(Arc::new(
+        b.submit_api(registry.clone(), ApiSettings::from_config(&b.config)),
+    ));
     let body = json!({"kind": kind, "input": input}).to_string();
     let mut req = http::Request::post("/jobs")
         .header("content-type", "application/json")
@@ -127,7 +131,12 @@ pub async fn run(args: RunArgs, registry: HandlerRegistry) -> anyhow::Result<boo
     let mut shown = None;
     let job = loop {
         worker.poll_once().await.map_err(|e| anyhow::anyhow!(e))?;
-        let job = b.store.get(&id).await.map_err(|e| anyhow::anyhow!(e))?.context("the job vanished")?;
+        let job = b
+            .store
+            .get(&id)
+            .await
+            .map_err(|e| anyhow::anyhow!(e))?
+            .context("the job vanished")?;
         if job.progress != shown {
             if let Some(p) = &job.progress {
                 eprintln!("jobctl run: {}% {}", p.percent, p.message);
@@ -225,7 +234,10 @@ pub async fn worker(args: WorkerArgs, registry: HandlerRegistry) -> anyhow::Resu
     let mut pollers = tokio::spawn(source.run(args.concurrency as usize, wait(term_rx.clone())));
     wait(term_rx).await;
     draining.store(true, Ordering::Relaxed);
-    tracing::info!(drain_timeout_s = args.drain_timeout, "jobctl worker: stopping; running jobs may finish");
+    tracing::info!(
+        drain_timeout_s = args.drain_timeout,
+        "jobctl worker: stopping; running jobs may finish"
+    );
     if tokio::time::timeout(Duration::from_secs(args.drain_timeout), &mut pollers)
         .await
         .is_err()

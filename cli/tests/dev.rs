@@ -358,12 +358,23 @@ async fn stats_show_the_queues_and_your_jobs_and_metrics_print_a_line() {
 async fn submit_wait_follows_the_jobs_stream() {
     let dev = Dev::start(&[("RUST_LOG", "warn,tower_http=debug")]);
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_jobctl"))
-        .args(["submit", "sleep", "--input", r#"{"ms":1500}"#, "--wait", "--json"])
+        .args([
+            "submit",
+            "sleep",
+            "--input",
+            r#"{"ms":1500}"#,
+            "--wait",
+            "--json",
+        ])
         .args(["--api-url", &dev.url])
         .output()
         .await
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let job: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(job["status"], "completed", "{job}");
     let id = job["job_id"].as_str().unwrap();
@@ -373,5 +384,9 @@ async fn submit_wait_follows_the_jobs_stream() {
         .unwrap()
         .iter()
         .any(|l| l.contains(&format!("/jobs/{id}/events")));
-    assert!(streamed, "the client read the job's stream: {:?}", dev.log.lock().unwrap());
+    assert!(
+        streamed,
+        "the client read the job's stream: {:?}",
+        dev.log.lock().unwrap()
+    );
 }

@@ -52,7 +52,13 @@ fn failed_and_panicking_jobs_print_their_error_and_exit_one() {
     assert_eq!(doc["error"]["code"], "panic");
     // Retried with --max-attempts: the first attempt panics, the second succeeds.
     let (code, doc, _) = run(
-        &["sleep", "--input", r#"{"fail":"panic","times":1}"#, "--max-attempts", "2"],
+        &[
+            "sleep",
+            "--input",
+            r#"{"fail":"panic","times":1}"#,
+            "--max-attempts",
+            "2",
+        ],
         None,
     );
     assert_eq!(code, 0, "{doc}");
@@ -75,8 +81,16 @@ fn bad_usage_is_a_clear_error_and_exit_two() {
     for (args, stdin, says) in [
         (vec!["nope"], None, "unknown_kind"),
         (vec!["echo", "--input", "{not json"], None, "must be JSON"),
-        (vec!["--spec", "-"], Some(r#"{"kind":"echo"}"#), "--spec must be"),
-        (vec!["--spec", "-"], Some(r#"{"kind":"echo","input":1,"extra":2}"#), "--spec must be"),
+        (
+            vec!["--spec", "-"],
+            Some(r#"{"kind":"echo"}"#),
+            "--spec must be",
+        ),
+        (
+            vec!["--spec", "-"],
+            Some(r#"{"kind":"echo","input":1,"extra":2}"#),
+            "--spec must be",
+        ),
         (vec![], None, "give a KIND"),
     ] {
         let (code, doc, err) = run(&args, stdin);
