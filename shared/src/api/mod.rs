@@ -133,7 +133,12 @@ pub fn status_routes(api: Arc<StatusApi>) -> Router {
 /// (a stream stays open for minutes) and without a fallback, so it merges into [`router`] locally.
 pub fn events_routes(api: Arc<EventsApi>) -> Router {
     Router::new()
-        .route("/jobs/{id}/events", get(events::events).with_state(api))
+        .route(
+            "/jobs/{id}/events",
+            get(events::events)
+                .fallback(|| async { ApiError::MethodNotAllowed { allow: "GET" } })
+                .with_state(api),
+        )
         .layer(middleware::from_fn(json_errors))
         .layer(TraceLayer::new_for_http())
 }
