@@ -96,20 +96,36 @@ impl<C: Consumer> EventSource<C> {
 
     /// Runs `concurrency` pollers (like concurrent Lambda invocations) until `shutdown` resolves; then
     /// stops receiving and lets the batches under way finish (the worker releases its jobs if its stop
-    /// signal fires first).
+    /// signal fires first). Receives under way finish too (at most the long poll's wait), and what they
+    /// bring is handed back.
     pub async fn run(self: Arc<Self>, concurrency: usize, shutdown: impl Future<Output = ()>) {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let pollers: Vec<_> = (0..concurrency.max(1))
             .map(|_| {
                 let me = self.clone();
-                let mut stop = stop_rx.clone();
+                let stop = stop_rx.clone();
                 tokio::spawn(async move {
                     while !*stop.borrow() {
-                        // A long poll is cut short by the stop; a batch under way is not.
-                        let received = tokio::select! {
-                            r = me.receive() => r,
-                            _ = stop.changed() => break,
-                        };
+                        // A long poll is not cut short by the stop: the queue would still deliver to
+                        // the abandoned request (a message released by this very worker among them),
+                        // and that message would stay hidden for its whole visibility timeout. What
+                        // arrives after the stop is handed back at once instead.
+                        let received = me.receive().await;
+                        if *stop.borrow() {
+                            if let Ok(batch) = &received {
+                                let back: Vec<(String, Duration)> = batch
+                                    .iter()
+                                    .map(|d| (d.receipt_handle.clone(), Duration::ZERO))
+                                    .collect();
+                                me.queue
+                                    .change_visibility_logged(
+                                        &back,
+                                        "hand back a message received while stopping",
+                                    )
+                                    .await;
+                            }
+                            break;
+                        }
                         match received {
                             Ok(batch) => {
                                 me.invoke(&batch).await;

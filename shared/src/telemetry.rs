@@ -8,6 +8,17 @@ pub fn init_lambda() {
     lambda_runtime::tracing::init_default_subscriber();
 }
 
+/// For long-running workers outside Lambda (`jobctl worker`): the same JSON lines as the functions, on
+/// stderr, filtered by `RUST_LOG` (default `info`).
+pub fn init_json() {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
 /// For `jobctl` and other local processes: logs go to stderr so stdout stays for command output.
 pub fn init_local(default_filter: &str) {
     let filter =

@@ -309,8 +309,10 @@ impl Worker {
             // Every message of a dead-lettered job belongs in the DLQ, where the tools find and redrive
             // it: back at once, until SQS moves it there. A job whose runner died on its last attempt
             // is recorded dead now (best effort: reads already say so, and the sweep would).
-            if let Ok(buried) = job.bury(now) {
-                let _ = self.store.replace(job, &buried).await;
+            if let Ok(buried) = job.bury(now)
+                && self.store.replace(job, &buried).await.is_ok()
+            {
+                self.announcer.announce(&buried).await;
             }
             tracing::info!("delivery of a dead-lettered job; on its way to the DLQ");
             return (Outcome::DeadLettered, Verdict::Retry(Duration::ZERO));
