@@ -90,16 +90,21 @@ async fn submit(http: &reqwest::Client, dev: &Dev, body: Value) -> String {
     v["job_id"].as_str().unwrap().to_owned()
 }
 
-async fn status(http: &reqwest::Client, dev: &Dev, id: &str) -> String {
-    let v: Value = http
-        .get(format!("{}/jobs/{id}", dev.url))
+async fn view(http: &reqwest::Client, dev: &Dev, id: &str) -> Value {
+    http.get(format!("{}/jobs/{id}", dev.url))
         .send()
         .await
         .unwrap()
         .json()
         .await
-        .unwrap();
-    v["status"].as_str().unwrap().to_owned()
+        .unwrap()
+}
+
+async fn status(http: &reqwest::Client, dev: &Dev, id: &str) -> String {
+    view(http, dev, id).await["status"]
+        .as_str()
+        .unwrap()
+        .to_owned()
 }
 
 #[tokio::test]
@@ -273,14 +278,7 @@ async fn a_finished_jobs_webhook_is_delivered_signed_with_the_configured_secret(
     // The job shows the delivery.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let v: Value = http
-            .get(format!("{}/jobs/{id}", dev.url))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let v = view(&http, &dev, &id).await;
         if v["webhook"]["status"] == "delivered" {
             assert_eq!(v["webhook"]["last_status"], 204);
             break;
