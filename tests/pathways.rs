@@ -225,7 +225,12 @@ async fn a_retried_completion_creates_no_second_child(b: Backends) {
     let now = jobkit::now_millis();
     let queued = s.b.store.get(&id).await.unwrap().unwrap();
     let running = s.b.store.claim(&id, "w", now + 60_000, now).await.unwrap();
-    let children = running.children("echo", &[jobkit::Json::from(json!(2))], now);
+    let children = running.children(
+        "echo",
+        jobkit::Lane::Lambda,
+        &[jobkit::Json::from(json!(2))],
+        now,
+    );
     let done = running
         .complete_into(
             "w",

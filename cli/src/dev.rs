@@ -201,6 +201,14 @@ pub async fn run(args: DevArgs, registry: HandlerRegistry) -> anyhow::Result<()>
         .merge(dev_routes(&b));
 
     let (stop_tx, stop_rx) = watch::channel(false);
+    // Container-only kinds run in-process too, like `jobctl worker --container`: no deadline.
+    let containers = b
+        .container_worker(registry.clone(), WorkerSettings::from_config(&b.config))
+        .zip(b.container.clone())
+        .map(|(worker, queue)| {
+            let worker = Arc::new(worker.with_stop(stop_rx.clone()));
+            Arc::new(EventSource::new(queue, worker, b.clock.clone(), batch_size))
+        });
     let worker = b
         .worker(registry, WorkerSettings::from_config(&b.config))
         .with_stop(stop_rx.clone());
@@ -251,6 +259,8 @@ pub async fn run(args: DevArgs, registry: HandlerRegistry) -> anyhow::Result<()>
         let _ = rx.wait_for(|s| *s).await;
     };
     let poller = tokio::spawn(events.run(concurrency as usize, stopped(stop_rx.clone())));
+    let container_poller =
+        containers.map(|c| tokio::spawn(c.run(concurrency as usize, stopped(stop_rx.clone()))));
     if args.metrics {
         tokio::spawn(print_metrics(METRICS_EVERY));
     }
@@ -267,6 +277,9 @@ pub async fn run(args: DevArgs, registry: HandlerRegistry) -> anyhow::Result<()>
     // the worker gives its running jobs back (already signalled: it releases them as it stops).
     let _ = tokio::time::timeout(GRACE, async {
         let _ = poller.await;
+        if let Some(c) = container_poller {
+            let _ = c.await;
+        }
         let _ = server.await;
         if let Some(d) = delivering {
             let _ = d.await;

@@ -72,6 +72,9 @@ enum Command {
         action: DlqAction,
         #[arg(long, env = "AWS_ENDPOINT_URL", global = true)]
         endpoint_url: Option<String>,
+        /// The container queue's DLQ (JOBKIT_CONTAINER_QUEUE_URL, JOBKIT_CONTAINER_DLQ_URL) instead.
+        #[arg(long, global = true)]
+        container: bool,
     },
     /// Re-send jobs left queued without a message and record jobs whose last attempt died (what the
     /// worker's scheduled sweep does), against the stack named by JOBKIT_TABLE and JOBKIT_QUEUE_URL.
@@ -171,7 +174,8 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
         Command::Dlq {
             action,
             endpoint_url,
-        } => dlq(action, endpoint_url, cli.target.json).await,
+            container,
+        } => dlq(action, endpoint_url, container, cli.target.json).await,
         Command::Sweep {
             endpoint_url,
             older_than,
@@ -256,9 +260,20 @@ async fn deployed_stack(endpoint_url: Option<String>) -> anyhow::Result<jobkit::
         .map_err(|e| anyhow::anyhow!(e))
 }
 
-async fn dlq(action: DlqAction, endpoint_url: Option<String>, json: bool) -> anyhow::Result<bool> {
+async fn dlq(
+    action: DlqAction,
+    endpoint_url: Option<String>,
+    container: bool,
+    json: bool,
+) -> anyhow::Result<bool> {
     let stack = deployed_stack(endpoint_url).await?;
-    let tools = stack.dead_letters().context("JOBKIT_DLQ_URL is not set")?;
+    let tools = if container {
+        stack
+            .container_dead_letters()
+            .context("JOBKIT_CONTAINER_QUEUE_URL and JOBKIT_CONTAINER_DLQ_URL are not set")?
+    } else {
+        stack.dead_letters().context("JOBKIT_DLQ_URL is not set")?
+    };
     let err = |e: jobkit::error::BoxError| anyhow::anyhow!(e);
     match action {
         DlqAction::List => {

@@ -23,8 +23,9 @@ use axum::body::Body;
 use jobkit::api::{self, ApiSettings, Identity, JobView};
 use jobkit::clock::SystemClock;
 use jobkit::local::EventSource;
+use jobkit::queue::{Consumer, Delivery, Invocation};
 use jobkit::worker::WorkerSettings;
-use jobkit::{Backend, Config, HandlerRegistry, Json};
+use jobkit::{Backend, Config, HandlerRegistry, Json, Lane};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::watch;
@@ -120,14 +121,21 @@ pub async fn run(args: RunArgs, registry: HandlerRegistry) -> anyhow::Result<boo
         );
     }
     let id = jobkit::JobId::parse(accepted["job_id"].as_str().unwrap_or_default())?;
-    let worker = EventSource::new(
-        b.queue.clone(),
-        Arc::new(b.worker(registry, WorkerSettings::from_config(&b.config))),
-        b.clock.clone(),
-        1,
-    )
-    .with_wait(Duration::from_millis(200))
-    .with_timeout(b.config.worker_timeout);
+    // The queue of the kind's lane, as deployed (the embedded backend has both).
+    let settings = WorkerSettings::from_config(&b.config);
+    let (queue, core) = match registry.lane(&kind) {
+        Lane::Lambda => (b.queue.clone(), b.worker(registry, settings)),
+        Lane::Container => (
+            b.container
+                .clone()
+                .context("the embedded backend has a container queue")?,
+            b.container_worker(registry, settings)
+                .context("the embedded backend has a container queue")?,
+        ),
+    };
+    let worker = EventSource::new(queue, Arc::new(core), b.clock.clone(), 1)
+        .with_wait(Duration::from_millis(200))
+        .with_timeout(b.config.worker_timeout);
     let mut shown = None;
     let job = loop {
         worker.poll_once().await.map_err(|e| anyhow::anyhow!(e))?;
@@ -180,6 +188,10 @@ pub struct WorkerArgs {
     /// Serve `GET /healthz` here (200 while working, 503 while draining), for container health checks.
     #[arg(long)]
     pub healthz: Option<SocketAddr>,
+    /// Consume the container queue (JOBKIT_CONTAINER_QUEUE_URL): the container-only kinds, which the
+    /// worker function never runs. Without it, the jobs queue.
+    #[arg(long)]
+    pub container: bool,
     #[arg(long, env = "AWS_ENDPOINT_URL")]
     pub endpoint_url: Option<String>,
 }
@@ -192,14 +204,27 @@ pub async fn worker(args: WorkerArgs, registry: HandlerRegistry) -> anyhow::Resu
         .await
         .map_err(|e| anyhow::anyhow!(e))?;
     let (release_tx, release_rx) = watch::channel(false);
-    let core = b
-        .worker(registry, WorkerSettings::from_config(&b.config))
-        .with_stop(release_rx)
-        .with_announcer(b.announcer());
+    let settings = WorkerSettings::from_config(&b.config);
+    let (queue, core, queue_url) = if args.container {
+        let core = b
+            .container_worker(registry, settings)
+            .context("--container needs JOBKIT_CONTAINER_QUEUE_URL")?;
+        let url = b.config.container_queue_url.clone().unwrap_or_default();
+        (b.container.clone().expect("checked above"), core, url)
+    } else {
+        let url = b.config.queue_url.clone();
+        (b.queue.clone(), b.worker(registry, settings), url)
+    };
+    let busy = Arc::new(Busy::new(core.with_stop(release_rx)));
+    if let Some(agent) = std::env::var("ECS_AGENT_URI")
+        .ok()
+        .filter(|u| !u.is_empty())
+    {
+        tokio::spawn(protect_while_busy(agent, busy.clone()));
+    }
     // No deadline: a handler may run for hours; long polls of 20 s, like Lambda's poller.
     let source = Arc::new(
-        EventSource::new(b.queue.clone(), Arc::new(core), b.clock.clone(), 10)
-            .with_wait(Duration::from_secs(20)),
+        EventSource::new(queue, busy, b.clock.clone(), 10).with_wait(Duration::from_secs(20)),
     );
     let draining = Arc::new(AtomicBool::new(false));
     if let Some(addr) = args.healthz {
@@ -230,7 +255,7 @@ pub async fn worker(args: WorkerArgs, registry: HandlerRegistry) -> anyhow::Resu
     let wait = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|t| *t).await;
     };
-    tracing::info!(concurrency = args.concurrency, queue = %b.config.queue_url, "jobctl worker: started");
+    tracing::info!(concurrency = args.concurrency, queue = %queue_url, "jobctl worker: started");
     let mut pollers = tokio::spawn(source.run(args.concurrency as usize, wait(term_rx.clone())));
     wait(term_rx).await;
     draining.store(true, Ordering::Relaxed);
@@ -248,6 +273,70 @@ pub async fn worker(args: WorkerArgs, registry: HandlerRegistry) -> anyhow::Resu
     }
     tracing::info!("jobctl worker: stopped");
     Ok(())
+}
+
+/// A consumer that counts the batches it holds, so the task can ask not to be scaled in meanwhile.
+struct Busy<C> {
+    inner: C,
+    holding: watch::Sender<usize>,
+}
+
+impl<C> Busy<C> {
+    fn new(inner: C) -> Self {
+        Self {
+            inner,
+            holding: watch::channel(0).0,
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl<C: Consumer> Consumer for Busy<C> {
+    type Report = C::Report;
+
+    async fn consume(&self, batch: &[Delivery], inv: &Invocation) -> Self::Report {
+        self.holding.send_modify(|n| *n += 1);
+        let report = self.inner.consume(batch, inv).await;
+        self.holding.send_modify(|n| *n -= 1);
+        report
+    }
+}
+
+/// How long one task-protection request protects the task; renewed at half of it while jobs run.
+const PROTECTION_MINUTES: u64 = 60;
+
+/// ECS scale-in protection while the task holds jobs: the ECS agent's task-protection endpoint
+/// (`$ECS_AGENT_URI/task-protection/v1/state`) is set when the first batch arrives and cleared when the
+/// last ends, so a scale-in never stops a task in the middle of a job (SIGTERM would release it, but
+/// its work so far would be lost). Best effort: a failed call is logged and tried again at the next
+/// change or renewal.
+async fn protect_while_busy<C: Consumer>(agent: String, busy: Arc<Busy<C>>) {
+    let http = reqwest::Client::new();
+    let url = format!("{}/task-protection/v1/state", agent.trim_end_matches('/'));
+    let mut holding = busy.holding.subscribe();
+    let mut protected = false;
+    loop {
+        let want = *holding.borrow_and_update() > 0;
+        if want != protected || want {
+            let body = if want {
+                json!({"ProtectionEnabled": true, "ExpiresInMinutes": PROTECTION_MINUTES})
+            } else {
+                json!({"ProtectionEnabled": false})
+            };
+            match http.put(&url).json(&body).send().await {
+                Ok(r) if r.status().is_success() => protected = want,
+                Ok(r) => tracing::warn!(status = r.status().as_u16(), "task protection refused"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not reach the ECS agent for task protection")
+                }
+            }
+        }
+        let renew = Duration::from_secs(PROTECTION_MINUTES * 60 / 2);
+        tokio::select! {
+            changed = holding.changed() => if changed.is_err() { return },
+            () = tokio::time::sleep(renew), if protected => {}
+        }
+    }
 }
 
 /// SIGTERM (what containers get) or Ctrl-C.

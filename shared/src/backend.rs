@@ -13,7 +13,8 @@ use crate::config::{Config, SecretSource};
 use crate::dlq::DeadLetters;
 use crate::error::BoxError;
 use crate::handler::HandlerRegistry;
-use crate::queue::{JobQueue, MemoryQueue, SqsQueue};
+use crate::job::Lane;
+use crate::queue::{JobQueue, JobSender, MemoryQueue, SqsQueue};
 use crate::store::{DynamoStore, JobStore, MemoryStore};
 use crate::sweep::Sweeper;
 use crate::webhook::{Announcer, Deliverer, DeliverySettings, Secrets};
@@ -25,6 +26,9 @@ pub struct Backend {
     pub store: Arc<dyn JobStore>,
     pub queue: Arc<dyn JobQueue>,
     pub dead_letter_queue: Option<Arc<dyn JobQueue>>,
+    /// The queue of container-only kinds and its DLQ (`None`: this deployment has no container worker).
+    pub container: Option<Arc<dyn JobQueue>>,
+    pub container_dead_letter_queue: Option<Arc<dyn JobQueue>>,
     /// The webhook deliveries queue (`None`: this deployment has no webhooks).
     pub deliveries: Option<Arc<dyn JobQueue>>,
     pub clock: SharedClock,
@@ -52,6 +56,8 @@ impl Backend {
             )),
             queue: sqs_queue(&config.queue_url),
             dead_letter_queue: config.dlq_url.as_ref().map(sqs_queue),
+            container: config.container_queue_url.as_ref().map(sqs_queue),
+            container_dead_letter_queue: config.container_dlq_url.as_ref().map(sqs_queue),
             deliveries: config.deliveries_queue_url.as_ref().map(sqs_queue),
             clock: Arc::new(SystemClock),
             signing_secret,
@@ -68,12 +74,20 @@ impl Backend {
         max_receives: u32,
         clock: SharedClock,
     ) -> Self {
-        let dlq = Arc::new(MemoryQueue::new(visibility));
-        let queue = MemoryQueue::new(visibility).with_dead_letter_queue(dlq.clone(), max_receives);
+        let with_dlq = || {
+            let dlq = Arc::new(MemoryQueue::new(visibility));
+            let queue =
+                MemoryQueue::new(visibility).with_dead_letter_queue(dlq.clone(), max_receives);
+            (Arc::new(queue), dlq)
+        };
+        let (queue, dlq) = with_dlq();
+        let (container, container_dlq) = with_dlq();
         Self {
             store: Arc::new(MemoryStore::new()),
-            queue: Arc::new(queue),
+            queue,
             dead_letter_queue: Some(dlq),
+            container: Some(container),
+            container_dead_letter_queue: Some(container_dlq),
             deliveries: Some(Arc::new(MemoryQueue::new(visibility))),
             clock,
             signing_secret: local_secret(config.signing_secret.as_ref()),
@@ -101,9 +115,10 @@ impl Backend {
         ))
     }
 
-    /// The submit function's API. It takes `callback_url` only if this deployment delivers webhooks.
+    /// The submit function's API. It takes `callback_url` only if this deployment delivers webhooks, and
+    /// container-only kinds only if it has a container queue.
     pub fn submit_api(&self, registry: HandlerRegistry, settings: ApiSettings) -> SubmitApi {
-        SubmitApi::new(
+        let api = SubmitApi::new(
             self.store.clone(),
             self.queue.clone(),
             registry,
@@ -112,7 +127,11 @@ impl Backend {
                 ..settings
             },
             self.clock.clone(),
-        )
+        );
+        match &self.container {
+            Some(q) => api.with_container_queue(q.clone()),
+            None => api,
+        }
     }
 
     /// The status function's API.
@@ -142,15 +161,47 @@ impl Backend {
         )
     }
 
-    /// The worker core with `settings`.
+    /// The worker function's core with `settings`: it consumes the jobs queue, and sends follow-up jobs
+    /// of container-only kinds to the container queue.
     pub fn worker(&self, registry: HandlerRegistry, settings: WorkerSettings) -> Worker {
+        let container = self.container.clone().map(|q| q as Arc<dyn JobSender>);
+        self.worker_on(
+            self.queue.clone(),
+            Lane::Lambda,
+            container,
+            registry,
+            settings,
+        )
+    }
+
+    /// `jobctl worker --container`'s core: it consumes the container queue (and sends follow-up jobs of
+    /// other kinds to the jobs queue). `None` when the deployment has no container queue.
+    pub fn container_worker(
+        &self,
+        registry: HandlerRegistry,
+        settings: WorkerSettings,
+    ) -> Option<Worker> {
+        let lambda = self.queue.clone() as Arc<dyn JobSender>;
+        let own = self.container.clone()?;
+        Some(self.worker_on(own, Lane::Container, Some(lambda), registry, settings))
+    }
+
+    fn worker_on(
+        &self,
+        own: Arc<dyn JobQueue>,
+        lane: Lane,
+        other: Option<Arc<dyn JobSender>>,
+        registry: HandlerRegistry,
+        settings: WorkerSettings,
+    ) -> Worker {
         Worker::new(
             self.store.clone(),
-            self.queue.clone(),
+            own,
             registry,
             settings,
             self.clock.clone(),
         )
+        .with_lanes(lane, other)
         .with_announcer(self.announcer())
     }
 
@@ -158,17 +209,33 @@ impl Backend {
         Sweeper {
             store: self.store.clone(),
             queue: self.queue.clone(),
+            container: self.container.clone().map(|q| q as Arc<dyn JobSender>),
             clock: self.clock.clone(),
             announcer: self.announcer(),
         }
     }
 
-    /// The DLQ tools, when there is a DLQ.
+    /// The DLQ tools of the jobs queue, when it has a DLQ.
     pub fn dead_letters(&self) -> Option<DeadLetters> {
-        let dlq = self.dead_letter_queue.clone()?;
+        self.dead_letters_of(self.queue.clone(), self.dead_letter_queue.clone()?)
+    }
+
+    /// The DLQ tools of the container queue, when there is one with a DLQ.
+    pub fn container_dead_letters(&self) -> Option<DeadLetters> {
+        self.dead_letters_of(
+            self.container.clone()?,
+            self.container_dead_letter_queue.clone()?,
+        )
+    }
+
+    fn dead_letters_of(
+        &self,
+        queue: Arc<dyn JobQueue>,
+        dlq: Arc<dyn JobQueue>,
+    ) -> Option<DeadLetters> {
         Some(DeadLetters::new(
             self.store.clone(),
-            self.queue.clone(),
+            queue,
             dlq,
             self.clock.clone(),
         ))

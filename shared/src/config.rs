@@ -14,6 +14,11 @@ pub struct Config {
     pub queue_url: String,
     /// `JOBKIT_DLQ_URL`: the dead-letter queue, for the DLQ tools (optional for the functions).
     pub dlq_url: Option<String>,
+    /// `JOBKIT_CONTAINER_QUEUE_URL`: the queue of container-only kinds, which `jobctl worker --container`
+    /// consumes. Without it, submitting such a kind is refused (nothing would run it).
+    pub container_queue_url: Option<String>,
+    /// `JOBKIT_CONTAINER_DLQ_URL`: the container queue's dead-letter queue, for the DLQ tools.
+    pub container_dlq_url: Option<String>,
     /// `JOBKIT_MAX_ATTEMPTS` (default 5): the queue's maxReceiveCount, mirrored.
     pub max_attempts: u32,
     /// `JOBKIT_JOB_TTL_DAYS` (default 7): how long finished job records are kept.
@@ -123,6 +128,8 @@ impl Config {
             table: required("JOBKIT_TABLE")?,
             queue_url: required("JOBKIT_QUEUE_URL")?,
             dlq_url: get("JOBKIT_DLQ_URL").filter(|v| !v.is_empty()),
+            container_queue_url: get("JOBKIT_CONTAINER_QUEUE_URL").filter(|v| !v.is_empty()),
+            container_dlq_url: get("JOBKIT_CONTAINER_DLQ_URL").filter(|v| !v.is_empty()),
             max_attempts: number("JOBKIT_MAX_ATTEMPTS", 5, 1, 1000)? as u32,
             job_ttl: Duration::from_secs(number("JOBKIT_JOB_TTL_DAYS", 7, 1, 3650)? * 86_400),
             backoff: Backoff::new(Duration::from_secs(base), Duration::from_secs(max)),

@@ -204,6 +204,33 @@ pub enum WebhookStatus {
     Failed,
 }
 
+/// Where a job runs: which queue its messages go to, and so which worker takes them. Chosen by its kind
+/// in the registry ([`crate::HandlerRegistry::register_container`]) when the job is made, and kept on
+/// the record so the sweep, continuations and the DLQ tools send it back to the same queue.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Lane {
+    /// The jobs queue, which the worker function consumes (and `jobctl worker`, if asked).
+    #[default]
+    Lambda,
+    /// The container queue, which only `jobctl worker --container` consumes: for work that needs more
+    /// than a Lambda gives (hours, GPUs, memory, a warm model).
+    Container,
+}
+
+impl Lane {
+    pub fn is_lambda(&self) -> bool {
+        *self == Self::Lambda
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Lambda => "lambda",
+            Self::Container => "container",
+        }
+    }
+}
+
 /// The job record. Its serde form is the storage form (DynamoDB item / embedded store); the API shows
 /// a [`crate::api::JobView`] of it instead.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -272,6 +299,9 @@ pub struct Job {
     pub pathway: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub next: Vec<JobId>,
+    /// The queue it runs from (absent on the record for the default, so Lambda jobs pay no bytes).
+    #[serde(default, skip_serializing_if = "Lane::is_lambda")]
+    pub lane: Lane,
     /// Its owner asked to cancel it while it ran; the handler sees it and the job ends `cancelled`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub cancel_requested: bool,
@@ -348,6 +378,7 @@ impl Job {
             parent_id: None,
             pathway: None,
             next: Vec::new(),
+            lane: Lane::Lambda,
             cancel_requested: false,
             counted: spec.counted,
             version: 0,
@@ -675,8 +706,8 @@ impl Job {
     }
 
     /// The follow-up jobs of this job's completion (see [`Self::complete_into`]): stage `kind`, one per
-    /// input, owned and counted like their parent, linked to it.
-    pub fn children(&self, kind: &str, inputs: &[Json], now: Millis) -> Vec<Job> {
+    /// input, owned and counted like their parent, linked to it, run in `lane` (the stage's).
+    pub fn children(&self, kind: &str, lane: Lane, inputs: &[Json], now: Millis) -> Vec<Job> {
         let ttl = self.expires_at - self.submitted_at.div_euclid(1000);
         inputs
             .iter()
@@ -696,6 +727,7 @@ impl Job {
                 );
                 child.job_id = JobId::child_of(&self.job_id, i);
                 child.parent_id = Some(self.job_id.clone());
+                child.lane = lane;
                 child
             })
             .collect()

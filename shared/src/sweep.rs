@@ -23,7 +23,7 @@ use serde::Serialize;
 use crate::clock::Millis;
 use crate::clock::SharedClock;
 use crate::error::BoxError;
-use crate::job::{Job, JobStatus, WebhookStatus};
+use crate::job::{Job, JobStatus, Lane, WebhookStatus};
 use crate::queue::{Announcer, JobMessage, JobSender};
 use crate::store::{StoreError, SweepStore};
 use crate::webhook::MAX_ATTEMPTS;
@@ -52,6 +52,8 @@ pub struct SweepReport {
 pub struct Sweeper {
     pub store: Arc<dyn SweepStore>,
     pub queue: Arc<dyn JobSender>,
+    /// The container queue, for container-only jobs (`None`: the deployment has none).
+    pub container: Option<Arc<dyn JobSender>>,
     pub clock: SharedClock,
     pub announcer: Announcer,
 }
@@ -87,7 +89,17 @@ impl Sweeper {
                         job_id: job.job_id.clone(),
                         kind: job.kind.clone(),
                     };
-                    self.queue.send(&msg.encode(), Duration::ZERO).await?;
+                    let queue = match job.lane {
+                        Lane::Lambda => &self.queue,
+                        Lane::Container => match &self.container {
+                            Some(q) => q,
+                            None => {
+                                tracing::error!(job_id = %job.job_id, "a queued container-only job, and no container queue to send it to");
+                                continue;
+                            }
+                        },
+                    };
+                    queue.send(&msg.encode(), Duration::ZERO).await?;
                     // Touch it so the next sweep does not send again at once.
                     if let Ok(touched) = job.resent(now) {
                         lost_race(self.store.replace(&job, &touched).await)?;

@@ -38,6 +38,11 @@ pub enum ApiError {
         "callback_url is not supported by this deployment (it has no webhook deliveries queue); poll GET /jobs/{{id}}"
     )]
     CallbackUnsupported,
+    /// A container-only kind, and this deployment has no container queue: nothing would run it.
+    #[error(
+        "this kind runs only on the container worker, and this deployment has none (no container queue: set the template's ContainerImage parameter)"
+    )]
+    NoContainerQueue,
     #[error("cursor is not one this API returned")]
     InvalidCursor,
     #[error("no authenticated caller: the request carries no authorizer identity")]
@@ -93,7 +98,7 @@ impl ApiError {
             Self::QueueFull { .. } | Self::TooManyInFlight { .. } => 429,
             Self::PayloadTooLarge | Self::InputTooLarge => 413,
             Self::UnsupportedMediaType => 415,
-            Self::UnknownKind { .. } | Self::CallbackUnsupported => 422,
+            Self::UnknownKind { .. } | Self::CallbackUnsupported | Self::NoContainerQueue => 422,
             Self::Internal { .. } => 500,
             Self::Unavailable { .. } => 503,
         }
@@ -111,6 +116,7 @@ impl ApiError {
             Self::TruncatedBody => "truncated_body",
             Self::InvalidCallbackUrl(_) => "invalid_callback_url",
             Self::CallbackUnsupported => "callback_unsupported",
+            Self::NoContainerQueue => "no_container_worker",
             Self::InvalidCursor => "invalid_cursor",
             Self::Unauthenticated => "unauthenticated",
             Self::InvalidToken => "invalid_token",

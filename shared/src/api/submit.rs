@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 use super::{ApiError, ApiSettings, Caller, MAX_BODY_BYTES};
 use crate::clock::SharedClock;
 use crate::handler::HandlerRegistry;
-use crate::job::{ENQUEUE_FAILED, ErrorInfo, Job, MAX_INPUT_BYTES, NewJob};
+use crate::job::{ENQUEUE_FAILED, ErrorInfo, Job, Lane, MAX_INPUT_BYTES, NewJob};
 use crate::json::Json;
 use crate::net as callback;
 use crate::queue::{JobMessage, SubmitQueue};
@@ -66,10 +66,13 @@ struct DepthReading {
 pub struct SubmitApi {
     store: Arc<dyn SubmitStore>,
     queue: Arc<dyn SubmitQueue>,
+    /// The queue of container-only kinds (`None`: they are refused).
+    container: Option<Arc<dyn SubmitQueue>>,
     registry: HandlerRegistry,
     settings: ApiSettings,
     clock: SharedClock,
-    depth: Mutex<Option<DepthReading>>,
+    /// One reading per lane's queue.
+    depth: [Mutex<Option<DepthReading>>; 2],
 }
 
 impl SubmitApi {
@@ -83,26 +86,47 @@ impl SubmitApi {
         Self {
             store,
             queue,
+            container: None,
             registry,
             settings,
             clock,
-            depth: Mutex::new(None),
+            depth: Default::default(),
         }
+    }
+
+    /// Takes container-only kinds, sending them to `queue`.
+    pub fn with_container_queue(mut self, queue: Arc<dyn SubmitQueue>) -> Self {
+        self.container = Some(queue);
+        self
+    }
+
+    /// The queue of `lane`, if this deployment has one.
+    fn queue_of(&self, lane: Lane) -> Result<&Arc<dyn SubmitQueue>, ApiError> {
+        match lane {
+            Lane::Lambda => Ok(&self.queue),
+            Lane::Container => self.container.as_ref().ok_or(ApiError::NoContainerQueue),
+        }
+    }
+
+    fn depth_of(&self, lane: Lane) -> std::sync::MutexGuard<'_, Option<DepthReading>> {
+        self.depth[lane as usize]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 
     /// The queue's depth as this instance estimates it: the last reading (at most [`DEPTH_CACHE_TTL`]
     /// old) plus its own sends since. `None` when it cannot be read: backpressure then fails open (the
     /// send itself reports an outage).
-    async fn queue_depth(&self) -> Option<u64> {
-        let cached = *self.depth.lock().unwrap_or_else(|p| p.into_inner());
+    async fn queue_depth(&self, lane: Lane) -> Option<u64> {
+        let cached = *self.depth_of(lane);
         if let Some(r) = cached
             && r.at.elapsed() < DEPTH_CACHE_TTL
         {
             return Some(r.depth + r.sent_since);
         }
-        match self.queue.depth().await {
+        match self.queue_of(lane).ok()?.depth().await {
             Ok(depth) => {
-                *self.depth.lock().unwrap_or_else(|p| p.into_inner()) = Some(DepthReading {
+                *self.depth_of(lane) = Some(DepthReading {
                     at: Instant::now(),
                     depth,
                     sent_since: 0,
@@ -121,15 +145,10 @@ impl SubmitApi {
             job_id: job.job_id.clone(),
             kind: job.kind.clone(),
         };
-        self.queue
+        self.queue_of(job.lane)?
             .send_traced(&message.encode(), Duration::ZERO, Some(trace))
             .await?;
-        if let Some(r) = self
-            .depth
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_mut()
-        {
+        if let Some(r) = self.depth_of(job.lane).as_mut() {
             r.sent_since += 1;
         }
         Ok(())
@@ -253,6 +272,9 @@ pub(super) async fn submit(
             known: api.registry.kinds().collect::<Vec<_>>().join(", "),
         });
     }
+    // Where the kind runs is the registry's choice; a deployment without that lane's queue refuses it.
+    let lane = api.registry.lane(&body.kind);
+    api.queue_of(lane)?;
     if body.input.len() > MAX_INPUT_BYTES {
         return Err(ApiError::InputTooLarge);
     }
@@ -296,7 +318,7 @@ pub(super) async fn submit(
         return api.answer_existing(existing, &request_hash, &trace).await;
     }
     if let Some(bound) = api.settings.max_queue_depth
-        && api.queue_depth().await.is_some_and(|d| d >= bound)
+        && api.queue_depth(lane).await.is_some_and(|d| d >= bound)
     {
         return Err(ApiError::QueueFull {
             retry_after: QUEUE_FULL_RETRY_SECS,
@@ -315,6 +337,7 @@ pub(super) async fn submit(
         },
         now,
     );
+    job.lane = lane;
     if let Some(key) = key {
         job.idempotency_key = Some(key);
         job.request_hash = Some(request_hash.clone());

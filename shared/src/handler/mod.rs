@@ -9,7 +9,7 @@
 mod builtin;
 mod context;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::future::Future;
 use std::marker::PhantomData;
@@ -24,6 +24,7 @@ pub use builtin::{Echo, Sleep};
 pub use context::{Attached, Attempt, JobContext, MAX_FAN_OUT, MAX_STEP_BYTES, Pathway};
 
 use crate::error::BoxError;
+use crate::job::Lane;
 use crate::json::Json;
 
 /// How a handler's run went wrong. A variant exists for each decision the worker takes differently.
@@ -192,10 +193,13 @@ pub fn validate_kind(kind: &str) -> Result<(), InvalidKind> {
 
 /// Kind -> handler. The submit function rejects kinds not in it; the worker dispatches through it. A
 /// project builds it in one function (`functions/kinds`) that every function and `jobctl` call, so they
-/// can never disagree.
+/// can never disagree. It also says where each kind runs ([`Lane`]): the queue is the registry's choice,
+/// never the client's.
 #[derive(Clone, Default)]
 pub struct HandlerRegistry {
     handlers: BTreeMap<String, Arc<dyn DynHandler>>,
+    /// The kinds only the container worker runs.
+    container: BTreeSet<String>,
 }
 
 impl fmt::Debug for HandlerRegistry {
@@ -225,7 +229,30 @@ impl HandlerRegistry {
     ) -> Result<&mut Self, InvalidKind> {
         validate_kind(kind)?;
         self.handlers.insert(kind.to_owned(), Arc::new(handler));
+        self.container.remove(kind);
         Ok(self)
+    }
+
+    /// Adds (or replaces) the handler of a *container-only* kind: submit sends its jobs to the container
+    /// queue, which only `jobctl worker --container` consumes, so the worker function never runs them
+    /// (work that outlasts 15 minutes, or needs a GPU or more memory than a Lambda has).
+    pub fn register_container(
+        &mut self,
+        kind: &str,
+        handler: impl Handler,
+    ) -> Result<&mut Self, InvalidKind> {
+        self.register(kind, handler)?;
+        self.container.insert(kind.to_owned());
+        Ok(self)
+    }
+
+    /// Where jobs of `kind` run.
+    pub fn lane(&self, kind: &str) -> Lane {
+        if self.container.contains(kind) {
+            Lane::Container
+        } else {
+            Lane::Lambda
+        }
     }
 
     /// Adds an async closure as the handler of `kind`: `|input: MyInput, ctx| async move { ... }`.
@@ -286,6 +313,20 @@ mod tests {
         r.register_fn("double", |v: i64, _| async move { Ok(v * 2) })
             .unwrap();
         assert!(r.contains("double"));
+    }
+
+    #[test]
+    fn kinds_run_on_lambda_unless_registered_container_only() {
+        let mut r = HandlerRegistry::with_builtins();
+        assert_eq!(r.lane("echo"), Lane::Lambda);
+        r.register_container("render", Echo).unwrap();
+        assert_eq!(r.lane("render"), Lane::Container);
+        assert!(r.contains("render"));
+        // Registering the kind again, plainly, brings it back to the worker function.
+        r.register("render", Echo).unwrap();
+        assert_eq!(r.lane("render"), Lane::Lambda);
+        assert!(r.register_container("Bad", Echo).is_err());
+        assert_eq!(r.lane("Bad"), Lane::Lambda);
     }
 
     #[tokio::test]

@@ -31,9 +31,9 @@ pub use lease::{LeaseError, LeaseKeeper};
 use crate::clock::{Millis, SharedClock};
 use crate::config::Config;
 use crate::handler::{Attached, HandlerRegistry, JobContext, JobError, Output};
-use crate::job::{ErrorInfo, Job, JobStatus};
+use crate::job::{ErrorInfo, Job, JobStatus, Lane};
 use crate::observe;
-use crate::queue::{Consumer, Delivery, JobMessage, MAX_VISIBILITY, WorkerQueue};
+use crate::queue::{Consumer, Delivery, JobMessage, JobSender, MAX_VISIBILITY, WorkerQueue};
 pub use crate::queue::{Invocation, Verdict};
 use crate::retry::Backoff;
 use crate::store::{StoreError, WorkerStore};
@@ -93,6 +93,9 @@ pub enum Outcome {
     Cancelled,
     /// The worker was stopping: the job was given back unfinished, for another worker.
     Released,
+    /// A container-only job reached the worker function (a message sent before its kind moved, say): it
+    /// was sent on to the container queue, not run.
+    Forwarded,
     /// The store or queue failed: the message comes back with backoff.
     Unavailable,
 }
@@ -113,6 +116,7 @@ impl Outcome {
             Self::Continued => "continued",
             Self::Cancelled => "cancelled",
             Self::Released => "released",
+            Self::Forwarded => "forwarded",
             Self::Unavailable => "unavailable",
         }
     }
@@ -152,6 +156,10 @@ pub struct Worker {
     /// Turns true when the process is stopping: running jobs are given back.
     stop: watch::Receiver<bool>,
     announcer: Announcer,
+    /// The lane whose queue this worker consumes (`queue`), and the other lane's queue, if the
+    /// deployment has it: where follow-up jobs and misrouted jobs of that lane are sent.
+    lane: Lane,
+    other: Option<Arc<dyn JobSender>>,
 }
 
 type Graded = (Outcome, Verdict);
@@ -172,6 +180,24 @@ impl Worker {
             clock,
             stop: watch::channel(false).1,
             announcer: Announcer::none(),
+            lane: Lane::Lambda,
+            other: None,
+        }
+    }
+
+    /// Consumes `lane`'s queue; `other` is the other lane's queue (`None`: the deployment has none).
+    pub fn with_lanes(mut self, lane: Lane, other: Option<Arc<dyn JobSender>>) -> Self {
+        self.lane = lane;
+        self.other = other;
+        self
+    }
+
+    /// The queue of `lane`'s jobs, if the deployment has one.
+    fn sender(&self, lane: Lane) -> Option<&dyn JobSender> {
+        if lane == self.lane {
+            Some(&*self.queue as &dyn JobSender)
+        } else {
+            self.other.as_deref()
         }
     }
 
@@ -340,6 +366,15 @@ impl Worker {
         hider: &Hider,
     ) -> Graded {
         let keeper = LeaseKeeper::new(self.store.clone(), self.clock.clone(), owner, job.clone());
+        if self.lane == Lane::Lambda && job.lane == Lane::Container {
+            // The worker function never runs container-only work; the container worker runs anything.
+            if let Some(container) = self.other.as_deref() {
+                return self.forward(&keeper, container, d).await;
+            }
+            tracing::warn!(
+                "a container-only job, and no container queue to send it to: running it here"
+            );
+        }
         if job.cancel_requested {
             // Asked to stop before it ran (its runner died after the request): not run at all.
             return self.apply(Decision::Cancel, &keeper, &job, d).await;
@@ -465,15 +500,29 @@ impl Worker {
                 warnings,
                 pathway: Some(p),
             } => {
-                if !self.registry.contains(&p.kind) {
+                let lane = self.registry.lane(&p.kind);
+                let invalid = if !self.registry.contains(&p.kind) {
+                    Some(format!(
+                        "the next stage {:?} is not a registered kind",
+                        p.kind
+                    ))
+                } else if self.sender(lane).is_none() {
+                    Some(format!(
+                        "the next stage {:?} runs only on the container worker, and this deployment has no container queue",
+                        p.kind
+                    ))
+                } else {
+                    None
+                };
+                if let Some(message) = invalid {
                     let e = ErrorInfo {
                         code: "invalid_pathway".into(),
-                        message: format!("the next stage {:?} is not a registered kind", p.kind),
+                        message,
                         retryable: false,
                     };
                     return Box::pin(self.apply(Decision::Fail(e), keeper, job, d)).await;
                 }
-                let children = job.children(&p.kind, &p.inputs, self.clock.now());
+                let children = job.children(&p.kind, lane, &p.inputs, self.clock.now());
                 let written = keeper
                     .update_spawning(
                         |j, owner, now| {
@@ -550,8 +599,10 @@ impl Worker {
                 job_id: child.job_id.clone(),
                 kind: child.kind.clone(),
             };
-            if let Err(e) = self
-                .queue
+            let Some(queue) = self.sender(child.lane) else {
+                continue; // checked before the children were written
+            };
+            if let Err(e) = queue
                 .send_traced(&message.encode(), Duration::ZERO, trace.as_ref())
                 .await
             {
@@ -583,6 +634,26 @@ impl Worker {
             Err(e) => tracing::warn!(error = %e, "could not suspend the job"),
         }
         (Outcome::Continued, Verdict::Ack)
+    }
+
+    /// A job of the other lane: its message is sent to that lane's queue (first: if we die before the
+    /// release, that message finds the lease expired and claims it), the job goes back to `queued` with
+    /// its attempt given back, and this message is acknowledged.
+    async fn forward(&self, keeper: &LeaseKeeper, to: &dyn JobSender, d: &Delivery) -> Graded {
+        let trace = d.trace.as_deref().and_then(TraceContext::parse);
+        if let Err(e) = to
+            .send_traced(&d.body, Duration::ZERO, trace.as_ref())
+            .await
+        {
+            tracing::warn!(error = %e, "could not forward the job to its queue; trying again later");
+            let _ = keeper.update(|j, owner, now| j.release(owner, now)).await;
+            return (Outcome::Unavailable, self.backoff(1));
+        }
+        if let Err(e) = keeper.update(|j, owner, now| j.release(owner, now)).await {
+            tracing::warn!(error = %e, "could not release the forwarded job; it is free when its lease ends");
+        }
+        tracing::info!("container-only job forwarded to the container queue");
+        (Outcome::Forwarded, Verdict::Ack)
     }
 
     /// The worker is stopping: the job goes back to `queued` (its attempt given back) and its message is
