@@ -9,11 +9,9 @@ use std::process::Command;
 #[test]
 fn the_api_conforms_to_openapi_yaml() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    // Its own target directory: the outer `cargo test` holds the lock on the default one.
     let output = Command::new("bash")
         .arg(root.join("tests/openapi/run.sh"))
         .current_dir(&root)
-        .env("CARGO_TARGET_DIR", root.join("target/openapi"))
         .output()
         .expect("bash runs tests/openapi/run.sh");
     // Printed through the test harness, so `cargo test` shows it only on failure (or with --nocapture).

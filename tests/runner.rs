@@ -14,21 +14,19 @@ use support::*;
 
 const WAIT: Duration = Duration::from_secs(90);
 
-/// The jobctl binary (built by `cargo test --workspace`; built here when this suite runs alone).
+/// The jobctl binary, fresh: the workspace's dev build with every target, as `cargo test --workspace`
+/// builds it (from the tests, only a link; run alone, this suite builds it here).
 fn jobctl() -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
+    let built = Command::new(env!("CARGO"))
+        .args(["build", "--workspace", "--all-targets"])
+        .current_dir(repo_root())
+        .status()
+        .unwrap();
+    assert!(built.success());
+    std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join("target"));
-    let bin = target.join("debug/jobctl");
-    if !bin.exists() {
-        let built = Command::new(env!("CARGO"))
-            .args(["build", "-p", "jobctl"])
-            .current_dir(repo_root())
-            .status()
-            .unwrap();
-        assert!(built.success());
-    }
-    bin
+        .unwrap_or_else(|| repo_root().join("target"))
+        .join("debug/jobctl")
 }
 
 fn free_port() -> u16 {

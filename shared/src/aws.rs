@@ -81,6 +81,14 @@ impl Provisioned {
                 "JOBKIT_DELIVERIES_QUEUE_URL",
                 self.queue_urls.get("DeliveriesQueue").cloned(),
             ),
+            (
+                "JOBKIT_CONTAINER_QUEUE_URL",
+                self.queue_urls.get("ContainerJobsQueue").cloned(),
+            ),
+            (
+                "JOBKIT_CONTAINER_DLQ_URL",
+                self.queue_urls.get("ContainerJobsDeadLetterQueue").cloned(),
+            ),
             ("JOBKIT_MAX_ATTEMPTS", p("MaxReceiveCount")),
             ("JOBKIT_JOB_TTL_DAYS", p("JobRetentionDays")),
             ("JOBKIT_RETRY_BASE_SECS", p("RetryBaseSeconds")),
@@ -97,6 +105,8 @@ impl Provisioned {
                     | "JOBKIT_QUEUE_URL"
                     | "JOBKIT_DLQ_URL"
                     | "JOBKIT_DELIVERIES_QUEUE_URL"
+                    | "JOBKIT_CONTAINER_QUEUE_URL"
+                    | "JOBKIT_CONTAINER_DLQ_URL"
             )
         };
         Ok(Config::from_lookup(|k| {

@@ -3,8 +3,10 @@
 //! `queue::sqs::create_queues` and `store::dynamo::create_table` create what it describes.
 //!
 //! Supported intrinsics inside those resources: `Ref` (parameters, with their defaults or overrides, and
-//! resources), `Fn::GetAtt X.Arn` and `Fn::FindInMap`, in short (`!Ref`) or long form. Anything else is an
-//! error, so an unsupported construct fails loudly rather than creating something different.
+//! resources), `Fn::GetAtt X.Arn` and `Fn::FindInMap`, in short (`!Ref`) or long form; a resource's
+//! `Condition` with `Fn::Equals`, `Fn::Not`, `Fn::And`, `Fn::Or` and `Condition` (a resource whose
+//! condition is false is not created). Anything else is an error, so an unsupported construct fails
+//! loudly rather than creating something different.
 
 use std::collections::BTreeMap;
 
@@ -104,11 +106,20 @@ pub fn parse(yaml: &str, overrides: &BTreeMap<String, String>) -> Result<StackSp
         parameters: &parameters,
         mappings: section("Mappings"),
         resources: section("Resources"),
+        conditions: section("Conditions"),
     };
 
     let mut queues = Vec::new();
     let mut tables = Vec::new();
     for (id, res) in section("Resources") {
+        if let Some(name) = res.get("Condition") {
+            let name = name
+                .as_str()
+                .ok_or_else(|| TemplateError::Unsupported(id.clone(), name.to_string()))?;
+            if !ctx.condition(id, name)? {
+                continue;
+            }
+        }
         let props = res.get("Properties").cloned().unwrap_or(json!({}));
         match res.get("Type").and_then(Value::as_str) {
             Some("AWS::SQS::Queue") => queues.push(queue_spec(id, &ctx.eval(id, &props)?)?),
@@ -141,8 +152,8 @@ fn to_json(y: &Yaml) -> Value {
         Yaml::Tagged(t) => {
             let tag = t.tag.to_string();
             let name = tag.trim_start_matches('!');
-            let key = if name == "Ref" {
-                "Ref".to_owned()
+            let key = if name == "Ref" || name == "Condition" {
+                name.to_owned()
             } else {
                 format!("Fn::{name}")
             };
@@ -171,9 +182,46 @@ struct Eval<'a> {
     parameters: &'a BTreeMap<String, String>,
     mappings: &'a Map<String, Value>,
     resources: &'a Map<String, Value>,
+    conditions: &'a Map<String, Value>,
 }
 
 impl Eval<'_> {
+    /// The value of the template's condition `name` (for the resource `at`).
+    fn condition(&self, at: &str, name: &str) -> Result<bool, TemplateError> {
+        let def = self.conditions.get(name).ok_or_else(|| {
+            TemplateError::Unsupported(at.to_owned(), format!("condition {name}"))
+        })?;
+        self.truth(at, def)
+    }
+
+    fn truth(&self, at: &str, v: &Value) -> Result<bool, TemplateError> {
+        let bad = || TemplateError::Unsupported(at.to_owned(), v.to_string());
+        let (f, arg) = v
+            .as_object()
+            .filter(|m| m.len() == 1)
+            .and_then(|m| m.iter().next())
+            .ok_or_else(bad)?;
+        let args = || arg.as_array().ok_or_else(bad);
+        match f.as_str() {
+            "Condition" => self.condition(at, arg.as_str().ok_or_else(bad)?),
+            "Fn::Not" => match args()?.as_slice() {
+                [one] => Ok(!self.truth(at, one)?),
+                _ => Err(bad()),
+            },
+            "Fn::And" => args()?
+                .iter()
+                .try_fold(true, |acc, c| Ok(acc & self.truth(at, c)?)),
+            "Fn::Or" => args()?
+                .iter()
+                .try_fold(false, |acc, c| Ok(acc | self.truth(at, c)?)),
+            "Fn::Equals" => match args()?.as_slice() {
+                [a, b] => Ok(scalar(&self.eval(at, a)?) == scalar(&self.eval(at, b)?)),
+                _ => Err(bad()),
+            },
+            _ => Err(bad()),
+        }
+    }
+
     /// Resolves parameter refs and maps; resource refs and `GetAtt` stay as they are, for the creator.
     fn eval(&self, at: &str, v: &Value) -> Result<Value, TemplateError> {
         let bad = |what: &Value| TemplateError::Unsupported(at.to_owned(), what.to_string());
@@ -380,6 +428,51 @@ mod tests {
             deliveries.redrive.as_ref().unwrap().dead_letter_queue,
             "DeliveriesDeadLetterQueue"
         );
+    }
+
+    #[test]
+    fn the_container_queue_exists_only_when_asked_for_or_with_a_container_image() {
+        let has = |o: &[(&str, &str)]| {
+            let s = shipped(o).unwrap();
+            match (
+                s.queue("ContainerJobsQueue"),
+                s.queue("ContainerJobsDeadLetterQueue"),
+            ) {
+                (Some(q), Some(_)) => {
+                    let r = q.redrive.as_ref().expect("a redrive policy");
+                    assert_eq!(r.dead_letter_queue, "ContainerJobsDeadLetterQueue");
+                    true
+                }
+                (None, None) => false,
+                _ => panic!("the queue and its DLQ come together"),
+            }
+        };
+        assert!(!has(&[]));
+        assert!(has(&[("ContainerQueue", "true")]));
+        assert!(has(&[(
+            "ContainerImage",
+            "x.dkr.ecr.eu-west-1.amazonaws.com/w:1"
+        )]));
+        assert!(!has(&[("ContainerQueue", "false")]));
+    }
+
+    #[test]
+    fn conditions_evaluate_and_unsupported_ones_fail_loudly() {
+        let yaml = |cond: &str| {
+            format!(
+                "Parameters:\n  P: {{Type: String, Default: a}}\nConditions:\n  C: {cond}\n  D: !Not [!Condition C]\n\
+                 Resources:\n  Q:\n    Type: AWS::SQS::Queue\n    Condition: D\n"
+            )
+        };
+        let queues = |cond: &str| parse(&yaml(cond), &BTreeMap::new()).map(|s| s.queues.len());
+        assert_eq!(queues("!Equals [!Ref P, a]"), Ok(0));
+        assert_eq!(queues("!Equals [!Ref P, b]"), Ok(1));
+        assert_eq!(queues("!And [!Equals [!Ref P, a], !Equals [b, b]]"), Ok(0));
+        assert_eq!(queues("!Or [!Equals [!Ref P, b], !Equals [a, b]]"), Ok(1));
+        assert!(matches!(
+            queues("!Contains [[a], !Ref P]"),
+            Err(TemplateError::Unsupported(..))
+        ));
     }
 
     #[test]

@@ -24,7 +24,8 @@ if ! "$ST" --version 2>/dev/null | grep -qx "schemathesis, version $SCHEMATHESIS
   "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
 fi
 
-cargo build -p jobctl
+# As `cargo test --workspace` builds it (run from the tests, only a link: one build, one target dir).
+cargo build --workspace --all-targets
 JOBCTL="$TARGET/debug/jobctl"
 
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/jobkit-openapi.XXXXXX")"
