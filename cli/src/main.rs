@@ -63,6 +63,9 @@ enum Command {
     /// A long-running worker on the stack's jobs queue (JOBKIT_TABLE, JOBKIT_QUEUE_URL), for containers:
     /// SIGTERM drains, then releases what still runs.
     Worker(runner::WorkerArgs),
+    /// Exit 0 if URL answers 2xx within 3 s (a container's health check of `jobctl worker --healthz`,
+    /// for images without curl).
+    Healthcheck { url: String },
     /// Queue depth, in flight, DLQ depth, age of the oldest message, and your jobs by status (against a
     /// stack with JOBKIT_QUEUE_URL set, or `jobctl dev`).
     Stats(stats::StatsArgs),
@@ -198,6 +201,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
         }
         Command::Run(args) => runner::run(args, kinds::registry()).await,
         Command::Worker(args) => runner::worker(args, kinds::registry()).await.map(|_| true),
+        Command::Healthcheck { url } => runner::healthcheck(&url).await,
         Command::Stats(args) => {
             let json = cli.target.json;
             let c = client::Client::new(cli.target)?;
@@ -241,6 +245,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
                 | Command::Sweep { .. }
                 | Command::Stats(_)
                 | Command::Run(_)
+                | Command::Healthcheck { .. }
                 | Command::Worker(_) => {
                     unreachable!("handled above")
                 }

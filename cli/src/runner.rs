@@ -275,6 +275,18 @@ pub async fn worker(args: WorkerArgs, registry: HandlerRegistry) -> anyhow::Resu
     Ok(())
 }
 
+/// `jobctl healthcheck URL`: whether `url` answers 2xx within 3 s.
+pub async fn healthcheck(url: &str) -> anyhow::Result<bool> {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(3))
+        .build()?;
+    Ok(http
+        .get(url)
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success()))
+}
+
 /// A consumer that counts the batches it holds, so the task can ask not to be scaled in meanwhile.
 struct Busy<C> {
     inner: C,
