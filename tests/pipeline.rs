@@ -407,3 +407,137 @@ async fn a_failed_enqueue_answers_503_and_leaves_no_job_waiting_forever() {
     );
     assert_eq!(job.error.unwrap().code, "enqueue_failed");
 }
+
+/// Kinds of both lanes: `plain` (the worker function's) hands its input on to `render`, which is
+/// container-only; each run is recorded with the lane of the worker that ran it.
+fn two_lane_registry(
+    runs: Arc<std::sync::Mutex<Vec<(String, &'static str)>>>,
+    lane: &'static str,
+) -> HandlerRegistry {
+    let mut r = HandlerRegistry::with_builtins();
+    let seen = runs.clone();
+    r.register_fn(
+        "plain",
+        move |input: serde_json::Value, ctx: jobkit::JobContext| {
+            seen.lock().unwrap().push(("plain".into(), lane));
+            async move {
+                ctx.then("render", &input)?;
+                Ok::<_, jobkit::JobError>(json!("handed on"))
+            }
+        },
+    )
+    .unwrap();
+    let seen = runs;
+    let render = jobkit::handler::FnHandler::new(move |input: serde_json::Value, _ctx| {
+        seen.lock().unwrap().push(("render".into(), lane));
+        async move { Ok::<_, jobkit::JobError>(json!({"rendered": input})) }
+    });
+    r.register_container("render", render).unwrap();
+    r
+}
+
+/// The container lane: the container worker's core (as `jobctl worker --container` runs it) behind an
+/// event source on the container queue.
+fn container_worker(env: &TestEnv, registry: HandlerRegistry) -> jobkit::local::EventSource {
+    let b = &env.backend;
+    jobkit::local::EventSource::new(
+        b.container
+            .clone()
+            .expect("the stack has a container queue"),
+        Arc::new(
+            b.container_worker(registry, fast_settings(env.config.max_attempts))
+                .expect("a container worker"),
+        ),
+        b.clock.clone(),
+        10,
+    )
+}
+
+#[tokio::test]
+async fn container_only_kinds_never_reach_the_worker_function() {
+    let env = TestEnv::start_with(&[("ContainerQueue", "true")]).await;
+    let runs = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let api = env.api(two_lane_registry(runs.clone(), "lambda"));
+    let lambda = env.worker(two_lane_registry(runs.clone(), "lambda"));
+    let container = container_worker(&env, two_lane_registry(runs.clone(), "container"));
+
+    // Submitted directly: into the container queue; the worker function's queue stays empty.
+    let direct = env.submit(&api, r#"{"kind":"render","input":1}"#).await;
+    assert_eq!(env.job(&direct).await.lane, jobkit::Lane::Container);
+    let (msgs, _) = env.deliver(&lambda).await;
+    assert!(msgs.is_empty(), "the worker function received {msgs:?}");
+    let done = env
+        .run_until(&container, &direct, JobStatus::Completed, WAIT)
+        .await;
+    assert_eq!(done.result.unwrap(), json!({"rendered": 1}));
+
+    // A pathway from a Lambda kind into a container-only one: the child goes to the container queue.
+    let parent = env.submit(&api, r#"{"kind":"plain","input":2}"#).await;
+    let parent = env
+        .run_until(&lambda, &parent, JobStatus::Completed, WAIT)
+        .await;
+    let child = parent.next[0].clone();
+    assert_eq!(env.job(&child).await.lane, jobkit::Lane::Container);
+    let (msgs, _) = env.deliver(&lambda).await;
+    assert!(msgs.is_empty(), "the worker function received {msgs:?}");
+    env.run_until(&container, &child, JobStatus::Completed, WAIT)
+        .await;
+
+    // A container job's message on the jobs queue (sent before its kind moved, say) is sent on to the
+    // container queue without running, its attempt given back; the container worker runs it once (the
+    // forwarded copy and the original are one job).
+    let stray = env.submit(&api, r#"{"kind":"render","input":3}"#).await;
+    let copy = JobMessage {
+        job_id: stray.clone(),
+        kind: "render".into(),
+    };
+    env.queue
+        .send(&copy.encode(), Duration::ZERO)
+        .await
+        .unwrap();
+    let (msgs, result) = env.deliver(&lambda).await;
+    assert_eq!(
+        (msgs.len(), result.outcomes.as_slice()),
+        (1, &[Outcome::Forwarded][..])
+    );
+    let job = env.job(&stray).await;
+    assert_eq!((job.status, job.attempts), (JobStatus::Queued, 0));
+    let job = env
+        .run_until(&container, &stray, JobStatus::Completed, WAIT)
+        .await;
+    assert_eq!(job.attempts, 1);
+
+    let runs = runs.lock().unwrap().clone();
+    assert!(
+        runs.iter()
+            .all(|(kind, lane)| (kind == "render") == (*lane == "container")),
+        "each kind ran only in its lane: {runs:?}"
+    );
+    assert_eq!(
+        runs.iter().filter(|(k, _)| k == "render").count(),
+        3,
+        "{runs:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_deployment_without_a_container_queue_refuses_container_only_kinds() {
+    let env = TestEnv::start().await;
+    let runs = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let registry = two_lane_registry(runs, "lambda");
+    let api = env.api(registry.clone());
+    let resp = api
+        .handle(post_jobs("alice", r#"{"kind":"render","input":1}"#))
+        .await;
+    assert_error(&resp, 422, "no_container_worker");
+    assert_eq!(env.item_count().await, 0, "nothing was stored");
+    // A pathway into it fails its parent plainly instead of leaving a child no worker takes.
+    let parent = env.submit(&api, r#"{"kind":"plain","input":1}"#).await;
+    let job = env
+        .run_until(&env.worker(registry), &parent, JobStatus::Failed, WAIT)
+        .await;
+    let error = job.error.unwrap();
+    assert_eq!(error.code, "invalid_pathway");
+    assert!(error.message.contains("container"), "{}", error.message);
+    assert!(job.next.is_empty());
+}

@@ -159,6 +159,20 @@ pub struct FnHandler<F, I, O> {
     _types: PhantomData<fn(I) -> O>,
 }
 
+impl<F, Fut, I, O> FnHandler<F, I, O>
+where
+    F: Fn(I, JobContext) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<O, JobError>> + Send + 'static,
+{
+    /// `f` as a handler, e.g. for [`HandlerRegistry::register_container`].
+    pub fn new(f: F) -> Self {
+        Self {
+            f,
+            _types: PhantomData,
+        }
+    }
+}
+
 impl<F, Fut, I, O> Handler for FnHandler<F, I, O>
 where
     F: Fn(I, JobContext) -> Fut + Send + Sync + 'static,
@@ -263,13 +277,7 @@ impl HandlerRegistry {
         I: DeserializeOwned + Send + 'static,
         O: Serialize + Send + 'static,
     {
-        self.register(
-            kind,
-            FnHandler {
-                f,
-                _types: PhantomData,
-            },
-        )
+        self.register(kind, FnHandler::new(f))
     }
 
     pub fn get(&self, kind: &str) -> Option<Arc<dyn DynHandler>> {
