@@ -147,10 +147,15 @@ def deploy(issuer):
     params = {
         "WorkerTimeout": "30", "RetryBaseSeconds": "1", "RetryMaxSeconds": "1", "WorkerBatchSize": "10",
         "AuthMode": "jwt", "JwtIssuer": issuer, "JwtAudience": AUDIENCE,
+        # The container queue and its routing (the Fargate worker needs ECS, which this run leaves out).
+        "ContainerQueue": "true",
     }
+    # Like `sam deploy`: the template is over the 51,200 bytes a request may carry inline, so it goes
+    # through S3 (TemplateURL takes up to 1 MB).
+    s3.put_object(Bucket=bucket, Key="template.yaml", Body=template.encode())
     cfn.create_stack(
         StackName=STACK,
-        TemplateBody=template,
+        TemplateURL=f"{ENDPOINT}/{bucket}/template.yaml",
         Parameters=[{"ParameterKey": k, "ParameterValue": v} for k, v in params.items()],
         Capabilities=["CAPABILITY_IAM", "CAPABILITY_AUTO_EXPAND"],
     )
