@@ -541,3 +541,33 @@ async fn a_deployment_without_a_container_queue_refuses_container_only_kinds() {
     assert!(error.message.contains("container"), "{}", error.message);
     assert!(job.next.is_empty());
 }
+
+#[tokio::test]
+async fn the_sweep_resends_a_container_job_to_the_container_queue() {
+    let env = TestEnv::start_with(&[("ContainerQueue", "true")]).await;
+    let runs = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let api = env.api(two_lane_registry(runs.clone(), "lambda"));
+    let id = env.submit(&api, r#"{"kind":"render","input":4}"#).await;
+    // Its message is lost (received and deleted by nobody's worker).
+    let container_queue = env.backend.container.clone().unwrap();
+    let lost = eventually("the container message", WAIT, async || {
+        let got = container_queue
+            .receive(1, Duration::from_secs(1), None)
+            .await
+            .unwrap();
+        got.into_iter().next()
+    })
+    .await;
+    container_queue.delete(&lost.receipt_handle).await.unwrap();
+
+    let report = env.backend.sweeper().sweep(Duration::ZERO).await.unwrap();
+    assert_eq!(report.resent, 1, "{report:?}");
+    let (msgs, _) = env
+        .deliver(&env.worker(two_lane_registry(runs.clone(), "lambda")))
+        .await;
+    assert!(msgs.is_empty(), "re-sent to the jobs queue: {msgs:?}");
+    let container = container_worker(&env, two_lane_registry(runs.clone(), "container"));
+    env.run_until(&container, &id, JobStatus::Completed, WAIT)
+        .await;
+    assert_eq!(*runs.lock().unwrap(), [("render".to_owned(), "container")]);
+}
