@@ -440,17 +440,14 @@ fn two_lane_registry(
 /// event source on the container queue.
 fn container_worker(env: &TestEnv, registry: HandlerRegistry) -> jobkit::local::EventSource {
     let b = &env.backend;
-    jobkit::local::EventSource::new(
-        b.container
-            .clone()
-            .expect("the stack has a container queue"),
-        Arc::new(
-            b.container_worker(registry, fast_settings(env.config.max_attempts))
-                .expect("a container worker"),
-        ),
-        b.clock.clone(),
-        10,
-    )
+    let (queue, worker) = b
+        .worker_in(
+            jobkit::Lane::Container,
+            registry,
+            fast_settings(env.config.max_attempts),
+        )
+        .expect("the stack has a container queue");
+    jobkit::local::EventSource::new(queue, Arc::new(worker), b.clock.clone(), 10)
 }
 
 #[tokio::test]

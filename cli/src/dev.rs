@@ -15,7 +15,7 @@ use jobkit::local::EventSource;
 use jobkit::template::{StackSpec, TEMPLATE_YAML, parse};
 use jobkit::webhook::{DeliverySettings, Schedule, Secrets};
 use jobkit::worker::WorkerSettings;
-use jobkit::{Backend, Config, HandlerRegistry};
+use jobkit::{Backend, Config, HandlerRegistry, Lane};
 use tokio::sync::watch;
 
 /// Options of `jobctl dev`.
@@ -203,9 +203,12 @@ pub async fn run(args: DevArgs, registry: HandlerRegistry) -> anyhow::Result<()>
     let (stop_tx, stop_rx) = watch::channel(false);
     // Container-only kinds run in-process too, like `jobctl worker --container`: no deadline.
     let containers = b
-        .container_worker(registry.clone(), WorkerSettings::from_config(&b.config))
-        .zip(b.container.clone())
-        .map(|(worker, queue)| {
+        .worker_in(
+            Lane::Container,
+            registry.clone(),
+            WorkerSettings::from_config(&b.config),
+        )
+        .map(|(queue, worker)| {
             let worker = Arc::new(worker.with_stop(stop_rx.clone()));
             Arc::new(EventSource::new(queue, worker, b.clock.clone(), batch_size))
         });

@@ -122,17 +122,13 @@ pub async fn run(args: RunArgs, registry: HandlerRegistry) -> anyhow::Result<boo
     }
     let id = jobkit::JobId::parse(accepted["job_id"].as_str().unwrap_or_default())?;
     // The queue of the kind's lane, as deployed (the embedded backend has both).
-    let settings = WorkerSettings::from_config(&b.config);
-    let (queue, core) = match registry.lane(&kind) {
-        Lane::Lambda => (b.queue.clone(), b.worker(registry, settings)),
-        Lane::Container => (
-            b.container
-                .clone()
-                .context("the embedded backend has a container queue")?,
-            b.container_worker(registry, settings)
-                .context("the embedded backend has a container queue")?,
-        ),
-    };
+    let (queue, core) = b
+        .worker_in(
+            registry.lane(&kind),
+            registry,
+            WorkerSettings::from_config(&b.config),
+        )
+        .context("the embedded backend has both queues")?;
     let worker = EventSource::new(queue, Arc::new(core), b.clock.clone(), 1)
         .with_wait(Duration::from_millis(200))
         .with_timeout(b.config.worker_timeout);
@@ -204,17 +200,18 @@ pub async fn worker(args: WorkerArgs, registry: HandlerRegistry) -> anyhow::Resu
         .await
         .map_err(|e| anyhow::anyhow!(e))?;
     let (release_tx, release_rx) = watch::channel(false);
-    let settings = WorkerSettings::from_config(&b.config);
-    let (queue, core, queue_url) = if args.container {
-        let core = b
-            .container_worker(registry, settings)
-            .context("--container needs JOBKIT_CONTAINER_QUEUE_URL")?;
-        let url = b.config.container_queue_url.clone().unwrap_or_default();
-        (b.container.clone().expect("checked above"), core, url)
+    let (lane, queue_url) = if args.container {
+        let url = b.config.container_queue_url.clone();
+        (
+            Lane::Container,
+            url.context("--container needs JOBKIT_CONTAINER_QUEUE_URL")?,
+        )
     } else {
-        let url = b.config.queue_url.clone();
-        (b.queue.clone(), b.worker(registry, settings), url)
+        (Lane::Lambda, b.config.queue_url.clone())
     };
+    let (queue, core) = b
+        .worker_in(lane, registry, WorkerSettings::from_config(&b.config))
+        .context("the backend has the queue its configuration names")?;
     let busy = Arc::new(Busy::new(core.with_stop(release_rx)));
     if let Some(agent) = std::env::var("ECS_AGENT_URI")
         .ok()
@@ -329,7 +326,8 @@ async fn protect_while_busy<C: Consumer>(agent: String, busy: Arc<Busy<C>>) {
     let mut protected = false;
     loop {
         let want = *holding.borrow_and_update() > 0;
-        if want != protected || want {
+        // Set while jobs are held (renewed), cleared once when they are not.
+        if want || protected {
             let body = if want {
                 json!({"ProtectionEnabled": true, "ExpiresInMinutes": PROTECTION_MINUTES})
             } else {

@@ -14,7 +14,7 @@ use crate::dlq::DeadLetters;
 use crate::error::BoxError;
 use crate::handler::HandlerRegistry;
 use crate::job::Lane;
-use crate::queue::{JobQueue, JobSender, MemoryQueue, SqsQueue};
+use crate::queue::{JobQueue, JobSender, Lanes, MemoryQueue, SqsQueue};
 use crate::store::{DynamoStore, JobStore, MemoryStore};
 use crate::sweep::Sweeper;
 use crate::webhook::{Announcer, Deliverer, DeliverySettings, Secrets};
@@ -164,52 +164,54 @@ impl Backend {
     /// The worker function's core with `settings`: it consumes the jobs queue, and sends follow-up jobs
     /// of container-only kinds to the container queue.
     pub fn worker(&self, registry: HandlerRegistry, settings: WorkerSettings) -> Worker {
-        let container = self.container.clone().map(|q| q as Arc<dyn JobSender>);
-        self.worker_on(
-            self.queue.clone(),
-            Lane::Lambda,
-            container,
-            registry,
-            settings,
-        )
+        let (_, worker) = self
+            .worker_in(Lane::Lambda, registry, settings)
+            .expect("every deployment has a jobs queue");
+        worker
     }
 
-    /// `jobctl worker --container`'s core: it consumes the container queue (and sends follow-up jobs of
-    /// other kinds to the jobs queue). `None` when the deployment has no container queue.
-    pub fn container_worker(
+    /// The queue of `lane` and a worker core consuming it (`Lane::Container`: what `jobctl worker
+    /// --container` runs); follow-up jobs go to their own lane's queue. `None` when the deployment has
+    /// no queue for `lane`.
+    pub fn worker_in(
         &self,
-        registry: HandlerRegistry,
-        settings: WorkerSettings,
-    ) -> Option<Worker> {
-        let lambda = self.queue.clone() as Arc<dyn JobSender>;
-        let own = self.container.clone()?;
-        Some(self.worker_on(own, Lane::Container, Some(lambda), registry, settings))
-    }
-
-    fn worker_on(
-        &self,
-        own: Arc<dyn JobQueue>,
         lane: Lane,
-        other: Option<Arc<dyn JobSender>>,
         registry: HandlerRegistry,
         settings: WorkerSettings,
-    ) -> Worker {
-        Worker::new(
+    ) -> Option<(Arc<dyn JobQueue>, Worker)> {
+        let own = self.queues().get(lane)?.clone();
+        let worker = Worker::new(
             self.store.clone(),
-            own,
+            own.clone(),
             registry,
             settings,
             self.clock.clone(),
         )
-        .with_lanes(lane, other)
-        .with_announcer(self.announcer())
+        .with_lanes(lane, self.senders())
+        .with_announcer(self.announcer());
+        Some((own, worker))
+    }
+
+    /// The job queues by lane.
+    fn queues(&self) -> Lanes<dyn JobQueue> {
+        Lanes {
+            lambda: self.queue.clone(),
+            container: self.container.clone(),
+        }
+    }
+
+    /// [`Self::queues`], for sending only.
+    fn senders(&self) -> Lanes<dyn JobSender> {
+        Lanes {
+            lambda: self.queue.clone(),
+            container: self.container.clone().map(|q| q as Arc<dyn JobSender>),
+        }
     }
 
     pub fn sweeper(&self) -> Sweeper {
         Sweeper {
             store: self.store.clone(),
-            queue: self.queue.clone(),
-            container: self.container.clone().map(|q| q as Arc<dyn JobSender>),
+            queues: self.senders(),
             clock: self.clock.clone(),
             announcer: self.announcer(),
         }
@@ -217,28 +219,19 @@ impl Backend {
 
     /// The DLQ tools of the jobs queue, when it has a DLQ.
     pub fn dead_letters(&self) -> Option<DeadLetters> {
-        self.dead_letters_of(self.queue.clone(), self.dead_letter_queue.clone()?)
+        Some(self.dead_letters_of(self.queue.clone(), self.dead_letter_queue.clone()?))
     }
 
     /// The DLQ tools of the container queue, when there is one with a DLQ.
     pub fn container_dead_letters(&self) -> Option<DeadLetters> {
-        self.dead_letters_of(
+        Some(self.dead_letters_of(
             self.container.clone()?,
             self.container_dead_letter_queue.clone()?,
-        )
+        ))
     }
 
-    fn dead_letters_of(
-        &self,
-        queue: Arc<dyn JobQueue>,
-        dlq: Arc<dyn JobQueue>,
-    ) -> Option<DeadLetters> {
-        Some(DeadLetters::new(
-            self.store.clone(),
-            queue,
-            dlq,
-            self.clock.clone(),
-        ))
+    fn dead_letters_of(&self, queue: Arc<dyn JobQueue>, dlq: Arc<dyn JobQueue>) -> DeadLetters {
+        DeadLetters::new(self.store.clone(), queue, dlq, self.clock.clone())
     }
 }
 

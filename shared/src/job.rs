@@ -222,13 +222,6 @@ impl Lane {
     pub fn is_lambda(&self) -> bool {
         *self == Self::Lambda
     }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Lambda => "lambda",
-            Self::Container => "container",
-        }
-    }
 }
 
 /// The job record. Its serde form is the storage form (DynamoDB item / embedded store); the API shows

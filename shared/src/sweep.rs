@@ -23,8 +23,8 @@ use serde::Serialize;
 use crate::clock::Millis;
 use crate::clock::SharedClock;
 use crate::error::BoxError;
-use crate::job::{Job, JobStatus, Lane, WebhookStatus};
-use crate::queue::{Announcer, JobMessage, JobSender};
+use crate::job::{Job, JobStatus, WebhookStatus};
+use crate::queue::{Announcer, JobMessage, JobSender, Lanes};
 use crate::store::{StoreError, SweepStore};
 use crate::webhook::MAX_ATTEMPTS;
 
@@ -51,9 +51,8 @@ pub struct SweepReport {
 /// The sweep's dependencies: exactly what its function's IAM policy allows.
 pub struct Sweeper {
     pub store: Arc<dyn SweepStore>,
-    pub queue: Arc<dyn JobSender>,
-    /// The container queue, for container-only jobs (`None`: the deployment has none).
-    pub container: Option<Arc<dyn JobSender>>,
+    /// Each queued job is re-sent to its lane's queue.
+    pub queues: Lanes<dyn JobSender>,
     pub clock: SharedClock,
     pub announcer: Announcer,
 }
@@ -89,15 +88,9 @@ impl Sweeper {
                         job_id: job.job_id.clone(),
                         kind: job.kind.clone(),
                     };
-                    let queue = match job.lane {
-                        Lane::Lambda => &self.queue,
-                        Lane::Container => match &self.container {
-                            Some(q) => q,
-                            None => {
-                                tracing::error!(job_id = %job.job_id, "a queued container-only job, and no container queue to send it to");
-                                continue;
-                            }
-                        },
+                    let Some(queue) = self.queues.get(job.lane) else {
+                        tracing::error!(job_id = %job.job_id, "a queued container-only job, and no container queue to send it to");
+                        continue;
                     };
                     queue.send(&msg.encode(), Duration::ZERO).await?;
                     // Touch it so the next sweep does not send again at once.

@@ -19,7 +19,7 @@ use crate::handler::HandlerRegistry;
 use crate::job::{ENQUEUE_FAILED, ErrorInfo, Job, Lane, MAX_INPUT_BYTES, NewJob};
 use crate::json::Json;
 use crate::net as callback;
-use crate::queue::{JobMessage, SubmitQueue};
+use crate::queue::{JobMessage, Lanes, SubmitQueue};
 use crate::retry::Backoff;
 use crate::store::{
     Change, Created, Insert, KeyReservation, RmwError, StoreError, SubmitStore, read_modify_write,
@@ -65,9 +65,8 @@ struct DepthReading {
 /// The submit function's dependencies: insert and read jobs, send and count messages, nothing else.
 pub struct SubmitApi {
     store: Arc<dyn SubmitStore>,
-    queue: Arc<dyn SubmitQueue>,
-    /// The queue of container-only kinds (`None`: they are refused).
-    container: Option<Arc<dyn SubmitQueue>>,
+    /// Container-only kinds are refused without a container queue.
+    queues: Lanes<dyn SubmitQueue>,
     registry: HandlerRegistry,
     settings: ApiSettings,
     clock: SharedClock,
@@ -85,8 +84,7 @@ impl SubmitApi {
     ) -> Self {
         Self {
             store,
-            queue,
-            container: None,
+            queues: Lanes::new(queue),
             registry,
             settings,
             clock,
@@ -96,16 +94,13 @@ impl SubmitApi {
 
     /// Takes container-only kinds, sending them to `queue`.
     pub fn with_container_queue(mut self, queue: Arc<dyn SubmitQueue>) -> Self {
-        self.container = Some(queue);
+        self.queues.container = Some(queue);
         self
     }
 
     /// The queue of `lane`, if this deployment has one.
     fn queue_of(&self, lane: Lane) -> Result<&Arc<dyn SubmitQueue>, ApiError> {
-        match lane {
-            Lane::Lambda => Ok(&self.queue),
-            Lane::Container => self.container.as_ref().ok_or(ApiError::NoContainerQueue),
-        }
+        self.queues.get(lane).ok_or(ApiError::NoContainerQueue)
     }
 
     fn depth_of(&self, lane: Lane) -> std::sync::MutexGuard<'_, Option<DepthReading>> {

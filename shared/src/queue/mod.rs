@@ -1,13 +1,14 @@
 //! The job queue: capability-shaped ports with SQS semantics, and their adapters: `sqs` (aws-sdk-sqs) and
 //! `memory` (embedded, SQS semantics). Messages are small: the job id and kind; the job lives in the store.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use crate::error::BoxError;
-use crate::job::{JobId, Millis};
+use crate::job::{JobId, Lane, Millis};
 use crate::trace::TraceContext;
 
 mod deliveries;
@@ -34,6 +35,40 @@ impl JobMessage {
 
     pub fn decode(body: &str) -> Result<Self, serde_json::Error> {
         serde_json::from_str(body)
+    }
+}
+
+/// A deployment's job queues by [`Lane`]: the jobs queue, and the container queue if it has one. What
+/// submit, the worker and the sweep send a job's message through, by the lane on its record.
+pub struct Lanes<Q: ?Sized> {
+    pub lambda: Arc<Q>,
+    pub container: Option<Arc<Q>>,
+}
+
+impl<Q: ?Sized> Clone for Lanes<Q> {
+    fn clone(&self) -> Self {
+        Self {
+            lambda: self.lambda.clone(),
+            container: self.container.clone(),
+        }
+    }
+}
+
+impl<Q: ?Sized> Lanes<Q> {
+    /// Only the jobs queue.
+    pub fn new(lambda: Arc<Q>) -> Self {
+        Self {
+            lambda,
+            container: None,
+        }
+    }
+
+    /// The queue of `lane`, if the deployment has one.
+    pub fn get(&self, lane: Lane) -> Option<&Arc<Q>> {
+        match lane {
+            Lane::Lambda => Some(&self.lambda),
+            Lane::Container => self.container.as_ref(),
+        }
     }
 }
 

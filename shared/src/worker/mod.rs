@@ -33,7 +33,7 @@ use crate::config::Config;
 use crate::handler::{Attached, HandlerRegistry, JobContext, JobError, Output};
 use crate::job::{ErrorInfo, Job, JobStatus, Lane};
 use crate::observe;
-use crate::queue::{Consumer, Delivery, JobMessage, JobSender, MAX_VISIBILITY, WorkerQueue};
+use crate::queue::{Consumer, Delivery, JobMessage, JobSender, Lanes, MAX_VISIBILITY, WorkerQueue};
 pub use crate::queue::{Invocation, Verdict};
 use crate::retry::Backoff;
 use crate::store::{StoreError, WorkerStore};
@@ -156,10 +156,10 @@ pub struct Worker {
     /// Turns true when the process is stopping: running jobs are given back.
     stop: watch::Receiver<bool>,
     announcer: Announcer,
-    /// The lane whose queue this worker consumes (`queue`), and the other lane's queue, if the
-    /// deployment has it: where follow-up jobs and misrouted jobs of that lane are sent.
+    /// The lane whose queue this worker consumes (`queue`), and the deployment's queues: where
+    /// follow-up jobs and misrouted jobs are sent, by their lane.
     lane: Lane,
-    other: Option<Arc<dyn JobSender>>,
+    senders: Lanes<dyn JobSender>,
 }
 
 type Graded = (Outcome, Verdict);
@@ -174,6 +174,7 @@ impl Worker {
     ) -> Self {
         Self {
             store,
+            senders: Lanes::new(queue.clone()),
             queue,
             registry,
             settings,
@@ -181,24 +182,19 @@ impl Worker {
             stop: watch::channel(false).1,
             announcer: Announcer::none(),
             lane: Lane::Lambda,
-            other: None,
         }
     }
 
-    /// Consumes `lane`'s queue; `other` is the other lane's queue (`None`: the deployment has none).
-    pub fn with_lanes(mut self, lane: Lane, other: Option<Arc<dyn JobSender>>) -> Self {
+    /// Consumes `lane`'s queue (the one given to [`Self::new`]); `senders` are the deployment's queues.
+    pub fn with_lanes(mut self, lane: Lane, senders: Lanes<dyn JobSender>) -> Self {
         self.lane = lane;
-        self.other = other;
+        self.senders = senders;
         self
     }
 
     /// The queue of `lane`'s jobs, if the deployment has one.
     fn sender(&self, lane: Lane) -> Option<&dyn JobSender> {
-        if lane == self.lane {
-            Some(&*self.queue as &dyn JobSender)
-        } else {
-            self.other.as_deref()
-        }
+        self.senders.get(lane).map(|q| &**q)
     }
 
     /// Announces the webhook event of each job it finishes.
@@ -368,7 +364,7 @@ impl Worker {
         let keeper = LeaseKeeper::new(self.store.clone(), self.clock.clone(), owner, job.clone());
         if self.lane == Lane::Lambda && job.lane == Lane::Container {
             // The worker function never runs container-only work; the container worker runs anything.
-            if let Some(container) = self.other.as_deref() {
+            if let Some(container) = self.sender(Lane::Container) {
                 return self.forward(&keeper, container, d).await;
             }
             tracing::warn!(
