@@ -248,7 +248,8 @@ async fn one_instance_never_overshoots_the_queue_bound(s: Backends) {
     );
 }
 
-// 9. A job deleted by TTL while in flight does not keep its owner's slot.
+// 9. A job deleted by TTL while in flight does not keep its owner's slot, once its member is older than
+// any write still under way could be.
 async fn the_sweep_frees_the_slot_of_a_job_deleted_in_flight(s: Backends) {
     let api = api(&s, |c| c.max_in_flight_per_user = Some(2));
     let gone = accepted(&api, post_jobs("ida", r#"{"kind":"echo","input":1}"#)).await;
@@ -261,7 +262,15 @@ async fn the_sweep_frees_the_slot_of_a_job_deleted_in_flight(s: Backends) {
         429,
         "too_many_jobs_in_flight",
     );
-    let report = s.sweeper().sweep(jobkit::sweep::SWEEP_AFTER).await.unwrap();
+    let young = s.sweeper().sweep(jobkit::sweep::SWEEP_AFTER).await.unwrap();
+    assert_eq!(
+        young.slots_released, 0,
+        "a member younger than the grace may belong to a write under way"
+    );
+    // An hour on (the grace), nothing can still be writing a job that holds it.
+    let mut later = s.sweeper();
+    later.slot_grace = std::time::Duration::ZERO;
+    let report = later.sweep(jobkit::sweep::SWEEP_AFTER).await.unwrap();
     assert_eq!(report.slots_released, 1);
     assert_eq!(
         s.store.in_flight("ida").await.unwrap(),
@@ -270,7 +279,7 @@ async fn the_sweep_frees_the_slot_of_a_job_deleted_in_flight(s: Backends) {
     );
     assert!(s.store.get(&kept).await.unwrap().unwrap().holds_slot());
     accepted(&api, post_jobs("ida", r#"{"kind":"echo","input":3}"#)).await;
-    let again = s.sweeper().sweep(jobkit::sweep::SWEEP_AFTER).await.unwrap();
+    let again = later.sweep(jobkit::sweep::SWEEP_AFTER).await.unwrap();
     assert_eq!(again.slots_released, 0, "nothing else to free");
 }
 

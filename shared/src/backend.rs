@@ -214,6 +214,7 @@ impl Backend {
             queues: self.senders(),
             clock: self.clock.clone(),
             announcer: self.announcer(),
+            slot_grace: crate::sweep::SLOT_GRACE,
         }
     }
 

@@ -28,7 +28,9 @@ pub const MAX_RESULT_BYTES: usize = 160 * 1024;
 pub const MAX_CHECKPOINT_BYTES: usize = 64 * 1024;
 
 /// A job identifier: a ULID (26 Crockford base32 characters), sortable by creation time and carrying 80
-/// random bits, so ids cannot be guessed from one another.
+/// random bits, so ids cannot be guessed from one another. A job submitted with an `Idempotency-Key`
+/// has an id derived from its owner and key instead ([`JobId::for_key`]): the key is the id, so the job
+/// write alone reserves it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct JobId(String);
@@ -54,6 +56,19 @@ impl JobId {
 
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// The id of the job an owner's Idempotency-Key names: all 128 bits from a hash of the key as scoped
+    /// to its owner (`scoped_key`, itself a hash), so equal keys of two owners never meet and the id
+    /// says nothing about either. Not time-ordered; lists order by `submitted_at`.
+    pub fn for_key(scoped_key: &str) -> Self {
+        let digest = sha2::Sha256::digest(format!("job-for-key#{scoped_key}").as_bytes());
+        Self(
+            ulid::Ulid(u128::from_be_bytes(
+                digest[..16].try_into().expect("16 bytes"),
+            ))
+            .to_string(),
+        )
     }
 
     /// The id of `parent`'s `index`-th follow-up job: the same on every attempt that records the parent's
@@ -83,6 +98,38 @@ impl From<JobId> for String {
 impl fmt::Display for JobId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
+    }
+}
+
+/// One job's member of its owner's in-flight slot set: `{job_id}@{since}`, `since` the epoch second the
+/// job took the slot (members written before slots were stamped are the bare id). A job that takes a
+/// slot again (a redrive) gets a new member, so an old round's member is never mistaken for the new.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Slot {
+    pub job_id: JobId,
+    pub since: Option<i64>,
+}
+
+impl Slot {
+    /// Parses a set member; `None` for anything a store did not write.
+    pub fn parse(member: &str) -> Option<Self> {
+        let (id, since) = match member.split_once('@') {
+            Some((id, since)) => (id, Some(since.parse().ok()?)),
+            None => (member, None),
+        };
+        Some(Self {
+            job_id: JobId::parse(id).ok()?,
+            since,
+        })
+    }
+}
+
+impl fmt::Display for Slot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.since {
+            Some(since) => write!(f, "{}@{since}", self.job_id),
+            None => write!(f, "{}", self.job_id),
+        }
     }
 }
 
@@ -299,10 +346,13 @@ pub struct Job {
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub cancel_requested: bool,
     /// Whether the job counts against its owner's in-flight cap (one was set when it was submitted): it
-    /// holds a slot while not terminal. Stores move the owner's counter by [`Job::slot_change`] in the
-    /// same atomic write as the job, so the count is exact whatever path a job takes.
+    /// holds a slot while not terminal. Stores add its [`Slot`] to the owner's set before the write that
+    /// makes it hold one, and remove it after the write that ends it (see [`crate::store`]).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub counted: bool,
+    /// When (epoch seconds) the job last took its slot: names its member of the owner's set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slot_at: Option<i64>,
     /// Bumped by every write; stores persist a new value only over the version it was computed from.
     pub version: u64,
 }
@@ -374,6 +424,7 @@ impl Job {
             lane: Lane::Lambda,
             cancel_requested: false,
             counted: spec.counted,
+            slot_at: spec.counted.then(|| now.div_euclid(1000)),
             version: 0,
         }
     }
@@ -387,6 +438,28 @@ impl Job {
     /// terminal, +1 when a terminal job is redriven or resubmitted, else 0.
     pub fn slot_change(&self, next: &Job) -> i64 {
         i64::from(next.holds_slot()) - i64::from(self.holds_slot())
+    }
+
+    /// Its member of the owner's in-flight set (meaningful while [`Self::holds_slot`], and for the
+    /// write that ends it).
+    pub fn slot(&self) -> Slot {
+        Slot {
+            job_id: self.job_id.clone(),
+            since: self.slot_at,
+        }
+    }
+
+    /// Whether the job holds exactly `slot` now: the set member of an earlier round of the job (before
+    /// a redrive) or of a copy that never got written is not held.
+    pub fn holds(&self, slot: &Slot) -> bool {
+        self.holds_slot() && self.slot() == *slot
+    }
+
+    /// Stamps the time a new version takes a slot its previous one did not hold: a fresh member.
+    fn stamp_slot(&mut self, prev: &Job, now: Millis) {
+        if self.holds_slot() && !prev.holds_slot() {
+            self.slot_at = Some(now.div_euclid(1000));
+        }
     }
 
     /// Whether a worker may claim the job at `now`: it waits to run, or its runner's lease has expired
@@ -495,6 +568,7 @@ impl Job {
         next.finished_at = None;
         // The next terminal state brings its own event; one not delivered yet is dropped with its state.
         next.webhook = None;
+        next.stamp_slot(self, now);
         Ok(next)
     }
 
@@ -527,6 +601,7 @@ impl Job {
         next.status = JobStatus::Queued;
         next.error = None;
         next.finished_at = None;
+        next.stamp_slot(self, now);
         Ok(next)
     }
 

@@ -12,8 +12,9 @@
 //! - A terminal job's webhook event whose next attempt is long overdue lost its message (a crash right
 //!   after the terminal write, a delivery function that died): the sweep announces it again, counting
 //!   that as an attempt, so an event that can never be delivered still ends `failed`.
-//! - An owner's in-flight slots can outlive their jobs only if a job record disappears unfinished (TTL,
-//!   or an operator's delete): the sweep releases every slot whose job is gone or finished.
+//! - An owner's in-flight set can hold a member no job holds: a crash between a job's write and its
+//!   member's add or removal (see [`crate::store`]), or a record deleted unfinished (TTL, an operator).
+//!   The sweep removes such members once they are older than [`SLOT_GRACE`].
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,7 +24,7 @@ use serde::Serialize;
 use crate::clock::Millis;
 use crate::clock::SharedClock;
 use crate::error::BoxError;
-use crate::job::{Job, JobStatus, WebhookStatus};
+use crate::job::{Job, JobStatus, Slot, WebhookStatus};
 use crate::queue::{Announcer, JobMessage, JobSender, Lanes};
 use crate::store::{StoreError, SweepStore};
 use crate::webhook::MAX_ATTEMPTS;
@@ -31,6 +32,12 @@ use crate::webhook::MAX_ATTEMPTS;
 /// How long a job may sit `queued` and untouched before a sweep presumes its message lost: far longer
 /// than any send, and than a healthy queue's wait.
 pub const SWEEP_AFTER: Duration = Duration::from_secs(15 * 60);
+
+/// How old a member of an in-flight set must be before the sweep may remove it for want of a job holding
+/// it. A member is added just before the write that makes its job hold it, in the same invocation, and
+/// no Lambda invocation lasts longer than 15 minutes: past this, no write still on its way can make a
+/// job hold it, so removing it never uncounts a job in flight.
+pub const SLOT_GRACE: Duration = Duration::from_secs(60 * 60);
 
 /// Jobs handled per sweep at most (the next sweep takes the rest).
 pub const SWEEP_LIMIT: usize = 1000;
@@ -55,6 +62,8 @@ pub struct Sweeper {
     pub queues: Lanes<dyn JobSender>,
     pub clock: SharedClock,
     pub announcer: Announcer,
+    /// [`SLOT_GRACE`], but for tests that know no write is under way.
+    pub slot_grace: Duration,
 }
 
 impl Sweeper {
@@ -119,25 +128,28 @@ impl Sweeper {
         Ok(report)
     }
 
-    /// Releases every slot whose job is gone or no longer holds one. Exact, and safe against concurrent
-    /// submits: a slot is taken in the same atomic write as its job is created, so a slot whose job
-    /// cannot be read was released already or lost its job; each release names its own job id.
+    /// Removes every member older than the grace that no job holds (its job is gone, finished, or
+    /// holds a newer member). Exact against concurrent writers: see [`SLOT_GRACE`].
     async fn release_orphaned_slots(&self) -> Result<usize, BoxError> {
+        let now = self.clock.now();
+        let grace = self.slot_grace.as_millis() as i64;
         let mut released = 0;
-        for slots in self.store.all_slots().await? {
+        for set in self.store.all_slots().await? {
             let mut orphans = Vec::new();
-            for id in slots.jobs {
-                match self.store.get(&id).await? {
-                    Some(job) if job.holds_slot() => {}
-                    _ => orphans.push(id),
+            // Members written before slots were stamped count as old.
+            let old = |s: &Slot| s.since.is_none_or(|t| t * 1000 + grace <= now);
+            for slot in set.slots.into_iter().filter(old) {
+                match self.store.get(&slot.job_id).await? {
+                    Some(job) if job.holds(&slot) => {}
+                    _ => orphans.push(slot),
                 }
             }
             if !orphans.is_empty() {
                 tracing::warn!(
                     orphans = orphans.len(),
-                    "released in-flight slots of jobs gone or finished"
+                    "released in-flight slots no job holds"
                 );
-                self.store.release_slots(&slots.user_id, &orphans).await?;
+                self.store.release_slots(&set.user_id, &orphans).await?;
                 released += orphans.len();
             }
         }

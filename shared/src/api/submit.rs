@@ -16,14 +16,12 @@ use sha2::{Digest, Sha256};
 use super::{ApiError, ApiSettings, Caller, MAX_BODY_BYTES};
 use crate::clock::SharedClock;
 use crate::handler::HandlerRegistry;
-use crate::job::{ENQUEUE_FAILED, ErrorInfo, Job, Lane, MAX_INPUT_BYTES, NewJob};
+use crate::job::{ENQUEUE_FAILED, ErrorInfo, Job, JobId, Lane, MAX_INPUT_BYTES, NewJob};
 use crate::json::Json;
 use crate::net as callback;
 use crate::queue::{JobMessage, Lanes, SubmitQueue};
 use crate::retry::Backoff;
-use crate::store::{
-    Change, Created, Insert, KeyReservation, RmwError, StoreError, SubmitStore, read_modify_write,
-};
+use crate::store::{Change, Created, Insert, RmwError, StoreError, SubmitStore, read_modify_write};
 use crate::trace::TraceContext;
 
 /// The body of `POST /jobs`: a JSON object. Unknown fields are rejected, so a misspelt field is an
@@ -38,9 +36,6 @@ pub struct SubmitRequest {
     #[serde(default)]
     pub callback_url: Option<String>,
 }
-
-/// How long an `Idempotency-Key` names its job: a retry within this window gets the same job.
-pub const IDEMPOTENCY_TTL_SECS: i64 = 24 * 3600;
 
 /// Retry-After when the queue is over its bound: about the depth cache's lifetime, when a new reading
 /// can tell.
@@ -220,29 +215,16 @@ impl SubmitApi {
         }
     }
 
-    /// The existing job an unexpired key names: its replay, or `409` when the key was used with another
-    /// request.
+    /// The existing job a key names: its replay, or `409` when the key was used with another request.
     async fn answer_existing(
         &self,
-        created: Created,
+        existing: Job,
         request_hash: &str,
         trace: &TraceContext,
     ) -> Result<Response, ApiError> {
-        let Created::Existing {
-            job_id,
-            request_hash: held,
-        } = created
-        else {
-            unreachable!("only called with an existing job");
-        };
-        if held != request_hash {
+        if existing.request_hash.as_deref() != Some(request_hash) {
             return Err(ApiError::IdempotencyKeyReused);
         }
-        let existing = self
-            .store
-            .get(&job_id)
-            .await?
-            .ok_or(ApiError::JobNotFound)?;
         self.replay(existing, trace).await
     }
 }
@@ -297,18 +279,17 @@ pub(super) async fn submit(
         b"\0",
         callback_url.as_deref().unwrap_or("").as_bytes(),
     ]);
-    let reservation = key.as_ref().map(|key| KeyReservation {
-        // Scoped per user: equal keys of two users never name the same job.
-        scoped_key: sha256_hex(&[user.as_bytes(), b"\0", key.as_bytes()]),
-        request_hash: request_hash.clone(),
-        expires_at: now / 1000 + IDEMPOTENCY_TTL_SECS,
-    });
-    // A retry of a submit that was accepted gets its job whatever the backlog: looked up before the
-    // queue bound is applied. Without a bound there is nothing to get ahead of: the insert below
-    // checks the key atomically anyway, so the extra read is skipped.
-    if let Some(r) = &reservation
-        && api.settings.max_queue_depth.is_some()
-        && let Some(existing) = api.store.held_key(r, now / 1000).await?
+    // The key is the job's id (scoped per user: equal keys of two users never name the same job), so
+    // the job's own conditional write reserves it.
+    let keyed_id = key
+        .as_ref()
+        .map(|key| JobId::for_key(&sha256_hex(&[user.as_bytes(), b"\0", key.as_bytes()])));
+    // A retry of a submit that was accepted gets its job whatever the backlog or the owner's in-flight
+    // count: looked up before either bound is applied. Without them there is nothing to get ahead of:
+    // the insert below finds the job anyway, so the read is skipped.
+    if let Some(id) = &keyed_id
+        && (api.settings.max_queue_depth.is_some() || api.settings.max_in_flight_per_user.is_some())
+        && let Some(existing) = api.store.get(id).await?
     {
         return api.answer_existing(existing, &request_hash, &trace).await;
     }
@@ -333,18 +314,20 @@ pub(super) async fn submit(
         now,
     );
     job.lane = lane;
-    if let Some(key) = key {
+    if let (Some(key), Some(id)) = (key, &keyed_id) {
+        job.job_id = id.clone();
         job.idempotency_key = Some(key);
         job.request_hash = Some(request_hash.clone());
     }
     let how = Insert {
-        key: reservation,
+        keyed: keyed_id.is_some(),
         in_flight_cap: cap,
-        now_secs: now / 1000,
     };
     match api.store.insert(&job, &how).await {
         Ok(Created::New) => api.enqueue(job, StatusCode::ACCEPTED, &trace).await,
-        Ok(existing) => api.answer_existing(existing, &request_hash, &trace).await,
+        Ok(Created::Existing(existing)) => {
+            api.answer_existing(*existing, &request_hash, &trace).await
+        }
         Err(StoreError::InFlightCapReached) => Err(ApiError::TooManyInFlight {
             cap: cap.unwrap_or_default(),
             retry_after: IN_FLIGHT_RETRY_SECS,

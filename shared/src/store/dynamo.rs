@@ -13,13 +13,13 @@ use aws_sdk_dynamodb::types::{
 };
 use futures::future::BoxFuture;
 use sha2::Digest;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 
 use super::{
     CancelSignals, CancelWatch, Created, Insert, JobClaimer, JobInserter, JobLister, JobReader,
-    JobScanner, JobWriter, KeyReservation, ListQuery, SlotLedger, Slots, StepStore, StoreError,
+    JobScanner, JobWriter, ListQuery, SlotLedger, Slots, StepStore, StoreError,
 };
-use crate::job::{Job, JobId, JobStatus, Millis};
+use crate::job::{Job, JobId, JobStatus, Millis, Slot};
 use crate::json::Json;
 
 /// Jobs in one DynamoDB table (see `JobsTable` in template.yaml).
@@ -79,6 +79,31 @@ impl DynamoStore {
                     Some(stored) if stored == *job => Ok(()),
                     _ => Err(StoreError::AlreadyExists),
                 }
+            }
+            Err(e) => Err(unavailable(e)),
+        }
+    }
+
+    /// Runs one UpdateItem: `false` when its condition did not hold.
+    async fn update(&self, u: Update) -> Result<bool, StoreError> {
+        let res = self
+            .client
+            .update_item()
+            .table_name(u.table_name)
+            .set_key(Some(u.key))
+            .update_expression(u.update_expression)
+            .set_condition_expression(u.condition_expression)
+            .set_expression_attribute_names(u.expression_attribute_names)
+            .set_expression_attribute_values(u.expression_attribute_values)
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(true),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_conditional_check_failed_exception()) =>
+            {
+                Ok(false)
             }
             Err(e) => Err(unavailable(e)),
         }
@@ -157,10 +182,6 @@ impl DynamoStore {
 /// The GSI listing one owner's jobs by submit time (`JobsTable` in template.yaml).
 const BY_USER_INDEX: &str = "by_user";
 
-fn idem_key(key: &KeyReservation) -> String {
-    format!("idem#{}", key.scoped_key)
-}
-
 /// Partition-key prefix of the items holding a user's in-flight slots.
 const SLOTS_PREFIX: &str = "user#";
 
@@ -190,29 +211,26 @@ fn cancel_key(id: &JobId, round: u32) -> Item {
     )])
 }
 
-/// The slot update that moves `job` in (`+1`) or out (`-1`) of its owner's set.
-fn slot_update(table: &str, job: &Job, delta: i64, cap: Option<u32>) -> Update {
-    let ids = AttributeValue::Ss(vec![job.job_id.to_string()]);
-    // Every slot write bumps `v`, so a write that sets the whole set (a completion that starts follow-up
-    // jobs) can be made conditional on nothing having moved since it read it.
+/// Adds `slots` to `user`'s set (ADD: a member already there is not added twice), when `cap` is given
+/// only if the set holds fewer than `cap` members.
+fn add_slots(table: &str, user: &str, slots: &[Slot], cap: Option<u32>) -> Update {
     let mut u = Update::builder()
         .table_name(table)
-        .set_key(Some(slots_key(&job.user_id)))
-        .expression_attribute_values(":id", ids)
-        .expression_attribute_values(":one", num(1));
-    u = if delta > 0 {
-        u.update_expression("ADD slots :id, v :one SET #o = :owner")
-            .expression_attribute_names("#o", "owner")
-            .expression_attribute_values(":owner", AttributeValue::S(job.user_id.clone()))
-    } else {
-        u.update_expression("DELETE slots :id ADD v :one")
-    };
+        .set_key(Some(slots_key(user)))
+        .update_expression("ADD slots :m SET #o = :owner")
+        .expression_attribute_names("#o", "owner")
+        .expression_attribute_values(":m", members(slots))
+        .expression_attribute_values(":owner", AttributeValue::S(user.to_owned()));
     if let Some(cap) = cap {
         u = u
             .condition_expression("attribute_not_exists(slots) OR size(slots) < :cap")
             .expression_attribute_values(":cap", num(cap));
     }
     u.build().expect("table, key and expression are set")
+}
+
+fn members(slots: &[Slot]) -> AttributeValue {
+    AttributeValue::Ss(slots.iter().map(ToString::to_string).collect())
 }
 
 fn to_item(job: &Job) -> Item {
@@ -243,115 +261,28 @@ fn num(n: impl ToString) -> AttributeValue {
 impl JobInserter for DynamoStore {
     async fn insert(&self, job: &Job, how: &Insert) -> Result<Created, StoreError> {
         debug_assert_eq!(job.counted, how.in_flight_cap.is_some());
-        if how.key.is_none() && how.in_flight_cap.is_none() {
-            return self.put_new(job).await.map(|()| Created::New);
+        if let Some(cap) = how.in_flight_cap {
+            // The member first: a job never holds a slot its owner's set does not count.
+            let add = add_slots(&self.table, &job.user_id, &[job.slot()], Some(cap));
+            if !self.update(add).await? {
+                return Err(StoreError::InFlightCapReached);
+            }
         }
-        let put_job = Put::builder()
-            .table_name(&self.table)
-            .set_item(Some(to_item(job)))
-            .condition_expression("attribute_not_exists(job_id)")
-            .build()
-            .expect("table and item are set");
-        // One transaction: the job, its key item and its owner's slot, each conditional. Key and
-        // slot items live in the same table under partition keys no job id can take (`idem#...`,
-        // `user#...`), so no second table is needed, and they stay out of the `by_user` index.
-        let mut items = vec![TransactWriteItem::builder().put(put_job).build()];
-        let key_at = how.key.as_ref().map(|key| {
-            let item = HashMap::from([
-                ("job_id".to_owned(), AttributeValue::S(idem_key(key))),
-                (
-                    "target_job_id".to_owned(),
-                    AttributeValue::S(job.job_id.to_string()),
-                ),
-                (
-                    "request_hash".to_owned(),
-                    AttributeValue::S(key.request_hash.clone()),
-                ),
-                ("expires_at".to_owned(), num(key.expires_at)),
-            ]);
-            let put = Put::builder()
-                .table_name(&self.table)
-                .set_item(Some(item))
-                .condition_expression("attribute_not_exists(job_id) OR expires_at < :now")
-                .expression_attribute_values(":now", num(how.now_secs))
-                .build()
-                .expect("table and item are set");
-            items.push(TransactWriteItem::builder().put(put).build());
-            items.len() - 1
-        });
-        let counter_at = how.in_flight_cap.map(|cap| {
-            let update = slot_update(&self.table, job, 1, Some(cap));
-            items.push(TransactWriteItem::builder().update(update).build());
-            items.len() - 1
-        });
-        let reasons = match self.transact(items, job.job_id.to_string()).await? {
-            None => return Ok(Created::New),
-            Some(reasons) => reasons,
+        let taken = match self.put_new(job).await {
+            Ok(()) => return Ok(Created::New),
+            Err(StoreError::AlreadyExists) => self.get(&job.job_id).await?,
+            Err(e) => return Err(e),
         };
-        let failed = |i: usize| {
-            reasons
-                .get(i)
-                .and_then(|r| r.code.as_deref())
-                .is_some_and(|c| c == "ConditionalCheckFailed")
-        };
-        if failed(0) {
-            // Our own transaction, retried by the SDK after its response was lost (emulators ignore the
-            // request token), finds the job it wrote: it landed.
-            return match self.get(&job.job_id).await? {
-                Some(stored) if stored == *job => Ok(Created::New),
-                _ => Err(StoreError::AlreadyExists),
-            };
+        // The id was taken: by this job's key (a concurrent or earlier submit with it), or by chance.
+        // The put did not land, so the member just added is held by nobody, unless the stored job is
+        // a twin submitted in the same second and holds the very same member.
+        if job.counted && !taken.as_ref().is_some_and(|t| t.holds(&job.slot())) {
+            self.release_slots(&job.user_id, &[job.slot()]).await?;
         }
-        let known = !reasons.is_empty();
-        if let (Some(i), Some(key)) = (key_at, &how.key)
-            && (failed(i) || !known)
-            && let Some(held) = self.held_key(key, how.now_secs).await?
-        {
-            return Ok(held);
+        match taken {
+            Some(existing) if how.keyed => Ok(Created::Existing(Box::new(existing))),
+            _ => Err(StoreError::AlreadyExists),
         }
-        if let (Some(i), Some(cap)) = (counter_at, how.in_flight_cap)
-            && (failed(i) || (!known && self.in_flight(&job.user_id).await? >= i64::from(cap)))
-        {
-            return Err(StoreError::InFlightCapReached);
-        }
-        Err(StoreError::Conflict { current: None })
-    }
-
-    async fn held_key(
-        &self,
-        key: &KeyReservation,
-        now_secs: i64,
-    ) -> Result<Option<Created>, StoreError> {
-        let held = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .key("job_id", AttributeValue::S(idem_key(key)))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(unavailable)?
-            .item;
-        let Some(held) = held else { return Ok(None) };
-        let text = |k: &str| match held.get(k) {
-            Some(AttributeValue::S(s)) => Ok(s.clone()),
-            _ => Err(StoreError::Corrupt {
-                source: format!("idempotency item lacks {k}").into(),
-            }),
-        };
-        let expired = match held.get("expires_at") {
-            Some(AttributeValue::N(n)) => n.parse::<i64>().map_or(true, |e| e < now_secs),
-            _ => true,
-        };
-        if expired {
-            return Ok(None);
-        }
-        let job_id = JobId::parse(&text("target_job_id")?)
-            .map_err(|e| StoreError::Corrupt { source: e.into() })?;
-        Ok(Some(Created::Existing {
-            job_id,
-            request_hash: text("request_hash")?,
-        }))
     }
 }
 
@@ -433,24 +364,68 @@ impl JobClaimer for DynamoStore {
 
 #[async_trait]
 impl JobWriter for DynamoStore {
+    async fn replace(&self, from: &Job, to: &Job) -> Result<(), StoreError> {
+        self.write_moving_slots(from, to, &[]).await
+    }
+
     async fn replace_spawning(
         &self,
         from: &Job,
         to: &Job,
         children: &[Job],
     ) -> Result<(), StoreError> {
-        self.spawn(from, to, children).await
+        self.write_moving_slots(from, to, children).await
+    }
+}
+
+impl DynamoStore {
+    /// One job write inside the slot protocol (see [`crate::store`]): the members of the slots it
+    /// takes (`to`'s on a redrive, the children's) added before it, `from`'s removed after it, also
+    /// when a retry finds the write landed already.
+    async fn write_moving_slots(
+        &self,
+        from: &Job,
+        to: &Job,
+        children: &[Job],
+    ) -> Result<(), StoreError> {
+        let change = from.slot_change(to);
+        let mut taking: Vec<Slot> = children
+            .iter()
+            .filter(|c| c.holds_slot())
+            .map(Job::slot)
+            .collect();
+        if change > 0 {
+            taking.push(to.slot());
+        }
+        if !taking.is_empty() {
+            self.update(add_slots(&self.table, &to.user_id, &taking, None))
+                .await?;
+        }
+        match self.write(from, to, children).await {
+            Ok(()) => {}
+            // A retried write whose first try landed: done, but for the removal below.
+            Err(StoreError::Conflict { current: Some(cur) }) if *cur == *to => {}
+            Err(StoreError::Conflict { current }) => {
+                // Refused for sure, so `to` never held its new member, unless the stored job is a twin
+                // redrive of the same second. (Children's members are left to the sweep: a child may
+                // exist from an earlier completion of the parent, holding a member of the same second.)
+                if change > 0 && !current.as_ref().is_some_and(|c| c.holds(&to.slot())) {
+                    self.release_slots(&to.user_id, &[to.slot()]).await?;
+                }
+                return Err(StoreError::Conflict { current });
+            }
+            Err(e) => return Err(e),
+        }
+        if change < 0 {
+            self.release_slots(&to.user_id, &[from.slot()]).await?;
+        }
+        Ok(())
     }
 
-    async fn replace(&self, from: &Job, to: &Job) -> Result<(), StoreError> {
-        let delta = from.slot_change(to);
-        let landed_or_conflict =
-            async |old: Option<Item>| match self.conflict(&to.job_id, old).await {
-                // A retried write whose first try landed: done.
-                StoreError::Conflict { current: Some(cur) } if *cur == *to => Ok(()),
-                e => Err(e),
-            };
-        if delta == 0 {
+    /// `to` over `from` (a PutItem conditional on the version), with `children` created in the same
+    /// transaction when there are any. `Conflict` carries the stored job.
+    async fn write(&self, from: &Job, to: &Job, children: &[Job]) -> Result<(), StoreError> {
+        if children.is_empty() {
             let res = self
                 .client
                 .put_item()
@@ -467,7 +442,7 @@ impl JobWriter for DynamoStore {
                 Ok(_) => Ok(()),
                 Err(e) => match e.into_service_error() {
                     PutItemError::ConditionalCheckFailedException(c) => {
-                        landed_or_conflict(c.item).await
+                        Err(self.conflict(&to.job_id, c.item).await)
                     }
                     other => Err(StoreError::Unavailable {
                         source: other.into(),
@@ -475,142 +450,36 @@ impl JobWriter for DynamoStore {
                 },
             };
         }
-        // The job's write and its owner's slot move together, so the set stays exact.
-        let put = Put::builder()
-            .table_name(&self.table)
-            .set_item(Some(to_item(to)))
-            .condition_expression("version = :prev")
-            .expression_attribute_values(":prev", num(from.version))
-            .build()
-            .expect("table and item are set");
-        let count = slot_update(&self.table, to, delta, None);
-        let items = vec![
-            TransactWriteItem::builder().put(put).build(),
-            TransactWriteItem::builder().update(count).build(),
-        ];
-        match self
-            .transact(items, format!("{}-{}", to.job_id, to.version))
-            .await?
-        {
-            None => Ok(()),
-            Some(_) => landed_or_conflict(None).await,
-        }
-    }
-}
-
-impl DynamoStore {
-    /// The owner's slot set and its write counter `v` (absent on an item no write has bumped yet).
-    async fn slots_with_version(
-        &self,
-        user: &str,
-    ) -> Result<(BTreeSet<String>, Option<i64>), StoreError> {
-        let out = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .set_key(Some(slots_key(user)))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(unavailable)?;
-        let item = out.item.unwrap_or_default();
-        let set = match item.get("slots") {
-            Some(AttributeValue::Ss(ids)) => ids.iter().cloned().collect(),
-            None => BTreeSet::new(),
-            Some(other) => {
-                return Err(StoreError::Corrupt {
-                    source: format!("slots item holds {other:?}").into(),
-                });
-            }
-        };
-        let v = match item.get("v") {
-            Some(AttributeValue::N(n)) => n.parse().ok(),
-            _ => None,
-        };
-        Ok((set, v))
-    }
-
-    /// [`JobWriter::replace_spawning`]: one transaction of the parent's write, the children's creation
-    /// and the owner's whole new slot set (the parent out, the children in: one item cannot take an ADD
-    /// and a DELETE of one attribute in one write), conditional on the set's counter not having moved.
-    async fn spawn(&self, from: &Job, to: &Job, children: &[Job]) -> Result<(), StoreError> {
-        let mut items = vec![
-            TransactWriteItem::builder()
-                .put(
-                    Put::builder()
-                        .table_name(&self.table)
-                        .set_item(Some(to_item(to)))
-                        .condition_expression("version = :prev")
-                        .expression_attribute_values(":prev", num(from.version))
-                        .build()
-                        .expect("table and item are set"),
-                )
-                .build(),
-        ];
-        for child in children {
-            items.push(
-                TransactWriteItem::builder()
-                    .put(
-                        Put::builder()
-                            .table_name(&self.table)
-                            .set_item(Some(to_item(child)))
-                            .condition_expression("attribute_not_exists(job_id)")
-                            .build()
-                            .expect("table and item are set"),
-                    )
-                    .build(),
-            );
-        }
-        let leaves = from.slot_change(to) < 0;
-        let entering: Vec<String> = children
-            .iter()
-            .filter(|c| c.holds_slot())
-            .map(|c| c.job_id.to_string())
-            .collect();
-        let mut token = format!("{}-{}", to.job_id, to.version);
-        if leaves || !entering.is_empty() {
-            let (mut set, v) = self.slots_with_version(&to.user_id).await?;
-            if leaves {
-                set.remove(to.job_id.as_str());
-            }
-            set.extend(entering);
-            let mut u = Update::builder()
+        let put = |job: &Job, condition: &str| {
+            let mut p = Put::builder()
                 .table_name(&self.table)
-                .set_key(Some(slots_key(&to.user_id)))
-                .expression_attribute_names("#o", "owner")
-                .expression_attribute_values(":owner", AttributeValue::S(to.user_id.clone()))
-                .expression_attribute_values(":one", num(1));
-            u = if set.is_empty() {
-                u.update_expression("REMOVE slots SET #o = :owner ADD v :one")
-            } else {
-                u.update_expression("SET slots = :s, #o = :owner ADD v :one")
-                    .expression_attribute_values(
-                        ":s",
-                        AttributeValue::Ss(set.into_iter().collect()),
-                    )
-            };
-            u = match v {
-                Some(v) => u
-                    .condition_expression("v = :v")
-                    .expression_attribute_values(":v", num(v)),
-                None => u.condition_expression("attribute_not_exists(v)"),
-            };
-            // The set read is part of the request: a retry after the set moved is another request.
-            token = format!("{token}-s{}", v.unwrap_or(-1));
-            items.push(
-                TransactWriteItem::builder()
-                    .update(u.build().expect("table, key and expression are set"))
-                    .build(),
-            );
-        }
+                .set_item(Some(to_item(job)))
+                .condition_expression(condition);
+            if condition.contains(":prev") {
+                p = p.expression_attribute_values(":prev", num(from.version));
+            }
+            TransactWriteItem::builder()
+                .put(p.build().expect("table and item are set"))
+                .build()
+        };
+        let mut items = vec![put(to, "version = :prev")];
+        items.extend(
+            children
+                .iter()
+                .map(|c| put(c, "attribute_not_exists(job_id)")),
+        );
+        // The token makes the SDK's retries of this very write idempotent; another write over the same
+        // version (another attempt's completion) must not pass for one: it names the content.
+        let mut token = sha2::Sha256::new();
+        token.update(serde_json::to_vec(to).expect("a job serializes"));
+        children
+            .iter()
+            .for_each(|c| token.update(c.job_id.as_str()));
+        let token = hex::encode(token.finalize())[..36].to_owned();
         match self.transact(items, token).await? {
             None => Ok(()),
-            // The parent moved (a conflict, or this write landed before), or the slot set did: the
-            // caller re-reads the parent and tries again.
-            Some(_) => match self.conflict(&to.job_id, None).await {
-                StoreError::Conflict { current: Some(cur) } if *cur == *to => Ok(()),
-                e => Err(e),
-            },
+            // The parent moved (a conflict, or this write landed before): the caller looks again.
+            Some(_) => Err(self.conflict(&to.job_id, None).await),
         }
     }
 }
@@ -785,7 +654,22 @@ impl CancelWatch for DynamoStore {
 #[async_trait]
 impl SlotLedger for DynamoStore {
     async fn in_flight(&self, user: &str) -> Result<i64, StoreError> {
-        Ok(self.slots_with_version(user).await?.0.len() as i64)
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(slots_key(user)))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(unavailable)?;
+        match out.item.as_ref().and_then(|i| i.get("slots")) {
+            Some(AttributeValue::Ss(members)) => Ok(members.len() as i64),
+            None => Ok(0),
+            Some(other) => Err(StoreError::Corrupt {
+                source: format!("slots item holds {other:?}").into(),
+            }),
+        }
     }
 
     async fn all_slots(&self) -> Result<Vec<Slots>, StoreError> {
@@ -804,15 +688,14 @@ impl SlotLedger for DynamoStore {
                 .await
                 .map_err(unavailable)?;
             for item in out.items.unwrap_or_default() {
-                let (Some(AttributeValue::S(user_id)), Some(AttributeValue::Ss(ids))) =
+                let (Some(AttributeValue::S(user_id)), Some(AttributeValue::Ss(members))) =
                     (item.get("owner"), item.get("slots"))
                 else {
                     continue;
                 };
-                let jobs = ids.iter().filter_map(|id| JobId::parse(id).ok()).collect();
                 found.push(Slots {
                     user_id: user_id.clone(),
-                    jobs,
+                    slots: members.iter().filter_map(|m| Slot::parse(m)).collect(),
                 });
             }
             start = out.last_evaluated_key;
@@ -822,28 +705,20 @@ impl SlotLedger for DynamoStore {
         }
     }
 
-    async fn release_slots(&self, user: &str, jobs: &[JobId]) -> Result<(), StoreError> {
-        if jobs.is_empty() {
+    async fn release_slots(&self, user: &str, slots: &[Slot]) -> Result<(), StoreError> {
+        if slots.is_empty() {
             return Ok(());
         }
-        let ids = AttributeValue::Ss(jobs.iter().map(ToString::to_string).collect());
-        self.client
-            .update_item()
+        // Conditional on the item existing, so a release never creates an empty one.
+        let delete = Update::builder()
             .table_name(&self.table)
             .set_key(Some(slots_key(user)))
-            .update_expression("DELETE slots :ids ADD v :one")
+            .update_expression("DELETE slots :m")
             .condition_expression("attribute_exists(job_id)")
-            .expression_attribute_values(":ids", ids)
-            .expression_attribute_values(":one", num(1))
-            .send()
-            .await
-            .map(|_| ())
-            .or_else(|e| match e.into_service_error() {
-                UpdateItemError::ConditionalCheckFailedException(_) => Ok(()),
-                other => Err(StoreError::Unavailable {
-                    source: other.into(),
-                }),
-            })
+            .expression_attribute_values(":m", members(slots))
+            .build()
+            .expect("table, key and expression are set");
+        self.update(delete).await.map(|_| ())
     }
 }
 

@@ -8,9 +8,9 @@ use async_trait::async_trait;
 
 use super::{
     CancelSignals, CancelWatch, Created, Insert, JobClaimer, JobInserter, JobLister, JobReader,
-    JobScanner, JobWriter, KeyReservation, ListQuery, SlotLedger, Slots, StepStore, StoreError,
+    JobScanner, JobWriter, ListQuery, SlotLedger, Slots, StepStore, StoreError,
 };
-use crate::job::{Job, JobId, JobStatus, Millis};
+use crate::job::{Job, JobId, JobStatus, Millis, Slot};
 use crate::json::Json;
 
 #[derive(Debug, Default)]
@@ -21,10 +21,9 @@ pub struct MemoryStore {
 #[derive(Debug, Default)]
 struct State {
     jobs: HashMap<JobId, Job>,
-    /// scoped key -> (job, reservation).
-    keys: HashMap<String, (JobId, KeyReservation)>,
-    /// user -> their counted jobs in flight.
-    slots: HashMap<String, BTreeSet<JobId>>,
+    /// user -> their in-flight set. Every write here is one step under the lock, so the set is
+    /// always exactly the slots held.
+    slots: HashMap<String, BTreeSet<Slot>>,
     cancel_signals: HashSet<(JobId, u32)>,
     steps: HashMap<(JobId, String), Json>,
 }
@@ -40,7 +39,7 @@ impl MemoryStore {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Deletes a job as DynamoDB's TTL would, leaving its key and slot items alone (for tests).
+    /// Deletes a job as DynamoDB's TTL would, leaving its slot member alone (for tests).
     pub fn expire(&self, id: &JobId) {
         self.state().jobs.remove(id);
     }
@@ -51,10 +50,10 @@ impl State {
         let slots = self.slots.entry(to.user_id.clone()).or_default();
         match from.slot_change(to) {
             1 => {
-                slots.insert(to.job_id.clone());
+                slots.insert(to.slot());
             }
             -1 => {
-                slots.remove(&to.job_id);
+                slots.remove(&from.slot());
             }
             _ => {}
         }
@@ -66,18 +65,11 @@ impl JobInserter for MemoryStore {
     async fn insert(&self, job: &Job, how: &Insert) -> Result<Created, StoreError> {
         debug_assert_eq!(job.counted, how.in_flight_cap.is_some());
         let mut st = self.state();
-        if let Some(key) = &how.key
-            && let Some((job_id, held)) = st.keys.get(&key.scoped_key)
-            && held.expires_at >= how.now_secs
-        {
-            return Ok(Created::Existing {
-                job_id: job_id.clone(),
-                request_hash: held.request_hash.clone(),
-            });
-        }
         match st.jobs.get(&job.job_id) {
             // A retried insert that already landed.
             Some(stored) if stored == job => return Ok(Created::New),
+            // The key names a job: the cap does not matter to a retry.
+            Some(stored) if how.keyed => return Ok(Created::Existing(Box::new(stored.clone()))),
             Some(_) => return Err(StoreError::AlreadyExists),
             None => {}
         }
@@ -86,30 +78,10 @@ impl JobInserter for MemoryStore {
             if slots.len() >= cap as usize {
                 return Err(StoreError::InFlightCapReached);
             }
-            slots.insert(job.job_id.clone());
+            slots.insert(job.slot());
         }
         st.jobs.insert(job.job_id.clone(), job.clone());
-        if let Some(key) = &how.key {
-            st.keys
-                .insert(key.scoped_key.clone(), (job.job_id.clone(), key.clone()));
-        }
         Ok(Created::New)
-    }
-
-    async fn held_key(
-        &self,
-        key: &KeyReservation,
-        now_secs: i64,
-    ) -> Result<Option<Created>, StoreError> {
-        Ok(self
-            .state()
-            .keys
-            .get(&key.scoped_key)
-            .filter(|(_, held)| held.expires_at >= now_secs)
-            .map(|(job_id, held)| Created::Existing {
-                job_id: job_id.clone(),
-                request_hash: held.request_hash.clone(),
-            }))
     }
 }
 
@@ -177,7 +149,7 @@ impl JobWriter for MemoryStore {
                 st.slots
                     .entry(child.user_id.clone())
                     .or_default()
-                    .insert(child.job_id.clone());
+                    .insert(child.slot());
             }
             st.jobs.insert(child.job_id.clone(), child.clone());
         }
@@ -280,18 +252,18 @@ impl SlotLedger for MemoryStore {
             .state()
             .slots
             .iter()
-            .filter(|(_, jobs)| !jobs.is_empty())
-            .map(|(user, jobs)| Slots {
+            .filter(|(_, slots)| !slots.is_empty())
+            .map(|(user, slots)| Slots {
                 user_id: user.clone(),
-                jobs: jobs.iter().cloned().collect(),
+                slots: slots.iter().cloned().collect(),
             })
             .collect())
     }
 
-    async fn release_slots(&self, user: &str, jobs: &[JobId]) -> Result<(), StoreError> {
-        if let Some(slots) = self.state().slots.get_mut(user) {
-            for id in jobs {
-                slots.remove(id);
+    async fn release_slots(&self, user: &str, slots: &[Slot]) -> Result<(), StoreError> {
+        if let Some(held) = self.state().slots.get_mut(user) {
+            for slot in slots {
+                held.remove(slot);
             }
         }
         Ok(())

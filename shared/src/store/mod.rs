@@ -8,11 +8,35 @@
 //! template.yaml): [`SubmitStore`] (insert, read, write), [`StatusStore`] (read, list, write, cancel
 //! signals), [`WorkerStore`] (read, claim, write, read cancel signals), [`SweepStore`] (scan, read, write,
 //! slots). A function handed the wrong port fails to compile, not at runtime with AccessDenied.
+//!
+//! # What a job costs, and why it stays exact
+//!
+//! On AWS the bill is DynamoDB write units, and a transaction bills every item twice. So the happy path
+//! has no transaction: one single-item conditional write per state change.
+//!
+//! - **The Idempotency-Key is the job id** ([`JobId::for_key`]): the job's own conditional PutItem
+//!   (`attribute_not_exists`) reserves the key; a retry reads the job by the same id. There is no key
+//!   item. A key names its job for as long as the record is kept (its TTL).
+//! - **The per-user cap is a set of slot members** in one small item per owner, `{job_id}@{second}`
+//!   ([`Slot`]). A job's member is added (conditional on the set holding fewer than the cap) *before* the
+//!   write that makes the job hold a slot (its insert, a redrive), and removed *after* the write that
+//!   ends it (its terminal write; a retry that finds that write landed removes it again: removals are
+//!   idempotent). So at every instant **every job that holds a slot has its member in the set**, and the
+//!   cap — the set's size — is never exceeded. The converse can fail only for a moment (between the two
+//!   writes) or after a crash between them: a member no job holds. Those are removed by the sweep, but
+//!   only once older than [`crate::sweep::SLOT_GRACE`], far longer than any invocation that could still
+//!   be about to write the job that holds it; a write that did not land for sure (a timeout) is never
+//!   compensated in place for the same reason. A leak can thus cost an owner a slot for a while, never
+//!   let them exceed the cap.
+//! - The `by_user` index holds keys only, so state changes never write to it.
+//!
+//! Per job on the happy path (items under 1 KB): insert 1 + index 1, claim 1, completion 1; with the
+//! cap, +1 for the member's add and +1 for its removal: 4 or 6 write units, key or not.
 
 use async_trait::async_trait;
 
 use crate::error::BoxError;
-use crate::job::{Job, JobId, JobStatus, Millis};
+use crate::job::{Job, JobId, JobStatus, Millis, Slot};
 use crate::json::Json;
 
 pub mod dynamo;
@@ -51,36 +75,24 @@ pub enum StoreError {
     },
 }
 
-/// An idempotency key, reserved together with the job it creates.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KeyReservation {
-    /// The key, already scoped to its user (see [`crate::api`]): two users' equal keys never meet.
-    pub scoped_key: String,
-    /// Hash of the request the key is used with.
-    pub request_hash: String,
-    /// Epoch seconds after which the key is free again.
-    pub expires_at: i64,
-}
-
 /// How [`JobInserter::insert`] stores a new job.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Insert {
-    /// Reserve this idempotency key for the job; if it names a job already, that job is the answer.
-    pub key: Option<KeyReservation>,
+    /// The job's id is its owner's Idempotency-Key ([`JobId::for_key`]): a job stored under it already
+    /// is the answer ([`Created::Existing`]), not an error.
+    pub keyed: bool,
     /// Take a slot of the owner's in-flight set, failing with `InFlightCapReached` when it holds this
     /// many already. Set exactly when the job is [`Job::counted`].
     pub in_flight_cap: Option<u32>,
-    /// Now, in epoch seconds: keys expired before it are free.
-    pub now_secs: i64,
 }
 
 /// The outcome of [`JobInserter::insert`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Created {
-    /// The job was stored (and the key, if any, now names it).
+    /// The job was stored.
     New,
-    /// The key (unexpired) already names a job: nothing was written.
-    Existing { job_id: JobId, request_hash: String },
+    /// Its key names a job already (stored as it is now): nothing was written.
+    Existing(Box<Job>),
 }
 
 /// A page request of [`JobLister::list`]: one owner's jobs, newest first.
@@ -92,11 +104,12 @@ pub struct ListQuery {
     pub after: Option<(Millis, JobId)>,
 }
 
-/// One owner's in-flight slots: the ids of their counted jobs not yet finished.
+/// One owner's in-flight set: a member per counted job not yet finished (and, briefly, per job being
+/// written or just finished: see the module doc).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Slots {
     pub user_id: String,
-    pub jobs: Vec<JobId>,
+    pub slots: Vec<Slot>,
 }
 
 // Every method below is a single atomic operation, and safe to retry: repeating a write that already
@@ -113,12 +126,13 @@ pub trait JobReader: Send + Sync {
 #[async_trait]
 pub trait JobWriter: Send + Sync {
     /// Replaces `from` (as read) with `to`, computed from it, if the stored version is still
-    /// `from.version`; `Conflict` otherwise. The owner's in-flight slot is taken or released by
-    /// [`Job::slot_change`] in the same atomic write.
+    /// `from.version`; `Conflict` otherwise. When [`Job::slot_change`] says so, `to`'s slot is added
+    /// to the owner's set before the write, or `from`'s removed after it (also when a retry finds the
+    /// write landed).
     async fn replace(&self, from: &Job, to: &Job) -> Result<(), StoreError>;
 
     /// [`Self::replace`], creating `children` (new jobs: a completion's next stage) in the same atomic
-    /// write, with the owner's slots moved for all of them: the parent's released, the children's taken.
+    /// write; the children's slots are added before it, the parent's removed after it.
     async fn replace_spawning(
         &self,
         from: &Job,
@@ -127,21 +141,13 @@ pub trait JobWriter: Send + Sync {
     ) -> Result<(), StoreError>;
 }
 
-/// New jobs (PutItem, UpdateItem of key and slot items).
+/// New jobs (PutItem, and UpdateItem of the owner's slot item when counted).
 #[async_trait]
 pub trait JobInserter: Send + Sync {
-    /// Stores a new job, atomically with its idempotency key and its in-flight slot when asked: either
-    /// all are written or nothing is. `AlreadyExists` if its id is taken; `InFlightCapReached` if the
-    /// owner is at the cap; `Existing` if the key names a job already (checked before the cap).
+    /// Stores a new job, taking its in-flight slot first when asked. `InFlightCapReached` if the owner
+    /// is at the cap (nothing stored); `Existing` if the job is keyed and its id is taken; else
+    /// `AlreadyExists` if its id is taken.
     async fn insert(&self, job: &Job, how: &Insert) -> Result<Created, StoreError>;
-
-    /// The job an unexpired idempotency key names (`Created::Existing`), if any (a GetItem: a retry is
-    /// answered before any write or queue check).
-    async fn held_key(
-        &self,
-        key: &KeyReservation,
-        now_secs: i64,
-    ) -> Result<Option<Created>, StoreError>;
 
     /// Stores a new job with no key and no cap; `AlreadyExists` if its id is taken.
     async fn create(&self, job: &Job) -> Result<(), StoreError> {
@@ -213,12 +219,12 @@ pub trait StepStore: Send + Sync {
 /// In-flight slots (GetItem, Scan, UpdateItem of slot items): what the cap counts, and the sweep's repair.
 #[async_trait]
 pub trait SlotLedger: Send + Sync {
-    /// How many slots `user` holds (the number the cap checks).
+    /// How many members `user`'s set holds (the number the cap checks).
     async fn in_flight(&self, user: &str) -> Result<i64, StoreError>;
-    /// Every owner's slots (a scan: for the periodic sweep only).
+    /// Every owner's set (a scan: for the periodic sweep only).
     async fn all_slots(&self) -> Result<Vec<Slots>, StoreError>;
-    /// Releases the slots of these jobs, which are finished or gone (idempotent).
-    async fn release_slots(&self, user: &str, jobs: &[JobId]) -> Result<(), StoreError>;
+    /// Removes these members, which no job holds (idempotent).
+    async fn release_slots(&self, user: &str, slots: &[Slot]) -> Result<(), StoreError>;
 }
 
 /// Jobs nothing will move again (Scan): for the periodic sweep only.
