@@ -18,8 +18,19 @@ venv() { # venv DIR REQUIREMENTS
 venv "$ROOT/.venv/bench" bench/requirements.txt
 venv "$ROOT/.venv/bench-peer" bench/peer/requirements.txt
 
-echo "bench: building the functions (profile bench)" >&2
-CARGO_TARGET_DIR="$TARGET" nice -n 10 cargo build -q --profile bench -p jobkit-submit -p jobkit-worker -p jobkit-status
+# --short checks counts, which do not depend on the build: it takes the debug binaries of the default
+# target (after `cargo test` a link-only no-op, and no second build on CI's disk). Timings want the
+# optimised ones.
+BINS=(-p jobkit-submit -p jobkit-worker -p jobkit-status)
+if [[ " $* " == *" --short "* ]]; then
+  echo "bench: building the functions (dev profile: --short compares counts, not timings)" >&2
+  cargo build -q "${BINS[@]}"
+  BIN_DIR="$ROOT/target/debug"
+else
+  echo "bench: building the functions (profile bench)" >&2
+  CARGO_TARGET_DIR="$TARGET" nice -n 10 cargo build -q --profile bench "${BINS[@]}"
+  BIN_DIR="$TARGET/release"
+fi
 
 GATEWAY_PORT="$EMULATOR_PORT" bash infra/emulator.sh start >&2
 "$ROOT/.venv/bench/bin/python" bench/proxy.py --port "$PROXY_PORT" --upstream "http://127.0.0.1:$EMULATOR_PORT" &
@@ -32,6 +43,6 @@ trap cleanup EXIT
 for _ in $(seq 1 50); do curl -fsS -o /dev/null "http://127.0.0.1:$PROXY_PORT/_bench/stats" 2>/dev/null && break; sleep 0.1; done
 
 "$ROOT/.venv/bench/bin/python" bench/driver.py \
-  --bin-dir "$TARGET/release" --peer-python "$ROOT/.venv/bench-peer/bin/python" \
+  --bin-dir "$BIN_DIR" --peer-python "$ROOT/.venv/bench-peer/bin/python" \
   --proxy-url "http://127.0.0.1:$PROXY_PORT" --emulator-url "http://127.0.0.1:$EMULATOR_PORT" \
   --command "bash bench/run.sh${*:+ $*}" "$@"

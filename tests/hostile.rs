@@ -62,6 +62,33 @@ async fn a_retry_with_its_key_gets_its_job_while_the_queue_is_full(s: Backends) 
     assert_eq!(s.queue.depth().await.unwrap(), 1);
 }
 
+// 1b. ...and however many jobs its owner has in flight; a key's retry adds no slot.
+async fn a_retry_with_its_key_gets_its_job_at_the_in_flight_cap(s: Backends) {
+    let api = api(&s, |c| c.max_in_flight_per_user = Some(2));
+    let body = r#"{"kind":"echo","input":"mine"}"#;
+    let first = accepted(&api, keyed("abe", body, "k-1")).await;
+    accepted(&api, post_jobs("abe", r#"{"kind":"echo","input":"other"}"#)).await;
+    assert_error(
+        &api.handle(post_jobs("abe", r#"{"kind":"echo","input":"new"}"#))
+            .await,
+        429,
+        "too_many_jobs_in_flight",
+    );
+    let (status, again) = json(&api.handle(keyed("abe", body, "k-1")).await);
+    assert_eq!(
+        (status, again["job_id"].as_str()),
+        (200, Some(first.as_str())),
+        "{again}"
+    );
+    assert_error(
+        &api.handle(keyed("abe", r#"{"kind":"echo","input":"changed"}"#, "k-1"))
+            .await,
+        409,
+        "idempotency_key_reused",
+    );
+    assert_eq!(s.store.in_flight("abe").await.unwrap(), 2);
+}
+
 // 2. Large integers come back exactly, and the request hash is over what was submitted.
 async fn large_integers_are_kept_to_the_digit_and_hashed_as_sent(s: Backends) {
     let api = api(&s, |_| {});
@@ -285,6 +312,7 @@ async fn the_sweep_frees_the_slot_of_a_job_deleted_in_flight(s: Backends) {
 
 on_both_backends!(
     a_retry_with_its_key_gets_its_job_while_the_queue_is_full,
+    a_retry_with_its_key_gets_its_job_at_the_in_flight_cap,
     large_integers_are_kept_to_the_digit_and_hashed_as_sent,
     a_json_array_body_is_refused,
     pathological_inputs_are_refused_not_crashed_on,

@@ -62,8 +62,8 @@ async fn the_same_key_and_body_return_the_same_job_without_a_second_message() {
     assert_eq!(msgs[0].job_id.as_str(), first["job_id"]);
     assert_eq!(
         env.item_count().await,
-        3,
-        "one job, its key and its owner's in-flight counter"
+        2,
+        "one job (its id is the key) and its owner's slot item"
     );
 }
 
@@ -82,7 +82,11 @@ async fn the_same_key_with_a_different_body_is_a_conflict_that_writes_nothing() 
         409,
         "idempotency_key_reused",
     );
-    assert_eq!(env.item_count().await, 3);
+    assert_eq!(
+        env.item_count().await,
+        2,
+        "the job and its owner's slot item"
+    );
     assert_eq!(all_messages(&env).await.len(), 1);
     assert_error(
         &api.handle(keyed("alice", r#"{"kind":"echo","input":2}"#, "bad key"))
@@ -133,9 +137,107 @@ async fn concurrent_identical_submits_create_one_job() {
     );
     assert_eq!(
         env.item_count().await,
-        3,
-        "one job, one key item, one counter"
+        2,
+        "one job (its id is the key) and its owner's slot item"
     );
+    assert_eq!(
+        env.store.in_flight("alice").await.unwrap(),
+        1,
+        "the losers' members went with them"
+    );
+}
+
+/// A member of the in-flight set is added before the write that makes its job hold it. While that write
+/// may still be under way the member counts against the cap and no sweep removes it; past the grace the
+/// sweep removes it only if no job holds it, so a write that landed late keeps its slot.
+#[tokio::test]
+async fn the_sweep_never_removes_a_member_whose_job_may_still_be_written() {
+    use jobkit::store::{Insert, JobClaimer, JobInserter, JobReader, JobWriter, SlotLedger};
+    let env = TestEnv::start().await;
+    let store = env.store.clone();
+    let now = jobkit::now_millis();
+    let spec = || jobkit::job::NewJob {
+        user_id: "ulla".into(),
+        ..parent_spec()
+    };
+    let parent = jobkit::Job::new(spec(), now);
+    let capped = |cap| Insert {
+        keyed: false,
+        in_flight_cap: Some(cap),
+    };
+    store.insert(&parent, &capped(3)).await.unwrap();
+    // A completion that starts two children, computed from a copy another write then overtakes: the
+    // children's members are added, their write is refused (as if it had not landed yet).
+    let running = store
+        .claim(&parent.job_id, "w", now + 60_000, now)
+        .await
+        .unwrap();
+    let inputs = [1, 2].map(|i| jobkit::Json::from(serde_json::json!(i)));
+    let children = running.children("echo", jobkit::Lane::Lambda, &inputs, now);
+    let done = running
+        .complete_into(
+            "w",
+            jobkit::Json::from(serde_json::json!(0)),
+            vec![],
+            "echo",
+            &children,
+            now,
+        )
+        .unwrap();
+    let beat = running.heartbeat("w", now + 120_000, now).unwrap();
+    store.replace(&running, &beat).await.unwrap();
+    assert!(matches!(
+        store.replace_spawning(&running, &done, &children).await,
+        Err(jobkit::store::StoreError::Conflict { .. })
+    ));
+    assert_eq!(store.in_flight("ulla").await.unwrap(), 3);
+    let late = jobkit::Job::new(spec(), now);
+    assert!(
+        matches!(
+            store.insert(&late, &capped(3)).await,
+            Err(jobkit::store::StoreError::InFlightCapReached)
+        ),
+        "members of writes under way count against the cap"
+    );
+    let sweeper = env.backend.sweeper();
+    assert_eq!(
+        sweeper.release_orphaned_slots().await.unwrap(),
+        0,
+        "young members stay"
+    );
+
+    // The first child's write lands late; then the sweep runs as if past the grace.
+    store.insert(&children[0], &capped(10)).await.unwrap();
+    let mut later = env.backend.sweeper();
+    later.slot_grace = Duration::ZERO;
+    assert_eq!(
+        later.release_orphaned_slots().await.unwrap(),
+        1,
+        "only the member no job holds"
+    );
+    assert_eq!(store.in_flight("ulla").await.unwrap(), 2);
+    assert!(
+        store
+            .get(&children[0].job_id)
+            .await
+            .unwrap()
+            .unwrap()
+            .holds_slot()
+    );
+    assert!(store.get(&children[1].job_id).await.unwrap().is_none());
+}
+
+/// A counted `echo` job's spec, for `user_id` to be set.
+fn parent_spec() -> jobkit::job::NewJob {
+    jobkit::job::NewJob {
+        user_id: String::new(),
+        kind: "echo".into(),
+        input: jobkit::Json::from(serde_json::json!(0)),
+        max_attempts: 3,
+        ttl_secs: 86_400,
+        callback_url: None,
+        counted: true,
+    }
 }
 
 #[tokio::test]
@@ -186,8 +288,8 @@ async fn a_submit_that_crashed_between_write_and_send_is_sent_by_its_retry() {
     assert!(crashed.is_err(), "the submit died mid-send");
     assert_eq!(
         env.item_count().await,
-        3,
-        "the job, its key and its counter were written"
+        2,
+        "the job and its owner's slot item were written"
     );
     assert!(
         all_messages(&env).await.is_empty(),

@@ -870,6 +870,10 @@ mod tests {
     const T0: Millis = 1_700_000_000_000;
 
     fn job() -> Job {
+        job_counted(false)
+    }
+
+    fn job_counted(counted: bool) -> Job {
         Job::new(
             NewJob {
                 user_id: "u1".into(),
@@ -878,7 +882,7 @@ mod tests {
                 max_attempts: 5,
                 ttl_secs: 86_400,
                 callback_url: None,
-                counted: false,
+                counted,
             },
             T0,
         )
@@ -1174,9 +1178,7 @@ mod tests {
     }
 
     fn counted_job() -> Job {
-        let mut j = job();
-        j.counted = true;
-        j
+        job_counted(true)
     }
 
     #[test]
@@ -1267,5 +1269,55 @@ mod tests {
         let free = job();
         let (_, c) = free.cancel(T0).unwrap();
         assert_eq!(free.slot_change(&c.unwrap()), 0);
+    }
+
+    #[test]
+    fn a_job_that_takes_its_slot_again_gets_a_new_member_and_holds_only_that_one() {
+        let j = counted_job();
+        assert_eq!(j.slot_at, Some(T0 / 1000));
+        assert!(j.holds(&j.slot()));
+        let dead = j
+            .claim("w", T0 + 60_000, T0)
+            .unwrap()
+            .fail("w", JobStatus::DeadLetter, err(true), T0 + 1)
+            .unwrap();
+        assert_eq!(
+            dead.slot(),
+            j.slot(),
+            "the terminal write names the member to remove"
+        );
+        assert!(!dead.holds(&j.slot()));
+        let redriven = dead.requeue(T0 + 5_000).unwrap();
+        assert_eq!(redriven.slot_at, Some(T0 / 1000 + 5));
+        assert!(redriven.holds(&redriven.slot()));
+        assert!(
+            !redriven.holds(&j.slot()),
+            "the first round's member is not held"
+        );
+        // A change that keeps the slot keeps its member.
+        let running = redriven.claim("w", T0 + 70_000, T0 + 6_000).unwrap();
+        assert_eq!(running.slot(), redriven.slot());
+        assert_eq!(job().slot_at, None, "no cap, no member");
+    }
+
+    #[test]
+    fn slot_members_round_trip_and_foreign_ones_are_refused() {
+        let slot = counted_job().slot();
+        let member = slot.to_string();
+        assert_eq!(member, format!("{}@{}", slot.job_id, T0 / 1000));
+        assert_eq!(Slot::parse(&member), Some(slot.clone()));
+        let bare = Slot::parse(slot.job_id.as_str()).unwrap();
+        assert_eq!((bare.job_id, bare.since), (slot.job_id, None));
+        for bad in ["", "nope", "01ARZ3NDEKTSV4RRFFQ69G5FAV@x", "@12"] {
+            assert_eq!(Slot::parse(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_keys_job_id_is_fixed_by_the_key_and_valid() {
+        let a = JobId::for_key("scoped-a");
+        assert_eq!(a, JobId::for_key("scoped-a"));
+        assert_ne!(a, JobId::for_key("scoped-b"));
+        assert_eq!(JobId::parse(a.as_str()), Ok(a));
     }
 }

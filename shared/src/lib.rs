@@ -44,7 +44,7 @@ pub mod worker;
 pub use backend::Backend;
 pub use config::Config;
 pub use handler::{Handler, HandlerRegistry, JobContext, JobError};
-pub use job::{Job, JobId, JobStatus, Lane};
+pub use job::{Job, JobId, JobStatus, Lane, Slot};
 pub use json::Json;
 
 /// Everything a handler author needs, in one `use jobkit::prelude::*;`.

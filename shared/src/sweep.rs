@@ -130,7 +130,7 @@ impl Sweeper {
 
     /// Removes every member older than the grace that no job holds (its job is gone, finished, or
     /// holds a newer member). Exact against concurrent writers: see [`SLOT_GRACE`].
-    async fn release_orphaned_slots(&self) -> Result<usize, BoxError> {
+    pub async fn release_orphaned_slots(&self) -> Result<usize, BoxError> {
         let now = self.clock.now();
         let grace = self.slot_grace.as_millis() as i64;
         let mut released = 0;

@@ -285,20 +285,22 @@ pub(super) async fn submit(
         .as_ref()
         .map(|key| JobId::for_key(&sha256_hex(&[user.as_bytes(), b"\0", key.as_bytes()])));
     // A retry of a submit that was accepted gets its job whatever the backlog or the owner's in-flight
-    // count: looked up before either bound is applied. Without them there is nothing to get ahead of:
-    // the insert below finds the job anyway, so the read is skipped.
-    if let Some(id) = &keyed_id
-        && (api.settings.max_queue_depth.is_some() || api.settings.max_in_flight_per_user.is_some())
-        && let Some(existing) = api.store.get(id).await?
-    {
-        return api.answer_existing(existing, &request_hash, &trace).await;
-    }
+    // count: when a bound refuses, the key is looked up before the refusal. (On the happy path the
+    // job's own conditional write finds it: no read.)
+    let refused = async |refusal: ApiError| match &keyed_id {
+        Some(id) => match api.store.get(id).await? {
+            Some(existing) => api.answer_existing(existing, &request_hash, &trace).await,
+            None => Err(refusal),
+        },
+        None => Err(refusal),
+    };
     if let Some(bound) = api.settings.max_queue_depth
         && api.queue_depth(lane).await.is_some_and(|d| d >= bound)
     {
-        return Err(ApiError::QueueFull {
+        return refused(ApiError::QueueFull {
             retry_after: QUEUE_FULL_RETRY_SECS,
-        });
+        })
+        .await;
     }
     let cap = api.settings.max_in_flight_per_user;
     let mut job = Job::new(
@@ -328,10 +330,13 @@ pub(super) async fn submit(
         Ok(Created::Existing(existing)) => {
             api.answer_existing(*existing, &request_hash, &trace).await
         }
-        Err(StoreError::InFlightCapReached) => Err(ApiError::TooManyInFlight {
-            cap: cap.unwrap_or_default(),
-            retry_after: IN_FLIGHT_RETRY_SECS,
-        }),
+        Err(StoreError::InFlightCapReached) => {
+            refused(ApiError::TooManyInFlight {
+                cap: cap.unwrap_or_default(),
+                retry_after: IN_FLIGHT_RETRY_SECS,
+            })
+            .await
+        }
         Err(e) => Err(e.into()),
     }
 }
