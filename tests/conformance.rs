@@ -195,6 +195,44 @@ async fn repeating_a_write_that_landed_succeeds_as_after_a_lost_response(b: Back
     assert_eq!(b.store.get(&job.job_id).await.unwrap(), Some(done));
 }
 
+/// The slot protocol's writes, each repeated as the SDK repeats a request whose answer was lost: an
+/// insert that filled the owner's set to the cap, a terminal write. Each counts once.
+async fn repeated_slot_writes_count_once_even_at_the_cap(b: Backends) {
+    use jobkit::store::{Created, Insert};
+    let mut job = new_job();
+    job.user_id = "capped".into();
+    job.counted = true;
+    job.slot_at = Some(now_millis() / 1000);
+    let how = Insert {
+        keyed: false,
+        in_flight_cap: Some(1),
+    };
+    assert_eq!(b.store.insert(&job, &how).await.unwrap(), Created::New);
+    assert_eq!(
+        b.store.insert(&job, &how).await.unwrap(),
+        Created::New,
+        "a retried insert finds the set full of itself, not of others"
+    );
+    assert_eq!(b.store.in_flight("capped").await.unwrap(), 1);
+    let mut other = new_job();
+    other.user_id = "capped".into();
+    other.counted = true;
+    other.slot_at = job.slot_at;
+    assert!(matches!(
+        b.store.insert(&other, &how).await,
+        Err(StoreError::InFlightCapReached)
+    ));
+    let now = now_millis();
+    let (_, cancelled) = job.cancel(now).unwrap();
+    let cancelled = cancelled.unwrap();
+    for _ in 0..2 {
+        b.store.replace(&job, &cancelled).await.unwrap();
+        assert_eq!(b.store.in_flight("capped").await.unwrap(), 0);
+    }
+    b.store.insert(&other, &how).await.unwrap();
+    assert_eq!(b.store.in_flight("capped").await.unwrap(), 1);
+}
+
 // ---------- queue ----------
 
 async fn a_received_message_is_hidden_until_its_visibility_ends_and_counts_receives(b: Backends) {
@@ -395,6 +433,7 @@ on_both_backends!(
     an_expired_lease_can_be_claimed_and_the_old_owner_cannot_write,
     finished_and_missing_jobs_cannot_be_claimed,
     repeating_a_write_that_landed_succeeds_as_after_a_lost_response,
+    repeated_slot_writes_count_once_even_at_the_cap,
     a_received_message_is_hidden_until_its_visibility_ends_and_counts_receives,
     changing_visibility_of_a_deleted_message_is_a_stale_receipt,
     a_delayed_message_is_invisible_until_its_delay_passes,

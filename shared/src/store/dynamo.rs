@@ -212,7 +212,8 @@ fn cancel_key(id: &JobId, round: u32) -> Item {
 }
 
 /// Adds `slots` to `user`'s set (ADD: a member already there is not added twice), when `cap` is given
-/// only if the set holds fewer than `cap` members.
+/// only if the set holds fewer than `cap` members, or this one already: the SDK's retry of an add that
+/// landed (its answer lost) must not find the set full of itself.
 fn add_slots(table: &str, user: &str, slots: &[Slot], cap: Option<u32>) -> Update {
     let mut u = Update::builder()
         .table_name(table)
@@ -222,9 +223,15 @@ fn add_slots(table: &str, user: &str, slots: &[Slot], cap: Option<u32>) -> Updat
         .expression_attribute_values(":m", members(slots))
         .expression_attribute_values(":owner", AttributeValue::S(user.to_owned()));
     if let Some(cap) = cap {
+        let [mine] = slots else {
+            unreachable!("a capped add is one job's")
+        };
         u = u
-            .condition_expression("attribute_not_exists(slots) OR size(slots) < :cap")
-            .expression_attribute_values(":cap", num(cap));
+            .condition_expression(
+                "attribute_not_exists(slots) OR size(slots) < :cap OR contains(slots, :mine)",
+            )
+            .expression_attribute_values(":cap", num(cap))
+            .expression_attribute_values(":mine", AttributeValue::S(mine.to_string()));
     }
     u.build().expect("table, key and expression are set")
 }
