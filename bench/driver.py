@@ -72,15 +72,52 @@ class Stack:
         self.ddb = client("dynamodb", endpoint)
         self.physical, self.arns = {}, {}
 
+    def condition(self, name):
+        """A template condition, with every parameter at its default (the bench deploys the defaults)."""
+        return self.truth(self.t["Conditions"][name])
+
+    def truth(self, v):
+        if isinstance(v, Tag):
+            if v.tag == "Equals":
+                a, b = (self.resolve(x) for x in v.value)
+                return str(a) == str(b)
+            if v.tag == "Not":
+                return not self.truth(v.value[0])
+            if v.tag == "And":
+                return all(self.truth(x) for x in v.value)
+            if v.tag == "Or":
+                return any(self.truth(x) for x in v.value)
+            if v.tag == "Condition":
+                return self.condition(v.value)
+        if isinstance(v, dict) and "Condition" in v:
+            return self.condition(v["Condition"])
+        raise ValueError(f"unsupported condition {v!r}")
+
+    def deployed(self, resource):
+        return "Condition" not in resource or self.condition(resource["Condition"])
+
     def resolve(self, v):
         if isinstance(v, Tag):
+            if v.tag == "If":
+                name, yes, no = v.value
+                return self.resolve(yes if self.condition(name) else no)
             if v.tag == "Ref":
                 if v.value in self.physical:
                     return self.physical[v.value]
+                pseudo = {"AWS::StackName": self.prefix, "AWS::Region": "us-east-1", "AWS::Partition": "aws",
+                          "AWS::AccountId": "000000000000"}
+                if v.value in pseudo:
+                    return pseudo[v.value]
                 return str(self.t["Parameters"][v.value]["Default"])
             if v.tag == "GetAtt":
                 name = v.value if isinstance(v.value, str) else ".".join(v.value)
-                return self.arns[name.split(".")[0]]
+                # Only queues, secrets and tables are created here: other resources' attributes (a
+                # function URL, say) name nothing the three benched functions call.
+                return self.arns.get(name.split(".")[0], "")
+            if v.tag == "Join":
+                sep, parts = v.value
+                parts = self.resolve(parts)
+                return sep.join(str(x) for x in (parts.split(",") if isinstance(parts, str) else parts))
             if v.tag == "FindInMap":
                 m, a, b = (self.resolve(x) for x in v.value)
                 return self.t["Mappings"][m][str(a)][b]
@@ -93,7 +130,7 @@ class Stack:
 
     def create(self):
         res = self.t["Resources"]
-        queues = [k for k, r in res.items() if r["Type"] == "AWS::SQS::Queue"]
+        queues = [k for k, r in res.items() if r["Type"] == "AWS::SQS::Queue" and self.deployed(r)]
         queues.sort(key=lambda k: "RedrivePolicy" in res[k].get("Properties", {}))  # DLQs first
         for name in queues:
             props = self.resolve(res[name].get("Properties", {}))
@@ -103,11 +140,11 @@ class Stack:
             self.physical[name] = url
             self.arns[name] = self.sqs.get_queue_attributes(
                 QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-        for name in (k for k, r in res.items() if r["Type"] == "AWS::SecretsManager::Secret"):
+        for name in (k for k, r in res.items() if r["Type"] == "AWS::SecretsManager::Secret" and self.deployed(r)):
             sm = client("secretsmanager", self.endpoint)
             arn = sm.create_secret(Name=f"{self.prefix}-{name}", SecretString=uuid.uuid4().hex * 2)["ARN"]
             self.physical[name] = self.arns[name] = arn
-        for name in (k for k, r in res.items() if r["Type"] == "AWS::DynamoDB::Table"):
+        for name in (k for k, r in res.items() if r["Type"] == "AWS::DynamoDB::Table" and self.deployed(r)):
             props = self.resolve(res[name]["Properties"])
             self.create_table(f"{self.prefix}-{name}", props)
             self.physical[name] = f"{self.prefix}-{name}"
