@@ -310,6 +310,10 @@ pub struct Job {
     pub idempotency_key: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_hash: Option<String>,
+    /// A random number of the submit request that created a keyed job: tells that request's own write,
+    /// retried after its answer was lost, from a concurrent twin's (same key and body, same millisecond).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub submit_token: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lease_owner: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -408,6 +412,7 @@ impl Job {
             continuations: 0,
             idempotency_key: None,
             request_hash: None,
+            submit_token: None,
             lease_owner: None,
             lease_expires_at: None,
             submitted_at: now,

@@ -320,6 +320,7 @@ pub(super) async fn submit(
         job.job_id = id.clone();
         job.idempotency_key = Some(key);
         job.request_hash = Some(request_hash.clone());
+        job.submit_token = Some(rand::random());
     }
     let how = Insert {
         keyed: keyed_id.is_some(),

@@ -14,16 +14,18 @@ use std::time::Duration;
 
 use crate::queue::WorkerQueue;
 
-/// How long hide requests are collected before one batch call. A second: most jobs of a batch are done
-/// by then and cost no call at all (the happy path's SQS requests per job stay at send + Lambda's receive
-/// and delete), while a worker that dies later than that still has its message back within about one
-/// lease (60 s by default), not the queue's long visibility.
+/// How long hide requests are collected before one batch call, at most. A second: most jobs of a batch
+/// are done by then and cost no call at all (the happy path's SQS requests per job stay at send +
+/// Lambda's receive and delete), while a worker that dies later than that still has its message back
+/// within about one lease (60 s by default), not the queue's long visibility. Short leases get a
+/// proportionally shorter window ([`Hider::new`]).
 pub const HIDE_WINDOW: Duration = Duration::from_secs(1);
 
 /// The hide requests of one invocation.
 pub struct Hider {
     queue: Arc<dyn WorkerQueue>,
     visibility: Duration,
+    window: Duration,
     state: Mutex<State>,
 }
 
@@ -39,6 +41,9 @@ impl Hider {
         Self {
             queue,
             visibility,
+            // A twelfth of the visibility it sets, so a message is always hidden well before the
+            // heartbeat after next could have renewed it.
+            window: HIDE_WINDOW.min(visibility / 12),
             state: Mutex::default(),
         }
     }
@@ -82,7 +87,7 @@ impl Hider {
         loop {
             tokio::select! {
                 out = &mut until => return out,
-                () = tokio::time::sleep(HIDE_WINDOW) => {}
+                () = tokio::time::sleep(self.window) => {}
             }
             let flush = self.flush();
             tokio::pin!(flush);
