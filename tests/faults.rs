@@ -549,7 +549,7 @@ async fn queue_total(sqs: &aws_sdk_sqs::Client, url: &str) -> u64 {
     .sum()
 }
 
-/// Every job record in the table (idempotency-key items skipped).
+/// Every job record in the table (slot, step and cancel items skipped).
 async fn scan_jobs(client: &aws_sdk_dynamodb::Client, table: &str) -> Vec<Job> {
     let mut jobs = Vec::new();
     let mut start = None;
