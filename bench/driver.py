@@ -206,14 +206,19 @@ def sqs_event(messages, queue_arn):
 
 # ---------------------------------------------------------------- one round
 
+# Sides built from this repository: the work tree, and with --baseline the same functions of another commit.
+JOBKIT_SIDES = ("jobkit", "baseline")
+
+
 def functions_for(variant, stack, args, logs):
-    if variant == "jobkit":
+    if variant in JOBKIT_SIDES:
+        bin_dir = args.baseline_bin_dir if variant == "baseline" else args.bin_dir
         names = {"submit": "SubmitFunction", "worker": "WorkerFunction", "status": "StatusFunction"}
         fns = {}
         for fn, logical in names.items():
             env = {**stack.function_env(logical), "AWS_ENDPOINT_URL": args.proxy_url,
                    "JOBKIT_MAX_IN_FLIGHT_PER_USER": str(args.cap)}
-            fns[fn] = Function(f"jobkit-{fn}", [os.path.join(args.bin_dir, fn)], env, f"{logs}/jobkit-{fn}.log",
+            fns[fn] = Function(f"{variant}-{fn}", [os.path.join(bin_dir, fn)], env, f"{logs}/{variant}-{fn}.log",
                                cwd=ROOT, timeout_s=stack.timeout(logical))
         return fns
     idem = f"{stack.prefix}-Idempotency"
@@ -416,20 +421,31 @@ def per_op(rounds, n):
     return rows
 
 
+def variants(args):
+    return ("jobkit", "peer") + (("baseline",) if args.baseline else ())
+
+
 def report(results, args, command):
     n = args.jobs
-    by = {v: [metrics(r, n) for r in results if r["variant"] == v] for v in ("jobkit", "peer")}
+    sides = variants(args)
+    by = {v: [metrics(r, n) for r in results if r["variant"] == v] for v in sides}
     names = list(by["jobkit"][0].keys())
-    lines = ["| per job (Idempotency-Key on, per-user cap %d) | jobkit | Powertools peer | jobkit / peer |" % args.cap,
-             "|---|---|---|---|"]
+    head = "| per job (Idempotency-Key on, per-user cap %d) | jobkit | Powertools peer | jobkit / peer |" % args.cap
+    if args.baseline:
+        head += f" jobkit at {args.baseline_rev} | jobkit / jobkit at {args.baseline_rev} |"
+    lines = [head, "|---" * head.count(" |") + "|"]
+    cell = lambda m, s: f"{fmt(m)}" + (f" ({s})" if s else "")
     for name in names:
         (jm, js), (pm, ps) = spread([m[name] for m in by["jobkit"]]), spread([m[name] for m in by["peer"]])
-        ratio = f"{jm / pm:.2f}" if pm else "–"
-        cell = lambda m, s: f"{fmt(m)}" + (f" ({s})" if s else "")
-        lines.append(f"| {name} | {cell(jm, js)} | {cell(pm, ps)} | {ratio} |")
+        ratio = lambda other: f"{jm / other:.2f}" if other else "–"
+        line = f"| {name} | {cell(jm, js)} | {cell(pm, ps)} | {ratio(pm)} |"
+        if args.baseline:
+            bm, bs = spread([m[name] for m in by["baseline"]])
+            line += f" {cell(bm, bs)} | {ratio(bm)} |"
+        lines.append(line)
     table = "\n".join(lines)
 
-    ops = {v: per_op([r for r in results if r["variant"] == v], n) for v in ("jobkit", "peer")}
+    ops = {v: per_op([r for r in results if r["variant"] == v], n) for v in sides}
     op_lines = ["| side | phase | call | calls/job | WRU/job (of which index) | RRU/job |", "|---|---|---|---|---|---|"]
     for v, rows in ops.items():
         for (phase, op), (calls, wru, rru) in rows.items():
@@ -443,6 +459,8 @@ def report(results, args, command):
                          capture_output=True, text=True).stdout.strip()
     rev = subprocess.run(["git", "-C", ROOT, "describe", "--always", "--dirty"], capture_output=True,
                          text=True).stdout.strip()
+    baseline = (f"; the \"baseline\" side is the same functions built from commit `{args.baseline_rev}`, "
+                "same profile, against the same template" if args.baseline else "")
     machine = f"{os.cpu_count()} cores ({cpu}), Linux {platform.release()}, Python {platform.python_version()}"
     doc = f"""# Benchmarks
 
@@ -452,7 +470,7 @@ jobkit's three Lambda functions against the same functions written in Python wit
 - date: {datetime.date.today().isoformat()}
 - machine: {machine}; 1-minute load average {args.load[0]:.1f} at the start, {args.load[-1]:.1f} at the end
 - command: `{command}`
-- jobkit source: `{rev}` (the work tree the functions were built from)
+- jobkit source: `{rev}` (the work tree the functions were built from){baseline}
 - workload: {n} `echo` jobs per round, each with an `Idempotency-Key`, spread over {args.users} users, per-user
   in-flight cap {args.cap} on both sides; submit all, drain the queue through the worker, GET each job once;
   {args.rounds} round(s) per variant. Medians over rounds, with (min–max) when there are several.
@@ -520,8 +538,16 @@ def main():
     p.add_argument("--out", help="the report (default bench/BENCHMARKS.md; --short: target/bench/short.md)")
     p.add_argument("--command", default="bash bench/run.sh")
     p.add_argument("--worker-timeout", type=float, default=300)
-    p.add_argument("--only", choices=("jobkit", "peer"), help="run one side (debugging; no report)")
+    p.add_argument("--baseline", metavar="REV", help="also run the functions of commit REV (run.sh builds them)")
+    p.add_argument("--baseline-bin-dir")
+    p.add_argument("--only", choices=("jobkit", "peer", "baseline"), help="run one side (debugging; no report)")
     args = p.parse_args()
+    if args.baseline and (args.short or not args.baseline_bin_dir):
+        p.error("--baseline compares timings: run it through run.sh, without --short")
+    if args.baseline:
+        args.baseline_bin_dir = os.path.abspath(args.baseline_bin_dir)
+        args.baseline_rev = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", args.baseline],
+                                           capture_output=True, text=True, check=True).stdout.strip()
     args.bin_dir, args.peer_python = os.path.abspath(args.bin_dir), os.path.abspath(args.peer_python)
     args.out = args.out or (os.path.join(ROOT, "target", "bench", "short.md") if args.short
                             else os.path.join(HERE, "BENCHMARKS.md"))
@@ -534,8 +560,10 @@ def main():
 
     args.load = [os.getloadavg()[0]]
     results = []
+    sides = variants(args)
     for rnd in range(args.rounds):
-        for variant in (("jobkit", "peer") if rnd % 2 == 0 else ("peer", "jobkit")):
+        # Each side goes first, second, ... in turn: the machine's drift falls on all of them.
+        for variant in sides[rnd % len(sides):] + sides[:rnd % len(sides)]:
             if args.only and variant != args.only:
                 continue
             print(f"round {rnd + 1}/{args.rounds}: {variant} ...", file=sys.stderr, flush=True)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # jobkit vs the Powertools peer, end to end: build, emulator, counting proxy, rounds, BENCHMARKS.md.
 #   bash bench/run.sh [--short] [--rounds N] [--jobs N] [--users N] [--cap N] [--check] [--max-wru X] [--max-sqs X]
+#                     [--baseline REV]
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -32,6 +33,27 @@ else
   BIN_DIR="$TARGET/release"
 fi
 
+# --baseline REV: the same functions built from commit REV run as a third side, for the "did this change
+# cost anything" question answered in one run. Its source is exported (git archive) and built in its own
+# target directory: the binaries' names would collide in $TARGET.
+DRIVER_ARGS=()
+ARGS=("$@")
+for i in "${!ARGS[@]}"; do
+  if [[ "${ARGS[$i]}" == "--baseline" ]]; then
+    REV="${ARGS[$((i + 1))]:?--baseline needs a commit}"
+    SRC="$ROOT/target/bench-baseline/src"
+    COMMIT="$(git -C "$ROOT" rev-parse --verify "$REV^{commit}")"
+    if [[ "$(cat "$SRC/.commit" 2>/dev/null)" != "$COMMIT" ]]; then  # a fresh export would rebuild it
+      rm -rf "$SRC" && mkdir -p "$SRC"
+      git -C "$ROOT" archive "$COMMIT" | tar -x -C "$SRC"
+      echo "$COMMIT" > "$SRC/.commit"
+    fi
+    echo "bench: building the functions of $REV (profile bench)" >&2
+    (cd "$SRC" && CARGO_TARGET_DIR="$ROOT/target/bench-baseline" nice -n 10 cargo build -q --profile bench "${BINS[@]}")
+    DRIVER_ARGS+=(--baseline-bin-dir "$ROOT/target/bench-baseline/release")
+  fi
+done
+
 GATEWAY_PORT="$EMULATOR_PORT" bash infra/emulator.sh start >&2
 "$ROOT/.venv/bench/bin/python" bench/proxy.py --port "$PROXY_PORT" --upstream "http://127.0.0.1:$EMULATOR_PORT" &
 PROXY_PID=$!
@@ -45,4 +67,4 @@ for _ in $(seq 1 50); do curl -fsS -o /dev/null "http://127.0.0.1:$PROXY_PORT/_b
 "$ROOT/.venv/bench/bin/python" bench/driver.py \
   --bin-dir "$BIN_DIR" --peer-python "$ROOT/.venv/bench-peer/bin/python" \
   --proxy-url "http://127.0.0.1:$PROXY_PORT" --emulator-url "http://127.0.0.1:$EMULATOR_PORT" \
-  --command "bash bench/run.sh${*:+ $*}" "$@"
+  --command "bash bench/run.sh${*:+ $*}" "${DRIVER_ARGS[@]}" "$@"
