@@ -29,6 +29,7 @@ import argparse
 import http.client
 import json
 import math
+import re
 import sys
 import threading
 import time
@@ -37,7 +38,7 @@ import zlib
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-WRITE_OPS = {"PutItem", "UpdateItem", "DeleteItem", "TransactWriteItems", "BatchWriteItem"}
+WRITE_OPS = {"PutItem", "UpdateItem", "DeleteItem", "TransactWriteItems", "BatchWriteItem", "BatchExecuteStatement"}
 CAPACITY_OPS = WRITE_OPS | {"GetItem", "BatchGetItem", "TransactGetItems", "Query", "Scan"}
 HOP = {"connection", "keep-alive", "transfer-encoding", "host", "content-length", "accept-encoding"}
 
@@ -162,6 +163,20 @@ class Upstream:
             "Authorization": "AWS4-HMAC-SHA256 Credential=test/20250101/us-east-1/dynamodb/aws4_request",
         })
         return json.loads(body) if status == 200 else None
+
+
+def partiql_update(statement):
+    """(table, key) of a parameterised `UPDATE "table" ... WHERE k = ? [AND k2 = ?]` statement."""
+    text = statement["Statement"]
+    m = re.match(r'\s*UPDATE\s+"([^"]+)"', text, re.I)
+    where = re.search(r"\bWHERE\b", text, re.I)
+    if not m or not where:
+        raise ValueError(f"proxy: only parameterised UPDATE statements are billed: {text}")
+    params = statement.get("Parameters", [])
+    key, before_where = {}, text[:where.start()].count("?")
+    for i, name in enumerate(re.findall(r'"?(\w+)"?\s*=\s*\?', text[where.end():])):
+        key[name] = params[before_where + i]
+    return m.group(1), key
 
 
 class Dynamo:
@@ -336,6 +351,25 @@ class Dynamo:
                 before = self.before(name, key)
                 self.remember(name, key, after)
                 self.add_write("BatchWriteItem", *self.write_cost(name, before, after, 1))
+
+    def on_BatchExecuteStatement(self, req, resp, err):
+        """PartiQL writes, each billed as the single-item write it is (UPDATE statements keyed by their
+        WHERE clause's `key = ?` parameters); a statement whose condition failed costs 1 WRU."""
+        if err:
+            return
+        stmts = [partiql_update(s) for s in req["Statements"]]
+        answers = resp.get("Responses", [])
+        done = []
+        for (name, key), answer in zip(stmts, answers):
+            if "Error" in answer:
+                if answer["Error"].get("Code") == "ConditionalCheckFailed":
+                    self.fail("BatchExecuteStatement", 1)
+            else:
+                done.append((name, key))
+        for (name, key), after in zip(done, self.read_back_many(done)):
+            before = self.before(name, key)
+            self.remember(name, key, after)
+            self.add_write("BatchExecuteStatement", *self.write_cost(name, before, after, 1))
 
     def read_back(self, name, keys):
         return self.read_back_many([(name, k) for k in keys])

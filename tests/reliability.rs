@@ -227,6 +227,77 @@ async fn the_sweep_never_removes_a_member_whose_job_may_still_be_written() {
     assert!(store.get(&children[1].job_id).await.unwrap().is_none());
 }
 
+/// Releases of many owners at once go out together (one request per 25 owners, see
+/// `store/dynamo/release.rs`): each must still remove exactly its members, two jobs of one owner in the
+/// same request included, and a repeated release (an owner whose set is empty already) must succeed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_completions_of_many_owners_release_every_member() {
+    use jobkit::store::{Insert, JobClaimer, JobInserter, JobWriter, SlotLedger};
+    let env = TestEnv::start().await;
+    let store = env.store.clone();
+    let now = jobkit::now_millis();
+    let users: Vec<String> = (0..30).map(|i| format!("many-{i}")).collect();
+    let mut running = Vec::new();
+    for user in &users {
+        for _ in 0..2 {
+            let job = jobkit::Job::new(
+                jobkit::job::NewJob {
+                    user_id: user.clone(),
+                    ..parent_spec()
+                },
+                now,
+            );
+            let how = Insert {
+                keyed: false,
+                in_flight_cap: Some(5),
+            };
+            store.insert(&job, &how).await.unwrap();
+            running.push(
+                store
+                    .claim(&job.job_id, "w", now + 60_000, now)
+                    .await
+                    .unwrap(),
+            );
+        }
+    }
+    // One more owner, whose only job ended already: its release comes again, to an emptied set.
+    let done_before = running.pop().unwrap();
+    let twin = running.pop().unwrap();
+    for job in [&done_before, &twin] {
+        let done = job
+            .complete("w", serde_json::json!(0).into(), vec![], now)
+            .unwrap();
+        store.replace(job, &done).await.unwrap();
+    }
+    assert_eq!(store.in_flight("many-29").await.unwrap(), 0);
+
+    let completions = running.iter().map(|job| {
+        let store = store.clone();
+        async move {
+            let done = job
+                .complete("w", serde_json::json!(1).into(), vec![], now)
+                .unwrap();
+            store.replace(job, &done).await
+        }
+    });
+    let ended = [done_before.slot(), twin.slot()];
+    let again = store.release_slots("many-29", &ended);
+    let (results, again) = tokio::join!(futures::future::join_all(completions), again);
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    again.unwrap();
+    for user in &users {
+        assert_eq!(store.in_flight(user).await.unwrap(), 0, "{user}'s members");
+    }
+    let left: Vec<_> = store
+        .all_slots()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|s| s.user_id.starts_with("many-") && !s.slots.is_empty())
+        .collect();
+    assert!(left.is_empty(), "members left: {left:?}");
+}
+
 /// A counted `echo` job's spec, for `user_id` to be set.
 fn parent_spec() -> jobkit::job::NewJob {
     jobkit::job::NewJob {

@@ -22,20 +22,26 @@ use super::{
 use crate::job::{Job, JobId, JobStatus, Millis, Slot};
 use crate::json::Json;
 
+mod release;
+
 /// Jobs in one DynamoDB table (see `JobsTable` in template.yaml).
 #[derive(Debug, Clone)]
 pub struct DynamoStore {
     client: Client,
     table: String,
+    /// Slot releases of concurrent writers, sent together (shared by clones).
+    releases: std::sync::Arc<release::Releases>,
 }
 
 type Item = HashMap<String, AttributeValue>;
 
 impl DynamoStore {
     pub fn new(client: Client, table: impl Into<String>) -> Self {
+        let table = table.into();
         Self {
+            releases: release::Releases::new(client.clone(), table.clone()),
             client,
-            table: table.into(),
+            table,
         }
     }
 
@@ -716,16 +722,7 @@ impl SlotLedger for DynamoStore {
         if slots.is_empty() {
             return Ok(());
         }
-        // Conditional on the item existing, so a release never creates an empty one.
-        let delete = Update::builder()
-            .table_name(&self.table)
-            .set_key(Some(slots_key(user)))
-            .update_expression("DELETE slots :m")
-            .condition_expression("attribute_exists(job_id)")
-            .expression_attribute_values(":m", members(slots))
-            .build()
-            .expect("table, key and expression are set");
-        self.update(delete).await.map(|_| ())
+        self.releases.release(user, slots).await
     }
 }
 

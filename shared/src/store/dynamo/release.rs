@@ -1,0 +1,238 @@
+//! Slot releases, sent together (group commit). A batch's jobs finish at about the same time, and each
+//! ends by removing its member from its owner's slot item: one UpdateItem per job, the worker's third
+//! DynamoDB call per job. Here the first release goes out at once, alone; the releases that arrive while
+//! it is in flight wait and then go out together as one `BatchExecuteStatement` (PartiQL `SET_DELETE`,
+//! one statement per owner, up to 25): no added latency when there is no concurrency, one request for
+//! many when there is. Each statement is billed as the single write it is, so units do not change.
+//!
+//! A caller still returns only once its members are removed (or the removal failed), so the slot
+//! protocol of [`crate::store`] is unchanged. Whatever the batch does not confirm — the whole request
+//! failing (a deployment whose role lacks `dynamodb:PartiQLUpdate`, say) or one statement failing
+//! (throttled: the SDK does not retry a statement) — is removed again the plain way, one UpdateItem
+//! per owner with the SDK's retries, so the batch can only save requests, never lose a removal.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::types::BatchStatementRequest;
+use tokio::sync::oneshot;
+
+use super::{members, slots_key};
+use crate::job::Slot;
+use crate::store::StoreError;
+
+/// The most statements one `BatchExecuteStatement` takes.
+const MAX_STATEMENTS: usize = 25;
+
+/// Releases waiting for the one in flight, and whether one is.
+#[derive(Debug)]
+pub(super) struct Releases {
+    client: Client,
+    table: String,
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    sending: bool,
+    waiting: Vec<Waiting>,
+}
+
+#[derive(Debug)]
+struct Waiting {
+    user: String,
+    slots: Vec<Slot>,
+    done: oneshot::Sender<Result<(), StoreError>>,
+}
+
+impl Releases {
+    pub(super) fn new(client: Client, table: String) -> Arc<Self> {
+        Arc::new(Self {
+            client,
+            table,
+            state: Mutex::default(),
+        })
+    }
+
+    /// Removes `slots` from `user`'s set, with whatever other releases are waiting.
+    pub(super) async fn release(
+        self: &Arc<Self>,
+        user: &str,
+        slots: &[Slot],
+    ) -> Result<(), StoreError> {
+        let (done, answer) = oneshot::channel();
+        let lead = {
+            let mut state = self.state();
+            state.waiting.push(Waiting {
+                user: user.to_owned(),
+                slots: slots.to_vec(),
+                done,
+            });
+            !std::mem::replace(&mut state.sending, true)
+        };
+        if lead {
+            // Its own task: a caller that gives up (a timeout) must not strand the releases it carries.
+            tokio::spawn(self.clone().send_all());
+        }
+        answer.await.unwrap_or_else(|_| {
+            Err(StoreError::Unavailable {
+                source: "the slot release task ended without an answer".into(),
+            })
+        })
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Sends what is waiting, then what came in meanwhile, until nothing is.
+    async fn send_all(self: Arc<Self>) {
+        let guard = Sending(&self);
+        loop {
+            let batch: Vec<Waiting> = {
+                let mut state = self.state();
+                if state.waiting.is_empty() {
+                    state.sending = false;
+                    break;
+                }
+                let n = state.waiting.len().min(MAX_STATEMENTS);
+                state.waiting.drain(..n).collect()
+            };
+            self.send(batch).await;
+        }
+        std::mem::forget(guard);
+    }
+
+    async fn send(&self, batch: Vec<Waiting>) {
+        let mut by_user: BTreeMap<String, (Vec<Slot>, Vec<oneshot::Sender<_>>)> = BTreeMap::new();
+        for w in batch {
+            let entry = by_user.entry(w.user).or_default();
+            entry.0.extend(w.slots);
+            entry.1.push(w.done);
+        }
+        let users: Vec<(String, Vec<Slot>)> = by_user
+            .iter()
+            .map(|(u, (s, _))| (u.clone(), s.clone()))
+            .collect();
+        let confirmed = if users.len() > 1 {
+            self.batch(&users).await
+        } else {
+            vec![false]
+        };
+        for ((user, (slots, waiters)), ok) in by_user.into_iter().zip(confirmed) {
+            let result = if ok {
+                Ok(())
+            } else {
+                self.one(&user, &slots).await
+            };
+            let mut waiters = waiters.into_iter();
+            let last = waiters.next_back();
+            for w in waiters {
+                let _ = w.send(copy(&result));
+            }
+            if let Some(w) = last {
+                let _ = w.send(result);
+            }
+        }
+    }
+
+    /// One statement per owner; which of them removed their members (or found no slot item: nothing
+    /// to remove). All `false` when the request itself failed.
+    async fn batch(&self, users: &[(String, Vec<Slot>)]) -> Vec<bool> {
+        let statement = format!(
+            "UPDATE \"{}\" SET slots = SET_DELETE(slots, ?) WHERE job_id = ?",
+            self.table
+        );
+        let statements = users
+            .iter()
+            .map(|(user, slots)| {
+                BatchStatementRequest::builder()
+                    .statement(&statement)
+                    .parameters(members(slots))
+                    .parameters(slots_key(user).remove("job_id").expect("the key is job_id"))
+                    .build()
+                    .expect("the statement is set")
+            })
+            .collect();
+        match self
+            .client
+            .batch_execute_statement()
+            .set_statements(Some(statements))
+            .send()
+            .await
+        {
+            Ok(out) => {
+                let answers = out.responses.unwrap_or_default();
+                (0..users.len())
+                    .map(|i| {
+                        answers.get(i).is_some_and(|r| match &r.error {
+                            None => true,
+                            // PartiQL's UPDATE never creates an item: no slot item, nothing held.
+                            Some(e) => e
+                                .code
+                                .as_ref()
+                                .is_some_and(|c| c.as_str() == "ConditionalCheckFailed"),
+                        })
+                    })
+                    .collect()
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "batched slot release failed; releasing one by one");
+                vec![false; users.len()]
+            }
+        }
+    }
+
+    /// One owner's members, by UpdateItem (conditional on the item existing, so a release never
+    /// creates an empty one).
+    async fn one(&self, user: &str, slots: &[Slot]) -> Result<(), StoreError> {
+        let res = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(slots_key(user)))
+            .update_expression("DELETE slots :m")
+            .condition_expression("attribute_exists(job_id)")
+            .expression_attribute_values(":m", members(slots))
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(()),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_conditional_check_failed_exception()) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(StoreError::Unavailable { source: e.into() }),
+        }
+    }
+}
+
+/// Resets the queue if [`Releases::send_all`] ends early (a panic): the releases still waiting are
+/// answered `Unavailable` instead of waiting forever, and the next release sends again.
+struct Sending<'a>(&'a Releases);
+
+impl Drop for Sending<'_> {
+    fn drop(&mut self) {
+        let mut state = self.0.state();
+        state.sending = false;
+        for w in state.waiting.drain(..) {
+            let _ = w.done.send(Err(StoreError::Unavailable {
+                source: "the slot release task stopped".into(),
+            }));
+        }
+    }
+}
+
+/// The same outcome for another caller of a merged release (`StoreError` is not `Clone`: its source
+/// is kept as text).
+fn copy(r: &Result<(), StoreError>) -> Result<(), StoreError> {
+    r.as_ref().map(|_| ()).map_err(|e| {
+        let cause = std::error::Error::source(e).map(|s| format!(": {s}"));
+        StoreError::Unavailable {
+            source: format!("{e}{}", cause.unwrap_or_default()).into(),
+        }
+    })
+}
