@@ -31,7 +31,8 @@
 //! - The `by_user` index holds keys only, so state changes never write to it.
 //!
 //! Per job on the happy path (items under 1 KB): insert 1 + index 1, claim 1, completion 1; with the
-//! cap, +1 for the member's add and +1 for its removal: 4 or 6 write units, key or not.
+//! cap, +1 for the member's add and +1 for its removal: 4 or 6 write units, key or not. Removals of
+//! jobs finishing together share one request (see `dynamo/release.rs`): same units, fewer calls.
 
 use async_trait::async_trait;
 
