@@ -92,27 +92,7 @@ impl DynamoStore {
 
     /// Runs one UpdateItem: `false` when its condition did not hold.
     async fn update(&self, u: Update) -> Result<bool, StoreError> {
-        let res = self
-            .client
-            .update_item()
-            .table_name(u.table_name)
-            .set_key(Some(u.key))
-            .update_expression(u.update_expression)
-            .set_condition_expression(u.condition_expression)
-            .set_expression_attribute_names(u.expression_attribute_names)
-            .set_expression_attribute_values(u.expression_attribute_values)
-            .send()
-            .await;
-        match res {
-            Ok(_) => Ok(true),
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|s| s.is_conditional_check_failed_exception()) =>
-            {
-                Ok(false)
-            }
-            Err(e) => Err(unavailable(e)),
-        }
+        update_item(&self.client, u).await
     }
 
     /// Runs a transaction. `None` when it committed; the cancellation reasons when a condition failed
@@ -252,6 +232,30 @@ fn to_item(job: &Job) -> Item {
 
 fn from_item(item: Item) -> Result<Job, StoreError> {
     serde_dynamo::from_item(item).map_err(|e| StoreError::Corrupt { source: e.into() })
+}
+
+/// Runs one UpdateItem: `false` when its condition did not hold.
+async fn update_item(client: &Client, u: Update) -> Result<bool, StoreError> {
+    let res = client
+        .update_item()
+        .table_name(u.table_name)
+        .set_key(Some(u.key))
+        .update_expression(u.update_expression)
+        .set_condition_expression(u.condition_expression)
+        .set_expression_attribute_names(u.expression_attribute_names)
+        .set_expression_attribute_values(u.expression_attribute_values)
+        .send()
+        .await;
+    match res {
+        Ok(_) => Ok(true),
+        Err(e)
+            if e.as_service_error()
+                .is_some_and(|s| s.is_conditional_check_failed_exception()) =>
+        {
+            Ok(false)
+        }
+        Err(e) => Err(unavailable(e)),
+    }
 }
 
 fn unavailable<E, R>(e: SdkError<E, R>) -> StoreError

@@ -15,10 +15,10 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use aws_sdk_dynamodb::Client;
-use aws_sdk_dynamodb::types::BatchStatementRequest;
+use aws_sdk_dynamodb::types::{BatchStatementRequest, Update};
 use tokio::sync::oneshot;
 
-use super::{members, slots_key};
+use super::{members, slots_key, update_item};
 use crate::job::Slot;
 use crate::store::StoreError;
 
@@ -187,26 +187,15 @@ impl Releases {
     /// One owner's members, by UpdateItem (conditional on the item existing, so a release never
     /// creates an empty one).
     async fn one(&self, user: &str, slots: &[Slot]) -> Result<(), StoreError> {
-        let res = self
-            .client
-            .update_item()
+        let delete = Update::builder()
             .table_name(&self.table)
             .set_key(Some(slots_key(user)))
             .update_expression("DELETE slots :m")
             .condition_expression("attribute_exists(job_id)")
             .expression_attribute_values(":m", members(slots))
-            .send()
-            .await;
-        match res {
-            Ok(_) => Ok(()),
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|s| s.is_conditional_check_failed_exception()) =>
-            {
-                Ok(())
-            }
-            Err(e) => Err(StoreError::Unavailable { source: e.into() }),
-        }
+            .build()
+            .expect("table, key and expression are set");
+        update_item(&self.client, delete).await.map(|_| ())
     }
 }
 
