@@ -358,18 +358,10 @@ class Dynamo:
         if err:
             return
         stmts = [partiql_update(s) for s in req["Statements"]]
-        answers = resp.get("Responses", [])
-        done = []
-        for (name, key), answer in zip(stmts, answers):
-            if "Error" in answer:
-                if answer["Error"].get("Code") == "ConditionalCheckFailed":
-                    self.fail("BatchExecuteStatement", 1)
-            else:
-                done.append((name, key))
-        for (name, key), after in zip(done, self.read_back_many(done)):
-            before = self.before(name, key)
-            self.remember(name, key, after)
-            self.add_write("BatchExecuteStatement", *self.write_cost(name, before, after, 1))
+        errors = [a.get("Error", {}).get("Code", "") for a in resp.get("Responses", [])]
+        fresh = iter(self.read_back_many([st for st, e in zip(stmts, errors) if not e]))
+        for (name, key), e in zip(stmts, errors):  # `single` reads an after-image only for those that landed
+            self.single("BatchExecuteStatement", name, key, e, lambda: next(fresh))
 
     def read_back(self, name, keys):
         return self.read_back_many([(name, k) for k in keys])

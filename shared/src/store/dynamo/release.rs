@@ -111,41 +111,53 @@ impl Releases {
             entry.0.extend(w.slots);
             entry.1.push(w.done);
         }
-        let users: Vec<(String, Vec<Slot>)> = by_user
-            .iter()
-            .map(|(u, (s, _))| (u.clone(), s.clone()))
-            .collect();
-        let confirmed = if users.len() > 1 {
-            self.batch(&users).await
+        let confirmed = if by_user.len() > 1 {
+            self.batch(by_user.iter().map(|(u, (s, _))| (u.as_str(), s.as_slice())))
+                .await
         } else {
             vec![false]
         };
-        for ((user, (slots, waiters)), ok) in by_user.into_iter().zip(confirmed) {
-            let result = if ok {
-                Ok(())
-            } else {
-                self.one(&user, &slots).await
-            };
-            let mut waiters = waiters.into_iter();
-            let last = waiters.next_back();
-            for w in waiters {
-                let _ = w.send(copy(&result));
-            }
-            if let Some(w) = last {
-                let _ = w.send(result);
-            }
+        // What the batch did not confirm is released owner by owner, all at once: one slow owner must
+        // not hold up the others' callers.
+        let answers = by_user
+            .into_iter()
+            .zip(confirmed)
+            .map(|((user, (slots, waiters)), ok)| self.answer(user, slots, waiters, ok));
+        futures::future::join_all(answers).await;
+    }
+
+    /// Answers one owner's callers: done if the batch `confirmed` it, else after an UpdateItem.
+    async fn answer(
+        &self,
+        user: String,
+        slots: Vec<Slot>,
+        waiters: Vec<oneshot::Sender<Result<(), StoreError>>>,
+        confirmed: bool,
+    ) {
+        let result = if confirmed {
+            Ok(())
+        } else {
+            self.one(&user, &slots).await
+        };
+        let mut waiters = waiters.into_iter();
+        let last = waiters.next_back();
+        for w in waiters {
+            let _ = w.send(copy(&result));
+        }
+        if let Some(w) = last {
+            let _ = w.send(result);
         }
     }
 
     /// One statement per owner; which of them removed their members (or found no slot item: nothing
     /// to remove). All `false` when the request itself failed.
-    async fn batch(&self, users: &[(String, Vec<Slot>)]) -> Vec<bool> {
+    async fn batch(&self, users: impl ExactSizeIterator<Item = (&str, &[Slot])>) -> Vec<bool> {
+        let n = users.len();
         let statement = format!(
             "UPDATE \"{}\" SET slots = SET_DELETE(slots, ?) WHERE job_id = ?",
             self.table
         );
         let statements = users
-            .iter()
             .map(|(user, slots)| {
                 BatchStatementRequest::builder()
                     .statement(&statement)
@@ -164,7 +176,7 @@ impl Releases {
         {
             Ok(out) => {
                 let answers = out.responses.unwrap_or_default();
-                (0..users.len())
+                (0..n)
                     .map(|i| {
                         answers.get(i).is_some_and(|r| match &r.error {
                             None => true,
@@ -179,7 +191,7 @@ impl Releases {
             }
             Err(e) => {
                 tracing::debug!(error = %e, "batched slot release failed; releasing one by one");
-                vec![false; users.len()]
+                vec![false; n]
             }
         }
     }
