@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use jobkit::api::ApiSettings;
 use jobkit::queue::JobMessage;
+use jobkit::store::DynamoStore;
 use jobkit::worker::{Outcome, WorkerSettings};
 use jobkit::{HandlerRegistry, JobContext, JobError, JobId, JobStatus};
 use serde_json::Value;
@@ -227,19 +228,17 @@ async fn the_sweep_never_removes_a_member_whose_job_may_still_be_written() {
     assert!(store.get(&children[1].job_id).await.unwrap().is_none());
 }
 
-/// Releases of many owners at once go out together (one request per 25 owners, see
-/// `store/dynamo/release.rs`): each must still remove exactly its members, two jobs of one owner in the
-/// same request included, and a repeated release (an owner whose set is empty already) must succeed.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_completions_of_many_owners_release_every_member() {
-    use jobkit::store::{Insert, JobClaimer, JobInserter, JobWriter, SlotLedger};
-    let env = TestEnv::start().await;
-    let store = env.store.clone();
-    let now = jobkit::now_millis();
-    let users: Vec<String> = (0..30).map(|i| format!("many-{i}")).collect();
+/// Claimed, counted jobs: `per_user` for each of `users`, under a cap of 5.
+async fn running_jobs(
+    store: &DynamoStore,
+    users: &[String],
+    per_user: usize,
+    now: jobkit::job::Millis,
+) -> Vec<jobkit::Job> {
+    use jobkit::store::{Insert, JobClaimer, JobInserter};
     let mut running = Vec::new();
-    for user in &users {
-        for _ in 0..2 {
+    for user in users {
+        for _ in 0..per_user {
             let job = jobkit::Job::new(
                 jobkit::job::NewJob {
                     user_id: user.clone(),
@@ -260,32 +259,29 @@ async fn concurrent_completions_of_many_owners_release_every_member() {
             );
         }
     }
-    // One more owner, whose only job ended already: its release comes again, to an emptied set.
-    let done_before = running.pop().unwrap();
-    let twin = running.pop().unwrap();
-    for job in [&done_before, &twin] {
-        let done = job
-            .complete("w", serde_json::json!(0).into(), vec![], now)
-            .unwrap();
-        store.replace(job, &done).await.unwrap();
-    }
-    assert_eq!(store.in_flight("many-29").await.unwrap(), 0);
+    running
+}
 
-    let completions = running.iter().map(|job| {
-        let store = store.clone();
-        async move {
-            let done = job
-                .complete("w", serde_json::json!(1).into(), vec![], now)
-                .unwrap();
-            store.replace(job, &done).await
-        }
+/// Completes `jobs`, all at once.
+async fn complete_all(
+    store: &DynamoStore,
+    jobs: &[jobkit::Job],
+    now: jobkit::job::Millis,
+) -> Vec<Result<(), jobkit::store::StoreError>> {
+    use jobkit::store::JobWriter;
+    let completions = jobs.iter().map(|job| async move {
+        let done = job
+            .complete("w", serde_json::json!(1).into(), vec![], now)
+            .unwrap();
+        store.replace(job, &done).await
     });
-    let ended = [done_before.slot(), twin.slot()];
-    let again = store.release_slots("many-29", &ended);
-    let (results, again) = tokio::join!(futures::future::join_all(completions), again);
-    assert!(results.iter().all(Result::is_ok), "{results:?}");
-    again.unwrap();
-    for user in &users {
+    futures::future::join_all(completions).await
+}
+
+/// No member of `users` is left in their sets.
+async fn assert_all_released(store: &DynamoStore, users: &[String]) {
+    use jobkit::store::SlotLedger;
+    for user in users {
         assert_eq!(store.in_flight(user).await.unwrap(), 0, "{user}'s members");
     }
     let left: Vec<_> = store
@@ -293,9 +289,60 @@ async fn concurrent_completions_of_many_owners_release_every_member() {
         .await
         .unwrap()
         .into_iter()
-        .filter(|s| s.user_id.starts_with("many-") && !s.slots.is_empty())
+        .filter(|s| users.contains(&s.user_id) && !s.slots.is_empty())
         .collect();
     assert!(left.is_empty(), "members left: {left:?}");
+}
+
+/// Releases of many owners at once go out together (one request per 25 owners, see
+/// `store/dynamo/release.rs`): each must still remove exactly its members, two jobs of one owner in the
+/// same request included, and a repeated release (an owner whose set is empty already) must succeed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_completions_of_many_owners_release_every_member() {
+    use jobkit::store::SlotLedger;
+    let env = TestEnv::start().await;
+    let store = &*env.store;
+    let now = jobkit::now_millis();
+    let users: Vec<String> = (0..30).map(|i| format!("many-{i}")).collect();
+    let mut running = running_jobs(store, &users, 2, now).await;
+    // One more owner, whose only job ended already: its release comes again, to an emptied set.
+    let ended = [running.pop().unwrap(), running.pop().unwrap()];
+    assert!(
+        complete_all(store, &ended, now)
+            .await
+            .iter()
+            .all(Result::is_ok)
+    );
+    assert_eq!(store.in_flight("many-29").await.unwrap(), 0);
+
+    let members = ended.each_ref().map(jobkit::Job::slot);
+    let again = store.release_slots("many-29", &members);
+    let (results, again) = tokio::join!(complete_all(store, &running, now), again);
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    again.unwrap();
+    assert_all_released(store, &users).await;
+}
+
+/// The batched release refused outright (a role without `dynamodb:PartiQLUpdate`, or throttled past
+/// the SDK's retries): every member is still removed, one UpdateItem per owner.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_batched_releases_are_released_one_by_one() {
+    let env = TestEnv::start().await;
+    let proxy =
+        support::proxy::FaultProxy::start_for(&endpoint(), "BatchExecuteStatement", 1.0).await;
+    let sdk = jobkit::aws::sdk_config(Some(&proxy.endpoint)).await;
+    let store = DynamoStore::new(aws_sdk_dynamodb::Client::new(&sdk), env.store.table());
+    let now = jobkit::now_millis();
+    let users: Vec<String> = (0..20).map(|i| format!("refused-{i}")).collect();
+    let running = running_jobs(&store, &users, 1, now).await;
+
+    let results = complete_all(&store, &running, now).await;
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    assert!(
+        proxy.stats.rejected.load(Ordering::Relaxed) > 0,
+        "the releases were tried as a batch first"
+    );
+    assert_all_released(&store, &users).await;
 }
 
 /// A counted `echo` job's spec, for `user_id` to be set.

@@ -23,6 +23,8 @@ struct Proxy {
     http: reqwest::Client,
     reject_rate: f64,
     lose_rate: f64,
+    /// Only requests of this operation (`X-Amz-Target` suffix) meet faults; all, when `None`.
+    only: Option<&'static str>,
     stats: Arc<ProxyStats>,
 }
 
@@ -34,12 +36,27 @@ pub struct FaultProxy {
 impl FaultProxy {
     /// Starts the proxy on 127.0.0.1 (a free port) in front of `upstream`.
     pub async fn start(upstream: &str, reject_rate: f64, lose_rate: f64) -> Self {
+        Self::start_with(upstream, reject_rate, lose_rate, None).await
+    }
+
+    /// [`Self::start`], with faults for requests of operation `op` only (e.g. `BatchExecuteStatement`).
+    pub async fn start_for(upstream: &str, op: &'static str, reject_rate: f64) -> Self {
+        Self::start_with(upstream, reject_rate, 0.0, Some(op)).await
+    }
+
+    async fn start_with(
+        upstream: &str,
+        reject_rate: f64,
+        lose_rate: f64,
+        only: Option<&'static str>,
+    ) -> Self {
         let stats = Arc::new(ProxyStats::default());
         let state = Arc::new(Proxy {
             upstream: upstream.trim_end_matches('/').to_owned(),
             http: reqwest::Client::new(),
             reject_rate,
             lose_rate,
+            only,
             stats: stats.clone(),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -61,12 +78,16 @@ fn error(status: u16, body: &'static str) -> Response {
 async fn forward(State(p): State<Arc<Proxy>>, req: http::Request<Body>) -> Response {
     let (parts, body) = req.into_parts();
     let body = to_bytes(body, 64 * 1024 * 1024).await.unwrap();
-    let dynamo = parts
+    let target = parts
         .headers
         .get("x-amz-target")
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|t| t.starts_with("DynamoDB"));
-    if rand::random::<f64>() < p.reject_rate {
+        .unwrap_or_default();
+    let dynamo = target.starts_with("DynamoDB");
+    let faulty = p
+        .only
+        .is_none_or(|op| target.rsplit('.').next() == Some(op));
+    if faulty && rand::random::<f64>() < p.reject_rate {
         p.stats.rejected.fetch_add(1, Ordering::Relaxed);
         return if dynamo && rand::random::<bool>() {
             error(
@@ -96,7 +117,7 @@ async fn forward(State(p): State<Arc<Proxy>>, req: http::Request<Body>) -> Respo
     let status = resp.status();
     let headers = resp.headers().clone();
     let bytes = resp.bytes().await.unwrap_or_default();
-    if rand::random::<f64>() < p.lose_rate {
+    if faulty && rand::random::<f64>() < p.lose_rate {
         p.stats.lost_responses.fetch_add(1, Ordering::Relaxed);
         return error(500, r#"{"message":"Internal Server Error"}"#);
     }
