@@ -366,7 +366,7 @@ fn spinner_style() -> ProgressStyle {
 }
 
 fn bar_style() -> ProgressStyle {
-    ProgressStyle::with_template("{prefix} {elapsed_precise} [{bar:30}] {pos:>3}% {msg}")
+    ProgressStyle::with_template("{prefix} {elapsed_precise} [{wide_bar}] {pos:>3}% {msg}")
         .expect("valid template")
 }
 
