@@ -1,36 +1,45 @@
 //! Client commands against any deployment or `jobctl dev`: submit, status, watch, list, cancel. Answers
 //! are read as the kit's own types; `--json` prints them exactly as the API sent them.
 
-use std::time::Duration;
+use std::io::IsTerminal as _;
+use std::time::{Duration, SystemTime};
 
 use anyhow::{Context as _, bail};
-use indicatif::{ProgressBar, ProgressStyle};
-use jobkit::api::{JobList, JobView};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use jobkit::api::{JobList, JobSummary, JobView};
 use jobkit::{JobId, JobStatus, Json};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
-/// Where the API is and who we are.
+/// Where the API is and who we are: the flags of the commands that call the API (and only theirs, so
+/// `dev`, `run` or `worker` do not list flags they would ignore).
 #[derive(Debug, clap::Args)]
 pub struct Target {
     /// Base URL of the API (the stack's ApiUrl output, or `jobctl dev`'s address).
-    #[arg(
-        long,
-        env = "JOBKIT_API_URL",
-        default_value = "http://127.0.0.1:8080",
-        global = true
-    )]
+    #[arg(long, env = "JOBKIT_API_URL", default_value = DEV_URL)]
     pub api_url: String,
-    /// Bearer token for an API behind a JWT authorizer.
-    #[arg(long, env = "JOBKIT_TOKEN", global = true, hide_env_values = true)]
+    /// Bearer token (a JWT from the stack's JwtIssuer) for an API behind a JWT authorizer. jobctl does not
+    /// sign IAM (SigV4) requests.
+    #[arg(long, env = "JOBKIT_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
     /// User id to act as, for `jobctl dev --user-header` only (sent as X-User-Id; deployed stacks ignore
     /// it).
-    #[arg(long, env = "JOBKIT_USER", global = true)]
+    #[arg(long, env = "JOBKIT_USER")]
     pub user: Option<String>,
     /// Print JSON instead of human-readable lines.
-    #[arg(long, global = true)]
+    #[arg(long)]
     pub json: bool,
+}
+
+/// Where `jobctl dev` serves by default.
+const DEV_URL: &str = "http://127.0.0.1:8080";
+
+/// `POST /jobs`'s body. The input is written as given, to the digit.
+pub fn submit_body(kind: &str, input: &Json) -> String {
+    format!(
+        r#"{{"kind":{},"input":{input}}}"#,
+        serde_json::to_string(kind).expect("a string serializes")
+    )
 }
 
 /// An answer: as sent (for `--json`) and as read.
@@ -59,6 +68,17 @@ impl Client {
         Ok(Self { http, target })
     }
 
+    /// Whether the API URL names this machine (where `jobctl dev` would be).
+    fn on_loopback(&self) -> bool {
+        let url = reqwest::Url::parse(&self.target.api_url);
+        let host = url.as_ref().ok().and_then(|u| u.host_str()).unwrap_or("");
+        host == "localhost"
+            || host
+                .trim_matches(['[', ']'])
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback())
+    }
+
     fn url(&self, path: &str) -> String {
         format!("{}{}", self.target.api_url.trim_end_matches('/'), path)
     }
@@ -74,10 +94,15 @@ impl Client {
         if let Some(u) = &self.target.user {
             req = req.header("x-user-id", u);
         }
-        let resp = req
-            .send()
-            .await
-            .with_context(|| format!("cannot reach {}", self.target.api_url))?;
+        let resp = req.send().await.map_err(|e| {
+            // The usual first-run mistake: nothing listens at the default address yet.
+            let hint = if e.is_connect() && self.on_loopback() {
+                " (is `jobctl dev` running? start it in another terminal, or pass --api-url)"
+            } else {
+                ""
+            };
+            anyhow::Error::new(e).context(format!("cannot reach {}{hint}", self.target.api_url))
+        })?;
         let status = resp.status();
         let raw = resp.text().await.unwrap_or_default();
         if !status.is_success() {
@@ -92,15 +117,11 @@ impl Client {
     }
 
     pub async fn submit(&self, kind: &str, input: &Json) -> anyhow::Result<Answer<Accepted>> {
-        let body = format!(
-            r#"{{"kind":{},"input":{input}}}"#,
-            serde_json::to_string(kind)?
-        );
         self.send(
             self.http
                 .post(self.url("/jobs"))
                 .header("content-type", "application/json")
-                .body(body),
+                .body(submit_body(kind, input)),
         )
         .await
     }
@@ -139,26 +160,27 @@ impl Client {
     /// with a progress bar (percent and message; a spinner while there is no percent), reconnecting
     /// with `Last-Event-ID`; polling `GET /jobs/{id}` when there is no stream or it fails.
     pub async fn watch(&self, id: &str) -> anyhow::Result<Answer<JobView>> {
-        let bar = if self.target.json {
-            ProgressBar::hidden()
-        } else {
-            ProgressBar::new_spinner()
-        };
-        bar.set_style(spinner_style());
-        bar.enable_steady_tick(Duration::from_millis(120));
+        let board = Board::new(
+            id,
+            if self.target.json {
+                ProgressDrawTarget::hidden()
+            } else {
+                ProgressDrawTarget::stderr()
+            },
+        );
         let job = self.status(id).await?;
+        board.job(&job.value);
         if !job.value.summary.status.is_terminal()
             && let Some(url) = job.value.events_url.clone()
-            && let Err(e) = self.follow(&url, id, &bar).await
+            && let Err(e) = self.follow(&url, &board).await
         {
             tracing::debug!(error = %e, "no event stream; polling");
         }
         loop {
             let job = self.status(id).await?;
-            let s = &job.value.summary;
-            bar.set_message(format!("{id} {} (attempt {})", s.status, s.attempts));
-            if s.status.is_terminal() {
-                bar.finish_and_clear();
+            board.job(&job.value);
+            if job.value.summary.status.is_terminal() {
+                board.bar.finish_and_clear();
                 return Ok(job);
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
@@ -167,7 +189,7 @@ impl Client {
 
     /// Reads the job's stream until its `done` event, reconnecting where it left off when the server
     /// ends a stream early (after 14 minutes).
-    async fn follow(&self, url: &str, id: &str, bar: &ProgressBar) -> anyhow::Result<()> {
+    async fn follow(&self, url: &str, board: &Board) -> anyhow::Result<()> {
         // No overall timeout: a stream lasts as long as the job (the API client's 30 s would cut it).
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
@@ -192,19 +214,14 @@ impl Client {
                         Some("done") => return Ok(()),
                         Some("progress") => {
                             let p: serde_json::Value = serde_json::from_str(&data)?;
-                            if bar.length().is_none() {
-                                bar.set_length(100);
-                                bar.set_style(bar_style());
-                            }
-                            bar.set_position(p["percent"].as_u64().unwrap_or(0));
-                            bar.set_message(p["message"].as_str().unwrap_or("").to_owned());
+                            board.progress(
+                                p["percent"].as_u64().unwrap_or(0),
+                                p["message"].as_str().unwrap_or(""),
+                            );
                         }
                         Some("status") => {
                             let st: serde_json::Value = serde_json::from_str(&data)?;
-                            bar.set_message(format!(
-                                "{id} {}",
-                                st["status"].as_str().unwrap_or("?")
-                            ));
+                            board.status(st["status"].as_str().unwrap_or("?"), None);
                         }
                         _ => {}
                     }
@@ -213,11 +230,15 @@ impl Client {
         }
     }
 
+    /// Prints a submitted job: JSON, its id and status in a terminal, or only its id when stdout is a
+    /// pipe or a file (`id=$(jobctl submit echo)`).
     pub fn print_accepted(&self, a: &Answer<Accepted>) {
         if self.target.json {
             println!("{}", a.raw);
-        } else {
+        } else if std::io::stdout().is_terminal() {
             println!("{} {}", a.value.job_id, a.value.status);
+        } else {
+            println!("{}", a.value.job_id);
         }
     }
 
@@ -241,6 +262,12 @@ impl Client {
         }
     }
 
+    /// Prints a finished job; whether it completed.
+    pub fn print_outcome(&self, job: &Answer<JobView>) -> bool {
+        self.print_job(job);
+        job.value.summary.status == JobStatus::Completed
+    }
+
     /// Prints a job: JSON, or a few human lines.
     pub fn print_job(&self, job: &Answer<JobView>) {
         if self.target.json {
@@ -249,7 +276,7 @@ impl Client {
         }
         let v = &job.value;
         let s = &v.summary;
-        println!("{} {} {}", s.job_id, s.kind, s.status);
+        println!("{} {} {}", s.job_id, s.kind, status_line(s));
         println!("  attempts: {}/{}", s.attempts, s.max_attempts);
         if let Some(r) = &v.result {
             println!("  result:   {r}");
@@ -260,12 +287,87 @@ impl Client {
     }
 }
 
+/// A job's status as a person reads it: a running job asked to cancel is "cancel requested" (its
+/// handler stops at its next check), not just "running".
+fn status_line(s: &JobSummary) -> String {
+    if s.cancel_requested && !s.status.is_terminal() {
+        format!("{} (cancel requested)", s.status)
+    } else {
+        s.status.to_string()
+    }
+}
+
+/// What `watch` shows while it waits: the job id, the time since the job started (since it was
+/// submitted while it waits in the queue), its status, and a bar once its handler reports progress.
+struct Board {
+    bar: ProgressBar,
+    /// Whether the timer already counts from the job's start, not from its submission.
+    started: std::sync::atomic::AtomicBool,
+}
+
+impl Board {
+    fn new(id: &str, target: ProgressDrawTarget) -> Self {
+        let bar = ProgressBar::with_draw_target(None, target)
+            .with_style(spinner_style())
+            .with_prefix(id.to_owned());
+        bar.enable_steady_tick(Duration::from_millis(120));
+        Self {
+            bar,
+            started: false.into(),
+        }
+    }
+
+    /// Shows the job as read from the API: its status, and the timer set from its timestamps.
+    fn job(&self, v: &JobView) {
+        let s = &v.summary;
+        let since = v.started_at.as_deref().unwrap_or(&s.submitted_at);
+        if let Ok(at) = chrono::DateTime::parse_from_rfc3339(since) {
+            let age = SystemTime::now()
+                .duration_since(at.into())
+                .unwrap_or_default();
+            self.bar.set_elapsed(age);
+            self.started
+                .store(v.started_at.is_some(), std::sync::atomic::Ordering::Relaxed);
+        }
+        self.status(&status_line(s), Some(s.attempts));
+    }
+
+    /// A status change seen on the stream: a job that starts running restarts the timer.
+    fn status(&self, status: &str, attempts: Option<u32>) {
+        if status == "running"
+            && !self
+                .started
+                .swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            self.bar.reset_elapsed();
+        }
+        if self.bar.length().is_none() {
+            self.bar.set_message(match attempts {
+                Some(n) => format!("{status} (attempt {n})"),
+                None => status.to_owned(),
+            });
+        }
+    }
+
+    /// A progress report: the spinner becomes a bar.
+    fn progress(&self, percent: u64, message: &str) {
+        if self.bar.length().is_none() {
+            self.bar.set_length(100);
+            self.bar.set_style(bar_style());
+        }
+        self.bar.set_position(percent.min(100));
+        self.bar.set_message(message.to_owned());
+    }
+}
+
 fn spinner_style() -> ProgressStyle {
-    ProgressStyle::with_template("{spinner} {elapsed} {msg}").expect("valid template")
+    ProgressStyle::with_template("{spinner} {prefix} {elapsed_precise} {msg}")
+        .expect("valid template")
 }
 
 fn bar_style() -> ProgressStyle {
-    ProgressStyle::with_template("{elapsed} [{bar:30}] {pos:>3}% {msg}").expect("valid template")
+    ProgressStyle::with_template("{prefix} {elapsed_precise} [{wide_bar}] {pos:>3}% {msg}")
+        .expect("valid template")
 }
 
 /// One Server-Sent Events frame: its event name, data (lines joined) and id; comments are skipped.
@@ -291,7 +393,107 @@ fn parse_frame(frame: &str) -> (Option<String>, String, Option<String>) {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_frame;
+    use std::sync::{Arc, Mutex};
+
+    use indicatif::{ProgressDrawTarget, TermLike};
+
+    use super::*;
+
+    /// A terminal that keeps what is drawn on it.
+    #[derive(Debug, Clone, Default)]
+    struct Screen(Arc<Mutex<Vec<String>>>);
+
+    impl Screen {
+        /// The last frame drawn (blank writes pad or clear a line).
+        fn last(&self) -> String {
+            let writes = self.0.lock().unwrap();
+            let frame = writes.iter().rev().find(|w| !w.trim().is_empty());
+            frame.cloned().unwrap_or_default()
+        }
+    }
+
+    impl TermLike for Screen {
+        fn width(&self) -> u16 {
+            120
+        }
+        fn move_cursor_up(&self, _: usize) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn move_cursor_down(&self, _: usize) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn move_cursor_right(&self, _: usize) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn move_cursor_left(&self, _: usize) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn write_line(&self, s: &str) -> std::io::Result<()> {
+            self.write_str(s)
+        }
+        fn write_str(&self, s: &str) -> std::io::Result<()> {
+            if !s.is_empty() {
+                self.0.lock().unwrap().push(s.to_owned());
+            }
+            Ok(())
+        }
+        fn clear_line(&self) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn flush(&self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn view(started_secs_ago: Option<i64>, status: &str) -> JobView {
+        let ago = |s: i64| {
+            (chrono::Utc::now() - chrono::Duration::seconds(s))
+                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+        };
+        let started = started_secs_ago.map_or("null".to_owned(), |s| format!("\"{}\"", ago(s)));
+        serde_json::from_str(&format!(
+            r#"{{"job_id":"{}","kind":"sleep","status":"{status}","attempts":1,"max_attempts":5,
+               "submitted_at":"{}","updated_at":"{}","input":{{}},"started_at":{started}}}"#,
+            JobId::generate(0),
+            ago(600),
+            ago(0),
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn the_watch_timer_counts_from_the_jobs_start_and_the_bar_keeps_the_id() {
+        let screen = Screen::default();
+        let id = "01M839YN063K0RCGEMTG51KP2Z";
+        let board = Board::new(id, ProgressDrawTarget::term_like(Box::new(screen.clone())));
+        board.job(&view(Some(95), "running"));
+        board.bar.force_draw();
+        let line = screen.last();
+        assert!(line.contains(id) && line.contains("running"), "{line}");
+        assert!(line.contains("00:01:3"), "started 95 s ago: {line}");
+        board.progress(40, "slept 4000 of 10000 ms");
+        board.bar.force_draw();
+        let line = screen.last();
+        assert!(line.contains(id), "the bar keeps the job id: {line}");
+        assert!(
+            line.contains(" 40%") && line.contains("slept 4000"),
+            "{line}"
+        );
+        assert!(line.contains("00:01:3"), "{line}");
+    }
+
+    #[test]
+    fn a_queued_job_counts_from_its_submission_then_from_its_start() {
+        let board = Board::new("x", ProgressDrawTarget::hidden());
+        board.job(&view(None, "queued"));
+        assert!(board.bar.elapsed() >= Duration::from_secs(600));
+        board.status("running", None);
+        assert!(board.bar.elapsed() < Duration::from_secs(5));
+        // Seen running again (the stream's first event, a poll): no restart.
+        board.job(&view(Some(30), "running"));
+        board.status("running", None);
+        assert!(board.bar.elapsed() >= Duration::from_secs(30));
+    }
 
     #[test]
     fn frames_are_read_field_by_field() {

@@ -40,10 +40,10 @@ pub struct DevArgs {
     pub endpoint_url: Option<String>,
     /// With --endpoint-url: create the queues and table from template.yaml first (named PREFIX-LogicalId).
     /// Without it, JOBKIT_TABLE and JOBKIT_QUEUE_URL name existing resources.
-    #[arg(long)]
+    #[arg(long, requires = "endpoint_url")]
     pub bootstrap: bool,
     /// Name prefix for --bootstrap.
-    #[arg(long, default_value = "jobkit-dev")]
+    #[arg(long, default_value = PREFIX)]
     pub prefix: String,
     /// Messages per worker invocation (the event source's BatchSize; default: the template's).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=10))]
@@ -64,6 +64,10 @@ pub struct DevArgs {
     #[arg(long)]
     pub user_header: bool,
 }
+
+/// The resources' name prefix of `--bootstrap` and `jobctl bootstrap`: one default, so both find the
+/// same queues and table.
+pub const PREFIX: &str = "jobkit-local";
 
 /// How long Ctrl-C waits for requests and batches under way before giving their jobs back and exiting.
 const GRACE: Duration = Duration::from_secs(3);
@@ -172,6 +176,10 @@ async fn print_metrics(every: Duration) {
 
 pub async fn run(args: DevArgs, registry: HandlerRegistry) -> anyhow::Result<()> {
     let spec = parse(TEMPLATE_YAML, &Default::default())?;
+    let mut kinds = registry.kinds().collect::<Vec<_>>().join(", ");
+    if !registry.contains("agent") {
+        kinds.push_str(" (agent: with --model-url)");
+    }
     let mut b = backend(&args, &spec).await?;
     let listener = tokio::net::TcpListener::bind(args.addr)
         .await
@@ -249,6 +257,7 @@ pub async fn run(args: DevArgs, registry: HandlerRegistry) -> anyhow::Result<()>
         b.description,
         b.config.worker_timeout.as_secs(),
     );
+    eprintln!("jobctl dev: kinds {kinds}");
     match (&deliveries, generated) {
         (None, _) => {
             eprintln!("jobctl dev: webhooks off (no deliveries queue): callback_url is refused")

@@ -21,15 +21,14 @@ use clap::{Parser, Subcommand};
 struct Cli {
     #[command(subcommand)]
     command: Command,
-    #[command(flatten)]
-    target: client::Target,
 }
 
 #[derive(Subcommand)]
 enum Command {
     /// Run the whole kit locally: API on 127.0.0.1:8080 and a worker, in-memory by default.
     Dev(dev::DevArgs),
-    /// Submit a job and print its id (or, with --wait, its outcome).
+    /// Submit a job and print its id (only the id when stdout is not a terminal, for
+    /// `id=$(jobctl submit …)`), or with --wait its outcome.
     Submit {
         /// The job kind (a registered handler, e.g. echo or sleep).
         kind: String,
@@ -39,24 +38,44 @@ enum Command {
         /// Wait until the job finishes; exit non-zero unless it completed.
         #[arg(long)]
         wait: bool,
+        #[command(flatten)]
+        target: client::Target,
     },
     /// Show a job.
-    Status { id: String },
+    Status {
+        #[command(flatten)]
+        target: client::Target,
+        /// The job's id.
+        id: String,
+    },
     /// Follow a job until it finishes; exit non-zero unless it completed.
-    Watch { id: String },
+    Watch {
+        #[command(flatten)]
+        target: client::Target,
+        /// The job's id.
+        id: String,
+    },
     /// List your jobs, newest first.
     List {
         /// Only jobs in this status (queued, running, retrying, completed, failed, cancelled, dead_letter).
         #[arg(long)]
         status: Option<String>,
+        /// Jobs per page (1 to 100).
         #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=100))]
         limit: u32,
         /// The next_cursor of a previous page.
         #[arg(long)]
         cursor: Option<String>,
+        #[command(flatten)]
+        target: client::Target,
     },
-    /// Cancel a job: at once if it waits, else its handler is asked to stop.
-    Cancel { id: String },
+    /// Cancel a job: at once if it waits, else its handler is asked to stop ("cancel requested").
+    Cancel {
+        #[command(flatten)]
+        target: client::Target,
+        /// The job's id.
+        id: String,
+    },
     /// Run one job of KIND in-process (no queue, no AWS) and print {job_id, kind, success, result,
     /// pathway, error}; exit 0 when it completed.
     Run(runner::RunArgs),
@@ -65,35 +84,53 @@ enum Command {
     Worker(runner::WorkerArgs),
     /// Exit 0 if URL answers 2xx within 3 s (a container's health check of `jobctl worker --healthz`,
     /// for images without curl).
-    Healthcheck { url: String },
+    Healthcheck {
+        /// The URL to GET, e.g. http://127.0.0.1:8081/healthz.
+        url: String,
+    },
     /// Queue depth, in flight, DLQ depth, age of the oldest message, and your jobs by status (against a
     /// stack with JOBKIT_QUEUE_URL set, or `jobctl dev`).
-    Stats(stats::StatsArgs),
+    Stats {
+        #[command(flatten)]
+        args: stats::StatsArgs,
+        #[command(flatten)]
+        target: client::Target,
+    },
     /// Dead-letter queue tools, against the stack named by JOBKIT_TABLE, JOBKIT_QUEUE_URL, JOBKIT_DLQ_URL.
     Dlq {
         #[command(subcommand)]
         action: DlqAction,
+        /// SQS and DynamoDB at this endpoint (an emulator) instead of AWS.
         #[arg(long, env = "AWS_ENDPOINT_URL", global = true)]
         endpoint_url: Option<String>,
         /// The container queue's DLQ (JOBKIT_CONTAINER_QUEUE_URL, JOBKIT_CONTAINER_DLQ_URL) instead.
         #[arg(long, global = true)]
         container: bool,
+        /// Print JSON instead of human-readable lines.
+        #[arg(long, global = true)]
+        json: bool,
     },
     /// Re-send jobs left queued without a message and record jobs whose last attempt died (what the
     /// worker's scheduled sweep does), against the stack named by JOBKIT_TABLE and JOBKIT_QUEUE_URL.
     Sweep {
+        /// SQS and DynamoDB at this endpoint (an emulator) instead of AWS.
         #[arg(long, env = "AWS_ENDPOINT_URL")]
         endpoint_url: Option<String>,
         /// Jobs queued and untouched for longer than this many seconds are re-sent.
         #[arg(long, default_value_t = 900)]
         older_than: u64,
+        /// Print JSON instead of a human-readable line.
+        #[arg(long)]
+        json: bool,
     },
-    /// Create the queues and table from template.yaml on an emulator (or AWS); print their env vars.
+    /// Create the queues and table from template.yaml on an emulator (or AWS); print their env vars
+    /// (for `jobctl dev` without --bootstrap, `jobctl worker`, `jobctl dlq`).
     Bootstrap {
+        /// Create them at this endpoint (an emulator) instead of AWS.
         #[arg(long, env = "AWS_ENDPOINT_URL")]
         endpoint_url: Option<String>,
-        /// Resources are named PREFIX-LogicalId.
-        #[arg(long, default_value = "jobkit-local")]
+        /// Resources are named PREFIX-LogicalId (the same default as `jobctl dev --bootstrap`).
+        #[arg(long, default_value = dev::PREFIX)]
         prefix: String,
         /// Template parameter overrides, as Name=Value.
         #[arg(long = "parameter", value_parser = parse_param)]
@@ -107,6 +144,7 @@ enum DlqAction {
     List,
     /// Move messages back to the jobs queue and their jobs back to queued (all, or only --job ones).
     Redrive {
+        /// Only this job's message (repeatable).
         #[arg(long = "job")]
         jobs: Vec<String>,
     },
@@ -167,6 +205,10 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
                 .map_err(|e| anyhow::anyhow!(e))
                 .context("provisioning failed")?;
             let config = made.config(&spec).map_err(|e| anyhow::anyhow!(e))?;
+            // The other commands find the resources only at the same endpoint.
+            if let Some(url) = &endpoint_url {
+                println!("export AWS_ENDPOINT_URL={url}");
+            }
             println!("export JOBKIT_TABLE={}", config.table);
             println!("export JOBKIT_QUEUE_URL={}", config.queue_url);
             if let Some(dlq) = config.dlq_url {
@@ -178,10 +220,12 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             action,
             endpoint_url,
             container,
-        } => dlq(action, endpoint_url, container, cli.target.json).await,
+            json,
+        } => dlq(action, endpoint_url, container, json).await,
         Command::Sweep {
             endpoint_url,
             older_than,
+            json,
         } => {
             let stack = deployed_stack(endpoint_url).await?;
             let report = stack
@@ -189,7 +233,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
                 .sweep(Duration::from_secs(older_than))
                 .await
                 .map_err(|e| anyhow::anyhow!(e))?;
-            if cli.target.json {
+            if json {
                 println!("{}", serde_json::to_string(&report)?);
             } else {
                 println!(
@@ -202,56 +246,52 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
         Command::Run(args) => runner::run(args, kinds::registry()).await,
         Command::Worker(args) => runner::worker(args, kinds::registry()).await.map(|_| true),
         Command::Healthcheck { url } => runner::healthcheck(&url).await,
-        Command::Stats(args) => {
-            let json = cli.target.json;
-            let c = client::Client::new(cli.target)?;
+        Command::Stats { args, target } => {
+            let json = target.json;
+            let c = client::Client::new(target)?;
             stats::run(args, &c, json).await.map(|_| true)
         }
-        command => {
-            let c = client::Client::new(cli.target)?;
-            let job = match command {
-                Command::Submit { kind, input, wait } => {
-                    let input = jobkit::Json::parse(&input).context("--input must be JSON")?;
-                    let accepted = c.submit(&kind, &input).await?;
-                    if !wait {
-                        c.print_accepted(&accepted);
-                        return Ok(true);
-                    }
-                    c.watch(accepted.value.job_id.as_str()).await?
-                }
-                Command::Status { id } => {
-                    let job = c.status(&id).await?;
-                    c.print_job(&job);
-                    return Ok(true);
-                }
-                Command::Watch { id } => c.watch(&id).await?,
-                Command::List {
-                    status,
-                    limit,
-                    cursor,
-                } => {
-                    let page = c.list(status.as_deref(), limit, cursor.as_deref()).await?;
-                    c.print_list(&page);
-                    return Ok(true);
-                }
-                Command::Cancel { id } => {
-                    let job = c.cancel(&id).await?;
-                    c.print_job(&job);
-                    return Ok(true);
-                }
-                Command::Dev(_)
-                | Command::Bootstrap { .. }
-                | Command::Dlq { .. }
-                | Command::Sweep { .. }
-                | Command::Stats(_)
-                | Command::Run(_)
-                | Command::Healthcheck { .. }
-                | Command::Worker(_) => {
-                    unreachable!("handled above")
-                }
-            };
-            c.print_job(&job);
-            Ok(job.value.summary.status == jobkit::JobStatus::Completed)
+        Command::Submit {
+            target,
+            kind,
+            input,
+            wait,
+        } => {
+            let c = client::Client::new(target)?;
+            let input = jobkit::Json::parse(&input).context("--input must be JSON")?;
+            let accepted = c.submit(&kind, &input).await?;
+            if !wait {
+                c.print_accepted(&accepted);
+                return Ok(true);
+            }
+            let job = c.watch(accepted.value.job_id.as_str()).await?;
+            Ok(c.print_outcome(&job))
+        }
+        Command::Status { target, id } => {
+            let c = client::Client::new(target)?;
+            c.print_job(&c.status(&id).await?);
+            Ok(true)
+        }
+        Command::Watch { target, id } => {
+            let c = client::Client::new(target)?;
+            let job = c.watch(&id).await?;
+            Ok(c.print_outcome(&job))
+        }
+        Command::List {
+            target,
+            status,
+            limit,
+            cursor,
+        } => {
+            let c = client::Client::new(target)?;
+            let page = c.list(status.as_deref(), limit, cursor.as_deref()).await?;
+            c.print_list(&page);
+            Ok(true)
+        }
+        Command::Cancel { target, id } => {
+            let c = client::Client::new(target)?;
+            c.print_job(&c.cancel(&id).await?);
+            Ok(true)
         }
     }
 }
@@ -333,4 +373,65 @@ async fn dlq(
         }
     }
     Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::Cli;
+
+    /// Every command, as `jobctl a b` paths, with clap's built-in `help` left out.
+    fn commands(cmd: &clap::Command, path: String, out: &mut Vec<(String, clap::Command)>) {
+        out.push((path.clone(), cmd.clone()));
+        for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
+            commands(sub, format!("{path} {}", sub.get_name()), out);
+        }
+    }
+
+    fn all() -> Vec<(String, clap::Command)> {
+        let mut cmd = Cli::command();
+        // Propagates global arguments into the subcommands, as at parse time.
+        cmd.build();
+        let mut out = Vec::new();
+        commands(&cmd, "jobctl".into(), &mut out);
+        out
+    }
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn every_argument_has_help_text() {
+        let missing: Vec<String> = all()
+            .iter()
+            .flat_map(|(path, cmd)| {
+                cmd.get_arguments()
+                    .filter(|a| a.get_help().is_none() && a.get_long_help().is_none())
+                    .map(move |a| format!("{path}: {}", a.get_id()))
+            })
+            .collect();
+        assert!(missing.is_empty(), "arguments without help: {missing:?}");
+    }
+
+    #[test]
+    fn client_flags_are_listed_only_by_the_commands_that_call_the_api() {
+        let client = ["api_url", "token", "user"];
+        for (path, cmd) in all() {
+            let has: Vec<&str> = client
+                .into_iter()
+                .filter(|id| cmd.get_arguments().any(|a| a.get_id() == *id))
+                .collect();
+            let calls_api = ["submit", "status", "watch", "list", "cancel", "stats"]
+                .iter()
+                .any(|c| path == format!("jobctl {c}"));
+            if calls_api {
+                assert_eq!(has, client, "{path}");
+            } else {
+                assert!(has.is_empty(), "{path} lists {has:?}");
+            }
+        }
+    }
 }

@@ -26,7 +26,7 @@ use jobkit::local::EventSource;
 use jobkit::queue::{Consumer, Delivery, Invocation};
 use jobkit::worker::WorkerSettings;
 use jobkit::{Backend, Config, HandlerRegistry, Json, Lane};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::sync::watch;
 use tower::ServiceExt;
@@ -55,7 +55,8 @@ pub struct RunArgs {
 #[serde(deny_unknown_fields)]
 struct Spec {
     kind: String,
-    input: Value,
+    /// Kept as text, to the digit.
+    input: Json,
     #[serde(default)]
     task_uuid: Option<String>,
     #[serde(default)]
@@ -84,9 +85,10 @@ pub async fn run(args: RunArgs, registry: HandlerRegistry) -> anyhow::Result<boo
             let raw = match (&args.input, &args.input_file) {
                 (Some(text), _) => text.clone(),
                 (None, Some(path)) => read_source(path)?,
-                (None, None) => "null".into(),
+                // As `jobctl submit` without --input.
+                (None, None) => "{}".into(),
             };
-            let input: Value = serde_json::from_str(&raw).context("the input must be JSON")?;
+            let input = Json::parse(&raw).context("the input must be JSON")?;
             (kind.clone(), input, (None, None))
         }
     };
@@ -104,10 +106,9 @@ pub async fn run(args: RunArgs, registry: HandlerRegistry) -> anyhow::Result<boo
     let submit = api::submit_routes(Arc::new(
         b.submit_api(registry.clone(), ApiSettings::from_config(&b.config)),
     ));
-    let body = json!({"kind": kind, "input": input}).to_string();
     let mut req = http::Request::post("/jobs")
         .header("content-type", "application/json")
-        .body(Body::from(body))?;
+        .body(Body::from(crate::client::submit_body(&kind, &input)))?;
     req.extensions_mut().insert(Identity("local".into()));
     let resp = submit.oneshot(req).await?;
     let status = resp.status();
@@ -153,22 +154,44 @@ pub async fn run(args: RunArgs, registry: HandlerRegistry) -> anyhow::Result<boo
     };
     let view = JobView::at(job, b.clock.now());
     let success = view.summary.status == jobkit::JobStatus::Completed;
-    let mut out = json!({
-        "job_id": view.summary.job_id,
-        "kind": view.summary.kind,
-        "success": success,
-        "result": view.result.as_ref().map(Json::to_value),
-        "pathway": view.summary.pathway,
-        "next": view.summary.next,
-        "error": view.summary.error,
-    });
-    // A task spec's own ids go back with its completion, as a queue runner reports them.
-    if ids.0.is_some() || ids.1.is_some() {
-        out["task_uuid"] = json!(ids.0);
-        out["stage_uuid"] = json!(ids.1);
-    }
-    println!("{out}");
+    let s = &view.summary;
+    let out = Outcome {
+        job_id: &s.job_id,
+        kind: &s.kind,
+        success,
+        result: view.result.as_ref(),
+        pathway: s.pathway.as_deref(),
+        next: &s.next,
+        error: s.error.as_ref(),
+        // A task spec's own ids go back with its completion, as a queue runner reports them.
+        task: (ids.0.is_some() || ids.1.is_some()).then_some(TaskIds {
+            task_uuid: ids.0,
+            stage_uuid: ids.1,
+        }),
+    };
+    println!("{}", serde_json::to_string(&out)?);
     Ok(success)
+}
+
+/// `jobctl run`'s document. Serialized straight to text, so the result keeps every digit (a
+/// `serde_json::Value` would turn a number beyond f64 into an approximation).
+#[derive(Serialize)]
+struct Outcome<'a> {
+    job_id: &'a jobkit::JobId,
+    kind: &'a str,
+    success: bool,
+    result: Option<&'a Json>,
+    pathway: Option<&'a str>,
+    next: &'a [jobkit::JobId],
+    error: Option<&'a jobkit::job::ErrorInfo>,
+    #[serde(flatten)]
+    task: Option<TaskIds>,
+}
+
+#[derive(Serialize)]
+struct TaskIds {
+    task_uuid: Option<String>,
+    stage_uuid: Option<String>,
 }
 
 /// Options of `jobctl worker`.
@@ -188,6 +211,7 @@ pub struct WorkerArgs {
     /// worker function never runs. Without it, the jobs queue.
     #[arg(long)]
     pub container: bool,
+    /// SQS and DynamoDB at this endpoint (an emulator) instead of AWS.
     #[arg(long, env = "AWS_ENDPOINT_URL")]
     pub endpoint_url: Option<String>,
 }

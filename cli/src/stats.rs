@@ -22,8 +22,10 @@ pub struct StatsArgs {
     /// Refresh every --interval seconds until Ctrl-C.
     #[arg(long)]
     pub watch: bool,
+    /// Seconds between refreshes with --watch.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub interval: u64,
+    /// SQS and CloudWatch at this endpoint (an emulator) instead of AWS.
     #[arg(long, env = "AWS_ENDPOINT_URL")]
     pub endpoint_url: Option<String>,
 }

@@ -388,3 +388,192 @@ async fn submit_wait_follows_the_jobs_stream() {
         dev.log.lock().unwrap()
     );
 }
+
+/// `jobctl ARGS --api-url DEV`: exit status, stdout, stderr.
+fn jobctl(dev: &Dev, args: &[&str]) -> (std::process::ExitStatus, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_jobctl"))
+        .args(args)
+        .args(["--api-url", &dev.url])
+        .output()
+        .unwrap();
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Polls the job until `done` says so of its view.
+async fn wait_for(
+    http: &reqwest::Client,
+    dev: &Dev,
+    id: &str,
+    what: &str,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let v = view(http, dev, id).await;
+        if done(&v) {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "never {what}: {v}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_banner_lists_the_registered_kinds() {
+    let dev = Dev::start(&[]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let log = dev.log.lock().unwrap().clone();
+        if let Some(line) = log.iter().find(|l| l.contains("kinds")) {
+            assert!(line.contains("kinds echo, sleep"), "{line}");
+            assert!(
+                line.contains("--model-url"),
+                "says how to get `agent`: {line}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "no kinds in the banner: {log:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[test]
+fn submit_prints_only_the_id_when_stdout_is_not_a_terminal() {
+    let dev = Dev::start(&[]);
+    // The test's pipe is not a terminal: `id=$(jobctl submit echo)` gets the id alone.
+    let (status, out, err) = jobctl(&dev, &["submit", "echo"]);
+    assert!(status.success(), "{err}");
+    let id = out.strip_suffix('\n').unwrap_or(&out);
+    jobkit::JobId::parse(id).unwrap_or_else(|e| panic!("{out:?} is not an id: {e}"));
+}
+
+#[tokio::test]
+async fn cancel_of_a_running_job_says_cancel_requested() {
+    let dev = Dev::start(&[]);
+    let http = reqwest::Client::new();
+    let id = submit(
+        &http,
+        &dev,
+        json!({"kind": "sleep", "input": {"ms": 60_000}}),
+    )
+    .await;
+    wait_for(&http, &dev, &id, "running", |v| v["status"] == "running").await;
+    let (status, out, err) = jobctl(&dev, &["cancel", &id]);
+    assert!(status.success(), "{err}");
+    assert!(out.contains("cancel requested"), "{out}");
+    wait_for(&http, &dev, &id, "cancelled", |v| {
+        v["status"] == "cancelled"
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn sleep_reports_its_progress_while_it_runs() {
+    let dev = Dev::start(&[]);
+    let http = reqwest::Client::new();
+    let id = submit(
+        &http,
+        &dev,
+        json!({"kind": "sleep", "input": {"ms": 4_000}}),
+    )
+    .await;
+    let v = wait_for(&http, &dev, &id, "reported progress", |v| {
+        v["progress"].is_object()
+    })
+    .await;
+    let percent = v["progress"]["percent"].as_u64().unwrap();
+    assert!((1..100).contains(&percent), "{v}");
+    assert!(
+        v["progress"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("of 4000 ms"),
+        "{v}"
+    );
+}
+
+#[tokio::test]
+async fn status_prints_big_numbers_to_the_digit() {
+    let dev = Dev::start(&[]);
+    let http = reqwest::Client::new();
+    let big = "12345678901234567890123";
+    let body = format!(r#"{{"kind":"echo","input":{{"n":{big}}}}}"#);
+    let resp = http
+        .post(format!("{}/jobs", dev.url))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let id = resp.json::<Value>().await.unwrap()["job_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    wait_for(&http, &dev, &id, "completed", |v| {
+        v["status"] == "completed"
+    })
+    .await;
+    let (status, out, err) = jobctl(&dev, &["status", &id]);
+    assert!(status.success(), "{err}");
+    assert!(
+        out.contains(&format!(r#"result:   {{"n":{big}}}"#)),
+        "{out}"
+    );
+}
+
+#[tokio::test]
+async fn logs_written_to_a_file_have_no_colour_codes() {
+    // stderr is a pipe here, as when it is redirected to a file.
+    let dev = Dev::start(&[("RUST_LOG", "info,tower_http=debug")]);
+    let http = reqwest::Client::new();
+    submit(&http, &dev, json!({"kind": "echo", "input": 1})).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let log = dev.log.lock().unwrap().clone();
+        if log.iter().any(|l| l.contains("/jobs")) {
+            let coloured: Vec<_> = log.iter().filter(|l| l.contains('\x1b')).collect();
+            assert!(coloured.is_empty(), "{coloured:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no request was logged: {log:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A pseudo-terminal for the client (util-linux's `script`): what a person sees of `submit --wait`.
+#[test]
+fn submit_wait_shows_a_progress_bar_with_the_job_id() {
+    let dev = Dev::start(&[]);
+    let command = format!(
+        r#"{} submit sleep --input '{{"ms":3000}}' --wait --api-url {}"#,
+        env!("CARGO_BIN_EXE_jobctl"),
+        dev.url
+    );
+    let out = Command::new("script")
+        .args(["-qfec", &command, "/dev/null"])
+        .env("TERM", "xterm")
+        .stdin(Stdio::null())
+        .output()
+        .expect("`script` (util-linux) runs");
+    let screen = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{screen}");
+    let id = screen
+        .lines()
+        .rev()
+        .find_map(|l| {
+            l.split_whitespace()
+                .find(|w| jobkit::JobId::parse(w).is_ok())
+        })
+        .unwrap_or_else(|| panic!("no job id: {screen}"));
+    // A frame of the bar: the id, the timer, a percentage and the handler's message.
+    let frame = screen
+        .split(['\r', '\n'])
+        .find(|f| f.contains('%') && f.contains("slept"))
+        .unwrap_or_else(|| panic!("no progress bar: {screen:?}"));
+    assert!(frame.contains(id), "the bar keeps the job id: {frame:?}");
+    assert!(frame.contains("00:00:0"), "the timer: {frame:?}");
+}

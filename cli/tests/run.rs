@@ -98,3 +98,25 @@ fn bad_usage_is_a_clear_error_and_exit_two() {
         assert!(err.contains(says), "{args:?}: {err}");
     }
 }
+
+#[test]
+fn without_input_a_job_gets_an_empty_object_as_submit_sends() {
+    let (code, doc, err) = run(&["echo"], None);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(doc["result"], json!({}));
+}
+
+#[test]
+fn big_numbers_go_in_and_come_out_to_the_digit() {
+    let big = "12345678901234567890123";
+    let out = Command::new(env!("CARGO_BIN_EXE_jobctl"))
+        .args(["run", "echo", "--input", &format!(r#"{{"n":{big}}}"#)])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains(&format!(r#""result":{{"n":{big}}}"#)),
+        "{text}"
+    );
+}

@@ -19,12 +19,15 @@ pub fn init_json() {
         .try_init();
 }
 
-/// For `jobctl` and other local processes: logs go to stderr so stdout stays for command output.
+/// For `jobctl` and other local processes: logs go to stderr so stdout stays for command output, in
+/// colour only when stderr is a terminal (a log file or a pipe gets plain text).
 pub fn init_local(default_filter: &str) {
+    use std::io::IsTerminal as _;
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .try_init();
 }

@@ -75,15 +75,16 @@ impl From<WebhookState> for WebhookView {
 /// Reading a view back (clients such as `jobctl`). Through `Value` payloads: serde's `flatten` buffers
 /// the document, which exact [`Json`] text cannot pass through, so numbers wider than f64 lose digits
 /// here. The API itself never reads a view.
+/// Reads a view exactly: `input` and `result` are taken out as raw text before the rest is read,
+/// because `#[serde(flatten)]` buffers a document into serde's generic values, where a number beyond
+/// f64 (`12345678901234567890123`) would lose its digits.
 impl<'de> Deserialize<'de> for JobView {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error as _;
         #[derive(Deserialize)]
         struct Wire {
             #[serde(flatten)]
             summary: JobSummary,
-            input: serde_json::Value,
-            #[serde(default)]
-            result: Option<serde_json::Value>,
             #[serde(default)]
             warnings: Vec<String>,
             #[serde(default)]
@@ -95,11 +96,25 @@ impl<'de> Deserialize<'de> for JobView {
             #[serde(default)]
             events_url: Option<String>,
         }
-        let w = Wire::deserialize(d)?;
+        let mut doc =
+            std::collections::BTreeMap::<String, Box<serde_json::value::RawValue>>::deserialize(d)?;
+        let payload = |raw: Box<serde_json::value::RawValue>| {
+            Json::parse(raw.get()).map_err(D::Error::custom)
+        };
+        let input = payload(
+            doc.remove("input")
+                .ok_or_else(|| D::Error::missing_field("input"))?,
+        )?;
+        let result = match doc.remove("result") {
+            Some(r) if r.get() != "null" => Some(payload(r)?),
+            _ => None,
+        };
+        let rest = serde_json::to_string(&doc).map_err(D::Error::custom)?;
+        let w: Wire = serde_json::from_str(&rest).map_err(D::Error::custom)?;
         Ok(Self {
             summary: w.summary,
-            input: w.input.into(),
-            result: w.result.map(Json::from),
+            input,
+            result,
             warnings: w.warnings,
             callback_url: w.callback_url,
             webhook: w.webhook,
@@ -243,4 +258,35 @@ pub(super) async fn cancel(
         }
     };
     Ok((status, JsonBody(JobView::at(job, api.clock.now()))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_view_read_back_keeps_every_digit_of_its_input_and_result() {
+        let big = r#"{"n":12345678901234567890123,"x":[0.1000000000000000055511151231257827]}"#;
+        let text = format!(
+            r#"{{"job_id":"{}","kind":"echo","status":"completed","attempts":1,"max_attempts":5,
+               "submitted_at":"2026-11-23T07:16:09.645Z","updated_at":"2026-11-23T07:16:09.700Z",
+               "input":{big},"result":{big},"started_at":"2026-11-23T07:16:09.650Z"}}"#,
+            JobId::generate(0)
+        );
+        let view: JobView = serde_json::from_str(&text).unwrap();
+        assert_eq!(view.input.get(), big);
+        assert_eq!(view.result.as_ref().map(Json::get), Some(big));
+        assert_eq!(view.summary.status, JobStatus::Completed);
+        assert_eq!(view.started_at.as_deref(), Some("2026-11-23T07:16:09.650Z"));
+        let again: JobView = serde_json::from_str(&serde_json::to_string(&view).unwrap()).unwrap();
+        assert_eq!(again, view);
+        // `"result": null` is no result; a view without `input` is refused.
+        let no_result = text.replace(&format!(r#""result":{big}"#), r#""result":null"#);
+        assert_eq!(
+            serde_json::from_str::<JobView>(&no_result).unwrap().result,
+            None
+        );
+        let no_input = text.replace(&format!(r#""input":{big},"#), "");
+        assert!(serde_json::from_str::<JobView>(&no_input).is_err());
+    }
 }

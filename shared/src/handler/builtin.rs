@@ -50,6 +50,9 @@ pub struct Slept {
 /// How often a sleeping `sleep` looks for a cancel request.
 const SLEEP_SLICE: Duration = Duration::from_millis(50);
 
+/// How often a sleeping `sleep` reports its progress (each report is a write to the job's record).
+const SLEEP_PROGRESS_EVERY: Duration = Duration::from_secs(1);
+
 /// The longest `sleep` accepted: a demo handler should not pin a worker for long.
 pub const SLEEP_MAX_MS: u64 = 15 * 60 * 1000;
 
@@ -65,11 +68,19 @@ impl Handler for Sleep {
         }
         // In slices, so a cancel request stops it within one.
         let until = tokio::time::Instant::now() + Duration::from_millis(args.ms);
+        let mut reported = tokio::time::Instant::now();
         loop {
             ctx.check_cancelled()?;
             let left = until.saturating_duration_since(tokio::time::Instant::now());
             if left.is_zero() {
                 break;
+            }
+            if reported.elapsed() >= SLEEP_PROGRESS_EVERY {
+                reported = tokio::time::Instant::now();
+                let slept = args.ms.saturating_sub(left.as_millis() as u64);
+                let percent = (slept * 100 / args.ms) as u8;
+                ctx.progress(percent, format!("slept {slept} of {} ms", args.ms))
+                    .await?;
             }
             tokio::time::sleep(left.min(SLEEP_SLICE)).await;
         }
