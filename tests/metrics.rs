@@ -128,7 +128,7 @@ async fn a_worker_invocation_prints_emf_with_names_units_and_dimensions() {
         !values("Attempts").iter().any(|v| v.contains("user-chosen")),
         "a message cannot mint a dimension"
     );
-    assert!(values("Panics").contains("Kind=sleep"));
+    assert!(values("Panics").contains("Kind=flaky"));
 }
 
 /// The metric names a dashboard or alarm definition reads from the kit's namespace.
