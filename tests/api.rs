@@ -98,6 +98,7 @@ async fn requests_without_an_identity_get_401_and_write_nothing(s: Stack) {
         ("GET", "/jobs"),
         ("GET", "/jobs/01KAQZ7X4N3M2P1R0S9T8V7W6Y"),
         ("DELETE", "/jobs/01KAQZ7X4N3M2P1R0S9T8V7W6Y"),
+        ("GET", "/kinds"),
     ] {
         assert_error(
             &api.handle(unauthenticated(method, path)).await,
@@ -211,6 +212,90 @@ async fn bad_list_queries_are_rejected(s: Stack) {
 
 // ---------- validation ----------
 
+#[derive(serde::Deserialize, schemars::JsonSchema)]
+struct Greet {
+    text: String,
+}
+
+/// Issue 21 item 5: an input the kind cannot decode was accepted (202) and failed later; now it is a
+/// 422 with serde's message, before anything is written, and `GET /kinds` shows what each kind takes.
+async fn inputs_that_do_not_fit_the_kinds_type_are_refused_and_write_nothing(s: Stack) {
+    let mut registry = test_registry();
+    registry
+        .register_fn("greet", |g: Greet, _| async move {
+            Ok(format!("hello {}", g.text))
+        })
+        .unwrap();
+    let api = s.api_with(registry, |c| c.max_in_flight_per_user = Some(5));
+    let keyed = |body: &Value, key: Option<&str>| {
+        let mut req = post_jobs("gail", &body.to_string());
+        if let Some(key) = key {
+            req.headers_mut()
+                .insert("idempotency-key", key.parse().unwrap());
+        }
+        req
+    };
+    for (body, says) in [
+        (
+            json!({"kind": "greet", "input": {"text": 42}}),
+            "invalid type: integer `42`, expected a string",
+        ),
+        (
+            json!({"kind": "greet", "input": {}}),
+            "missing field `text`",
+        ),
+        (
+            json!({"kind": "sleep", "input": {"ms": 10_001}}),
+            "ms must be at most 10000",
+        ),
+        // The shipped `sleep` has no failure modes for a caller to set.
+        (
+            json!({"kind": "sleep", "input": {"fail": "panic"}}),
+            "unknown field `fail`",
+        ),
+    ] {
+        for key in [None, Some("gail-1")] {
+            let resp = api.handle(keyed(&body, key)).await;
+            assert_error(&resp, 422, "invalid_input");
+            let message = json(&resp).1["error"]["message"].to_string();
+            assert!(message.contains(says), "{body}: {message}");
+        }
+    }
+    nothing_written(&s, "gail").await;
+    // The key was not taken: the corrected request is a new job.
+    let fixed = json!({"kind": "greet", "input": {"text": "you"}});
+    let (status, b) = json(&api.handle(keyed(&fixed, Some("gail-1"))).await);
+    assert_eq!(status, 202, "{b}");
+    // An untyped input (`echo` takes any JSON) accepts anything.
+    submit_ok(
+        &api,
+        "gail",
+        r#"{"kind":"echo","input":[42,{"text":null}]}"#,
+    )
+    .await;
+
+    // What each kind takes, from the registry submit checks against.
+    let (status, listed) = json(&api.handle(request("GET", "/kinds", "gail")).await);
+    assert_eq!(status, 200, "{listed}");
+    let kinds = listed["kinds"].as_array().unwrap();
+    let names: Vec<&str> = kinds.iter().map(|k| k["kind"].as_str().unwrap()).collect();
+    assert_eq!(names, ["echo", "flaky", "greet", "sleep"]);
+    let greet = &kinds[2];
+    assert_eq!(greet["lane"], "lambda");
+    assert_eq!(
+        greet["input_schema"]["properties"]["text"]["type"],
+        "string"
+    );
+    assert_eq!(greet["output_schema"]["type"], "string");
+    assert_eq!(
+        kinds[3]["input_schema"]["properties"]["ms"]["maximum"],
+        10_000
+    );
+    let resp = api.handle(request("POST", "/kinds", "gail")).await;
+    assert_error(&resp, 405, "method_not_allowed");
+    assert_eq!(resp.headers()["allow"], "GET");
+}
+
 async fn callback_urls_are_validated_and_refused_where_nothing_delivers_them(s: Stack) {
     let api = s.api(|_| {});
     for url in [
@@ -241,7 +326,7 @@ async fn callback_urls_are_validated_and_refused_where_nothing_delivers_them(s: 
     let body = json!({"kind": "echo", "input": 1, "callback_url": "https://93.184.215.14/hook"});
     let no_webhooks = api_on(
         &undelivered,
-        HandlerRegistry::with_builtins(),
+        test_registry(),
         ApiSettings::from_config(&s.config),
     );
     let resp = no_webhooks
@@ -290,7 +375,7 @@ async fn a_submits_trace_context_travels_with_its_message(s: Stack) {
             .status(),
         202
     );
-    let worker = s.worker(HandlerRegistry::with_builtins(), fast_settings(5));
+    let worker = s.worker(test_registry(), fast_settings(5));
     let mut traces = Vec::new();
     eventually("both messages", WAIT, async || {
         let (batch, _) = worker.poll_once().await.unwrap();
@@ -346,13 +431,13 @@ async fn a_queued_job_is_cancelled_at_once_and_never_runs(s: Stack) {
 
 async fn a_running_job_stops_when_cancelled_and_ends_cancelled(s: Stack) {
     let api = s.api(|c| c.max_in_flight_per_user = Some(5));
-    let id = submit_ok(&api, "frank", r#"{"kind":"sleep","input":{"ms":600000}}"#).await;
+    let id = submit_ok(&api, "frank", r#"{"kind":"flaky","input":{"ms":600000}}"#).await;
     // Short leases: heartbeats, which bring the cancel request to the worker, come every 200 ms.
     let settings = WorkerSettings {
         lease: Duration::from_millis(600),
         ..fast_settings(5)
     };
-    let worker = s.worker(HandlerRegistry::with_builtins(), settings);
+    let worker = s.worker(test_registry(), settings);
     let running = tokio::spawn(async move { worker.poll_once().await.unwrap().1.outcomes });
     eventually("the job to run", WAIT, async || {
         (s.status(&id).await == JobStatus::Running).then_some(())
@@ -380,7 +465,7 @@ async fn a_running_job_stops_when_cancelled_and_ends_cancelled(s: Stack) {
 async fn finished_jobs_cannot_be_cancelled(s: Stack) {
     let api = s.api(|_| {});
     let id = submit_ok(&api, "gina", r#"{"kind":"echo","input":1}"#).await;
-    let worker = s.worker(HandlerRegistry::with_builtins(), fast_settings(5));
+    let worker = s.worker(test_registry(), fast_settings(5));
     worker.poll_once().await.unwrap();
     assert_eq!(s.status(&id).await, JobStatus::Completed);
     let resp = api
@@ -457,7 +542,7 @@ async fn concurrent_submits_never_exceed_the_in_flight_cap(s: Stack) {
     submit_ok(&api, "jack", r#"{"kind":"echo","input":1}"#).await;
 
     // Finishing jobs frees their slots.
-    let worker = s.worker(HandlerRegistry::with_builtins(), fast_settings(5));
+    let worker = s.worker(test_registry(), fast_settings(5));
     eventually("ivy's jobs to finish", WAIT, async || {
         worker.poll_once().await.unwrap();
         (s.store.in_flight("ivy").await.unwrap() == 0).then_some(())
@@ -472,7 +557,7 @@ async fn every_way_a_job_ends_releases_its_slot(s: Stack) {
     let fails = submit_ok(
         &api,
         "kim",
-        r#"{"kind":"sleep","input":{"fail":"terminal"}}"#,
+        r#"{"kind":"flaky","input":{"fail":"terminal"}}"#,
     )
     .await;
     let cancelled = submit_ok(&api, "kim", r#"{"kind":"echo","input":2}"#).await;
@@ -484,7 +569,7 @@ async fn every_way_a_job_ends_releases_its_slot(s: Stack) {
     // A submit whose send fails is abandoned (failed) and gives its slot back.
     let failing = api_on(
         &with_queue(&s.backend, FailingSends::new(s.queue.clone(), 1)),
-        HandlerRegistry::with_builtins(),
+        test_registry(),
         ApiSettings {
             max_in_flight_per_user: Some(10),
             ..ApiSettings::from_config(&s.config)
@@ -496,7 +581,7 @@ async fn every_way_a_job_ends_releases_its_slot(s: Stack) {
     assert_error(&resp, 503, "service_unavailable");
     assert_eq!(s.store.in_flight("kim").await.unwrap(), 2);
 
-    let worker = s.worker(HandlerRegistry::with_builtins(), fast_settings(5));
+    let worker = s.worker(test_registry(), fast_settings(5));
     eventually("the jobs to finish", WAIT, async || {
         worker.poll_once().await.unwrap();
         (s.status(&ok).await.is_terminal() && s.status(&fails).await.is_terminal()).then_some(())
@@ -544,6 +629,7 @@ on_both_backends!(
     lists_page_newest_first_and_filter_by_status,
     bad_list_queries_are_rejected,
     callback_urls_are_validated_and_refused_where_nothing_delivers_them,
+    inputs_that_do_not_fit_the_kinds_type_are_refused_and_write_nothing,
     a_submits_trace_context_travels_with_its_message,
     a_queued_job_is_cancelled_at_once_and_never_runs,
     a_running_job_stops_when_cancelled_and_ends_cancelled,

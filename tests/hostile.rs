@@ -11,7 +11,7 @@ use base64::Engine;
 use jobkit::api::{self, ApiSettings};
 use jobkit::clock::TokioClock;
 use jobkit::worker::{Outcome, WorkerSettings};
-use jobkit::{HandlerRegistry, JobId, JobStatus};
+use jobkit::{JobId, JobStatus};
 use serde_json::json;
 use support::*;
 
@@ -20,7 +20,7 @@ const WAIT: Duration = Duration::from_secs(30);
 fn api(s: &Backends, tune: impl FnOnce(&mut ApiSettings)) -> Api {
     let mut settings = ApiSettings::from_config(&s.config);
     tune(&mut settings);
-    s.api_with_settings(HandlerRegistry::with_builtins(), settings)
+    s.api_with_settings(test_registry(), settings)
 }
 
 fn keyed(user: &str, body: &str, key: &str) -> Request {
@@ -109,7 +109,7 @@ async fn large_integers_are_kept_to_the_digit_and_hashed_as_sent(s: Backends) {
         "idempotency_key_reused",
     );
     // The result is exact too.
-    let worker = s.event_source(HandlerRegistry::with_builtins(), fast_settings(5));
+    let worker = s.event_source(test_registry(), fast_settings(5));
     eventually("the echo to complete", WAIT, async || {
         worker.poll_once().await.unwrap();
         let job = s.store.get(&id).await.unwrap().unwrap();
@@ -333,13 +333,13 @@ async fn cancel_latencies(s: &Backends, n: usize, spread: Duration) -> Vec<i64> 
         cancel_poll: Duration::from_secs(5),
         ..fast_settings(5)
     };
-    let worker = Arc::new(s.event_source(HandlerRegistry::with_builtins(), settings));
+    let worker = Arc::new(s.event_source(test_registry(), settings));
     let mut ids = Vec::new();
     for _ in 0..n {
         ids.push(
             accepted(
                 &api,
-                post_jobs("jo", r#"{"kind":"sleep","input":{"ms":600000}}"#),
+                post_jobs("jo", r#"{"kind":"flaky","input":{"ms":600000}}"#),
             )
             .await,
         );

@@ -5,7 +5,6 @@ mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use jobkit::HandlerRegistry;
 use serde_json::{Value, json};
 use support::*;
 
@@ -49,13 +48,13 @@ async fn a_worker_invocation_prints_emf_with_names_units_and_dimensions() {
     jobkit::observe::describe();
     let s = memory().await;
     let api = s.api_with_settings(
-        HandlerRegistry::with_builtins(),
+        test_registry(),
         jobkit::api::ApiSettings::from_config(&s.config),
     );
     for body in [
         json!({"kind": "echo", "input": 1}),
-        json!({"kind": "sleep", "input": {"fail": "terminal"}}),
-        json!({"kind": "sleep", "input": {"fail": "panic", "times": 1}}),
+        json!({"kind": "flaky", "input": {"fail": "terminal"}}),
+        json!({"kind": "flaky", "input": {"fail": "panic", "times": 1}}),
     ] {
         assert_eq!(
             api.handle(post_jobs("m", &body.to_string())).await.status(),
@@ -74,7 +73,7 @@ async fn a_worker_invocation_prints_emf_with_names_units_and_dimensions() {
         )
         .await
         .unwrap();
-    let worker = s.event_source(HandlerRegistry::with_builtins(), fast_settings(5));
+    let worker = s.event_source(test_registry(), fast_settings(5));
     let (batch, _) = worker.poll_once().await.unwrap();
     assert_eq!(batch.len(), 4, "one invocation of four deliveries");
 
@@ -129,7 +128,7 @@ async fn a_worker_invocation_prints_emf_with_names_units_and_dimensions() {
         !values("Attempts").iter().any(|v| v.contains("user-chosen")),
         "a message cannot mint a dimension"
     );
-    assert!(values("Panics").contains("Kind=sleep"));
+    assert!(values("Panics").contains("Kind=flaky"));
 }
 
 /// The metric names a dashboard or alarm definition reads from the kit's namespace.

@@ -18,7 +18,7 @@ const WAIT: Duration = Duration::from_secs(60);
 #[tokio::test]
 async fn a_submitted_job_runs_to_completion_and_its_status_shows_the_result() {
     let env = TestEnv::start().await;
-    let api = env.api(HandlerRegistry::with_builtins());
+    let api = env.api(test_registry());
     let resp = api
         .handle(post_jobs(
             "alice",
@@ -36,7 +36,7 @@ async fn a_submitted_job_runs_to_completion_and_its_status_shows_the_result() {
     let (status, queued) = json(&api.handle(get_job("alice", id)).await);
     assert_eq!((status, queued["status"].as_str()), (200, Some("queued")));
 
-    let worker = env.worker(HandlerRegistry::with_builtins());
+    let worker = env.worker(test_registry());
     let (msgs, result) = env.deliver(&worker).await;
     assert_eq!(msgs.len(), 1, "one small message per job");
     assert_eq!(
@@ -69,12 +69,12 @@ async fn a_submitted_job_runs_to_completion_and_its_status_shows_the_result() {
 #[tokio::test]
 async fn a_retryable_failure_comes_back_and_succeeds_on_a_later_attempt() {
     let env = TestEnv::start().await;
-    let api = env.api(HandlerRegistry::with_builtins());
-    let worker = env.worker(HandlerRegistry::with_builtins());
+    let api = env.api(test_registry());
+    let worker = env.worker(test_registry());
     let id = env
         .submit(
             &api,
-            r#"{"kind":"sleep","input":{"ms":1,"fail":"retryable","times":1}}"#,
+            r#"{"kind":"flaky","input":{"ms":1,"fail":"retryable","times":1}}"#,
         )
         .await;
 
@@ -85,7 +85,7 @@ async fn a_retryable_failure_comes_back_and_succeeds_on_a_later_attempt() {
     assert_eq!(job.status, JobStatus::Retrying);
     assert_eq!(
         job.error.as_ref().map(|e| (e.code.as_str(), e.retryable)),
-        Some(("sleep_failed", true))
+        Some(("flaky_failed", true))
     );
 
     // The backoff (at most 1 s here) replaces the queue's long default visibility.
@@ -99,10 +99,10 @@ async fn a_retryable_failure_comes_back_and_succeeds_on_a_later_attempt() {
 #[tokio::test]
 async fn a_terminal_failure_marks_the_job_failed_and_acknowledges_the_message() {
     let env = TestEnv::start().await;
-    let api = env.api(HandlerRegistry::with_builtins());
-    let worker = env.worker(HandlerRegistry::with_builtins());
+    let api = env.api(test_registry());
+    let worker = env.worker(test_registry());
     let id = env
-        .submit(&api, r#"{"kind":"sleep","input":{"fail":"terminal"}}"#)
+        .submit(&api, r#"{"kind":"flaky","input":{"fail":"terminal"}}"#)
         .await;
 
     let (_, result) = env.deliver(&worker).await;
@@ -116,7 +116,7 @@ async fn a_terminal_failure_marks_the_job_failed_and_acknowledges_the_message() 
     assert_eq!(body["status"], "failed");
     assert_eq!(
         body["error"],
-        json!({"code": "sleep_failed", "message": "told to fail terminally", "retryable": false})
+        json!({"code": "flaky_failed", "message": "told to fail terminally", "retryable": false})
     );
     assert!(
         env.queue
@@ -130,7 +130,7 @@ async fn a_terminal_failure_marks_the_job_failed_and_acknowledges_the_message() 
 #[tokio::test]
 async fn a_poison_message_ends_in_the_dlq_after_max_receive_count_receives() {
     let env = TestEnv::start().await;
-    let worker = env.worker(HandlerRegistry::with_builtins());
+    let worker = env.worker(test_registry());
     env.queue
         .send("this is not a job message", Duration::ZERO)
         .await
@@ -160,17 +160,17 @@ async fn a_poison_message_ends_in_the_dlq_after_max_receive_count_receives() {
 async fn a_job_that_keeps_failing_is_dead_lettered_with_its_last_error_and_its_message_moves_to_the_dlq()
  {
     let env = TestEnv::start().await;
-    let api = env.api(HandlerRegistry::with_builtins());
-    let worker = env.worker(HandlerRegistry::with_builtins());
+    let api = env.api(test_registry());
+    let worker = env.worker(test_registry());
     let id = env
-        .submit(&api, r#"{"kind":"sleep","input":{"fail":"retryable"}}"#)
+        .submit(&api, r#"{"kind":"flaky","input":{"fail":"retryable"}}"#)
         .await;
 
     let job = env
         .run_until(&worker, &id, JobStatus::DeadLetter, WAIT)
         .await;
     assert_eq!(job.attempts, env.max_receive_count());
-    assert_eq!(job.error.unwrap().code, "sleep_failed");
+    assert_eq!(job.error.unwrap().code, "flaky_failed");
     let moved = eventually("the job's message in the DLQ", WAIT, async || {
         env.deliver(&worker).await;
         let dead = env.dlq.receive(10, Duration::ZERO, None).await.unwrap();
@@ -208,8 +208,8 @@ async fn a_duplicate_delivery_of_a_completed_job_does_not_run_it_again() {
 #[tokio::test]
 async fn bad_messages_and_missing_jobs_fail_alone_never_the_whole_batch() {
     let env = TestEnv::start().await;
-    let api = env.api(HandlerRegistry::with_builtins());
-    let worker = env.worker(HandlerRegistry::with_builtins());
+    let api = env.api(test_registry());
+    let worker = env.worker(test_registry());
     let good = env.submit(&api, r#"{"kind":"echo","input":"ok"}"#).await;
     let ghost = JobMessage {
         job_id: JobId::generate(jobkit::now_millis()),
@@ -226,7 +226,7 @@ async fn bad_messages_and_missing_jobs_fail_alone_never_the_whole_batch() {
     let panicking = env
         .submit(
             &api,
-            r#"{"kind":"sleep","input":{"fail":"panic","times":1}}"#,
+            r#"{"kind":"flaky","input":{"fail":"panic","times":1}}"#,
         )
         .await;
 
@@ -274,7 +274,7 @@ async fn bad_messages_and_missing_jobs_fail_alone_never_the_whole_batch() {
 #[tokio::test]
 async fn status_answers_404_for_unknown_and_other_users_jobs_and_400_for_bad_ids() {
     let env = TestEnv::start().await;
-    let api = env.api(HandlerRegistry::with_builtins());
+    let api = env.api(test_registry());
     let id = env.submit(&api, r#"{"kind":"echo","input":1}"#).await;
 
     let unknown = JobId::generate(jobkit::now_millis());
@@ -303,7 +303,7 @@ async fn status_answers_404_for_unknown_and_other_users_jobs_and_400_for_bad_ids
 #[tokio::test]
 async fn bad_submits_get_a_specific_4xx_and_write_nothing() {
     let env = TestEnv::start().await;
-    let api = env.api(HandlerRegistry::with_builtins());
+    let api = env.api(test_registry());
     let huge_input = format!(
         r#"{{"kind":"echo","input":"{}"}}"#,
         "x".repeat(jobkit::job::MAX_INPUT_BYTES)
@@ -376,10 +376,7 @@ async fn bad_submits_get_a_specific_4xx_and_write_nothing() {
 #[tokio::test]
 async fn a_failed_enqueue_answers_503_and_leaves_no_job_waiting_forever() {
     let env = TestEnv::start().await;
-    let api = env.api_with_queue(
-        HandlerRegistry::with_builtins(),
-        FailingSends::new(env.queue.clone(), 1),
-    );
+    let api = env.api_with_queue(test_registry(), FailingSends::new(env.queue.clone(), 1));
     let resp = api
         .handle(post_jobs("alice", r#"{"kind":"echo","input":1}"#))
         .await;
@@ -414,7 +411,7 @@ fn two_lane_registry(
     runs: Arc<std::sync::Mutex<Vec<(String, &'static str)>>>,
     lane: &'static str,
 ) -> HandlerRegistry {
-    let mut r = HandlerRegistry::with_builtins();
+    let mut r = test_registry();
     let seen = runs.clone();
     r.register_fn(
         "plain",

@@ -10,10 +10,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::HeaderMap;
+use jobkit::Backend;
 use jobkit::api::ApiSettings;
 use jobkit::local::EventSource;
 use jobkit::webhook::{Deliverer, DeliverySettings, Schedule, Secrets, verify};
-use jobkit::{Backend, HandlerRegistry};
 use serde_json::{Value, json};
 use support::receiver::Receiver;
 use support::*;
@@ -35,17 +35,14 @@ fn hooks_with(s: Backends, settings: DeliverySettings, worker_attempts: u32) -> 
     let secret = Secrets::generate();
     let receiver = Receiver::start(&secret, 3.0);
     let api = s.api_with_settings(
-        HandlerRegistry::with_builtins(),
+        test_registry(),
         ApiSettings {
             dev_mode: true,
             ..ApiSettings::from_config(&s.config)
         },
     );
     let worker = s
-        .event_source(
-            HandlerRegistry::with_builtins(),
-            fast_settings(worker_attempts),
-        )
+        .event_source(test_registry(), fast_settings(worker_attempts))
         .with_wait(Duration::from_millis(200));
     let deliverer = deliverer_on(&s, &secret, settings);
     Hooks {
@@ -146,13 +143,13 @@ async fn every_terminal_state_is_delivered_signed(s: Backends) {
     let failed = h
         .submit(
             "wendy",
-            json!({"kind":"sleep","input":{"fail":"terminal"},"callback_url":hook}),
+            json!({"kind":"flaky","input":{"fail":"terminal"},"callback_url":hook}),
         )
         .await;
     let dead = h
         .submit(
             "wendy",
-            json!({"kind":"sleep","input":{"fail":"retryable"},"callback_url":hook}),
+            json!({"kind":"flaky","input":{"fail":"retryable"},"callback_url":hook}),
         )
         .await;
     let cancelled = h
@@ -352,7 +349,7 @@ async fn the_sweep_announces_an_event_whose_message_was_lost(s: Backends) {
     // A worker that dies between the terminal write and the announcement: here, one that has none.
     let mut mute = h.s.backend.clone();
     mute.deliveries = None;
-    let worker = event_source_on(&mute, HandlerRegistry::with_builtins(), fast_settings(5))
+    let worker = event_source_on(&mute, test_registry(), fast_settings(5))
         .with_wait(Duration::from_millis(200));
     let id = h
         .submit(

@@ -188,8 +188,12 @@ async fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<bool> {
     match cli.command {
         Command::Dev(args) => {
-            let model = args.model_url.as_deref().map(kinds::openai_model);
-            let registry = kinds::registry_with(model);
+            // The functions' registry, with `--model-url` (if given) as the model.
+            let mut settings = kinds::Settings::from_env();
+            if let Some(url) = &args.model_url {
+                settings.model = Some(kinds::openai_model(url));
+            }
+            let registry = kinds::registry(&settings);
             dev::run(args, registry).await.map(|_| true)
         }
         Command::Bootstrap {
@@ -243,8 +247,14 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             }
             Ok(true)
         }
-        Command::Run(args) => runner::run(args, kinds::registry()).await,
-        Command::Worker(args) => runner::worker(args, kinds::registry()).await.map(|_| true),
+        Command::Run(args) => {
+            runner::run(args, kinds::registry(&kinds::Settings::from_env())).await
+        }
+        Command::Worker(args) => {
+            runner::worker(args, kinds::registry(&kinds::Settings::from_env()))
+                .await
+                .map(|_| true)
+        }
         Command::Healthcheck { url } => runner::healthcheck(&url).await,
         Command::Stats { args, target } => {
             let json = target.json;

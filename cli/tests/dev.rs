@@ -150,6 +150,66 @@ async fn oversized_posts_are_refused_before_they_are_buffered() {
     );
 }
 
+/// Issue 21: `jobctl dev` built its own registry, so a kind the functions' registry had was `422
+/// unknown_kind` there. Here `agent` on Bedrock, configured as template.yaml configures the functions:
+/// `jobctl dev` and `jobctl run` now take their kinds from the one entry point, `kinds::registry`.
+#[tokio::test]
+async fn dev_and_run_serve_the_one_registry_and_dev_lists_it_with_its_schemas() {
+    let env = [("JOBKIT_MODEL_PROVIDER", "bedrock")];
+    let dev = Dev::start(&env);
+    let http = reqwest::Client::new();
+    let model = jobkit::agent::Bedrock::from_env();
+    let expected = kinds::registry(&kinds::Settings {
+        model: Some(std::sync::Arc::new(model)),
+    });
+    let listed: Value = http
+        .get(format!("{}/kinds", dev.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed, json!({"kinds": expected.describe()}));
+    let names: Vec<&str> = expected.kinds().collect();
+    assert_eq!(names, ["agent", "echo", "sleep"]);
+    submit(
+        &http,
+        &dev,
+        json!({"kind": "agent", "input": {"agent": "nope", "message": "hi"}}),
+    )
+    .await;
+    // Submit checks the input against the kind's type: nothing is accepted that could only fail.
+    let resp = http
+        .post(format!("{}/jobs", dev.url))
+        .json(&json!({"kind": "sleep", "input": {"ms": 10_001}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 422);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "invalid_input", "{body}");
+
+    // `jobctl run` has the kind too: the job runs (and fails on the unknown agent, without a model call).
+    let out = Command::new(env!("CARGO_BIN_EXE_jobctl"))
+        .args([
+            "run",
+            "agent",
+            "--input",
+            r#"{"agent":"nope","message":"hi"}"#,
+        ])
+        .envs(env)
+        .output()
+        .unwrap();
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    assert_eq!(
+        doc["error"]["code"],
+        "unknown_agent",
+        "{doc} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[tokio::test]
 async fn long_jobs_do_not_hold_up_a_quick_one_submitted_after_them() {
     let dev = Dev::start(&[]);
@@ -158,7 +218,7 @@ async fn long_jobs_do_not_hold_up_a_quick_one_submitted_after_them() {
         submit(
             &http,
             &dev,
-            json!({"kind": "sleep", "input": {"ms": 300_000}}),
+            json!({"kind": "sleep", "input": {"ms": 10_000}}),
         )
     }))
     .await;
@@ -170,7 +230,7 @@ async fn long_jobs_do_not_hold_up_a_quick_one_submitted_after_them() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     println!(
-        "echo completed {:?} after its submit, behind two 5-minute sleeps",
+        "echo completed {:?} after its submit, behind two 10-second sleeps",
         submitted.elapsed()
     );
     for id in &long {
@@ -295,7 +355,7 @@ async fn stats_show_the_queues_and_your_jobs_and_metrics_print_a_line() {
     let long = submit(
         &http,
         &dev,
-        json!({"kind": "sleep", "input": {"ms": 60_000}}),
+        json!({"kind": "sleep", "input": {"ms": 10_000}}),
     )
     .await;
     submit(&http, &dev, json!({"kind": "echo", "input": 1})).await;
@@ -458,7 +518,7 @@ async fn cancel_of_a_running_job_says_cancel_requested() {
     let id = submit(
         &http,
         &dev,
-        json!({"kind": "sleep", "input": {"ms": 60_000}}),
+        json!({"kind": "sleep", "input": {"ms": 10_000}}),
     )
     .await;
     wait_for(&http, &dev, &id, "running", |v| v["status"] == "running").await;

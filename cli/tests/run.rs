@@ -6,9 +6,14 @@ use std::process::{Command, Stdio};
 use serde_json::{Value, json};
 
 fn run(args: &[&str], stdin: Option<&str>) -> (i32, Value, String) {
+    run_with(args, stdin, &[])
+}
+
+fn run_with(args: &[&str], stdin: Option<&str>, env: &[(&str, &str)]) -> (i32, Value, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_jobctl"))
         .arg("run")
         .args(args)
+        .envs(env.iter().copied())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -39,29 +44,43 @@ fn a_completed_job_prints_its_result_and_exits_zero() {
 }
 
 #[test]
-fn failed_and_panicking_jobs_print_their_error_and_exit_one() {
-    let (code, doc, _) = run(&["sleep", "--input", r#"{"fail":"terminal"}"#], None);
-    assert_eq!(code, 1);
-    assert_eq!(doc["success"], false);
-    assert_eq!(
-        doc["error"],
-        json!({"code": "sleep_failed", "message": "told to fail terminally", "retryable": false})
+fn failed_jobs_print_their_error_and_exit_one() {
+    // The shipped kinds have no failure modes (issue 21): these jobs fail for real, on the `agent` kind
+    // with a model nothing listens on.
+    let model = [("JOBKIT_MODEL_URL", "http://127.0.0.1:9/v1")];
+    let (code, doc, _) = run_with(
+        &["agent", "--input", r#"{"agent":"nope","message":"hi"}"#],
+        None,
+        &model,
     );
-    let (code, doc, _) = run(&["sleep", "--input", r#"{"fail":"panic"}"#], None);
-    assert_eq!(code, 1, "a panic is a failed job, not a crash");
-    assert_eq!(doc["error"]["code"], "panic");
-    // Retried with --max-attempts: the first attempt panics, the second succeeds.
-    let (code, doc, _) = run(
+    assert_eq!(code, 1, "{doc}");
+    assert_eq!(doc["success"], false);
+    assert_eq!(doc["error"]["code"], "unknown_agent", "{doc}");
+    assert_eq!(doc["error"]["retryable"], false);
+    // A retryable failure on its last attempt.
+    let (code, doc, _) = run_with(
         &[
-            "sleep",
+            "agent",
             "--input",
-            r#"{"fail":"panic","times":1}"#,
+            r#"{"agent":"demo","message":"hi"}"#,
             "--max-attempts",
-            "2",
+            "1",
         ],
         None,
+        &model,
     );
-    assert_eq!(code, 0, "{doc}");
+    assert_eq!(code, 1, "{doc}");
+    assert_eq!(doc["error"]["code"], "model_unavailable", "{doc}");
+}
+
+#[test]
+fn an_input_the_kind_cannot_take_is_refused_before_it_runs() {
+    let (code, _, stderr) = run(&["sleep", "--input", r#"{"fail":"panic"}"#], None);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("invalid_input") && stderr.contains("unknown field `fail`"),
+        "{stderr}"
+    );
 }
 
 #[test]

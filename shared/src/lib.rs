@@ -51,6 +51,9 @@ pub use json::Json;
 pub mod prelude {
     pub use crate::handler::{Handler, HandlerRegistry, JobContext, JobError};
     pub use crate::json::Json;
+    // The derives expand to paths in `serde` and `schemars`, so the crate defining a kind depends on
+    // both (as `functions/kinds` does).
+    pub use schemars::JsonSchema;
     pub use serde::{Deserialize, Serialize};
 }
 

@@ -74,6 +74,31 @@ def start_issuer():
     return state["issuer"]
 
 
+def start_model():
+    """A model endpoint (OpenAI-compatible) on loopback that always fails: a message asking for a terminal
+    failure gets 400 (the job fails at once), any other 503 (retried until the job is dead-lettered). The
+    shipped kinds have no failure modes, so failures come through the `agent` kind, as they would in
+    production. Returns its `/v1` URL."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers.get("content-length", 0)))
+            terminal = b"fail terminally" in body
+            answer = json.dumps({"error": {"message": "refused" if terminal else "overloaded"}}).encode()
+            self.send_response(400 if terminal else 503)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(answer)))
+            self.end_headers()
+            self.wfile.write(answer)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return f"http://127.0.0.1:{server.server_address[1]}/v1"
+
+
 def token(issuer, user, audience=AUDIENCE):
     """An RS256 JWT for `user`, as the identity provider would issue it."""
     now = int(time.time())
@@ -119,7 +144,7 @@ def http(method, url, body=None, tok=None):
         return e.code, json.loads(e.read() or b"null")
 
 
-def deploy(issuer):
+def deploy(issuer, model_url):
     s3 = boto3.client("s3", **KW)
     bucket = f"{STACK}-code"
     s3.create_bucket(Bucket=bucket)
@@ -195,6 +220,13 @@ def deploy(issuer):
         policy = json.loads(sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["RedrivePolicy"])["Attributes"]["RedrivePolicy"])
         policy["maxReceiveCount"] = int(policy["maxReceiveCount"])
         sqs.set_queue_attributes(QueueUrl=queue_url, Attributes={"RedrivePolicy": json.dumps(policy)})
+    # The `agent` kind on the failing model: what an operator's JOBKIT_MODEL_URL does (the template has no
+    # parameter for it).
+    for function in ("SubmitFunction", "WorkerFunction"):
+        env = lam.get_function_configuration(FunctionName=resources[function]).get("Environment", {}).get("Variables", {})
+        lam.update_function_configuration(
+            FunctionName=resources[function], Environment={"Variables": {**env, "JOBKIT_MODEL_URL": model_url}}
+        )
     boto3.client("dynamodb", **KW).update_time_to_live(
         TableName=resources["JobsTable"], TimeToLiveSpecification={"AttributeName": "expires_at", "Enabled": True}
     )
@@ -204,7 +236,7 @@ def deploy(issuer):
 def main():
     issuer = start_issuer()
     alice, bob = token(issuer, "alice"), token(issuer, "bob")
-    api, resources, outputs = deploy(issuer)
+    api, resources, outputs = deploy(issuer, start_model())
     print(f"     stack {STACK} deployed; API at {api}")
     sqs = boto3.client("sqs", **KW)
     dlq_url = outputs.get("JobsDeadLetterQueueUrl") or sqs.get_queue_url(QueueName=resources["JobsDeadLetterQueue"].rsplit("/", 1)[-1])["QueueUrl"]
@@ -224,6 +256,8 @@ def main():
     def bad_input_is_rejected():
         for method, path, body, status, code in (
             ("POST", "/jobs", {"kind": "nope", "input": 1}, 422, "unknown_kind"),
+            ("POST", "/jobs", {"kind": "sleep", "input": {"ms": 10001}}, 422, "invalid_input"),
+            ("POST", "/kinds", None, 405, "method_not_allowed"),
             ("GET", "/jobs/not-an-id", None, 400, "invalid_job_id"),
             ("GET", "/jobs/01JF0000000000000000000000", None, 404, "job_not_found"),
             ("PUT", "/jobs", {"kind": "echo", "input": 1}, 405, "method_not_allowed"),
@@ -234,7 +268,7 @@ def main():
             assert (got, answer["error"]["code"]) == (status, code), (method, path, got, answer)
 
     def failing_job_reaches_the_dlq():
-        status, body = call("POST", f"{api}/jobs", {"kind": "sleep", "input": {"fail": "retryable"}})
+        status, body = call("POST", f"{api}/jobs", {"kind": "agent", "input": {"agent": "demo", "message": "hi"}})
         assert status == 202, (status, body)
         job_id = body["job_id"]
         job = eventually(
@@ -242,7 +276,7 @@ def main():
             lambda: (lambda s, b: b if b.get("status") == "dead_letter" else None)(*call("GET", f"{api}/jobs/{job_id}")),
             timeout=180,
         )
-        assert job["attempts"] == 5 and job["error"]["code"] == "sleep_failed", job
+        assert job["attempts"] == 5 and job["error"]["code"] == "model_unavailable", job
 
         def in_dlq():
             msgs = sqs.receive_message(QueueUrl=dlq_url, MaxNumberOfMessages=10, WaitTimeSeconds=1).get("Messages", [])
@@ -251,13 +285,14 @@ def main():
         eventually("the job's message in the DLQ", in_dlq, timeout=120)
 
     def terminal_failure_is_failed():
-        status, body = call("POST", f"{api}/jobs", {"kind": "sleep", "input": {"fail": "terminal"}})
+        status, body = call("POST", f"{api}/jobs", {"kind": "agent", "input": {"agent": "demo", "message": "fail terminally"}})
         assert status == 202, (status, body)
         job = eventually(
             "failed",
             lambda: (lambda s, b: b if b.get("status") == "failed" else None)(*call("GET", f"{api}/jobs/{body['job_id']}")),
         )
         assert job["attempts"] == 1 and job["error"]["retryable"] is False, job
+        assert job["error"]["code"] == "model_invalid_request", job
 
     def auth_is_enforced_and_users_are_isolated():
         # No token, a forged one, one for another audience: the gateway refuses before any function runs.
@@ -279,7 +314,8 @@ def main():
         assert listed
 
     def a_running_job_is_cancelled():
-        status, body = call("POST", f"{api}/jobs", {"kind": "sleep", "input": {"ms": 600000}})
+        # The longest sleep a deployment takes (10 s): a cancel is seen within about 5 s.
+        status, body = call("POST", f"{api}/jobs", {"kind": "sleep", "input": {"ms": 10000}})
         assert status == 202, (status, body)
         job_id = body["job_id"]
         eventually("running", lambda: call("GET", f"{api}/jobs/{job_id}")[1].get("status") == "running")

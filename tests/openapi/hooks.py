@@ -5,7 +5,10 @@ gateway in front of the functions' code and only the built-in job kinds, so befo
 this narrows it, and nothing else:
 
 - `kind` is one of the built-ins (`echo`, `sleep`): a random kind would only ever meet `422 unknown_kind`
-  and no job would exist for the stateful phase to read and cancel;
+  and no job would exist for the stateful phase to read and cancel; and a submit's `input` follows its
+  kind's input schema as `GET /kinds` of the server under test publishes it (submit checks inputs
+  against the same types), so valid requests are accepted and inputs a kind cannot take are negative
+  cases;
 - `callback_url` is left out of generated submits: a generated host would be resolved and its events
   POSTed to whatever answers; tests/api.rs and tests/webhooks.rs cover callbacks;
 - the answers API Gateway gives itself (`GatewayError` bodies, `403`, its throttling `429`) cannot occur,
@@ -15,7 +18,10 @@ this narrows it, and nothing else:
   so only the server's own are valid.
 """
 
+import json
+import os
 import re
+import urllib.request
 
 import schemathesis
 
@@ -30,6 +36,21 @@ def before_load_schema(context, raw_schema):
     schemas = components["schemas"]
     schemas["Kind"] = {"type": "string", "enum": BUILTIN_KINDS}
     del schemas["SubmitRequest"]["properties"]["callback_url"]
+    # One variant per kind, each with its kind's input schema (a root schema: its `$schema` and
+    # `title` are dropped; the built-ins have no `$defs`).
+    request = schemas["SubmitRequest"]
+    variants = []
+    for kind in published_kinds():
+        if kind["kind"] not in BUILTIN_KINDS:
+            continue
+        input_schema = {k: v for k, v in kind["input_schema"].items() if k not in ("$schema", "title")}
+        assert "$defs" not in input_schema, kind
+        variant = json.loads(json.dumps(request))
+        variant["properties"]["kind"] = {"const": kind["kind"]}
+        variant["properties"]["input"] = {**variant["properties"]["input"], **input_schema}
+        variants.append(variant)
+    assert sorted(v["properties"]["kind"]["const"] for v in variants) == BUILTIN_KINDS, variants
+    schemas["SubmitRequest"] = {"oneOf": variants}
 
     for response in components["responses"].values():
         for media in response.get("content", {}).values():
@@ -55,6 +76,15 @@ def before_load_schema(context, raw_schema):
 
     # No bearer token or signature in dev mode: jobctl dev plays the authorizer (X-User-Id, from run.sh).
     raw_schema["security"] = []
+
+
+def published_kinds():
+    """`GET /kinds` of the server under test (run.sh exports its URL)."""
+    request = urllib.request.Request(
+        os.environ["JOBKIT_OPENAPI_URL"] + "/kinds", headers={"X-User-Id": "schemathesis"}
+    )
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        return json.load(answer)["kinds"]
 
 
 # A cursor is signed by the server (HMAC over the position, the caller and the filter), so a generated

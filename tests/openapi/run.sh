@@ -105,6 +105,8 @@ CHECKS+=,missing_required_header,unsupported_method,allow_header_conformance,ens
 mkdir -p "$TARGET/schemathesis"
 export HYPOTHESIS_STORAGE_DIRECTORY="$TARGET/schemathesis/hypothesis"
 status=0
+# The hooks read the kinds' input schemas from `GET /kinds` there.
+export JOBKIT_OPENAPI_URL="$URL"
 "$ST" --config-file tests/openapi/schemathesis.toml --no-color run openapi.yaml \
   --url "$URL" \
   --header 'X-User-Id: schemathesis' \

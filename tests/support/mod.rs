@@ -5,6 +5,9 @@
 
 pub mod proxy;
 pub mod receiver;
+pub mod test_kinds;
+
+pub use test_kinds::test_registry;
 
 use std::collections::BTreeMap;
 use std::ops::Deref;
@@ -183,10 +186,10 @@ pub fn assert_error(resp: &Answer, status: u16, code: &str) {
     );
 }
 
-/// The built-ins plus `count`: an echo that counts its runs, to prove a handler ran exactly as often as
+/// The test kinds plus `count`: an echo that counts its runs, to prove a handler ran exactly as often as
 /// expected.
 pub fn counting_registry(runs: Arc<std::sync::atomic::AtomicU32>) -> HandlerRegistry {
-    let mut r = HandlerRegistry::with_builtins();
+    let mut r = test_registry();
     r.register_fn("count", move |input: jobkit::Json, _ctx| {
         let runs = runs.clone();
         async move {

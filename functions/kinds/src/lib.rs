@@ -1,6 +1,9 @@
-//! **The** place where this project's job kinds are registered. The submit function (which rejects
-//! unknown kinds), the worker (which runs them) and `jobctl` (`dev`, and the local commands) all call
-//! [`registry`], so adding a kind is one edit here.
+//! **The** place where this project's job kinds are registered: [`registry`] is the one entry point.
+//! The submit function (which refuses unknown kinds and checks inputs), the worker function, `jobctl
+//! dev`, `jobctl run` and `jobctl worker` all build their registry with it, so a kind added there runs
+//! everywhere and `GET /kinds` lists it. [`example`] is the README's example kind.
+
+pub mod example;
 
 use std::sync::Arc;
 
@@ -9,28 +12,40 @@ use jobkit::agent::{Agent, Agents, Bedrock, Model, OpenAiCompatible, Tool};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
-/// Every kind this project runs: the built-ins (`echo`, `sleep`), the `agent` kind when a model is
-/// configured, plus your own, e.g.
-///
-/// ```ignore
-/// r.register_fn("summarize", |input: Summarize, ctx: JobContext| async move { /* ... */ })?;
-/// ```
-pub fn registry() -> HandlerRegistry {
-    registry_with(model_from_env())
+/// What the registry is built from: the functions' environment ([`Settings::from_env`]), which
+/// `jobctl dev`'s flags may override.
+#[derive(Clone, Default)]
+pub struct Settings {
+    /// The model the `agent` kind runs on; without one there is no `agent` kind.
+    pub model: Option<Arc<dyn Model>>,
 }
 
-/// [`registry`] with agents on `model` (no `agent` kind without one: submit then refuses it as an
-/// unknown kind rather than accepting jobs nothing can run).
-pub fn registry_with(model: Option<Arc<dyn Model>>) -> HandlerRegistry {
-    let mut r = HandlerRegistry::with_builtins();
-    if let Some(model) = model {
-        Agents::new(model)
+impl Settings {
+    /// From the `JOBKIT_*` variables every function and `jobctl` read (see [`model_from_env`]).
+    pub fn from_env() -> Self {
+        Self {
+            model: model_from_env(),
+        }
+    }
+}
+
+// README: registry
+/// Every kind this project runs. A deployment registers the two examples, `echo` (returns its input)
+/// and `sleep` (waits up to 10 s), and `agent` when a model is configured. Add yours here.
+pub fn registry(settings: &Settings) -> HandlerRegistry {
+    let mut r = HandlerRegistry::with_builtins(); // echo, sleep; HandlerRegistry::new() for neither
+    // r.register_fn("summarize", example::summarize).expect("a valid kind name");
+    if let Some(model) = &settings.model {
+        // No `agent` kind without a model: submit refuses it as unknown rather than accepting jobs
+        // nothing can run.
+        Agents::new(model.clone())
             .with(demo_agent())
             .register(&mut r)
-            .expect("`agent` is a valid kind");
+            .expect("a valid kind name");
     }
     r
 }
+// README: end
 
 /// The model adapter the configuration names: `JOBKIT_MODEL_URL`, an OpenAI-compatible `/v1` endpoint
 /// (Ollama, vLLM, llama.cpp's server; `JOBKIT_MODEL_API_KEY` if it wants one), else Amazon Bedrock when
@@ -127,9 +142,64 @@ mod tests {
         assert!(clock.as_str().unwrap().contains('T'));
     }
 
+    /// The text of `source` between `// README: {name}` and `// README: end`.
+    fn region<'a>(source: &'a str, name: &str) -> &'a str {
+        let start = format!("// README: {name}\n");
+        let from = source.find(&start).expect("start marker") + start.len();
+        let len = source[from..].find("// README: end").expect("end marker");
+        &source[from..from + len]
+    }
+
+    #[test]
+    fn the_readme_shows_the_real_registry_and_an_example_that_compiles() {
+        let readme = include_str!("../../../README.md");
+        for (file, source) in [
+            ("lib.rs", include_str!("lib.rs")),
+            ("example.rs", include_str!("example.rs")),
+        ] {
+            let name = if file == "lib.rs" {
+                "registry"
+            } else {
+                "example"
+            };
+            let shown = region(source, name);
+            assert!(
+                readme.contains(shown),
+                "README.md's \"Writing a job kind\" must show functions/kinds/src/{file} as it is:\n{shown}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn the_example_kind_registers_checks_its_input_and_runs() {
+        let mut r = registry(&Settings::default());
+        r.register_fn("summarize", example::summarize).unwrap();
+        let bad = jobkit::Json::parse(r#"{"url": "https://example.com", "pages": "3"}"#).unwrap();
+        let e = r.check_input("summarize", &bad).unwrap().unwrap_err();
+        assert!(e.to_string().contains("expected u32"), "{e}");
+        let input = jobkit::Json::parse(r#"{"url": "https://example.com", "pages": 3}"#).unwrap();
+        assert!(r.check_input("summarize", &input).unwrap().is_ok());
+        let ctx =
+            jobkit::JobContext::new(jobkit::JobId::generate(0), "summarize".into(), 1, 5, None);
+        let out = r
+            .get("summarize")
+            .unwrap()
+            .run_json(&input, ctx)
+            .await
+            .unwrap();
+        assert_eq!(out.result, serde_json::json!("3 pages summarized"));
+        let described = r.describe();
+        let summarize = described.iter().find(|k| k.kind == "summarize").unwrap();
+        assert_eq!(
+            summarize.schemas.input_schema["required"],
+            serde_json::json!(["url", "pages"])
+        );
+    }
+
     #[test]
     fn the_agent_kind_exists_only_with_a_model() {
-        assert!(!registry_with(None).contains("agent"));
-        assert!(registry_with(Some(openai_model("http://127.0.0.1:9/v1"))).contains("agent"));
+        assert!(!registry(&Settings::default()).contains("agent"));
+        let model = Some(openai_model("http://127.0.0.1:9/v1"));
+        assert!(registry(&Settings { model }).contains("agent"));
     }
 }

@@ -2,5 +2,5 @@
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
-    jobkit::lambda::serve_submit(kinds::registry()).await
+    jobkit::lambda::serve_submit(kinds::registry(&kinds::Settings::from_env())).await
 }

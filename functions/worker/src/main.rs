@@ -2,5 +2,5 @@
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
-    jobkit::lambda::serve_worker(kinds::registry()).await
+    jobkit::lambda::serve_worker(kinds::registry(&kinds::Settings::from_env())).await
 }

@@ -47,7 +47,7 @@ pub struct Agent {
 }
 
 /// The input of an `agent` job.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AgentInput {
     pub agent: String,
@@ -57,7 +57,7 @@ pub struct AgentInput {
 }
 
 /// One tool call as the result reports it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ToolUse {
     pub name: String,
     pub input: Value,
@@ -65,7 +65,7 @@ pub struct ToolUse {
 }
 
 /// The result of an `agent` job.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct AgentResult {
     pub answer: String,
     pub turns: u32,

@@ -27,6 +27,10 @@ pub enum ApiError {
     PayloadTooLarge,
     #[error("input exceeds {MAX_INPUT_BYTES} bytes when serialized")]
     InputTooLarge,
+    /// The input does not decode into the kind's input type (serde's message; `GET /kinds` has the
+    /// schema).
+    #[error("invalid input for kind {}: {message}", quote(kind))]
+    InvalidInput { kind: String, message: String },
     #[error("content-type must be application/json")]
     UnsupportedMediaType,
     #[error("the request body ended before its declared length")]
@@ -98,7 +102,10 @@ impl ApiError {
             Self::QueueFull { .. } | Self::TooManyInFlight { .. } => 429,
             Self::PayloadTooLarge | Self::InputTooLarge => 413,
             Self::UnsupportedMediaType => 415,
-            Self::UnknownKind { .. } | Self::CallbackUnsupported | Self::NoContainerQueue => 422,
+            Self::UnknownKind { .. }
+            | Self::InvalidInput { .. }
+            | Self::CallbackUnsupported
+            | Self::NoContainerQueue => 422,
             Self::Internal { .. } => 500,
             Self::Unavailable { .. } => 503,
         }
@@ -112,6 +119,7 @@ impl ApiError {
             Self::UnknownKind { .. } => "unknown_kind",
             Self::PayloadTooLarge => "payload_too_large",
             Self::InputTooLarge => "input_too_large",
+            Self::InvalidInput { .. } => "invalid_input",
             Self::UnsupportedMediaType => "unsupported_media_type",
             Self::TruncatedBody => "truncated_body",
             Self::InvalidCallbackUrl(_) => "invalid_callback_url",

@@ -2,7 +2,8 @@
 //!
 //! The deployed functions serve it through `lambda_http` ([`crate::lambda`]), `jobctl dev` through
 //! `axum::serve`: the same code answers both. Each function serves only its own routes, built from a
-//! port that is exactly what its IAM policy allows: [`SubmitApi`] (`POST /jobs`) and [`StatusApi`]
+//! port that is exactly what its IAM policy allows: [`SubmitApi`] (`POST /jobs`, and `GET /kinds`: the
+//! registry it checks submits against) and [`StatusApi`]
 //! (`GET /jobs`, `GET /jobs/{id}`, `DELETE /jobs/{id}`); [`router`] merges the two for local runs.
 //!
 //! Who calls is an [`Identity`] in the request's extensions, put there by whatever authenticated the
@@ -15,6 +16,7 @@ mod cursor;
 mod error;
 mod events;
 mod jobs;
+mod kinds;
 mod status;
 mod submit;
 
@@ -36,6 +38,7 @@ pub use cursor::CursorKey;
 pub use error::{ApiError, MAX_BODY_BYTES, quote};
 pub use events::{EventsApi, EventsKey, EventsLink, StreamSettings, TOKEN_TTL};
 pub use jobs::{JobList, JobSummary};
+pub use kinds::KindList;
 pub use status::{JobView, StatusApi, WebhookView, rfc3339};
 pub use submit::{SubmitApi, SubmitRequest};
 
@@ -110,7 +113,10 @@ pub fn submit_routes(api: Arc<SubmitApi>) -> Router {
 }
 
 fn submit_only(api: Arc<SubmitApi>) -> Router {
-    Router::new().route("/jobs", post(submit::submit).with_state(api))
+    Router::new()
+        .route("/jobs", post(submit::submit))
+        .route("/kinds", get(kinds::list))
+        .with_state(api)
 }
 
 /// Counts every error answer to `POST /jobs` by status, the tower layers' own (body limit, timeout)
@@ -174,10 +180,10 @@ fn with_layers(routes: Router) -> Router {
 }
 
 async fn method_not_allowed(uri: http::Uri) -> ApiError {
-    let allow = if uri.path().trim_end_matches('/') == "/jobs" {
-        "GET, POST"
-    } else {
-        "GET, DELETE"
+    let allow = match uri.path().trim_end_matches('/') {
+        "/jobs" => "GET, POST",
+        "/kinds" => "GET",
+        _ => "GET, DELETE",
     };
     ApiError::MethodNotAllowed { allow }
 }

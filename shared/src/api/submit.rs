@@ -93,6 +93,11 @@ impl SubmitApi {
         self
     }
 
+    /// The kinds it accepts.
+    pub fn registry(&self) -> &HandlerRegistry {
+        &self.registry
+    }
+
     /// The queue of `lane`, if this deployment has one.
     fn queue_of(&self, lane: Lane) -> Result<&Arc<dyn SubmitQueue>, ApiError> {
         self.queues.get(lane).ok_or(ApiError::NoContainerQueue)
@@ -254,6 +259,14 @@ pub(super) async fn submit(
     api.queue_of(lane)?;
     if body.input.len() > MAX_INPUT_BYTES {
         return Err(ApiError::InputTooLarge);
+    }
+    // Decoded as the worker will decode it, so a job that could only fail with `invalid_input` is
+    // never accepted.
+    if let Some(Err(e)) = api.registry.check_input(&body.kind, &body.input) {
+        return Err(ApiError::InvalidInput {
+            kind: body.kind,
+            message: e.to_string(),
+        });
     }
     let callback_url = match &body.callback_url {
         Some(raw) => Some(

@@ -1,8 +1,11 @@
-//! The built-in kinds: `echo` and `sleep`, for demos and for the tests that drive every worker outcome.
+//! The built-in kinds: `echo` and `sleep`, examples for trying the kit. They are registered by default,
+//! so nothing in them may let a caller hurt a deployment: no failure modes (the tests register their own
+//! failing kind) and a short `sleep`.
 
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use schemars::JsonSchema;
+use serde::{Deserialize, Deserializer, Serialize};
 
 use super::{Handler, JobContext, JobError};
 use crate::json::Json;
@@ -18,30 +21,21 @@ impl Handler for Echo {
     }
 }
 
-/// `sleep`: waits `ms` milliseconds (stopping early if cancelled), then succeeds or, when told to, fails.
+/// `sleep`: waits `ms` milliseconds (at most [`SLEEP_MAX_MS`]), stopping early if cancelled.
 ///
-/// Input: `{"ms": 100, "fail": "retryable" | "terminal" | "panic", "times": 2}`. With `fail`, the first
-/// `times` attempts fail that way (every attempt when `times` is absent); later attempts succeed.
+/// Input: `{"ms": 100}`.
 pub struct Sleep;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SleepInput {
-    #[serde(default)]
+    /// How long to wait, in milliseconds.
+    #[serde(default, deserialize_with = "at_most_max")]
+    #[schemars(range(max = SLEEP_MAX_MS))]
     pub ms: u64,
-    pub fail: Option<FailMode>,
-    pub times: Option<u32>,
 }
 
-#[derive(Debug, Deserialize, Clone, Copy)]
-#[serde(rename_all = "snake_case")]
-pub enum FailMode {
-    Retryable,
-    Terminal,
-    Panic,
-}
-
-#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq, JsonSchema)]
 pub struct Slept {
     pub slept_ms: u64,
     pub attempt: u32,
@@ -53,19 +47,25 @@ const SLEEP_SLICE: Duration = Duration::from_millis(50);
 /// How often a sleeping `sleep` reports its progress (each report is a write to the job's record).
 const SLEEP_PROGRESS_EVERY: Duration = Duration::from_secs(1);
 
-/// The longest `sleep` accepted: a demo handler should not pin a worker for long.
-pub const SLEEP_MAX_MS: u64 = 15 * 60 * 1000;
+/// The longest `sleep` accepted (submit refuses a longer one): every deployment has `sleep`, and a few
+/// long ones would hold every worker invocation while other users' jobs wait.
+pub const SLEEP_MAX_MS: u64 = 10_000;
+
+/// Part of decoding, so submit refuses a longer sleep before it is accepted.
+fn at_most_max<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    let ms = u64::deserialize(d)?;
+    if ms > SLEEP_MAX_MS {
+        return Err(serde::de::Error::custom(format_args!(
+            "ms must be at most {SLEEP_MAX_MS}, got {ms}"
+        )));
+    }
+    Ok(ms)
+}
 
 impl Handler for Sleep {
     type Input = SleepInput;
     type Output = Slept;
     async fn run(&self, args: SleepInput, ctx: JobContext) -> Result<Slept, JobError> {
-        if args.ms > SLEEP_MAX_MS {
-            return Err(JobError::terminal(
-                "invalid_input",
-                format!("ms must be at most {SLEEP_MAX_MS}"),
-            ));
-        }
         // In slices, so a cancel request stops it within one.
         let until = tokio::time::Instant::now() + Duration::from_millis(args.ms);
         let mut reported = tokio::time::Instant::now();
@@ -84,24 +84,10 @@ impl Handler for Sleep {
             }
             tokio::time::sleep(left.min(SLEEP_SLICE)).await;
         }
-        let failing = args
-            .fail
-            .filter(|_| args.times.is_none_or(|t| ctx.attempt() <= t));
-        match failing {
-            None => Ok(Slept {
-                slept_ms: args.ms,
-                attempt: ctx.attempt(),
-            }),
-            Some(FailMode::Retryable) => Err(JobError::retryable(
-                "sleep_failed",
-                "told to fail retryably",
-            )),
-            Some(FailMode::Terminal) => Err(JobError::terminal(
-                "sleep_failed",
-                "told to fail terminally",
-            )),
-            Some(FailMode::Panic) => panic!("sleep handler told to panic"),
-        }
+        Ok(Slept {
+            slept_ms: args.ms,
+            attempt: ctx.attempt(),
+        })
     }
 }
 
@@ -134,29 +120,35 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn sleep_fails_the_first_n_attempts_then_succeeds() {
-        let input = json!({"ms": 5, "fail": "retryable", "times": 2});
-        for attempt in 1..=2 {
-            let e = run(&Sleep, input.clone(), attempt).await.unwrap_err();
-            assert!(matches!(e, JobError::Retryable { .. }));
-        }
-        let ok = run(&Sleep, input, 3).await.unwrap();
-        assert_eq!(ok.decode::<Slept>().unwrap().attempt, 3);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn sleep_can_fail_terminally_and_rejects_bad_input() {
-        let e = run(&Sleep, json!({"fail": "terminal"}), 1)
-            .await
-            .unwrap_err();
-        assert!(matches!(e, JobError::Terminal { ref code, .. } if code == "sleep_failed"));
-        for bad in [
-            json!({"ms": "ten"}),
-            json!({"ms": SLEEP_MAX_MS + 1}),
-            json!({"nap": 1}),
+    async fn sleep_sleeps_and_refuses_bad_or_long_input_as_it_decodes() {
+        let ok = run(&Sleep, json!({"ms": 5}), 2).await.unwrap();
+        assert_eq!(
+            ok.decode::<Slept>().unwrap(),
+            Slept {
+                slept_ms: 5,
+                attempt: 2
+            }
+        );
+        assert!(
+            Sleep
+                .check_input(&json!({"ms": SLEEP_MAX_MS}).into())
+                .is_ok()
+        );
+        for (bad, says) in [
+            (json!({"ms": "ten"}), "invalid type"),
+            (json!({"ms": SLEEP_MAX_MS + 1}), "ms must be at most 10000"),
+            (json!({"nap": 1}), "unknown field `nap`"),
+            // The test hooks that were once here are no more.
+            (json!({"fail": "panic"}), "unknown field `fail`"),
         ] {
+            let e = Sleep.check_input(&bad.clone().into()).unwrap_err();
+            assert!(e.to_string().contains(says), "{bad}: {e}");
             let e = run(&Sleep, bad, 1).await.unwrap_err();
             assert!(matches!(e, JobError::Terminal { ref code, .. } if code == "invalid_input"));
         }
+        assert_eq!(
+            Sleep.schemas().input_schema["properties"]["ms"]["maximum"],
+            SLEEP_MAX_MS
+        );
     }
 }

@@ -1,10 +1,12 @@
 //! The handler API: what a job *kind* runs, how it reports success or each class of failure, and the
 //! registry the submit function validates kinds against and the worker dispatches through.
 //!
-//! A handler declares its input and output types; the kit decodes the job's input into the first (a
-//! decode error fails the job at once with `invalid_input` and serde's message) and encodes the second.
-//! `serde_json::Value` works for either when a handler wants untyped JSON. Everything a handler author
-//! needs is in [`crate::prelude`].
+//! A handler declares its input and output types; submit decodes each job's input into the first before
+//! it accepts the job (`422 invalid_input` with serde's message, nothing written), the worker decodes it
+//! again to run it, and the kit encodes the second. Both types derive `JsonSchema` too: `GET /kinds`
+//! publishes each kind's schemas, so clients can see what a kind takes without reading its code.
+//! `serde_json::Value` (or [`Json`]) works for either when a handler wants untyped JSON. Everything a
+//! handler author needs is in [`crate::prelude`].
 
 mod builtin;
 mod context;
@@ -17,6 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
+use schemars::{JsonSchema, SchemaGenerator, generate::SchemaSettings};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -101,7 +104,7 @@ pub struct Output {
 /// ```
 /// use jobkit::prelude::*;
 ///
-/// #[derive(Deserialize)]
+/// #[derive(Deserialize, JsonSchema)]
 /// struct Add { a: i64, b: i64 }
 ///
 /// struct Adder;
@@ -114,8 +117,11 @@ pub struct Output {
 /// }
 /// ```
 pub trait Handler: Send + Sync + 'static {
-    type Input: DeserializeOwned + Send + 'static;
-    type Output: Serialize + Send + 'static;
+    /// What a job of this kind takes: submit refuses a job whose input does not decode into it, and
+    /// `GET /kinds` shows its schema.
+    type Input: DeserializeOwned + JsonSchema + Send + 'static;
+    /// What a job of this kind returns, as `GET /kinds` shows it.
+    type Output: Serialize + JsonSchema + Send + 'static;
     fn run(
         &self,
         input: Self::Input,
@@ -130,9 +136,40 @@ pub trait DynHandler: Send + Sync {
         input: &'a Json,
         ctx: JobContext,
     ) -> BoxFuture<'a, Result<Output, JobError>>;
+
+    /// Whether `input` decodes into the handler's input type (the decoded value is dropped): what
+    /// submit checks before it accepts a job, with the same decode [`Self::run_json`] does.
+    fn check_input(&self, input: &Json) -> Result<(), serde_json::Error>;
+
+    /// The JSON Schemas of the input (as it is read) and of the output (as it is written).
+    fn schemas(&self) -> KindSchemas;
+}
+
+/// A kind's input and output JSON Schemas (draft 2020-12), from its types.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct KindSchemas {
+    pub input_schema: serde_json::Value,
+    pub output_schema: serde_json::Value,
+}
+
+fn schema_of<T: JsonSchema>(settings: SchemaSettings) -> serde_json::Value {
+    SchemaGenerator::new(settings)
+        .into_root_schema_for::<T>()
+        .to_value()
 }
 
 impl<H: Handler> DynHandler for H {
+    fn check_input(&self, input: &Json) -> Result<(), serde_json::Error> {
+        input.decode::<H::Input>().map(drop)
+    }
+
+    fn schemas(&self) -> KindSchemas {
+        KindSchemas {
+            input_schema: schema_of::<H::Input>(SchemaSettings::draft2020_12().for_deserialize()),
+            output_schema: schema_of::<H::Output>(SchemaSettings::draft2020_12().for_serialize()),
+        }
+    }
+
     fn run_json<'a>(
         &'a self,
         input: &'a Json,
@@ -177,8 +214,8 @@ impl<F, Fut, I, O> Handler for FnHandler<F, I, O>
 where
     F: Fn(I, JobContext) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<O, JobError>> + Send + 'static,
-    I: DeserializeOwned + Send + 'static,
-    O: Serialize + Send + 'static,
+    I: DeserializeOwned + JsonSchema + Send + 'static,
+    O: Serialize + JsonSchema + Send + 'static,
 {
     type Input = I;
     type Output = O;
@@ -274,8 +311,8 @@ impl HandlerRegistry {
     where
         F: Fn(I, JobContext) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<O, JobError>> + Send + 'static,
-        I: DeserializeOwned + Send + 'static,
-        O: Serialize + Send + 'static,
+        I: DeserializeOwned + JsonSchema + Send + 'static,
+        O: Serialize + JsonSchema + Send + 'static,
     {
         self.register(kind, FnHandler::new(f))
     }
@@ -291,6 +328,33 @@ impl HandlerRegistry {
     pub fn kinds(&self) -> impl Iterator<Item = &str> {
         self.handlers.keys().map(String::as_str)
     }
+
+    /// Checks `input` against `kind`'s input type; `None` when no such kind is registered.
+    pub fn check_input(&self, kind: &str, input: &Json) -> Option<Result<(), serde_json::Error>> {
+        self.handlers.get(kind).map(|h| h.check_input(input))
+    }
+
+    /// Every kind with where it runs and its schemas, by name: what `GET /kinds` answers.
+    pub fn describe(&self) -> Vec<KindInfo> {
+        self.handlers
+            .iter()
+            .map(|(kind, h)| KindInfo {
+                kind: kind.clone(),
+                lane: self.lane(kind),
+                schemas: h.schemas(),
+            })
+            .collect()
+    }
+}
+
+/// One registered kind as `GET /kinds` lists it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct KindInfo {
+    pub kind: String,
+    /// `lambda` (the worker function) or `container` (`jobctl worker --container` only).
+    pub lane: Lane,
+    #[serde(flatten)]
+    pub schemas: KindSchemas,
 }
 
 #[cfg(test)]
@@ -339,7 +403,7 @@ mod tests {
 
     #[tokio::test]
     async fn typed_closures_decode_their_input_and_encode_their_output() {
-        #[derive(serde::Deserialize)]
+        #[derive(serde::Deserialize, JsonSchema)]
         struct In {
             n: u128,
         }
@@ -357,6 +421,71 @@ mod tests {
             matches!(&err, JobError::Terminal { code, source } if code == "invalid_input" && source.to_string().contains("missing field `n`")),
             "{err}"
         );
+    }
+
+    #[test]
+    fn inputs_are_checked_against_the_kinds_type_and_schemas_describe_both_sides() {
+        #[derive(serde::Deserialize, JsonSchema)]
+        struct Greet {
+            /// Who to greet.
+            text: String,
+        }
+        #[derive(Serialize, JsonSchema)]
+        struct Greeting {
+            greeting: String,
+        }
+        let mut r = HandlerRegistry::with_builtins();
+        r.register_fn("greet", |g: Greet, _| async move {
+            Ok(Greeting {
+                greeting: format!("hello {}", g.text),
+            })
+        })
+        .unwrap();
+        r.register_fn("any", |v: Value, _| async move { Ok(v) })
+            .unwrap();
+        let check = |kind: &str, input: &str| r.check_input(kind, &Json::parse(input).unwrap());
+        let e = check("greet", r#"{"text": 42}"#).unwrap().unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "invalid type: integer `42`, expected a string at line 1 column 10"
+        );
+        assert!(check("greet", r#"{"text": "you"}"#).unwrap().is_ok());
+        assert!(check("any", r#"[1, {"x": null}]"#).unwrap().is_ok());
+        assert!(check("echo", "42").unwrap().is_ok());
+        assert!(check("nope", "{}").is_none());
+
+        let kinds = r.describe();
+        let names: Vec<&str> = kinds.iter().map(|k| k.kind.as_str()).collect();
+        assert_eq!(names, ["any", "echo", "greet", "sleep"]);
+        let greet = &kinds[2].schemas;
+        assert_eq!(greet.input_schema["properties"]["text"]["type"], "string");
+        assert_eq!(
+            greet.input_schema["properties"]["text"]["description"],
+            "Who to greet."
+        );
+        assert_eq!(greet.input_schema["required"], json!(["text"]));
+        assert_eq!(
+            greet.output_schema["properties"]["greeting"]["type"],
+            "string"
+        );
+        // Untyped JSON: any document, both ways (a schema with no constraint).
+        let unconstrained = |s: &Value| {
+            s.as_object()
+                .unwrap()
+                .keys()
+                .all(|k| k == "$schema" || k == "title")
+        };
+        assert!(
+            unconstrained(&kinds[0].schemas.input_schema),
+            "{:?}",
+            kinds[0]
+        );
+        assert!(
+            unconstrained(&kinds[1].schemas.output_schema),
+            "{:?}",
+            kinds[1]
+        );
+        assert_eq!(kinds[1].lane, Lane::Lambda);
     }
 
     #[tokio::test]
