@@ -110,8 +110,14 @@ mod tests {
     fn long_or_deep_expressions_are_refused_before_parsing() {
         let long = format!("1{}", "+1".repeat(20_000));
         let e = evaluate(&long).unwrap_err();
-        assert!(e.contains("40001 bytes") && e.contains("at most 1000"), "{e}");
-        assert!(e.len() < 200, "the error does not quote the whole input: {e}");
+        assert!(
+            e.contains("40001 bytes") && e.contains("at most 1000"),
+            "{e}"
+        );
+        assert!(
+            e.len() < 200,
+            "the error does not quote the whole input: {e}"
+        );
         let signs = format!("{}1", "-".repeat(MAX_OPERATORS + 1));
         let e = evaluate(&signs).unwrap_err();
         assert!(e.contains("65 operators"), "{e}");
@@ -125,8 +131,16 @@ mod tests {
     fn ordinary_arithmetic_works_and_non_finite_results_are_errors() {
         assert_eq!(evaluate("(2 + 3) * 4.5"), Ok(22.5));
         assert_eq!(evaluate("-(-3) * 3"), Ok(9.0));
-        assert!(evaluate("2 +").unwrap_err().starts_with("cannot evaluate \"2 +\""));
-        assert!(evaluate("2 ^ 99999").unwrap_err().contains("not a finite number"));
+        assert!(
+            evaluate("2 +")
+                .unwrap_err()
+                .starts_with("cannot evaluate \"2 +\"")
+        );
+        assert!(
+            evaluate("2 ^ 99999")
+                .unwrap_err()
+                .contains("not a finite number")
+        );
         assert!(evaluate("1 / 0").is_err());
         let quoted = evaluate(&format!("{} +", "9".repeat(500))).unwrap_err();
         assert!(quoted.contains('…') && quoted.len() < 300, "{quoted}");
