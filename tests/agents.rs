@@ -1,7 +1,9 @@
 //! Agent jobs end to end on both backends, against a scripted OpenAI-compatible server on loopback (a
 //! stand-in for Ollama or vLLM): a tool call then an answer; a worker killed between a tool call and the
 //! next turn resumes without calling the tool again; a throttled model call is retried; a malformed tool
-//! call is answered to the model as a tool error.
+//! call is answered to the model as a tool error; a hostile calculator expression is a tool error, not
+//! a crash; absurd usage counts saturate and a failed run reports what it spent; a cancel request stops
+//! a model call in flight. And every built-in tool survives hostile input, in this process.
 
 #[macro_use]
 mod support;
@@ -12,6 +14,7 @@ use std::time::Duration;
 
 use jobkit::HandlerRegistry;
 use jobkit::agent::{Agent, Agents, Bedrock, Model, OpenAiCompatible, Tool};
+use jobkit::local::EventSource;
 use jobkit::worker::WorkerSettings;
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -31,7 +34,16 @@ enum Script {
     ThrottleFirst,
     /// Sends arguments that are not JSON first, then valid ones.
     MalformedFirst,
+    /// Asks the first tool (the demo agent's calculator) to evaluate a 40 KB `1+1+…`, then answers.
+    HostileCalculator,
+    /// Never answers: a tool call every turn, each reporting `u64::MAX` prompt tokens.
+    EndlessWithHugeUsage,
+    /// As `ToolThenAnswer`, but the first call takes 30 s to answer.
+    SlowFirstCall,
 }
+
+/// How long `SlowFirstCall`'s first call takes.
+const SLOW_CALL: Duration = Duration::from_secs(30);
 
 struct Fake {
     url: String,
@@ -56,7 +68,14 @@ async fn fake_model_at(addr: &str, script: Script) -> Fake {
                 let n = c.fetch_add(1, Ordering::SeqCst) + 1;
                 r.lock().unwrap().push(body.clone());
                 let last = body["messages"].as_array().unwrap().last().unwrap().clone();
-                let usage = json!({"prompt_tokens": 10, "completion_tokens": 3});
+                let usage = if script == Script::EndlessWithHugeUsage {
+                    json!({"prompt_tokens": u64::MAX, "completion_tokens": 3})
+                } else {
+                    json!({"prompt_tokens": 10, "completion_tokens": 3})
+                };
+                if script == Script::SlowFirstCall && n == 1 {
+                    tokio::time::sleep(SLOW_CALL).await;
+                }
                 if script == Script::ThrottleFirst && n == 1 {
                     return (
                         http::StatusCode::TOO_MANY_REQUESTS,
@@ -71,7 +90,7 @@ async fn fake_model_at(addr: &str, script: Script) -> Fake {
                         axum::Json(v),
                     )
                 };
-                if last["role"] == "tool" {
+                if last["role"] == "tool" && script != Script::EndlessWithHugeUsage {
                     if script == Script::HangOnSecondTurnOnce
                         && hung.fetch_add(1, Ordering::SeqCst) == 0
                     {
@@ -89,6 +108,8 @@ async fn fake_model_at(addr: &str, script: Script) -> Fake {
                     .to_owned();
                 let arguments = if script == Script::MalformedFirst && n == 1 {
                     "{oops".to_owned()
+                } else if script == Script::HostileCalculator {
+                    json!({"expression": format!("1{}", "+1".repeat(20_000))}).to_string()
                 } else if tool == "calculator" {
                     json!({"expression": "6 * 7"}).to_string()
                 } else {
@@ -155,25 +176,69 @@ fn registry_on(
     r
 }
 
-/// Submits one `mathy` job and runs it to a terminal state; the worker's first poll may be cut short.
-async fn run(b: &Backends, fake: &Fake, tool_runs: Arc<AtomicU32>, kill_first: bool) -> Value {
-    let api = b.api_with_settings(
-        registry(&fake.url, tool_runs.clone()),
-        jobkit::api::ApiSettings::from_config(&b.config),
-    );
-    let body = json!({"kind": "agent", "input": {"agent": "mathy", "message": "6 times 7?",
-        "context": {"user": "u1"}}});
+/// The `agent` kind with the demo agent (`kinds::demo_agent`: calculator and clock) on the
+/// OpenAI-compatible server at `url`.
+fn demo_registry(url: &str) -> HandlerRegistry {
+    let mut r = HandlerRegistry::with_builtins();
+    Agents::new(Arc::new(OpenAiCompatible::new(url, None)))
+        .with(kinds::demo_agent())
+        .register(&mut r)
+        .unwrap();
+    r
+}
+
+/// The input of a `mathy` job.
+fn mathy() -> Value {
+    json!({"agent": "mathy", "message": "6 times 7?", "context": {"user": "u1"}})
+}
+
+/// Submits an `agent` job with `input` as user `ada`; its id.
+async fn submit(api: &Api, input: &Value) -> String {
+    let body = json!({"kind": "agent", "input": input});
     let (status, accepted) = json(&api.handle(post_jobs("ada", &body.to_string())).await);
     assert_eq!(status, 202, "{accepted}");
-    let id = accepted["job_id"].as_str().unwrap().to_owned();
+    accepted["job_id"].as_str().unwrap().to_owned()
+}
+
+/// The API and a worker with `settings` on `registry`, as `jobctl dev` builds them.
+fn api_and_worker(
+    b: &Backends,
+    registry: impl Fn() -> HandlerRegistry,
+    settings: WorkerSettings,
+) -> (Api, EventSource) {
+    let api = b.api_with_settings(registry(), jobkit::api::ApiSettings::from_config(&b.config));
+    let worker = b
+        .event_source(registry(), settings)
+        .with_visibility(Duration::from_secs(2))
+        .with_wait(Duration::from_millis(200));
+    (api, worker)
+}
+
+/// Submits one `mathy` job and runs it to a terminal state; the worker's first poll may be cut short.
+async fn run(b: &Backends, fake: &Fake, tool_runs: Arc<AtomicU32>, kill_first: bool) -> Value {
+    run_job(
+        b,
+        || registry(&fake.url, tool_runs.clone()),
+        &mathy(),
+        kill_first,
+    )
+    .await
+}
+
+/// Submits one `agent` job with `input` on `registry` and runs it until it ends (or dead-letters).
+async fn run_job(
+    b: &Backends,
+    registry: impl Fn() -> HandlerRegistry,
+    input: &Value,
+    kill_first: bool,
+) -> Value {
+    // A short lease, so a killed attempt's job is free again soon.
     let settings = WorkerSettings {
         lease: Duration::from_secs(1),
         ..fast_settings(5)
     };
-    let worker = b
-        .event_source(registry(&fake.url, tool_runs), settings)
-        .with_visibility(Duration::from_secs(2))
-        .with_wait(Duration::from_millis(200));
+    let (api, worker) = api_and_worker(b, registry, settings);
+    let id = submit(&api, input).await;
     if kill_first {
         let killed = tokio::time::timeout(Duration::from_secs(3), worker.poll_once()).await;
         assert!(
@@ -184,7 +249,11 @@ async fn run(b: &Backends, fake: &Fake, tool_runs: Arc<AtomicU32>, kill_first: b
     eventually("the agent job to finish", WAIT, async || {
         let _ = tokio::time::timeout(Duration::from_secs(10), worker.poll_once()).await;
         let (_, v) = json(&api.handle(get_job("ada", &id)).await);
-        matches!(v["status"].as_str(), Some("completed" | "failed")).then_some(v)
+        matches!(
+            v["status"].as_str(),
+            Some("completed" | "failed" | "dead_letter")
+        )
+        .then_some(v)
     })
     .await
 }
@@ -327,9 +396,164 @@ async fn the_same_run_through_the_emulators_bedrock_runtime() {
     println!("demo-style run through the emulator's Bedrock runtime: {result}");
 }
 
+/// Issue 21 (2): a 40 KB `1+1+…` overflowed evalexpr's stack and aborted the process, losing every
+/// job in it. Now the calculator refuses it before parsing, and the model reads why.
+async fn a_hostile_calculator_expression_is_a_tool_error_not_a_crash(b: Backends) {
+    let fake = fake_model(Script::HostileCalculator).await;
+    let input = json!({"agent": "demo", "message": "add up a lot of ones"});
+    let view = run_job(&b, || demo_registry(&fake.url), &input, false).await;
+    assert_eq!(view["status"], "completed", "{view}");
+    assert_eq!(view["attempts"], 1);
+    let call = &view["result"]["tool_calls"][0];
+    assert_eq!(call["name"], "calculator");
+    let error = call["output"]["error"].as_str().unwrap();
+    assert!(
+        error.contains("40001 bytes") && error.contains("at most 1000"),
+        "{error}"
+    );
+    let answer = view["result"]["answer"].as_str().unwrap();
+    assert!(
+        answer.contains("at most 1000"),
+        "the model read it: {answer}"
+    );
+}
+
+/// Issue 21 (3): a model reporting `u64::MAX` prompt tokens on two turns overflowed the sum (a panic,
+/// retried until the job dead-lettered). The sum saturates, and the run that fails (here: out of
+/// turns) reports what it spent in `error.details.usage`.
+async fn a_failed_run_reports_its_usage_and_absurd_counts_saturate(b: Backends) {
+    let fake = fake_model(Script::EndlessWithHugeUsage).await;
+    let view = run(&b, &fake, Arc::default(), false).await;
+    assert_eq!(view["status"], "failed", "{view}");
+    assert_eq!(view["attempts"], 1, "failed at once, not retried: {view}");
+    let error = &view["error"];
+    assert_eq!(error["code"], "max_turns_exceeded", "{view}");
+    assert_eq!(
+        error["details"]["usage"],
+        json!({"input_tokens": u64::MAX, "output_tokens": 12}),
+        "four turns of u64::MAX and 3: {view}"
+    );
+    assert_eq!(fake.calls.load(Ordering::SeqCst), 4);
+}
+
+/// Issue 21 (9): a `DELETE` during a 30 s model call used to wait for the call and end `completed`. The
+/// call is raced against the cancel poll (5 s), so the job ends `cancelled` within about that.
+async fn a_cancel_stops_a_model_call_in_flight(b: Backends) {
+    let fake = fake_model(Script::SlowFirstCall).await;
+    // The deployed lease (a minute: heartbeats every 20 s), so only the cancel poll (5 s) can see the
+    // request in time.
+    let (api, worker) =
+        api_and_worker(&b, || registry(&fake.url, Arc::default()), fast_settings(5));
+    let worker = Arc::new(worker);
+    let id = submit(&api, &mathy()).await;
+    let running = tokio::spawn({
+        let worker = worker.clone();
+        async move {
+            loop {
+                let (_, batch) = worker.poll_once().await.unwrap();
+                if !batch.outcomes.is_empty() {
+                    return batch.outcomes;
+                }
+            }
+        }
+    });
+    eventually("the first model call to be in flight", WAIT, async || {
+        (fake.calls.load(Ordering::SeqCst) == 1).then_some(())
+    })
+    .await;
+    let asked = std::time::Instant::now();
+    let (status, _) = json(
+        &api.handle(request("DELETE", &format!("/jobs/{id}"), "ada"))
+            .await,
+    );
+    assert_eq!(status, 202);
+    // Well below the 30 s call: the poll period (5 s) and some room for a busy machine.
+    let view = eventually("the job to end", Duration::from_secs(15), async || {
+        let (_, v) = json(&api.handle(get_job("ada", &id)).await);
+        v["finished_at"].is_string().then_some(v)
+    })
+    .await;
+    let took = asked.elapsed();
+    assert_eq!(view["status"], "cancelled", "{view}");
+    assert!(
+        took < SLOW_CALL / 2,
+        "ended {took:?} after the request: {view}"
+    );
+    let outcomes = tokio::time::timeout(Duration::from_secs(5), running)
+        .await
+        .expect("the worker's batch ended with the job")
+        .unwrap();
+    assert_eq!(outcomes, [jobkit::worker::Outcome::Cancelled]);
+    assert_eq!(
+        fake.calls.load(Ordering::SeqCst),
+        1,
+        "no turn after the cancel"
+    );
+    println!("cancelled during a model call: ended {took:?} after the request");
+}
+
+/// Every built-in tool meets hostile arguments in this process: a stack overflow is an abort no
+/// `catch_unwind` stops, so any tool that overflows kills this test binary, and a tool that panics
+/// fails the test. Each call must come back, with an output or an error for the model. Runs on the
+/// test thread's stack (2 MiB, as tokio's workers have).
+#[tokio::test]
+async fn every_built_in_tool_survives_hostile_arguments() {
+    let mut nested = json!("x");
+    for _ in 0..127 {
+        nested = json!([nested]); // as deep as serde_json parses a model's arguments
+    }
+    let huge = "9".repeat(1 << 20);
+    let strings = [
+        format!("1{}", "+1".repeat(20_000)),
+        format!("{}1", "-".repeat(5_000)),
+        format!("{}1{}", "(".repeat(5_000), ")".repeat(5_000)),
+        format!("{}true", "!".repeat(5_000)),
+        format!("{}1", "a=".repeat(5_000)),
+        format!("{}1", "-(".repeat(3_000)),
+        "shl(1, 100)".into(),
+        "2 ^ 99999".into(),
+        "\u{0}\u{202e}１＋１".into(),
+        huge.clone(),
+        String::new(),
+    ];
+    let mut inputs: Vec<Value> = vec![
+        Value::Null,
+        json!(42),
+        json!("1+1"),
+        json!([1, 2]),
+        json!({}),
+        json!({"expression": null}),
+        json!({"expression": 17}),
+        json!({"expression": nested.clone()}),
+        json!({"expression": "1", "extra": nested}),
+        json!({ huge.clone(): 1 }),
+    ];
+    inputs.extend(strings.iter().map(|s| json!({ "expression": s })));
+    let agent = kinds::demo_agent();
+    for tool in &agent.tools {
+        for input in &inputs {
+            let shown: String = input.to_string().chars().take(60).collect();
+            let _ = tool.call(input.clone()).await; // comes back: an output or an error
+            println!("{} survived {shown}", tool.name());
+        }
+    }
+    // The calculator says why, in a sentence the model can act on.
+    let calculator = &agent.tools[0];
+    for s in &strings[..6] {
+        let e = calculator
+            .call(json!({ "expression": s }))
+            .await
+            .unwrap_err();
+        assert!(e.contains("at most"), "{e}");
+    }
+}
+
 on_both_backends!(
     an_agent_calls_its_tool_and_answers,
     a_worker_killed_after_a_tool_call_resumes_without_calling_it_again,
     a_throttled_model_call_is_retried,
     a_malformed_tool_call_is_answered_as_a_tool_error,
+    a_hostile_calculator_expression_is_a_tool_error_not_a_crash,
+    a_failed_run_reports_its_usage_and_absurd_counts_saturate,
+    a_cancel_stops_a_model_call_in_flight,
 );

@@ -205,6 +205,22 @@ pub struct ErrorInfo {
     pub code: String,
     pub message: String,
     pub retryable: bool,
+    /// Structured facts the handler attached ([`crate::JobError::with_detail`]): an agent's token
+    /// usage, say.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub details: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+impl ErrorInfo {
+    /// An error without details.
+    pub fn new(code: impl Into<String>, message: impl Into<String>, retryable: bool) -> Self {
+        Self {
+            code: code.into(),
+            message: message.into(),
+            retryable,
+            details: None,
+        }
+    }
 }
 
 /// The latest progress a handler reported.
@@ -664,12 +680,11 @@ impl Job {
         let mut next = self
             .next_version(now)
             .leaving_running(JobStatus::DeadLetter, now);
-        next.error = Some(ErrorInfo {
-            code: "lease_expired".into(),
-            message: "the worker running the last attempt stopped before recording an outcome"
-                .into(),
-            retryable: true,
-        });
+        next.error = Some(ErrorInfo::new(
+            "lease_expired",
+            "the worker running the last attempt stopped before recording an outcome",
+            true,
+        ));
         Ok(next)
     }
 
@@ -894,11 +909,7 @@ mod tests {
     }
 
     fn err(retryable: bool) -> ErrorInfo {
-        ErrorInfo {
-            code: "boom".into(),
-            message: "it broke".into(),
-            retryable,
-        }
+        ErrorInfo::new("boom", "it broke", retryable)
     }
 
     #[test]

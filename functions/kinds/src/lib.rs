@@ -5,6 +5,8 @@
 
 pub mod example;
 
+mod calculator;
+
 use std::sync::Arc;
 
 use jobkit::HandlerRegistry;
@@ -96,10 +98,7 @@ pub fn demo_agent() -> Agent {
             Tool::new(
                 "calculator",
                 "Evaluates an arithmetic expression (+ - * / % ^ and parentheses).",
-                |input: Expression| async move {
-                    evalexpr::eval_number(&input.expression)
-                        .map_err(|e| format!("cannot evaluate {:?}: {e}", input.expression))
-                },
+                |input: Expression| async move { calculator::evaluate(&input.expression) },
             ),
             Tool::new(
                 "clock",

@@ -3,8 +3,12 @@
 //!
 //! - every model turn is a step (`turn-N`) and every tool call a step (`tool-N-M`), so a retried or
 //!   continued run replays the conversation from the records and never re-runs a finished tool;
-//! - a progress event per turn ("turn 3: calling search"), cancellation checked between turns, a yield
-//!   before the invocation deadline (the continuation replays the recorded steps and goes on);
+//! - a progress event per turn ("turn 3: calling search"); a cancel request stops the model call or
+//!   tool call in flight (steps race it: [`JobContext::until_cancelled`]), so the job ends `cancelled`
+//!   within the cancel poll; a yield before the invocation deadline (the continuation replays the
+//!   recorded steps and goes on);
+//! - a failed run reports the tokens it spent in its error's details (`error.details.usage`);
+//! - a tool never takes the process down: a panic in one is a tool error ([`Tool::call`]);
 //! - model errors are classified ([`ModelError`]): throttling and server errors are retried (after the
 //!   provider's `retry_after`), a refused request, denied access or an overfull context fail the job; a
 //!   malformed tool call is answered to the model as a tool error.
@@ -124,6 +128,21 @@ async fn run_agent(
     input: AgentInput,
     ctx: &JobContext,
 ) -> Result<AgentResult, JobError> {
+    let mut usage = Usage::default();
+    let ran = converse(agent, model, input, ctx, &mut usage).await;
+    // A run that fails still reports what it spent (the job's `error.details.usage`); a retried run
+    // replays its recorded turns, so the count covers every attempt.
+    ran.map_err(|e| e.with_detail("usage", usage))
+}
+
+/// The tool-use loop; `usage` adds up the turns as they are taken.
+async fn converse(
+    agent: &Agent,
+    model: &dyn Model,
+    input: AgentInput,
+    ctx: &JobContext,
+    usage: &mut Usage,
+) -> Result<AgentResult, JobError> {
     let first = match &input.context {
         Some(context) => format!(
             "{}\n\nContext (JSON): {}",
@@ -138,7 +157,6 @@ async fn run_agent(
         messages: vec![Message::User { text: first }],
         tools: agent.tools.iter().map(|t| t.spec().clone()).collect(),
     };
-    let mut usage = Usage::default();
     let mut uses = Vec::new();
     for turn in 1..=agent.max_turns {
         ctx.check_cancelled()?;
@@ -150,8 +168,7 @@ async fn run_agent(
                 model.converse(&request).await.map_err(JobError::from)
             })
             .await?;
-        usage.input_tokens += reply.usage.input_tokens;
-        usage.output_tokens += reply.usage.output_tokens;
+        *usage = usage.saturating_add(reply.usage);
         request.messages.push(Message::Assistant {
             text: reply.text.clone(),
             tool_calls: reply.tool_calls.clone(),
@@ -162,11 +179,11 @@ async fn run_agent(
                 answer: reply.text,
                 turns: turn,
                 tool_calls: uses,
-                usage,
+                usage: *usage,
             });
         }
         let names: Vec<&str> = reply.tool_calls.iter().map(|c| c.name.as_str()).collect();
-        let percent = (100 * turn / agent.max_turns.max(1)).min(99) as u8;
+        let percent = (100 * u64::from(turn) / u64::from(agent.max_turns.max(1))).min(99) as u8;
         ctx.progress(
             percent,
             format!("turn {turn}: calling {}", names.join(", ")),

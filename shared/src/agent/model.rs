@@ -64,12 +64,25 @@ pub struct ModelRequest {
     pub tools: Vec<ToolSpec>,
 }
 
+/// Tokens a run spent, as the model reported them.
 #[derive(
     Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
 )]
 pub struct Usage {
     pub input_tokens: u64,
     pub output_tokens: u64,
+}
+
+impl Usage {
+    /// `self` and `other` together, saturating at `u64::MAX`: the counts are the model's to report, and
+    /// an absurd one must not panic the run (an overflow panic is retried until the job dead-letters).
+    #[must_use]
+    pub fn saturating_add(self, other: Usage) -> Usage {
+        Usage {
+            input_tokens: self.input_tokens.saturating_add(other.input_tokens),
+            output_tokens: self.output_tokens.saturating_add(other.output_tokens),
+        }
+    }
 }
 
 /// One turn's answer. Recorded as a durable step, so it serializes.
@@ -121,4 +134,25 @@ impl From<ModelError> for JobError {
 #[async_trait]
 pub trait Model: Send + Sync {
     async fn converse(&self, request: &ModelRequest) -> Result<ModelReply, ModelError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usage_adds_up_and_saturates_instead_of_overflowing() {
+        let turn = Usage {
+            input_tokens: u64::MAX,
+            output_tokens: 3,
+        };
+        let total = Usage::default().saturating_add(turn).saturating_add(turn);
+        assert_eq!(
+            total,
+            Usage {
+                input_tokens: u64::MAX,
+                output_tokens: 6
+            }
+        );
+    }
 }

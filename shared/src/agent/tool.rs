@@ -1,9 +1,16 @@
 //! Tools: typed async Rust functions whose JSON Schema comes from their input type (schemars), so the
 //! schema the model sees and the code that runs cannot drift.
+//!
+//! A tool's input is whatever the model sends, so a tool must never take the process down: a panic in
+//! one is caught and answered to the model as a tool error (not a job failure retried into the DLQ).
+//! A stack overflow is an abort that nothing catches: a tool bounds what reaches anything recursive
+//! (the demo calculator bounds its expression's length and operators before evalexpr parses it).
 
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
+use futures::FutureExt;
 use futures::future::BoxFuture;
 use schemars::JsonSchema;
 use serde::Serialize;
@@ -68,7 +75,48 @@ impl Tool {
         &self.spec.name
     }
 
+    /// Runs the tool on `input` (the model's arguments). Every failure is an `Err` for the model to
+    /// read: arguments that do not decode, the tool's own error, and a panic.
     pub async fn call(&self, input: Value) -> Result<Value, String> {
-        (self.run)(input).await
+        // Unwind safety: the closure's state is the tool's own, and a panicked call's output is dropped.
+        AssertUnwindSafe((self.run)(input))
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|panic| {
+                let text = crate::error::panic_text(&*panic);
+                tracing::warn!(tool = %self.spec.name, panic = text, "a tool panicked");
+                Err(format!(
+                    "the tool {} failed unexpectedly: {text}",
+                    self.spec.name
+                ))
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+    use serde_json::json;
+
+    #[derive(Deserialize, JsonSchema)]
+    struct Divide {
+        n: i64,
+        by: i64,
+    }
+
+    #[tokio::test]
+    async fn a_panicking_tool_answers_a_tool_error() {
+        let divide = Tool::new("divide", "n / by", |d: Divide| async move {
+            Ok::<_, String>(d.n / d.by) // panics on 0
+        });
+        assert_eq!(divide.call(json!({"n": 6, "by": 3})).await, Ok(json!(2)));
+        let e = divide.call(json!({"n": 6, "by": 0})).await.unwrap_err();
+        assert!(
+            e.contains("divide failed unexpectedly") && e.contains("divide by zero"),
+            "{e}"
+        );
+        // The tool still works afterwards.
+        assert_eq!(divide.call(json!({"n": 1, "by": 1})).await, Ok(json!(1)));
     }
 }

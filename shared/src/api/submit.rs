@@ -180,11 +180,11 @@ impl SubmitApi {
         trace: &TraceContext,
     ) -> Result<Response, ApiError> {
         if let Err(e) = self.send(&job, trace).await {
-            let error = ErrorInfo {
-                code: ENQUEUE_FAILED.into(),
-                message: "the job could not be enqueued; submit it again".into(),
-                retryable: true,
-            };
+            let error = ErrorInfo::new(
+                ENQUEUE_FAILED,
+                "the job could not be enqueued; submit it again",
+                true,
+            );
             self.mark_unsent(job, error).await;
             return Err(e);
         }

@@ -8,6 +8,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use tokio_util::sync::CancellationToken;
 
 use super::JobError;
 use crate::clock::{Millis, SharedClock, SystemClock};
@@ -20,8 +21,12 @@ use crate::json::Json;
 pub trait Attempt: Send + Sync {
     async fn save_checkpoint(&self, checkpoint: Json) -> Result<(), JobError>;
     async fn progress(&self, progress: Progress) -> Result<(), JobError>;
+    /// Cancelled once the job's owner asked to cancel it (seen by the worker's cancel poll, or a write).
+    fn cancellation(&self) -> CancellationToken;
     /// Whether the job's owner asked to cancel it, as last seen.
-    fn cancel_requested(&self) -> bool;
+    fn cancel_requested(&self) -> bool {
+        self.cancellation().is_cancelled()
+    }
     /// Step `name`'s recorded result, if an earlier run recorded one.
     async fn step(&self, name: &str) -> Result<Option<Json>, JobError>;
     /// Records step `name`'s result unless one is recorded; returns the one that stands.
@@ -64,6 +69,8 @@ struct Inner {
     clock: SharedClock,
     /// The running attempt; `None` for a detached context (handler unit tests).
     attempt_handle: Option<Arc<dyn Attempt>>,
+    /// The attempt's cancel request (never cancelled for a detached context).
+    cancellation: CancellationToken,
     warnings: Mutex<Vec<String>>,
     /// A detached context's steps (handler unit tests): kept for the context's life.
     local_steps: Mutex<HashMap<String, Json>>,
@@ -121,8 +128,12 @@ impl JobContext {
     }
 
     fn build(a: Attached, handle: Option<Arc<dyn Attempt>>) -> Self {
+        let cancellation = handle
+            .as_ref()
+            .map_or_else(CancellationToken::new, |h| h.cancellation());
         Self {
             inner: Arc::new(Inner {
+                cancellation,
                 job_id: a.job_id,
                 kind: a.kind,
                 attempt: a.attempt,
@@ -185,10 +196,31 @@ impl JobContext {
     /// [`Self::check_cancelled`]). Any error returned after a cancel request also ends the job
     /// `cancelled`; a success is kept.
     pub fn cancel_requested(&self) -> bool {
-        self.inner
-            .attempt_handle
-            .as_ref()
-            .is_some_and(|a| a.cancel_requested())
+        self.inner.cancellation.is_cancelled()
+    }
+
+    /// Resolves once the job's owner asked to cancel it (seen within a few seconds, like
+    /// [`Self::cancel_requested`]); never for a detached context. For racing a long await of your own;
+    /// [`Self::until_cancelled`] does it for you.
+    pub async fn cancelled(&self) {
+        self.inner.cancellation.cancelled().await
+    }
+
+    /// Runs `work` unless cancellation is requested first: then `work` is dropped where it stands (or
+    /// never started, if the request came before) and the answer is [`JobError::Cancelled`], so a handler
+    /// stuck in a long call (a model turn, a slow API) still stops within a few seconds of the request.
+    /// Dropping `work` mid-flight is what a crash would do to it: an effect it started may or may not
+    /// have happened (see [`Self::step_key`]). Durable steps run their bodies this way.
+    pub async fn until_cancelled<T>(
+        &self,
+        work: impl std::future::Future<Output = Result<T, JobError>>,
+    ) -> Result<T, JobError> {
+        tokio::select! {
+            // Cancellation first: once it is requested, no new work starts.
+            biased;
+            () = self.cancelled() => Err(JobError::Cancelled),
+            done = work => done,
+        }
     }
 
     /// `Err(JobError::Cancelled)` once cancellation was requested, for `?` between a handler's steps.
@@ -230,7 +262,9 @@ impl JobContext {
     }
 
     /// A durable step: runs `body` once per job and records its result; on a later attempt or
-    /// continuation the recorded result is returned and `body` does not run again.
+    /// continuation the recorded result is returned and `body` does not run again. A cancel request
+    /// stops a running body (and keeps one from starting): the step answers [`JobError::Cancelled`]
+    /// and records nothing (see [`Self::until_cancelled`]).
     ///
     /// What holds where: a step whose result was recorded never runs again, whatever happens to later
     /// attempts. A crash *between* a step's effect and its record (the process dies inside `body`, or
@@ -264,7 +298,7 @@ impl JobContext {
         if let Some(recorded) = self.recorded_step(name).await? {
             return decode(recorded);
         }
-        let value = body.await?;
+        let value = self.until_cancelled(body).await?;
         let json = Json::encode(&value).map_err(|e| JobError::terminal("invalid_step", e))?;
         if json.len() > MAX_STEP_BYTES {
             return Err(JobError::terminal(
@@ -359,5 +393,96 @@ impl JobContext {
             .warnings
             .lock()
             .unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An attempt whose steps live in memory and whose cancel request the test makes.
+    #[derive(Default)]
+    struct Fake {
+        cancellation: CancellationToken,
+        steps: Mutex<HashMap<String, Json>>,
+    }
+
+    #[async_trait]
+    impl Attempt for Fake {
+        async fn save_checkpoint(&self, _: Json) -> Result<(), JobError> {
+            Ok(())
+        }
+        async fn progress(&self, _: Progress) -> Result<(), JobError> {
+            Ok(())
+        }
+        fn cancellation(&self) -> CancellationToken {
+            self.cancellation.clone()
+        }
+        async fn step(&self, name: &str) -> Result<Option<Json>, JobError> {
+            Ok(self.steps.lock().unwrap().get(name).cloned())
+        }
+        async fn record_step(&self, name: &str, value: Json) -> Result<Json, JobError> {
+            Ok(self
+                .steps
+                .lock()
+                .unwrap()
+                .entry(name.into())
+                .or_insert(value)
+                .clone())
+        }
+    }
+
+    fn attached(attempt: Arc<Fake>) -> JobContext {
+        JobContext::attached(
+            Attached {
+                job_id: JobId::generate(0),
+                kind: "k".into(),
+                attempt: 1,
+                max_attempts: 5,
+                checkpoint: None,
+                deadline: None,
+                yield_margin: Duration::ZERO,
+                clock: Arc::new(SystemClock),
+            },
+            attempt,
+        )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cancel_request_stops_a_running_step_and_keeps_new_ones_from_starting() {
+        let attempt = Arc::new(Fake::default());
+        let ctx = attached(attempt.clone());
+        assert_eq!(ctx.step("done", async { Ok(1) }).await.unwrap(), 1);
+        // A step stuck in a call that takes an hour stops when the request is seen.
+        let hung = ctx.step("hung", async {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            Ok(2)
+        });
+        let cancel = async {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            attempt.cancellation.cancel();
+        };
+        let started = tokio::time::Instant::now();
+        let (stopped, ()) = tokio::join!(hung, cancel);
+        assert!(matches!(stopped, Err(JobError::Cancelled)), "{stopped:?}");
+        assert_eq!(started.elapsed(), Duration::from_secs(5));
+        assert!(ctx.cancel_requested());
+        // Nothing was recorded for it; a new body does not start; a recorded step still replays.
+        assert!(!attempt.steps.lock().unwrap().contains_key("hung"));
+        let ran = std::sync::atomic::AtomicBool::new(false);
+        let next = ctx.step("next", async {
+            ran.store(true, std::sync::atomic::Ordering::SeqCst);
+            Ok(3)
+        });
+        assert!(matches!(next.await, Err(JobError::Cancelled)));
+        assert!(!ran.load(std::sync::atomic::Ordering::SeqCst));
+        assert_eq!(ctx.step("done", async { Ok(9) }).await.unwrap(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_detached_context_is_never_cancelled() {
+        let ctx = JobContext::new(JobId::generate(0), "k".into(), 1, 5, None);
+        assert!(!ctx.cancel_requested());
+        assert_eq!(ctx.until_cancelled(async { Ok(7) }).await.unwrap(), 7);
     }
 }

@@ -22,6 +22,7 @@ use futures::future::BoxFuture;
 use schemars::{JsonSchema, SchemaGenerator, generate::SchemaSettings};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use serde_json::{Map, Value};
 
 pub use builtin::{Echo, Sleep};
 pub use context::{Attached, Attempt, JobContext, MAX_FAN_OUT, MAX_STEP_BYTES, Pathway};
@@ -41,6 +42,8 @@ pub enum JobError {
         #[source]
         source: BoxError,
         after: Option<Duration>,
+        /// Facts for the job's owner, recorded with the error ([`Self::with_detail`]).
+        details: Option<Map<String, Value>>,
     },
     /// Retrying cannot help: the job fails now and its message is acknowledged.
     #[error("{code}: {source}")]
@@ -48,6 +51,8 @@ pub enum JobError {
         code: String,
         #[source]
         source: BoxError,
+        /// Facts for the job's owner, recorded with the error ([`Self::with_detail`]).
+        details: Option<Map<String, Value>>,
     },
     /// Not a failure: the handler stopped before the invocation's deadline (see
     /// [`JobContext::should_yield`]) and the job continues from its last checkpoint in a new message.
@@ -59,12 +64,19 @@ pub enum JobError {
     Cancelled,
 }
 
+/// The most [`JobError::with_detail`] keeps: the details' JSON size (bytes) and the depth a fact nests.
+/// They are stored in the job's item (whose maps DynamoDB nests at most 32 deep) and shown with every
+/// read.
+pub const MAX_ERROR_DETAILS_BYTES: usize = 4 * 1024;
+pub const MAX_ERROR_DETAIL_DEPTH: usize = 8;
+
 impl JobError {
     pub fn retryable(code: impl Into<String>, source: impl Into<BoxError>) -> Self {
         Self::Retryable {
             code: code.into(),
             source: source.into(),
             after: None,
+            details: None,
         }
     }
 
@@ -72,6 +84,39 @@ impl JobError {
         Self::Terminal {
             code: code.into(),
             source: source.into(),
+            details: None,
+        }
+    }
+
+    /// Attaches a structured fact to a failure (what an agent spent before it failed, say): the job's
+    /// `error.details` shows each one under its `name`. A fact that would take the details over
+    /// [`MAX_ERROR_DETAILS_BYTES`], or nests deeper than [`MAX_ERROR_DETAIL_DEPTH`], is replaced by a
+    /// note saying so. `Yield` and `Cancelled` carry none.
+    #[must_use]
+    pub fn with_detail(mut self, name: &str, fact: impl Serialize) -> Self {
+        if let Self::Retryable { details, .. } | Self::Terminal { details, .. } = &mut self {
+            let details = details.get_or_insert_with(Map::new);
+            let fact = serde_json::to_value(fact)
+                .unwrap_or_else(|e| Value::String(format!("left out: it does not serialize: {e}")));
+            details.insert(name.to_owned(), fact);
+            let bytes = Value::Object(details.clone()).to_string().len();
+            let depth = depth(&details[name]);
+            if bytes > MAX_ERROR_DETAILS_BYTES || depth > MAX_ERROR_DETAIL_DEPTH {
+                details[name] = Value::String(format!(
+                    "left out: the details would take {bytes} bytes and this fact nests {depth} \
+                     deep; at most {MAX_ERROR_DETAILS_BYTES} bytes and {MAX_ERROR_DETAIL_DEPTH} \
+                     levels are kept"
+                ));
+            }
+        }
+        self
+    }
+
+    /// The facts attached with [`Self::with_detail`].
+    pub fn details(&self) -> Option<&Map<String, Value>> {
+        match self {
+            Self::Retryable { details, .. } | Self::Terminal { details, .. } => details.as_ref(),
+            Self::Yield | Self::Cancelled => None,
         }
     }
 
@@ -85,8 +130,24 @@ impl JobError {
             code: code.into(),
             source: source.into(),
             after: Some(after),
+            details: None,
         }
     }
+}
+
+/// How deep `v` nests (a scalar is 0), walked without recursion.
+fn depth(v: &Value) -> usize {
+    let mut deepest = 0;
+    let mut stack = vec![(v, 0)];
+    while let Some((v, d)) = stack.pop() {
+        deepest = deepest.max(d);
+        match v {
+            Value::Array(items) => stack.extend(items.iter().map(|i| (i, d + 1))),
+            Value::Object(fields) => stack.extend(fields.values().map(|i| (i, d + 1))),
+            _ => {}
+        }
+    }
+    deepest
 }
 
 /// A successful run as the worker records it: the encoded result, and the non-fatal warnings the handler
@@ -368,6 +429,38 @@ mod tests {
     }
 
     #[test]
+    fn error_details_are_named_facts_bounded_in_size_and_depth() {
+        let e = JobError::terminal("max_turns_exceeded", "no answer")
+            .with_detail("usage", json!({"input_tokens": u64::MAX}))
+            .with_detail("turns", 4);
+        assert_eq!(
+            Value::Object(e.details().unwrap().clone()),
+            json!({"usage": {"input_tokens": u64::MAX}, "turns": 4})
+        );
+        let big = JobError::retryable("x", "y").with_detail("blob", "z".repeat(5_000));
+        let note = big.details().unwrap()["blob"].as_str().unwrap();
+        assert!(note.starts_with("left out") && note.len() < 300, "{note}");
+        let mut deep = json!(1);
+        for _ in 0..20 {
+            deep = json!([deep]);
+        }
+        let deep = JobError::terminal("x", "y").with_detail("deep", deep);
+        assert!(
+            deep.details().unwrap()["deep"]
+                .as_str()
+                .unwrap()
+                .contains("nests 20 deep")
+        );
+        // Only failures carry facts.
+        assert!(
+            JobError::Cancelled
+                .with_detail("usage", 1)
+                .details()
+                .is_none()
+        );
+    }
+
+    #[test]
     fn kinds_are_validated() {
         for ok in ["echo", "a", "agent.run-v2", "x_1"] {
             assert_eq!(validate_kind(ok), Ok(()), "{ok}");
@@ -418,7 +511,7 @@ mod tests {
         let bad = Json::parse(r#"{"m": 1}"#).unwrap();
         let err = h.run_json(&bad, ctx()).await.unwrap_err();
         assert!(
-            matches!(&err, JobError::Terminal { code, source } if code == "invalid_input" && source.to_string().contains("missing field `n`")),
+            matches!(&err, JobError::Terminal { code, source, .. } if code == "invalid_input" && source.to_string().contains("missing field `n`")),
             "{err}"
         );
     }

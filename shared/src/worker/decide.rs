@@ -45,21 +45,22 @@ pub struct Facts {
 
 /// Decides the fate of `job` after its handler returned `ran` (a panic arrives as a retryable error).
 pub fn decide(ran: Result<Output, JobError>, job: &Job, f: Facts) -> Decision {
-    let error = |code: String, source: &dyn std::fmt::Display, retryable| ErrorInfo {
+    let error = |code: String, source: &dyn std::fmt::Display, retryable, details| ErrorInfo {
         code,
         message: source.to_string(),
         retryable,
+        details,
     };
     match ran {
         // The owner asked it to stop and it did: whatever error it stopped with, it is cancelled.
         Err(JobError::Cancelled) => Decision::Cancel,
         Err(_) if f.cancel_requested => Decision::Cancel,
         Err(JobError::Yield) => Decision::Continue,
-        Ok(out) if out.result.len() > MAX_RESULT_BYTES => Decision::Fail(ErrorInfo {
-            code: "result_too_large".into(),
-            message: format!("result exceeds {MAX_RESULT_BYTES} bytes"),
-            retryable: false,
-        }),
+        Ok(out) if out.result.len() > MAX_RESULT_BYTES => Decision::Fail(ErrorInfo::new(
+            "result_too_large",
+            format!("result exceeds {MAX_RESULT_BYTES} bytes"),
+            false,
+        )),
         Ok(Output {
             result,
             warnings,
@@ -69,22 +70,32 @@ pub fn decide(ran: Result<Output, JobError>, job: &Job, f: Facts) -> Decision {
             warnings,
             pathway,
         },
-        Err(JobError::Terminal { code, source }) => Decision::Fail(error(code, &source, false)),
-        Err(JobError::Retryable { code, source, .. })
+        Err(JobError::Terminal {
+            code,
+            source,
+            details,
+        }) => Decision::Fail(error(code, &source, false, details)),
+        Err(JobError::Retryable {
+            code,
+            source,
+            details,
+            ..
+        })
             // The attempt that reaches maxReceiveCount is the last one SQS delivers: the job is
             // dead-lettered now, before SQS moves the message, so its record says why.
             if job.attempts.max(f.receive_count) >= f.max_attempts =>
         {
-            Decision::DeadLetter(error(code, &source, true))
+            Decision::DeadLetter(error(code, &source, true, details))
         }
         Err(JobError::Retryable {
             code,
             source,
             after,
+            details,
         }) => {
             let after = after.unwrap_or_else(|| f.backoff.delay_with(job.attempts, f.jitter));
             Decision::Retry {
-                error: error(code, &source, true),
+                error: error(code, &source, true, details),
                 after: after.min(MAX_VISIBILITY),
             }
         }
@@ -138,15 +149,12 @@ mod tests {
             code: "busy".into(),
             source: "try later".into(),
             after,
+            details: None,
         })
     }
 
     fn info(code: &str, message: &str, retryable: bool) -> ErrorInfo {
-        ErrorInfo {
-            code: code.into(),
-            message: message.into(),
-            retryable,
-        }
+        ErrorInfo::new(code, message, retryable)
     }
 
     #[test]
@@ -205,6 +213,28 @@ mod tests {
                 1,
                 false,
                 Decision::Fail(info("bad", "no", false)),
+            ),
+            (
+                "terminal with details",
+                Err(JobError::terminal("bad", "no").with_detail("spent", 3)),
+                1,
+                1,
+                false,
+                Decision::Fail(ErrorInfo {
+                    details: json!({"spent": 3}).as_object().cloned(),
+                    ..info("bad", "no", false)
+                }),
+            ),
+            (
+                "last attempt with details",
+                Err(JobError::retryable("busy", "try later").with_detail("spent", 4)),
+                5,
+                5,
+                false,
+                Decision::DeadLetter(ErrorInfo {
+                    details: json!({"spent": 4}).as_object().cloned(),
+                    ..info("busy", "try later", true)
+                }),
             ),
             (
                 "retryable with backoff",

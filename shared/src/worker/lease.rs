@@ -8,10 +8,10 @@
 //! re-applied to the fresh copy; if the lease is gone, the attempt has lost the job and must stop.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use async_trait::async_trait;
 use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
 
 use crate::clock::{Millis, SharedClock};
 use crate::handler::{Attempt, JobError};
@@ -35,8 +35,9 @@ pub struct LeaseKeeper {
     clock: SharedClock,
     owner: String,
     job: Mutex<Job>,
-    /// The job's cancel request as last seen (a write, a heartbeat, or the cancel signal).
-    cancel_requested: AtomicBool,
+    /// The job's cancel request as last seen (a write, a heartbeat, or the cancel signal): cancelled
+    /// then, which wakes whatever the handler races against it ([`crate::JobContext::until_cancelled`]).
+    cancellation: CancellationToken,
 }
 
 /// Conflicts in a row before giving up: each one means another writer got in between, which for a job
@@ -50,22 +51,26 @@ impl LeaseKeeper {
         owner: String,
         claimed: Job,
     ) -> Arc<Self> {
+        let cancellation = CancellationToken::new();
+        if claimed.cancel_requested {
+            cancellation.cancel();
+        }
         Arc::new(Self {
             store,
             clock,
             owner,
-            cancel_requested: AtomicBool::new(claimed.cancel_requested),
+            cancellation,
             job: Mutex::new(claimed),
         })
     }
 
     pub fn cancel_requested(&self) -> bool {
-        self.cancel_requested.load(Ordering::Relaxed)
+        self.cancellation.is_cancelled()
     }
 
     /// Records that the job's owner asked to stop it (seen through the cancel signal).
     pub fn note_cancel_requested(&self) {
-        self.cancel_requested.store(true, Ordering::Relaxed);
+        self.cancellation.cancel();
     }
 
     /// Computes a new version with `change` (given the current job, the owner and now) and writes it.
@@ -137,8 +142,8 @@ impl Attempt for LeaseKeeper {
             .map_err(Self::job_error)
     }
 
-    fn cancel_requested(&self) -> bool {
-        LeaseKeeper::cancel_requested(self)
+    fn cancellation(&self) -> CancellationToken {
+        self.cancellation.clone()
     }
 
     async fn step(&self, name: &str) -> Result<Option<Json>, JobError> {

@@ -511,11 +511,7 @@ impl Worker {
                     None
                 };
                 if let Some(message) = invalid {
-                    let e = ErrorInfo {
-                        code: "invalid_pathway".into(),
-                        message,
-                        retryable: false,
-                    };
+                    let e = ErrorInfo::new("invalid_pathway", message, false);
                     return Box::pin(self.apply(Decision::Fail(e), keeper, job, d)).await;
                 }
                 let children = job.children(&p.kind, lane, &p.inputs, self.clock.now());
@@ -671,10 +667,5 @@ enum Run {
 }
 
 fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
-    let text = panic
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "handler panicked".to_owned());
-    format!("handler panicked: {text}")
+    format!("handler panicked: {}", crate::error::panic_text(&**panic))
 }
