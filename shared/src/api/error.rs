@@ -53,6 +53,16 @@ pub enum ApiError {
     InvalidToken,
     #[error("job not found")]
     JobNotFound,
+    #[error("the job has no waitpoint of that name")]
+    WaitpointNotFound,
+    #[error("the waitpoint was completed already; the first payload stands")]
+    WaitpointCompleted,
+    #[error("the waitpoint timed out before it was completed")]
+    WaitpointTimedOut,
+    #[error("the job is {0}: its waitpoints can no longer be completed")]
+    WaitpointClosed(JobStatus),
+    #[error("a waitpoint payload may be at most {} bytes", crate::waitpoint::MAX_PAYLOAD_BYTES)]
+    WaitpointPayloadTooLarge,
     #[error("the job is already {0} and cannot be cancelled")]
     JobFinished(JobStatus),
     #[error("the job queue is full; retry after {retry_after} s")]
@@ -91,12 +101,16 @@ impl ApiError {
             | Self::TruncatedBody
             | Self::InvalidCursor => 400,
             Self::Unauthenticated | Self::InvalidToken => 401,
-            Self::JobNotFound | Self::RouteNotFound => 404,
+            Self::JobNotFound | Self::RouteNotFound | Self::WaitpointNotFound => 404,
             Self::RequestTimeout => 408,
             Self::MethodNotAllowed { .. } => 405,
-            Self::IdempotencyKeyReused | Self::JobFinished(_) => 409,
+            Self::IdempotencyKeyReused
+            | Self::JobFinished(_)
+            | Self::WaitpointCompleted
+            | Self::WaitpointTimedOut => 409,
+            Self::WaitpointClosed(_) => 410,
             Self::QueueFull { .. } | Self::TooManyInFlight { .. } => 429,
-            Self::PayloadTooLarge | Self::InputTooLarge => 413,
+            Self::PayloadTooLarge | Self::InputTooLarge | Self::WaitpointPayloadTooLarge => 413,
             Self::UnsupportedMediaType => 415,
             Self::UnknownKind { .. } | Self::CallbackUnsupported | Self::NoContainerQueue => 422,
             Self::Internal { .. } => 500,
@@ -122,6 +136,11 @@ impl ApiError {
             Self::InvalidToken => "invalid_token",
             Self::JobNotFound => "job_not_found",
             Self::JobFinished(_) => "job_finished",
+            Self::WaitpointNotFound => "waitpoint_not_found",
+            Self::WaitpointCompleted => "waitpoint_completed",
+            Self::WaitpointTimedOut => "waitpoint_timed_out",
+            Self::WaitpointClosed(_) => "waitpoint_closed",
+            Self::WaitpointPayloadTooLarge => "payload_too_large",
             Self::QueueFull { .. } => "queue_full",
             Self::TooManyInFlight { .. } => "too_many_jobs_in_flight",
             Self::IdempotencyKeyReused => "idempotency_key_reused",

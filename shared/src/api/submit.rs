@@ -386,7 +386,7 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
 
 /// The body, after its content type is checked (415 before a byte is read). The body limit layer stops
 /// the read at [`MAX_BODY_BYTES`] (413); a body that ends before its declared length is a 400.
-async fn read_body(headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
+pub(super) async fn read_body(headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
     let mut types = headers.get_all(http::header::CONTENT_TYPE).iter();
     let is_json = types
         .next()

@@ -21,8 +21,11 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 pub use builtin::{Echo, Sleep};
-pub use context::{Attached, Attempt, JobContext, MAX_FAN_OUT, MAX_STEP_BYTES, Pathway};
+pub use context::{
+    Attached, Attempt, JobContext, MAX_FAN_OUT, MAX_STEP_BYTES, Pathway, WaitFor,
+};
 
+use crate::clock::Millis;
 use crate::error::BoxError;
 use crate::job::Lane;
 use crate::json::Json;
@@ -54,6 +57,16 @@ pub enum JobError {
     /// [`JobContext::cancel_requested`]): the job ends `cancelled`.
     #[error("stopped on a cancel request")]
     Cancelled,
+    /// Not a failure: the handler reached waitpoint `name` ([`JobContext::wait_for`],
+    /// [`JobContext::sleep`]) before it was settled. Propagate it with `?`: the job parks (`waiting`, the
+    /// attempt given back, no message, no lease) until the waitpoint is completed or times out, then
+    /// runs again and replays its finished steps.
+    #[error("waiting for {name:?}")]
+    Wait { name: String, expires_at: Millis },
+    /// Waitpoint `name` timed out before anyone completed it. Match it to go on without the answer;
+    /// left unhandled, the job fails with `wait_timed_out` (not retried: the wait is over).
+    #[error("waitpoint {name:?} timed out")]
+    WaitTimedOut { name: String },
 }
 
 impl JobError {
