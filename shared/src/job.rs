@@ -266,6 +266,9 @@ pub struct WaitingFor {
     pub expires_at: Millis,
 }
 
+/// The name a delayed start waits on (see [`Job::starting_at`]).
+pub const START_TIMER: &str = "start";
+
 /// Where a job runs: which queue its messages go to, and so which worker takes them. Chosen by its kind
 /// in the registry ([`crate::HandlerRegistry::register_container`]) when the job is made, and kept on
 /// the record so the sweep, continuations and the DLQ tools send it back to the same queue.
@@ -452,6 +455,20 @@ impl Job {
             waiting_for: None,
             version: 0,
         }
+    }
+
+    /// A new job that starts at `at` (a delayed start: `run_at` / `delay_seconds`) instead of now: parked
+    /// `waiting` on the timer [`START_TIMER`], which has no waitpoint item; the sweep queues it once `at`
+    /// has passed, like any due timer.
+    pub fn starting_at(mut self, at: Millis) -> Self {
+        if at > self.submitted_at {
+            self.status = JobStatus::Waiting;
+            self.waiting_for = Some(WaitingFor {
+                name: START_TIMER.into(),
+                expires_at: at,
+            });
+        }
+        self
     }
 
     /// Whether the job occupies a slot of its owner's in-flight cap now.
@@ -760,7 +777,12 @@ impl Job {
     /// `running` -> `waiting` on `on`: the handler reached a waitpoint that is not settled yet. Not a
     /// failed attempt (the attempt is given back); the lease is released and the message acknowledged,
     /// so nothing runs or polls until [`Self::resume`].
-    pub fn park(&self, owner: &str, on: WaitingFor, now: Millis) -> Result<Self, IllegalTransition> {
+    pub fn park(
+        &self,
+        owner: &str,
+        on: WaitingFor,
+        now: Millis,
+    ) -> Result<Self, IllegalTransition> {
         let mut next = self.finish(owner, JobStatus::Waiting, "park", now)?;
         next.attempts = next.attempts.saturating_sub(1);
         next.waiting_for = Some(on);
@@ -1391,18 +1413,39 @@ mod tests {
     #[test]
     fn parking_gives_the_attempt_back_and_drops_the_lease() {
         let running = counted_job().claim("w", T0 + 60_000, T0).unwrap();
-        assert!(running.park("other", on("approve"), T0 + 1).is_err(), "only the lease holder parks");
+        assert!(
+            running.park("other", on("approve"), T0 + 1).is_err(),
+            "only the lease holder parks"
+        );
         let parked = running.park("w", on("approve"), T0 + 1).unwrap();
         assert_eq!(
-            (parked.status, parked.attempts, parked.lease_owner.clone(), parked.lease_expires_at),
+            (
+                parked.status,
+                parked.attempts,
+                parked.lease_owner.clone(),
+                parked.lease_expires_at
+            ),
             (JobStatus::Waiting, 0, None, None)
         );
         assert_eq!(parked.waiting_for, Some(on("approve")));
         assert_eq!(parked.finished_at, None, "not finished");
-        assert!(!parked.claimable(T0 + 10_000_000), "a stray message does not run it");
-        assert_eq!(running.slot_change(&parked), 0, "a waiting job keeps its slot");
-        assert!(parked.requeue(T0 + 2).is_err(), "not redriven while waiting");
-        assert!(job().park("w", on("approve"), T0).is_err(), "a queued job is not parked");
+        assert!(
+            !parked.claimable(T0 + 10_000_000),
+            "a stray message does not run it"
+        );
+        assert_eq!(
+            running.slot_change(&parked),
+            0,
+            "a waiting job keeps its slot"
+        );
+        assert!(
+            parked.requeue(T0 + 2).is_err(),
+            "not redriven while waiting"
+        );
+        assert!(
+            job().park("w", on("approve"), T0).is_err(),
+            "a queued job is not parked"
+        );
     }
 
     #[test]
@@ -1414,9 +1457,15 @@ mod tests {
             .unwrap();
         assert!(parked.resume("other", T0 + 2).is_err());
         let resumed = parked.resume("approve", T0 + 2).unwrap();
-        assert_eq!((resumed.status, resumed.waiting_for.clone()), (JobStatus::Queued, None));
+        assert_eq!(
+            (resumed.status, resumed.waiting_for.clone()),
+            (JobStatus::Queued, None)
+        );
         assert!(resumed.claimable(T0 + 3));
-        assert!(resumed.resume("approve", T0 + 3).is_err(), "a second resume changes nothing");
+        assert!(
+            resumed.resume("approve", T0 + 3).is_err(),
+            "a second resume changes nothing"
+        );
         let again = resumed.claim("w2", T0 + 60_000, T0 + 3).unwrap();
         assert_eq!(again.attempts, 1, "the parked attempt did not count");
     }
@@ -1430,9 +1479,38 @@ mod tests {
             .unwrap();
         let (what, next) = parked.cancel(T0 + 2).unwrap();
         let next = next.unwrap();
-        assert_eq!((what, next.status), (Cancel::Cancelled, JobStatus::Cancelled));
-        assert_eq!((next.waiting_for.clone(), next.finished_at), (None, Some(T0 + 2)));
+        assert_eq!(
+            (what, next.status),
+            (Cancel::Cancelled, JobStatus::Cancelled)
+        );
+        assert_eq!(
+            (next.waiting_for.clone(), next.finished_at),
+            (None, Some(T0 + 2))
+        );
         assert_eq!(parked.slot_change(&next), -1);
-        assert!(next.resume("approve", T0 + 3).is_err(), "a cancelled job never resumes");
+        assert!(
+            next.resume("approve", T0 + 3).is_err(),
+            "a cancelled job never resumes"
+        );
+    }
+
+    #[test]
+    fn a_delayed_start_waits_on_its_timer_and_resumes_like_a_wait() {
+        let later = job().starting_at(T0 + 60_000);
+        assert_eq!(later.status, JobStatus::Waiting);
+        assert_eq!(later.waiting_for.clone().unwrap().expires_at, T0 + 60_000);
+        assert!(!later.claimable(T0 + 120_000));
+        let started = later.resume(START_TIMER, T0 + 60_001).unwrap();
+        assert_eq!((started.status, started.attempts), (JobStatus::Queued, 0));
+        assert_eq!(
+            job().starting_at(T0).status,
+            JobStatus::Queued,
+            "now is now"
+        );
+        assert_eq!(
+            job().starting_at(T0 - 5).status,
+            JobStatus::Queued,
+            "the past is now"
+        );
     }
 }

@@ -28,12 +28,12 @@ use serde::Serialize;
 use crate::clock::Millis;
 use crate::clock::SharedClock;
 use crate::error::BoxError;
-use crate::job::{Job, JobStatus, Slot, WebhookStatus};
+use crate::job::{Job, JobStatus, START_TIMER, Slot, WebhookStatus};
 use crate::queue::{Announcer, JobMessage, JobSender, Lanes};
 use crate::store::{StoreError, SweepStore};
 use crate::waitpoint::{WaitState, Waitpoint};
-use crate::worker::resume_parked;
 use crate::webhook::MAX_ATTEMPTS;
+use crate::worker::resume_parked;
 
 /// How long a job may sit `queued` and untouched before a sweep presumes its message lost: far longer
 /// than any send, and than a healthy queue's wait.
@@ -146,11 +146,19 @@ impl Sweeper {
         let Some(on) = &job.waiting_for else {
             return Ok(());
         };
-        let Some(wp) = self.store.waitpoint(&job.job_id, &on.name).await? else {
-            tracing::error!(job_id = %job.job_id, waitpoint = %on.name, "a parked job whose waitpoint is gone");
-            return Ok(());
+        let wp = if on.name == START_TIMER && job.started_at.is_none() {
+            None // a delayed start: a timer with no item
+        } else {
+            self.store.waitpoint(&job.job_id, &on.name).await?
         };
-        if !wp.is_settled() {
+        match &wp {
+            None if on.expires_at > now => return Ok(()),
+            None if on.name != START_TIMER => {
+                tracing::error!(job_id = %job.job_id, waitpoint = %on.name, "a parked job whose waitpoint is gone; resuming it");
+            }
+            _ => {}
+        }
+        if let Some(wp) = wp.filter(|wp| !wp.is_settled()) {
             if wp.expires_at > now {
                 return Ok(());
             }

@@ -123,7 +123,9 @@ mod tests {
     #[test]
     fn a_pending_waitpoint_is_completed_once_with_its_payload() {
         let wp = Waitpoint::pending("approve", T0 + 1000);
-        let done = wp.complete(Json::from(json!({"ok": true})), T0 + 1).unwrap();
+        let done = wp
+            .complete(Json::from(json!({"ok": true})), T0 + 1)
+            .unwrap();
         assert_eq!(done.state, WaitState::Completed);
         assert_eq!(done.payload, Some(Json::from(json!({"ok": true}))));
         assert_eq!(done.settled_at, Some(T0 + 1));
@@ -137,15 +139,25 @@ mod tests {
     #[test]
     fn a_waitpoint_past_its_time_cannot_be_completed() {
         let wp = Waitpoint::pending("approve", T0 + 1000);
-        assert_eq!(wp.complete(Json::from(json!(1)), T0 + 1000), Err(Closed::TimedOut));
+        assert_eq!(
+            wp.complete(Json::from(json!(1)), T0 + 1000),
+            Err(Closed::TimedOut)
+        );
         let mut timed_out = wp.clone();
         timed_out.state = WaitState::TimedOut;
-        assert_eq!(timed_out.complete(Json::from(json!(1)), T0), Err(Closed::TimedOut));
+        assert_eq!(
+            timed_out.complete(Json::from(json!(1)), T0),
+            Err(Closed::TimedOut)
+        );
     }
 
     #[test]
     fn states_round_trip() {
-        for s in [WaitState::Pending, WaitState::Completed, WaitState::TimedOut] {
+        for s in [
+            WaitState::Pending,
+            WaitState::Completed,
+            WaitState::TimedOut,
+        ] {
             assert_eq!(WaitState::parse(s.as_str()), Some(s));
         }
         assert_eq!(WaitState::parse("done"), None);

@@ -51,6 +51,9 @@ pub enum ApiError {
         "the events token is missing, invalid or expired: get a fresh events_url from GET /jobs/{{id}}"
     )]
     InvalidToken,
+    /// `run_at` / `delay_seconds` out of range or malformed.
+    #[error("invalid start: {0}")]
+    InvalidStart(String),
     #[error("job not found")]
     JobNotFound,
     #[error("the job has no waitpoint of that name")]
@@ -61,7 +64,10 @@ pub enum ApiError {
     WaitpointTimedOut,
     #[error("the job is {0}: its waitpoints can no longer be completed")]
     WaitpointClosed(JobStatus),
-    #[error("a waitpoint payload may be at most {} bytes", crate::waitpoint::MAX_PAYLOAD_BYTES)]
+    #[error(
+        "a waitpoint payload may be at most {} bytes",
+        crate::waitpoint::MAX_PAYLOAD_BYTES
+    )]
     WaitpointPayloadTooLarge,
     #[error("the job is already {0} and cannot be cancelled")]
     JobFinished(JobStatus),
@@ -112,7 +118,10 @@ impl ApiError {
             Self::QueueFull { .. } | Self::TooManyInFlight { .. } => 429,
             Self::PayloadTooLarge | Self::InputTooLarge | Self::WaitpointPayloadTooLarge => 413,
             Self::UnsupportedMediaType => 415,
-            Self::UnknownKind { .. } | Self::CallbackUnsupported | Self::NoContainerQueue => 422,
+            Self::UnknownKind { .. }
+            | Self::CallbackUnsupported
+            | Self::NoContainerQueue
+            | Self::InvalidStart(_) => 422,
             Self::Internal { .. } => 500,
             Self::Unavailable { .. } => 503,
         }
@@ -134,6 +143,7 @@ impl ApiError {
             Self::InvalidCursor => "invalid_cursor",
             Self::Unauthenticated => "unauthenticated",
             Self::InvalidToken => "invalid_token",
+            Self::InvalidStart(_) => "invalid_start",
             Self::JobNotFound => "job_not_found",
             Self::JobFinished(_) => "job_finished",
             Self::WaitpointNotFound => "waitpoint_not_found",

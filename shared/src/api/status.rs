@@ -10,9 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{ApiError, Caller, CursorKey, EventsLink, JobSummary};
 use crate::clock::SharedClock;
-use crate::job::{
-    Cancel, Job, JobId, JobStatus, Millis, WaitingFor, WebhookState, WebhookStatus,
-};
+use crate::job::{Cancel, Job, JobId, JobStatus, Millis, WaitingFor, WebhookState, WebhookStatus};
 use crate::json::Json;
 use crate::queue::Announcer;
 use crate::store::{Change, RmwError, StatusStore, read_modify_write};

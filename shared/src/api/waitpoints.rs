@@ -115,5 +115,8 @@ pub(super) async fn complete(
     )
     .map_err(|e| ApiError::MalformedJson(e.to_string()))?;
     let job = api.complete(&user, &id, &name, payload).await?;
-    Ok((StatusCode::ACCEPTED, JsonBody(JobView::at(job, api.clock.now()))))
+    Ok((
+        StatusCode::ACCEPTED,
+        JsonBody(JobView::at(job, api.clock.now())),
+    ))
 }

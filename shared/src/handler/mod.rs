@@ -21,9 +21,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 pub use builtin::{Echo, Sleep};
-pub use context::{
-    Attached, Attempt, JobContext, MAX_FAN_OUT, MAX_STEP_BYTES, Pathway, WaitFor,
-};
+pub use context::{Attached, Attempt, JobContext, MAX_FAN_OUT, MAX_STEP_BYTES, Pathway, WaitFor};
 
 use crate::clock::Millis;
 use crate::error::BoxError;

@@ -739,11 +739,14 @@ impl WaitpointStore for DynamoStore {
                 // Recorded already (an earlier attempt, or this put whose answer was lost): it stands.
                 PutItemError::ConditionalCheckFailedException(c) => match c.item {
                     Some(held) => waitpoint_from(&held),
-                    None => self.waitpoint(id, &wp.name).await?.ok_or_else(|| {
-                        StoreError::Corrupt {
-                            source: "a waitpoint vanished after its conditional put failed".into(),
-                        }
-                    }),
+                    None => {
+                        self.waitpoint(id, &wp.name)
+                            .await?
+                            .ok_or_else(|| StoreError::Corrupt {
+                                source: "a waitpoint vanished after its conditional put failed"
+                                    .into(),
+                            })
+                    }
                 },
                 other => Err(StoreError::Unavailable {
                     source: other.into(),
@@ -759,7 +762,10 @@ impl WaitpointStore for DynamoStore {
     ) -> Result<Option<Waitpoint>, StoreError> {
         let mut names = HashMap::from([("#st".to_owned(), "wstate".to_owned())]);
         let mut values = HashMap::from([
-            (":to".to_owned(), AttributeValue::S(to.state.as_str().into())),
+            (
+                ":to".to_owned(),
+                AttributeValue::S(to.state.as_str().into()),
+            ),
             (":pending".to_owned(), AttributeValue::S("pending".into())),
             (":at".to_owned(), num(to.settled_at.unwrap_or_default())),
         ]);

@@ -299,7 +299,10 @@ impl<T: JobReader + JobWriter + ?Sized> DeliveryStore for T {}
 
 /// The sweep's port: scan, read, write, repair slots, and read and settle waitpoints.
 pub trait SweepStore: JobScanner + JobReader + JobWriter + SlotLedger + WaitpointStore {}
-impl<T: JobScanner + JobReader + JobWriter + SlotLedger + WaitpointStore + ?Sized> SweepStore for T {}
+impl<T: JobScanner + JobReader + JobWriter + SlotLedger + WaitpointStore + ?Sized> SweepStore
+    for T
+{
+}
 
 /// Every capability: what an adapter implements and what a bundle holds.
 pub trait JobStore:

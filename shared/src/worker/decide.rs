@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use crate::handler::{JobError, Output, Pathway};
 use crate::clock::Millis;
+use crate::handler::{JobError, Output, Pathway};
 use crate::job::{ErrorInfo, Job, MAX_RESULT_BYTES};
 use crate::json::Json;
 use crate::queue::MAX_VISIBILITY;

@@ -17,8 +17,8 @@ use crate::clock::{Millis, SharedClock};
 use crate::handler::{Attempt, JobError};
 use crate::job::{IllegalTransition, Job, Progress};
 use crate::json::Json;
-use crate::waitpoint::Waitpoint;
 use crate::store::{Change, RmwError, StoreError, WorkerStore, read_modify_write};
+use crate::waitpoint::Waitpoint;
 
 /// Why a lease-holder write failed.
 #[derive(Debug, thiserror::Error)]

@@ -491,7 +491,9 @@ impl Worker {
         let (written, graded) = match decision {
             Decision::Continue => return self.continue_later(keeper, d).await,
             Decision::Park { name, expires_at } => {
-                return self.park(keeper, job, WaitingFor { name, expires_at }).await;
+                return self
+                    .park(keeper, job, WaitingFor { name, expires_at })
+                    .await;
             }
             Decision::Complete {
                 result,

@@ -56,7 +56,9 @@ pub async fn resume_parked<S: JobReader + JobWriter + ?Sized>(
                 tracing::warn!(job_id = %id, error = %e, "could not send a resumed job; the sweep will");
             }
         }
-        None => tracing::error!(job_id = %id, "a resumed container-only job, and no container queue"),
+        None => {
+            tracing::error!(job_id = %id, "a resumed container-only job, and no container queue")
+        }
     }
     tracing::info!(job_id = %id, waitpoint = name, "parked job resumed");
     Ok(Some(resumed))
