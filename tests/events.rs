@@ -100,7 +100,7 @@ async fn serve(b: &Backends) -> Served {
         poll: Duration::from_millis(100),
         ..StreamSettings::default()
     };
-    let app = api::router(submit, status)
+    let app = api::router(submit, status, Arc::new(backend.waitpoint_api()))
         .merge(api::events_routes(Arc::new(backend.events_api(settings))))
         .layer(axum::middleware::from_fn(|req, next| {
             api::dev_identity(true, req, next)

@@ -31,6 +31,7 @@ async fn local() -> Local {
     let router = api::router(
         Arc::new(stack.submit_api(HandlerRegistry::with_builtins(), settings)),
         Arc::new(stack.status_api()),
+        Arc::new(stack.waitpoint_api()),
     );
     let worker = stack.worker(HandlerRegistry::with_builtins(), fast_settings(5));
     Local {

@@ -153,6 +153,17 @@ fn dev_routes(b: &Backend) -> axum::Router {
     )
 }
 
+/// Runs the sweep every `every`: waitpoint timeouts and sleeps fire within it (deployed, the sweep
+/// function does this on its schedule), and lost messages are repaired as they are there.
+async fn sweep_every(sweeper: jobkit::sweep::Sweeper, every: Duration) {
+    loop {
+        tokio::time::sleep(every).await;
+        if let Err(e) = sweeper.sweep(jobkit::sweep::SWEEP_AFTER).await {
+            tracing::warn!(error = %e, "sweep failed");
+        }
+    }
+}
+
 /// Installs the metrics recorder and prints a summary of each interval.
 async fn print_metrics(every: Duration) {
     let Ok(collector) = metrics_cloudwatch_embedded::Builder::new()
@@ -199,7 +210,8 @@ pub async fn run(args: DevArgs, registry: HandlerRegistry) -> anyhow::Result<()>
     let submit = Arc::new(b.submit_api(registry.clone(), settings));
     let status = Arc::new(b.status_api());
     let user_header = args.user_header;
-    let app = api::router(submit, status)
+    let waitpoints = Arc::new(b.waitpoint_api());
+    let app = api::router(submit, status, waitpoints)
         .layer(axum::middleware::from_fn(move |req, next| {
             api::dev_identity(user_header, req, next)
         }))
@@ -277,6 +289,7 @@ pub async fn run(args: DevArgs, registry: HandlerRegistry) -> anyhow::Result<()>
         tokio::spawn(print_metrics(METRICS_EVERY));
     }
     let delivering = deliveries.map(|d| tokio::spawn(d.run(4, stopped(stop_rx.clone()))));
+    tokio::spawn(sweep_every(b.sweeper(), Duration::from_secs(1)));
     let server = axum::serve(listener, app).with_graceful_shutdown(stopped(stop_rx));
     let server = tokio::spawn(async move { server.await });
     let _ = tokio::signal::ctrl_c().await;

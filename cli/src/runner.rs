@@ -103,9 +103,10 @@ pub async fn run(args: RunArgs, registry: HandlerRegistry) -> anyhow::Result<boo
         args.max_attempts + 1,
         Arc::new(SystemClock),
     );
-    let submit = api::submit_routes(Arc::new(
-        b.submit_api(registry.clone(), ApiSettings::from_config(&b.config)),
-    ));
+    let submit = api::submit_routes(
+        Arc::new(b.submit_api(registry.clone(), ApiSettings::from_config(&b.config))),
+        Arc::new(b.waitpoint_api()),
+    );
     let mut req = http::Request::post("/jobs")
         .header("content-type", "application/json")
         .body(Body::from(crate::client::submit_body(&kind, &input)))?;
@@ -134,8 +135,15 @@ pub async fn run(args: RunArgs, registry: HandlerRegistry) -> anyhow::Result<boo
         .with_wait(Duration::from_millis(200))
         .with_timeout(b.config.worker_timeout);
     let mut shown = None;
+    let mut waiting = None;
+    // Timers (waitpoint timeouts, `ctx.sleep`) fire through the sweep, as in `jobctl dev`.
+    let sweeper = b.sweeper();
     let job = loop {
         worker.poll_once().await.map_err(|e| anyhow::anyhow!(e))?;
+        sweeper
+            .sweep(jobkit::sweep::SWEEP_AFTER)
+            .await
+            .map_err(|e| anyhow::anyhow!(e))?;
         let job = b
             .store
             .get(&id)
@@ -147,6 +155,16 @@ pub async fn run(args: RunArgs, registry: HandlerRegistry) -> anyhow::Result<boo
                 eprintln!("jobctl run: {}% {}", p.percent, p.message);
             }
             shown = job.progress.clone();
+        }
+        if job.waiting_for != waiting {
+            if let Some(w) = &job.waiting_for {
+                eprintln!(
+                    "jobctl run: waiting for {} (until {}; nothing completes it here but its timeout)",
+                    w.name,
+                    jobkit::api::rfc3339(w.expires_at)
+                );
+            }
+            waiting = job.waiting_for.clone();
         }
         if job.status.is_terminal() {
             break job;

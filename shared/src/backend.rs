@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use crate::api::{
     ApiSettings, CursorKey, EventsApi, EventsKey, EventsLink, StatusApi, StreamSettings, SubmitApi,
+    WaitpointApi,
 };
 use crate::clock::{SharedClock, SystemClock};
 use crate::config::{Config, SecretSource};
@@ -132,6 +133,12 @@ impl Backend {
             Some(q) => api.with_container_queue(q.clone()),
             None => api,
         }
+    }
+
+    /// The waitpoint completion route (served by the submit function): it resumes parked jobs on their
+    /// lane's queue.
+    pub fn waitpoint_api(&self) -> WaitpointApi {
+        WaitpointApi::new(self.store.clone(), self.senders(), self.clock.clone())
     }
 
     /// The status function's API.

@@ -140,6 +140,9 @@ pub enum JobStatus {
     Queued,
     Running,
     Retrying,
+    /// Parked on a waitpoint (`ctx.wait_for`, `ctx.sleep`): no message, no lease, nothing runs until
+    /// the waitpoint is completed or times out and the job is queued again.
+    Waiting,
     Completed,
     Failed,
     Cancelled,
@@ -152,10 +155,11 @@ pub enum JobStatus {
 pub struct UnknownStatus(pub String);
 
 impl JobStatus {
-    pub const ALL: [JobStatus; 7] = [
+    pub const ALL: [JobStatus; 8] = [
         Self::Queued,
         Self::Running,
         Self::Retrying,
+        Self::Waiting,
         Self::Completed,
         Self::Failed,
         Self::Cancelled,
@@ -167,6 +171,7 @@ impl JobStatus {
             Self::Queued => "queued",
             Self::Running => "running",
             Self::Retrying => "retrying",
+            Self::Waiting => "waiting",
             Self::Completed => "completed",
             Self::Failed => "failed",
             Self::Cancelled => "cancelled",
@@ -266,6 +271,19 @@ pub enum WebhookStatus {
     /// Given up: the receiver answered 410, or every attempt of the schedule failed.
     Failed,
 }
+
+/// The waitpoint a `waiting` job is parked on (see [`crate::waitpoint`]): kept on the record so a read
+/// of the job shows it and the sweep finds due timers without reading the waitpoint item.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WaitingFor {
+    /// The waitpoint's name, unique within the job.
+    pub name: String,
+    /// When (epoch ms) it times out.
+    pub expires_at: Millis,
+}
+
+/// The name a delayed start waits on (see [`Job::starting_at`]).
+pub const START_TIMER: &str = "start";
 
 /// Where a job runs: which queue its messages go to, and so which worker takes them. Chosen by its kind
 /// in the registry ([`crate::HandlerRegistry::register_container`]) when the job is made, and kept on
@@ -373,6 +391,10 @@ pub struct Job {
     /// When (epoch seconds) the job last took its slot: names its member of the owner's set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slot_at: Option<i64>,
+    /// The waitpoint it is parked on, while `waiting` (absent otherwise: jobs that never wait pay no
+    /// bytes for it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting_for: Option<WaitingFor>,
     /// Bumped by every write; stores persist a new value only over the version it was computed from.
     pub version: u64,
 }
@@ -446,8 +468,23 @@ impl Job {
             cancel_requested: false,
             counted: spec.counted,
             slot_at: spec.counted.then(|| now.div_euclid(1000)),
+            waiting_for: None,
             version: 0,
         }
+    }
+
+    /// A new job that starts at `at` (a delayed start: `run_at` / `delay_seconds`) instead of now: parked
+    /// `waiting` on the timer [`START_TIMER`], which has no waitpoint item; the sweep queues it once `at`
+    /// has passed, like any due timer.
+    pub fn starting_at(mut self, at: Millis) -> Self {
+        if at > self.submitted_at {
+            self.status = JobStatus::Waiting;
+            self.waiting_for = Some(WaitingFor {
+                name: START_TIMER.into(),
+                expires_at: at,
+            });
+        }
+        self
     }
 
     /// Whether the job occupies a slot of its owner's in-flight cap now.
@@ -574,7 +611,10 @@ impl Job {
         let allowed = match self.status {
             JobStatus::DeadLetter | JobStatus::Failed | JobStatus::Retrying => true,
             JobStatus::Running => self.claimable(now),
-            JobStatus::Queued | JobStatus::Completed | JobStatus::Cancelled => false,
+            JobStatus::Queued
+            | JobStatus::Waiting
+            | JobStatus::Completed
+            | JobStatus::Cancelled => false,
         };
         if !allowed {
             return Err(self.illegal("redrive"));
@@ -647,7 +687,7 @@ impl Job {
     pub fn cancel(&self, now: Millis) -> Result<(Cancel, Option<Self>), IllegalTransition> {
         match self.effective_status(now) {
             JobStatus::Cancelled => Ok((Cancel::AlreadyDone, None)),
-            JobStatus::Queued | JobStatus::Retrying => {
+            JobStatus::Queued | JobStatus::Retrying | JobStatus::Waiting => {
                 Ok((Cancel::Cancelled, Some(self.cancelled(now))))
             }
             JobStatus::Running if self.claimable(now) => {
@@ -689,8 +729,11 @@ impl Job {
     }
 
     fn cancelled(&self, now: Millis) -> Self {
-        self.next_version(now)
-            .leaving_running(JobStatus::Cancelled, now)
+        let mut next = self
+            .next_version(now)
+            .leaving_running(JobStatus::Cancelled, now);
+        next.waiting_for = None;
+        next
     }
 
     /// The lease holder extends its lease to `until` (a heartbeat).
@@ -744,6 +787,40 @@ impl Job {
         let mut next = self.finish(owner, JobStatus::Queued, "release", now)?;
         next.attempts = next.attempts.saturating_sub(1);
         Ok(next)
+    }
+
+    /// `running` -> `waiting` on `on`: the handler reached a waitpoint that is not settled yet. Not a
+    /// failed attempt (the attempt is given back); the lease is released and the message acknowledged,
+    /// so nothing runs or polls until [`Self::resume`].
+    pub fn park(
+        &self,
+        owner: &str,
+        on: WaitingFor,
+        now: Millis,
+    ) -> Result<Self, IllegalTransition> {
+        let mut next = self.finish(owner, JobStatus::Waiting, "park", now)?;
+        next.attempts = next.attempts.saturating_sub(1);
+        next.waiting_for = Some(on);
+        Ok(next)
+    }
+
+    /// `waiting` on waitpoint `name` -> `queued`: the waitpoint was completed or timed out, and the job
+    /// runs again (its handler replays its steps and finds the waitpoint settled). Refused for a job
+    /// parked on another waitpoint or not parked at all, so a late or repeated resume changes nothing.
+    pub fn resume(&self, name: &str, now: Millis) -> Result<Self, IllegalTransition> {
+        if !self.waits_on(name) {
+            return Err(self.illegal("resume"));
+        }
+        let mut next = self.next_version(now);
+        next.status = JobStatus::Queued;
+        next.waiting_for = None;
+        Ok(next)
+    }
+
+    /// Whether the job is parked on waitpoint `name`.
+    pub fn waits_on(&self, name: &str) -> bool {
+        self.status == JobStatus::Waiting
+            && self.waiting_for.as_ref().is_some_and(|w| w.name == name)
     }
 
     /// A new version of a running job, if `owner` holds its lease.
@@ -1335,5 +1412,116 @@ mod tests {
         assert_eq!(a, JobId::for_key("scoped-a"));
         assert_ne!(a, JobId::for_key("scoped-b"));
         assert_eq!(JobId::parse(a.as_str()), Ok(a));
+    }
+
+    fn on(name: &str) -> WaitingFor {
+        WaitingFor {
+            name: name.into(),
+            expires_at: T0 + 86_400_000,
+        }
+    }
+
+    #[test]
+    fn parking_gives_the_attempt_back_and_drops_the_lease() {
+        let running = counted_job().claim("w", T0 + 60_000, T0).unwrap();
+        assert!(
+            running.park("other", on("approve"), T0 + 1).is_err(),
+            "only the lease holder parks"
+        );
+        let parked = running.park("w", on("approve"), T0 + 1).unwrap();
+        assert_eq!(
+            (
+                parked.status,
+                parked.attempts,
+                parked.lease_owner.clone(),
+                parked.lease_expires_at
+            ),
+            (JobStatus::Waiting, 0, None, None)
+        );
+        assert_eq!(parked.waiting_for, Some(on("approve")));
+        assert_eq!(parked.finished_at, None, "not finished");
+        assert!(
+            !parked.claimable(T0 + 10_000_000),
+            "a stray message does not run it"
+        );
+        assert_eq!(
+            running.slot_change(&parked),
+            0,
+            "a waiting job keeps its slot"
+        );
+        assert!(
+            parked.requeue(T0 + 2).is_err(),
+            "not redriven while waiting"
+        );
+        assert!(
+            job().park("w", on("approve"), T0).is_err(),
+            "a queued job is not parked"
+        );
+    }
+
+    #[test]
+    fn a_parked_job_resumes_once_and_only_from_its_own_waitpoint() {
+        let parked = job()
+            .claim("w", T0 + 60_000, T0)
+            .unwrap()
+            .park("w", on("approve"), T0 + 1)
+            .unwrap();
+        assert!(parked.resume("other", T0 + 2).is_err());
+        let resumed = parked.resume("approve", T0 + 2).unwrap();
+        assert_eq!(
+            (resumed.status, resumed.waiting_for.clone()),
+            (JobStatus::Queued, None)
+        );
+        assert!(resumed.claimable(T0 + 3));
+        assert!(
+            resumed.resume("approve", T0 + 3).is_err(),
+            "a second resume changes nothing"
+        );
+        let again = resumed.claim("w2", T0 + 60_000, T0 + 3).unwrap();
+        assert_eq!(again.attempts, 1, "the parked attempt did not count");
+    }
+
+    #[test]
+    fn cancelling_a_waiting_job_is_immediate_and_frees_its_slot() {
+        let parked = counted_job()
+            .claim("w", T0 + 60_000, T0)
+            .unwrap()
+            .park("w", on("approve"), T0 + 1)
+            .unwrap();
+        let (what, next) = parked.cancel(T0 + 2).unwrap();
+        let next = next.unwrap();
+        assert_eq!(
+            (what, next.status),
+            (Cancel::Cancelled, JobStatus::Cancelled)
+        );
+        assert_eq!(
+            (next.waiting_for.clone(), next.finished_at),
+            (None, Some(T0 + 2))
+        );
+        assert_eq!(parked.slot_change(&next), -1);
+        assert!(
+            next.resume("approve", T0 + 3).is_err(),
+            "a cancelled job never resumes"
+        );
+    }
+
+    #[test]
+    fn a_delayed_start_waits_on_its_timer_and_resumes_like_a_wait() {
+        let later = job().starting_at(T0 + 60_000);
+        assert_eq!(later.status, JobStatus::Waiting);
+        assert_eq!(later.waiting_for.clone().unwrap().expires_at, T0 + 60_000);
+        assert!(!later.claimable(T0 + 120_000));
+        let started = later.resume(START_TIMER, T0 + 60_001).unwrap();
+        assert_eq!((started.status, started.attempts), (JobStatus::Queued, 0));
+        assert_eq!(
+            job().starting_at(T0).status,
+            JobStatus::Queued,
+            "now is now"
+        );
+        assert_eq!(
+            job().starting_at(T0 - 5).status,
+            JobStatus::Queued,
+            "the past is now"
+        );
     }
 }

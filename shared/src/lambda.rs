@@ -83,7 +83,8 @@ pub async fn serve_submit(registry: HandlerRegistry) -> Result<(), Error> {
     let b = backend().await?;
     let settings = ApiSettings::from_config(&b.config);
     let api = Arc::new(b.submit_api(registry, settings));
-    serve_http("submit", &b.config, api::submit_routes(api)).await
+    let waitpoints = Arc::new(b.waitpoint_api());
+    serve_http("submit", &b.config, api::submit_routes(api, waitpoints)).await
 }
 
 /// Serves the status function: reads, lists, cancels.

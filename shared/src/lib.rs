@@ -2,7 +2,7 @@
 //!
 //! Layout (see ARCHITECTURE.md), leaves first; no module imports one listed after it:
 //! - [`error`], [`clock`], [`retry`], [`json`]: the shared leaves (error alias, time, backoff, exact JSON).
-//! - [`job`]: the job record and its state machine; pure.
+//! - [`job`]: the job record and its state machine; [`waitpoint`]: what a parked job waits for; pure.
 //! - [`config`], [`template`]: typed configuration from the environment; template.yaml's resources.
 //! - [`handler`]: typed handlers, the kind registry, [`JobContext`]; [`prelude`] for handler authors.
 //! - [`store`], [`queue`]: capability-shaped ports with DynamoDB/SQS and embedded adapters.
@@ -38,6 +38,7 @@ pub mod sweep;
 pub mod telemetry;
 pub mod template;
 pub mod trace;
+pub mod waitpoint;
 pub mod webhook;
 pub mod worker;
 

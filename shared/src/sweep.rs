@@ -12,6 +12,10 @@
 //! - A terminal job's webhook event whose next attempt is long overdue lost its message (a crash right
 //!   after the terminal write, a delivery function that died): the sweep announces it again, counting
 //!   that as an attempt, so an event that can never be delivered still ends `failed`.
+//! - A parked job whose waitpoint was completed but who was never resumed (the completion crashed
+//!   between its two writes) is resumed; one whose waitpoint's time has passed gets it recorded
+//!   `timed_out` and is resumed too (its handler sees [`crate::JobError::WaitTimedOut`], or a sleep's
+//!   end). This is the kit's timer: it fires at the sweep's next run after the time.
 //! - An owner's in-flight set can hold a member no job holds: a crash between a job's write and its
 //!   member's add or removal (see [`crate::store`]), or a record deleted unfinished (TTL, an operator).
 //!   The sweep removes such members once they are older than [`SLOT_GRACE`].
@@ -24,10 +28,12 @@ use serde::Serialize;
 use crate::clock::Millis;
 use crate::clock::SharedClock;
 use crate::error::BoxError;
-use crate::job::{Job, JobStatus, Slot, WebhookStatus};
+use crate::job::{Job, JobStatus, START_TIMER, Slot, WebhookStatus};
 use crate::queue::{Announcer, JobMessage, JobSender, Lanes};
 use crate::store::{StoreError, SweepStore};
+use crate::waitpoint::{WaitState, Waitpoint};
 use crate::webhook::MAX_ATTEMPTS;
+use crate::worker::resume_parked;
 
 /// How long a job may sit `queued` and untouched before a sweep presumes its message lost: far longer
 /// than any send, and than a healthy queue's wait.
@@ -53,6 +59,10 @@ pub struct SweepReport {
     pub reannounced: usize,
     /// In-flight slots released because their job was gone or finished.
     pub slots_released: usize,
+    /// Parked jobs queued again: their waitpoint was completed, or timed out.
+    pub resumed: usize,
+    /// Waitpoints recorded `timed_out` (a `ctx.sleep` ends this way).
+    pub timed_out: usize,
 }
 
 /// The sweep's dependencies: exactly what its function's IAM policy allows.
@@ -109,6 +119,7 @@ impl Sweeper {
                     tracing::warn!(job_id = %job.job_id, "re-sent a job that may have lost its message");
                     report.resent += 1;
                 }
+                JobStatus::Waiting => self.wake(&job, now, &mut report).await?,
                 _ => {
                     let Some(again) = reannounced(&job, now) else {
                         continue;
@@ -126,6 +137,60 @@ impl Sweeper {
         }
         report.slots_released = self.release_orphaned_slots().await?;
         Ok(report)
+    }
+
+    /// A parked job: resumed if its waitpoint is settled (a completion that crashed before resuming it),
+    /// or once its time has passed at `now` (recorded `timed_out` first; a completion that wins that
+    /// race stands). A pending waitpoint not yet due is left alone.
+    async fn wake(&self, job: &Job, now: Millis, report: &mut SweepReport) -> Result<(), BoxError> {
+        let Some(on) = &job.waiting_for else {
+            return Ok(());
+        };
+        let wp = if on.name == START_TIMER && job.started_at.is_none() {
+            None // a delayed start: a timer with no item
+        } else {
+            self.store.waitpoint(&job.job_id, &on.name).await?
+        };
+        match &wp {
+            None if on.expires_at > now => return Ok(()),
+            None if on.name != START_TIMER => {
+                tracing::error!(job_id = %job.job_id, waitpoint = %on.name, "a parked job whose waitpoint is gone; resuming it");
+            }
+            _ => {}
+        }
+        if let Some(wp) = wp.filter(|wp| !wp.is_settled()) {
+            if wp.expires_at > now {
+                return Ok(());
+            }
+            let timed_out = Waitpoint {
+                state: WaitState::TimedOut,
+                settled_at: Some(now),
+                ..wp
+            };
+            if self
+                .store
+                .settle_waitpoint(&job.job_id, &timed_out)
+                .await?
+                .is_none()
+            {
+                tracing::info!(job_id = %job.job_id, waitpoint = %on.name, "waitpoint timed out");
+                report.timed_out += 1;
+            }
+        }
+        if resume_parked(
+            &*self.store,
+            &self.queues,
+            &job.job_id,
+            &on.name,
+            Some(job.clone()),
+            &self.clock,
+        )
+        .await?
+        .is_some()
+        {
+            report.resumed += 1;
+        }
+        Ok(())
     }
 
     /// Removes every member older than the grace that no job holds (its job is gone, finished, or

@@ -10,7 +10,8 @@ this narrows it, and nothing else:
   against the same types), so valid requests are accepted and inputs a kind cannot take are negative
   cases;
 - `callback_url` is left out of generated submits: a generated host would be resolved and its events
-  POSTed to whatever answers; tests/api.rs and tests/webhooks.rs cover callbacks;
+  POSTed to whatever answers; tests/api.rs and tests/webhooks.rs cover callbacks; so is `run_at` (a
+  generated time is past or beyond the retention; tests/waitpoints.rs covers it);
 - the answers API Gateway gives itself (`GatewayError` bodies, `403`, its throttling `429`) cannot occur,
   so they are dropped, and `Retry-After` becomes required where the functions always send it
   (`429`, `503`): the run checks the functions' code, strictly;
@@ -36,6 +37,9 @@ def before_load_schema(context, raw_schema):
     schemas = components["schemas"]
     schemas["Kind"] = {"type": "string", "enum": BUILTIN_KINDS}
     del schemas["SubmitRequest"]["properties"]["callback_url"]
+    # A generated `run_at` is any time in any year: almost always past (now) or beyond the retention
+    # (422); tests/waitpoints.rs covers delayed starts. `delay_seconds` stays (its range is the spec's).
+    del schemas["SubmitRequest"]["properties"]["run_at"]
     # One variant per kind, each with its kind's input schema (a root schema: its `$schema` and
     # `title` are dropped; the built-ins have no `$defs`).
     request = schemas["SubmitRequest"]

@@ -141,6 +141,7 @@ pub fn api_on(backend: &Backend, registry: HandlerRegistry, settings: ApiSetting
     Api(api::router(
         Arc::new(backend.submit_api(registry, settings)),
         Arc::new(backend.status_api()),
+        Arc::new(backend.waitpoint_api()),
     ))
 }
 

@@ -55,8 +55,24 @@ pub enum ApiError {
         "the events token is missing, invalid or expired: get a fresh events_url from GET /jobs/{{id}}"
     )]
     InvalidToken,
+    /// `run_at` / `delay_seconds` out of range or malformed.
+    #[error("invalid start: {0}")]
+    InvalidStart(String),
     #[error("job not found")]
     JobNotFound,
+    #[error("the job has no waitpoint of that name")]
+    WaitpointNotFound,
+    #[error("the waitpoint was completed already; the first payload stands")]
+    WaitpointCompleted,
+    #[error("the waitpoint timed out before it was completed")]
+    WaitpointTimedOut,
+    #[error("the job is {0}: its waitpoints can no longer be completed")]
+    WaitpointClosed(JobStatus),
+    #[error(
+        "a waitpoint payload may be at most {} bytes",
+        crate::waitpoint::MAX_PAYLOAD_BYTES
+    )]
+    WaitpointPayloadTooLarge,
     #[error("the job is already {0} and cannot be cancelled")]
     JobFinished(JobStatus),
     #[error("the job queue is full; retry after {retry_after} s")]
@@ -95,17 +111,22 @@ impl ApiError {
             | Self::TruncatedBody
             | Self::InvalidCursor => 400,
             Self::Unauthenticated | Self::InvalidToken => 401,
-            Self::JobNotFound | Self::RouteNotFound => 404,
+            Self::JobNotFound | Self::RouteNotFound | Self::WaitpointNotFound => 404,
             Self::RequestTimeout => 408,
             Self::MethodNotAllowed { .. } => 405,
-            Self::IdempotencyKeyReused | Self::JobFinished(_) => 409,
+            Self::IdempotencyKeyReused
+            | Self::JobFinished(_)
+            | Self::WaitpointCompleted
+            | Self::WaitpointTimedOut => 409,
+            Self::WaitpointClosed(_) => 410,
             Self::QueueFull { .. } | Self::TooManyInFlight { .. } => 429,
-            Self::PayloadTooLarge | Self::InputTooLarge => 413,
+            Self::PayloadTooLarge | Self::InputTooLarge | Self::WaitpointPayloadTooLarge => 413,
             Self::UnsupportedMediaType => 415,
             Self::UnknownKind { .. }
             | Self::InvalidInput { .. }
             | Self::CallbackUnsupported
-            | Self::NoContainerQueue => 422,
+            | Self::NoContainerQueue
+            | Self::InvalidStart(_) => 422,
             Self::Internal { .. } => 500,
             Self::Unavailable { .. } => 503,
         }
@@ -128,8 +149,14 @@ impl ApiError {
             Self::InvalidCursor => "invalid_cursor",
             Self::Unauthenticated => "unauthenticated",
             Self::InvalidToken => "invalid_token",
+            Self::InvalidStart(_) => "invalid_start",
             Self::JobNotFound => "job_not_found",
             Self::JobFinished(_) => "job_finished",
+            Self::WaitpointNotFound => "waitpoint_not_found",
+            Self::WaitpointCompleted => "waitpoint_completed",
+            Self::WaitpointTimedOut => "waitpoint_timed_out",
+            Self::WaitpointClosed(_) => "waitpoint_closed",
+            Self::WaitpointPayloadTooLarge => "payload_too_large",
             Self::QueueFull { .. } => "queue_full",
             Self::TooManyInFlight { .. } => "too_many_jobs_in_flight",
             Self::IdempotencyKeyReused => "idempotency_key_reused",

@@ -19,6 +19,7 @@ mod jobs;
 mod kinds;
 mod status;
 mod submit;
+mod waitpoints;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,8 +40,9 @@ pub use error::{ApiError, MAX_BODY_BYTES, quote};
 pub use events::{EventsApi, EventsKey, EventsLink, StreamSettings, TOKEN_TTL};
 pub use jobs::{JobList, JobSummary};
 pub use kinds::KindList;
-pub use status::{JobView, StatusApi, WebhookView, rfc3339};
+pub use status::{JobView, StatusApi, WaitingForView, WebhookView, rfc3339};
 pub use submit::{SubmitApi, SubmitRequest};
+pub use waitpoints::WaitpointApi;
 
 use crate::config::Config;
 
@@ -107,9 +109,17 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
     }
 }
 
-/// The submit function's routes.
-pub fn submit_routes(api: Arc<SubmitApi>) -> Router {
-    with_layers(submit_only(api))
+/// The submit function's routes: `POST /jobs`, and `POST /jobs/{id}/waitpoints/{name}` (it may send
+/// job messages, which resuming a parked job needs).
+pub fn submit_routes(api: Arc<SubmitApi>, waitpoints: Arc<WaitpointApi>) -> Router {
+    with_layers(submit_only(api).merge(waitpoints_only(waitpoints)))
+}
+
+fn waitpoints_only(api: Arc<WaitpointApi>) -> Router {
+    Router::new().route(
+        "/jobs/{id}/waitpoints/{name}",
+        post(waitpoints::complete).with_state(api),
+    )
 }
 
 fn submit_only(api: Arc<SubmitApi>) -> Router {
@@ -150,8 +160,16 @@ pub fn events_routes(api: Arc<EventsApi>) -> Router {
 }
 
 /// Both: the whole API, for `jobctl dev` and tests.
-pub fn router(submit: Arc<SubmitApi>, status: Arc<StatusApi>) -> Router {
-    with_layers(status_only(status).merge(submit_only(submit)))
+pub fn router(
+    submit: Arc<SubmitApi>,
+    status: Arc<StatusApi>,
+    waitpoints: Arc<WaitpointApi>,
+) -> Router {
+    with_layers(
+        status_only(status)
+            .merge(submit_only(submit))
+            .merge(waitpoints_only(waitpoints)),
+    )
 }
 
 fn status_only(api: Arc<StatusApi>) -> Router {
@@ -180,10 +198,15 @@ fn with_layers(routes: Router) -> Router {
 }
 
 async fn method_not_allowed(uri: http::Uri) -> ApiError {
-    let allow = match uri.path().trim_end_matches('/') {
-        "/jobs" => "GET, POST",
-        "/kinds" => "GET",
-        _ => "GET, DELETE",
+    let path = uri.path().trim_end_matches('/');
+    let allow = if path == "/jobs" {
+        "GET, POST"
+    } else if path == "/kinds" {
+        "GET"
+    } else if path.contains("/waitpoints/") {
+        "POST"
+    } else {
+        "GET, DELETE"
     };
     ApiError::MethodNotAllowed { allow }
 }

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{ApiError, Caller, CursorKey, EventsLink, JobSummary};
 use crate::clock::SharedClock;
-use crate::job::{Cancel, Job, JobId, JobStatus, Millis, WebhookState, WebhookStatus};
+use crate::job::{Cancel, Job, JobId, JobStatus, Millis, WaitingFor, WebhookState, WebhookStatus};
 use crate::json::Json;
 use crate::queue::Announcer;
 use crate::store::{Change, RmwError, StatusStore, read_modify_write};
@@ -37,6 +37,26 @@ pub struct JobView {
     /// endpoint is deployed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub events_url: Option<String>,
+    /// The waitpoint a `waiting` job is parked on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting_for: Option<WaitingForView>,
+}
+
+/// What a parked job waits for: complete it with `POST /jobs/{id}/waitpoints/{name}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WaitingForView {
+    pub name: String,
+    /// When it times out (RFC 3339).
+    pub expires_at: String,
+}
+
+impl From<WaitingFor> for WaitingForView {
+    fn from(w: WaitingFor) -> Self {
+        Self {
+            name: w.name,
+            expires_at: rfc3339(w.expires_at),
+        }
+    }
 }
 
 /// Where a job's webhook event stands.
@@ -95,6 +115,8 @@ impl<'de> Deserialize<'de> for JobView {
             started_at: Option<String>,
             #[serde(default)]
             events_url: Option<String>,
+            #[serde(default)]
+            waiting_for: Option<WaitingForView>,
         }
         let mut doc =
             std::collections::BTreeMap::<String, Box<serde_json::value::RawValue>>::deserialize(d)?;
@@ -120,6 +142,7 @@ impl<'de> Deserialize<'de> for JobView {
             webhook: w.webhook,
             started_at: w.started_at,
             events_url: w.events_url,
+            waiting_for: w.waiting_for,
         })
     }
 }
@@ -141,6 +164,7 @@ impl JobView {
             webhook: j.webhook.take().map(WebhookView::from),
             started_at: j.started_at.map(rfc3339),
             events_url: None,
+            waiting_for: j.waiting_for.take().map(WaitingForView::from),
             summary: JobSummary::at(j, now),
         }
     }

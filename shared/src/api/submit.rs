@@ -16,7 +16,9 @@ use sha2::{Digest, Sha256};
 use super::{ApiError, ApiSettings, Caller, MAX_BODY_BYTES};
 use crate::clock::SharedClock;
 use crate::handler::HandlerRegistry;
-use crate::job::{ENQUEUE_FAILED, ErrorInfo, Job, JobId, Lane, MAX_INPUT_BYTES, NewJob};
+use crate::job::{
+    ENQUEUE_FAILED, ErrorInfo, Job, JobId, JobStatus, Lane, MAX_INPUT_BYTES, Millis, NewJob,
+};
 use crate::json::Json;
 use crate::net as callback;
 use crate::queue::{JobMessage, Lanes, SubmitQueue};
@@ -35,6 +37,50 @@ pub struct SubmitRequest {
     /// Where to deliver the outcome (see [`super::callback`]).
     #[serde(default)]
     pub callback_url: Option<String>,
+    /// Start no earlier than this time (RFC 3339), at most the job's TTL ahead.
+    #[serde(default)]
+    pub run_at: Option<String>,
+    /// Start no earlier than this many seconds from now, at most the job's TTL. A JSON number: `5.0` is
+    /// an integer too.
+    #[serde(default)]
+    pub delay_seconds: Option<serde_json::Number>,
+}
+
+impl SubmitRequest {
+    /// When the job should start (epoch ms), if later than now: `run_at` or `delay_seconds`, not both,
+    /// within `ttl` of `now`. A time already past starts it now.
+    fn start_at(&self, now: Millis, ttl: Duration) -> Result<Option<Millis>, ApiError> {
+        let ttl_ms = ttl.as_millis() as Millis;
+        let at = match (&self.run_at, self.delay_seconds.as_ref().map(whole_seconds)) {
+            (Some(_), Some(_)) => {
+                return Err(ApiError::InvalidStart(
+                    "give run_at or delay_seconds, not both".into(),
+                ));
+            }
+            (None, None) => return Ok(None),
+            (Some(raw), None) => chrono::DateTime::parse_from_rfc3339(raw)
+                .map_err(|e| {
+                    ApiError::InvalidStart(format!(
+                        "run_at {} is not an RFC 3339 time: {e}",
+                        super::quote(raw)
+                    ))
+                })?
+                .timestamp_millis(),
+            (None, Some(None)) => {
+                return Err(ApiError::InvalidStart(
+                    "delay_seconds must be a whole number of seconds, 0 or more".into(),
+                ));
+            }
+            (None, Some(Some(secs))) => now.saturating_add(secs.saturating_mul(1000)),
+        };
+        if at > now + ttl_ms {
+            return Err(ApiError::InvalidStart(format!(
+                "a job may start at most {} s (its retention) after it is submitted",
+                ttl.as_secs()
+            )));
+        }
+        Ok((at > now).then_some(at))
+    }
 }
 
 /// Retry-After when the queue is over its bound: about the depth cache's lifetime, when a new reading
@@ -283,14 +329,22 @@ pub(super) async fn submit(
         return Err(ApiError::CallbackUnsupported);
     }
     let now = api.clock.now();
+    let start_at = body.start_at(now, api.settings.job_ttl)?;
     // The hash is over what was submitted: the kind, the input (canonical: key order does not matter,
-    // every digit does), the callback.
+    // every digit does), the callback, and a delayed start as sent (absent, it adds nothing, so keys
+    // used before delayed starts existed hash as they did).
+    let start = match (&body.run_at, &body.delay_seconds) {
+        (Some(at), _) => format!("\0run_at={at}"),
+        (None, Some(secs)) => format!("\0delay_seconds={secs}"),
+        (None, None) => String::new(),
+    };
     let request_hash = sha256_hex(&[
         body.kind.as_bytes(),
         b"\0",
         body.input.canonical().as_bytes(),
         b"\0",
         callback_url.as_deref().unwrap_or("").as_bytes(),
+        start.as_bytes(),
     ]);
     // The key is the job's id (scoped per user: equal keys of two users never name the same job), so
     // the job's own conditional write reserves it.
@@ -329,6 +383,9 @@ pub(super) async fn submit(
         now,
     );
     job.lane = lane;
+    if let Some(at) = start_at {
+        job = job.starting_at(at);
+    }
     if let (Some(key), Some(id)) = (key, &keyed_id) {
         job.job_id = id.clone();
         job.idempotency_key = Some(key);
@@ -340,6 +397,12 @@ pub(super) async fn submit(
         in_flight_cap: cap,
     };
     match api.store.insert(&job, &how).await {
+        // A delayed start has no message yet: the sweep queues it when its time comes.
+        Ok(Created::New) if job.status == JobStatus::Waiting => {
+            tracing::info!(job_id = %job.job_id, kind = %job.kind, start_at, "job accepted for later");
+            crate::observe::accepted(&job.kind);
+            Ok(accepted(&job, StatusCode::ACCEPTED, now))
+        }
         Ok(Created::New) => api.enqueue(job, StatusCode::ACCEPTED, &trace).await,
         Ok(Created::Existing(existing)) => {
             api.answer_existing(*existing, &request_hash, &trace).await
@@ -353,6 +416,17 @@ pub(super) async fn submit(
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// A whole, non-negative number of seconds (`5` or `5.0`), if `n` is one.
+fn whole_seconds(n: &serde_json::Number) -> Option<i64> {
+    n.as_i64()
+        .or_else(|| {
+            n.as_f64()
+                .filter(|f| f.fract() == 0.0 && f.abs() < 1e15)
+                .map(|f| f as i64)
+        })
+        .filter(|s| *s >= 0)
 }
 
 /// `{job_id, status, status_url}` with `Location`.
@@ -399,7 +473,7 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
 
 /// The body, after its content type is checked (415 before a byte is read). The body limit layer stops
 /// the read at [`MAX_BODY_BYTES`] (413); a body that ends before its declared length is a 400.
-async fn read_body(headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
+pub(super) async fn read_body(headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
     let mut types = headers.get_all(http::header::CONTENT_TYPE).iter();
     let is_json = types
         .next()

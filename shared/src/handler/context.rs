@@ -14,6 +14,7 @@ use super::JobError;
 use crate::clock::{Millis, SharedClock, SystemClock};
 use crate::job::{JobId, MAX_CHECKPOINT_BYTES, Progress};
 use crate::json::Json;
+use crate::waitpoint::{MAX_WAITPOINT_NAME, WaitState, Waitpoint};
 
 /// The running attempt's side of the context: writes that need the attempt's lease, and the cancel flag.
 /// Implemented by the worker; this trait is what keeps the handler API free of the worker's internals.
@@ -31,6 +32,23 @@ pub trait Attempt: Send + Sync {
     async fn step(&self, name: &str) -> Result<Option<Json>, JobError>;
     /// Records step `name`'s result unless one is recorded; returns the one that stands.
     async fn record_step(&self, name: &str, value: Json) -> Result<Json, JobError>;
+    /// Waitpoint `name` as recorded, recording it (pending, timing out after `timeout` but never after
+    /// the job's own expiry) on the first call.
+    async fn waitpoint(&self, name: &str, timeout: Duration) -> Result<Waitpoint, JobError>;
+}
+
+/// How long [`JobContext::wait_for`] waits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WaitFor {
+    timeout: Duration,
+}
+
+impl WaitFor {
+    /// Wait at most `timeout` (capped by the job's TTL: a job is deleted when it expires). When it
+    /// passes, `wait_for` returns [`JobError::WaitTimedOut`].
+    pub fn timeout(timeout: Duration) -> Self {
+        Self { timeout }
+    }
 }
 
 /// The most a step's result may take, serialized (each step is its own item, under DynamoDB's 400 KB).
@@ -278,15 +296,7 @@ impl JobContext {
         T: Serialize + DeserializeOwned,
         F: std::future::Future<Output = Result<T, JobError>>,
     {
-        if name.is_empty() || name.len() > MAX_STEP_NAME {
-            return Err(JobError::terminal(
-                "invalid_step_name",
-                format!(
-                    "a step name has 1 to {MAX_STEP_NAME} bytes; got {}",
-                    name.len()
-                ),
-            ));
-        }
+        check_name("step", name, MAX_STEP_NAME)?;
         let decode = |json: Json| {
             json.decode::<T>().map_err(|e| {
                 JobError::terminal(
@@ -318,6 +328,66 @@ impl JobContext {
                 .clone(),
         };
         decode(stands)
+    }
+
+    /// Waits for waitpoint `name` to be completed (`POST /jobs/{id}/waitpoints/{name}` with a JSON body)
+    /// and returns its payload, decoded. The first call records the waitpoint and returns
+    /// [`JobError::Wait`]: propagate it with `?` and the job parks, costing nothing while it waits. Once
+    /// completed, the job runs again from the start, its finished steps replay, and this call returns
+    /// the payload (a payload that does not decode as `T` fails the job with `invalid_waitpoint`). When
+    /// the timeout passes first, it returns [`JobError::WaitTimedOut`]. Names follow the rules of
+    /// [`Self::step`]'s: unique within the job (steps and waitpoints apart), stable across attempts.
+    pub async fn wait_for<T: DeserializeOwned>(
+        &self,
+        name: &str,
+        how: WaitFor,
+    ) -> Result<T, JobError> {
+        let wp = self.waitpoint(name, how.timeout).await?;
+        match wp.state {
+            WaitState::Completed => wp
+                .payload
+                .unwrap_or_else(|| Json::from(serde_json::Value::Null))
+                .decode()
+                .map_err(|e| {
+                    JobError::terminal(
+                        "invalid_waitpoint",
+                        format!("waitpoint {name:?}: its payload does not decode: {e}"),
+                    )
+                }),
+            WaitState::TimedOut => Err(JobError::WaitTimedOut {
+                name: name.to_owned(),
+            }),
+            WaitState::Pending => Err(JobError::Wait {
+                name: name.to_owned(),
+                expires_at: wp.expires_at,
+            }),
+        }
+    }
+
+    /// A durable sleep of any length: the job parks on waitpoint `name` (see [`Self::wait_for`]) and runs
+    /// again once `duration` has passed, replaying its finished steps; this call then returns `Ok`.
+    /// Completing the waitpoint early wakes it early.
+    pub async fn sleep(&self, name: &str, duration: Duration) -> Result<(), JobError> {
+        let wp = self.waitpoint(name, duration).await?;
+        match wp.state {
+            WaitState::Completed | WaitState::TimedOut => Ok(()),
+            WaitState::Pending => Err(JobError::Wait {
+                name: name.to_owned(),
+                expires_at: wp.expires_at,
+            }),
+        }
+    }
+
+    async fn waitpoint(&self, name: &str, timeout: Duration) -> Result<Waitpoint, JobError> {
+        check_name("waitpoint", name, MAX_WAITPOINT_NAME)?;
+        match &self.inner.attempt_handle {
+            Some(a) => a.waitpoint(name, timeout).await,
+            // A detached context has no store to wait in: it is always at the first call.
+            None => Ok(Waitpoint::pending(
+                name,
+                self.inner.clock.now() + timeout.as_millis() as Millis,
+            )),
+        }
     }
 
     /// A stable idempotency key for step `name` of this job (`<job id>:<name>`), the same on every attempt:
@@ -396,6 +466,17 @@ impl JobContext {
     }
 }
 
+/// Refuses a step or waitpoint name that is empty or too long to be part of its item's key.
+fn check_name(what: &str, name: &str, max: usize) -> Result<(), JobError> {
+    if name.is_empty() || name.len() > max {
+        return Err(JobError::terminal(
+            format!("invalid_{what}_name"),
+            format!("a {what} name has 1 to {max} bytes; got {}", name.len()),
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -420,6 +501,9 @@ mod tests {
         }
         async fn step(&self, name: &str) -> Result<Option<Json>, JobError> {
             Ok(self.steps.lock().unwrap().get(name).cloned())
+        }
+        async fn waitpoint(&self, _: &str, _: Duration) -> Result<Waitpoint, JobError> {
+            unimplemented!("these tests make no waitpoint")
         }
         async fn record_step(&self, name: &str, value: Json) -> Result<Json, JobError> {
             Ok(self

@@ -25,8 +25,9 @@ use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
 pub use builtin::{Echo, Sleep};
-pub use context::{Attached, Attempt, JobContext, MAX_FAN_OUT, MAX_STEP_BYTES, Pathway};
+pub use context::{Attached, Attempt, JobContext, MAX_FAN_OUT, MAX_STEP_BYTES, Pathway, WaitFor};
 
+use crate::clock::Millis;
 use crate::error::BoxError;
 use crate::job::Lane;
 use crate::json::Json;
@@ -62,6 +63,16 @@ pub enum JobError {
     /// [`JobContext::cancel_requested`]): the job ends `cancelled`.
     #[error("stopped on a cancel request")]
     Cancelled,
+    /// Not a failure: the handler reached waitpoint `name` ([`JobContext::wait_for`],
+    /// [`JobContext::sleep`]) before it was settled. Propagate it with `?`: the job parks (`waiting`, the
+    /// attempt given back, no message, no lease) until the waitpoint is completed or times out, then
+    /// runs again and replays its finished steps.
+    #[error("waiting for {name:?}")]
+    Wait { name: String, expires_at: Millis },
+    /// Waitpoint `name` timed out before anyone completed it. Match it to go on without the answer;
+    /// left unhandled, the job fails with `wait_timed_out` (not retried: the wait is over).
+    #[error("waitpoint {name:?} timed out")]
+    WaitTimedOut { name: String },
 }
 
 /// The most [`JobError::with_detail`] keeps: the details' JSON size (bytes) and the depth a fact nests.
@@ -91,7 +102,7 @@ impl JobError {
     /// Attaches a structured fact to a failure (what an agent spent before it failed, say): the job's
     /// `error.details` shows each one under its `name`. A fact that would take the details over
     /// [`MAX_ERROR_DETAILS_BYTES`], or nests deeper than [`MAX_ERROR_DETAIL_DEPTH`], is replaced by a
-    /// note saying so. `Yield` and `Cancelled` carry none.
+    /// note saying so. `Yield`, `Cancelled` and the waits carry none.
     #[must_use]
     pub fn with_detail(mut self, name: &str, fact: impl Serialize) -> Self {
         if let Self::Retryable { details, .. } | Self::Terminal { details, .. } = &mut self {
@@ -116,7 +127,7 @@ impl JobError {
     pub fn details(&self) -> Option<&Map<String, Value>> {
         match self {
             Self::Retryable { details, .. } | Self::Terminal { details, .. } => details.as_ref(),
-            Self::Yield | Self::Cancelled => None,
+            Self::Yield | Self::Cancelled | Self::Wait { .. } | Self::WaitTimedOut { .. } => None,
         }
     }
 

@@ -17,10 +17,11 @@ use std::collections::HashMap;
 
 use super::{
     CancelSignals, CancelWatch, Created, Insert, JobClaimer, JobInserter, JobLister, JobReader,
-    JobScanner, JobWriter, ListQuery, SlotLedger, Slots, StepStore, StoreError,
+    JobScanner, JobWriter, ListQuery, SlotLedger, Slots, StepStore, StoreError, WaitpointStore,
 };
 use crate::job::{Job, JobId, JobStatus, Millis, Slot};
 use crate::json::Json;
+use crate::waitpoint::{WaitState, Waitpoint};
 
 mod release;
 
@@ -187,6 +188,55 @@ fn step_key(id: &JobId, name: &str) -> Item {
         "job_id".to_owned(),
         AttributeValue::S(format!("step#{id}#{name}")),
     )])
+}
+
+/// The item holding one waitpoint: `wname`, `wstate`, `wake_at` (its expiry, epoch ms), and once
+/// settled `settled_at` and (completed) `payload`. No `user_id`: it never enters the `by_user` index.
+fn waitpoint_key(id: &JobId, name: &str) -> Item {
+    HashMap::from([(
+        "job_id".to_owned(),
+        AttributeValue::S(format!("wait#{id}#{name}")),
+    )])
+}
+
+fn waitpoint_item(id: &JobId, wp: &Waitpoint) -> Item {
+    let mut item = waitpoint_key(id, &wp.name);
+    item.insert("wname".into(), AttributeValue::S(wp.name.clone()));
+    item.insert("wstate".into(), AttributeValue::S(wp.state.as_str().into()));
+    item.insert("wake_at".into(), num(wp.expires_at));
+    if let Some(p) = &wp.payload {
+        item.insert("payload".into(), AttributeValue::S(p.get().to_owned()));
+    }
+    if let Some(t) = wp.settled_at {
+        item.insert("settled_at".into(), num(t));
+    }
+    item
+}
+
+fn waitpoint_from(item: &Item) -> Result<Waitpoint, StoreError> {
+    let corrupt = |what: &str| StoreError::Corrupt {
+        source: format!("waitpoint item: {what}").into(),
+    };
+    let text = |k: &str| match item.get(k) {
+        Some(AttributeValue::S(s)) => Some(s.as_str()),
+        _ => None,
+    };
+    let number = |k: &str| match item.get(k) {
+        Some(AttributeValue::N(n)) => n.parse::<Millis>().ok(),
+        _ => None,
+    };
+    Ok(Waitpoint {
+        name: text("wname").ok_or_else(|| corrupt("no name"))?.to_owned(),
+        state: text("wstate")
+            .and_then(WaitState::parse)
+            .ok_or_else(|| corrupt("no state"))?,
+        expires_at: number("wake_at").ok_or_else(|| corrupt("no expiry"))?,
+        payload: text("payload")
+            .map(Json::parse)
+            .transpose()
+            .map_err(|e| corrupt(&e.to_string()))?,
+        settled_at: number("settled_at"),
+    })
 }
 
 /// The small item that tells a running attempt its job was asked to stop.
@@ -652,6 +702,115 @@ fn step_value(item: &Item) -> Result<Json, StoreError> {
 }
 
 #[async_trait]
+impl WaitpointStore for DynamoStore {
+    async fn waitpoint(&self, id: &JobId, name: &str) -> Result<Option<Waitpoint>, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(waitpoint_key(id, name)))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(unavailable)?;
+        out.item.as_ref().map(waitpoint_from).transpose()
+    }
+
+    async fn open_waitpoint(
+        &self,
+        id: &JobId,
+        wp: &Waitpoint,
+        expires_at: i64,
+    ) -> Result<Waitpoint, StoreError> {
+        let mut item = waitpoint_item(id, wp);
+        item.insert("expires_at".into(), num(expires_at));
+        let res = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .condition_expression("attribute_not_exists(job_id)")
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(wp.clone()),
+            Err(e) => match e.into_service_error() {
+                // Recorded already (an earlier attempt, or this put whose answer was lost): it stands.
+                PutItemError::ConditionalCheckFailedException(c) => match c.item {
+                    Some(held) => waitpoint_from(&held),
+                    None => {
+                        self.waitpoint(id, &wp.name)
+                            .await?
+                            .ok_or_else(|| StoreError::Corrupt {
+                                source: "a waitpoint vanished after its conditional put failed"
+                                    .into(),
+                            })
+                    }
+                },
+                other => Err(StoreError::Unavailable {
+                    source: other.into(),
+                }),
+            },
+        }
+    }
+
+    async fn settle_waitpoint(
+        &self,
+        id: &JobId,
+        to: &Waitpoint,
+    ) -> Result<Option<Waitpoint>, StoreError> {
+        let mut names = HashMap::from([("#st".to_owned(), "wstate".to_owned())]);
+        let mut values = HashMap::from([
+            (
+                ":to".to_owned(),
+                AttributeValue::S(to.state.as_str().into()),
+            ),
+            (":pending".to_owned(), AttributeValue::S("pending".into())),
+            (":at".to_owned(), num(to.settled_at.unwrap_or_default())),
+        ]);
+        let mut set = "SET #st = :to, settled_at = :at".to_owned();
+        if let Some(p) = &to.payload {
+            set.push_str(", #p = :p");
+            names.insert("#p".into(), "payload".into());
+            values.insert(":p".into(), AttributeValue::S(p.get().to_owned()));
+        }
+        let res = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(waitpoint_key(id, &to.name)))
+            .update_expression(set)
+            .condition_expression("#st = :pending")
+            .set_expression_attribute_names(Some(names))
+            .set_expression_attribute_values(Some(values))
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(None),
+            Err(e) => match e.into_service_error() {
+                UpdateItemError::ConditionalCheckFailedException(c) => {
+                    let current = match c.item {
+                        Some(held) => Some(waitpoint_from(&held)?),
+                        None => self.waitpoint(id, &to.name).await?,
+                    };
+                    match current {
+                        None => Err(StoreError::NotFound),
+                        // The SDK's retry of this very write, whose first answer was lost.
+                        Some(c) if c == *to => Ok(None),
+                        Some(c) => Ok(Some(c)),
+                    }
+                }
+                other => Err(StoreError::Unavailable {
+                    source: other.into(),
+                }),
+            },
+        }
+    }
+}
+
+#[async_trait]
 impl CancelWatch for DynamoStore {
     async fn cancel_signalled(&self, id: &JobId, round: u32) -> Result<bool, StoreError> {
         // Eventually consistent: half the price, and a mark is seen well within the poll period.
@@ -744,13 +903,15 @@ impl JobScanner for DynamoStore {
                 .scan()
                 .table_name(&self.table)
                 // The second part is `Job::effective_status` == dead_letter for a running job, the
-                // third `Job::webhook_overdue`.
+                // third `Job::webhook_overdue`, the last a parked job (see `JobScanner`).
                 .filter_expression(
                     "(#s = :queued AND updated_at < :before) OR (#s = :running AND \
                      lease_expires_at < :now AND attempts >= max_attempts) OR \
-                     (webhook.#s = :pending AND webhook.next_attempt_at < :before)",
+                     (webhook.#s = :pending AND webhook.next_attempt_at < :before) OR \
+                     (#s = :waiting AND (updated_at < :before OR waiting_for.expires_at < :now))",
                 )
                 .expression_attribute_names("#s", "status")
+                .expression_attribute_values(":waiting", status(JobStatus::Waiting))
                 .expression_attribute_values(":pending", AttributeValue::S("pending".into()))
                 .expression_attribute_values(":queued", status(JobStatus::Queued))
                 .expression_attribute_values(":running", status(JobStatus::Running))

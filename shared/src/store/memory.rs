@@ -8,10 +8,11 @@ use async_trait::async_trait;
 
 use super::{
     CancelSignals, CancelWatch, Created, Insert, JobClaimer, JobInserter, JobLister, JobReader,
-    JobScanner, JobWriter, ListQuery, SlotLedger, Slots, StepStore, StoreError,
+    JobScanner, JobWriter, ListQuery, SlotLedger, Slots, StepStore, StoreError, WaitpointStore,
 };
 use crate::job::{Job, JobId, JobStatus, Millis, Slot};
 use crate::json::Json;
+use crate::waitpoint::Waitpoint;
 
 #[derive(Debug, Default)]
 pub struct MemoryStore {
@@ -26,6 +27,7 @@ struct State {
     slots: HashMap<String, BTreeSet<Slot>>,
     cancel_signals: HashSet<(JobId, u32)>,
     steps: HashMap<(JobId, String), Json>,
+    waitpoints: HashMap<(JobId, String), Waitpoint>,
 }
 
 impl MemoryStore {
@@ -235,6 +237,51 @@ impl StepStore for MemoryStore {
 }
 
 #[async_trait]
+impl WaitpointStore for MemoryStore {
+    async fn waitpoint(&self, id: &JobId, name: &str) -> Result<Option<Waitpoint>, StoreError> {
+        Ok(self
+            .state()
+            .waitpoints
+            .get(&(id.clone(), name.to_owned()))
+            .cloned())
+    }
+
+    async fn open_waitpoint(
+        &self,
+        id: &JobId,
+        wp: &Waitpoint,
+        _expires_at: i64,
+    ) -> Result<Waitpoint, StoreError> {
+        Ok(self
+            .state()
+            .waitpoints
+            .entry((id.clone(), wp.name.clone()))
+            .or_insert_with(|| wp.clone())
+            .clone())
+    }
+
+    async fn settle_waitpoint(
+        &self,
+        id: &JobId,
+        to: &Waitpoint,
+    ) -> Result<Option<Waitpoint>, StoreError> {
+        let mut st = self.state();
+        let current = st
+            .waitpoints
+            .get_mut(&(id.clone(), to.name.clone()))
+            .ok_or(StoreError::NotFound)?;
+        if current == to {
+            return Ok(None); // the same write again
+        }
+        if current.is_settled() {
+            return Ok(Some(current.clone()));
+        }
+        *current = to.clone();
+        Ok(None)
+    }
+}
+
+#[async_trait]
 impl CancelWatch for MemoryStore {
     async fn cancel_signalled(&self, id: &JobId, round: u32) -> Result<bool, StoreError> {
         Ok(self.state().cancel_signals.contains(&(id.clone(), round)))
@@ -283,7 +330,9 @@ impl JobScanner for MemoryStore {
             .jobs
             .values()
             .filter(|j| {
-                (j.status == JobStatus::Queued && j.updated_at < before)
+                (matches!(j.status, JobStatus::Queued | JobStatus::Waiting)
+                    && j.updated_at < before)
+                    || j.waiting_for.as_ref().is_some_and(|w| w.expires_at < now)
                     || (j.status == JobStatus::Running
                         && j.effective_status(now) == JobStatus::DeadLetter)
                     || j.webhook_overdue(before)

@@ -39,6 +39,7 @@ use async_trait::async_trait;
 use crate::error::BoxError;
 use crate::job::{Job, JobId, JobStatus, Millis, Slot};
 use crate::json::Json;
+use crate::waitpoint::Waitpoint;
 
 pub mod dynamo;
 pub mod memory;
@@ -217,6 +218,32 @@ pub trait StepStore: Send + Sync {
     ) -> Result<Json, StoreError>;
 }
 
+/// Waitpoints (`ctx.wait_for`, `ctx.sleep`): one small item per (job, waitpoint) beside its step items
+/// (see [`crate::waitpoint`]); it expires with the job (its TTL).
+#[async_trait]
+pub trait WaitpointStore: Send + Sync {
+    /// Waitpoint `name` of job `id`, if recorded (a consistent read).
+    async fn waitpoint(&self, id: &JobId, name: &str) -> Result<Option<Waitpoint>, StoreError>;
+
+    /// Records `wp` (pending) unless a waitpoint of that name is recorded already, and returns the one
+    /// that stands: the first writer wins, as for a step.
+    async fn open_waitpoint(
+        &self,
+        id: &JobId,
+        wp: &Waitpoint,
+        expires_at: i64,
+    ) -> Result<Waitpoint, StoreError>;
+
+    /// Replaces the pending waitpoint `to.name` with `to` (completed or timed out) if it is still
+    /// pending: `Ok(None)` when written, `Ok(Some(current))` when it was settled already (the first
+    /// settlement stands), `NotFound` when there is none. A retried write that landed is `Ok(None)`.
+    async fn settle_waitpoint(
+        &self,
+        id: &JobId,
+        to: &Waitpoint,
+    ) -> Result<Option<Waitpoint>, StoreError>;
+}
+
 /// In-flight slots (GetItem, Scan, UpdateItem of slot items): what the cap counts, and the sweep's repair.
 #[async_trait]
 pub trait SlotLedger: Send + Sync {
@@ -232,8 +259,9 @@ pub trait SlotLedger: Send + Sync {
 #[async_trait]
 pub trait JobScanner: Send + Sync {
     /// Up to `limit` jobs the sweep must look at (see [`crate::sweep`]): still `queued` and not
-    /// updated since `before` (a lost message?), or `running` on their last attempt under a lease
-    /// expired at `now` (a dead runner).
+    /// updated since `before` (a lost message?), `running` on their last attempt under a lease
+    /// expired at `now` (a dead runner), or `waiting` and either not updated since `before` (a
+    /// completion that crashed before it resumed the job?) or on a waitpoint whose time passed at `now`.
     async fn stale_jobs(
         &self,
         before: Millis,
@@ -246,26 +274,44 @@ pub trait JobScanner: Send + Sync {
 pub trait SubmitStore: JobInserter + JobReader + JobWriter {}
 impl<T: JobInserter + JobReader + JobWriter + ?Sized> SubmitStore for T {}
 
+/// The completion route's port (served by the submit function, which may send messages): read and
+/// write the job, settle its waitpoint.
+pub trait CompleteStore: JobReader + JobWriter + WaitpointStore {}
+impl<T: JobReader + JobWriter + WaitpointStore + ?Sized> CompleteStore for T {}
+
 /// The status function's port: read, list, and cancel (a write and a signal).
 pub trait StatusStore: JobReader + JobLister + JobWriter + CancelSignals {}
 impl<T: JobReader + JobLister + JobWriter + CancelSignals + ?Sized> StatusStore for T {}
 
-/// The worker's port: claim, read, write, and watch for cancel signals.
-pub trait WorkerStore: JobClaimer + JobReader + JobWriter + CancelWatch + StepStore {}
-impl<T: JobClaimer + JobReader + JobWriter + CancelWatch + StepStore + ?Sized> WorkerStore for T {}
+/// The worker's port: claim, read, write, watch for cancel signals, record steps and waitpoints.
+pub trait WorkerStore:
+    JobClaimer + JobReader + JobWriter + CancelWatch + StepStore + WaitpointStore
+{
+}
+impl<T: JobClaimer + JobReader + JobWriter + CancelWatch + StepStore + WaitpointStore + ?Sized>
+    WorkerStore for T
+{
+}
 
 /// The webhook delivery function's port: read the job, record attempts.
 pub trait DeliveryStore: JobReader + JobWriter {}
 impl<T: JobReader + JobWriter + ?Sized> DeliveryStore for T {}
 
-/// The sweep's port: scan, read, write, and repair slots.
-pub trait SweepStore: JobScanner + JobReader + JobWriter + SlotLedger {}
-impl<T: JobScanner + JobReader + JobWriter + SlotLedger + ?Sized> SweepStore for T {}
+/// The sweep's port: scan, read, write, repair slots, and read and settle waitpoints.
+pub trait SweepStore: JobScanner + JobReader + JobWriter + SlotLedger + WaitpointStore {}
+impl<T: JobScanner + JobReader + JobWriter + SlotLedger + WaitpointStore + ?Sized> SweepStore
+    for T
+{
+}
 
 /// Every capability: what an adapter implements and what a bundle holds.
-pub trait JobStore: SubmitStore + StatusStore + WorkerStore + SweepStore + DeliveryStore {}
-impl<T: SubmitStore + StatusStore + WorkerStore + SweepStore + DeliveryStore + ?Sized> JobStore
-    for T
+pub trait JobStore:
+    SubmitStore + StatusStore + WorkerStore + SweepStore + DeliveryStore + CompleteStore
+{
+}
+impl<
+    T: SubmitStore + StatusStore + WorkerStore + SweepStore + DeliveryStore + CompleteStore + ?Sized,
+> JobStore for T
 {
 }
 

@@ -16,7 +16,7 @@ pub fn event_type(status: JobStatus) -> Option<&'static str> {
         JobStatus::Failed => Some("job.failed"),
         JobStatus::Cancelled => Some("job.cancelled"),
         JobStatus::DeadLetter => Some("job.dead_lettered"),
-        JobStatus::Queued | JobStatus::Running | JobStatus::Retrying => None,
+        JobStatus::Queued | JobStatus::Running | JobStatus::Retrying | JobStatus::Waiting => None,
     }
 }
 

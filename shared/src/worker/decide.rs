@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use crate::clock::Millis;
 use crate::handler::{JobError, Output, Pathway};
 use crate::job::{ErrorInfo, Job, MAX_RESULT_BYTES};
 use crate::json::Json;
@@ -28,6 +29,8 @@ pub enum Decision {
     Continue,
     /// Stopped on its owner's request: `cancelled`.
     Cancel,
+    /// Reached an unsettled waitpoint: `waiting` on it, the attempt given back.
+    Park { name: String, expires_at: Millis },
 }
 
 /// The facts `decide` weighs besides the run itself.
@@ -56,6 +59,12 @@ pub fn decide(ran: Result<Output, JobError>, job: &Job, f: Facts) -> Decision {
         Err(JobError::Cancelled) => Decision::Cancel,
         Err(_) if f.cancel_requested => Decision::Cancel,
         Err(JobError::Yield) => Decision::Continue,
+        Err(JobError::Wait { name, expires_at }) => Decision::Park { name, expires_at },
+        Err(JobError::WaitTimedOut { name }) => Decision::Fail(ErrorInfo::new(
+            "wait_timed_out",
+            format!("waitpoint {name:?} timed out before it was completed"),
+            false,
+        )),
         Ok(out) if out.result.len() > MAX_RESULT_BYTES => Decision::Fail(ErrorInfo::new(
             "result_too_large",
             format!("result exceeds {MAX_RESULT_BYTES} bytes"),
@@ -170,6 +179,45 @@ mod tests {
             Decision,
         );
         let table: Vec<Case> = vec![
+            (
+                "a wait parks, even on the last attempt",
+                Err(JobError::Wait {
+                    name: "approve".into(),
+                    expires_at: 42,
+                }),
+                5,
+                5,
+                false,
+                Decision::Park {
+                    name: "approve".into(),
+                    expires_at: 42,
+                },
+            ),
+            (
+                "a wait after a cancel request cancels",
+                Err(JobError::Wait {
+                    name: "approve".into(),
+                    expires_at: 42,
+                }),
+                1,
+                1,
+                true,
+                Decision::Cancel,
+            ),
+            (
+                "an unhandled timeout fails at once",
+                Err(JobError::WaitTimedOut {
+                    name: "approve".into(),
+                }),
+                1,
+                1,
+                false,
+                Decision::Fail(info(
+                    "wait_timed_out",
+                    "waitpoint \"approve\" timed out before it was completed",
+                    false,
+                )),
+            ),
             (
                 "success",
                 ok(json!(1)),

@@ -18,6 +18,7 @@ use crate::handler::{Attempt, JobError};
 use crate::job::{IllegalTransition, Job, Progress};
 use crate::json::Json;
 use crate::store::{Change, RmwError, StoreError, WorkerStore, read_modify_write};
+use crate::waitpoint::Waitpoint;
 
 /// Why a lease-holder write failed.
 #[derive(Debug, thiserror::Error)]
@@ -165,5 +166,27 @@ impl Attempt for LeaseKeeper {
             .record_step(&id, name, &value, expires_at)
             .await
             .map_err(|e| JobError::retryable("store_unavailable", e))
+    }
+
+    /// Reads first: a replay (the common call once the job resumes) costs a read, not a failed
+    /// conditional write. Like a step's record, not a lease-holder write.
+    async fn waitpoint(
+        &self,
+        name: &str,
+        timeout: std::time::Duration,
+    ) -> Result<Waitpoint, JobError> {
+        let (id, expires_at) = {
+            let job = self.job.lock().await;
+            (job.job_id.clone(), job.expires_at)
+        };
+        let unavailable = |e| JobError::retryable("store_unavailable", e);
+        if let Some(wp) = self.store.waitpoint(&id, name).await.map_err(unavailable)? {
+            return Ok(wp);
+        }
+        let due = (self.clock.now() + timeout.as_millis() as Millis).min(expires_at * 1000);
+        self.store
+            .open_waitpoint(&id, &Waitpoint::pending(name, due), expires_at)
+            .await
+            .map_err(unavailable)
     }
 }

@@ -14,6 +14,7 @@
 mod decide;
 mod hide;
 mod lease;
+mod park;
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -27,11 +28,12 @@ use tracing::Instrument;
 pub use decide::{Decision, Facts, decide};
 use hide::Hider;
 pub use lease::{LeaseError, LeaseKeeper};
+pub use park::resume_parked;
 
 use crate::clock::{Millis, SharedClock};
 use crate::config::Config;
 use crate::handler::{Attached, HandlerRegistry, JobContext, JobError, Output};
-use crate::job::{ErrorInfo, Job, JobStatus, Lane};
+use crate::job::{ErrorInfo, Job, JobStatus, Lane, WaitingFor};
 use crate::observe;
 use crate::queue::{Consumer, Delivery, JobMessage, JobSender, Lanes, MAX_VISIBILITY, WorkerQueue};
 pub use crate::queue::{Invocation, Verdict};
@@ -96,6 +98,9 @@ pub enum Outcome {
     /// A container-only job reached the worker function (a message sent before its kind moved, say): it
     /// was sent on to the container queue, not run.
     Forwarded,
+    /// The handler reached an unsettled waitpoint: the job is `waiting` on it, its message acknowledged
+    /// (also a stray message of a job already waiting).
+    Parked,
     /// The store or queue failed: the message comes back with backoff.
     Unavailable,
 }
@@ -117,6 +122,7 @@ impl Outcome {
             Self::Cancelled => "cancelled",
             Self::Released => "released",
             Self::Forwarded => "forwarded",
+            Self::Parked => "parked",
             Self::Unavailable => "unavailable",
         }
     }
@@ -343,6 +349,11 @@ impl Worker {
             tracing::info!(status = %job.status, "duplicate delivery of a finished job");
             return (Outcome::AlreadyFinished, Verdict::Ack);
         }
+        if job.status == JobStatus::Waiting {
+            // Its resume sends a message of its own.
+            tracing::info!("stray delivery of a parked job");
+            return (Outcome::Parked, Verdict::Ack);
+        }
         let left = job.lease_expires_at.unwrap_or(now) - now;
         let wait = Duration::from_millis(left.max(0) as u64 + 1_000).min(MAX_VISIBILITY);
         tracing::info!(
@@ -479,6 +490,11 @@ impl Worker {
     ) -> Graded {
         let (written, graded) = match decision {
             Decision::Continue => return self.continue_later(keeper, d).await,
+            Decision::Park { name, expires_at } => {
+                return self
+                    .park(keeper, job, WaitingFor { name, expires_at })
+                    .await;
+            }
             Decision::Complete {
                 result,
                 warnings,
@@ -626,6 +642,46 @@ impl Worker {
             Err(e) => tracing::warn!(error = %e, "could not suspend the job"),
         }
         (Outcome::Continued, Verdict::Ack)
+    }
+
+    /// A wait: the job is parked (`waiting`, attempt given back, lease released) and its message
+    /// acknowledged. Then the waitpoint is read once more: a completion that landed while the job was
+    /// still running found nothing to resume and left that to us (see [`resume_parked`]).
+    async fn park(&self, keeper: &LeaseKeeper, job: &Job, on: WaitingFor) -> Graded {
+        let name = on.name.clone();
+        let parked = match keeper
+            .update(|j, owner, now| j.park(owner, on.clone(), now))
+            .await
+        {
+            Ok(parked) => parked,
+            Err(LeaseError::Lost) => return (Outcome::LeaseLost, Verdict::Ack),
+            Err(LeaseError::Store(e)) => {
+                tracing::warn!(error = %e, "could not park the job; the attempt runs again");
+                return (Outcome::Unavailable, self.backoff(job.attempts));
+            }
+        };
+        tracing::info!(waitpoint = %name, expires_at = on.expires_at, "job parked");
+        match self.store.waitpoint(&job.job_id, &name).await {
+            Ok(Some(wp)) if wp.is_settled() => {
+                if let Err(e) = resume_parked(
+                    &*self.store,
+                    &self.senders,
+                    &job.job_id,
+                    &name,
+                    Some(parked),
+                    &self.clock,
+                )
+                .await
+                {
+                    tracing::warn!(error = %e, "could not resume a job settled while parking; the sweep will");
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "could not re-read the waitpoint; the sweep resumes the job if it was completed")
+            }
+        }
+        (Outcome::Parked, Verdict::Ack)
     }
 
     /// A job of the other lane: its message is sent to that lane's queue (first: if we die before the
