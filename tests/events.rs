@@ -299,7 +299,11 @@ async fn a_client_that_saw_done_is_told_to_stop_reconnecting(b: Backends) {
         assert_eq!(resp.status(), 200);
         let got = read(resp, to_the_end).await;
         let got: Vec<&Frame> = got.iter().filter(|f| !f.comment).collect();
-        assert_eq!(got.last().unwrap().event.as_deref(), Some("done"), "{last:?}");
+        assert_eq!(
+            got.last().unwrap().event.as_deref(),
+            Some("done"),
+            "{last:?}"
+        );
         assert_eq!(got.last().unwrap().data, done.data);
     }
 }

@@ -98,8 +98,7 @@ async fn the_api_gateway_fixture_submits_a_job_owned_by_the_jwt_subject() {
 async fn a_preflight_routed_to_a_function_is_answered_204_without_an_identity() {
     let l = local().await;
     let events = api::events_routes(Arc::new(
-        l.stack
-            .events_api(jobkit::api::StreamSettings::default()),
+        l.stack.events_api(jobkit::api::StreamSettings::default()),
     ));
     for (router, path) in [
         (&l.lambda_api, "/jobs"),
@@ -126,7 +125,11 @@ async fn a_preflight_routed_to_a_function_is_answered_204_without_an_identity() 
             resp.headers()
         );
     }
-    assert_eq!(l.stack.queue.depth().await.unwrap(), 0, "nothing was written");
+    assert_eq!(
+        l.stack.queue.depth().await.unwrap(),
+        0,
+        "nothing was written"
+    );
 }
 
 #[tokio::test]

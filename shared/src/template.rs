@@ -505,9 +505,8 @@ mod tests {
         let yaml = "Parameters:\n  L: {Type: CommaDelimitedList, Default: \"\"}\nConditions:\n  \
                     Has: !Not [!Equals [!Join [\"\", !Ref L], \"\"]]\nResources:\n  Q:\n    \
                     Type: AWS::SQS::Queue\n    Condition: Has\n";
-        let queues = |l: &str| {
-            parse(yaml, &[("L".to_owned(), l.to_owned())].into()).map(|s| s.queues.len())
-        };
+        let queues =
+            |l: &str| parse(yaml, &[("L".to_owned(), l.to_owned())].into()).map(|s| s.queues.len());
         assert_eq!(parse(yaml, &BTreeMap::new()).map(|s| s.queues.len()), Ok(0));
         assert_eq!(queues(""), Ok(0));
         assert_eq!(queues("https://a.example,https://b.example"), Ok(1));

@@ -184,10 +184,15 @@ mod tests {
 
     /// `!If [HasAllowedOrigins, config, !Ref AWS::NoValue]`: the config.
     fn only_with_allowed_origins(v: &Value) -> Value {
-        let branches = v["Fn::If"].as_array().expect("set only with AllowedOrigins");
+        let branches = v["Fn::If"]
+            .as_array()
+            .expect("set only with AllowedOrigins");
         assert_eq!(branches[0], "HasAllowedOrigins");
         assert_eq!(branches[2], json!({"Ref": "AWS::NoValue"}));
-        assert_eq!(branches[1]["AllowOrigins"], json!({"Ref": "AllowedOrigins"}));
+        assert_eq!(
+            branches[1]["AllowOrigins"],
+            json!({"Ref": "AllowedOrigins"})
+        );
         branches[1].clone()
     }
 
@@ -201,13 +206,17 @@ mod tests {
 
     #[test]
     fn the_template_allows_what_the_dev_server_allows() {
-        let api = only_with_allowed_origins(&resource("HttpApi")["Properties"]["CorsConfiguration"]);
+        let api =
+            only_with_allowed_origins(&resource("HttpApi")["Properties"]["CorsConfiguration"]);
         let methods: Vec<String> = METHODS.iter().map(|m| m.as_str().to_lowercase()).collect();
         assert_eq!(strings(&api["AllowMethods"]), methods);
         assert_eq!(strings(&api["AllowHeaders"]), REQUEST_HEADERS);
         assert_eq!(strings(&api["ExposeHeaders"]), EXPOSED_HEADERS);
         assert_eq!(api["MaxAge"], MAX_AGE.as_secs());
-        assert!(api.get("AllowCredentials").is_none(), "no cookies: tokens travel in headers");
+        assert!(
+            api.get("AllowCredentials").is_none(),
+            "no cookies: tokens travel in headers"
+        );
 
         let url = resource("EventsFunction")["Properties"]["FunctionUrlConfig"].clone();
         let stream = only_with_allowed_origins(&url["Cors"]);
@@ -238,7 +247,10 @@ mod tests {
             let k = key(r);
             let open = r["Properties"]["AuthorizationType"] == "NONE";
             if let Some(path) = k.strip_prefix("ANY ") {
-                assert!(options.iter().any(|p| p == path), "{name}: no OPTIONS {path}");
+                assert!(
+                    options.iter().any(|p| p == path),
+                    "{name}: no OPTIONS {path}"
+                );
             }
             if k == "$default" {
                 assert!(options.iter().any(|p| p == "/{proxy+}"), "{name}");

@@ -428,7 +428,13 @@ mod tests {
             );
         }
         for other in [
-            "", "7", "7.", "x.running", "7.sleeping", "7.running.xyz", "7.running.1f2e3d4c.9",
+            "",
+            "7",
+            "7.",
+            "x.running",
+            "7.sleeping",
+            "7.running.xyz",
+            "7.running.1f2e3d4c.9",
         ] {
             assert_eq!(Seen::parse(other), None, "{other:?}");
         }
