@@ -57,8 +57,14 @@ fn frames(text: &str) -> Vec<Frame> {
         .collect()
 }
 
-/// Reads a stream to its end (or `stop` frames), stamping each frame with when it arrived.
-async fn read(mut resp: reqwest::Response, stop: Option<usize>) -> Vec<Frame> {
+/// Reads to the end.
+fn to_the_end(_: &Frame) -> bool {
+    false
+}
+
+/// Reads a stream to its end (or up to the first frame `stop` accepts), stamping each frame with when
+/// it arrived.
+async fn read(mut resp: reqwest::Response, stop: impl Fn(&Frame) -> bool) -> Vec<Frame> {
     let mut buf = String::new();
     let mut out: Vec<Frame> = Vec::new();
     while let Ok(Some(chunk)) = tokio::time::timeout(WAIT, resp.chunk())
@@ -70,10 +76,11 @@ async fn read(mut resp: reqwest::Response, stop: Option<usize>) -> Vec<Frame> {
             let raw: String = buf.drain(..end + 2).collect();
             for mut f in frames(&raw) {
                 f.at = Some(Instant::now());
+                let last = stop(&f);
                 out.push(f);
-            }
-            if stop.is_some_and(|n| out.iter().filter(|f| !f.comment).count() >= n) {
-                return out;
+                if last {
+                    return out;
+                }
             }
         }
     }
@@ -188,7 +195,7 @@ async fn a_stream_shows_each_change_and_ends_with_the_view(b: Backends) {
             .unwrap()
             .starts_with("text/event-stream")
     );
-    let got = read(resp, None).await;
+    let got = read(resp, to_the_end).await;
     let events: Vec<&Frame> = got.iter().filter(|f| !f.comment).collect();
     let names: Vec<&str> = events.iter().map(|f| f.event.as_deref().unwrap()).collect();
     assert_eq!(names.first(), Some(&"status"), "{names:?}");
@@ -207,13 +214,10 @@ async fn a_stream_shows_each_change_and_ends_with_the_view(b: Backends) {
         "{names:?}"
     );
     assert_eq!(progress[2]["percent"], 99);
-    let ids: Vec<u64> = events
-        .iter()
-        .map(|f| f.id.as_ref().unwrap().parse().unwrap())
-        .collect();
+    let versions: Vec<u64> = events.iter().map(version).collect();
     assert!(
-        ids.windows(2).all(|w| w[0] <= w[1]),
-        "ids are versions, in order: {ids:?}"
+        versions.windows(2).all(|w| w[0] <= w[1]),
+        "ids start with the job's version, in order: {versions:?}"
     );
     let done: Value = serde_json::from_str(&events.last().unwrap().data).unwrap();
     assert_eq!(done["status"], "completed");
@@ -228,29 +232,80 @@ async fn a_stream_shows_each_change_and_ends_with_the_view(b: Backends) {
     );
 }
 
+/// The job's version an event id starts with.
+fn version(f: &&Frame) -> u64 {
+    let id = f.id.as_deref().expect("every event has an id");
+    id.split('.').next().unwrap().parse().expect("a version")
+}
+
 async fn a_resumed_stream_repeats_nothing(b: Backends) {
     let s = serve(&b).await;
     let job = s.submit("fay").await;
     let url = job["events_url"].as_str().unwrap().to_owned();
-    // Read up to the first progress event, then drop the connection.
-    let first = read(s.open(&url, None).await, Some(2)).await;
-    let seen = first.iter().rfind(|f| !f.comment).unwrap();
-    let last_id = seen.id.clone().unwrap();
-    let rest = read(s.open(&url, Some(&last_id)).await, None).await;
+    // Read up to the first progress event (the job is running by then), then drop the connection.
+    let first = read(s.open(&url, None).await, |f| {
+        f.event.as_deref() == Some("progress")
+    })
+    .await;
+    let first: Vec<&Frame> = first.iter().filter(|f| !f.comment).collect();
+    let last_id = first.last().unwrap().id.clone().unwrap();
+    let rest = read(s.open(&url, Some(&last_id)).await, to_the_end).await;
     let rest: Vec<&Frame> = rest.iter().filter(|f| !f.comment).collect();
-    assert!(!rest.is_empty());
+    let seen = |event: &str| {
+        first
+            .iter()
+            .rfind(|f| f.event.as_deref() == Some(event))
+            .map(|f| f.data.clone())
+    };
+    // The job's version moved on (progress, heartbeats) but its status did not: neither the status
+    // nor the progress the client had comes again, under a new id or any other.
+    let status: Value = serde_json::from_str(&seen("status").unwrap()).unwrap();
+    assert_eq!(status["status"], "running");
     for f in &rest {
-        let id: u64 = f.id.as_ref().unwrap().parse().unwrap();
+        let event = f.event.as_deref().unwrap();
         assert!(
-            id > last_id.parse().unwrap(),
-            "{f:?} repeats what {last_id} covered"
+            event == "done" || seen(event).as_deref() != Some(&f.data),
+            "{f:?} repeats what {last_id} covered; first: {first:?}"
         );
+        assert!(version(f) >= version(first.last().unwrap()), "{f:?}");
     }
-    assert_eq!(rest.last().unwrap().event.as_deref(), Some("done"));
-    // Reconnecting after the end gets an empty, closed stream.
-    let done_id = rest.last().unwrap().id.clone().unwrap();
-    let after = read(s.open(&url, Some(&done_id)).await, None).await;
-    assert!(after.iter().all(|f| f.comment), "{after:?}");
+    // Still running until the end: no status event at all, only progress, then `done`.
+    let names: Vec<&str> = rest.iter().map(|f| f.event.as_deref().unwrap()).collect();
+    assert_eq!(names.last(), Some(&"done"), "{rest:?}");
+    assert!(
+        names[..names.len() - 1].iter().all(|n| *n == "progress"),
+        "{rest:?}"
+    );
+}
+
+/// After `done`, a browser's EventSource reconnects on its own (the stream ended): answering `204`
+/// is what makes it stop, where an empty `200` would bring it back every few seconds.
+async fn a_client_that_saw_done_is_told_to_stop_reconnecting(b: Backends) {
+    let s = serve(&b).await;
+    let job = s.submit("ida").await;
+    let url = job["events_url"].as_str().unwrap().to_owned();
+    let all = read(s.open(&url, None).await, to_the_end).await;
+    let done = all.iter().rfind(|f| !f.comment).unwrap();
+    assert_eq!(done.event.as_deref(), Some("done"));
+    for _ in 0..2 {
+        let again = s.open(&url, done.id.as_deref()).await;
+        assert_eq!(again.status(), 204);
+        assert_eq!(again.text().await.unwrap(), "");
+    }
+    // A client that had not seen the end (no Last-Event-ID, or an earlier one) still gets `done`.
+    let earlier = all.iter().find(|f| !f.comment).unwrap();
+    for last in [None, earlier.id.as_deref()] {
+        let resp = s.open(&url, last).await;
+        assert_eq!(resp.status(), 200);
+        let got = read(resp, to_the_end).await;
+        let got: Vec<&Frame> = got.iter().filter(|f| !f.comment).collect();
+        assert_eq!(
+            got.last().unwrap().event.as_deref(),
+            Some("done"),
+            "{last:?}"
+        );
+        assert_eq!(got.last().unwrap().data, done.data);
+    }
 }
 
 async fn only_a_valid_unexpired_token_for_that_job_opens_a_stream(b: Backends) {
@@ -302,5 +357,6 @@ async fn only_a_valid_unexpired_token_for_that_job_opens_a_stream(b: Backends) {
 on_both_backends!(
     a_stream_shows_each_change_and_ends_with_the_view,
     a_resumed_stream_repeats_nothing,
+    a_client_that_saw_done_is_told_to_stop_reconnecting,
     only_a_valid_unexpired_token_for_that_job_opens_a_stream,
 );

@@ -91,6 +91,48 @@ async fn the_api_gateway_fixture_submits_a_job_owned_by_the_jwt_subject() {
     );
 }
 
+/// A CORS preflight that API Gateway routes to a function (template.yaml's unauthenticated `OPTIONS`
+/// routes, needed because its `ANY` routes would catch it) gets `204` without an identity, on every
+/// path: API Gateway adds the CORS headers (and ignores any the function sent), so the function sends
+/// none. Was `405`, which fails the preflight.
+#[tokio::test]
+async fn a_preflight_routed_to_a_function_is_answered_204_without_an_identity() {
+    let l = local().await;
+    let events = api::events_routes(Arc::new(
+        l.stack.events_api(jobkit::api::StreamSettings::default()),
+    ));
+    for (router, path) in [
+        (&l.lambda_api, "/jobs"),
+        (&l.lambda_api, "/jobs/01JF0000000000000000000000"),
+        (&l.lambda_api, "/not-a-route"),
+        (&events, "/jobs/01JF0000000000000000000000/events"),
+    ] {
+        let mut event = fixture("apigw_v2_options_preflight.json");
+        event["rawPath"] = Value::from(path);
+        event["requestContext"]["http"]["path"] = Value::from(path);
+        let req = lambda_http::request::from_str(&event.to_string()).expect("a valid v2 event");
+        let resp = router
+            .clone()
+            .oneshot(req.map(axum::body::Body::new))
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 204, "{path}");
+        assert!(
+            !resp
+                .headers()
+                .keys()
+                .any(|k| k.as_str().starts_with("access-control-")),
+            "{path}: {:?}",
+            resp.headers()
+        );
+    }
+    assert_eq!(
+        l.stack.queue.depth().await.unwrap(),
+        0,
+        "nothing was written"
+    );
+}
+
 #[tokio::test]
 async fn only_the_authorizer_names_the_caller_never_a_header() {
     let l = local().await;

@@ -201,6 +201,9 @@ impl Client {
                 req = req.header("last-event-id", l);
             }
             let mut resp = req.send().await?.error_for_status()?;
+            if resp.status() == reqwest::StatusCode::NO_CONTENT {
+                return Ok(()); // this client has seen `done` already: nothing more will come
+            }
             let mut buf = String::new();
             while let Some(chunk) = resp.chunk().await? {
                 buf.push_str(&String::from_utf8_lossy(&chunk));

@@ -63,6 +63,10 @@ pub struct DevArgs {
     /// had verified it), to try per-user isolation locally. Without it every caller is `local`.
     #[arg(long)]
     pub user_header: bool,
+    /// Let pages from this origin (scheme://host[:port], or * for any) call the API and open job
+    /// streams from a browser: CORS, as the AllowedOrigins parameter sets it up deployed. Repeatable.
+    #[arg(long = "cors-origin", value_name = "ORIGIN")]
+    pub cors_origins: Vec<api::cors::AllowedOrigin>,
 }
 
 /// The resources' name prefix of `--bootstrap` and `jobctl bootstrap`: one default, so both find the
@@ -219,6 +223,13 @@ pub async fn run(args: DevArgs, registry: HandlerRegistry) -> anyhow::Result<()>
             b.events_api(StreamSettings::default()),
         )))
         .merge(dev_routes(&b));
+    // Outermost, as API Gateway's CORS is: preflights are answered before the stand-in authorizer.
+    let app = if args.cors_origins.is_empty() {
+        app
+    } else {
+        let dev_headers = [http::HeaderName::from_static("x-user-id")];
+        app.layer(api::cors::layer(&args.cors_origins, &dev_headers))
+    };
 
     let (stop_tx, stop_rx) = watch::channel(false);
     // Container-only kinds run in-process too, like `jobctl worker --container`: no deadline.
@@ -270,6 +281,13 @@ pub async fn run(args: DevArgs, registry: HandlerRegistry) -> anyhow::Result<()>
         b.config.worker_timeout.as_secs(),
     );
     eprintln!("jobctl dev: kinds {kinds}");
+    if !args.cors_origins.is_empty() {
+        let origins: Vec<String> = args.cors_origins.iter().map(|o| o.to_string()).collect();
+        eprintln!(
+            "jobctl dev: CORS: pages from {} may call it",
+            origins.join(", ")
+        );
+    }
     match (&deliveries, generated) {
         (None, _) => {
             eprintln!("jobctl dev: webhooks off (no deliveries queue): callback_url is refused")

@@ -412,6 +412,99 @@ async fn stats_show_the_queues_and_your_jobs_and_metrics_print_a_line() {
     println!("{line}");
 }
 
+/// Serves `page` at `/` on a free loopback port: a web app's origin. Returns `http://127.0.0.1:PORT`.
+async fn serve_page(page: &'static str) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let origin = format!("http://{}", listener.local_addr().unwrap());
+    let app = axum::Router::new().route(
+        "/",
+        axum::routing::get(move || async move { axum::response::Html(page) }),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    origin
+}
+
+/// The python of infra/browser.sh's venv (Playwright), which it installs if missing. No chromium is a
+/// failure that says how to install it, never a skipped test.
+async fn browser_python() -> String {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    let out = tokio::process::Command::new("bash")
+        .arg(format!("{root}/infra/browser.sh"))
+        .arg("python")
+        .output()
+        .await
+        .expect("bash runs infra/browser.sh");
+    assert!(
+        out.status.success(),
+        "no browser for this test: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    stdout.lines().last().expect("a python path").to_owned()
+}
+
+/// Issues 21.7 and 21.8 in a real browser (headless Chromium, driven by cli/tests/browser/cors.py): a
+/// page on an origin `--cors-origin` names submits a job (a JSON POST: preflighted), reads the
+/// exposed `Location` and an error's body, and follows the job with `new EventSource(events_url)`;
+/// once `done` has come, the browser's own reconnect is told to stop and the EventSource closes for
+/// good instead of reconnecting every few seconds. A page on any other origin reads nothing.
+#[tokio::test]
+async fn a_page_on_an_allowed_origin_submits_and_follows_a_job_in_a_real_browser() {
+    const PAGE: &str = include_str!("browser/cors.html");
+    let python = browser_python().await;
+    let allowed = serve_page(PAGE).await;
+    let other = serve_page(PAGE).await;
+    let dev = Dev::start_with(&["--cors-origin", &allowed], &[]);
+    assert_ne!(allowed, dev.url, "the page's origin is not the API's");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/browser/cors.py");
+    let run = tokio::process::Command::new(&python)
+        .args([
+            script,
+            &format!("{allowed}/"),
+            &format!("{other}/"),
+            &dev.url,
+        ])
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(120), run)
+        .await
+        .expect("the browser run ends within two minutes")
+        .expect("python runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let saw: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let page = &saw["allowed"];
+    assert_eq!(page["submitStatus"], 202, "{saw:#}");
+    let id = page["accepted"]["job_id"].as_str().unwrap();
+    assert_eq!(page["location"], format!("/jobs/{id}"), "exposed: {saw:#}");
+    assert_eq!(page["refusedStatus"], 422, "{saw:#}");
+    assert_eq!(page["refusedBody"]["error"]["code"], "unknown_kind");
+    assert!(page["eventsUrl"].as_str().unwrap().starts_with(&dev.url));
+
+    let stream = &page["stream"];
+    let events = stream["events"].as_array().unwrap();
+    let names: Vec<&str> = events
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(names.last(), Some(&"done"), "{saw:#}");
+    assert_eq!(events.last().unwrap()["data"]["status"], "completed");
+    // The stream ended after `done`; the browser reconnected once (readyState CONNECTING), was
+    // answered 204, and closed for good: one open, never a second.
+    assert_eq!(
+        stream["timedOut"], false,
+        "the EventSource never closed: {saw:#}"
+    );
+    assert_eq!(stream["finalState"], 2, "CLOSED: {saw:#}");
+    assert_eq!(stream["opens"], 1, "{saw:#}");
+    assert_eq!(stream["errorStates"], json!([0, 2]), "{saw:#}");
+
+    assert_eq!(saw["refused"], "refused: TypeError", "{saw:#}");
+}
+
 #[tokio::test]
 async fn submit_wait_follows_the_jobs_stream() {
     let dev = Dev::start(&[("RUST_LOG", "warn,tower_http=debug")]);

@@ -3,7 +3,7 @@
 //! `queue::sqs::create_queues` and `store::dynamo::create_table` create what it describes.
 //!
 //! Supported intrinsics inside those resources: `Ref` (parameters, with their defaults or overrides, and
-//! resources), `Fn::GetAtt X.Arn` and `Fn::FindInMap`, in short (`!Ref`) or long form; a resource's
+//! resources), `Fn::GetAtt X.Arn`, `Fn::FindInMap` and `Fn::Join`, in short (`!Ref`) or long form; a resource's
 //! `Condition` with `Fn::Equals`, `Fn::Not`, `Fn::And`, `Fn::Or` and `Condition` (a resource whose
 //! condition is false is not created). Anything else is an error, so an unsupported construct fails
 //! loudly rather than creating something different.
@@ -84,9 +84,7 @@ impl StackSpec {
 
 /// Parses `yaml`, with `overrides` replacing parameter defaults (as `sam deploy --parameter-overrides`).
 pub fn parse(yaml: &str, overrides: &BTreeMap<String, String>) -> Result<StackSpec, TemplateError> {
-    let doc: Yaml =
-        serde_yaml_ng::from_str(yaml).map_err(|e| TemplateError::Yaml(e.to_string()))?;
-    let doc = to_json(&doc);
+    let doc = to_json_value(yaml)?;
     let empty = Map::new();
     let section = |name: &str| doc.get(name).and_then(Value::as_object).unwrap_or(&empty);
 
@@ -134,6 +132,14 @@ pub fn parse(yaml: &str, overrides: &BTreeMap<String, String>) -> Result<StackSp
         queues,
         tables,
     })
+}
+
+/// The whole template as JSON, intrinsics in their long form, unevaluated: for checks of resources this
+/// module does not read (the API's CORS, its routes).
+pub(crate) fn to_json_value(yaml: &str) -> Result<Value, TemplateError> {
+    let doc: Yaml =
+        serde_yaml_ng::from_str(yaml).map_err(|e| TemplateError::Yaml(e.to_string()))?;
+    Ok(to_json(&doc))
 }
 
 /// YAML to JSON, turning CloudFormation short-form tags into their long form (`!Ref X` -> `{"Ref": X}`).
@@ -257,6 +263,23 @@ impl Eval<'_> {
                         }
                         _ => Err(bad(v)),
                     },
+                    // `!Join [sep, list]`, where a CommaDelimitedList parameter's `!Ref` is its text
+                    // (`a,b`): the usual test for an empty list, `!Join ["", !Ref List]`.
+                    "Fn::Join" => {
+                        let args = self.eval(at, arg)?;
+                        match args.as_array().map(Vec::as_slice) {
+                            Some([Value::String(sep), Value::String(list)]) => {
+                                Ok(json!(list.split(',').collect::<Vec<_>>().join(sep)))
+                            }
+                            Some([Value::String(sep), Value::Array(items)]) => items
+                                .iter()
+                                .map(scalar)
+                                .collect::<Option<Vec<_>>>()
+                                .map(|items| json!(items.join(sep)))
+                                .ok_or_else(|| bad(v)),
+                            _ => Err(bad(v)),
+                        }
+                    }
                     "Fn::FindInMap" => {
                         let args = self.eval(at, arg)?;
                         let keys: Vec<String> = args
@@ -469,10 +492,24 @@ mod tests {
         assert_eq!(queues("!Equals [!Ref P, b]"), Ok(1));
         assert_eq!(queues("!And [!Equals [!Ref P, a], !Equals [b, b]]"), Ok(0));
         assert_eq!(queues("!Or [!Equals [!Ref P, b], !Equals [a, b]]"), Ok(1));
+        assert_eq!(queues("!Equals [!Join [\"\", [a, b]], ab]"), Ok(0));
+        assert_eq!(queues("!Equals [!Join [\"-\", !Ref P], a]"), Ok(0));
         assert!(matches!(
             queues("!Contains [[a], !Ref P]"),
             Err(TemplateError::Unsupported(..))
         ));
+    }
+
+    #[test]
+    fn a_comma_delimited_list_joins_to_test_for_emptiness() {
+        let yaml = "Parameters:\n  L: {Type: CommaDelimitedList, Default: \"\"}\nConditions:\n  \
+                    Has: !Not [!Equals [!Join [\"\", !Ref L], \"\"]]\nResources:\n  Q:\n    \
+                    Type: AWS::SQS::Queue\n    Condition: Has\n";
+        let queues =
+            |l: &str| parse(yaml, &[("L".to_owned(), l.to_owned())].into()).map(|s| s.queues.len());
+        assert_eq!(parse(yaml, &BTreeMap::new()).map(|s| s.queues.len()), Ok(0));
+        assert_eq!(queues(""), Ok(0));
+        assert_eq!(queues("https://a.example,https://b.example"), Ok(1));
     }
 
     #[test]

@@ -33,6 +33,8 @@ STACK = f"jobkit-e2e-{int(time.time())}"
 KW = dict(endpoint_url=ENDPOINT, region_name="us-east-1", aws_access_key_id="test", aws_secret_access_key="test")
 
 AUDIENCE = "jobkit-e2e"
+# The stack's AllowedOrigins: a web app's origin whose pages may call the API and open streams (CORS).
+WEB_ORIGIN = "https://app.example.com"
 KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
 KID = "e2e-key"
 
@@ -174,6 +176,7 @@ def deploy(issuer, model_url):
         "AuthMode": "jwt", "JwtIssuer": issuer, "JwtAudience": AUDIENCE,
         # The container queue and its routing (the Fargate worker needs ECS, which this run leaves out).
         "ContainerQueue": "true",
+        "AllowedOrigins": WEB_ORIGIN,
     }
     # Like `sam deploy`: the template is over the 51,200 bytes a request may carry inline, so it goes
     # through S3 (TemplateURL takes up to 1 MB).
@@ -376,6 +379,45 @@ def main():
         except urllib.error.HTTPError as e:
             assert e.code == 401 and json.loads(e.read())["error"]["code"] == "invalid_token", e.code
 
+    def cors(method, url, origin, body=None, tok=None, headers=()):
+        """A request as a browser on `origin` sends it: (status, headers, body bytes)."""
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(url, data=data, method=method, headers={"origin": origin, **dict(headers)})
+        if data is not None:
+            req.add_header("content-type", "application/json")
+        if tok is not None:
+            req.add_header("authorization", f"Bearer {tok}")
+        try:
+            with urllib.request.urlopen(req, timeout=60) as r:
+                return r.status, r.headers, r.read()
+        except urllib.error.HTTPError as e:
+            return e.code, e.headers, e.read()
+
+    def a_page_on_an_allowed_origin_follows_a_stream():
+        # AllowedOrigins on the events Function URL: it adds the headers to the events function's answers,
+        # the reconnect after `done` included (204, which stops a browser's EventSource). The HTTP API's
+        # CorsConfiguration is checked against jobkit::api::cors by a unit test instead: ministack answers
+        # its preflights before routing (AWS hands them to the ANY routes) and reads a configuration made
+        # by CloudFormation under other key names.
+        status, body = call("POST", f"{api}/jobs", {"kind": "echo", "input": {"page": True}})
+        assert status == 202, (status, body)
+        job_id = body["job_id"]
+        eventually("completed", lambda: call("GET", f"{api}/jobs/{job_id}")[1].get("status") == "completed")
+        status, job = call("GET", f"{api}/jobs/{job_id}")
+        m = re.match(r"https://([a-z0-9-]+)\.lambda-url\.[a-z0-9-]+\.on\.aws/(.*)$", job["events_url"])
+        assert m, job["events_url"]
+        stream = f"{ENDPOINT}/_aws/lambda-url/{m.group(1)}/{m.group(2)}"
+        status, h, raw = cors("GET", stream, WEB_ORIGIN)
+        assert status == 200 and h["access-control-allow-origin"] == WEB_ORIGIN, (status, dict(h))
+        done = [f for f in raw.decode().split("\n\n") if f.startswith("event: done")]
+        assert done, raw
+        done_id = next(l[len("id: "):] for l in done[0].splitlines() if l.startswith("id: "))
+        status, h, raw = cors("GET", stream, WEB_ORIGIN, headers=[("last-event-id", done_id)])
+        assert status == 204 and h["access-control-allow-origin"] == WEB_ORIGIN, (status, dict(h), raw)
+        # Another origin gets no header, so a browser keeps the answer from its page.
+        status, h, _ = cors("GET", stream, "https://elsewhere.example")
+        assert status == 200 and "access-control-allow-origin" not in h, (status, dict(h))
+
     try:
         check("the gateway verifies tokens and one user never sees another's jobs", auth_is_enforced_and_users_are_isolated)
         check("a job submitted through the API completes and its status shows the result", submit_and_complete)
@@ -385,6 +427,7 @@ def main():
         check("a job that keeps failing is dead-lettered and its message reaches the DLQ", failing_job_reaches_the_dlq)
         check("a finished job's webhook is attempted by the deployed delivery function", a_callback_is_attempted_by_the_delivery_function)
         check("a job's stream is served through the events function's URL with its token", a_job_streams_through_the_function_url)
+        check("a page on an allowed origin follows a stream through the Function URL (CORS), told 204 after done", a_page_on_an_allowed_origin_follows_a_stream)
     finally:
         # Leave no poller behind on a shared emulator.
         for mapping in ("WorkerFunctionJobs", "DeliverFunctionDeliveries"):

@@ -1,10 +1,17 @@
 //! `GET /jobs/{id}/events`: a job's live stream (Server-Sent Events). An event for every status change
 //! (`status`), one for every progress report (`progress`: `{percent, message}`), and a final `done`
-//! carrying the job's view, after which the stream ends. Each event's `id` is the job's version, so a
-//! client reconnecting with `Last-Event-ID` gets nothing it has seen; the stream reads the job at most
-//! once per `poll` (a second, deployed), and changes between two reads are collapsed into the latest
-//! state, so no state is missed although intermediate ones may be. A comment every 15 s keeps proxies
-//! from closing it; after at most 14 minutes it ends with a `retry:` hint and the client reconnects.
+//! carrying the job's view, after which the stream ends. The stream reads the job at most once per
+//! `poll` (a second, deployed), and changes between two reads are collapsed into the latest state, so
+//! no state is missed although intermediate ones may be. A comment every 15 s keeps proxies from
+//! closing it; after at most 14 minutes it ends with a `retry:` hint and the client reconnects.
+//!
+//! Resuming: each event's `id` says what the client has seen once it has that event (`Seen`: the
+//! job's version, the status and a fingerprint of the progress), so a reconnect with `Last-Event-ID`
+//! gets exactly what changed since, and nothing it has seen. The version alone could not say that: it
+//! moves on every write (heartbeats, checkpoints), not only when the status or progress changes. A
+//! reconnect from a client that has seen `done` is answered `204 No Content`, the one answer that stops
+//! a browser's `EventSource` from reconnecting (an empty `200` would have it come back every few
+//! seconds for as long as its token lives).
 //!
 //! Browsers' `EventSource` cannot send an `Authorization` header, so the route is not behind the API's
 //! authorizer: `GET /jobs/{id}` (which is) hands out `events_url` with a token, an HMAC over the job id,
@@ -17,6 +24,7 @@ use std::time::Duration;
 
 use axum::extract::{Path, Query, State};
 use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use futures::Stream;
@@ -24,7 +32,7 @@ use hmac::{Hmac, KeyInit, Mac};
 use http::HeaderMap;
 use serde::Deserialize;
 use serde_json::json;
-use sha2::Sha256;
+use sha2::{Digest, Sha256};
 
 use super::{ApiError, JobView};
 use crate::clock::{Millis, SharedClock};
@@ -144,49 +152,117 @@ pub(super) struct TokenQuery {
     token: Option<String>,
 }
 
-/// The events that take a stream from what the client has seen (`seen`: its last status and progress)
-/// to `job`, and whether the job is finished.
-fn events_for(
-    job: &Job,
-    seen: &mut (Option<JobStatus>, Option<Progress>),
-    now: Millis,
-) -> (Vec<Event>, bool) {
-    let id = job.version.to_string();
+/// What a client of a stream has seen, as of its last event: written as that event's `id`, read back
+/// from `Last-Event-ID`. `<version>.<status>[.<progress fingerprint>]`, e.g. `7.running.1f2e3d4c`:
+/// short and of letters, digits, `.` and `_` only, so browsers send it back cross-origin without a
+/// CORS preflight (a long or unusual `Last-Event-ID` makes them ask first).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct Seen {
+    /// The job's version when the client got the event (not needed to resume; it orders the ids).
+    version: u64,
+    status: Option<JobStatus>,
+    /// [`fingerprint`] of the last progress the client got.
+    progress: Option<u32>,
+}
+
+/// Identifies a progress report: 32 bits of SHA-256 over its percent and message. A collision could
+/// only hide one progress report whose percent and message both changed, until the next one.
+fn fingerprint(p: &Progress) -> u32 {
+    let digest = Sha256::new()
+        .chain_update([p.percent])
+        .chain_update(p.message.as_bytes())
+        .finalize();
+    u32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]])
+}
+
+impl Seen {
+    fn id(&self) -> String {
+        let status = self.status.map_or("none", JobStatus::as_str);
+        match self.progress {
+            Some(p) => format!("{}.{status}.{p:08x}", self.version),
+            None => format!("{}.{status}", self.version),
+        }
+    }
+
+    /// Reads a `Last-Event-ID`; anything else (another server's id, a client's invention) is `None`,
+    /// and the stream starts afresh: better a repeat than a missed change.
+    fn parse(raw: &str) -> Option<Self> {
+        let mut parts = raw.trim().split('.');
+        let version = parts.next()?.parse().ok()?;
+        let status = match parts.next()? {
+            "none" => None,
+            s => Some(s.parse().ok()?),
+        };
+        let progress = match parts.next() {
+            Some(hex) if hex.len() == 8 => Some(u32::from_str_radix(hex, 16).ok()?),
+            Some(_) => return None,
+            None => None,
+        };
+        parts.next().is_none().then_some(Self {
+            version,
+            status,
+            progress,
+        })
+    }
+
+    /// Whether the client has seen the stream's end.
+    fn saw_done(&self) -> bool {
+        self.status.is_some_and(JobStatus::is_terminal)
+    }
+}
+
+/// The events that take a client from what it has seen (`seen`, updated as each event is made, so
+/// each carries the state the client is in once it has it) to `job`, and whether the job is finished.
+/// The status goes first: a client that drops the connection between two events of one read still
+/// has a consistent [`Seen`] for the events it got.
+fn events_for(job: &Job, seen: &mut Seen, now: Millis) -> (Vec<Event>, bool) {
     let status = job.effective_status(now);
+    let progress = job.progress.as_ref().map(|p| (p, fingerprint(p)));
     let mut out = Vec::new();
-    if job.progress.is_some() && job.progress != seen.1 {
-        let p = job.progress.clone().unwrap_or(Progress {
-            percent: 0,
-            message: String::new(),
-        });
+    if !status.is_terminal() && seen.status != Some(status) {
+        *seen = Seen {
+            version: job.version,
+            status: Some(status),
+            ..*seen
+        };
+        out.push(
+            Event::default()
+                .event("status")
+                .id(seen.id())
+                .json_data(json!({"status": status, "attempts": job.attempts}))
+                .expect("a status serializes"),
+        );
+    }
+    if let Some((p, fp)) = progress
+        && seen.progress != Some(fp)
+    {
+        *seen = Seen {
+            version: job.version,
+            progress: Some(fp),
+            ..*seen
+        };
         out.push(
             Event::default()
                 .event("progress")
-                .id(&id)
+                .id(seen.id())
                 .json_data(json!({"percent": p.percent, "message": p.message}))
                 .expect("progress serializes"),
         );
-        seen.1 = job.progress.clone();
     }
     if status.is_terminal() {
+        *seen = Seen {
+            version: job.version,
+            status: Some(status),
+            ..*seen
+        };
         out.push(
             Event::default()
                 .event("done")
-                .id(&id)
+                .id(seen.id())
                 .json_data(JobView::at(job.clone(), now))
                 .expect("a view serializes"),
         );
         return (out, true);
-    }
-    if seen.0 != Some(status) {
-        out.push(
-            Event::default()
-                .event("status")
-                .id(&id)
-                .json_data(json!({"status": status, "attempts": job.attempts}))
-                .expect("a status serializes"),
-        );
-        seen.0 = Some(status);
     }
     (out, false)
 }
@@ -194,9 +270,8 @@ fn events_for(
 struct Streaming {
     api: Arc<EventsApi>,
     id: JobId,
-    /// The version the client has seen (Last-Event-ID).
-    last: Option<u64>,
-    seen: (Option<JobStatus>, Option<Progress>),
+    /// What the client has seen, as of the last event made for it.
+    seen: Seen,
     queued: VecDeque<Event>,
     opened: tokio::time::Instant,
     first: bool,
@@ -232,13 +307,6 @@ fn stream(state: Streaming) -> impl Stream<Item = Result<Event, std::convert::In
                     continue;
                 }
             };
-            if s.last.is_some_and(|v| job.version <= v) {
-                if job.effective_status(s.api.clock.now()).is_terminal() {
-                    return None; // the client saw the end already
-                }
-                continue; // nothing the client has not seen
-            }
-            s.last = Some(job.version);
             let (events, done) = events_for(&job, &mut s.seen, s.api.clock.now());
             s.queued.extend(events);
             s.finished = done;
@@ -246,12 +314,13 @@ fn stream(state: Streaming) -> impl Stream<Item = Result<Event, std::convert::In
     })
 }
 
+/// Opens a stream, or answers `204` to a client that has seen its end (see the module docs).
 pub(super) async fn events(
     State(api): State<Arc<EventsApi>>,
     Path(raw_id): Path<String>,
     Query(q): Query<TokenQuery>,
     headers: HeaderMap,
-) -> Result<Sse<impl Stream<Item = Result<Event, std::convert::Infallible>>>, ApiError> {
+) -> Result<Response, ApiError> {
     let now = api.clock.now();
     let (Some(token), Ok(id)) = (q.token, JobId::parse(&raw_id)) else {
         return Err(ApiError::InvalidToken);
@@ -263,25 +332,28 @@ pub(super) async fn events(
     {
         return Err(ApiError::InvalidToken);
     }
-    let last = headers
+    let seen = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
+        .and_then(Seen::parse);
+    if seen.is_some_and(|s| s.saw_done()) {
+        return Ok(http::StatusCode::NO_CONTENT.into_response());
+    }
     let keep_alive = KeepAlive::new()
         .interval(api.settings.keep_alive)
         .text("keep-alive");
     Ok(Sse::new(stream(Streaming {
         api,
         id,
-        last,
         // A resumed stream does not repeat the state the client had.
-        seen: (None, None),
+        seen: seen.unwrap_or_default(),
         queued: VecDeque::new(),
         opened: tokio::time::Instant::now(),
         first: true,
         finished: false,
     }))
-    .keep_alive(keep_alive))
+    .keep_alive(keep_alive)
+    .into_response())
 }
 
 #[cfg(test)]
@@ -319,6 +391,66 @@ mod tests {
         for bad in ["", "1000", "x.y", "1000.!!!"] {
             assert!(!key.verify(bad, &id(), "ann", 0), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn an_event_id_reads_back_as_what_the_client_saw() {
+        let p = Progress {
+            percent: 40,
+            message: "thinking".into(),
+        };
+        for seen in [
+            Seen::default(),
+            Seen {
+                version: 7,
+                status: Some(JobStatus::Running),
+                progress: Some(fingerprint(&p)),
+            },
+            Seen {
+                version: u64::MAX,
+                status: Some(JobStatus::DeadLetter),
+                progress: Some(0),
+            },
+            Seen {
+                version: 3,
+                status: Some(JobStatus::Queued),
+                progress: None,
+            },
+        ] {
+            let id = seen.id();
+            assert_eq!(Seen::parse(&id), Some(seen), "{id}");
+            // Safe for a cross-origin EventSource to send back without a preflight.
+            assert!(id.len() <= 128, "{id}");
+            assert!(
+                id.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_'),
+                "{id}"
+            );
+        }
+        for other in [
+            "",
+            "7",
+            "7.",
+            "x.running",
+            "7.sleeping",
+            "7.running.xyz",
+            "7.running.1f2e3d4c.9",
+        ] {
+            assert_eq!(Seen::parse(other), None, "{other:?}");
+        }
+    }
+
+    #[test]
+    fn progress_fingerprints_tell_percent_and_message_apart() {
+        let at = |percent, message: &str| {
+            fingerprint(&Progress {
+                percent,
+                message: message.into(),
+            })
+        };
+        assert_eq!(at(40, "a"), at(40, "a"));
+        assert_ne!(at(40, "a"), at(41, "a"));
+        assert_ne!(at(40, "a"), at(40, "b"));
     }
 
     #[test]

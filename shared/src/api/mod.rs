@@ -12,6 +12,7 @@
 //! and a `{"error":{"code","message"}}` body; a middleware gives the same shape to the answers of the
 //! tower layers (body limit, timeout) and of axum itself.
 
+pub mod cors;
 mod cursor;
 mod error;
 mod events;
@@ -156,6 +157,7 @@ pub fn events_routes(api: Arc<EventsApi>) -> Router {
                 .with_state(api),
         )
         .layer(middleware::from_fn(json_errors))
+        .layer(middleware::from_fn(cors::answer_preflights))
         .layer(TraceLayer::new_for_http())
 }
 
@@ -179,7 +181,8 @@ fn status_only(api: Arc<StatusApi>) -> Router {
         .with_state(api)
 }
 
-/// What every router gets: 404/405 in the API's words, the body limit (enforced while the body streams:
+/// What every router gets: `204` to any `OPTIONS` (a CORS preflight: see [`cors`]), 404/405 in the
+/// API's words, the body limit (enforced while the body streams:
 /// a too-long Content-Length is refused before a byte is read), a request timeout, tracing, and JSON
 /// error bodies for the layers' own answers.
 fn with_layers(routes: Router) -> Router {
@@ -194,6 +197,7 @@ fn with_layers(routes: Router) -> Router {
         // Outside the limit and the timeout (layers added later run first), so their answers pass it.
         .layer(middleware::from_fn(json_errors))
         .layer(middleware::from_fn(count_rejected_submits))
+        .layer(middleware::from_fn(cors::answer_preflights))
         .layer(TraceLayer::new_for_http())
 }
 
