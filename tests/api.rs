@@ -83,7 +83,7 @@ async fn nothing_written(s: &Stack, user: &str) {
     assert!(jobs.is_empty(), "jobs were written: {jobs:?}");
     assert_eq!(s.queue.depth().await.unwrap(), 0, "a message was sent");
     assert_eq!(
-        s.store.in_flight(user).await.unwrap(),
+        s.store.in_flight(user, 100).await.unwrap(),
         0,
         "a slot was taken"
     );
@@ -331,7 +331,7 @@ async fn a_queued_job_is_cancelled_at_once_and_never_runs(s: Stack) {
         (202, Some("cancelled")),
         "{view}"
     );
-    assert_eq!(s.store.in_flight("erin").await.unwrap(), 0, "slot released");
+    assert_eq!(s.store.in_flight("erin", 100).await.unwrap(), 0, "slot released");
     // Cancelling again changes nothing and says so.
     let (status, view) = json(&api.handle(request("DELETE", &path, "erin")).await);
     assert_eq!((status, view["status"].as_str()), (200, Some("cancelled")));
@@ -374,7 +374,7 @@ async fn a_running_job_stops_when_cancelled_and_ends_cancelled(s: Stack) {
     let job = s.store.get(&id).await.unwrap().unwrap();
     assert_eq!(job.status, JobStatus::Cancelled);
     assert!(job.finished_at.is_some());
-    assert_eq!(s.store.in_flight("frank").await.unwrap(), 0);
+    assert_eq!(s.store.in_flight("frank", 100).await.unwrap(), 0);
 }
 
 async fn finished_jobs_cannot_be_cancelled(s: Stack) {
@@ -452,7 +452,7 @@ async fn concurrent_submits_never_exceed_the_in_flight_cap(s: Stack) {
         assert_eq!(body["error"]["code"], "too_many_jobs_in_flight", "{body}");
     }
     assert_eq!(accepted, CAP as usize, "exactly the cap was admitted");
-    assert_eq!(s.store.in_flight("ivy").await.unwrap(), i64::from(CAP));
+    assert_eq!(s.store.in_flight("ivy", 100).await.unwrap(), i64::from(CAP));
     // The cap is per user.
     submit_ok(&api, "jack", r#"{"kind":"echo","input":1}"#).await;
 
@@ -460,7 +460,7 @@ async fn concurrent_submits_never_exceed_the_in_flight_cap(s: Stack) {
     let worker = s.worker(HandlerRegistry::with_builtins(), fast_settings(5));
     eventually("ivy's jobs to finish", WAIT, async || {
         worker.poll_once().await.unwrap();
-        (s.store.in_flight("ivy").await.unwrap() == 0).then_some(())
+        (s.store.in_flight("ivy", 100).await.unwrap() == 0).then_some(())
     })
     .await;
     submit_ok(&api, "ivy", r#"{"kind":"echo","input":"again"}"#).await;
@@ -476,10 +476,10 @@ async fn every_way_a_job_ends_releases_its_slot(s: Stack) {
     )
     .await;
     let cancelled = submit_ok(&api, "kim", r#"{"kind":"echo","input":2}"#).await;
-    assert_eq!(s.store.in_flight("kim").await.unwrap(), 3);
+    assert_eq!(s.store.in_flight("kim", 100).await.unwrap(), 3);
     api.handle(request("DELETE", &format!("/jobs/{cancelled}"), "kim"))
         .await;
-    assert_eq!(s.store.in_flight("kim").await.unwrap(), 2);
+    assert_eq!(s.store.in_flight("kim", 100).await.unwrap(), 2);
 
     // A submit whose send fails is abandoned (failed) and gives its slot back.
     let failing = api_on(
@@ -494,7 +494,7 @@ async fn every_way_a_job_ends_releases_its_slot(s: Stack) {
         .handle(post_jobs("kim", r#"{"kind":"echo","input":3}"#))
         .await;
     assert_error(&resp, 503, "service_unavailable");
-    assert_eq!(s.store.in_flight("kim").await.unwrap(), 2);
+    assert_eq!(s.store.in_flight("kim", 100).await.unwrap(), 2);
 
     let worker = s.worker(HandlerRegistry::with_builtins(), fast_settings(5));
     eventually("the jobs to finish", WAIT, async || {
@@ -504,7 +504,7 @@ async fn every_way_a_job_ends_releases_its_slot(s: Stack) {
     .await;
     assert_eq!(s.status(&ok).await, JobStatus::Completed);
     assert_eq!(s.status(&fails).await, JobStatus::Failed);
-    assert_eq!(s.store.in_flight("kim").await.unwrap(), 0);
+    assert_eq!(s.store.in_flight("kim", 100).await.unwrap(), 0);
 }
 
 async fn the_sweep_records_a_job_whose_last_attempt_died_and_frees_its_slot(s: Stack) {
@@ -521,7 +521,7 @@ async fn the_sweep_records_a_job_whose_last_attempt_died_and_frees_its_slot(s: S
             .unwrap();
     }
     assert_eq!(job.status, JobStatus::Running);
-    assert_eq!(s.store.in_flight("lena").await.unwrap(), 1);
+    assert_eq!(s.store.in_flight("lena", 100).await.unwrap(), 1);
     let (_, view) = json(&api.handle(get_job("lena", id.as_str())).await);
     assert_eq!(
         view["status"], "dead_letter",
@@ -533,7 +533,7 @@ async fn the_sweep_records_a_job_whose_last_attempt_died_and_frees_its_slot(s: S
     let job = s.store.get(&id).await.unwrap().unwrap();
     assert_eq!(job.status, JobStatus::DeadLetter);
     assert_eq!(job.error.unwrap().code, "lease_expired");
-    assert_eq!(s.store.in_flight("lena").await.unwrap(), 0);
+    assert_eq!(s.store.in_flight("lena", 100).await.unwrap(), 0);
     let again = s.sweeper().sweep(jobkit::sweep::SWEEP_AFTER).await.unwrap();
     assert_eq!(again.buried, 0);
 }

@@ -416,7 +416,7 @@ async fn thousands_of_jobs_under_faults_all_end_exactly_once() {
     let mut sweeper = env.backend.sweeper();
     sweeper.slot_grace = Duration::ZERO;
     let swept = sweeper.release_orphaned_slots().await.unwrap();
-    let counted = env.store.in_flight("fault-user").await.unwrap();
+    let counted = env.store.in_flight("fault-user", 10_000).await.unwrap();
     assert_eq!(
         counted,
         holding.len() as i64,

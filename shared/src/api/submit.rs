@@ -326,7 +326,7 @@ pub(super) async fn submit(
         keyed: keyed_id.is_some(),
         in_flight_cap: cap,
     };
-    match api.store.insert(&job, &how).await {
+    match api.store.insert(&mut job, &how).await {
         Ok(Created::New) => api.enqueue(job, StatusCode::ACCEPTED, &trace).await,
         Ok(Created::Existing(existing)) => {
             api.answer_existing(*existing, &request_hash, &trace).await
