@@ -18,7 +18,7 @@
 //! same hash among those a store instance knows of ([`Views`]: loads it read, at most [`VIEW_TTL`]
 //! old, corrected by its own writes). A store that finds its choice full reads every page's load once
 //! and picks again; a refusal costs at most [`MAX_ADDS`] refused writes and one read of the pages, and
-//! within [`VIEW_TTL`] of a read that found all full, one refused write. The record keeps its page
+//! none at all within [`VIEW_TTL`] of a read that found all full. The record keeps its page
 //! ([`crate::job::Job::slot_page`]), so the removal goes straight to it.
 
 use std::collections::HashMap;
