@@ -466,6 +466,58 @@ async fn concurrent_submits_never_exceed_the_in_flight_cap(s: Stack) {
     submit_ok(&api, "ivy", r#"{"kind":"echo","input":"again"}"#).await;
 }
 
+/// One busy user submitting as fast as this machine drives the backend: every submit under the cap is
+/// admitted, the user's slot members spread over the pages of their ledger (many partition keys, none
+/// over its capacity), and the count is exact. The rate is printed (the paper figure is SCALING.md's).
+async fn one_busy_user_submitting_at_full_speed_spreads_over_slot_pages(s: Stack) {
+    const CAP: u32 = 1000;
+    const JOBS: usize = 600;
+    let api = Arc::new(s.api(|c| c.max_in_flight_per_user = Some(CAP)));
+    let started = std::time::Instant::now();
+    let next = Arc::new(AtomicU32::new(0));
+    let submitters = (0..16).map(|_| {
+        let (api, next) = (api.clone(), next.clone());
+        tokio::spawn(async move {
+            let mut ids = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+                if i >= JOBS {
+                    return ids;
+                }
+                ids.push(submit_ok(&api, "busy", &format!(r#"{{"kind":"echo","input":{i}}}"#)).await);
+            }
+        })
+    });
+    let ids: Vec<JobId> = futures::future::join_all(submitters)
+        .await
+        .into_iter()
+        .flat_map(Result::unwrap)
+        .collect();
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!("one user: {JOBS} submits in {secs:.2}s, {:.0}/s", JOBS as f64 / secs);
+    assert_eq!(ids.len(), JOBS);
+    assert_eq!(s.store.in_flight("busy", CAP).await.unwrap(), JOBS as i64);
+    let layout = jobkit::slots::Layout::new(CAP);
+    let ledger = jobkit::slots::Ledger::owner("busy");
+    let pages: Vec<_> = s
+        .store
+        .all_slots()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|p| p.ledger == ledger && !p.slots.is_empty())
+        .collect();
+    assert!(
+        pages.len() as u32 > layout.pages() * 3 / 4,
+        "{} of {} pages used",
+        pages.len(),
+        layout.pages()
+    );
+    for p in &pages {
+        assert!(p.slots.len() as u32 <= layout.capacity(p.page.unwrap()));
+    }
+}
+
 async fn every_way_a_job_ends_releases_its_slot(s: Stack) {
     let api = s.api(|c| c.max_in_flight_per_user = Some(10));
     let ok = submit_ok(&api, "kim", r#"{"kind":"echo","input":1}"#).await;
@@ -550,6 +602,7 @@ on_both_backends!(
     finished_jobs_cannot_be_cancelled,
     submit_answers_429_when_the_queue_is_over_its_bound,
     concurrent_submits_never_exceed_the_in_flight_cap,
+    one_busy_user_submitting_at_full_speed_spreads_over_slot_pages,
     every_way_a_job_ends_releases_its_slot,
     the_sweep_records_a_job_whose_last_attempt_died_and_frees_its_slot,
 );
