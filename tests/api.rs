@@ -331,7 +331,11 @@ async fn a_queued_job_is_cancelled_at_once_and_never_runs(s: Stack) {
         (202, Some("cancelled")),
         "{view}"
     );
-    assert_eq!(s.store.in_flight("erin", 100).await.unwrap(), 0, "slot released");
+    assert_eq!(
+        s.store.in_flight("erin", 100).await.unwrap(),
+        0,
+        "slot released"
+    );
     // Cancelling again changes nothing and says so.
     let (status, view) = json(&api.handle(request("DELETE", &path, "erin")).await);
     assert_eq!((status, view["status"].as_str()), (200, Some("cancelled")));
@@ -484,7 +488,9 @@ async fn one_busy_user_submitting_at_full_speed_spreads_over_slot_pages(s: Stack
                 if i >= JOBS {
                     return ids;
                 }
-                ids.push(submit_ok(&api, "busy", &format!(r#"{{"kind":"echo","input":{i}}}"#)).await);
+                ids.push(
+                    submit_ok(&api, "busy", &format!(r#"{{"kind":"echo","input":{i}}}"#)).await,
+                );
             }
         })
     });
@@ -494,7 +500,10 @@ async fn one_busy_user_submitting_at_full_speed_spreads_over_slot_pages(s: Stack
         .flat_map(Result::unwrap)
         .collect();
     let secs = started.elapsed().as_secs_f64();
-    eprintln!("one user: {JOBS} submits in {secs:.2}s, {:.0}/s", JOBS as f64 / secs);
+    eprintln!(
+        "one user: {JOBS} submits in {secs:.2}s, {:.0}/s",
+        JOBS as f64 / secs
+    );
     assert_eq!(ids.len(), JOBS);
     assert_eq!(s.store.in_flight("busy", CAP).await.unwrap(), JOBS as i64);
     let layout = jobkit::slots::Layout::new(CAP);

@@ -282,7 +282,10 @@ async fn a_busy_owner_fills_every_page_exactly_to_the_cap_and_no_further(b: Back
         b.store.insert(&mut over, &how).await,
         Err(StoreError::InFlightCapReached)
     ));
-    assert_eq!(b.store.in_flight("busy", CAP).await.unwrap(), i64::from(CAP));
+    assert_eq!(
+        b.store.in_flight("busy", CAP).await.unwrap(),
+        i64::from(CAP)
+    );
     let pages = pages_of(&b, "busy").await;
     for (page, members) in &pages {
         let p = page.expect("every member on a page");
@@ -297,10 +300,16 @@ async fn a_busy_owner_fills_every_page_exactly_to_the_cap_and_no_further(b: Back
     // A job ends: its slot frees on its page, and the next job takes it there.
     let (_, done) = jobs[7].cancel(now_millis()).unwrap();
     b.store.replace(&jobs[7], &done.unwrap()).await.unwrap();
-    assert_eq!(b.store.in_flight("busy", CAP).await.unwrap(), i64::from(CAP) - 1);
+    assert_eq!(
+        b.store.in_flight("busy", CAP).await.unwrap(),
+        i64::from(CAP) - 1
+    );
     b.store.insert(&mut over, &how).await.expect("a slot freed");
     assert_eq!(over.slot_page, jobs[7].slot_page, "the only page with room");
-    assert_eq!(b.store.in_flight("busy", CAP).await.unwrap(), i64::from(CAP));
+    assert_eq!(
+        b.store.in_flight("busy", CAP).await.unwrap(),
+        i64::from(CAP)
+    );
 }
 
 /// Writers racing for an owner's last slots: never more admitted than the cap, whatever each store
@@ -329,7 +338,10 @@ async fn racing_inserts_never_exceed_the_cap_and_the_count_stays_exact(b: Backen
         }
     }
     assert!(admitted <= CAP, "{admitted} admitted over a cap of {CAP}");
-    assert_eq!(b.store.in_flight("racer", CAP).await.unwrap(), i64::from(admitted));
+    assert_eq!(
+        b.store.in_flight("racer", CAP).await.unwrap(),
+        i64::from(admitted)
+    );
     // A refusal under contention may come early (a writer gives up after a few refused pages); the
     // slots are there for the next try.
     eventually("the ledger full", T, async || {
@@ -385,7 +397,14 @@ async fn lists_merge_every_shard_newest_first_and_pages_are_stable(b: Backends) 
             loop {
                 let page = b
                     .store
-                    .list("lister", &ListQuery { status, limit, after: after.clone() })
+                    .list(
+                        "lister",
+                        &ListQuery {
+                            status,
+                            limit,
+                            after: after.clone(),
+                        },
+                    )
                     .await
                     .unwrap();
                 got.extend(page.iter().map(|j| j.job_id.clone()));

@@ -527,7 +527,10 @@ async fn thousands_of_jobs_under_faults_all_end_exactly_once() {
         .filter(|j| j.user_id == "capped-user" && j.holds_slot())
         .count();
     assert_eq!(
-        env.store.in_flight("capped-user", CAPPED_CAP).await.unwrap(),
+        env.store
+            .in_flight("capped-user", CAPPED_CAP)
+            .await
+            .unwrap(),
         capped_holding as i64,
         "the capped owner's count is exact too"
     );
@@ -667,7 +670,10 @@ async fn page_members(client: &aws_sdk_dynamodb::Client, table: &str, key: &str)
     let out = client
         .get_item()
         .table_name(table)
-        .key("job_id", aws_sdk_dynamodb::types::AttributeValue::S(key.into()))
+        .key(
+            "job_id",
+            aws_sdk_dynamodb::types::AttributeValue::S(key.into()),
+        )
         .consistent_read(true)
         .send()
         .await

@@ -282,7 +282,11 @@ async fn complete_all(
 async fn assert_all_released(store: &DynamoStore, users: &[String]) {
     use jobkit::store::SlotLedger;
     for user in users {
-        assert_eq!(store.in_flight(user, 100).await.unwrap(), 0, "{user}'s members");
+        assert_eq!(
+            store.in_flight(user, 100).await.unwrap(),
+            0,
+            "{user}'s members"
+        );
     }
     let left: Vec<_> = store
         .all_slots()

@@ -230,7 +230,9 @@ mod tests {
     use super::*;
 
     fn ids(n: usize) -> Vec<JobId> {
-        (0..n).map(|i| JobId::generate(1_700_000_000_000 + i as i64)).collect()
+        (0..n)
+            .map(|i| JobId::generate(1_700_000_000_000 + i as i64))
+            .collect()
     }
 
     #[test]
@@ -239,7 +241,10 @@ mod tests {
             let l = Layout::new(cap);
             let caps: Vec<u32> = (0..l.pages()).map(|p| l.capacity(p)).collect();
             assert_eq!(caps.iter().sum::<u32>(), cap, "cap {cap}");
-            assert!(caps.iter().all(|&c| (1..=PAGE_CAPACITY).contains(&c)), "cap {cap}: {caps:?}");
+            assert!(
+                caps.iter().all(|&c| (1..=PAGE_CAPACITY).contains(&c)),
+                "cap {cap}: {caps:?}"
+            );
             assert!(caps.iter().max().unwrap() - caps.iter().min().unwrap() <= 1);
         }
     }
@@ -255,7 +260,8 @@ mod tests {
             page: Some(416),
         }
         .to_string();
-        let size = "job_id".len() + key.len() + "slots".len() + PAGE_CAPACITY as usize * member.len();
+        let size =
+            "job_id".len() + key.len() + "slots".len() + PAGE_CAPACITY as usize * member.len();
         assert!(size <= 1024, "{size} bytes");
     }
 
@@ -265,7 +271,12 @@ mod tests {
         for page in [None, Some(0), Some(416)] {
             assert_eq!(Ledger::parse_key(&l.key(page)), Some((l.clone(), page)));
         }
-        for bad in ["user#abc", "step#x", "01KAQZ7X4N3M2P1R0S9T8V7W6Y", &format!("{}#x", l.key(None))] {
+        for bad in [
+            "user#abc",
+            "step#x",
+            "01KAQZ7X4N3M2P1R0S9T8V7W6Y",
+            &format!("{}#x", l.key(None)),
+        ] {
             assert_eq!(Ledger::parse_key(bad), None, "{bad}");
         }
     }
@@ -279,7 +290,11 @@ mod tests {
         let full_home = |p: u32| Some(if p == home { l.capacity(p) } else { 3 });
         let other = l.pick(id, full_home, &[]).unwrap();
         assert_ne!(other, home);
-        assert_eq!(l.pick(id, full_home, &[]), Some(other), "the same choice again");
+        assert_eq!(
+            l.pick(id, full_home, &[]),
+            Some(other),
+            "the same choice again"
+        );
         assert_eq!(l.pick(id, |p| Some(l.capacity(p)), &[]), None);
         let all: Vec<u32> = (0..l.pages()).collect();
         assert_eq!(l.pick(id, |_| None, &all), None, "every page tried");
@@ -293,7 +308,10 @@ mod tests {
             per_page[l.home(&id) as usize] += 1;
         }
         let mean = 50_000 / l.pages();
-        assert!(per_page.iter().all(|&n| n > mean / 2 && n < mean * 2), "{per_page:?}");
+        assert!(
+            per_page.iter().all(|&n| n > mean / 2 && n < mean * 2),
+            "{per_page:?}"
+        );
     }
 
     /// Filling a ledger to its cap with what a single writer knows: every job admitted, each added
@@ -304,7 +322,9 @@ mod tests {
             let l = Layout::new(cap);
             let mut loads = vec![0u32; l.pages() as usize];
             for id in ids(cap as usize) {
-                let p = l.pick(&id, |p| Some(loads[p as usize]), &[]).expect("room left");
+                let p = l
+                    .pick(&id, |p| Some(loads[p as usize]), &[])
+                    .expect("room left");
                 loads[p as usize] += 1;
             }
             assert!((0..l.pages()).all(|p| loads[p as usize] == l.capacity(p)));

@@ -57,7 +57,8 @@ impl State {
                 self.page(&to.user_id, to.slot_page).insert(to.slot());
             }
             -1 => {
-                self.page(&from.user_id, from.slot_page).remove(&from.slot());
+                self.page(&from.user_id, from.slot_page)
+                    .remove(&from.slot());
             }
             _ => {}
         }
@@ -75,10 +76,10 @@ impl State {
         };
         let fits = |st: &State, p: u32| {
             load(st, p) < layout.capacity(p)
-                || st
-                    .slots
-                    .get(&(ledger.clone(), Some(p)))
-                    .is_some_and(|s| s.iter().any(|m| m.job_id == job.job_id && m.since == job.slot_at))
+                || st.slots.get(&(ledger.clone(), Some(p))).is_some_and(|s| {
+                    s.iter()
+                        .any(|m| m.job_id == job.job_id && m.since == job.slot_at)
+                })
         };
         let page = match job.slot_page {
             Some(p) if p < layout.pages() && fits(self, p) => p,
@@ -105,7 +106,10 @@ impl JobInserter for MemoryStore {
             None => {}
         }
         if let Some(cap) = how.in_flight_cap {
-            job.slot_page = Some(st.take_slot(job, cap).ok_or(StoreError::InFlightCapReached)?);
+            job.slot_page = Some(
+                st.take_slot(job, cap)
+                    .ok_or(StoreError::InFlightCapReached)?,
+            );
         }
         st.jobs.insert(job.job_id.clone(), job.clone());
         Ok(Created::New)
@@ -173,7 +177,8 @@ impl JobWriter for MemoryStore {
         st.move_slot(from, to);
         for child in children {
             if child.holds_slot() {
-                st.page(&child.user_id, child.slot_page).insert(child.slot());
+                st.page(&child.user_id, child.slot_page)
+                    .insert(child.slot());
             }
             st.jobs.insert(child.job_id.clone(), child.clone());
         }

@@ -153,6 +153,9 @@ mod tests {
             seen.insert(user_shard("alice", &JobId::generate(1_700_000_000_000 + i)));
         }
         assert_eq!(seen.len(), USER_SHARDS as usize);
-        assert!(seen.iter().all(|s| s.rsplit_once('#').unwrap().0 == "alice"));
+        assert!(
+            seen.iter()
+                .all(|s| s.rsplit_once('#').unwrap().0 == "alice")
+        );
     }
 }

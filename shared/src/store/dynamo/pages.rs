@@ -18,10 +18,7 @@ use crate::store::{SlotLedger, StoreError};
 
 /// The key of one page of a ledger (`None`: the page-less item of ledgers written before pages).
 pub(super) fn page_key(ledger: &Ledger, page: Option<u32>) -> Item {
-    HashMap::from([(
-        "job_id".to_owned(),
-        AttributeValue::S(ledger.key(page)),
-    )])
+    HashMap::from([("job_id".to_owned(), AttributeValue::S(ledger.key(page)))])
 }
 
 pub(super) fn members(slots: &[Slot]) -> AttributeValue {
@@ -259,7 +256,10 @@ impl SlotLedger for DynamoStore {
                 found.push(PageSlots {
                     ledger,
                     page,
-                    slots: members.iter().filter_map(|m| Slot::parse(m, page)).collect(),
+                    slots: members
+                        .iter()
+                        .filter_map(|m| Slot::parse(m, page))
+                        .collect(),
                 });
             }
             start = out.last_evaluated_key;
