@@ -623,6 +623,9 @@ def main():
                 continue
             print(f"busy tenant, {n} in flight: {variant} ...", file=sys.stderr, flush=True)
             results.append(run_round(variant, 0, wl, logs, f"busy-{n}"))
+            if args.only:  # a long run's rounds are not lost to a stop
+                m = metrics(results[-1], n)
+                print(json.dumps({"workload": f"busy-{n}", "ledger": results[-1]["ledger"], **m}), flush=True)
     args.load.append(os.getloadavg()[0])
     with open(os.path.join(logs, "results.json"), "w") as f:
         json.dump(results, f, indent=1)
