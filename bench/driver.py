@@ -247,13 +247,16 @@ def diff(after, before):
             for k in after}
 
 
-def run_round(variant, rnd, args, logs):
-    prefix = f"b{args.run_id}-{rnd}-{variant}"
+def run_round(variant, rnd, args, logs, workload_name="spread"):
+    """One round of one side. `args` carries the workload (jobs, users, cap): the spread-out one, or a
+    busy tenant's (see `busy_args`)."""
+    prefix = f"b{args.run_id}-{rnd}-{variant}-{workload_name}"
     stack = Stack(args.proxy_url, prefix).create()
     fns = functions_for(variant, stack, args, logs)
     for f in fns.values():  # one after another: init is measured on an otherwise idle machine
         f.start().wait_ready()
-    out = {"variant": variant, "round": rnd, "init_ms": {n: f.init_ms for n, f in fns.items()}}
+    out = {"variant": variant, "round": rnd, "workload": workload_name, "jobs": args.jobs,
+           "init_ms": {n: f.init_ms for n, f in fns.items()}}
     proxy_stats(args.proxy_url, reset=True)
     try:
         out.update(workload(fns, stack, args))
@@ -425,9 +428,52 @@ def variants(args):
     return ("jobkit", "peer") + (("baseline",) if args.baseline else ())
 
 
+def busy_args(args, n):
+    """The busy tenant's workload: one user submits `n` jobs under a cap of `n`. Every submit comes
+    before the first job is drained, and a queued job holds its slot, so the owner's in-flight count
+    climbs to `n` (the whole cap) before any finishes: the slot ledger's worst case."""
+    return argparse.Namespace(**{**vars(args), "jobs": n, "users": 1, "cap": n})
+
+
+def busy_report(results, args):
+    """The busy-tenant table: one row per in-flight count, jobkit against the peer."""
+    rows = ["| one user, jobs in flight (= cap) | jobkit WRU/job | of which index | peer WRU/job | jobkit / peer "
+            "| jobkit RRU/job | jobkit DynamoDB calls/job | jobkit $/M jobs | peer $/M jobs |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    for n in args.busy:
+        m = {v: [metrics(r, n) for r in results if r["workload"] == f"busy-{n}" and r["variant"] == v]
+             for v in ("jobkit", "peer")}
+        if not m["jobkit"] or not m["peer"]:
+            continue
+        med = lambda side, key: statistics.median(x[key] for x in m[side])
+        jw, pw = med("jobkit", "DynamoDB WRU/job"), med("peer", "DynamoDB WRU/job")
+        rows.append(f"| {n} | {jw:.2f} | {med('jobkit', 'DynamoDB index WRU/job'):.2f} | {pw:.2f} | {jw / pw:.2f} "
+                    f"| {med('jobkit', 'DynamoDB RRU/job'):.2f} | {med('jobkit', 'DynamoDB calls/job'):.2f} "
+                    f"| {med('jobkit', '$ per million jobs'):.2f} | {med('peer', '$ per million jobs'):.2f} |")
+    return "\n".join(rows)
+
+
+def busy_section(table, args):
+    if not table:
+        return ""
+    return f"""## A busy tenant
+
+The typical production caller is one service identity with many jobs in flight. One user submits N `echo`
+jobs (each with an `Idempotency-Key`) under a per-user cap of N, then the queue is drained: every job is
+queued, so holds its slot, before the first finishes, and the in-flight count climbs to N. One round per
+side and count. jobkit's slot ledger is split in pages of at most 24 members (each under 1 KB), so its
+bill per job does not grow with N; the peer's counter item is constant-size too.
+
+{table}
+
+"""
+
+
 def report(results, args, command):
     n = args.jobs
     sides = variants(args)
+    busy = busy_report(results, args) if args.busy else ""
+    results = [r for r in results if r["workload"] == "spread"]
     by = {v: [metrics(r, n) for r in results if r["variant"] == v] for v in sides}
     names = list(by["jobkit"][0].keys())
     head = "| per job (Idempotency-Key on, per-user cap %d) | jobkit | Powertools peer | jobkit / peer |" % args.cap
@@ -488,7 +534,7 @@ and read units and DynamoDB calls are deterministic for a given workload; a few 
 queue-depth read at most every 5 s per instance, visibility changes for jobs still running after a while), so
 their count per job varies a little between rounds and shrinks with more jobs.
 
-## Calls per job, by operation
+{busy_section(busy, args)}## Calls per job, by operation
 
 {chr(10).join(op_lines)}
 
@@ -528,6 +574,8 @@ def main():
     p.add_argument("--jobs", type=int)
     p.add_argument("--users", type=int, help="users the jobs are spread over (default jobs/10)")
     p.add_argument("--cap", type=int, default=100)
+    p.add_argument("--busy", type=lambda v: [int(x) for x in v.split(",") if x], default=[],
+                   help="also one round per side of a busy tenant per count: 1 user, N jobs, cap N (e.g. 100,1000,5000)")
     p.add_argument("--check", action="store_true")
     p.add_argument("--max-wru", type=float)
     p.add_argument("--max-sqs", type=float)
@@ -568,15 +616,27 @@ def main():
                 continue
             print(f"round {rnd + 1}/{args.rounds}: {variant} ...", file=sys.stderr, flush=True)
             results.append(run_round(variant, rnd, args, logs))
+    for n in args.busy:
+        wl = busy_args(args, n)
+        for variant in sides:
+            if args.only and variant != args.only:
+                continue
+            print(f"busy tenant, {n} in flight: {variant} ...", file=sys.stderr, flush=True)
+            results.append(run_round(variant, 0, wl, logs, f"busy-{n}"))
+            if args.only:  # a long run's rounds are not lost to a stop
+                m = metrics(results[-1], n)
+                print(json.dumps({"workload": f"busy-{n}", "ledger": results[-1]["ledger"], **m}), flush=True)
     args.load.append(os.getloadavg()[0])
     with open(os.path.join(logs, "results.json"), "w") as f:
         json.dump(results, f, indent=1)
     if args.only:
         for r in results:
-            print(json.dumps(metrics(r, args.jobs), indent=1))
+            print(json.dumps(metrics(r, r["jobs"]), indent=1))
         return
     table, doc = report(results, args, args.command)
     print(table)
+    if args.busy:
+        print("\n" + busy_report(results, args))
     with open(args.out, "w") as f:
         f.write(doc)
     print(f"\nwrote {os.path.relpath(args.out, ROOT)} (raw results and function logs: {os.path.relpath(logs, ROOT)})")
@@ -586,7 +646,7 @@ def main():
         if r["ledger"]["problems"]:
             print(f"FAIL: {r['variant']} round {r['round']}: {r['ledger']['problems']}", file=sys.stderr)
             ok = False
-    jobkit = [metrics(r, args.jobs) for r in results if r["variant"] == "jobkit"]
+    jobkit = [metrics(r, r["jobs"]) for r in results if r["variant"] == "jobkit"]
     for limit, key in ((args.max_wru, "DynamoDB WRU/job"), (args.max_sqs, "SQS requests/job")):
         worst = max(m[key] for m in jobkit)
         if limit is not None and worst > limit:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # jobkit vs the Powertools peer, end to end: build, emulator, counting proxy, rounds, BENCHMARKS.md.
 #   bash bench/run.sh [--short] [--rounds N] [--jobs N] [--users N] [--cap N] [--check] [--max-wru X] [--max-sqs X]
-#                     [--baseline REV]
+#                     [--baseline REV] [--busy N,N,...]
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"

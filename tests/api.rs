@@ -83,7 +83,7 @@ async fn nothing_written(s: &Stack, user: &str) {
     assert!(jobs.is_empty(), "jobs were written: {jobs:?}");
     assert_eq!(s.queue.depth().await.unwrap(), 0, "a message was sent");
     assert_eq!(
-        s.store.in_flight(user).await.unwrap(),
+        s.store.in_flight(user, 100).await.unwrap(),
         0,
         "a slot was taken"
     );
@@ -416,7 +416,11 @@ async fn a_queued_job_is_cancelled_at_once_and_never_runs(s: Stack) {
         (202, Some("cancelled")),
         "{view}"
     );
-    assert_eq!(s.store.in_flight("erin").await.unwrap(), 0, "slot released");
+    assert_eq!(
+        s.store.in_flight("erin", 100).await.unwrap(),
+        0,
+        "slot released"
+    );
     // Cancelling again changes nothing and says so.
     let (status, view) = json(&api.handle(request("DELETE", &path, "erin")).await);
     assert_eq!((status, view["status"].as_str()), (200, Some("cancelled")));
@@ -459,7 +463,7 @@ async fn a_running_job_stops_when_cancelled_and_ends_cancelled(s: Stack) {
     let job = s.store.get(&id).await.unwrap().unwrap();
     assert_eq!(job.status, JobStatus::Cancelled);
     assert!(job.finished_at.is_some());
-    assert_eq!(s.store.in_flight("frank").await.unwrap(), 0);
+    assert_eq!(s.store.in_flight("frank", 100).await.unwrap(), 0);
 }
 
 async fn finished_jobs_cannot_be_cancelled(s: Stack) {
@@ -537,7 +541,7 @@ async fn concurrent_submits_never_exceed_the_in_flight_cap(s: Stack) {
         assert_eq!(body["error"]["code"], "too_many_jobs_in_flight", "{body}");
     }
     assert_eq!(accepted, CAP as usize, "exactly the cap was admitted");
-    assert_eq!(s.store.in_flight("ivy").await.unwrap(), i64::from(CAP));
+    assert_eq!(s.store.in_flight("ivy", 100).await.unwrap(), i64::from(CAP));
     // The cap is per user.
     submit_ok(&api, "jack", r#"{"kind":"echo","input":1}"#).await;
 
@@ -545,10 +549,67 @@ async fn concurrent_submits_never_exceed_the_in_flight_cap(s: Stack) {
     let worker = s.worker(test_registry(), fast_settings(5));
     eventually("ivy's jobs to finish", WAIT, async || {
         worker.poll_once().await.unwrap();
-        (s.store.in_flight("ivy").await.unwrap() == 0).then_some(())
+        (s.store.in_flight("ivy", 100).await.unwrap() == 0).then_some(())
     })
     .await;
     submit_ok(&api, "ivy", r#"{"kind":"echo","input":"again"}"#).await;
+}
+
+/// One busy user submitting as fast as this machine drives the backend: every submit under the cap is
+/// admitted, the user's slot members spread over the pages of their ledger (many partition keys, none
+/// over its capacity), and the count is exact. The rate is printed (the paper figure is SCALING.md's).
+async fn one_busy_user_submitting_at_full_speed_spreads_over_slot_pages(s: Stack) {
+    const CAP: u32 = 1000;
+    const JOBS: usize = 600;
+    let api = Arc::new(s.api(|c| c.max_in_flight_per_user = Some(CAP)));
+    let started = std::time::Instant::now();
+    let next = Arc::new(AtomicU32::new(0));
+    let submitters = (0..16).map(|_| {
+        let (api, next) = (api.clone(), next.clone());
+        tokio::spawn(async move {
+            let mut ids = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+                if i >= JOBS {
+                    return ids;
+                }
+                ids.push(
+                    submit_ok(&api, "busy", &format!(r#"{{"kind":"echo","input":{i}}}"#)).await,
+                );
+            }
+        })
+    });
+    let ids: Vec<JobId> = futures::future::join_all(submitters)
+        .await
+        .into_iter()
+        .flat_map(Result::unwrap)
+        .collect();
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!(
+        "one user: {JOBS} submits in {secs:.2}s, {:.0}/s",
+        JOBS as f64 / secs
+    );
+    assert_eq!(ids.len(), JOBS);
+    assert_eq!(s.store.in_flight("busy", CAP).await.unwrap(), JOBS as i64);
+    let layout = jobkit::slots::Layout::new(CAP);
+    let ledger = jobkit::slots::Ledger::owner("busy");
+    let pages: Vec<_> = s
+        .store
+        .all_slots()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|p| p.ledger == ledger && !p.slots.is_empty())
+        .collect();
+    assert!(
+        pages.len() as u32 > layout.pages() * 3 / 4,
+        "{} of {} pages used",
+        pages.len(),
+        layout.pages()
+    );
+    for p in &pages {
+        assert!(p.slots.len() as u32 <= layout.capacity(p.page.unwrap()));
+    }
 }
 
 async fn every_way_a_job_ends_releases_its_slot(s: Stack) {
@@ -561,10 +622,10 @@ async fn every_way_a_job_ends_releases_its_slot(s: Stack) {
     )
     .await;
     let cancelled = submit_ok(&api, "kim", r#"{"kind":"echo","input":2}"#).await;
-    assert_eq!(s.store.in_flight("kim").await.unwrap(), 3);
+    assert_eq!(s.store.in_flight("kim", 100).await.unwrap(), 3);
     api.handle(request("DELETE", &format!("/jobs/{cancelled}"), "kim"))
         .await;
-    assert_eq!(s.store.in_flight("kim").await.unwrap(), 2);
+    assert_eq!(s.store.in_flight("kim", 100).await.unwrap(), 2);
 
     // A submit whose send fails is abandoned (failed) and gives its slot back.
     let failing = api_on(
@@ -579,7 +640,7 @@ async fn every_way_a_job_ends_releases_its_slot(s: Stack) {
         .handle(post_jobs("kim", r#"{"kind":"echo","input":3}"#))
         .await;
     assert_error(&resp, 503, "service_unavailable");
-    assert_eq!(s.store.in_flight("kim").await.unwrap(), 2);
+    assert_eq!(s.store.in_flight("kim", 100).await.unwrap(), 2);
 
     let worker = s.worker(test_registry(), fast_settings(5));
     eventually("the jobs to finish", WAIT, async || {
@@ -589,7 +650,7 @@ async fn every_way_a_job_ends_releases_its_slot(s: Stack) {
     .await;
     assert_eq!(s.status(&ok).await, JobStatus::Completed);
     assert_eq!(s.status(&fails).await, JobStatus::Failed);
-    assert_eq!(s.store.in_flight("kim").await.unwrap(), 0);
+    assert_eq!(s.store.in_flight("kim", 100).await.unwrap(), 0);
 }
 
 async fn the_sweep_records_a_job_whose_last_attempt_died_and_frees_its_slot(s: Stack) {
@@ -606,7 +667,7 @@ async fn the_sweep_records_a_job_whose_last_attempt_died_and_frees_its_slot(s: S
             .unwrap();
     }
     assert_eq!(job.status, JobStatus::Running);
-    assert_eq!(s.store.in_flight("lena").await.unwrap(), 1);
+    assert_eq!(s.store.in_flight("lena", 100).await.unwrap(), 1);
     let (_, view) = json(&api.handle(get_job("lena", id.as_str())).await);
     assert_eq!(
         view["status"], "dead_letter",
@@ -618,7 +679,7 @@ async fn the_sweep_records_a_job_whose_last_attempt_died_and_frees_its_slot(s: S
     let job = s.store.get(&id).await.unwrap().unwrap();
     assert_eq!(job.status, JobStatus::DeadLetter);
     assert_eq!(job.error.unwrap().code, "lease_expired");
-    assert_eq!(s.store.in_flight("lena").await.unwrap(), 0);
+    assert_eq!(s.store.in_flight("lena", 100).await.unwrap(), 0);
     let again = s.sweeper().sweep(jobkit::sweep::SWEEP_AFTER).await.unwrap();
     assert_eq!(again.buried, 0);
 }
@@ -636,6 +697,7 @@ on_both_backends!(
     finished_jobs_cannot_be_cancelled,
     submit_answers_429_when_the_queue_is_over_its_bound,
     concurrent_submits_never_exceed_the_in_flight_cap,
+    one_busy_user_submitting_at_full_speed_spreads_over_slot_pages,
     every_way_a_job_ends_releases_its_slot,
     the_sweep_records_a_job_whose_last_attempt_died_and_frees_its_slot,
 );

@@ -207,19 +207,20 @@ async fn repeated_slot_writes_count_once_even_at_the_cap(b: Backends) {
         keyed: false,
         in_flight_cap: Some(1),
     };
-    assert_eq!(b.store.insert(&job, &how).await.unwrap(), Created::New);
+    assert_eq!(b.store.insert(&mut job, &how).await.unwrap(), Created::New);
+    assert_eq!(job.slot_page, Some(0), "the store names the page it took");
     assert_eq!(
-        b.store.insert(&job, &how).await.unwrap(),
+        b.store.insert(&mut job, &how).await.unwrap(),
         Created::New,
         "a retried insert finds the set full of itself, not of others"
     );
-    assert_eq!(b.store.in_flight("capped").await.unwrap(), 1);
+    assert_eq!(b.store.in_flight("capped", 1).await.unwrap(), 1);
     let mut other = new_job();
     other.user_id = "capped".into();
     other.counted = true;
     other.slot_at = job.slot_at;
     assert!(matches!(
-        b.store.insert(&other, &how).await,
+        b.store.insert(&mut other, &how).await,
         Err(StoreError::InFlightCapReached)
     ));
     let now = now_millis();
@@ -227,10 +228,223 @@ async fn repeated_slot_writes_count_once_even_at_the_cap(b: Backends) {
     let cancelled = cancelled.unwrap();
     for _ in 0..2 {
         b.store.replace(&job, &cancelled).await.unwrap();
-        assert_eq!(b.store.in_flight("capped").await.unwrap(), 0);
+        assert_eq!(b.store.in_flight("capped", 1).await.unwrap(), 0);
     }
-    b.store.insert(&other, &how).await.unwrap();
-    assert_eq!(b.store.in_flight("capped").await.unwrap(), 1);
+    b.store.insert(&mut other, &how).await.unwrap();
+    assert_eq!(b.store.in_flight("capped", 1).await.unwrap(), 1);
+}
+
+fn counted_job(user: &str) -> Job {
+    let mut job = new_job();
+    job.user_id = user.into();
+    job.counted = true;
+    job.slot_at = Some(now_millis() / 1000);
+    job
+}
+
+/// Each page of `user`'s ledger: its page number and members.
+async fn pages_of(b: &Backends, user: &str) -> Vec<(Option<u32>, Vec<jobkit::Slot>)> {
+    let ledger = jobkit::slots::Ledger::owner(user);
+    let mut pages: Vec<_> = b
+        .store
+        .all_slots()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|p| p.ledger == ledger && !p.slots.is_empty())
+        .map(|p| (p.page, p.slots))
+        .collect();
+    pages.sort();
+    pages
+}
+
+/// A busy owner's cap is split over pages (small items: one write unit per add and removal): the
+/// owner is admitted exactly up to the cap, every page within its capacity, each job's member on the
+/// page its record names, and a freed slot is taken again, on its page.
+async fn a_busy_owner_fills_every_page_exactly_to_the_cap_and_no_further(b: Backends) {
+    use jobkit::slots::Layout;
+    use jobkit::store::Insert;
+    const CAP: u32 = 60;
+    let layout = Layout::new(CAP);
+    assert_eq!(layout.pages(), 3);
+    let how = Insert {
+        keyed: false,
+        in_flight_cap: Some(CAP),
+    };
+    let mut jobs = Vec::new();
+    for _ in 0..CAP {
+        let mut job = counted_job("busy");
+        b.store.insert(&mut job, &how).await.expect("under the cap");
+        jobs.push(job);
+    }
+    let mut over = counted_job("busy");
+    assert!(matches!(
+        b.store.insert(&mut over, &how).await,
+        Err(StoreError::InFlightCapReached)
+    ));
+    assert_eq!(
+        b.store.in_flight("busy", CAP).await.unwrap(),
+        i64::from(CAP)
+    );
+    let pages = pages_of(&b, "busy").await;
+    for (page, members) in &pages {
+        let p = page.expect("every member on a page");
+        assert_eq!(members.len() as u32, layout.capacity(p), "page {p} is full");
+    }
+    for job in &jobs {
+        let stored = b.store.get(&job.job_id).await.unwrap().unwrap();
+        assert_eq!(stored.slot_page, job.slot_page);
+        let (_, members) = pages.iter().find(|(p, _)| *p == job.slot_page).unwrap();
+        assert!(members.contains(&job.slot()), "{} on its page", job.job_id);
+    }
+    // A job ends: its slot frees on its page, and the next job takes it there.
+    let (_, done) = jobs[7].cancel(now_millis()).unwrap();
+    b.store.replace(&jobs[7], &done.unwrap()).await.unwrap();
+    assert_eq!(
+        b.store.in_flight("busy", CAP).await.unwrap(),
+        i64::from(CAP) - 1
+    );
+    b.store.insert(&mut over, &how).await.expect("a slot freed");
+    assert_eq!(over.slot_page, jobs[7].slot_page, "the only page with room");
+    assert_eq!(
+        b.store.in_flight("busy", CAP).await.unwrap(),
+        i64::from(CAP)
+    );
+}
+
+/// Writers racing for an owner's last slots: never more admitted than the cap, whatever each store
+/// instance believed of the pages; the count is exactly the admitted jobs; and the ledger still fills
+/// to the cap afterwards.
+async fn racing_inserts_never_exceed_the_cap_and_the_count_stays_exact(b: Backends) {
+    use jobkit::store::Insert;
+    const CAP: u32 = 50;
+    let how = Insert {
+        keyed: false,
+        in_flight_cap: Some(CAP),
+    };
+    let racers = (0..80).map(|_| {
+        let (store, how) = (b.store.clone(), how.clone());
+        tokio::spawn(async move {
+            let mut job = counted_job("racer");
+            store.insert(&mut job, &how).await.map(|_| job)
+        })
+    });
+    let mut admitted = 0;
+    for r in futures::future::join_all(racers).await {
+        match r.unwrap() {
+            Ok(_) => admitted += 1,
+            Err(StoreError::InFlightCapReached) => {}
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert!(admitted <= CAP, "{admitted} admitted over a cap of {CAP}");
+    assert_eq!(
+        b.store.in_flight("racer", CAP).await.unwrap(),
+        i64::from(admitted)
+    );
+    // A refusal under contention may come early (a writer gives up after a few refused pages); the
+    // slots are there for the next try.
+    eventually("the ledger full", T, async || {
+        let mut job = counted_job("racer");
+        let _ = b.store.insert(&mut job, &how).await;
+        (b.store.in_flight("racer", CAP).await.unwrap() == i64::from(CAP)).then_some(())
+    })
+    .await;
+    let layout = jobkit::slots::Layout::new(CAP);
+    for (page, members) in pages_of(&b, "racer").await {
+        assert_eq!(members.len() as u32, layout.capacity(page.unwrap()));
+    }
+}
+
+/// One owner's jobs, listed newest first across every index shard (ties in the same millisecond by
+/// id), page after page with the cursor's position, with and without a status filter.
+async fn lists_merge_every_shard_newest_first_and_pages_are_stable(b: Backends) {
+    use jobkit::store::ListQuery;
+    let t0 = now_millis();
+    let mut jobs = Vec::new();
+    for i in 0..30 {
+        let mut job = Job::new(
+            NewJob {
+                user_id: "lister".into(),
+                kind: "echo".into(),
+                input: json!(i).into(),
+                max_attempts: 5,
+                ttl_secs: 3600,
+                callback_url: None,
+                counted: false,
+            },
+            t0 + i / 3, // three jobs per millisecond
+        );
+        if i % 4 == 0 {
+            job = job.cancel(t0 + 100).unwrap().1.unwrap();
+        }
+        b.store.create(&job).await.unwrap();
+        jobs.push(job);
+    }
+    let mut other = new_job();
+    other.user_id = "lister2".into();
+    b.store.create(&other).await.unwrap();
+    jobs.sort_by(|a, b| (b.submitted_at, &b.job_id).cmp(&(a.submitted_at, &a.job_id)));
+    for status in [None, Some(JobStatus::Cancelled)] {
+        let expected: Vec<_> = jobs
+            .iter()
+            .filter(|j| status.is_none_or(|s| j.status == s))
+            .map(|j| j.job_id.clone())
+            .collect();
+        for limit in [1, 4, 7, 100] {
+            let mut got = Vec::new();
+            let mut after = None;
+            loop {
+                let page = b
+                    .store
+                    .list(
+                        "lister",
+                        &ListQuery {
+                            status,
+                            limit,
+                            after: after.clone(),
+                        },
+                    )
+                    .await
+                    .unwrap();
+                got.extend(page.iter().map(|j| j.job_id.clone()));
+                match page.last() {
+                    Some(last) if page.len() == limit => {
+                        after = Some((last.submitted_at, last.job_id.clone()))
+                    }
+                    _ => break,
+                }
+            }
+            assert_eq!(got, expected, "status {status:?}, pages of {limit}");
+        }
+    }
+}
+
+/// A member no job holds (its record deleted in flight) is found on whichever page it is, and only
+/// it is removed: the count comes back to the jobs that hold slots.
+async fn the_sweep_frees_orphans_on_any_page_and_nothing_else(b: Backends) {
+    use jobkit::store::Insert;
+    const CAP: u32 = 100;
+    let how = Insert {
+        keyed: false,
+        in_flight_cap: Some(CAP),
+    };
+    let mut jobs = Vec::new();
+    for _ in 0..40 {
+        let mut job = counted_job("sweepy");
+        b.store.insert(&mut job, &how).await.unwrap();
+        jobs.push(job);
+    }
+    let pages: std::collections::HashSet<_> = jobs.iter().map(|j| j.slot_page).collect();
+    assert!(pages.len() > 1, "the jobs spread over pages");
+    for job in jobs.iter().step_by(5) {
+        b.expire_job(&job.job_id).await;
+    }
+    let mut sweeper = b.sweeper();
+    sweeper.slot_grace = Duration::ZERO;
+    assert_eq!(sweeper.release_orphaned_slots().await.unwrap(), 8);
+    assert_eq!(b.store.in_flight("sweepy", CAP).await.unwrap(), 32);
+    assert_eq!(sweeper.release_orphaned_slots().await.unwrap(), 0);
 }
 
 // ---------- queue ----------
@@ -434,6 +648,10 @@ on_both_backends!(
     finished_and_missing_jobs_cannot_be_claimed,
     repeating_a_write_that_landed_succeeds_as_after_a_lost_response,
     repeated_slot_writes_count_once_even_at_the_cap,
+    a_busy_owner_fills_every_page_exactly_to_the_cap_and_no_further,
+    racing_inserts_never_exceed_the_cap_and_the_count_stays_exact,
+    lists_merge_every_shard_newest_first_and_pages_are_stable,
+    the_sweep_frees_orphans_on_any_page_and_nothing_else,
     a_received_message_is_hidden_until_its_visibility_ends_and_counts_receives,
     changing_visibility_of_a_deleted_message_is_a_stale_receipt,
     a_delayed_message_is_invisible_until_its_delay_passes,

@@ -6,6 +6,11 @@
 //! succeed (dead letters), panics, poison messages, duplicated deliveries, workers killed mid-batch, and
 //! throttling / 5xx / lost responses from the AWS side.
 //!
+//! Beside them a second owner, capped at [`CAPPED_CAP`] jobs in flight (two slot pages), submits
+//! [`capped_jobs`] more through the same faults, retrying each `429`; a monitor reading the table
+//! directly checks throughout that the owner never holds more slots than the cap, and that no page of
+//! its ledger ever holds more members than its capacity. Both owners' counts must come out exact.
+//!
 //! Every fifth job has a webhook, to a receiver that fails one delivery in three, delivered by delivery
 //! pollers that are killed too, through the same faults (the deliveries queue throttles like the rest),
 //! with the sweep re-announcing what was lost: every terminal job's event must reach the receiver, and
@@ -35,6 +40,14 @@ fn job_count() -> usize {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(2000)
+}
+
+/// The capped owner's cap: two pages of the slot ledger.
+const CAPPED_CAP: u32 = 48;
+
+/// Jobs the capped owner submits: a tenth of the main run's.
+fn capped_jobs() -> usize {
+    (job_count() / 10).max(CAPPED_CAP as usize * 2)
 }
 
 /// What each kind does, and where its jobs must end.
@@ -123,6 +136,79 @@ async fn thousands_of_jobs_under_faults_all_end_exactly_once() {
             ..jobkit::api::ApiSettings::from_config(&env.config)
         },
     );
+
+    // The capped owner: its own API with a cap it keeps hitting; every 429 is retried with the same
+    // Idempotency-Key until accepted.
+    let capped_api = Arc::new(api_on(
+        &backend,
+        registry(ledger.clone()),
+        jobkit::api::ApiSettings {
+            max_in_flight_per_user: Some(CAPPED_CAP),
+            ..jobkit::api::ApiSettings::from_config(&env.config)
+        },
+    ));
+    let capped_done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let capped_submitter = {
+        let (api, done) = (capped_api.clone(), capped_done.clone());
+        tokio::spawn(async move {
+            let mut refused = 0u32;
+            for i in 0..capped_jobs() {
+                let body = json!({"kind": "ok", "input": i}).to_string();
+                loop {
+                    let mut req = post_jobs("capped-user", &body);
+                    req.headers_mut()
+                        .insert("idempotency-key", format!("capped-{i}").parse().unwrap());
+                    match json(&api.handle(req).await) {
+                        (200 | 202, _) => break,
+                        (429 | 503, _) => {
+                            refused += 1;
+                            // A client's backoff, not a wait for anything.
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                        (other, answer) => panic!("capped submit answered {other}: {answer}"),
+                    }
+                }
+            }
+            done.store(true, Ordering::Relaxed);
+            refused
+        })
+    };
+    // The monitor: the capped owner's slot holders and page sizes, read directly, throughout the run.
+    let monitoring = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let monitor = {
+        let (on, client, table) = (
+            monitoring.clone(),
+            aws_sdk_dynamodb::Client::new(&env.sdk),
+            env.config.table.clone(),
+        );
+        tokio::spawn(async move {
+            let ledger = jobkit::slots::Ledger::owner("capped-user");
+            let layout = jobkit::slots::Layout::new(CAPPED_CAP);
+            let (mut samples, mut most_holding) = (0u32, 0usize);
+            while on.load(Ordering::Relaxed) {
+                let holding = scan_jobs(&client, &table)
+                    .await
+                    .iter()
+                    .filter(|j| j.user_id == "capped-user" && j.holds_slot())
+                    .count();
+                assert!(
+                    holding <= CAPPED_CAP as usize,
+                    "{holding} jobs hold slots under a cap of {CAPPED_CAP}"
+                );
+                most_holding = most_holding.max(holding);
+                for page in 0..layout.pages() {
+                    let members = page_members(&client, &table, &ledger.key(Some(page))).await;
+                    assert!(
+                        members <= layout.capacity(page) as usize,
+                        "page {page} holds {members} members"
+                    );
+                }
+                samples += 1;
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            (samples, most_holding)
+        })
+    };
 
     let secret = Secrets::generate();
     let receiver = Receiver::start(&secret, 3.0);
@@ -299,14 +385,23 @@ async fn thousands_of_jobs_under_faults_all_end_exactly_once() {
     let mut quiet_checks = 0;
     let jobs: Vec<Job> = eventually("the system quiet", Duration::from_secs(1200), async || {
         tokio::time::sleep(Duration::from_secs(2)).await;
-        let jobs = scan_jobs(&direct, &env.config.table).await;
+        let jobs: Vec<Job> = scan_jobs(&direct, &env.config.table)
+            .await
+            .into_iter()
+            .filter(|j| j.user_id == "fault-user")
+            .collect();
         let done = jobs.iter().filter(|j| j.status.is_terminal()).count();
         let in_queue = queue_total(&raw_sqs, &env.config.queue_url).await;
         eprintln!(
             "fault suite: {done}/{n} jobs terminal, {in_queue} messages in the queue, {:.0}s",
             started.elapsed().as_secs_f64()
         );
-        quiet_checks = if in_queue == 0 { quiet_checks + 1 } else { 0 };
+        let capped_in = capped_done.load(Ordering::Relaxed);
+        quiet_checks = if in_queue == 0 && capped_in {
+            quiet_checks + 1
+        } else {
+            0
+        };
         // Quiet means nothing left to deliver: poison messages and duplicates still cycle after the last
         // job is terminal, until SQS has moved them to the DLQ.
         (quiet_checks >= 2).then_some(jobs)
@@ -316,6 +411,9 @@ async fn thousands_of_jobs_under_faults_all_end_exactly_once() {
     for p in pollers {
         p.await.unwrap();
     }
+    let capped_refused = capped_submitter.await.unwrap();
+    monitoring.store(false, Ordering::Relaxed);
+    let (samples, most_holding) = monitor.await.unwrap();
 
     // Everything in the DLQ: poison messages and job messages.
     let mut dlq_jobs = HashSet::new();
@@ -416,12 +514,30 @@ async fn thousands_of_jobs_under_faults_all_end_exactly_once() {
     let mut sweeper = env.backend.sweeper();
     sweeper.slot_grace = Duration::ZERO;
     let swept = sweeper.release_orphaned_slots().await.unwrap();
-    let counted = env.store.in_flight("fault-user").await.unwrap();
+    let counted = env.store.in_flight("fault-user", 10_000).await.unwrap();
     assert_eq!(
         counted,
         holding.len() as i64,
         "the in-flight count matches the jobs not yet terminal once orphans are swept ({} were)",
         swept
+    );
+    let capped_holding = scan_jobs(&direct, &env.config.table)
+        .await
+        .iter()
+        .filter(|j| j.user_id == "capped-user" && j.holds_slot())
+        .count();
+    assert_eq!(
+        env.store
+            .in_flight("capped-user", CAPPED_CAP)
+            .await
+            .unwrap(),
+        capped_holding as i64,
+        "the capped owner's count is exact too"
+    );
+    eprintln!(
+        "capped owner: {} jobs under a cap of {CAPPED_CAP}, {capped_refused} submits refused (429/503) and retried; \
+         {samples} samples, at most {most_holding} holding slots at once, never over the cap or a page's capacity",
+        capped_jobs()
     );
     let completions = completions.lock().unwrap().clone();
     assert!(
@@ -547,6 +663,25 @@ async fn queue_total(sqs: &aws_sdk_sqs::Client, url: &str) -> u64 {
     .iter()
     .filter_map(|a| attrs.get(a).and_then(|v| v.parse::<u64>().ok()))
     .sum()
+}
+
+/// How many members the slot page keyed `key` holds.
+async fn page_members(client: &aws_sdk_dynamodb::Client, table: &str, key: &str) -> usize {
+    let out = client
+        .get_item()
+        .table_name(table)
+        .key(
+            "job_id",
+            aws_sdk_dynamodb::types::AttributeValue::S(key.into()),
+        )
+        .consistent_read(true)
+        .send()
+        .await
+        .expect("read a page");
+    match out.item.as_ref().and_then(|i| i.get("slots")) {
+        Some(aws_sdk_dynamodb::types::AttributeValue::Ss(m)) => m.len(),
+        _ => 0,
+    }
 }
 
 /// Every job record in the table (slot, step and cancel items skipped).

@@ -86,7 +86,7 @@ async fn a_retry_with_its_key_gets_its_job_at_the_in_flight_cap(s: Backends) {
         409,
         "idempotency_key_reused",
     );
-    assert_eq!(s.store.in_flight("abe").await.unwrap(), 2);
+    assert_eq!(s.store.in_flight("abe", 100).await.unwrap(), 2);
 }
 
 // 2. Large integers come back exactly, and the request hash is over what was submitted.
@@ -281,7 +281,7 @@ async fn the_sweep_frees_the_slot_of_a_job_deleted_in_flight(s: Backends) {
     let api = api(&s, |c| c.max_in_flight_per_user = Some(2));
     let gone = accepted(&api, post_jobs("ida", r#"{"kind":"echo","input":1}"#)).await;
     let kept = accepted(&api, post_jobs("ida", r#"{"kind":"echo","input":2}"#)).await;
-    assert_eq!(s.store.in_flight("ida").await.unwrap(), 2);
+    assert_eq!(s.store.in_flight("ida", 100).await.unwrap(), 2);
     s.expire_job(&gone).await;
     assert_error(
         &api.handle(post_jobs("ida", r#"{"kind":"echo","input":3}"#))
@@ -300,7 +300,7 @@ async fn the_sweep_frees_the_slot_of_a_job_deleted_in_flight(s: Backends) {
     let report = later.sweep(jobkit::sweep::SWEEP_AFTER).await.unwrap();
     assert_eq!(report.slots_released, 1);
     assert_eq!(
-        s.store.in_flight("ida").await.unwrap(),
+        s.store.in_flight("ida", 100).await.unwrap(),
         1,
         "the live job keeps its slot"
     );

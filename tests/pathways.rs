@@ -156,7 +156,7 @@ async fn a_three_stage_pipeline_ends_with_three_linked_jobs(b: Backends) {
     // Owned like the parent (the owner's list shows all three) and counted: nothing is left in flight.
     let (_, list) = json(&s.api.handle(list_jobs("pat", "limit=10")).await);
     assert_eq!(list["jobs"].as_array().unwrap().len(), 3);
-    assert_eq!(s.b.store.in_flight("pat").await.unwrap(), 0);
+    assert_eq!(s.b.store.in_flight("pat", 100).await.unwrap(), 0);
     assert!(s.runs.lock().unwrap().values().all(|&n| n == 1));
 }
 
@@ -187,7 +187,7 @@ async fn fan_out_children_each_run_once(b: Backends) {
             parent["job_id"]
         );
     }
-    assert_eq!(s.b.store.in_flight("pat").await.unwrap(), 0);
+    assert_eq!(s.b.store.in_flight("pat", 100).await.unwrap(), 0);
 }
 
 async fn a_follow_up_whose_message_was_lost_is_run_after_the_sweep(b: Backends) {
@@ -272,7 +272,7 @@ async fn a_retried_completion_creates_no_second_child(b: Backends) {
     let (_, list) = json(&s.api.handle(list_jobs("pat", "limit=10")).await);
     assert_eq!(list["jobs"].as_array().unwrap().len(), 2, "{list}");
     assert_eq!(
-        s.b.store.in_flight("pat").await.unwrap(),
+        s.b.store.in_flight("pat", 100).await.unwrap(),
         1,
         "the child holds the slot"
     );

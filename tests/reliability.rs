@@ -142,7 +142,7 @@ async fn concurrent_identical_submits_create_one_job() {
         "one job (its id is the key) and its owner's slot item"
     );
     assert_eq!(
-        env.store.in_flight("alice").await.unwrap(),
+        env.store.in_flight("alice", 100).await.unwrap(),
         1,
         "the losers' members went with them"
     );
@@ -161,12 +161,12 @@ async fn the_sweep_never_removes_a_member_whose_job_may_still_be_written() {
         user_id: "ulla".into(),
         ..parent_spec()
     };
-    let parent = jobkit::Job::new(spec(), now);
+    let mut parent = jobkit::Job::new(spec(), now);
     let capped = |cap| Insert {
         keyed: false,
         in_flight_cap: Some(cap),
     };
-    store.insert(&parent, &capped(3)).await.unwrap();
+    store.insert(&mut parent, &capped(3)).await.unwrap();
     // A completion that starts two children, computed from a copy another write then overtakes: the
     // children's members are added, their write is refused (as if it had not landed yet).
     let running = store
@@ -174,7 +174,7 @@ async fn the_sweep_never_removes_a_member_whose_job_may_still_be_written() {
         .await
         .unwrap();
     let inputs = [1, 2].map(|i| jobkit::Json::from(serde_json::json!(i)));
-    let children = running.children("echo", jobkit::Lane::Lambda, &inputs, now);
+    let mut children = running.children("echo", jobkit::Lane::Lambda, &inputs, now);
     let done = running
         .complete_into(
             "w",
@@ -191,11 +191,11 @@ async fn the_sweep_never_removes_a_member_whose_job_may_still_be_written() {
         store.replace_spawning(&running, &done, &children).await,
         Err(jobkit::store::StoreError::Conflict { .. })
     ));
-    assert_eq!(store.in_flight("ulla").await.unwrap(), 3);
-    let late = jobkit::Job::new(spec(), now);
+    assert_eq!(store.in_flight("ulla", 100).await.unwrap(), 3);
+    let mut late = jobkit::Job::new(spec(), now);
     assert!(
         matches!(
-            store.insert(&late, &capped(3)).await,
+            store.insert(&mut late, &capped(3)).await,
             Err(jobkit::store::StoreError::InFlightCapReached)
         ),
         "members of writes under way count against the cap"
@@ -208,7 +208,7 @@ async fn the_sweep_never_removes_a_member_whose_job_may_still_be_written() {
     );
 
     // The first child's write lands late; then the sweep runs as if past the grace.
-    store.insert(&children[0], &capped(10)).await.unwrap();
+    store.insert(&mut children[0], &capped(10)).await.unwrap();
     let mut later = env.backend.sweeper();
     later.slot_grace = Duration::ZERO;
     assert_eq!(
@@ -216,7 +216,7 @@ async fn the_sweep_never_removes_a_member_whose_job_may_still_be_written() {
         1,
         "only the member no job holds"
     );
-    assert_eq!(store.in_flight("ulla").await.unwrap(), 2);
+    assert_eq!(store.in_flight("ulla", 100).await.unwrap(), 2);
     assert!(
         store
             .get(&children[0].job_id)
@@ -239,7 +239,7 @@ async fn running_jobs(
     let mut running = Vec::new();
     for user in users {
         for _ in 0..per_user {
-            let job = jobkit::Job::new(
+            let mut job = jobkit::Job::new(
                 jobkit::job::NewJob {
                     user_id: user.clone(),
                     ..parent_spec()
@@ -250,7 +250,7 @@ async fn running_jobs(
                 keyed: false,
                 in_flight_cap: Some(5),
             };
-            store.insert(&job, &how).await.unwrap();
+            store.insert(&mut job, &how).await.unwrap();
             running.push(
                 store
                     .claim(&job.job_id, "w", now + 60_000, now)
@@ -282,14 +282,23 @@ async fn complete_all(
 async fn assert_all_released(store: &DynamoStore, users: &[String]) {
     use jobkit::store::SlotLedger;
     for user in users {
-        assert_eq!(store.in_flight(user).await.unwrap(), 0, "{user}'s members");
+        assert_eq!(
+            store.in_flight(user, 100).await.unwrap(),
+            0,
+            "{user}'s members"
+        );
     }
     let left: Vec<_> = store
         .all_slots()
         .await
         .unwrap()
         .into_iter()
-        .filter(|s| users.contains(&s.user_id) && !s.slots.is_empty())
+        .filter(|s| {
+            users
+                .iter()
+                .any(|u| jobkit::slots::Ledger::owner(u) == s.ledger)
+                && !s.slots.is_empty()
+        })
         .collect();
     assert!(left.is_empty(), "members left: {left:?}");
 }
@@ -313,10 +322,11 @@ async fn concurrent_completions_of_many_owners_release_every_member() {
             .iter()
             .all(Result::is_ok)
     );
-    assert_eq!(store.in_flight("many-29").await.unwrap(), 0);
+    assert_eq!(store.in_flight("many-29", 100).await.unwrap(), 0);
 
     let members = ended.each_ref().map(jobkit::Job::slot);
-    let again = store.release_slots("many-29", &members);
+    let ledger = jobkit::slots::Ledger::owner("many-29");
+    let again = store.release_slots(&ledger, &members);
     let (results, again) = tokio::join!(complete_all(store, &running, now), again);
     assert!(results.iter().all(Result::is_ok), "{results:?}");
     again.unwrap();

@@ -52,6 +52,8 @@ def create_job(user, body, key=None):
     now = now_ms()
     item = {
         "job_id": job_id, "user_id": user, "kind": body["kind"], "input": json.dumps(body["input"]),
+        # The key of the stack's by_user_shard index (owner#n, n of 8), as jobkit writes it.
+        "user_shard": f"{user}#{uuid.UUID(job_id).int % 8}",
         "status": "queued", "attempts": 0, "max_attempts": MAX_ATTEMPTS, "submitted_at": now,
         "updated_at": now, "expires_at": int(time.time()) + 7 * 86400,
     }

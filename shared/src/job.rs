@@ -101,18 +101,21 @@ impl fmt::Display for JobId {
     }
 }
 
-/// One job's member of its owner's in-flight slot set: `{job_id}@{since}`, `since` the epoch second the
-/// job took the slot (members written before slots were stamped are the bare id). A job that takes a
-/// slot again (a redrive) gets a new member, so an old round's member is never mistaken for the new.
+/// One job's member of its owner's in-flight ledger: `{job_id}@{since}`, `since` the epoch second the
+/// job took the slot (members written before slots were stamped are the bare id), kept on `page` of the
+/// ledger (see [`crate::slots`]; `None`: the single slot item of ledgers written before pages). A job
+/// that takes a slot again (a redrive) gets a new member, so an old round's member is never mistaken
+/// for the new. `Display` is the member as stored; the page is where it is stored.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Slot {
     pub job_id: JobId,
     pub since: Option<i64>,
+    pub page: Option<u32>,
 }
 
 impl Slot {
-    /// Parses a set member; `None` for anything a store did not write.
-    pub fn parse(member: &str) -> Option<Self> {
+    /// Parses a member found on `page`; `None` for anything a store did not write.
+    pub fn parse(member: &str, page: Option<u32>) -> Option<Self> {
         let (id, since) = match member.split_once('@') {
             Some((id, since)) => (id, Some(since.parse().ok()?)),
             None => (member, None),
@@ -120,6 +123,7 @@ impl Slot {
         Some(Self {
             job_id: JobId::parse(id).ok()?,
             since,
+            page,
         })
     }
 }
@@ -395,6 +399,11 @@ pub struct Job {
     /// bytes for it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub waiting_for: Option<WaitingFor>,
+    /// The page of the owner's ledger its member is kept on, chosen by the store when the job is
+    /// inserted and kept for the job's life (a redrive takes its slot again there; pathway children
+    /// join it). `None` on a counted job: the single slot item of ledgers written before pages.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slot_page: Option<u32>,
     /// Bumped by every write; stores persist a new value only over the version it was computed from.
     pub version: u64,
 }
@@ -469,6 +478,7 @@ impl Job {
             counted: spec.counted,
             slot_at: spec.counted.then(|| now.div_euclid(1000)),
             waiting_for: None,
+            slot_page: None,
             version: 0,
         }
     }
@@ -504,6 +514,7 @@ impl Job {
         Slot {
             job_id: self.job_id.clone(),
             since: self.slot_at,
+            page: self.slot_page,
         }
     }
 
@@ -891,6 +902,9 @@ impl Job {
                     now,
                 );
                 child.job_id = JobId::child_of(&self.job_id, i);
+                // The parent's page, which its member leaves right after the completion: the store
+                // adds children's members without a cap, as it always has (see `crate::store`).
+                child.slot_page = self.slot_page;
                 child.parent_id = Some(self.job_id.clone());
                 child.lane = lane;
                 child
@@ -1398,11 +1412,11 @@ mod tests {
         let slot = counted_job().slot();
         let member = slot.to_string();
         assert_eq!(member, format!("{}@{}", slot.job_id, T0 / 1000));
-        assert_eq!(Slot::parse(&member), Some(slot.clone()));
-        let bare = Slot::parse(slot.job_id.as_str()).unwrap();
+        assert_eq!(Slot::parse(&member, None), Some(slot.clone()));
+        let bare = Slot::parse(slot.job_id.as_str(), None).unwrap();
         assert_eq!((bare.job_id, bare.since), (slot.job_id, None));
         for bad in ["", "nope", "01ARZ3NDEKTSV4RRFFQ69G5FAV@x", "@12"] {
-            assert_eq!(Slot::parse(bad), None, "{bad:?}");
+            assert_eq!(Slot::parse(bad, None), None, "{bad:?}");
         }
     }
 

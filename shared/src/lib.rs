@@ -2,7 +2,8 @@
 //!
 //! Layout (see ARCHITECTURE.md), leaves first; no module imports one listed after it:
 //! - [`error`], [`clock`], [`retry`], [`json`]: the shared leaves (error alias, time, backoff, exact JSON).
-//! - [`job`]: the job record and its state machine; [`waitpoint`]: what a parked job waits for; pure.
+//! - [`job`]: the job record and its state machine; [`waitpoint`]: what a parked job waits for;
+//!   [`slots`]: bounded sets of holders in pages (the in-flight cap), the layout and page choice; pure.
 //! - [`config`], [`template`]: typed configuration from the environment; template.yaml's resources.
 //! - [`handler`]: typed handlers, the kind registry, [`JobContext`]; [`prelude`] for handler authors.
 //! - [`store`], [`queue`]: capability-shaped ports with DynamoDB/SQS and embedded adapters.
@@ -33,6 +34,7 @@ pub mod net;
 pub mod observe;
 pub mod queue;
 pub mod retry;
+pub mod slots;
 pub mod store;
 pub mod sweep;
 pub mod telemetry;

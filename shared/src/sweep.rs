@@ -199,11 +199,12 @@ impl Sweeper {
         let now = self.clock.now();
         let grace = self.slot_grace.as_millis() as i64;
         let mut released = 0;
-        for set in self.store.all_slots().await? {
+        for page in self.store.all_slots().await? {
             let mut orphans = Vec::new();
             // Members written before slots were stamped count as old.
             let old = |s: &Slot| s.since.is_none_or(|t| t * 1000 + grace <= now);
-            for slot in set.slots.into_iter().filter(old) {
+            for slot in page.slots.into_iter().filter(old) {
+                // Held only by its job, on the page the job names.
                 match self.store.get(&slot.job_id).await? {
                     Some(job) if job.holds(&slot) => {}
                     _ => orphans.push(slot),
@@ -212,9 +213,10 @@ impl Sweeper {
             if !orphans.is_empty() {
                 tracing::warn!(
                     orphans = orphans.len(),
+                    page = ?page.page,
                     "released in-flight slots no job holds"
                 );
-                self.store.release_slots(&set.user_id, &orphans).await?;
+                self.store.release_slots(&page.ledger, &orphans).await?;
                 released += orphans.len();
             }
         }

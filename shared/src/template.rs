@@ -532,7 +532,7 @@ mod tests {
         assert!(
             t.global_secondary_indexes
                 .iter()
-                .any(|g| g.name == "by_user")
+                .any(|g| g.name == "by_user_shard")
         );
     }
 

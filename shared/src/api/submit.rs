@@ -396,7 +396,7 @@ pub(super) async fn submit(
         keyed: keyed_id.is_some(),
         in_flight_cap: cap,
     };
-    match api.store.insert(&job, &how).await {
+    match api.store.insert(&mut job, &how).await {
         // A delayed start has no message yet: the sweep queues it when its time comes.
         Ok(Created::New) if job.status == JobStatus::Waiting => {
             tracing::info!(job_id = %job.job_id, kind = %job.kind, start_at, "job accepted for later");

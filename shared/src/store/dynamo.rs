@@ -16,14 +16,19 @@ use sha2::Digest;
 use std::collections::HashMap;
 
 use super::{
-    CancelSignals, CancelWatch, Created, Insert, JobClaimer, JobInserter, JobLister, JobReader,
-    JobScanner, JobWriter, ListQuery, SlotLedger, Slots, StepStore, StoreError, WaitpointStore,
+    CancelSignals, CancelWatch, Created, Insert, JobClaimer, JobInserter, JobReader, JobScanner,
+    JobWriter, SlotLedger, StepStore, StoreError, WaitpointStore,
 };
-use crate::job::{Job, JobId, JobStatus, Millis, Slot};
+use crate::job::{Job, JobId, JobStatus, Millis};
 use crate::json::Json;
+use crate::slots::{Ledger, Views};
 use crate::waitpoint::{WaitState, Waitpoint};
 
+mod list;
+mod pages;
 mod release;
+
+pub use list::USER_SHARDS;
 
 /// Jobs in one DynamoDB table (see `JobsTable` in template.yaml).
 #[derive(Debug, Clone)]
@@ -32,6 +37,8 @@ pub struct DynamoStore {
     table: String,
     /// Slot releases of concurrent writers, sent together (shared by clones).
     releases: std::sync::Arc<release::Releases>,
+    /// What this instance knows of its ledgers' page loads (shared by clones).
+    views: std::sync::Arc<Views>,
 }
 
 type Item = HashMap<String, AttributeValue>;
@@ -41,6 +48,7 @@ impl DynamoStore {
         let table = table.into();
         Self {
             releases: release::Releases::new(client.clone(), table.clone()),
+            views: std::sync::Arc::default(),
             client,
             table,
         }
@@ -166,22 +174,6 @@ impl DynamoStore {
     }
 }
 
-/// The GSI listing one owner's jobs by submit time (`JobsTable` in template.yaml).
-const BY_USER_INDEX: &str = "by_user";
-
-/// Partition-key prefix of the items holding a user's in-flight slots.
-const SLOTS_PREFIX: &str = "user#";
-
-/// The item holding a user's in-flight slots: the set `slots` of their counted, unfinished job ids, and
-/// `owner`. Keyed by a hash: user ids (IAM ARNs, say) may be long.
-fn slots_key(user: &str) -> Item {
-    let hash = hex::encode(sha2::Sha256::digest(user.as_bytes()));
-    HashMap::from([(
-        "job_id".to_owned(),
-        AttributeValue::S(format!("{SLOTS_PREFIX}{hash}")),
-    )])
-}
-
 /// The item holding one durable step's result.
 fn step_key(id: &JobId, name: &str) -> Item {
     HashMap::from([(
@@ -247,37 +239,14 @@ fn cancel_key(id: &JobId, round: u32) -> Item {
     )])
 }
 
-/// Adds `slots` to `user`'s set (ADD: a member already there is not added twice), when `cap` is given
-/// only if the set holds fewer than `cap` members, or this one already: the SDK's retry of an add that
-/// landed (its answer lost) must not find the set full of itself.
-fn add_slots(table: &str, user: &str, slots: &[Slot], cap: Option<u32>) -> Update {
-    let mut u = Update::builder()
-        .table_name(table)
-        .set_key(Some(slots_key(user)))
-        .update_expression("ADD slots :m SET #o = :owner")
-        .expression_attribute_names("#o", "owner")
-        .expression_attribute_values(":m", members(slots))
-        .expression_attribute_values(":owner", AttributeValue::S(user.to_owned()));
-    if let Some(cap) = cap {
-        let [mine] = slots else {
-            unreachable!("a capped add is one job's")
-        };
-        u = u
-            .condition_expression(
-                "attribute_not_exists(slots) OR size(slots) < :cap OR contains(slots, :mine)",
-            )
-            .expression_attribute_values(":cap", num(cap))
-            .expression_attribute_values(":mine", AttributeValue::S(mine.to_string()));
-    }
-    u.build().expect("table, key and expression are set")
-}
-
-fn members(slots: &[Slot]) -> AttributeValue {
-    AttributeValue::Ss(slots.iter().map(ToString::to_string).collect())
-}
-
+/// A job's item: its storage form, and the `by_user_shard` index's key (see [`list`]).
 fn to_item(job: &Job) -> Item {
-    serde_dynamo::to_item(job).expect("a job always maps to an item")
+    let mut item: Item = serde_dynamo::to_item(job).expect("a job always maps to an item");
+    item.insert(
+        list::SHARD_ATTRIBUTE.to_owned(),
+        AttributeValue::S(list::user_shard(&job.user_id, &job.job_id)),
+    );
+    item
 }
 
 fn from_item(item: Item) -> Result<Job, StoreError> {
@@ -326,14 +295,12 @@ fn num(n: impl ToString) -> AttributeValue {
 
 #[async_trait]
 impl JobInserter for DynamoStore {
-    async fn insert(&self, job: &Job, how: &Insert) -> Result<Created, StoreError> {
+    async fn insert(&self, job: &mut Job, how: &Insert) -> Result<Created, StoreError> {
         debug_assert_eq!(job.counted, how.in_flight_cap.is_some());
         if let Some(cap) = how.in_flight_cap {
-            // The member first: a job never holds a slot its owner's set does not count.
-            let add = add_slots(&self.table, &job.user_id, &[job.slot()], Some(cap));
-            if !self.update(add).await? {
-                return Err(StoreError::InFlightCapReached);
-            }
+            // The member first: a job never holds a slot its owner's ledger does not count.
+            let page = self.take_slot(job, cap).await?;
+            job.slot_page = Some(page.ok_or(StoreError::InFlightCapReached)?);
         }
         let taken = match self.put_new(job).await {
             Ok(()) => return Ok(Created::New),
@@ -344,7 +311,8 @@ impl JobInserter for DynamoStore {
         // The put did not land, so the member just added is held by nobody, unless the stored job is
         // a twin submitted in the same second and holds the very same member.
         if job.counted && !taken.as_ref().is_some_and(|t| t.holds(&job.slot())) {
-            self.release_slots(&job.user_id, &[job.slot()]).await?;
+            self.release_slots(&Ledger::owner(&job.user_id), &[job.slot()])
+                .await?;
         }
         match taken {
             Some(existing) if how.keyed => Ok(Created::Existing(Box::new(existing))),
@@ -456,7 +424,8 @@ impl DynamoStore {
         children: &[Job],
     ) -> Result<(), StoreError> {
         let change = from.slot_change(to);
-        let mut taking: Vec<Slot> = children
+        let ledger = Ledger::owner(&to.user_id);
+        let mut taking: Vec<_> = children
             .iter()
             .filter(|c| c.holds_slot())
             .map(Job::slot)
@@ -464,10 +433,7 @@ impl DynamoStore {
         if change > 0 {
             taking.push(to.slot());
         }
-        if !taking.is_empty() {
-            self.update(add_slots(&self.table, &to.user_id, &taking, None))
-                .await?;
-        }
+        self.add_uncapped(&ledger, &taking).await?;
         match self.write(from, to, children).await {
             Ok(()) => {}
             // A retried write whose first try landed: done, but for the removal below.
@@ -477,14 +443,14 @@ impl DynamoStore {
                 // redrive of the same second. (Children's members are left to the sweep: a child may
                 // exist from an earlier completion of the parent, holding a member of the same second.)
                 if change > 0 && !current.as_ref().is_some_and(|c| c.holds(&to.slot())) {
-                    self.release_slots(&to.user_id, &[to.slot()]).await?;
+                    self.release_slots(&ledger, &[to.slot()]).await?;
                 }
                 return Err(StoreError::Conflict { current });
             }
             Err(e) => return Err(e),
         }
         if change < 0 {
-            self.release_slots(&to.user_id, &[from.slot()]).await?;
+            self.release_slots(&ledger, &[from.slot()]).await?;
         }
         Ok(())
     }
@@ -547,68 +513,6 @@ impl DynamoStore {
             None => Ok(()),
             // The parent moved (a conflict, or this write landed before): the caller looks again.
             Some(_) => Err(self.conflict(&to.job_id, None).await),
-        }
-    }
-}
-
-#[async_trait]
-impl JobLister for DynamoStore {
-    /// The `by_user` index holds keys only (so a job's state changes never write to it): a page of keys
-    /// from the index, newest first, then the jobs themselves in one BatchGetItem. With a status filter,
-    /// pages are read until enough jobs match (what a FilterExpression would read too).
-    async fn list(&self, user: &str, query: &ListQuery) -> Result<Vec<Job>, StoreError> {
-        let mut start = query.after.as_ref().map(|(t, id)| {
-            let mut key = Self::key(id);
-            key.insert("user_id".into(), AttributeValue::S(user.to_owned()));
-            key.insert("submitted_at".into(), num(t));
-            key
-        });
-        let mut found = Vec::new();
-        loop {
-            let wanted = query.limit - found.len();
-            let page = if query.status.is_some() {
-                wanted.max(100)
-            } else {
-                wanted
-            };
-            let out = self
-                .client
-                .query()
-                .table_name(&self.table)
-                .index_name(BY_USER_INDEX)
-                .key_condition_expression("user_id = :u")
-                .expression_attribute_values(":u", AttributeValue::S(user.to_owned()))
-                .scan_index_forward(false)
-                .limit(i32::try_from(page).unwrap_or(i32::MAX))
-                .set_exclusive_start_key(start)
-                .send()
-                .await
-                .map_err(unavailable)?;
-            let ids: Vec<JobId> = out
-                .items
-                .unwrap_or_default()
-                .iter()
-                .filter_map(|i| match i.get("job_id") {
-                    Some(AttributeValue::S(id)) => JobId::parse(id).ok(),
-                    _ => None,
-                })
-                .collect();
-            let mut jobs = self.get_many(&ids).await?;
-            for id in &ids {
-                // A key whose job is gone (TTL) is skipped.
-                if let Some(job) = jobs.remove(id)
-                    && query.status.is_none_or(|s| job.status == s)
-                {
-                    found.push(job);
-                    if found.len() >= query.limit {
-                        return Ok(found);
-                    }
-                }
-            }
-            start = out.last_evaluated_key;
-            if start.is_none() {
-                return Ok(found);
-            }
         }
     }
 }
@@ -824,68 +728,6 @@ impl CancelWatch for DynamoStore {
             .await
             .map_err(unavailable)?;
         Ok(out.item.is_some())
-    }
-}
-
-#[async_trait]
-impl SlotLedger for DynamoStore {
-    async fn in_flight(&self, user: &str) -> Result<i64, StoreError> {
-        let out = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .set_key(Some(slots_key(user)))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(unavailable)?;
-        match out.item.as_ref().and_then(|i| i.get("slots")) {
-            Some(AttributeValue::Ss(members)) => Ok(members.len() as i64),
-            None => Ok(0),
-            Some(other) => Err(StoreError::Corrupt {
-                source: format!("slots item holds {other:?}").into(),
-            }),
-        }
-    }
-
-    async fn all_slots(&self) -> Result<Vec<Slots>, StoreError> {
-        let mut found = Vec::new();
-        let mut start = None;
-        loop {
-            let out = self
-                .client
-                .scan()
-                .table_name(&self.table)
-                .filter_expression("begins_with(job_id, :p) AND attribute_exists(slots)")
-                .expression_attribute_values(":p", AttributeValue::S(SLOTS_PREFIX.into()))
-                .consistent_read(true)
-                .set_exclusive_start_key(start)
-                .send()
-                .await
-                .map_err(unavailable)?;
-            for item in out.items.unwrap_or_default() {
-                let (Some(AttributeValue::S(user_id)), Some(AttributeValue::Ss(members))) =
-                    (item.get("owner"), item.get("slots"))
-                else {
-                    continue;
-                };
-                found.push(Slots {
-                    user_id: user_id.clone(),
-                    slots: members.iter().filter_map(|m| Slot::parse(m)).collect(),
-                });
-            }
-            start = out.last_evaluated_key;
-            if start.is_none() {
-                return Ok(found);
-            }
-        }
-    }
-
-    async fn release_slots(&self, user: &str, slots: &[Slot]) -> Result<(), StoreError> {
-        if slots.is_empty() {
-            return Ok(());
-        }
-        self.releases.release(user, slots).await
     }
 }
 

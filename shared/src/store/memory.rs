@@ -8,10 +8,11 @@ use async_trait::async_trait;
 
 use super::{
     CancelSignals, CancelWatch, Created, Insert, JobClaimer, JobInserter, JobLister, JobReader,
-    JobScanner, JobWriter, ListQuery, SlotLedger, Slots, StepStore, StoreError, WaitpointStore,
+    JobScanner, JobWriter, ListQuery, PageSlots, SlotLedger, StepStore, StoreError, WaitpointStore,
 };
 use crate::job::{Job, JobId, JobStatus, Millis, Slot};
 use crate::json::Json;
+use crate::slots::{Layout, Ledger};
 use crate::waitpoint::Waitpoint;
 
 #[derive(Debug, Default)]
@@ -22,9 +23,9 @@ pub struct MemoryStore {
 #[derive(Debug, Default)]
 struct State {
     jobs: HashMap<JobId, Job>,
-    /// user -> their in-flight set. Every write here is one step under the lock, so the set is
-    /// always exactly the slots held.
-    slots: HashMap<String, BTreeSet<Slot>>,
+    /// (ledger, page) -> its members. Every write here is one step under the lock, so the pages
+    /// always hold exactly the slots held.
+    slots: HashMap<(Ledger, Option<u32>), BTreeSet<Slot>>,
     cancel_signals: HashSet<(JobId, u32)>,
     steps: HashMap<(JobId, String), Json>,
     waitpoints: HashMap<(JobId, String), Waitpoint>,
@@ -48,23 +49,54 @@ impl MemoryStore {
 }
 
 impl State {
+    fn page(&mut self, user: &str, page: Option<u32>) -> &mut BTreeSet<Slot> {
+        self.slots.entry((Ledger::owner(user), page)).or_default()
+    }
+
     fn move_slot(&mut self, from: &Job, to: &Job) {
-        let slots = self.slots.entry(to.user_id.clone()).or_default();
         match from.slot_change(to) {
             1 => {
-                slots.insert(to.slot());
+                self.page(&to.user_id, to.slot_page).insert(to.slot());
             }
             -1 => {
-                slots.remove(&from.slot());
+                self.page(&from.user_id, from.slot_page)
+                    .remove(&from.slot());
             }
             _ => {}
         }
+    }
+
+    /// Adds `job`'s member under `cap`, as the DynamoDB store does with an exact view: on the page the
+    /// job names if it holds the member already or has room, else on the page [`Layout::pick`] picks.
+    /// The page taken, or `None` when every page is full.
+    fn take_slot(&mut self, job: &Job, cap: u32) -> Option<u32> {
+        let (ledger, layout) = (Ledger::owner(&job.user_id), Layout::new(cap));
+        let load = |st: &State, p: u32| {
+            st.slots
+                .get(&(ledger.clone(), Some(p)))
+                .map_or(0, |s| s.len() as u32)
+        };
+        let fits = |st: &State, p: u32| {
+            load(st, p) < layout.capacity(p)
+                || st.slots.get(&(ledger.clone(), Some(p))).is_some_and(|s| {
+                    s.iter()
+                        .any(|m| m.job_id == job.job_id && m.since == job.slot_at)
+                })
+        };
+        let page = match job.slot_page {
+            Some(p) if p < layout.pages() && fits(self, p) => p,
+            _ => layout.pick(&job.job_id, |p| Some(load(self, p)), &[])?,
+        };
+        let mut slot = job.slot();
+        slot.page = Some(page);
+        self.page(&job.user_id, Some(page)).insert(slot);
+        Some(page)
     }
 }
 
 #[async_trait]
 impl JobInserter for MemoryStore {
-    async fn insert(&self, job: &Job, how: &Insert) -> Result<Created, StoreError> {
+    async fn insert(&self, job: &mut Job, how: &Insert) -> Result<Created, StoreError> {
         debug_assert_eq!(job.counted, how.in_flight_cap.is_some());
         let mut st = self.state();
         match st.jobs.get(&job.job_id) {
@@ -76,11 +108,10 @@ impl JobInserter for MemoryStore {
             None => {}
         }
         if let Some(cap) = how.in_flight_cap {
-            let slots = st.slots.entry(job.user_id.clone()).or_default();
-            if slots.len() >= cap as usize {
-                return Err(StoreError::InFlightCapReached);
-            }
-            slots.insert(job.slot());
+            job.slot_page = Some(
+                st.take_slot(job, cap)
+                    .ok_or(StoreError::InFlightCapReached)?,
+            );
         }
         st.jobs.insert(job.job_id.clone(), job.clone());
         Ok(Created::New)
@@ -148,9 +179,7 @@ impl JobWriter for MemoryStore {
         st.move_slot(from, to);
         for child in children {
             if child.holds_slot() {
-                st.slots
-                    .entry(child.user_id.clone())
-                    .or_default()
+                st.page(&child.user_id, child.slot_page)
                     .insert(child.slot());
             }
             st.jobs.insert(child.job_id.clone(), child.clone());
@@ -290,26 +319,35 @@ impl CancelWatch for MemoryStore {
 
 #[async_trait]
 impl SlotLedger for MemoryStore {
-    async fn in_flight(&self, user: &str) -> Result<i64, StoreError> {
-        Ok(self.state().slots.get(user).map_or(0, |s| s.len() as i64))
+    async fn in_flight(&self, user: &str, _cap: u32) -> Result<i64, StoreError> {
+        let ledger = Ledger::owner(user);
+        Ok(self
+            .state()
+            .slots
+            .iter()
+            .filter(|((l, _), _)| *l == ledger)
+            .map(|(_, s)| s.len() as i64)
+            .sum())
     }
 
-    async fn all_slots(&self) -> Result<Vec<Slots>, StoreError> {
+    async fn all_slots(&self) -> Result<Vec<PageSlots>, StoreError> {
         Ok(self
             .state()
             .slots
             .iter()
             .filter(|(_, slots)| !slots.is_empty())
-            .map(|(user, slots)| Slots {
-                user_id: user.clone(),
+            .map(|((ledger, page), slots)| PageSlots {
+                ledger: ledger.clone(),
+                page: *page,
                 slots: slots.iter().cloned().collect(),
             })
             .collect())
     }
 
-    async fn release_slots(&self, user: &str, slots: &[Slot]) -> Result<(), StoreError> {
-        if let Some(held) = self.state().slots.get_mut(user) {
-            for slot in slots {
+    async fn release_slots(&self, ledger: &Ledger, slots: &[Slot]) -> Result<(), StoreError> {
+        let mut st = self.state();
+        for slot in slots {
+            if let Some(held) = st.slots.get_mut(&(ledger.clone(), slot.page)) {
                 held.remove(slot);
             }
         }

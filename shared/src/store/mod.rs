@@ -17,22 +17,37 @@
 //! - **The Idempotency-Key is the job id** ([`JobId::for_key`]): the job's own conditional PutItem
 //!   (`attribute_not_exists`) reserves the key; a retry reads the job by the same id. There is no key
 //!   item. A key names its job for as long as the record is kept (its TTL).
-//! - **The per-user cap is a set of slot members** in one small item per owner, `{job_id}@{second}`
-//!   ([`Slot`]). A job's member is added (conditional on the set holding fewer than the cap) *before* the
-//!   write that makes the job hold a slot (its insert, a redrive), and removed *after* the write that
-//!   ends it (its terminal write; a retry that finds that write landed removes it again: removals are
-//!   idempotent). So at every instant **every job that holds a slot has its member in the set**, and the
-//!   cap — the set's size — is never exceeded. The converse can fail only for a moment (between the two
-//!   writes) or after a crash between them: a member no job holds. Those are removed by the sweep, but
-//!   only once older than [`crate::sweep::SLOT_GRACE`], far longer than any invocation that could still
-//!   be about to write the job that holds it; a write that did not land for sure (a timeout) is never
-//!   compensated in place for the same reason. A leak can thus cost an owner a slot for a while, never
-//!   let them exceed the cap.
-//! - The `by_user` index holds keys only, so state changes never write to it.
+//! - **The per-user cap is a ledger of slot members** (see [`crate::slots`]), `{job_id}@{second}`
+//!   ([`Slot`]), kept in **pages**: items `user#<hash of owner>#<page>` of at most 24 members, whose
+//!   capacities add up to the cap. A job's member is added (conditional on its page holding fewer than
+//!   the page's capacity) *before* the write that makes the job hold a slot (its insert, a redrive),
+//!   and removed *after* the write that ends it (its terminal write; a retry that finds that write
+//!   landed removes it again: removals are idempotent). So at every instant **every job that holds a
+//!   slot has its member on its page**, and no page — so not the cap, their sum — is ever exceeded. The
+//!   converse can fail only for a moment (between the two writes) or after a crash between them: a
+//!   member no job holds. Those are removed by the sweep, but only once older than
+//!   [`crate::sweep::SLOT_GRACE`], far longer than any invocation that could still be about to write
+//!   the job that holds it; a write that did not land for sure (a timeout) is never compensated in
+//!   place for the same reason. A leak can thus cost an owner a slot for a while, never let them exceed
+//!   the cap.
+//! - **Why pages, and which one**: one item holding every member grew ~37 bytes per job in flight, and
+//!   a write bills a unit per KB of the item, so a busy owner paid more per job the more they ran (4
+//!   units per add at 100 in flight), all on one partition key. A page stays under 1 KB: an add and a
+//!   removal bill one unit each at any count, spread over `cap / 24` keys. A job goes to its home page
+//!   (a hash of its id) when that has room, else to one its store instance knows has room; the record
+//!   keeps the page ([`Job::slot_page`]) for the removal. Refusing costs at most
+//!   [`crate::slots::MAX_ADDS`] refused writes and one read of the owner's pages. Children of a
+//!   pathway and redriven jobs re-take a slot without the cap check, as they always did: on their
+//!   parent's / their own page.
+//! - **Listing is sharded too**: the `by_user_shard` index is keyed by `user_shard` = `<owner>#<n>`,
+//!   `n` one of [`dynamo::USER_SHARDS`] from the job id, so one owner's inserts spread over that many
+//!   index partitions; a list merges the shards' queries newest first. It holds keys only, so state
+//!   changes never write to it.
 //!
 //! Per job on the happy path (items under 1 KB): insert 1 + index 1, claim 1, completion 1; with the
-//! cap, +1 for the member's add and +1 for its removal: 4 or 6 write units, key or not. Removals of
-//! jobs finishing together share one request (see `dynamo/release.rs`): same units, fewer calls.
+//! cap, +1 for the member's add and +1 for its removal: 4 or 6 write units, key or not, however many
+//! jobs the owner has in flight. Removals of jobs finishing together share one request (see
+//! `dynamo/release.rs`): same units, fewer calls.
 
 use async_trait::async_trait;
 
@@ -40,6 +55,8 @@ use crate::error::BoxError;
 use crate::job::{Job, JobId, JobStatus, Millis, Slot};
 use crate::json::Json;
 use crate::waitpoint::Waitpoint;
+use crate::slots::Ledger;
+pub use crate::slots::PageSlots;
 
 pub mod dynamo;
 pub mod memory;
@@ -106,14 +123,6 @@ pub struct ListQuery {
     pub after: Option<(Millis, JobId)>,
 }
 
-/// One owner's in-flight set: a member per counted job not yet finished (and, briefly, per job being
-/// written or just finished: see the module doc).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Slots {
-    pub user_id: String,
-    pub slots: Vec<Slot>,
-}
-
 // Every method below is a single atomic operation, and safe to retry: repeating a write that already
 // landed (the SDK retries when a response is lost) succeeds again instead of reporting a conflict with
 // itself.
@@ -143,21 +152,25 @@ pub trait JobWriter: Send + Sync {
     ) -> Result<(), StoreError>;
 }
 
-/// New jobs (PutItem, and UpdateItem of the owner's slot item when counted).
+/// New jobs (PutItem, and UpdateItem of a page of the owner's ledger when counted).
 #[async_trait]
 pub trait JobInserter: Send + Sync {
-    /// Stores a new job, taking its in-flight slot first when asked. `InFlightCapReached` if the owner
-    /// is at the cap (nothing stored); `Existing` if the job is keyed and its id is taken; else
-    /// `AlreadyExists` if its id is taken.
-    async fn insert(&self, job: &Job, how: &Insert) -> Result<Created, StoreError>;
+    /// Stores a new job, taking its in-flight slot first when asked: on the page `job.slot_page`
+    /// names if it has room (a retried insert), else on one the store picks, which it writes into
+    /// `job.slot_page` before storing it. `InFlightCapReached` if the owner is at the cap (nothing
+    /// stored); `Existing` if the job is keyed and its id is taken; else `AlreadyExists` if its id is
+    /// taken.
+    async fn insert(&self, job: &mut Job, how: &Insert) -> Result<Created, StoreError>;
 
     /// Stores a new job with no key and no cap; `AlreadyExists` if its id is taken.
     async fn create(&self, job: &Job) -> Result<(), StoreError> {
-        self.insert(job, &Insert::default()).await.map(|_| ())
+        self.insert(&mut job.clone(), &Insert::default())
+            .await
+            .map(|_| ())
     }
 }
 
-/// One owner's jobs (Query on the `by_user` index).
+/// One owner's jobs (Queries on the `by_user_shard` index).
 #[async_trait]
 pub trait JobLister: Send + Sync {
     /// Up to `query.limit` of `user`'s jobs, newest first. A query, never a scan.
@@ -244,15 +257,17 @@ pub trait WaitpointStore: Send + Sync {
     ) -> Result<Option<Waitpoint>, StoreError>;
 }
 
-/// In-flight slots (GetItem, Scan, UpdateItem of slot items): what the cap counts, and the sweep's repair.
+/// In-flight slots (BatchGetItem, Scan, UpdateItem of ledger pages): what the cap counts, and the
+/// sweep's repair.
 #[async_trait]
 pub trait SlotLedger: Send + Sync {
-    /// How many members `user`'s set holds (the number the cap checks).
-    async fn in_flight(&self, user: &str) -> Result<i64, StoreError>;
-    /// Every owner's set (a scan: for the periodic sweep only).
-    async fn all_slots(&self) -> Result<Vec<Slots>, StoreError>;
-    /// Removes these members, which no job holds (idempotent).
-    async fn release_slots(&self, user: &str, slots: &[Slot]) -> Result<(), StoreError>;
+    /// How many members `user`'s ledger holds on the pages of `cap` (and the page-less item of
+    /// ledgers written before pages): the number the cap checks.
+    async fn in_flight(&self, user: &str, cap: u32) -> Result<i64, StoreError>;
+    /// Every page of every owner's ledger (a scan: for the periodic sweep only).
+    async fn all_slots(&self) -> Result<Vec<PageSlots>, StoreError>;
+    /// Removes these members of `ledger`, each from the page it names, which no job holds (idempotent).
+    async fn release_slots(&self, ledger: &Ledger, slots: &[Slot]) -> Result<(), StoreError>;
 }
 
 /// Jobs nothing will move again (Scan): for the periodic sweep only.

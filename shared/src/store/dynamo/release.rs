@@ -1,24 +1,26 @@
 //! Slot releases, sent together (group commit). A batch's jobs finish at about the same time, and each
-//! ends by removing its member from its owner's slot item: one UpdateItem per job, the worker's third
-//! DynamoDB call per job. Here the first release goes out at once, alone; the releases that arrive while
-//! it is in flight wait and then go out together as one `BatchExecuteStatement` (PartiQL `SET_DELETE`,
-//! one statement per owner, up to 25): no added latency when there is no concurrency, one request for
-//! many when there is. Each statement is billed as the single write it is, so units do not change.
+//! ends by removing its member from a page of its owner's ledger: one UpdateItem per job, the worker's
+//! third DynamoDB call per job. Here the first release goes out at once, alone; the releases that
+//! arrive while it is in flight wait and then go out together as one `BatchExecuteStatement` (PartiQL
+//! `SET_DELETE`, one statement per page, up to 25): no added latency when there is no concurrency, one
+//! request for many when there is. Each statement is billed as the single write it is, so units do not
+//! change.
 //!
 //! A caller still returns only once its members are removed (or the removal failed), so the slot
 //! protocol of [`crate::store`] is unchanged. Whatever the batch does not confirm — the whole request
 //! failing (a deployment whose role lacks `dynamodb:PartiQLUpdate`, say) or one statement failing
 //! (throttled: the SDK does not retry a statement) — is removed again the plain way, one UpdateItem
-//! per owner with the SDK's retries, so the batch can only save requests, never lose a removal.
+//! per page with the SDK's retries, so the batch can only save requests, never lose a removal.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use aws_sdk_dynamodb::Client;
-use aws_sdk_dynamodb::types::{BatchStatementRequest, Update};
+use aws_sdk_dynamodb::types::{AttributeValue, BatchStatementRequest, Update};
 use tokio::sync::oneshot;
 
-use super::{members, slots_key, update_item};
+use super::pages::members;
+use super::update_item;
 use crate::job::Slot;
 use crate::store::StoreError;
 
@@ -41,7 +43,8 @@ struct State {
 
 #[derive(Debug)]
 struct Waiting {
-    user: String,
+    /// The page item's key.
+    key: String,
     slots: Vec<Slot>,
     done: oneshot::Sender<Result<(), StoreError>>,
 }
@@ -55,17 +58,17 @@ impl Releases {
         })
     }
 
-    /// Removes `slots` from `user`'s set, with whatever other releases are waiting.
+    /// Removes `slots` from the page item keyed `key`, with whatever other releases are waiting.
     pub(super) async fn release(
         self: &Arc<Self>,
-        user: &str,
+        key: String,
         slots: &[Slot],
     ) -> Result<(), StoreError> {
         let (done, answer) = oneshot::channel();
         let lead = {
             let mut state = self.state();
             state.waiting.push(Waiting {
-                user: user.to_owned(),
+                key,
                 slots: slots.to_vec(),
                 done,
             });
@@ -105,31 +108,31 @@ impl Releases {
     }
 
     async fn send(&self, batch: Vec<Waiting>) {
-        let mut by_user: BTreeMap<String, (Vec<Slot>, Vec<oneshot::Sender<_>>)> = BTreeMap::new();
+        let mut by_page: BTreeMap<String, (Vec<Slot>, Vec<oneshot::Sender<_>>)> = BTreeMap::new();
         for w in batch {
-            let entry = by_user.entry(w.user).or_default();
+            let entry = by_page.entry(w.key).or_default();
             entry.0.extend(w.slots);
             entry.1.push(w.done);
         }
-        let confirmed = if by_user.len() > 1 {
-            self.batch(by_user.iter().map(|(u, (s, _))| (u.as_str(), s.as_slice())))
+        let confirmed = if by_page.len() > 1 {
+            self.batch(by_page.iter().map(|(k, (s, _))| (k.as_str(), s.as_slice())))
                 .await
         } else {
             vec![false]
         };
-        // What the batch did not confirm is released owner by owner, all at once: one slow owner must
+        // What the batch did not confirm is released page by page, all at once: one slow page must
         // not hold up the others' callers.
-        let answers = by_user
+        let answers = by_page
             .into_iter()
             .zip(confirmed)
-            .map(|((user, (slots, waiters)), ok)| self.answer(user, slots, waiters, ok));
+            .map(|((key, (slots, waiters)), ok)| self.answer(key, slots, waiters, ok));
         futures::future::join_all(answers).await;
     }
 
-    /// Answers one owner's callers: done if the batch `confirmed` it, else after an UpdateItem.
+    /// Answers one page's callers: done if the batch `confirmed` it, else after an UpdateItem.
     async fn answer(
         &self,
-        user: String,
+        key: String,
         slots: Vec<Slot>,
         waiters: Vec<oneshot::Sender<Result<(), StoreError>>>,
         confirmed: bool,
@@ -137,7 +140,7 @@ impl Releases {
         let result = if confirmed {
             Ok(())
         } else {
-            self.one(&user, &slots).await
+            self.one(&key, &slots).await
         };
         let mut waiters = waiters.into_iter();
         let last = waiters.next_back();
@@ -149,20 +152,20 @@ impl Releases {
         }
     }
 
-    /// One statement per owner; which of them removed their members (or found no slot item: nothing
+    /// One statement per page; which of them removed their members (or found no page item: nothing
     /// to remove). All `false` when the request itself failed.
-    async fn batch(&self, users: impl ExactSizeIterator<Item = (&str, &[Slot])>) -> Vec<bool> {
-        let n = users.len();
+    async fn batch(&self, pages: impl ExactSizeIterator<Item = (&str, &[Slot])>) -> Vec<bool> {
+        let n = pages.len();
         let statement = format!(
             "UPDATE \"{}\" SET slots = SET_DELETE(slots, ?) WHERE job_id = ?",
             self.table
         );
-        let statements = users
-            .map(|(user, slots)| {
+        let statements = pages
+            .map(|(key, slots)| {
                 BatchStatementRequest::builder()
                     .statement(&statement)
                     .parameters(members(slots))
-                    .parameters(slots_key(user).remove("job_id").expect("the key is job_id"))
+                    .parameters(AttributeValue::S(key.to_owned()))
                     .build()
                     .expect("the statement is set")
             })
@@ -196,12 +199,12 @@ impl Releases {
         }
     }
 
-    /// One owner's members, by UpdateItem (conditional on the item existing, so a release never
+    /// One page's members, by UpdateItem (conditional on the item existing, so a release never
     /// creates an empty one).
-    async fn one(&self, user: &str, slots: &[Slot]) -> Result<(), StoreError> {
+    async fn one(&self, key: &str, slots: &[Slot]) -> Result<(), StoreError> {
         let delete = Update::builder()
             .table_name(&self.table)
-            .set_key(Some(slots_key(user)))
+            .key("job_id", AttributeValue::S(key.to_owned()))
             .update_expression("DELETE slots :m")
             .condition_expression("attribute_exists(job_id)")
             .expression_attribute_values(":m", members(slots))
