@@ -237,10 +237,24 @@ pub async fn run(args: DevArgs, registry: HandlerRegistry) -> anyhow::Result<()>
         allow_loopback: true,
         ..DeliverySettings::default()
     };
+    // As many deliveries at once as the delivery function's event source runs (MaximumConcurrency
+    // invocations of BatchSize each), but each on its own: a receiver that hangs holds up neither its
+    // batch-mates' retries nor the next events (deployed, a batch's invocation ends with its slowest).
+    let deliver = spec
+        .event_sources
+        .get("DeliverFunction")
+        .context("template.yaml's DeliverFunction has no SQS event")?;
+    let at_once = deliver.batch_size * deliver.maximum_concurrency.unwrap_or(10);
     let deliveries = match (b.deliverer(secrets, delivery), &b.deliveries) {
         (Some(deliverer), Some(queue)) => Some(Arc::new(
-            EventSource::new(queue.clone(), Arc::new(deliverer), b.clock.clone(), 10)
-                .with_timeout(Duration::from_secs(60)),
+            EventSource::new(
+                queue.clone(),
+                Arc::new(deliverer),
+                b.clock.clone(),
+                deliver.batch_size,
+            )
+            .with_timeout(Duration::from_secs(60))
+            .with_independent_deliveries(at_once as usize),
         )),
         _ => None,
     };

@@ -388,3 +388,126 @@ async fn submit_wait_follows_the_jobs_stream() {
         dev.log.lock().unwrap()
     );
 }
+
+/// What the receivers of [`receivers`] have seen.
+#[derive(Default)]
+struct Seen {
+    /// Requests to `/hang` under way, and those the sender gave up on (its timeout dropped them).
+    hanging: usize,
+    abandoned: usize,
+    /// Attempts at `/flaky` (refused twice, then accepted), and events accepted at `/hook`.
+    flaky: usize,
+    hooked: usize,
+}
+
+/// Receivers on loopback: `/hang` never answers, `/flaky` answers 500 twice then 204, `/hook` 204.
+async fn receivers() -> (String, std::sync::Arc<std::sync::Mutex<Seen>>) {
+    use axum::routing::post;
+    use std::sync::{Arc, Mutex};
+    struct Hanging(Arc<Mutex<Seen>>);
+    impl Drop for Hanging {
+        fn drop(&mut self) {
+            let mut seen = self.0.lock().unwrap_or_else(|p| p.into_inner());
+            seen.hanging -= 1;
+            seen.abandoned += 1;
+        }
+    }
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let (hang, flaky, hook) = (seen.clone(), seen.clone(), seen.clone());
+    let app = axum::Router::new()
+        .route(
+            "/hang",
+            post(move || {
+                let seen = hang.clone();
+                async move {
+                    seen.lock().unwrap().hanging += 1;
+                    let _guard = Hanging(seen);
+                    std::future::pending::<()>().await
+                }
+            }),
+        )
+        .route(
+            "/flaky",
+            post(move || {
+                let seen = flaky.clone();
+                async move {
+                    let mut seen = seen.lock().unwrap();
+                    seen.flaky += 1;
+                    if seen.flaky <= 2 {
+                        http::StatusCode::INTERNAL_SERVER_ERROR
+                    } else {
+                        http::StatusCode::NO_CONTENT
+                    }
+                }
+            }),
+        )
+        .route(
+            "/hook",
+            post(move || {
+                let seen = hook.clone();
+                async move {
+                    seen.lock().unwrap().hooked += 1;
+                    http::StatusCode::NO_CONTENT
+                }
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, seen)
+}
+
+#[tokio::test]
+async fn receivers_that_hang_delay_neither_other_events_nor_other_retries() {
+    let dev = Dev::start(&[]);
+    let (base, seen) = receivers().await;
+    let http = reqwest::Client::new();
+    // Enough hanging receivers to fill every batch the deliveries could be received in.
+    const HANGING: usize = 40;
+    futures::future::join_all((0..HANGING).map(|n| {
+        let body = json!({"kind": "echo", "input": n, "callback_url": format!("{base}/hang")});
+        submit(&http, &dev, body)
+    }))
+    .await;
+    let until = |what: &'static str, done: fn(&Seen) -> bool| {
+        let seen = seen.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while !done(&seen.lock().unwrap()) {
+                assert!(Instant::now() < deadline, "timed out waiting for {what}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    until("the hanging deliveries under way", |s| s.hanging > 0).await;
+
+    // Another event, and one whose receiver refuses twice (retried after 1 s, then 2 s here), both
+    // done while the hanging ones still hang (the sender gives up on those after 15 s).
+    submit(
+        &http,
+        &dev,
+        json!({"kind": "echo", "input": "hook", "callback_url": format!("{base}/hook")}),
+    )
+    .await;
+    submit(
+        &http,
+        &dev,
+        json!({"kind": "echo", "input": "flaky", "callback_url": format!("{base}/flaky")}),
+    )
+    .await;
+    until(
+        "the other event and the flaky receiver's third attempt, or a hanging one given up",
+        |s| (s.hooked == 1 && s.flaky == 3) || s.abandoned > 0,
+    )
+    .await;
+    let (abandoned, hooked, flaky, hanging) = {
+        let s = seen.lock().unwrap();
+        (s.abandoned, s.hooked, s.flaky, s.hanging)
+    };
+    assert_eq!(
+        (abandoned, hooked, flaky),
+        (0, 1, 3),
+        "the other deliveries waited for hanging ones to time out"
+    );
+    assert_eq!(hanging, HANGING, "every hanging delivery went out at once");
+}

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 
 use crate::clock::SharedClock;
 use crate::queue::{Consumer, Delivery, Invocation, JobQueue, QueueError, Verdict};
@@ -22,6 +22,8 @@ pub struct EventSource<C: Consumer = Worker> {
     wait: Duration,
     timeout: Option<Duration>,
     visibility: Option<Duration>,
+    /// With [`Self::with_independent_deliveries`]: the deliveries that may be under way at once.
+    independent: Option<Arc<Semaphore>>,
 }
 
 impl<C: Consumer> EventSource<C> {
@@ -39,7 +41,18 @@ impl<C: Consumer> EventSource<C> {
             wait: Duration::from_secs(1),
             timeout: None,
             visibility: None,
+            independent: None,
         }
+    }
+
+    /// Hands each delivery to the consumer on its own as soon as it is received, with at most `limit`
+    /// under way across the pollers: none waits for its batch-mates (its verdict, a retry's delay
+    /// included, is applied when it has one), and a poller receives again while they run, as long as
+    /// fewer than `limit` are under way. How `jobctl dev` delivers webhooks: a receiver that hangs holds
+    /// up its own delivery, not its batch-mates' nor the next events.
+    pub fn with_independent_deliveries(mut self, limit: usize) -> Self {
+        self.independent = Some(Arc::new(Semaphore::new(limit.max(1))));
+        self
     }
 
     /// Receives with this visibility timeout instead of the queue's default.
@@ -68,9 +81,11 @@ impl<C: Consumer> EventSource<C> {
     }
 
     async fn receive(&self) -> Result<Vec<Delivery>, QueueError> {
-        self.queue
-            .receive(self.batch_size, self.wait, self.visibility)
-            .await
+        self.receive_up_to(self.batch_size).await
+    }
+
+    async fn receive_up_to(&self, max: u32) -> Result<Vec<Delivery>, QueueError> {
+        self.queue.receive(max, self.wait, self.visibility).await
     }
 
     /// Hands a batch to the consumer as one invocation and deletes the acknowledged messages.
@@ -116,27 +131,52 @@ impl<C: Consumer> EventSource<C> {
     }
 
     /// One poller's loop: receive, invoke, until the pollers stop receiving.
-    async fn poll(&self, pollers: &Pollers, cancel_safe: bool) {
+    async fn poll(self: &Arc<Self>, pollers: &Arc<Pollers>, cancel_safe: bool) {
         let mut state = pollers.state.subscribe();
-        // The check and the count in one step: once `stop_receiving` is seen, no receive starts, so
-        // "no receive open" stays true once reached.
-        while pollers.state.send_if_modified(|s| {
-            let open = !s.stopping;
-            s.open += usize::from(open);
-            open
-        }) {
+        loop {
+            // Independent deliveries: room for at least one before receiving, and no more received
+            // than there is room for (a message received and left waiting would have its retry
+            // schedule stretched).
+            let mut room = match &self.independent {
+                Some(limit) => tokio::select! {
+                    room = limit.clone().acquire_owned() => {
+                        let mut room = room.expect("the semaphore is never closed");
+                        while room.num_permits() < self.batch_size as usize
+                            && let Ok(more) = limit.clone().try_acquire_owned()
+                        {
+                            room.merge(more);
+                        }
+                        Some(room)
+                    }
+                    _ = state.wait_for(|s| s.stopping) => break,
+                },
+                None => None,
+            };
+            // The check and the count in one step: once `stop_receiving` is seen, no receive
+            // starts, so "no receive open" stays true once reached.
+            let opened = pollers.state.send_if_modified(|s| {
+                let open = !s.stopping;
+                s.open += usize::from(open);
+                open
+            });
+            if !opened {
+                break;
+            }
+            let max = room
+                .as_ref()
+                .map_or(self.batch_size, |r| r.num_permits() as u32);
             let received = if cancel_safe {
                 // Nothing is taken by a receive dropped under way: stop at once, without receiving
                 // (and so without counting a receive of) anything more.
                 tokio::select! {
-                    received = self.receive() => Some(received),
+                    received = self.receive_up_to(max) => Some(received),
                     _ = state.wait_for(|s| s.stopping) => None,
                 }
             } else {
                 // A long poll is not cut short by the stop: the queue would still deliver to the
                 // abandoned request, and what it delivered would stay hidden for its whole visibility
                 // timeout, its receive counted. It is waited for and what it brings handed back.
-                Some(self.receive().await)
+                Some(self.receive_up_to(max).await)
             };
             let mut stopping = false;
             pollers.state.send_modify(|s| {
@@ -161,9 +201,23 @@ impl<C: Consumer> EventSource<C> {
                         .await;
                     break;
                 }
-                Some(Ok(batch)) => {
-                    self.invoke(&batch).await;
-                }
+                Some(Ok(batch)) => match room.as_mut() {
+                    Some(room) => {
+                        for d in batch {
+                            let permit = room.split(1);
+                            let (me, pollers) = (self.clone(), pollers.clone());
+                            pollers.state.send_modify(|s| s.live += 1);
+                            tokio::spawn(async move {
+                                let _live = Live(&pollers);
+                                let _permit = permit;
+                                me.invoke(std::slice::from_ref(&d)).await;
+                            });
+                        }
+                    }
+                    None => {
+                        self.invoke(&batch).await;
+                    }
+                },
                 Some(Err(e)) => {
                     tracing::warn!(error = %e, "receive failed; retrying");
                     tokio::select! {
@@ -193,7 +247,7 @@ struct PollerState {
     stopping: bool,
     /// Receives under way.
     open: usize,
-    /// Pollers not yet ended.
+    /// Pollers (and independent deliveries) not yet ended.
     live: usize,
 }
 
