@@ -1,4 +1,4 @@
-//! `jobctl dev`: the whole kit in one process, as deployed: the API's router served by `axum::serve`
+//! `jobctl dev`: the whole kit in one process, as deployed: the API's router served by [`crate::serve`]
 //! (with a stand-in for the authorizer), and Lambda's SQS event source feeding the worker core, with the
 //! worker function's concurrency and timeout. The same `jobkit` code the functions run answers and works.
 
@@ -288,8 +288,7 @@ pub async fn run(args: DevArgs, registry: HandlerRegistry) -> anyhow::Result<()>
     if args.metrics {
         tokio::spawn(print_metrics(METRICS_EVERY));
     }
-    let server = axum::serve(listener, app).with_graceful_shutdown(stopped(stop_rx));
-    let server = tokio::spawn(async move { server.await });
+    let server = tokio::spawn(crate::serve::serve(listener, app, stopped(stop_rx)));
     let _ = tokio::signal::ctrl_c().await;
     eprintln!(
         "jobctl dev: stopping (in-flight work has {} s)",

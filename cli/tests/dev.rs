@@ -511,3 +511,90 @@ async fn receivers_that_hang_delay_neither_other_events_nor_other_retries() {
     );
     assert_eq!(hanging, HANGING, "every hanging delivery went out at once");
 }
+
+#[test]
+fn an_oversize_body_is_read_to_its_end_and_answered_413_not_cut_off() {
+    use std::io::Read;
+    let dev = Dev::start(&[]);
+    let mut conn = TcpStream::connect(dev.addr()).unwrap();
+    // Well past what the sockets' buffers hold, so a server that closes early resets the upload.
+    let size = 6 << 20;
+    write!(
+        conn,
+        "POST /jobs HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {size}\r\n\r\n"
+    )
+    .unwrap();
+    let chunk = vec![b' '; 64 * 1024];
+    for sent in (0..size).step_by(chunk.len()) {
+        conn.write_all(&chunk)
+            .unwrap_or_else(|e| panic!("the upload was cut off after {sent} bytes: {e}"));
+    }
+    conn.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut answer = Vec::new();
+    let mut buf = [0; 4096];
+    while !String::from_utf8_lossy(&answer).contains("}}") {
+        match conn.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => answer.extend_from_slice(&buf[..n]),
+            Err(e) => panic!("no answer: {e}"),
+        }
+    }
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains(r#""code":"payload_too_large""#), "{answer}");
+}
+
+#[test]
+fn a_client_that_never_finishes_its_headers_is_disconnected() {
+    use std::io::Read;
+    let dev = Dev::start(&[]);
+    // Half a request line, then a byte a second: never a whole head.
+    let mut conn = TcpStream::connect(dev.addr()).unwrap();
+    conn.write_all(b"GET /jobs HTT").unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let mut buf = [0; 512];
+    loop {
+        match conn.read(&mut buf) {
+            Ok(_) => break, // closed (or answered, then closed)
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+            Err(_) => {} // nothing yet: a second has passed
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a connection that never sent its headers is still open after 40 s"
+        );
+        if conn.write_all(b"P").is_err() {
+            break;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_trailing_slash_names_the_same_resource() {
+    let dev = Dev::start(&[]);
+    let http = reqwest::Client::new();
+    let resp = http
+        .post(format!("{}/jobs/", dev.url))
+        .json(&json!({"kind": "echo", "input": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    let id = resp.json::<Value>().await.unwrap()["job_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let one = http
+        .get(format!("{}/jobs/{id}/", dev.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(one.status(), 200);
+    assert_eq!(one.json::<Value>().await.unwrap()["job_id"], id.as_str());
+    let list = http.get(format!("{}/jobs/", dev.url)).send().await.unwrap();
+    assert_eq!(list.status(), 200);
+    let list: Value = list.json().await.unwrap();
+    assert!(list.to_string().contains(&id), "{list}");
+}
