@@ -598,3 +598,35 @@ async fn a_trailing_slash_names_the_same_resource() {
     let list: Value = list.json().await.unwrap();
     assert!(list.to_string().contains(&id), "{list}");
 }
+
+#[test]
+fn unparsable_requests_are_answered_in_the_error_shape() {
+    use std::io::Read;
+    let dev = Dev::start(&[]);
+    let many: String = (0..200).map(|i| format!("x-{i}: y\r\n")).collect();
+    for (request, status) in [
+        (
+            "GET /jobs HTTP/1.1\r\nhost: x\r\nno colon here\r\n\r\n".to_owned(),
+            "400",
+        ),
+        (
+            format!("GET /jobs HTTP/1.1\r\nhost: x\r\n{many}\r\n"),
+            "431",
+        ),
+    ] {
+        let mut conn = TcpStream::connect(dev.addr()).unwrap();
+        conn.write_all(request.as_bytes()).unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        let mut answer = String::new();
+        let _ = conn.read_to_string(&mut answer);
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status}")),
+            "{answer}"
+        );
+        let body: Value = serde_json::from_str(answer.split_once("\r\n\r\n").unwrap().1)
+            .unwrap_or_else(|e| panic!("{e}: {answer}"));
+        assert!(body["error"]["code"].is_string(), "{answer}");
+        assert!(body["error"]["message"].is_string(), "{answer}");
+    }
+}
