@@ -99,7 +99,8 @@ fn with_json_body(head: &[u8]) -> Option<Vec<u8>> {
     }
     let body = serde_json::json!({"error": {"code": code, "message": message}}).to_string();
     let headers = format!(
-        "\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n",
+        // hyper closes the connection after it, and says so (`connection: close`) itself.
+        "\r\ncontent-type: application/json\r\ncontent-length: {}\r\n",
         body.len()
     );
     Some(
