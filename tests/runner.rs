@@ -103,8 +103,10 @@ async fn a_sigtermed_worker_drains_then_releases_and_another_finishes_the_job() 
     })
     .await;
 
-    // A long job is running in A when A is told to stop.
-    let long = submit(json!({"kind": "sleep", "input": {"ms": 6000}})).await;
+    // A long job is running in A when A is told to stop: longer than the drain timeout and the idle
+    // pollers' long polls (20 s), which A waits for before it releases (an open poll would receive the
+    // released message and count the receive).
+    let long = submit(json!({"kind": "sleep", "input": {"ms": 30_000}})).await;
     eventually("the long job running", WAIT, async || {
         (status(&long).await.status == JobStatus::Running).then_some(())
     })
@@ -139,7 +141,7 @@ async fn a_sigtermed_worker_drains_then_releases_and_another_finishes_the_job() 
     .await;
     println!(
         "SIGTERM drain timeline: SIGTERM at 0 ms; worker A released the job after its 1 s drain timeout \
-         and exited at {} ms (its idle long poll returned); job completed by worker B at {} ms (a 6 s \
+         and exited at {} ms (its idle long poll returned); job completed by worker B at {} ms (a 30 s \
          job, restarted)",
         (exited.1 - sent).as_millis(),
         (done.1 - sent).as_millis()

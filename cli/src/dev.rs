@@ -1,4 +1,4 @@
-//! `jobctl dev`: the whole kit in one process, as deployed: the API's router served by `axum::serve`
+//! `jobctl dev`: the whole kit in one process, as deployed: the API's router served by [`crate::serve`]
 //! (with a stand-in for the authorizer), and Lambda's SQS event source feeding the worker core, with the
 //! worker function's concurrency and timeout. The same `jobkit` code the functions run answers and works.
 
@@ -232,6 +232,8 @@ pub async fn run(args: DevArgs, registry: HandlerRegistry) -> anyhow::Result<()>
     };
 
     let (stop_tx, stop_rx) = watch::channel(false);
+    // Told to give running jobs back once stopping, after every receive has ended (see below).
+    let (release_tx, release_rx) = watch::channel(false);
     // Container-only kinds run in-process too, like `jobctl worker --container`: no deadline.
     let containers = b
         .worker_in(
@@ -240,12 +242,12 @@ pub async fn run(args: DevArgs, registry: HandlerRegistry) -> anyhow::Result<()>
             WorkerSettings::from_config(&b.config),
         )
         .map(|(queue, worker)| {
-            let worker = Arc::new(worker.with_stop(stop_rx.clone()));
+            let worker = Arc::new(worker.with_stop(release_rx.clone()));
             Arc::new(EventSource::new(queue, worker, b.clock.clone(), batch_size))
         });
     let worker = b
         .worker(registry, WorkerSettings::from_config(&b.config))
-        .with_stop(stop_rx.clone());
+        .with_stop(release_rx);
     let events = Arc::new(
         EventSource::new(
             b.queue.clone(),
@@ -266,10 +268,24 @@ pub async fn run(args: DevArgs, registry: HandlerRegistry) -> anyhow::Result<()>
         allow_loopback: true,
         ..DeliverySettings::default()
     };
+    // As many deliveries at once as the delivery function's event source runs (MaximumConcurrency
+    // invocations of BatchSize each), but each on its own: a receiver that hangs holds up neither its
+    // batch-mates' retries nor the next events (deployed, a batch's invocation ends with its slowest).
+    let deliver = spec
+        .event_sources
+        .get("DeliverFunction")
+        .context("template.yaml's DeliverFunction has no SQS event")?;
+    let at_once = deliver.batch_size * deliver.maximum_concurrency.unwrap_or(10);
     let deliveries = match (b.deliverer(secrets, delivery), &b.deliveries) {
         (Some(deliverer), Some(queue)) => Some(Arc::new(
-            EventSource::new(queue.clone(), Arc::new(deliverer), b.clock.clone(), 10)
-                .with_timeout(Duration::from_secs(60)),
+            EventSource::new(
+                queue.clone(),
+                Arc::new(deliverer),
+                b.clock.clone(),
+                deliver.batch_size,
+            )
+            .with_timeout(Duration::from_secs(60))
+            .with_independent_deliveries(at_once as usize),
         )),
         _ => None,
     };
@@ -300,33 +316,43 @@ pub async fn run(args: DevArgs, registry: HandlerRegistry) -> anyhow::Result<()>
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    let poller = tokio::spawn(events.run(concurrency as usize, stopped(stop_rx.clone())));
-    let container_poller =
-        containers.map(|c| tokio::spawn(c.run(concurrency as usize, stopped(stop_rx.clone()))));
+    let pollers: Vec<_> = [
+        Some(events.start(concurrency as usize)),
+        containers.map(|c| c.start(concurrency as usize)),
+        deliveries.as_ref().map(|d| d.clone().start(4)),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
     if args.metrics {
         tokio::spawn(print_metrics(METRICS_EVERY));
     }
-    let delivering = deliveries.map(|d| tokio::spawn(d.run(4, stopped(stop_rx.clone()))));
     tokio::spawn(sweep_every(b.sweeper(), Duration::from_secs(1)));
-    let server = axum::serve(listener, app).with_graceful_shutdown(stopped(stop_rx));
-    let server = tokio::spawn(async move { server.await });
+    let server = tokio::spawn(crate::serve::serve(listener, app, stopped(stop_rx)));
     let _ = tokio::signal::ctrl_c().await;
     eprintln!(
         "jobctl dev: stopping (in-flight work has {} s)",
         GRACE.as_secs()
     );
     let _ = stop_tx.send(true);
-    // Requests and batches under way get the grace period; past it, open connections are dropped and
-    // the worker gives its running jobs back (already signalled: it releases them as it stops).
+    for p in &pollers {
+        p.stop_receiving();
+    }
+    // The worker gives its running jobs back only once no receive is open (an open long poll would
+    // take them and count the receive: enough of those and a job's message goes to the DLQ). Then
+    // requests and batches under way get the grace period; past it, open connections are dropped.
     let _ = tokio::time::timeout(GRACE, async {
-        let _ = poller.await;
-        if let Some(c) = container_poller {
-            let _ = c.await;
+        for p in &pollers {
+            p.receives_closed().await; // once closed, it stays closed: one after another is all
+        }
+    })
+    .await;
+    let _ = release_tx.send(true);
+    let _ = tokio::time::timeout(GRACE, async {
+        for p in &pollers {
+            p.finished().await;
         }
         let _ = server.await;
-        if let Some(d) = delivering {
-            let _ = d.await;
-        }
     })
     .await;
     Ok(())

@@ -3,6 +3,7 @@
 mod client;
 mod dev;
 mod runner;
+mod serve;
 mod stats;
 
 use std::collections::{BTreeMap, HashSet};

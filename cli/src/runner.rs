@@ -295,20 +295,24 @@ pub async fn worker(args: WorkerArgs, registry: HandlerRegistry) -> anyhow::Resu
         let _ = rx.wait_for(|t| *t).await;
     };
     tracing::info!(concurrency = args.concurrency, queue = %queue_url, "jobctl worker: started");
-    let mut pollers = tokio::spawn(source.run(args.concurrency as usize, wait(term_rx.clone())));
+    let pollers = source.start(args.concurrency as usize);
     wait(term_rx).await;
     draining.store(true, Ordering::Relaxed);
+    pollers.stop_receiving();
     tracing::info!(
         drain_timeout_s = args.drain_timeout,
         "jobctl worker: stopping; running jobs may finish"
     );
-    if tokio::time::timeout(Duration::from_secs(args.drain_timeout), &mut pollers)
+    if tokio::time::timeout(Duration::from_secs(args.drain_timeout), pollers.finished())
         .await
         .is_err()
     {
+        // Released only once no long poll is open (at most its 20 s): an open poll would receive
+        // the released messages and count them towards the DLQ.
         tracing::warn!("jobctl worker: drain time is up; releasing the jobs still running");
+        pollers.receives_closed().await;
         let _ = release_tx.send(true);
-        let _ = pollers.await;
+        pollers.finished().await;
     }
     tracing::info!("jobctl worker: stopped");
     Ok(())

@@ -730,3 +730,245 @@ fn submit_wait_shows_a_progress_bar_with_the_job_id() {
     assert!(frame.contains(id), "the bar keeps the job id: {frame:?}");
     assert!(frame.contains("00:00:0"), "the timer: {frame:?}");
 }
+
+/// What the receivers of [`receivers`] have seen.
+#[derive(Default)]
+struct Seen {
+    /// Requests to `/hang` under way, and those the sender gave up on (its timeout dropped them).
+    hanging: usize,
+    abandoned: usize,
+    /// Attempts at `/flaky` (refused twice, then accepted), and events accepted at `/hook`.
+    flaky: usize,
+    hooked: usize,
+}
+
+/// Receivers on loopback: `/hang` never answers, `/flaky` answers 500 twice then 204, `/hook` 204.
+async fn receivers() -> (String, std::sync::Arc<std::sync::Mutex<Seen>>) {
+    use axum::routing::post;
+    use std::sync::{Arc, Mutex};
+    struct Hanging(Arc<Mutex<Seen>>);
+    impl Drop for Hanging {
+        fn drop(&mut self) {
+            let mut seen = self.0.lock().unwrap_or_else(|p| p.into_inner());
+            seen.hanging -= 1;
+            seen.abandoned += 1;
+        }
+    }
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let (hang, flaky, hook) = (seen.clone(), seen.clone(), seen.clone());
+    let app = axum::Router::new()
+        .route(
+            "/hang",
+            post(move || {
+                let seen = hang.clone();
+                async move {
+                    seen.lock().unwrap().hanging += 1;
+                    let _guard = Hanging(seen);
+                    std::future::pending::<()>().await
+                }
+            }),
+        )
+        .route(
+            "/flaky",
+            post(move || {
+                let seen = flaky.clone();
+                async move {
+                    let mut seen = seen.lock().unwrap();
+                    seen.flaky += 1;
+                    if seen.flaky <= 2 {
+                        http::StatusCode::INTERNAL_SERVER_ERROR
+                    } else {
+                        http::StatusCode::NO_CONTENT
+                    }
+                }
+            }),
+        )
+        .route(
+            "/hook",
+            post(move || {
+                let seen = hook.clone();
+                async move {
+                    seen.lock().unwrap().hooked += 1;
+                    http::StatusCode::NO_CONTENT
+                }
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, seen)
+}
+
+#[tokio::test]
+async fn receivers_that_hang_delay_neither_other_events_nor_other_retries() {
+    let dev = Dev::start(&[]);
+    let (base, seen) = receivers().await;
+    let http = reqwest::Client::new();
+    // Enough hanging receivers to fill every batch the deliveries could be received in.
+    const HANGING: usize = 40;
+    futures::future::join_all((0..HANGING).map(|n| {
+        let body = json!({"kind": "echo", "input": n, "callback_url": format!("{base}/hang")});
+        submit(&http, &dev, body)
+    }))
+    .await;
+    let until = |what: &'static str, done: fn(&Seen) -> bool| {
+        let seen = seen.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while !done(&seen.lock().unwrap()) {
+                assert!(Instant::now() < deadline, "timed out waiting for {what}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    until("the hanging deliveries under way", |s| s.hanging > 0).await;
+
+    // Another event, and one whose receiver refuses twice (retried after 1 s, then 2 s here), both
+    // done while the hanging ones still hang (the sender gives up on those after 15 s).
+    submit(
+        &http,
+        &dev,
+        json!({"kind": "echo", "input": "hook", "callback_url": format!("{base}/hook")}),
+    )
+    .await;
+    submit(
+        &http,
+        &dev,
+        json!({"kind": "echo", "input": "flaky", "callback_url": format!("{base}/flaky")}),
+    )
+    .await;
+    until(
+        "the other event and the flaky receiver's third attempt, or a hanging one given up",
+        |s| (s.hooked == 1 && s.flaky == 3) || s.abandoned > 0,
+    )
+    .await;
+    let (abandoned, hooked, flaky, hanging) = {
+        let s = seen.lock().unwrap();
+        (s.abandoned, s.hooked, s.flaky, s.hanging)
+    };
+    assert_eq!(
+        (abandoned, hooked, flaky),
+        (0, 1, 3),
+        "the other deliveries waited for hanging ones to time out"
+    );
+    assert_eq!(hanging, HANGING, "every hanging delivery went out at once");
+}
+
+#[test]
+fn an_oversize_body_is_read_to_its_end_and_answered_413_not_cut_off() {
+    use std::io::Read;
+    let dev = Dev::start(&[]);
+    let mut conn = TcpStream::connect(dev.addr()).unwrap();
+    // Well past what the sockets' buffers hold, so a server that closes early resets the upload.
+    let size = 6 << 20;
+    write!(
+        conn,
+        "POST /jobs HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {size}\r\n\r\n"
+    )
+    .unwrap();
+    let chunk = vec![b' '; 64 * 1024];
+    for sent in (0..size).step_by(chunk.len()) {
+        conn.write_all(&chunk)
+            .unwrap_or_else(|e| panic!("the upload was cut off after {sent} bytes: {e}"));
+    }
+    conn.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut answer = Vec::new();
+    let mut buf = [0; 4096];
+    while !String::from_utf8_lossy(&answer).contains("}}") {
+        match conn.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => answer.extend_from_slice(&buf[..n]),
+            Err(e) => panic!("no answer: {e}"),
+        }
+    }
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains(r#""code":"payload_too_large""#), "{answer}");
+}
+
+#[test]
+fn a_client_that_never_finishes_its_headers_is_disconnected() {
+    use std::io::Read;
+    let dev = Dev::start(&[]);
+    // Half a request line, then a byte a second: never a whole head.
+    let mut conn = TcpStream::connect(dev.addr()).unwrap();
+    conn.write_all(b"GET /jobs HTT").unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let mut buf = [0; 512];
+    loop {
+        match conn.read(&mut buf) {
+            Ok(_) => break, // closed (or answered, then closed)
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+            Err(_) => {} // nothing yet: a second has passed
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a connection that never sent its headers is still open after 40 s"
+        );
+        if conn.write_all(b"P").is_err() {
+            break;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_trailing_slash_names_the_same_resource() {
+    let dev = Dev::start(&[]);
+    let http = reqwest::Client::new();
+    let resp = http
+        .post(format!("{}/jobs/", dev.url))
+        .json(&json!({"kind": "echo", "input": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    let id = resp.json::<Value>().await.unwrap()["job_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let one = http
+        .get(format!("{}/jobs/{id}/", dev.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(one.status(), 200);
+    assert_eq!(one.json::<Value>().await.unwrap()["job_id"], id.as_str());
+    let list = http.get(format!("{}/jobs/", dev.url)).send().await.unwrap();
+    assert_eq!(list.status(), 200);
+    let list: Value = list.json().await.unwrap();
+    assert!(list.to_string().contains(&id), "{list}");
+}
+
+#[test]
+fn unparsable_requests_are_answered_in_the_error_shape() {
+    use std::io::Read;
+    let dev = Dev::start(&[]);
+    let many: String = (0..200).map(|i| format!("x-{i}: y\r\n")).collect();
+    for (request, status) in [
+        (
+            "GET /jobs HTTP/1.1\r\nhost: x\r\nno colon here\r\n\r\n".to_owned(),
+            "400",
+        ),
+        (
+            format!("GET /jobs HTTP/1.1\r\nhost: x\r\n{many}\r\n"),
+            "431",
+        ),
+    ] {
+        let mut conn = TcpStream::connect(dev.addr()).unwrap();
+        conn.write_all(request.as_bytes()).unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        let mut answer = String::new();
+        let _ = conn.read_to_string(&mut answer);
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status}")),
+            "{answer}"
+        );
+        let body: Value = serde_json::from_str(answer.split_once("\r\n\r\n").unwrap().1)
+            .unwrap_or_else(|e| panic!("{e}: {answer}"));
+        assert!(body["error"]["code"].is_string(), "{answer}");
+        assert!(body["error"]["message"].is_string(), "{answer}");
+    }
+}

@@ -62,6 +62,15 @@ pub struct IndexSpec {
     pub projection_type: String,
 }
 
+/// How a function's SQS event source feeds it (what `jobctl dev` reproduces).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventSourceSpec {
+    /// Messages per invocation (`BatchSize`).
+    pub batch_size: u32,
+    /// Invocations at once (`ScalingConfig.MaximumConcurrency`), if bounded.
+    pub maximum_concurrency: Option<u32>,
+}
+
 /// The local-relevant part of the stack.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StackSpec {
@@ -70,6 +79,8 @@ pub struct StackSpec {
     /// Queues in creation order: every dead-letter queue before the queues that redrive to it.
     pub queues: Vec<QueueSpec>,
     pub tables: Vec<TableSpec>,
+    /// The SQS event source of each function that has one, by the function's logical id.
+    pub event_sources: BTreeMap<String, EventSourceSpec>,
 }
 
 impl StackSpec {
@@ -109,6 +120,7 @@ pub fn parse(yaml: &str, overrides: &BTreeMap<String, String>) -> Result<StackSp
 
     let mut queues = Vec::new();
     let mut tables = Vec::new();
+    let mut event_sources = BTreeMap::new();
     for (id, res) in section("Resources") {
         if let Some(name) = res.get("Condition") {
             let name = name
@@ -122,6 +134,11 @@ pub fn parse(yaml: &str, overrides: &BTreeMap<String, String>) -> Result<StackSp
         match res.get("Type").and_then(Value::as_str) {
             Some("AWS::SQS::Queue") => queues.push(queue_spec(id, &ctx.eval(id, &props)?)?),
             Some("AWS::DynamoDB::Table") => tables.push(table_spec(id, &ctx.eval(id, &props)?)?),
+            Some("AWS::Serverless::Function") => {
+                if let Some(source) = event_source_spec(&ctx, id, &props)? {
+                    event_sources.insert(id.clone(), source);
+                }
+            }
             _ => {}
         }
     }
@@ -131,6 +148,7 @@ pub fn parse(yaml: &str, overrides: &BTreeMap<String, String>) -> Result<StackSp
         parameters,
         queues,
         tables,
+        event_sources,
     })
 }
 
@@ -140,6 +158,38 @@ pub(crate) fn to_json_value(yaml: &str) -> Result<Value, TemplateError> {
     let doc: Yaml =
         serde_yaml_ng::from_str(yaml).map_err(|e| TemplateError::Yaml(e.to_string()))?;
     Ok(to_json(&doc))
+}
+
+/// The function's SQS event (the first, if several): only its sizes are evaluated, so the rest of the
+/// function may use intrinsics this module does not support.
+fn event_source_spec(
+    ctx: &Eval<'_>,
+    id: &str,
+    props: &Value,
+) -> Result<Option<EventSourceSpec>, TemplateError> {
+    let Some(event) = props
+        .get("Events")
+        .and_then(Value::as_object)
+        .and_then(|events| events.values().find(|e| e["Type"] == "SQS"))
+    else {
+        return Ok(None);
+    };
+    let number = |v: &Value| -> Result<Option<u32>, TemplateError> {
+        if v.is_null() {
+            return Ok(None);
+        }
+        let v = ctx.eval(id, v)?;
+        scalar(&v)
+            .and_then(|s| s.parse().ok())
+            .map(Some)
+            .ok_or_else(|| TemplateError::Unsupported(id.to_owned(), v.to_string()))
+    };
+    let p = &event["Properties"];
+    Ok(Some(EventSourceSpec {
+        // SQS event sources default to 10 messages per invocation.
+        batch_size: number(&p["BatchSize"])?.unwrap_or(10),
+        maximum_concurrency: number(&p["ScalingConfig"]["MaximumConcurrency"])?,
+    }))
 }
 
 /// YAML to JSON, turning CloudFormation short-form tags into their long form (`!Ref X` -> `{"Ref": X}`).
@@ -421,6 +471,15 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         parse(TEMPLATE_YAML, &o)
+    }
+
+    #[test]
+    fn the_functions_event_sources_are_read_with_their_parameters() {
+        let s = shipped(&[("WorkerBatchSize", "4")]).unwrap();
+        assert_eq!(s.event_sources["WorkerFunction"].batch_size, 4);
+        let deliver = s.event_sources["DeliverFunction"];
+        assert_eq!(deliver.batch_size, 10);
+        assert_eq!(deliver.maximum_concurrency, Some(10));
     }
 
     #[test]

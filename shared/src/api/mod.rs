@@ -124,10 +124,19 @@ fn waitpoints_only(api: Arc<WaitpointApi>) -> Router {
 }
 
 fn submit_only(api: Arc<SubmitApi>) -> Router {
-    Router::new()
-        .route("/jobs", post(submit::submit))
-        .route("/kinds", get(kinds::list))
-        .with_state(api)
+    let router = route(Router::new(), "/jobs", post(submit::submit));
+    route(router, "/kinds", get(kinds::list)).with_state(api)
+}
+
+/// Routes `path` and `path/`: a trailing slash names the same resource (openapi.yaml says so).
+fn route<S: Clone + Send + Sync + 'static>(
+    router: Router<S>,
+    path: &str,
+    method: axum::routing::MethodRouter<S>,
+) -> Router<S> {
+    router
+        .route(&format!("{path}/"), method.clone())
+        .route(path, method)
 }
 
 /// Counts every error answer to `POST /jobs` by status, the tower layers' own (body limit, timeout)
@@ -149,16 +158,16 @@ pub fn status_routes(api: Arc<StatusApi>) -> Router {
 /// The events function's route, `GET /jobs/{id}/events` (see [`events`]): outside the request timeout
 /// (a stream stays open for minutes) and without a fallback, so it merges into [`router`] locally.
 pub fn events_routes(api: Arc<EventsApi>) -> Router {
-    Router::new()
-        .route(
-            "/jobs/{id}/events",
-            get(events::events)
-                .fallback(|| async { ApiError::MethodNotAllowed { allow: "GET" } })
-                .with_state(api),
-        )
-        .layer(middleware::from_fn(json_errors))
-        .layer(middleware::from_fn(cors::answer_preflights))
-        .layer(TraceLayer::new_for_http())
+    route(
+        Router::new(),
+        "/jobs/{id}/events",
+        get(events::events)
+            .fallback(|| async { ApiError::MethodNotAllowed { allow: "GET" } })
+            .with_state(api),
+    )
+    .layer(middleware::from_fn(json_errors))
+    .layer(middleware::from_fn(cors::answer_preflights))
+    .layer(TraceLayer::new_for_http())
 }
 
 /// Both: the whole API, for `jobctl dev` and tests.
@@ -175,10 +184,13 @@ pub fn router(
 }
 
 fn status_only(api: Arc<StatusApi>) -> Router {
-    Router::new()
-        .route("/jobs", get(jobs::list))
-        .route("/jobs/{id}", get(status::status).delete(status::cancel))
-        .with_state(api)
+    let router = route(Router::new(), "/jobs", get(jobs::list));
+    route(
+        router,
+        "/jobs/{id}",
+        get(status::status).delete(status::cancel),
+    )
+    .with_state(api)
 }
 
 /// What every router gets: `204` to any `OPTIONS` (a CORS preflight: see [`cors`]), 404/405 in the
@@ -190,6 +202,7 @@ fn with_layers(routes: Router) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(|| async { ApiError::RouteNotFound })
         .layer(RequestBodyLimitLayer::new(MAX_BODY_BYTES))
+        .layer(middleware::from_fn(refuse_oversize))
         .layer(TimeoutLayer::with_status_code(
             http::StatusCode::REQUEST_TIMEOUT,
             REQUEST_TIMEOUT,
@@ -199,6 +212,34 @@ fn with_layers(routes: Router) -> Router {
         .layer(middleware::from_fn(count_rejected_submits))
         .layer(middleware::from_fn(cors::answer_preflights))
         .layer(TraceLayer::new_for_http())
+}
+
+/// The most of an oversize body read (and thrown away) before answering 413, and for how long.
+const DISCARD_BYTES: u64 = 8 << 20;
+const DISCARD_TIME: Duration = Duration::from_secs(5);
+
+/// A body announced larger than the limit is refused unread, but first read to its end and thrown
+/// away, when that is at most [`DISCARD_BYTES`] within [`DISCARD_TIME`]: a server that answers and
+/// closes while the client still sends resets the connection, and the client sees a broken pipe
+/// instead of the 413. Past either bound the connection is closed anyway (a client sending more is
+/// not owed our bandwidth). Nothing read is kept.
+async fn refuse_oversize(req: Request, next: Next) -> Response {
+    let announced = req
+        .headers()
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    let Some(announced) = announced.filter(|n| *n > MAX_BODY_BYTES as u64) else {
+        return next.run(req).await;
+    };
+    if announced <= DISCARD_BYTES {
+        let mut body = req.into_body();
+        let _ = tokio::time::timeout(DISCARD_TIME, async {
+            use http_body_util::BodyExt;
+            while let Some(Ok(_)) = body.frame().await {}
+        })
+        .await;
+    }
+    ApiError::PayloadTooLarge.into_response()
 }
 
 async fn method_not_allowed(uri: http::Uri) -> ApiError {

@@ -193,6 +193,11 @@ impl QueueReceiver for MemoryQueue {
         self.with_receipt(receipt_handle, |msgs, i| msgs.remove(i));
         Ok(())
     }
+
+    /// A receive takes its messages only as it returns (in [`Self::take_visible`], under the lock).
+    fn abandoned_receive_takes_nothing(&self) -> bool {
+        true
+    }
 }
 
 #[async_trait]

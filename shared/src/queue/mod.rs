@@ -230,6 +230,14 @@ pub trait QueueReceiver: Send + Sync {
 
     /// Acknowledges a message: it is never delivered again.
     async fn delete(&self, receipt_handle: &str) -> Result<(), QueueError>;
+
+    /// Whether a `receive` dropped before it returns has taken nothing. True of the embedded queue,
+    /// which takes its messages in one step as it returns. Not of SQS: it still delivers to a long poll
+    /// whose caller has gone, and those messages stay hidden for their visibility timeout with the
+    /// receive counted. When false, a receive under way is waited for rather than abandoned.
+    fn abandoned_receive_takes_nothing(&self) -> bool {
+        false
+    }
 }
 
 /// The submit function's port: send, and read the depth for backpressure.
