@@ -54,9 +54,9 @@ use async_trait::async_trait;
 use crate::error::BoxError;
 use crate::job::{Job, JobId, JobStatus, Millis, Slot};
 use crate::json::Json;
-use crate::waitpoint::Waitpoint;
 use crate::slots::Ledger;
 pub use crate::slots::PageSlots;
+use crate::waitpoint::Waitpoint;
 
 pub mod dynamo;
 pub mod memory;
