@@ -6,7 +6,8 @@
 //!   [`slots`]: bounded sets of holders in pages (the in-flight cap), the layout and page choice; pure.
 //! - [`config`], [`template`]: typed configuration from the environment; template.yaml's resources.
 //! - [`handler`]: typed handlers, the kind registry, [`JobContext`]; [`prelude`] for handler authors.
-//! - [`store`], [`queue`]: capability-shaped ports with DynamoDB/SQS and embedded adapters.
+//! - [`store`], [`queue`]: capability-shaped ports with DynamoDB/SQS and embedded adapters; [`park`]:
+//!   resuming a parked job, the one write the completion route, the worker and the sweep share.
 //! - [`worker`]: deliveries in, verdicts out: claim, run, decide (pure), apply.
 //! - [`api`]: the axum router: submit / status / list / cancel; [`sweep`], [`dlq`]: repair and DLQ tools.
 //! - [`backend`]: the one bundle of ports (AWS or embedded) everything is built from; [`aws`]: SDK
@@ -32,6 +33,7 @@ pub mod lambda;
 pub mod local;
 pub mod net;
 pub mod observe;
+pub mod park;
 pub mod queue;
 pub mod retry;
 pub mod slots;

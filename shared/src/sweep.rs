@@ -29,11 +29,11 @@ use crate::clock::Millis;
 use crate::clock::SharedClock;
 use crate::error::BoxError;
 use crate::job::{Job, JobStatus, START_TIMER, Slot, WebhookStatus};
+use crate::park::resume_parked;
 use crate::queue::{Announcer, JobMessage, JobSender, Lanes};
 use crate::store::{StoreError, SweepStore};
 use crate::waitpoint::{WaitState, Waitpoint};
 use crate::webhook::MAX_ATTEMPTS;
-use crate::worker::resume_parked;
 
 /// How long a job may sit `queued` and untouched before a sweep presumes its message lost: far longer
 /// than any send, and than a healthy queue's wait.

@@ -20,10 +20,10 @@ use super::{ApiError, Caller, JobView};
 use crate::clock::SharedClock;
 use crate::job::{Job, JobId};
 use crate::json::Json;
+use crate::park::resume_parked;
 use crate::queue::{JobSender, Lanes};
 use crate::store::CompleteStore;
 use crate::waitpoint::{Closed, MAX_PAYLOAD_BYTES, MAX_WAITPOINT_NAME};
-use crate::worker::resume_parked;
 
 /// The completion route's dependencies: the job and its waitpoints, and the queues to resume it on.
 pub struct WaitpointApi {

@@ -14,7 +14,6 @@
 mod decide;
 mod hide;
 mod lease;
-mod park;
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -25,10 +24,10 @@ use futures::{FutureExt, StreamExt};
 use tokio::sync::watch;
 use tracing::Instrument;
 
+use crate::park::resume_parked;
 pub use decide::{Decision, Facts, decide};
 use hide::Hider;
 pub use lease::{LeaseError, LeaseKeeper};
-pub use park::resume_parked;
 
 use crate::clock::{Millis, SharedClock};
 use crate::config::Config;
