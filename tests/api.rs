@@ -246,7 +246,7 @@ async fn inputs_that_do_not_fit_the_kinds_type_are_refused_and_write_nothing(s: 
         ),
         (
             json!({"kind": "sleep", "input": {"ms": 10_001}}),
-            "ms must be at most 10000",
+            "ms must be a whole number from 0 to 10000",
         ),
         // The shipped `sleep` has no failure modes for a caller to set.
         (

@@ -51,15 +51,16 @@ const SLEEP_PROGRESS_EVERY: Duration = Duration::from_secs(1);
 /// long ones would hold every worker invocation while other users' jobs wait.
 pub const SLEEP_MAX_MS: u64 = 10_000;
 
-/// Part of decoding, so submit refuses a longer sleep before it is accepted.
+/// Part of decoding, so submit refuses a longer sleep before it is accepted. Read as a number, so an
+/// integer written `72.0` is taken like `72`: what the published schema (`"type": "integer"`) allows.
 fn at_most_max<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
-    let ms = u64::deserialize(d)?;
-    if ms > SLEEP_MAX_MS {
+    let ms = f64::deserialize(d)?;
+    if ms.fract() != 0.0 || !(0.0..=SLEEP_MAX_MS as f64).contains(&ms) {
         return Err(serde::de::Error::custom(format_args!(
-            "ms must be at most {SLEEP_MAX_MS}, got {ms}"
+            "ms must be a whole number from 0 to {SLEEP_MAX_MS}, got {ms}"
         )));
     }
-    Ok(ms)
+    Ok(ms as u64)
 }
 
 impl Handler for Sleep {
@@ -136,7 +137,12 @@ mod tests {
         );
         for (bad, says) in [
             (json!({"ms": "ten"}), "invalid type"),
-            (json!({"ms": SLEEP_MAX_MS + 1}), "ms must be at most 10000"),
+            (
+                json!({"ms": SLEEP_MAX_MS + 1}),
+                "ms must be a whole number from 0 to 10000",
+            ),
+            (json!({"ms": 1.5}), "ms must be a whole number"),
+            (json!({"ms": -1}), "ms must be a whole number"),
             (json!({"nap": 1}), "unknown field `nap`"),
             // The test hooks that were once here are no more.
             (json!({"fail": "panic"}), "unknown field `fail`"),
