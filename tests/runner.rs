@@ -51,6 +51,8 @@ fn start_worker(env: &TestEnv, healthz: u16, drain_secs: u64) -> Worker {
         Command::new(jobctl())
             .args(["worker", "--concurrency", "2"])
             .args(["--drain-timeout", &drain_secs.to_string()])
+            // Short long polls: a stopping worker waits for its open ones before it releases.
+            .args(["--poll-wait", "1"])
             .args(["--healthz", &format!("127.0.0.1:{healthz}")])
             .env("JOBKIT_TABLE", &env.config.table)
             .env("JOBKIT_QUEUE_URL", &env.config.queue_url)
@@ -104,9 +106,9 @@ async fn a_sigtermed_worker_drains_then_releases_and_another_finishes_the_job() 
     .await;
 
     // A long job is running in A when A is told to stop: longer than the drain timeout and the idle
-    // pollers' long polls (20 s), which A waits for before it releases (an open poll would receive the
-    // released message and count the receive).
-    let long = submit(json!({"kind": "sleep", "input": {"ms": 30_000}})).await;
+    // pollers' long polls (1 s here), which A waits for before it releases (an open poll would receive
+    // the released message and count the receive).
+    let long = submit(json!({"kind": "sleep", "input": {"ms": 10_000}})).await;
     eventually("the long job running", WAIT, async || {
         (status(&long).await.status == JobStatus::Running).then_some(())
     })

@@ -222,6 +222,11 @@ pub struct WorkerArgs {
     /// workers.
     #[arg(long, default_value_t = 30)]
     pub drain_timeout: u64,
+    /// How long one receive waits for messages (SQS long polling, 1 to 20 s). On SIGTERM the worker
+    /// releases its running jobs only once every open receive has returned, so this also bounds that
+    /// wait.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=20))]
+    pub poll_wait: u64,
     /// Serve `GET /healthz` here (200 while working, 503 while draining), for container health checks.
     #[arg(long)]
     pub healthz: Option<SocketAddr>,
@@ -261,9 +266,10 @@ pub async fn worker(args: WorkerArgs, registry: HandlerRegistry) -> anyhow::Resu
     {
         tokio::spawn(protect_while_busy(agent, busy.clone()));
     }
-    // No deadline: a handler may run for hours; long polls of 20 s, like Lambda's poller.
+    // No deadline: a handler may run for hours; long polls (20 s by default, like Lambda's poller).
     let source = Arc::new(
-        EventSource::new(queue, busy, b.clock.clone(), 10).with_wait(Duration::from_secs(20)),
+        EventSource::new(queue, busy, b.clock.clone(), 10)
+            .with_wait(Duration::from_secs(args.poll_wait)),
     );
     let draining = Arc::new(AtomicBool::new(false));
     if let Some(addr) = args.healthz {
@@ -307,7 +313,7 @@ pub async fn worker(args: WorkerArgs, registry: HandlerRegistry) -> anyhow::Resu
         .await
         .is_err()
     {
-        // Released only once no long poll is open (at most its 20 s): an open poll would receive
+        // Released only once no long poll is open (at most --poll-wait): an open poll would receive
         // the released messages and count them towards the DLQ.
         tracing::warn!("jobctl worker: drain time is up; releasing the jobs still running");
         pollers.receives_closed().await;

@@ -65,10 +65,17 @@ impl WorkerSettings {
             backoff: c.backoff,
             concurrency: c.worker_concurrency,
             lease: Duration::from_secs(60),
-            yield_margin: Duration::from_secs(60),
+            yield_margin: yield_margin(c.worker_timeout),
             cancel_poll: Duration::from_secs(5),
         }
     }
+}
+
+/// How long before the deadline a handler is told to yield: a minute, or a quarter of a shorter
+/// invocation. A fixed minute would tell every handler of a 30-second function to yield as it starts,
+/// and a job that yields before doing anything continues in a new message forever.
+fn yield_margin(timeout: Duration) -> Duration {
+    Duration::from_secs(60).min(timeout / 4)
 }
 
 /// What happened to one delivery; logged and counted.
@@ -723,4 +730,25 @@ enum Run {
 
 fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
     format!("handler panicked: {}", crate::error::panic_text(&**panic))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_handler_is_told_to_yield_only_near_the_end_of_any_invocation() {
+        assert_eq!(
+            yield_margin(Duration::from_secs(900)),
+            Duration::from_secs(60)
+        );
+        assert_eq!(
+            yield_margin(Duration::from_secs(240)),
+            Duration::from_secs(60)
+        );
+        for secs in [1, 10, 30, 60, 120] {
+            let timeout = Duration::from_secs(secs);
+            assert_eq!(yield_margin(timeout), timeout / 4, "{secs} s");
+        }
+    }
 }
