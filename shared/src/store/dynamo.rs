@@ -136,35 +136,48 @@ impl DynamoStore {
     async fn get_many(&self, ids: &[JobId]) -> Result<HashMap<JobId, Job>, StoreError> {
         let mut found = HashMap::new();
         for chunk in ids.chunks(100) {
-            let mut keys: Vec<Item> = chunk.iter().map(Self::key).collect();
-            while !keys.is_empty() {
-                let request = KeysAndAttributes::builder()
-                    .set_keys(Some(keys))
-                    .consistent_read(true)
-                    .build()
-                    .expect("keys are set");
-                let out = self
-                    .client
-                    .batch_get_item()
-                    .request_items(&self.table, request)
-                    .send()
-                    .await
-                    .map_err(unavailable)?;
-                for item in out
-                    .responses
-                    .and_then(|mut r| r.remove(&self.table))
-                    .unwrap_or_default()
-                {
-                    let job = from_item(item)?;
-                    found.insert(job.job_id.clone(), job);
-                }
-                // What the backend left unprocessed (throttling) is asked again.
-                keys = out
-                    .unprocessed_keys
-                    .and_then(|mut u| u.remove(&self.table))
-                    .map(|k| k.keys)
-                    .unwrap_or_default();
+            for item in self
+                .batch_get(chunk.iter().map(Self::key).collect(), true)
+                .await?
+            {
+                let job = from_item(item)?;
+                found.insert(job.job_id.clone(), job);
             }
+        }
+        Ok(found)
+    }
+
+    /// The items at `keys` (at most 100: one BatchGetItem's worth; missing ones are absent), asking
+    /// again for what the backend left unprocessed (throttling) until nothing is left.
+    async fn batch_get(
+        &self,
+        mut keys: Vec<Item>,
+        consistent: bool,
+    ) -> Result<Vec<Item>, StoreError> {
+        let mut found = Vec::new();
+        while !keys.is_empty() {
+            let request = KeysAndAttributes::builder()
+                .set_keys(Some(keys))
+                .consistent_read(consistent)
+                .build()
+                .expect("keys are set");
+            let out = self
+                .client
+                .batch_get_item()
+                .request_items(&self.table, request)
+                .send()
+                .await
+                .map_err(unavailable)?;
+            found.extend(
+                out.responses
+                    .and_then(|mut r| r.remove(&self.table))
+                    .unwrap_or_default(),
+            );
+            keys = out
+                .unprocessed_keys
+                .and_then(|mut u| u.remove(&self.table))
+                .map(|k| k.keys)
+                .unwrap_or_default();
         }
         Ok(found)
     }

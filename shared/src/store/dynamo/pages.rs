@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use async_trait::async_trait;
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::{
-    AttributeValue, KeysAndAttributes, ReturnValue, ReturnValuesOnConditionCheckFailure, Update,
+    AttributeValue, ReturnValue, ReturnValuesOnConditionCheckFailure, Update,
 };
 use std::collections::HashMap;
 
@@ -169,34 +169,9 @@ impl DynamoStore {
         pages: &[Option<u32>],
         consistent: bool,
     ) -> Result<HashMap<String, Item>, StoreError> {
-        let chunks = pages.chunks(100).map(|chunk| async move {
-            let mut found = Vec::new();
-            let mut keys: Vec<Item> = chunk.iter().map(|p| page_key(ledger, *p)).collect();
-            while !keys.is_empty() {
-                let request = KeysAndAttributes::builder()
-                    .set_keys(Some(keys))
-                    .consistent_read(consistent)
-                    .build()
-                    .expect("keys are set");
-                let out = self
-                    .client
-                    .batch_get_item()
-                    .request_items(&self.table, request)
-                    .send()
-                    .await
-                    .map_err(unavailable)?;
-                found.extend(
-                    out.responses
-                        .and_then(|mut r| r.remove(&self.table))
-                        .unwrap_or_default(),
-                );
-                keys = out
-                    .unprocessed_keys
-                    .and_then(|mut u| u.remove(&self.table))
-                    .map(|k| k.keys)
-                    .unwrap_or_default();
-            }
-            Ok::<_, StoreError>(found)
+        let chunks = pages.chunks(100).map(|chunk| {
+            let keys = chunk.iter().map(|p| page_key(ledger, *p)).collect();
+            self.batch_get(keys, consistent)
         });
         let mut by_key = HashMap::new();
         for items in futures::future::try_join_all(chunks).await? {
