@@ -592,23 +592,15 @@ async fn one_busy_user_submitting_at_full_speed_spreads_over_slot_pages(s: Stack
     assert_eq!(ids.len(), JOBS);
     assert_eq!(s.store.in_flight("busy", CAP).await.unwrap(), JOBS as i64);
     let layout = jobkit::slots::Layout::new(CAP);
-    let ledger = jobkit::slots::Ledger::owner("busy");
-    let pages: Vec<_> = s
-        .store
-        .all_slots()
-        .await
-        .unwrap()
-        .into_iter()
-        .filter(|p| p.ledger == ledger && !p.slots.is_empty())
-        .collect();
+    let pages = ledger_pages(&*s.store, "busy").await;
     assert!(
         pages.len() as u32 > layout.pages() * 3 / 4,
         "{} of {} pages used",
         pages.len(),
         layout.pages()
     );
-    for p in &pages {
-        assert!(p.slots.len() as u32 <= layout.capacity(p.page.unwrap()));
+    for (page, members) in &pages {
+        assert!(members.len() as u32 <= layout.capacity(page.unwrap()));
     }
 }
 

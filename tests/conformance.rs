@@ -242,22 +242,6 @@ fn counted_job(user: &str) -> Job {
     job
 }
 
-/// Each page of `user`'s ledger: its page number and members.
-async fn pages_of(b: &Backends, user: &str) -> Vec<(Option<u32>, Vec<jobkit::Slot>)> {
-    let ledger = jobkit::slots::Ledger::owner(user);
-    let mut pages: Vec<_> = b
-        .store
-        .all_slots()
-        .await
-        .unwrap()
-        .into_iter()
-        .filter(|p| p.ledger == ledger && !p.slots.is_empty())
-        .map(|p| (p.page, p.slots))
-        .collect();
-    pages.sort();
-    pages
-}
-
 /// A busy owner's cap is split over pages (small items: one write unit per add and removal): the
 /// owner is admitted exactly up to the cap, every page within its capacity, each job's member on the
 /// page its record names, and a freed slot is taken again, on its page.
@@ -286,7 +270,7 @@ async fn a_busy_owner_fills_every_page_exactly_to_the_cap_and_no_further(b: Back
         b.store.in_flight("busy", CAP).await.unwrap(),
         i64::from(CAP)
     );
-    let pages = pages_of(&b, "busy").await;
+    let pages = ledger_pages(&*b.store, "busy").await;
     for (page, members) in &pages {
         let p = page.expect("every member on a page");
         assert_eq!(members.len() as u32, layout.capacity(p), "page {p} is full");
@@ -351,7 +335,7 @@ async fn racing_inserts_never_exceed_the_cap_and_the_count_stays_exact(b: Backen
     })
     .await;
     let layout = jobkit::slots::Layout::new(CAP);
-    for (page, members) in pages_of(&b, "racer").await {
+    for (page, members) in ledger_pages(&*b.store, "racer").await {
         assert_eq!(members.len() as u32, layout.capacity(page.unwrap()));
     }
 }

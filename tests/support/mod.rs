@@ -612,3 +612,21 @@ impl QueueDepth for FailingSends {
         self.inner.depth().await
     }
 }
+
+/// Each non-empty page of `user`'s in-flight ledger: its page number and members, in page order.
+pub async fn ledger_pages(
+    store: &dyn jobkit::store::SlotLedger,
+    user: &str,
+) -> Vec<(Option<u32>, Vec<jobkit::Slot>)> {
+    let ledger = jobkit::slots::Ledger::owner(user);
+    let mut pages: Vec<_> = store
+        .all_slots()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|p| p.ledger == ledger && !p.slots.is_empty())
+        .map(|p| (p.page, p.slots))
+        .collect();
+    pages.sort();
+    pages
+}
