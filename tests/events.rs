@@ -8,7 +8,7 @@ mod support;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use jobkit::api::{self, ApiSettings, EventsKey, StreamSettings};
+use jobkit::api::{self, ApiSettings, Purpose, StreamSettings, TokenKey};
 use jobkit::{HandlerRegistry, JobError};
 use serde_json::{Value, json};
 use support::*;
@@ -315,10 +315,10 @@ async fn only_a_valid_unexpired_token_for_that_job_opens_a_stream(b: Backends) {
     let id = job["job_id"].as_str().unwrap();
     let url = job["events_url"].as_str().unwrap();
     let token = url.split("token=").nth(1).unwrap();
-    let key = EventsKey::new(&b.signing_secret);
-    let job_id = jobkit::JobId::parse(id).unwrap();
-    let expired = key.token(&job_id, "gus", jobkit::now_millis() / 1000 - 1);
-    let wrong_owner = key.token(&job_id, "hal", jobkit::now_millis() / 1000 + 600);
+    let key = TokenKey::new(&b.signing_secret);
+    let now = jobkit::now_millis() / 1000;
+    let expired = key.sign(Purpose::Events, &[id, "gus"], now - 1);
+    let wrong_owner = key.sign(Purpose::Events, &[id, "hal"], now + 600);
     // Another last character (the same one would be the real token).
     let last = if token.ends_with('A') { 'E' } else { 'A' };
     let forged = format!("{}{last}", &token[..token.len() - 1]);

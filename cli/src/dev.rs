@@ -199,8 +199,10 @@ pub async fn run(args: DevArgs, registry: HandlerRegistry) -> anyhow::Result<()>
     let listener = tokio::net::TcpListener::bind(args.addr)
         .await
         .with_context(|| format!("cannot listen on {}", args.addr))?;
-    // Job streams are served here too: `events_url`s point at this address.
+    // Job streams and waitpoint links are served here too: `events_url`s and `complete_url`s point at
+    // this address.
     b.config.events_url = Some(format!("http://{}", listener.local_addr()?));
+    b.config.api_url = b.config.events_url.clone();
     let batch_size = args
         .batch_size
         .unwrap_or(template_number(&spec, "WorkerBatchSize", 10) as u32);

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::api::{
-    ApiSettings, CursorKey, EventsApi, EventsKey, EventsLink, StatusApi, StreamSettings, SubmitApi,
-    WaitpointApi,
+    ApiSettings, CursorKey, EventsApi, EventsLink, StatusApi, StreamSettings, SubmitApi, TokenKey,
+    WaitpointApi, WaitpointLink,
 };
 use crate::clock::{SharedClock, SystemClock};
 use crate::config::{Config, SecretSource};
@@ -135,10 +135,23 @@ impl Backend {
         }
     }
 
-    /// The waitpoint completion route (served by the submit function): it resumes parked jobs on their
-    /// lane's queue.
+    /// The waitpoint completion routes (served by the submit function): they resume parked jobs on their
+    /// lane's queue, and check `complete_url` tokens with the signing secret.
     pub fn waitpoint_api(&self) -> WaitpointApi {
-        WaitpointApi::new(self.store.clone(), self.senders(), self.clock.clone())
+        WaitpointApi::new(
+            self.store.clone(),
+            self.senders(),
+            self.clock.clone(),
+            TokenKey::new(&self.signing_secret),
+        )
+    }
+
+    /// Where waitpoints' `complete_url`s point, when the API's base URL is configured.
+    pub fn waitpoint_link(&self) -> Option<WaitpointLink> {
+        Some(WaitpointLink {
+            base: self.config.api_url.clone()?,
+            key: TokenKey::new(&self.signing_secret),
+        })
     }
 
     /// The status function's API.
@@ -149,10 +162,14 @@ impl Backend {
             self.clock.clone(),
         )
         .with_announcer(self.announcer());
+        let api = match self.waitpoint_link() {
+            Some(link) => api.with_waitpoints(link),
+            None => api,
+        };
         match &self.config.events_url {
             Some(base) => api.with_events(EventsLink {
                 base: base.clone(),
-                key: EventsKey::new(&self.signing_secret),
+                key: TokenKey::new(&self.signing_secret),
             }),
             None => api,
         }
@@ -162,7 +179,7 @@ impl Backend {
     pub fn events_api(&self, settings: StreamSettings) -> EventsApi {
         EventsApi::new(
             self.store.clone(),
-            EventsKey::new(&self.signing_secret),
+            TokenKey::new(&self.signing_secret),
             self.clock.clone(),
             settings,
         )

@@ -44,6 +44,9 @@ pub struct Config {
     /// `JOBKIT_EVENTS_URL`: the events endpoint's base URL (the events function's Function URL); `GET
     /// /jobs/{id}` then hands out `events_url`s.
     pub events_url: Option<String>,
+    /// `JOBKIT_API_URL`: the API's public base URL (API Gateway's endpoint); `GET /jobs/{id}` and the
+    /// `job.waiting` webhook event then hand out waitpoints' `complete_url`s under it.
+    pub api_url: Option<String>,
     /// `JOBKIT_METRICS_NAMESPACE` (default `jobkit`): the CloudWatch namespace of the kit's metrics.
     pub metrics_namespace: String,
     /// `JOBKIT_SERVICE` (default `jobkit`): the `Service` dimension on every metric (the stack's name).
@@ -141,6 +144,7 @@ impl Config {
             deliveries_queue_url: get("JOBKIT_DELIVERIES_QUEUE_URL").filter(|v| !v.is_empty()),
             webhook_secret: secret("JOBKIT_WEBHOOK_SECRET", "JOBKIT_WEBHOOK_SECRET_ARN"),
             events_url: get("JOBKIT_EVENTS_URL").filter(|v| !v.is_empty()),
+            api_url: get("JOBKIT_API_URL").filter(|v| !v.is_empty()),
             metrics_namespace: get("JOBKIT_METRICS_NAMESPACE")
                 .filter(|v| !v.is_empty())
                 .unwrap_or_else(|| "jobkit".into()),

@@ -55,6 +55,11 @@ pub enum ApiError {
         "the events token is missing, invalid or expired: get a fresh events_url from GET /jobs/{{id}}"
     )]
     InvalidToken,
+    /// A `complete_url` the stack did not sign, edited, expired, or of a job no longer stored: all alike.
+    #[error(
+        "the waitpoint link is invalid or expired: its owner can complete the waitpoint with POST /jobs/{{id}}/waitpoints/{{name}}"
+    )]
+    InvalidWaitpointToken,
     /// `run_at` / `delay_seconds` out of range or malformed.
     #[error("invalid start: {0}")]
     InvalidStart(String),
@@ -110,7 +115,7 @@ impl ApiError {
             | Self::InvalidCallbackUrl(_)
             | Self::TruncatedBody
             | Self::InvalidCursor => 400,
-            Self::Unauthenticated | Self::InvalidToken => 401,
+            Self::Unauthenticated | Self::InvalidToken | Self::InvalidWaitpointToken => 401,
             Self::JobNotFound | Self::RouteNotFound | Self::WaitpointNotFound => 404,
             Self::RequestTimeout => 408,
             Self::MethodNotAllowed { .. } => 405,
@@ -148,7 +153,7 @@ impl ApiError {
             Self::NoContainerQueue => "no_container_worker",
             Self::InvalidCursor => "invalid_cursor",
             Self::Unauthenticated => "unauthenticated",
-            Self::InvalidToken => "invalid_token",
+            Self::InvalidToken | Self::InvalidWaitpointToken => "invalid_token",
             Self::InvalidStart(_) => "invalid_start",
             Self::JobNotFound => "job_not_found",
             Self::JobFinished(_) => "job_finished",

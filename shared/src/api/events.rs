@@ -15,7 +15,7 @@
 //!
 //! Browsers' `EventSource` cannot send an `Authorization` header, so the route is not behind the API's
 //! authorizer: `GET /jobs/{id}` (which is) hands out `events_url` with a token, an HMAC over the job id,
-//! its owner and an expiry (15 minutes) under the stack's signing secret. Anything else — no token, a
+//! its owner and an expiry (15 minutes) under the stack's signing secret ([`super::token`]). Anything else — no token, a
 //! forged, expired or other job's token, an unknown job — is the same `401`, revealing nothing.
 
 use std::collections::VecDeque;
@@ -25,15 +25,13 @@ use std::time::Duration;
 use axum::extract::{Path, Query, State};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use futures::Stream;
-use hmac::{Hmac, KeyInit, Mac};
 use http::HeaderMap;
 use serde::Deserialize;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
+use super::token::{Purpose, TokenKey};
 use super::{ApiError, JobView};
 use crate::clock::{Millis, SharedClock};
 use crate::job::{Job, JobId, JobStatus, Progress};
@@ -42,53 +40,12 @@ use crate::store::JobReader;
 /// How long an `events_url` token is valid.
 pub const TOKEN_TTL: Duration = Duration::from_secs(15 * 60);
 
-/// Signs and checks event-stream tokens.
-#[derive(Clone)]
-pub struct EventsKey(Vec<u8>);
-
-impl std::fmt::Debug for EventsKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("EventsKey(..)")
-    }
-}
-
-impl EventsKey {
-    pub fn new(secret: &[u8]) -> Self {
-        Self(secret.to_vec())
-    }
-
-    fn mac(&self, job: &JobId, owner: &str, expires: i64) -> Hmac<Sha256> {
-        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&self.0)
-            .expect("HMAC takes a key of any length");
-        // Domain-separated from the page cursors signed with the same secret.
-        mac.update(format!("events\0{job}\0{owner}\0{expires}").as_bytes());
-        mac
-    }
-
-    /// A token for `job` of `owner`, valid until `expires` (unix seconds): `<expires>.<mac>`.
-    pub fn token(&self, job: &JobId, owner: &str, expires: i64) -> String {
-        let tag = self.mac(job, owner, expires).finalize().into_bytes();
-        format!("{expires}.{}", URL_SAFE_NO_PAD.encode(tag))
-    }
-
-    /// Whether `token` is this key's, for `job` of `owner`, unexpired at `now` (unix seconds).
-    pub fn verify(&self, token: &str, job: &JobId, owner: &str, now: i64) -> bool {
-        let Some((expires, tag)) = token.split_once('.') else {
-            return false;
-        };
-        let (Ok(expires), Ok(tag)) = (expires.parse::<i64>(), URL_SAFE_NO_PAD.decode(tag)) else {
-            return false;
-        };
-        expires >= now && self.mac(job, owner, expires).verify_slice(&tag).is_ok()
-    }
-}
-
 /// Where `GET /jobs/{id}` points clients for a job's stream.
 #[derive(Debug, Clone)]
 pub struct EventsLink {
     /// The events endpoint's base URL (the Function URL deployed, `jobctl dev`'s own address locally).
     pub base: String,
-    pub key: EventsKey,
+    pub key: TokenKey,
 }
 
 impl EventsLink {
@@ -98,9 +55,14 @@ impl EventsLink {
         format!(
             "{}/jobs/{job}/events?token={}",
             self.base.trim_end_matches('/'),
-            self.key.token(job, owner, expires)
+            token(&self.key, job, owner, expires)
         )
     }
+}
+
+/// The stream token of `job` of `owner`, valid until `expires` (unix seconds).
+pub fn token(key: &TokenKey, job: &JobId, owner: &str, expires: i64) -> String {
+    key.sign(Purpose::Events, &[job.as_str(), owner], expires)
 }
 
 /// How a stream paces itself.
@@ -126,7 +88,7 @@ impl Default for StreamSettings {
 /// The events endpoint's dependencies: read a job, check tokens.
 pub struct EventsApi {
     store: Arc<dyn JobReader>,
-    key: EventsKey,
+    key: TokenKey,
     clock: SharedClock,
     settings: StreamSettings,
 }
@@ -134,7 +96,7 @@ pub struct EventsApi {
 impl EventsApi {
     pub fn new(
         store: Arc<dyn JobReader>,
-        key: EventsKey,
+        key: TokenKey,
         clock: SharedClock,
         settings: StreamSettings,
     ) -> Self {
@@ -326,9 +288,10 @@ pub(super) async fn events(
         return Err(ApiError::InvalidToken);
     };
     let job = api.store.get(&id).await?.ok_or(ApiError::InvalidToken)?;
+    let fields = [id.as_str(), job.user_id.as_str()];
     if !api
         .key
-        .verify(&token, &id, &job.user_id, now.div_euclid(1000))
+        .verify(Purpose::Events, &token, &fields, now.div_euclid(1000))
     {
         return Err(ApiError::InvalidToken);
     }
@@ -362,35 +325,6 @@ mod tests {
 
     fn id() -> JobId {
         JobId::parse("01JF0000000000000000000000").unwrap()
-    }
-
-    #[test]
-    fn tokens_are_bound_to_job_owner_and_time() {
-        let key = EventsKey::new(b"secret");
-        let t = key.token(&id(), "ann", 1_000);
-        assert!(key.verify(&t, &id(), "ann", 999));
-        assert!(key.verify(&t, &id(), "ann", 1_000));
-        assert!(!key.verify(&t, &id(), "ann", 1_001), "expired");
-        assert!(!key.verify(&t, &id(), "bob", 999), "another owner");
-        let other = JobId::parse("01JF0000000000000000000001").unwrap();
-        assert!(!key.verify(&t, &other, "ann", 999), "another job");
-        assert!(
-            !EventsKey::new(b"other").verify(&t, &id(), "ann", 999),
-            "forged"
-        );
-        let (exp, tag) = t.split_once('.').unwrap();
-        assert!(
-            !key.verify(
-                &format!("{}.{tag}", exp.parse::<i64>().unwrap() + 60),
-                &id(),
-                "ann",
-                999
-            ),
-            "extended"
-        );
-        for bad in ["", "1000", "x.y", "1000.!!!"] {
-            assert!(!key.verify(bad, &id(), "ann", 0), "{bad:?}");
-        }
     }
 
     #[test]
@@ -457,7 +391,7 @@ mod tests {
     fn links_carry_a_fifteen_minute_token() {
         let link = EventsLink {
             base: "https://abc.lambda-url.eu-west-1.on.aws/".into(),
-            key: EventsKey::new(b"k"),
+            key: TokenKey::new(b"k"),
         };
         let url = link.url(&id(), "ann", 1_700_000_000_000);
         let token = url.split("token=").nth(1).unwrap();
@@ -465,6 +399,12 @@ mod tests {
             "https://abc.lambda-url.eu-west-1.on.aws/jobs/01JF0000000000000000000000/events?token="
         ));
         assert!(token.starts_with(&format!("{}.", 1_700_000_000 + 900)));
-        assert!(link.key.verify(token, &id(), "ann", 1_700_000_000));
+        let job = id();
+        assert!(link.key.verify(
+            Purpose::Events,
+            token,
+            &[job.as_str(), "ann"],
+            1_700_000_000
+        ));
     }
 }

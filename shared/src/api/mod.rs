@@ -20,6 +20,7 @@ mod jobs;
 mod kinds;
 mod status;
 mod submit;
+mod token;
 mod waitpoints;
 
 use std::sync::Arc;
@@ -38,12 +39,15 @@ use tower_http::trace::TraceLayer;
 pub use crate::net::{CallbackError, is_public_ip};
 pub use cursor::CursorKey;
 pub use error::{ApiError, MAX_BODY_BYTES, quote};
-pub use events::{EventsApi, EventsKey, EventsLink, StreamSettings, TOKEN_TTL};
+pub use events::{EventsApi, EventsLink, StreamSettings, TOKEN_TTL};
 pub use jobs::{JobList, JobSummary};
 pub use kinds::KindList;
 pub use status::{JobView, StatusApi, WaitingForView, WebhookView, rfc3339};
 pub use submit::{SubmitApi, SubmitRequest};
-pub use waitpoints::WaitpointApi;
+pub use token::{Purpose, TokenKey};
+pub use waitpoints::{
+    LINK_GRACE, WaitpointApi, WaitpointLink, WaitpointView, capability, capability_until,
+};
 
 use crate::config::Config;
 
@@ -110,17 +114,21 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
     }
 }
 
-/// The submit function's routes: `POST /jobs`, and `POST /jobs/{id}/waitpoints/{name}` (it may send
-/// job messages, which resuming a parked job needs).
+/// The submit function's routes: `POST /jobs`, `POST /jobs/{id}/waitpoints/{name}` and
+/// `GET|POST /waitpoints/{token}` (it may send job messages, which resuming a parked job needs).
 pub fn submit_routes(api: Arc<SubmitApi>, waitpoints: Arc<WaitpointApi>) -> Router {
     with_layers(submit_only(api).merge(waitpoints_only(waitpoints)))
 }
 
 fn waitpoints_only(api: Arc<WaitpointApi>) -> Router {
-    Router::new().route(
-        "/jobs/{id}/waitpoints/{name}",
-        post(waitpoints::complete).with_state(api),
-    )
+    Router::new()
+        .route("/jobs/{id}/waitpoints/{name}", post(waitpoints::complete))
+        // No identity read: the token is the authority (template.yaml gives these no authorizer).
+        .route(
+            "/waitpoints/{token}",
+            get(waitpoints::show_by_token).post(waitpoints::complete_by_token),
+        )
+        .with_state(api)
 }
 
 fn submit_only(api: Arc<SubmitApi>) -> Router {
@@ -248,6 +256,8 @@ async fn method_not_allowed(uri: http::Uri) -> ApiError {
         "GET, POST"
     } else if path == "/kinds" {
         "GET"
+    } else if path.starts_with("/waitpoints/") {
+        "GET, POST"
     } else if path.contains("/waitpoints/") {
         "POST"
     } else {

@@ -8,7 +8,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use http::StatusCode;
 use serde::{Deserialize, Serialize};
 
-use super::{ApiError, Caller, CursorKey, EventsLink, JobSummary};
+use super::{ApiError, Caller, CursorKey, EventsLink, JobSummary, WaitpointLink};
 use crate::clock::SharedClock;
 use crate::job::{Cancel, Job, JobId, JobStatus, Millis, WaitingFor, WebhookState, WebhookStatus};
 use crate::json::Json;
@@ -42,12 +42,18 @@ pub struct JobView {
     pub waiting_for: Option<WaitingForView>,
 }
 
-/// What a parked job waits for: complete it with `POST /jobs/{id}/waitpoints/{name}`.
+/// What a parked job waits for: complete it with `POST /jobs/{id}/waitpoints/{name}`, or by POSTing to
+/// `complete_url`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WaitingForView {
     pub name: String,
     /// When it times out (RFC 3339).
     pub expires_at: String,
+    /// A capability URL completing this one waitpoint without the API's credentials (`GET /jobs/{id}`
+    /// only, which only the owner sees; absent for a delayed start, or where the API's base URL is not
+    /// configured).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub complete_url: Option<String>,
 }
 
 impl From<WaitingFor> for WaitingForView {
@@ -55,6 +61,7 @@ impl From<WaitingFor> for WaitingForView {
         Self {
             name: w.name,
             expires_at: rfc3339(w.expires_at),
+            complete_url: None,
         }
     }
 }
@@ -177,6 +184,7 @@ pub struct StatusApi {
     pub(super) clock: SharedClock,
     announcer: Announcer,
     events: Option<EventsLink>,
+    waitpoints: Option<WaitpointLink>,
 }
 
 impl StatusApi {
@@ -187,7 +195,14 @@ impl StatusApi {
             clock,
             announcer: Announcer::none(),
             events: None,
+            waitpoints: None,
         }
+    }
+
+    /// Hands out waitpoints' `complete_url`s under this link's base.
+    pub fn with_waitpoints(mut self, link: WaitpointLink) -> Self {
+        self.waitpoints = Some(link);
+        self
     }
 
     /// Hands out `events_url`s to this events endpoint.
@@ -222,9 +237,17 @@ pub(super) async fn status(
     let job = api.owned(&user, &raw_id).await?;
     let now = api.clock.now();
     let events_url = api.events.as_ref().map(|l| l.url(&job.job_id, &user, now));
+    let complete_url = match (&api.waitpoints, &job.waiting_for) {
+        (Some(link), Some(on)) if job.status == JobStatus::Waiting => link.url(&job, on),
+        _ => None,
+    };
+    let mut view = JobView::at(job, now);
+    if let Some(w) = view.waiting_for.as_mut() {
+        w.complete_url = complete_url;
+    }
     Ok(JsonBody(JobView {
         events_url,
-        ..JobView::at(job, now)
+        ..view
     }))
 }
 
