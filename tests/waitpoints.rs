@@ -119,7 +119,11 @@ struct Rig {
     runs: Arc<Runs>,
 }
 
-fn rig(b: Backends) -> Rig {
+/// The API's public base URL in these tests: `complete_url`s start with it.
+const API_BASE: &str = "https://api.test";
+
+fn rig(mut b: Backends) -> Rig {
+    b.backend.config.api_url = Some(API_BASE.into());
     let runs = Arc::new(Runs::default());
     let slot = Arc::new(OnceLock::new());
     let api = b.api_with_settings(
@@ -182,6 +186,38 @@ impl Rig {
     async fn complete(&self, user: &str, id: &str, name: &str, body: &str) -> Answer {
         let path = format!("/jobs/{id}/waitpoints/{name}");
         self.api.handle(complete_req(user, &path, body)).await
+    }
+
+    /// The `complete_url` `GET /jobs/{id}` shows for a parked job.
+    async fn complete_url(&self, id: &str) -> String {
+        let view = self.view(id).await;
+        view["waiting_for"]["complete_url"]
+            .as_str()
+            .unwrap_or_else(|| panic!("a complete_url: {view}"))
+            .to_owned()
+    }
+
+    /// `method` on a `complete_url` (or any path under the API), with no credentials at all.
+    async fn follow(
+        &self,
+        method: &str,
+        url: &str,
+        content_type: Option<&str>,
+        body: &str,
+    ) -> Answer {
+        let path = url.strip_prefix(API_BASE).unwrap_or(url);
+        let mut req = http::Request::builder().method(method).uri(path);
+        if let Some(ct) = content_type {
+            req = req.header("content-type", ct);
+        }
+        let mut req = req.body(axum::body::Body::from(body.to_owned())).unwrap();
+        req.extensions_mut().remove::<jobkit::api::Identity>();
+        self.api.handle(req).await
+    }
+
+    async fn post_link(&self, url: &str, body: &str) -> Answer {
+        self.follow("POST", url, Some("application/json"), body)
+            .await
     }
 }
 
@@ -418,6 +454,7 @@ async fn a_wait_that_times_out_resumes_with_a_typed_error(b: Backends) {
     let unhandled = r.submit("approve", json!({"timeout_ms": 1000})).await;
     r.until(&handled, "waiting").await;
     r.until(&unhandled, "waiting").await;
+    let url = r.complete_url(&handled).await;
     let done = r.sweep_until(&handled, "completed").await;
     assert_eq!(
         done["result"]["approval"],
@@ -432,6 +469,10 @@ async fn a_wait_that_times_out_resumes_with_a_typed_error(b: Backends) {
         409,
         "waitpoint_timed_out",
     );
+    // Its link outlives it a little (LINK_GRACE), to say so rather than "invalid".
+    assert_error(&r.post_link(&url, "{}").await, 409, "waitpoint_timed_out");
+    let (_, shown) = json(&r.follow("GET", &url, None, "").await);
+    assert_eq!(shown["state"], "timed_out", "{shown}");
 }
 
 async fn a_durable_sleep_resumes_after_its_time(b: Backends) {
@@ -460,7 +501,12 @@ async fn a_delayed_start_waits_for_its_time_and_counts_at_submit(b: Backends) {
         "{accepted}"
     );
     let id = accepted["job_id"].as_str().unwrap().to_owned();
-    assert_eq!(r.view(&id).await["waiting_for"]["name"], "start");
+    let delayed = r.view(&id).await;
+    assert_eq!(delayed["waiting_for"]["name"], "start");
+    assert!(
+        delayed["waiting_for"].get("complete_url").is_none(),
+        "a start timer has no waitpoint to complete: {delayed}"
+    );
     let (batch, _) = r.worker.poll_once().await.unwrap();
     assert!(batch.is_empty(), "no message before its time");
     let done = r.sweep_until(&id, "completed").await;
@@ -512,7 +558,192 @@ async fn a_delayed_start_waits_for_its_time_and_counts_at_submit(b: Backends) {
     );
 }
 
+async fn a_job_is_completed_through_its_complete_url_without_credentials(b: Backends) {
+    let r = rig(b);
+    let id = r.submit("approve", json!({})).await;
+    r.until(&id, "waiting").await;
+    let url = r.complete_url(&id).await;
+    assert!(
+        url.starts_with(&format!("{API_BASE}/waitpoints/{id}.")),
+        "{url}"
+    );
+    // Only the owner's GET /jobs/{id} carries it: a list shows no waitpoint at all.
+    let (_, listed) = json(&r.api.handle(list_jobs("sam", "status=waiting")).await);
+    assert_eq!(listed["jobs"][0]["job_id"], id.as_str(), "{listed}");
+    assert!(!listed.to_string().contains("/waitpoints/"), "{listed}");
+
+    // GET shows where it stands, and completes nothing, however often.
+    for _ in 0..2 {
+        let (status, shown) = json(&r.follow("GET", &url, None, "").await);
+        assert_eq!(status, 200, "{shown}");
+        assert_eq!(
+            (
+                shown["job_id"].as_str(),
+                shown["name"].as_str(),
+                shown["state"].as_str(),
+                shown["job_status"].as_str()
+            ),
+            (
+                Some(id.as_str()),
+                Some("approve"),
+                Some("pending"),
+                Some("waiting")
+            ),
+            "{shown}"
+        );
+        assert!(shown["expires_at"].is_string(), "{shown}");
+    }
+    assert_eq!(r.view(&id).await["status"], "waiting");
+
+    let (status, done) = json(&r.post_link(&url, r#"{"ok":true,"via":"link"}"#).await);
+    assert_eq!(status, 202, "{done}");
+    assert_eq!(done["state"], "completed", "{done}");
+    assert!(
+        done.get("input").is_none(),
+        "the link's holder is not the owner: {done}"
+    );
+    let finished = r.until(&id, "completed").await;
+    assert_eq!(
+        finished["result"]["approval"],
+        json!({"ok": true, "via": "link"})
+    );
+    assert_eq!(r.runs.get("handler"), 2, "resumed exactly once");
+    let (_, shown) = json(&r.follow("GET", &url, None, "").await);
+    assert_eq!(
+        (shown["state"].as_str(), shown["job_status"].as_str()),
+        (Some("completed"), Some("completed")),
+        "{shown}"
+    );
+}
+
+async fn a_complete_url_refuses_what_it_cannot_accept(b: Backends) {
+    let r = rig(b);
+    let id = r.submit("approve", json!({})).await;
+    let other = r.submit("approve", json!({})).await;
+    r.until(&id, "waiting").await;
+    r.until(&other, "waiting").await;
+    let url = r.complete_url(&id).await;
+    let token = url.rsplit('/').next().unwrap().to_owned();
+    let other_token = r
+        .complete_url(&other)
+        .await
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_owned();
+
+    // Anything but the token the stack signed for this waitpoint is one 401, revealing nothing.
+    let key = jobkit::api::TokenKey::new(&r.b.signing_secret);
+    let job_id = JobId::parse(&id).unwrap();
+    let now = jobkit::now_millis() / 1000;
+    let expired = jobkit::api::capability_until(&key, &job_id, "approve", now - 1);
+    let last = if token.ends_with('A') { 'E' } else { 'A' };
+    let forged = format!("{}{last}", &token[..token.len() - 1]);
+    // Another job's signature under this job's id, and this job's under another's.
+    let (_, other_signed) = other_token.split_once('.').unwrap();
+    let moved = format!("{id}.{other_signed}");
+    let (_, signed) = token.split_once('.').unwrap();
+    let borrowed = format!("{other}.{signed}");
+    let unknown_job = jobkit::api::capability(
+        &key,
+        &JobId::generate(jobkit::now_millis()),
+        "approve",
+        jobkit::now_millis() + 60_000,
+    );
+    let foreign = jobkit::api::capability(
+        &jobkit::api::TokenKey::new(b"another stack"),
+        &job_id,
+        "approve",
+        jobkit::now_millis() + 60_000,
+    );
+    let mut refusals = Vec::new();
+    for bad in [
+        &expired,
+        &forged,
+        &moved,
+        &borrowed,
+        &unknown_job,
+        &foreign,
+        "not-a-token",
+        "a.b.c.d",
+    ] {
+        let link = format!("/waitpoints/{bad}");
+        for answer in [
+            r.post_link(&link, "{}").await,
+            r.follow("GET", &link, None, "").await,
+        ] {
+            assert_error(&answer, 401, "invalid_token");
+            refusals.push(json(&answer).1);
+        }
+    }
+    assert!(
+        refusals.windows(2).all(|w| w[0] == w[1]),
+        "every refusal reads the same"
+    );
+
+    // The payload: JSON, of a JSON content type, at most MAX_PAYLOAD_BYTES.
+    assert_error(&r.post_link(&url, "{nope").await, 400, "malformed_json");
+    assert_error(
+        &r.follow("POST", &url, Some("text/plain"), "{}").await,
+        415,
+        "unsupported_media_type",
+    );
+    let big = json!({"x": "y".repeat(jobkit::waitpoint::MAX_PAYLOAD_BYTES)}).to_string();
+    assert_error(&r.post_link(&url, &big).await, 413, "payload_too_large");
+    assert_error(
+        &r.follow("DELETE", &url, None, "").await,
+        405,
+        "method_not_allowed",
+    );
+    assert_eq!(
+        r.view(&id).await["status"],
+        "waiting",
+        "nothing above completed it"
+    );
+
+    // The first completion stands, through either door.
+    assert_eq!(r.post_link(&url, r#"{"n":1}"#).await.status(), 202);
+    assert_error(
+        &r.post_link(&url, r#"{"n":2}"#).await,
+        409,
+        "waitpoint_completed",
+    );
+    assert_error(
+        &r.complete("sam", &id, "approve", r#"{"n":3}"#).await,
+        409,
+        "waitpoint_completed",
+    );
+    let done = r.until(&id, "completed").await;
+    assert_eq!(done["result"]["approval"], json!({"n": 1}));
+    assert_error(
+        &r.post_link(&url, r#"{"n":4}"#).await,
+        409,
+        "waitpoint_completed",
+    );
+
+    // A cancelled job's link is closed for good, as its owner's route is.
+    let other_url = format!("/waitpoints/{other_token}");
+    let cancelled = r
+        .api
+        .handle(request("DELETE", &format!("/jobs/{other}"), "sam"))
+        .await;
+    assert_eq!(cancelled.status(), 202);
+    assert_error(
+        &r.post_link(&other_url, "{}").await,
+        410,
+        "waitpoint_closed",
+    );
+    let (_, shown) = json(&r.follow("GET", &other_url, None, "").await);
+    assert_eq!(
+        (shown["state"].as_str(), shown["job_status"].as_str()),
+        (Some("pending"), Some("cancelled")),
+        "{shown}"
+    );
+}
+
 on_both_backends!(
+    a_job_is_completed_through_its_complete_url_without_credentials,
+    a_complete_url_refuses_what_it_cannot_accept,
     a_delayed_start_waits_for_its_time_and_counts_at_submit,
     a_job_parks_then_resumes_with_the_payload_running_each_step_once,
     a_second_completion_is_refused_and_the_first_payload_stands,

@@ -81,6 +81,12 @@ where
 /// Serves the submit function: `POST /jobs` for the kinds in `registry`.
 pub async fn serve_submit(registry: HandlerRegistry) -> Result<(), Error> {
     let b = backend().await?;
+    if b.config.signing_secret.is_none() {
+        // A key made up per instance would refuse every complete_url the status function hands out.
+        return Err(
+            "the submit function needs JOBKIT_SIGNING_SECRET_ARN (or JOBKIT_SIGNING_SECRET)".into(),
+        );
+    }
     let settings = ApiSettings::from_config(&b.config);
     let api = Arc::new(b.submit_api(registry, settings));
     let waitpoints = Arc::new(b.waitpoint_api());

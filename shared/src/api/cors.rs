@@ -225,9 +225,13 @@ mod tests {
         assert_eq!(stream["MaxAge"], MAX_AGE.as_secs());
     }
 
+    /// The routes whose URL carries its own authority (a waitpoint's `complete_url`): no authorizer.
+    const CAPABILITY_ROUTES: [&str; 2] = ["POST /waitpoints/{token}", "GET /waitpoints/{token}"];
+
     /// API Gateway hands a preflight to the route that matches it; a route with the authorizer would
     /// refuse it (browsers send no credentials on one). Every path an `ANY` or `$default` route
-    /// catches has an `OPTIONS` route of its own, without the authorizer, and only those are so.
+    /// catches has an `OPTIONS` route of its own, without the authorizer, and only those and the
+    /// capability routes are so.
     #[test]
     fn every_route_that_catches_preflights_has_an_open_options_route() {
         let template = crate::template::to_json_value(crate::template::TEMPLATE_YAML).unwrap();
@@ -258,6 +262,8 @@ mod tests {
             if k.starts_with("OPTIONS ") {
                 assert!(open, "{name}: a preflight cannot pass an authorizer");
                 assert_eq!(r["Condition"], "HasAllowedOrigins", "{name}");
+            } else if CAPABILITY_ROUTES.contains(&k.as_str()) {
+                assert!(open, "{name}: its token is its authority");
             } else {
                 assert!(!open, "{name}: every other route has the authorizer");
             }

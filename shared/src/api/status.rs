@@ -245,10 +245,7 @@ pub(super) async fn status(
     if let Some(w) = view.waiting_for.as_mut() {
         w.complete_url = complete_url;
     }
-    Ok(JsonBody(JobView {
-        events_url,
-        ..view
-    }))
+    Ok(JsonBody(JobView { events_url, ..view }))
 }
 
 /// Cancel writes retried when a worker's heartbeat got in between.

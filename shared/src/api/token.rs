@@ -117,7 +117,10 @@ mod tests {
             "extended"
         );
         for bad in ["", "1000", "x.y", "1000.!!!"] {
-            assert!(!key.verify(Purpose::Events, bad, &[JOB, "ann"], 0), "{bad:?}");
+            assert!(
+                !key.verify(Purpose::Events, bad, &[JOB, "ann"], 0),
+                "{bad:?}"
+            );
         }
     }
 

@@ -315,11 +315,21 @@ mod tests {
         let t = capability(&key, &job(), "approve", 1_700_000_000_000);
         let (_, rest) = t.split_once('.').unwrap();
         let other = JobId::parse("01JF0000000000000000000001").unwrap();
-        assert_eq!(open(&key, &format!("{other}.{rest}"), 0), None, "another job");
+        assert_eq!(
+            open(&key, &format!("{other}.{rest}"), 0),
+            None,
+            "another job"
+        );
         let (_, signed) = rest.split_once('.').unwrap();
         let renamed = format!("{}.{}.{signed}", job(), URL_SAFE_NO_PAD.encode("other"));
         assert_eq!(open(&key, &renamed, 0), None, "another waitpoint");
-        for bad in ["", "x", "a.b.c.d", &format!("{}..1.x", job()), &t[..t.len() - 2]] {
+        for bad in [
+            "",
+            "x",
+            "a.b.c.d",
+            &format!("{}..1.x", job()),
+            &t[..t.len() - 2],
+        ] {
             assert_eq!(open(&key, bad, 0), None, "{bad:?}");
         }
     }
