@@ -1,12 +1,17 @@
 //! `GET /jobs/{id}/events`: a job's live stream (Server-Sent Events). An event for every status change
-//! (`status`), one for every progress report (`progress`: `{percent, message}`), and a final `done`
+//! (`status`), one for every progress report (`progress`: `{percent, message}`), one each time the job
+//! parks (`waiting`: `{name, expires_at}`, what it waits for), and a final `done`
 //! carrying the job's view, after which the stream ends. The stream reads the job at most once per
 //! `poll` (a second, deployed), and changes between two reads are collapsed into the latest state, so
 //! no state is missed although intermediate ones may be. A comment every 15 s keeps proxies from
 //! closing it; after at most 14 minutes it ends with a `retry:` hint and the client reconnects.
 //!
+//! The `waiting` event never carries the waitpoint's `complete_url`: an `events_url` is made to be
+//! handed to a browser page, which may show a job to someone who should not complete its waits; the
+//! owner gets the link from `GET /jobs/{id}` (or the `job.waiting` webhook) and decides who else does.
+//!
 //! Resuming: each event's `id` says what the client has seen once it has that event (`Seen`: the
-//! job's version, the status and a fingerprint of the progress), so a reconnect with `Last-Event-ID`
+//! job's version, the status and fingerprints of the progress and of the wait), so a reconnect with `Last-Event-ID`
 //! gets exactly what changed since, and nothing it has seen. The version alone could not say that: it
 //! moves on every write (heartbeats, checkpoints), not only when the status or progress changes. A
 //! reconnect from a client that has seen `done` is answered `204 No Content`, the one answer that stops
@@ -32,9 +37,9 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use super::token::{Purpose, TokenKey};
-use super::{ApiError, JobView};
+use super::{ApiError, JobView, rfc3339};
 use crate::clock::{Millis, SharedClock};
-use crate::job::{Job, JobId, JobStatus, Progress};
+use crate::job::{Job, JobId, JobStatus, Progress, WaitingFor};
 use crate::store::JobReader;
 
 /// How long an `events_url` token is valid.
@@ -115,7 +120,8 @@ pub(super) struct TokenQuery {
 }
 
 /// What a client of a stream has seen, as of its last event: written as that event's `id`, read back
-/// from `Last-Event-ID`. `<version>.<status>[.<progress fingerprint>]`, e.g. `7.running.1f2e3d4c`:
+/// from `Last-Event-ID`. `<version>.<status>[.<progress fingerprint>][.w<wait fingerprint>]`, e.g.
+/// `7.running.1f2e3d4c` or `9.waiting.1f2e3d4c.w0a1b2c3d`:
 /// short and of letters, digits, `.` and `_` only, so browsers send it back cross-origin without a
 /// CORS preflight (a long or unusual `Last-Event-ID` makes them ask first).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -125,6 +131,9 @@ struct Seen {
     status: Option<JobStatus>,
     /// [`fingerprint`] of the last progress the client got.
     progress: Option<u32>,
+    /// [`wait_fingerprint`] of the last wait the client got: a job that parks again on another
+    /// waitpoint between two reads is still `waiting`, and its new wait is told apart by this.
+    waiting: Option<u32>,
 }
 
 /// Identifies a progress report: 32 bits of SHA-256 over its percent and message. A collision could
@@ -137,13 +146,27 @@ fn fingerprint(p: &Progress) -> u32 {
     u32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]])
 }
 
+/// Identifies a wait: 32 bits of SHA-256 over its waitpoint's name and expiry (a collision could only
+/// hide one `waiting` event, and the `status` event still shows the job waiting).
+fn wait_fingerprint(w: &WaitingFor) -> u32 {
+    let digest = Sha256::new()
+        .chain_update(w.name.as_bytes())
+        .chain_update(w.expires_at.to_be_bytes())
+        .finalize();
+    u32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]])
+}
+
 impl Seen {
     fn id(&self) -> String {
         let status = self.status.map_or("none", JobStatus::as_str);
-        match self.progress {
-            Some(p) => format!("{}.{status}.{p:08x}", self.version),
-            None => format!("{}.{status}", self.version),
+        let mut id = format!("{}.{status}", self.version);
+        if let Some(p) = self.progress {
+            id.push_str(&format!(".{p:08x}"));
         }
+        if let Some(w) = self.waiting {
+            id.push_str(&format!(".w{w:08x}"));
+        }
+        id
     }
 
     /// Reads a `Last-Event-ID`; anything else (another server's id, a client's invention) is `None`,
@@ -155,15 +178,24 @@ impl Seen {
             "none" => None,
             s => Some(s.parse().ok()?),
         };
-        let progress = match parts.next() {
-            Some(hex) if hex.len() == 8 => Some(u32::from_str_radix(hex, 16).ok()?),
-            Some(_) => return None,
+        let hex = |h: &str| (h.len() == 8).then(|| u32::from_str_radix(h, 16).ok())?;
+        let mut next = parts.next();
+        let progress = match next {
+            Some(h) if !h.starts_with('w') => {
+                next = parts.next();
+                Some(hex(h)?)
+            }
+            _ => None,
+        };
+        let waiting = match next {
+            Some(h) => Some(hex(h.strip_prefix('w')?)?),
             None => None,
         };
         parts.next().is_none().then_some(Self {
             version,
             status,
             progress,
+            waiting,
         })
     }
 
@@ -193,6 +225,25 @@ fn events_for(job: &Job, seen: &mut Seen, now: Millis) -> (Vec<Event>, bool) {
                 .id(seen.id())
                 .json_data(json!({"status": status, "attempts": job.attempts}))
                 .expect("a status serializes"),
+        );
+    }
+    if let Some(w) = job
+        .waiting_for
+        .as_ref()
+        .filter(|_| status == JobStatus::Waiting)
+        && seen.waiting != Some(wait_fingerprint(w))
+    {
+        *seen = Seen {
+            version: job.version,
+            waiting: Some(wait_fingerprint(w)),
+            ..*seen
+        };
+        out.push(
+            Event::default()
+                .event("waiting")
+                .id(seen.id())
+                .json_data(json!({"name": w.name, "expires_at": rfc3339(w.expires_at)}))
+                .expect("a wait serializes"),
         );
     }
     if let Some((p, fp)) = progress
@@ -339,16 +390,25 @@ mod tests {
                 version: 7,
                 status: Some(JobStatus::Running),
                 progress: Some(fingerprint(&p)),
+                waiting: None,
             },
             Seen {
                 version: u64::MAX,
                 status: Some(JobStatus::DeadLetter),
                 progress: Some(0),
+                waiting: Some(u32::MAX),
             },
             Seen {
                 version: 3,
                 status: Some(JobStatus::Queued),
                 progress: None,
+                waiting: None,
+            },
+            Seen {
+                version: 9,
+                status: Some(JobStatus::Waiting),
+                progress: None,
+                waiting: Some(0x0a1b_2c3d),
             },
         ] {
             let id = seen.id();
@@ -369,9 +429,70 @@ mod tests {
             "7.sleeping",
             "7.running.xyz",
             "7.running.1f2e3d4c.9",
+            "7.waiting.w1f2e3d4",
+            "7.waiting.1f2e3d4c.1f2e3d4c",
+            "7.waiting.w1f2e3d4c.1f2e3d4c",
+            "7.waiting.w1f2e3d4c.w1f2e3d4c",
         ] {
             assert_eq!(Seen::parse(other), None, "{other:?}");
         }
+    }
+
+    /// The event name of each event, read from its wire form (axum's `Event` has no getters).
+    fn names(events: &[Event]) -> Vec<&'static str> {
+        events
+            .iter()
+            .map(|e| {
+                let wire = format!("{e:?}");
+                ["status", "waiting", "progress", "done"]
+                    .into_iter()
+                    .find(|n| wire.contains(&format!("event: {n}")))
+                    .unwrap_or("?")
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_parked_job_shows_one_waiting_event_per_wait_and_a_resume_repeats_it_not() {
+        let t0: Millis = 1_700_000_000_000;
+        let job = crate::job::Job::new(
+            crate::job::NewJob {
+                user_id: "u".into(),
+                kind: "approve".into(),
+                input: crate::json::Json::from(json!({})),
+                max_attempts: 3,
+                ttl_secs: 3600,
+                callback_url: None,
+                counted: false,
+            },
+            t0,
+        );
+        let on = |name: &str, at: Millis| WaitingFor {
+            name: name.into(),
+            expires_at: at,
+        };
+        let running = job.claim("w", t0 + 60_000, t0 + 1).unwrap();
+        let parked = running
+            .park("w", on("approve", t0 + 9_000), t0 + 2)
+            .unwrap();
+        let mut seen = Seen::default();
+        let (events, done) = events_for(&parked, &mut seen, t0 + 3);
+        assert!(!done);
+        assert_eq!(names(&events), ["status", "waiting"]);
+        assert_eq!(seen.status, Some(JobStatus::Waiting));
+        let resumed_from = Seen::parse(&seen.id()).unwrap();
+        assert_eq!(resumed_from, seen);
+        let (again, _) = events_for(&parked, &mut resumed_from.clone(), t0 + 4);
+        assert!(again.is_empty(), "a reconnect repeats nothing");
+        // Resumed, ran and parked again on another waitpoint between two reads: still `waiting`, a new wait.
+        let rerun = parked
+            .resume("approve", t0 + 5)
+            .unwrap()
+            .claim("w", t0 + 60_000, t0 + 6)
+            .unwrap();
+        let parked_again = rerun.park("w", on("confirm", t0 + 19_000), t0 + 7).unwrap();
+        let (events, _) = events_for(&parked_again, &mut seen, t0 + 8);
+        assert_eq!(names(&events), ["waiting"]);
     }
 
     #[test]
