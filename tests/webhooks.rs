@@ -31,18 +31,29 @@ struct Hooks {
     secret: String,
 }
 
+/// The test kinds plus `approve`, which waits for its waitpoint `approve` and answers its payload.
+fn registry() -> jobkit::HandlerRegistry {
+    let mut r = test_registry();
+    r.register_fn("approve", |_: Value, ctx| async move {
+        let wait = jobkit::handler::WaitFor::timeout(Duration::from_secs(3600));
+        ctx.wait_for::<Value>("approve", wait).await
+    })
+    .unwrap();
+    r
+}
+
 fn hooks_with(s: Backends, settings: DeliverySettings, worker_attempts: u32) -> Hooks {
     let secret = Secrets::generate();
     let receiver = Receiver::start(&secret, 3.0);
     let api = s.api_with_settings(
-        test_registry(),
+        registry(),
         ApiSettings {
             dev_mode: true,
             ..ApiSettings::from_config(&s.config)
         },
     );
     let worker = s
-        .event_source(test_registry(), fast_settings(worker_attempts))
+        .event_source(registry(), fast_settings(worker_attempts))
         .with_wait(Duration::from_millis(200));
     let deliverer = deliverer_on(&s, &secret, settings);
     Hooks {
@@ -376,7 +387,66 @@ async fn the_sweep_announces_an_event_whose_message_was_lost(s: Backends) {
     assert_eq!(h.receiver.deliveries_of(event_id).await.len(), 1);
 }
 
+/// A parked job's receiver gets `job.waiting` with the waitpoint's `complete_url`, signed like every
+/// event; following that link resumes the job, whose end brings its own event.
+async fn a_parked_job_announces_its_wait_with_a_link_that_completes_it(mut s: Backends) {
+    const BASE: &str = "https://api.test";
+    s.backend.config.api_url = Some(BASE.into());
+    let h = hooks(s);
+    let hook = h.receiver.url("/ok");
+    let id = h
+        .submit(
+            "wendy",
+            json!({"kind":"approve","input":{},"callback_url":hook}),
+        )
+        .await;
+    let view = h
+        .until("wendy", &id, "the job.waiting event", |v| {
+            v["status"] == "waiting" && v["webhook"]["status"] == "delivered"
+        })
+        .await;
+    let event_id = view["webhook"]["id"].as_str().unwrap().to_owned();
+    let got = h.receiver.deliveries_of(&event_id).await;
+    assert_eq!(got.len(), 1, "{got:?}");
+    let d = &got[0];
+    assert_eq!(d["verified"], true, "standardwebhooks verifies it: {d}");
+    rust_verifies(d, &h.secret);
+    let body: Value = serde_json::from_str(d["body"].as_str().unwrap()).unwrap();
+    assert_eq!(body["type"], "job.waiting", "{body}");
+    assert_eq!(body["data"]["job_id"], id.as_str());
+    assert_eq!(body["data"]["status"], "waiting");
+    let waiting_for = &body["data"]["waiting_for"];
+    assert_eq!(waiting_for["name"], "approve");
+    assert_eq!(waiting_for["expires_at"], view["waiting_for"]["expires_at"]);
+    let url = waiting_for["complete_url"].as_str().unwrap();
+    assert_eq!(url, view["waiting_for"]["complete_url"], "the owner's link");
+
+    let mut follow = http::Request::post(url.strip_prefix(BASE).unwrap())
+        .header("content-type", "application/json")
+        .body(axum::body::Body::from(r#"{"ok":true}"#))
+        .unwrap();
+    follow.extensions_mut().remove::<jobkit::api::Identity>();
+    assert_eq!(h.api.handle(follow).await.status(), 202);
+    let done = h
+        .until("wendy", &id, "the job.completed event", |v| {
+            v["status"] == "completed" && v["webhook"]["status"] == "delivered"
+        })
+        .await;
+    assert_eq!(done["result"], json!({"ok": true}));
+    let last = done["webhook"]["id"].as_str().unwrap();
+    assert_ne!(last, event_id, "each event has its own id");
+    let got = h.receiver.deliveries_of(last).await;
+    let body: Value = serde_json::from_str(got[0]["body"].as_str().unwrap()).unwrap();
+    assert_eq!(body["type"], "job.completed");
+    assert_eq!(
+        h.receiver.deliveries_of(&event_id).await.len(),
+        1,
+        "no repeat"
+    );
+}
+
 on_both_backends!(
+    a_parked_job_announces_its_wait_with_a_link_that_completes_it,
     every_terminal_state_is_delivered_signed,
     a_receiver_failing_twice_gets_the_event_on_the_third_attempt,
     gone_stops_deliveries_for_good,

@@ -106,14 +106,18 @@ impl Backend {
     }
 
     /// The delivery function's core, signing with `secrets`; `None` without a deliveries queue.
+    /// `job.waiting` events carry `complete_url`s when the API's base URL is configured.
     pub fn deliverer(&self, secrets: Secrets, settings: DeliverySettings) -> Option<Deliverer> {
-        Some(Deliverer::new(
-            self.store.clone(),
-            self.deliveries.clone()?,
-            secrets,
-            settings,
-            self.clock.clone(),
-        ))
+        Some(
+            Deliverer::new(
+                self.store.clone(),
+                self.deliveries.clone()?,
+                secrets,
+                settings,
+                self.clock.clone(),
+            )
+            .with_link(self.waitpoint_link()),
+        )
     }
 
     /// The submit function's API. It takes `callback_url` only if this deployment delivers webhooks, and

@@ -262,6 +262,27 @@ pub struct WebhookState {
     /// When the next attempt is due (its message is hidden in the deliveries queue until then).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_attempt_at: Option<Millis>,
+    /// Set on a `job.waiting` event (absent on a terminal state's): the wait it announces, as the job
+    /// parked on it, so every attempt sends the same body after the job has moved on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<WaitingFor>,
+}
+
+impl WebhookState {
+    /// A new event of `job` (as it is being written), due at `now`: its id names the job's version, so
+    /// each state that sends an event has its own.
+    fn pending(job: &Job, now: Millis) -> Self {
+        Self {
+            event_id: format!("msg_{}_{}", job.job_id, job.version),
+            status: WebhookStatus::Pending,
+            attempts: 0,
+            last_status: None,
+            last_error: None,
+            delivered_at: None,
+            next_attempt_at: Some(now),
+            waiting: None,
+        }
+    }
 }
 
 /// A webhook event's fate.
@@ -399,6 +420,9 @@ pub struct Job {
     /// bytes for it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub waiting_for: Option<WaitingFor>,
+    /// When it last parked (the wait-duration metric's start; absent on jobs that never waited).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parked_at: Option<Millis>,
     /// The page of the owner's ledger its member is kept on, chosen by the store when the job is
     /// inserted and kept for the job's life (a redrive takes its slot again there; pathway children
     /// join it). `None` on a counted job: the single slot item of ledgers written before pages.
@@ -478,6 +502,7 @@ impl Job {
             counted: spec.counted,
             slot_at: spec.counted.then(|| now.div_euclid(1000)),
             waiting_for: None,
+            parked_at: None,
             slot_page: None,
             version: 0,
         }
@@ -811,6 +836,15 @@ impl Job {
     ) -> Result<Self, IllegalTransition> {
         let mut next = self.finish(owner, JobStatus::Waiting, "park", now)?;
         next.attempts = next.attempts.saturating_sub(1);
+        next.parked_at = Some(now);
+        // Its receiver hears of the wait (`job.waiting`), marked in this same write, as a terminal
+        // state's event is; one of an earlier wait not delivered yet is superseded, being over.
+        if next.callback_url.is_some() {
+            next.webhook = Some(WebhookState {
+                waiting: Some(on.clone()),
+                ..WebhookState::pending(&next, now)
+            });
+        }
         next.waiting_for = Some(on);
         Ok(next)
     }
@@ -867,15 +901,7 @@ impl Job {
         if to.is_terminal() {
             self.finished_at = Some(now);
             if self.callback_url.is_some() {
-                self.webhook = Some(WebhookState {
-                    event_id: format!("msg_{}_{}", self.job_id, self.version),
-                    status: WebhookStatus::Pending,
-                    attempts: 0,
-                    last_status: None,
-                    last_error: None,
-                    delivered_at: None,
-                    next_attempt_at: Some(now),
-                });
+                self.webhook = Some(WebhookState::pending(&self, now));
             }
         }
         self

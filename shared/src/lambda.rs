@@ -148,6 +148,10 @@ pub async fn serve_deliver() -> Result<(), Error> {
             "the delivery function needs JOBKIT_WEBHOOK_SECRET_ARN (or JOBKIT_WEBHOOK_SECRET)",
         )?;
     let secrets = Secrets::parse(&secret)?;
+    if config.api_url.is_some() && config.signing_secret.is_none() {
+        // A key made up per instance would sign complete_urls no other function accepts.
+        return Err("with JOBKIT_API_URL, the delivery function needs JOBKIT_SIGNING_SECRET_ARN (or JOBKIT_SIGNING_SECRET)".into());
+    }
     let b = Backend::aws(&sdk, config).await?;
     let deliverer = b
         .deliverer(secrets, DeliverySettings::default())

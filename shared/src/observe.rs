@@ -18,6 +18,13 @@
 //! | `WebhookAttempts` | Count | Outcome (delivered, retried, failed) | delivery function |
 //! | `ReceiverLatency` | Milliseconds | | delivery function, receivers that answered |
 //! | `ColdStart` | Count | | every function, once per instance |
+//! | `JobsParked` | Count | Kind | worker, each park (`ctx.wait_for`, `ctx.sleep`) |
+//! | `JobsResumed` | Count | Kind | whoever resumes a parked job (exactly once per park) |
+//! | `WaitDuration` | Milliseconds | Kind | the same, parked → resumed |
+//! | `WaitTimeouts` | Count | Kind | sweep, each waitpoint recorded `timed_out` (sleeps included) |
+//!
+//! Jobs waiting now = `JobsParked` − `JobsResumed` − cancelled waits, summed over time; the list
+//! `GET /jobs?status=waiting` shows them one by one.
 
 use std::time::Duration;
 
@@ -38,6 +45,9 @@ pub const COUNTERS: &[&str] = &[
     "BatchFailures",
     "WebhookAttempts",
     "ColdStart",
+    "JobsParked",
+    "JobsResumed",
+    "WaitTimeouts",
 ];
 
 /// Every histogram the kit records (unit Milliseconds).
@@ -46,6 +56,7 @@ pub const HISTOGRAMS: &[&str] = &[
     "QueueWait",
     "EndToEnd",
     "ReceiverLatency",
+    "WaitDuration",
 ];
 
 /// Registers units with the installed recorder (once per process, after installing it).
@@ -110,6 +121,23 @@ pub fn webhook_attempt(outcome: &'static str, latency: Option<Duration>) {
     if let Some(l) = latency {
         histogram!("ReceiverLatency").record(ms(l));
     }
+}
+
+/// A job parked on a waitpoint.
+pub fn parked(kind: &str) {
+    counter!("JobsParked", "Kind" => kind.to_owned()).increment(1);
+}
+
+/// A parked job resumed (completed, timed out, or a sleep's end), having waited since `parked_at`.
+pub fn resumed(kind: &str, parked_at: Millis, resumed_at: Millis) {
+    counter!("JobsResumed", "Kind" => kind.to_owned()).increment(1);
+    histogram!("WaitDuration", "Kind" => kind.to_owned())
+        .record((resumed_at - parked_at).max(0) as f64);
+}
+
+/// A waitpoint's time passed before anyone completed it.
+pub fn wait_timed_out(kind: &str) {
+    counter!("WaitTimeouts", "Kind" => kind.to_owned()).increment(1);
 }
 
 /// A kind as a metric dimension: registered kinds as they are, anything else (a malformed or forged

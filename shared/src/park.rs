@@ -61,5 +61,9 @@ pub async fn resume_parked<S: JobReader + JobWriter + ?Sized>(
         }
     }
     tracing::info!(job_id = %id, waitpoint = name, "parked job resumed");
+    // Exactly once per resume, whoever won it. A delayed start never parked: no wait to measure.
+    if let Some(parked_at) = resumed.parked_at {
+        crate::observe::resumed(&resumed.kind, parked_at, resumed.updated_at);
+    }
     Ok(Some(resumed))
 }

@@ -175,6 +175,7 @@ impl Sweeper {
             {
                 tracing::info!(job_id = %job.job_id, waitpoint = %on.name, "waitpoint timed out");
                 report.timed_out += 1;
+                crate::observe::wait_timed_out(&job.kind);
             }
         }
         if resume_parked(

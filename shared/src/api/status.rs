@@ -28,7 +28,8 @@ pub struct JobView {
     pub warnings: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub callback_url: Option<String>,
-    /// The terminal state's webhook event, when there is a `callback_url`.
+    /// The latest webhook event (the terminal state's; a `job.waiting` one while it waits), when there
+    /// is a `callback_url`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub webhook: Option<WebhookView>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

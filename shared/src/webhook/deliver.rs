@@ -11,6 +11,7 @@ use url::Url;
 
 use super::policy::{self, Answer, Next, Schedule};
 use super::{DeliveryMessage, Secrets, body};
+use crate::api::WaitpointLink;
 use crate::clock::SharedClock;
 use crate::job::{Job, WebhookState, WebhookStatus};
 use crate::net::{PublicResolver, check_target};
@@ -48,6 +49,8 @@ pub struct Deliverer {
     settings: DeliverySettings,
     clock: SharedClock,
     client: reqwest::Client,
+    /// Where a `job.waiting` event's `complete_url` points (`None`: events go without one).
+    link: Option<WaitpointLink>,
 }
 
 impl Deliverer {
@@ -78,7 +81,14 @@ impl Deliverer {
             settings,
             clock,
             client,
+            link: None,
         }
+    }
+
+    /// Puts `complete_url`s under `link` into `job.waiting` events.
+    pub fn with_link(mut self, link: Option<WaitpointLink>) -> Self {
+        self.link = link;
+        self
     }
 
     /// One delivery: `Ack` once the event is delivered, given up, or no longer pending; `Retry(wait)`
@@ -106,7 +116,9 @@ impl Deliverer {
             return Verdict::Ack;
         };
         let sent = std::time::Instant::now();
-        let answer = self.post(&url, &state.event_id, &body(&job)).await;
+        let answer = self
+            .post(&url, &state.event_id, &body(&job, self.link.as_ref()))
+            .await;
         let latency = matches!(answer, Answer::Status { .. }).then(|| sent.elapsed());
         let now = self.clock.now();
         let made = state.attempts + 1;

@@ -1,4 +1,7 @@
-//! Webhooks: each terminal job with a `callback_url` gets one signed event, delivered at least once.
+//! Webhooks: each terminal job with a `callback_url` gets one signed event, delivered at least once; so
+//! does each park (`job.waiting`, with the waitpoint's `complete_url`), through the same machinery. A
+//! `job.waiting` event still undelivered when the job moves on to its next event is dropped (the wait it
+//! announced is over): a job has one pending event at a time.
 //!
 //! How an event is never lost, nor blocks its job:
 //! 1. The terminal write marks the event `pending` in the job record itself ([`crate::job::WebhookState`]),

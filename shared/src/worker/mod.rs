@@ -667,6 +667,9 @@ impl Worker {
             }
         };
         tracing::info!(waitpoint = %name, expires_at = on.expires_at, "job parked");
+        observe::parked(&parked.kind);
+        // Its `job.waiting` event, marked pending by the park itself.
+        self.announcer.announce(&parked).await;
         match self.store.waitpoint(&job.job_id, &name).await {
             Ok(Some(wp)) if wp.is_settled() => {
                 if let Err(e) = resume_parked(
