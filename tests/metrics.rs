@@ -48,7 +48,7 @@ async fn a_worker_invocation_prints_emf_with_names_units_and_dimensions() {
     jobkit::observe::describe();
     let s = memory().await;
     let api = s.api_with_settings(
-        test_registry(),
+        registry(),
         jobkit::api::ApiSettings::from_config(&s.config),
     );
     for body in [
@@ -73,9 +73,27 @@ async fn a_worker_invocation_prints_emf_with_names_units_and_dimensions() {
         )
         .await
         .unwrap();
-    let worker = s.event_source(test_registry(), fast_settings(5));
+    let worker = s.event_source(registry(), fast_settings(5));
     let (batch, _) = worker.poll_once().await.unwrap();
     assert_eq!(batch.len(), 4, "one invocation of four deliveries");
+
+    // A wait: parked by the worker, timed out by the sweep, which resumes it.
+    let (_, waiting) = json(
+        &api.handle(post_jobs("m", r#"{"kind":"nap","input":1}"#))
+            .await,
+    );
+    let waiting = waiting["job_id"].as_str().unwrap().to_owned();
+    eventually("the job to park", std::time::Duration::from_secs(30), async || {
+        let _ = worker.poll_once().await;
+        let (_, v) = json(&api.handle(get_job("m", &waiting)).await);
+        (v["status"] == "waiting").then_some(())
+    })
+    .await;
+    eventually("the sweep to time it out", std::time::Duration::from_secs(30), async || {
+        let report = s.sweeper().sweep(jobkit::sweep::SWEEP_AFTER).await.unwrap();
+        (report.timed_out == 1 && report.resumed == 1).then_some(())
+    })
+    .await;
 
     let mut out = Vec::new();
     metrics.flush(&mut out).unwrap();
@@ -105,6 +123,10 @@ async fn a_worker_invocation_prints_emf_with_names_units_and_dimensions() {
     expect("Panics", "Count", &["Kind"]);
     expect("BatchSize", "Count", &[]);
     expect("BatchFailures", "Count", &[]);
+    expect("JobsParked", "Count", &["Kind"]);
+    expect("JobsResumed", "Count", &["Kind"]);
+    expect("WaitDuration", "Milliseconds", &["Kind"]);
+    expect("WaitTimeouts", "Count", &["Kind"]);
 
     let values = |name: &str| seen[name].2.clone();
     for v in [
@@ -129,6 +151,20 @@ async fn a_worker_invocation_prints_emf_with_names_units_and_dimensions() {
         "a message cannot mint a dimension"
     );
     assert!(values("Panics").contains("Kind=flaky"));
+    for wait in ["JobsParked", "JobsResumed", "WaitDuration", "WaitTimeouts"] {
+        assert!(values(wait).contains("Kind=nap"), "{wait}: {:?}", values(wait));
+    }
+}
+
+/// The test kinds plus `nap`, a durable sleep of a millisecond.
+fn registry() -> jobkit::HandlerRegistry {
+    let mut r = test_registry();
+    r.register_fn("nap", |_: Value, ctx| async move {
+        ctx.sleep("nap", std::time::Duration::from_millis(1)).await?;
+        Ok(json!("rested"))
+    })
+    .unwrap();
+    r
 }
 
 /// The metric names a dashboard or alarm definition reads from the kit's namespace.
