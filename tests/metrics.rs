@@ -47,10 +47,7 @@ async fn a_worker_invocation_prints_emf_with_names_units_and_dimensions() {
         .unwrap();
     jobkit::observe::describe();
     let s = memory().await;
-    let api = s.api_with_settings(
-        registry(),
-        jobkit::api::ApiSettings::from_config(&s.config),
-    );
+    let api = s.api_with_settings(registry(), jobkit::api::ApiSettings::from_config(&s.config));
     for body in [
         json!({"kind": "echo", "input": 1}),
         json!({"kind": "flaky", "input": {"fail": "terminal"}}),
@@ -83,16 +80,24 @@ async fn a_worker_invocation_prints_emf_with_names_units_and_dimensions() {
             .await,
     );
     let waiting = waiting["job_id"].as_str().unwrap().to_owned();
-    eventually("the job to park", std::time::Duration::from_secs(30), async || {
-        let _ = worker.poll_once().await;
-        let (_, v) = json(&api.handle(get_job("m", &waiting)).await);
-        (v["status"] == "waiting").then_some(())
-    })
+    eventually(
+        "the job to park",
+        std::time::Duration::from_secs(30),
+        async || {
+            let _ = worker.poll_once().await;
+            let (_, v) = json(&api.handle(get_job("m", &waiting)).await);
+            (v["status"] == "waiting").then_some(())
+        },
+    )
     .await;
-    eventually("the sweep to time it out", std::time::Duration::from_secs(30), async || {
-        let report = s.sweeper().sweep(jobkit::sweep::SWEEP_AFTER).await.unwrap();
-        (report.timed_out == 1 && report.resumed == 1).then_some(())
-    })
+    eventually(
+        "the sweep to time it out",
+        std::time::Duration::from_secs(30),
+        async || {
+            let report = s.sweeper().sweep(jobkit::sweep::SWEEP_AFTER).await.unwrap();
+            (report.timed_out == 1 && report.resumed == 1).then_some(())
+        },
+    )
     .await;
 
     let mut out = Vec::new();
@@ -152,7 +157,11 @@ async fn a_worker_invocation_prints_emf_with_names_units_and_dimensions() {
     );
     assert!(values("Panics").contains("Kind=flaky"));
     for wait in ["JobsParked", "JobsResumed", "WaitDuration", "WaitTimeouts"] {
-        assert!(values(wait).contains("Kind=nap"), "{wait}: {:?}", values(wait));
+        assert!(
+            values(wait).contains("Kind=nap"),
+            "{wait}: {:?}",
+            values(wait)
+        );
     }
 }
 
@@ -160,7 +169,8 @@ async fn a_worker_invocation_prints_emf_with_names_units_and_dimensions() {
 fn registry() -> jobkit::HandlerRegistry {
     let mut r = test_registry();
     r.register_fn("nap", |_: Value, ctx| async move {
-        ctx.sleep("nap", std::time::Duration::from_millis(1)).await?;
+        ctx.sleep("nap", std::time::Duration::from_millis(1))
+            .await?;
         Ok(json!("rested"))
     })
     .unwrap();

@@ -250,6 +250,22 @@ async fn a_job_parks_then_resumes_with_the_payload_running_each_step_once(b: Bac
         done["result"],
         json!({"approval": {"ok": true, "by": "ann"}})
     );
+    // The owner's view shows how the wait ended.
+    let last = &done["last_waitpoint"];
+    assert_eq!(
+        (last["name"].as_str(), last["state"].as_str()),
+        (Some("approve"), Some("completed")),
+        "{done}"
+    );
+    assert_eq!(last["payload"], json!({"ok": true, "by": "ann"}));
+    assert!(last["settled_at"].is_string(), "{done}");
+    let view: jobkit::api::JobView = serde_json::from_value(done.clone()).unwrap();
+    let payload = view.last_waitpoint.and_then(|w| w.payload).unwrap();
+    assert_eq!(
+        serde_json::from_str::<Value>(payload.get()).unwrap(),
+        json!({"ok": true, "by": "ann"}),
+        "clients read it back"
+    );
     assert_eq!(done["attempts"], 1, "{done}");
     assert_eq!((r.runs.get("before"), r.runs.get("after")), (1, 1));
     assert_eq!(r.runs.get("handler"), 2, "parked once, resumed once");
@@ -463,6 +479,11 @@ async fn a_wait_that_times_out_resumes_with_a_typed_error(b: Backends) {
     );
     let failed = r.sweep_until(&unhandled, "failed").await;
     assert_eq!(failed["error"]["code"], "wait_timed_out", "{failed}");
+    assert_eq!(failed["last_waitpoint"]["state"], "timed_out", "{failed}");
+    assert!(
+        failed["last_waitpoint"].get("payload").is_none(),
+        "{failed}"
+    );
     assert_eq!(failed["attempts"], 1, "not retried: {failed}");
     assert_error(
         &r.complete("sam", &handled, "approve", "{}").await,

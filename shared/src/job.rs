@@ -423,6 +423,9 @@ pub struct Job {
     /// When it last parked (the wait-duration metric's start; absent on jobs that never waited).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parked_at: Option<Millis>,
+    /// The waitpoint it last parked on, kept once it resumes: `GET /jobs/{id}` shows how it was settled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_waitpoint: Option<String>,
     /// The page of the owner's ledger its member is kept on, chosen by the store when the job is
     /// inserted and kept for the job's life (a redrive takes its slot again there; pathway children
     /// join it). `None` on a counted job: the single slot item of ledgers written before pages.
@@ -503,6 +506,7 @@ impl Job {
             slot_at: spec.counted.then(|| now.div_euclid(1000)),
             waiting_for: None,
             parked_at: None,
+            last_waitpoint: None,
             slot_page: None,
             version: 0,
         }
@@ -837,6 +841,7 @@ impl Job {
         let mut next = self.finish(owner, JobStatus::Waiting, "park", now)?;
         next.attempts = next.attempts.saturating_sub(1);
         next.parked_at = Some(now);
+        next.last_waitpoint = Some(on.name.clone());
         // Its receiver hears of the wait (`job.waiting`), marked in this same write, as a terminal
         // state's event is; one of an earlier wait not delivered yet is superseded, being over.
         if next.callback_url.is_some() {

@@ -42,7 +42,7 @@ pub use error::{ApiError, MAX_BODY_BYTES, quote};
 pub use events::{EventsApi, EventsLink, StreamSettings, TOKEN_TTL};
 pub use jobs::{JobList, JobSummary};
 pub use kinds::KindList;
-pub use status::{JobView, StatusApi, WaitingForView, WebhookView, rfc3339};
+pub use status::{JobView, SettledView, StatusApi, WaitingForView, WebhookView, rfc3339};
 pub use submit::{SubmitApi, SubmitRequest};
 pub use token::{Purpose, TokenKey};
 pub use waitpoints::{

@@ -14,6 +14,7 @@ use crate::job::{Cancel, Job, JobId, JobStatus, Millis, WaitingFor, WebhookState
 use crate::json::Json;
 use crate::queue::Announcer;
 use crate::store::{Change, RmwError, StatusStore, read_modify_write};
+use crate::waitpoint::{WaitState, Waitpoint};
 
 /// The public form of a job: its [`JobSummary`] (what lists show) plus its payloads. No lease internals;
 /// times as RFC 3339.
@@ -41,6 +42,35 @@ pub struct JobView {
     /// The waitpoint a `waiting` job is parked on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub waiting_for: Option<WaitingForView>,
+    /// The waitpoint it last waited on, once settled (`GET /jobs/{id}` only): the completion's payload,
+    /// or that it timed out. Every waitpoint of a job: `GET /jobs/{id}/steps`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_waitpoint: Option<SettledView>,
+}
+
+/// How a job's last wait ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SettledView {
+    pub name: String,
+    /// `completed` or `timed_out`.
+    pub state: WaitState,
+    /// The completion's payload.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload: Option<Json>,
+    /// When it was completed or timed out (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settled_at: Option<String>,
+}
+
+impl From<Waitpoint> for SettledView {
+    fn from(w: Waitpoint) -> Self {
+        Self {
+            name: w.name,
+            state: w.state,
+            payload: w.payload,
+            settled_at: w.settled_at.map(rfc3339),
+        }
+    }
 }
 
 /// What a parked job waits for: complete it with `POST /jobs/{id}/waitpoints/{name}`, or by POSTing to
@@ -126,6 +156,7 @@ impl<'de> Deserialize<'de> for JobView {
             #[serde(default)]
             waiting_for: Option<WaitingForView>,
         }
+        // `last_waitpoint` holds a payload: taken out as raw text, like `input`.
         let mut doc =
             std::collections::BTreeMap::<String, Box<serde_json::value::RawValue>>::deserialize(d)?;
         let payload = |raw: Box<serde_json::value::RawValue>| {
@@ -139,6 +170,10 @@ impl<'de> Deserialize<'de> for JobView {
             Some(r) if r.get() != "null" => Some(payload(r)?),
             _ => None,
         };
+        let last_waitpoint = match doc.remove("last_waitpoint") {
+            Some(raw) => serde_json::from_str(raw.get()).map_err(D::Error::custom)?,
+            None => None,
+        };
         let rest = serde_json::to_string(&doc).map_err(D::Error::custom)?;
         let w: Wire = serde_json::from_str(&rest).map_err(D::Error::custom)?;
         Ok(Self {
@@ -151,6 +186,7 @@ impl<'de> Deserialize<'de> for JobView {
             started_at: w.started_at,
             events_url: w.events_url,
             waiting_for: w.waiting_for,
+            last_waitpoint,
         })
     }
 }
@@ -173,6 +209,7 @@ impl JobView {
             started_at: j.started_at.map(rfc3339),
             events_url: None,
             waiting_for: j.waiting_for.take().map(WaitingForView::from),
+            last_waitpoint: None,
             summary: JobSummary::at(j, now),
         }
     }
@@ -242,11 +279,25 @@ pub(super) async fn status(
         (Some(link), Some(on)) if job.status == JobStatus::Waiting => link.url(&job, on),
         _ => None,
     };
+    // One more read, only for a job that has waited and is not waiting now.
+    let last_waitpoint = match (&job.last_waitpoint, job.status) {
+        (Some(name), status) if status != JobStatus::Waiting => api
+            .store
+            .waitpoint(&job.job_id, name)
+            .await?
+            .filter(Waitpoint::is_settled)
+            .map(SettledView::from),
+        _ => None,
+    };
     let mut view = JobView::at(job, now);
     if let Some(w) = view.waiting_for.as_mut() {
         w.complete_url = complete_url;
     }
-    Ok(JsonBody(JobView { events_url, ..view }))
+    Ok(JsonBody(JobView {
+        events_url,
+        last_waitpoint,
+        ..view
+    }))
 }
 
 /// Cancel writes retried when a worker's heartbeat got in between.

@@ -294,9 +294,13 @@ impl<T: JobInserter + JobReader + JobWriter + ?Sized> SubmitStore for T {}
 pub trait CompleteStore: JobReader + JobWriter + WaitpointStore {}
 impl<T: JobReader + JobWriter + WaitpointStore + ?Sized> CompleteStore for T {}
 
-/// The status function's port: read, list, and cancel (a write and a signal).
-pub trait StatusStore: JobReader + JobLister + JobWriter + CancelSignals {}
-impl<T: JobReader + JobLister + JobWriter + CancelSignals + ?Sized> StatusStore for T {}
+/// The status function's port: read (the job, and the waitpoint it last waited on), list, and cancel
+/// (a write and a signal).
+pub trait StatusStore: JobReader + JobLister + JobWriter + CancelSignals + WaitpointStore {}
+impl<T: JobReader + JobLister + JobWriter + CancelSignals + WaitpointStore + ?Sized> StatusStore
+    for T
+{
+}
 
 /// The worker's port: claim, read, write, watch for cancel signals, record steps and waitpoints.
 pub trait WorkerStore:
