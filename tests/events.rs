@@ -139,6 +139,11 @@ fn registry() -> HandlerRegistry {
         Ok::<_, JobError>(json!("written"))
     })
     .unwrap();
+    r.register_fn("approve", |_: Value, ctx| async move {
+        let wait = jobkit::handler::WaitFor::timeout(Duration::from_secs(3600));
+        ctx.wait_for::<Value>("approve", wait).await
+    })
+    .unwrap();
     r
 }
 
@@ -354,7 +359,70 @@ async fn only_a_valid_unexpired_token_for_that_job_opens_a_stream(b: Backends) {
     assert_eq!(s.open(url, None).await.status(), 200);
 }
 
+/// A parked job's stream says what it waits for once (never its `complete_url`); a reconnect from that
+/// event does not repeat it, and sees the job resume and end.
+async fn a_wait_shows_once_in_the_stream(b: Backends) {
+    let s = serve(&b).await;
+    let resp = s
+        .http
+        .post(format!("{}/jobs", s.base))
+        .header("x-user-id", "ivy")
+        .json(&json!({"kind": "approve", "input": null}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    let id = resp.json::<Value>().await.unwrap()["job_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let url = s.view("ivy", &id).await["events_url"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let is_wait = |f: &Frame| f.event.as_deref() == Some("waiting");
+    let got = read(s.open(&url, None).await, is_wait).await;
+    let events: Vec<&Frame> = got.iter().filter(|f| !f.comment).collect();
+    let wait = events.last().unwrap();
+    assert!(is_wait(wait), "{events:?}");
+    let data: Value = serde_json::from_str(&wait.data).unwrap();
+    assert_eq!(data["name"], "approve", "{data}");
+    assert!(data["expires_at"].is_string(), "{data}");
+    assert!(
+        data.get("complete_url").is_none(),
+        "no capability in a stream: {data}"
+    );
+    let status = events[events.len() - 2];
+    assert_eq!(status.event.as_deref(), Some("status"));
+    assert_eq!(
+        serde_json::from_str::<Value>(&status.data).unwrap()["status"],
+        "waiting"
+    );
+
+    // Resumed from the wait: nothing repeated, then the resume and the end.
+    let resumed = s.open(&url, wait.id.as_deref()).await;
+    assert_eq!(resumed.status(), 200);
+    let completed = s
+        .http
+        .post(format!("{}/jobs/{id}/waitpoints/approve", s.base))
+        .header("x-user-id", "ivy")
+        .json(&json!({"ok": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(completed.status(), 202);
+    let rest = read(resumed, to_the_end).await;
+    let names: Vec<&str> = rest
+        .iter()
+        .filter(|f| !f.comment)
+        .filter_map(|f| f.event.as_deref())
+        .collect();
+    assert!(!names.contains(&"waiting"), "{names:?}");
+    assert_eq!(names.last(), Some(&"done"), "{names:?}");
+}
+
 on_both_backends!(
+    a_wait_shows_once_in_the_stream,
     a_stream_shows_each_change_and_ends_with_the_view,
     a_resumed_stream_repeats_nothing,
     a_client_that_saw_done_is_told_to_stop_reconnecting,
