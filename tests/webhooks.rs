@@ -387,6 +387,45 @@ async fn the_sweep_announces_an_event_whose_message_was_lost(s: Backends) {
     assert_eq!(h.receiver.deliveries_of(event_id).await.len(), 1);
 }
 
+/// A worker that dies between parking a job and announcing its `job.waiting` event: the sweep announces
+/// it, as it does a terminal state's.
+async fn the_sweep_announces_a_lost_job_waiting_event(s: Backends) {
+    let h = hooks(s);
+    let mut mute = h.s.backend.clone();
+    mute.deliveries = None;
+    let worker =
+        event_source_on(&mute, registry(), fast_settings(5)).with_wait(Duration::from_millis(200));
+    let id = h
+        .submit(
+            "cy",
+            json!({"kind":"approve","input":{},"callback_url":h.receiver.url("/ok")}),
+        )
+        .await;
+    let view = eventually("the job to park", WAIT, async || {
+        worker.poll_once().await.unwrap();
+        let v = h.view("cy", &id).await;
+        (v["status"] == "waiting").then_some(v)
+    })
+    .await;
+    assert_eq!(view["webhook"]["status"], "pending", "{view}");
+    let (batch, _) = h.deliverer.poll_once().await.unwrap();
+    assert!(batch.is_empty(), "nothing was announced");
+
+    let report = h.s.sweeper().sweep(Duration::ZERO).await.unwrap();
+    assert_eq!(report.reannounced, 1, "{report:?}");
+    let view = h
+        .until("cy", &id, "the job.waiting event", |v| {
+            v["webhook"]["status"] == "delivered"
+        })
+        .await;
+    assert_eq!(view["status"], "waiting", "still parked: {view}");
+    let event_id = view["webhook"]["id"].as_str().unwrap();
+    let got = h.receiver.deliveries_of(event_id).await;
+    assert_eq!(got.len(), 1);
+    let body: Value = serde_json::from_str(got[0]["body"].as_str().unwrap()).unwrap();
+    assert_eq!(body["type"], "job.waiting");
+}
+
 /// A parked job's receiver gets `job.waiting` with the waitpoint's `complete_url`, signed like every
 /// event; following that link resumes the job, whose end brings its own event.
 async fn a_parked_job_announces_its_wait_with_a_link_that_completes_it(mut s: Backends) {
@@ -447,6 +486,7 @@ async fn a_parked_job_announces_its_wait_with_a_link_that_completes_it(mut s: Ba
 
 on_both_backends!(
     a_parked_job_announces_its_wait_with_a_link_that_completes_it,
+    the_sweep_announces_a_lost_job_waiting_event,
     every_terminal_state_is_delivered_signed,
     a_receiver_failing_twice_gets_the_event_on_the_third_attempt,
     gone_stops_deliveries_for_good,

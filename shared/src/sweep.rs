@@ -119,24 +119,35 @@ impl Sweeper {
                     tracing::warn!(job_id = %job.job_id, "re-sent a job that may have lost its message");
                     report.resent += 1;
                 }
-                JobStatus::Waiting => self.wake(&job, now, &mut report).await?,
-                _ => {
-                    let Some(again) = reannounced(&job, now) else {
-                        continue;
-                    };
-                    match self.store.replace(&job, &again).await {
-                        Ok(()) => {
-                            tracing::warn!(job_id = %job.job_id, "re-announced a webhook event whose message was lost");
-                            self.announcer.announce(&again).await;
-                            report.reannounced += 1;
-                        }
-                        other => lost_race(other)?,
+                JobStatus::Waiting => {
+                    // Its `job.waiting` event, if the worker died before announcing it.
+                    if job.webhook_overdue(now - older_than.as_millis() as i64) {
+                        lost_race(self.reannounce(&job, now, &mut report).await)?;
                     }
+                    self.wake(&job, now, &mut report).await?
                 }
+                _ => lost_race(self.reannounce(&job, now, &mut report).await)?,
             }
         }
         report.slots_released = self.release_orphaned_slots().await?;
         Ok(report)
+    }
+
+    /// Announces `job`'s pending webhook event again (its message was lost), counting that as an attempt.
+    async fn reannounce(
+        &self,
+        job: &Job,
+        now: Millis,
+        report: &mut SweepReport,
+    ) -> Result<(), StoreError> {
+        let Some(again) = reannounced(job, now) else {
+            return Ok(());
+        };
+        self.store.replace(job, &again).await?;
+        tracing::warn!(job_id = %job.job_id, "re-announced a webhook event whose message was lost");
+        self.announcer.announce(&again).await;
+        report.reannounced += 1;
+        Ok(())
     }
 
     /// A parked job: resumed if its waitpoint is settled (a completion that crashed before resuming it),

@@ -11,8 +11,8 @@
 //! owner gets the link from `GET /jobs/{id}` (or the `job.waiting` webhook) and decides who else does.
 //!
 //! Resuming: each event's `id` says what the client has seen once it has that event (`Seen`: the
-//! job's version, the status and fingerprints of the progress and of the wait), so a reconnect with `Last-Event-ID`
-//! gets exactly what changed since, and nothing it has seen. The version alone could not say that: it
+//! job's version, the status and fingerprints of the progress and of the wait), so a reconnect with
+//! `Last-Event-ID` gets exactly what changed since, and nothing it has seen. The version alone could not say that: it
 //! moves on every write (heartbeats, checkpoints), not only when the status or progress changes. A
 //! reconnect from a client that has seen `done` is answered `204 No Content`, the one answer that stops
 //! a browser's `EventSource` from reconnecting (an empty `200` would have it come back every few
@@ -20,8 +20,9 @@
 //!
 //! Browsers' `EventSource` cannot send an `Authorization` header, so the route is not behind the API's
 //! authorizer: `GET /jobs/{id}` (which is) hands out `events_url` with a token, an HMAC over the job id,
-//! its owner and an expiry (15 minutes) under the stack's signing secret ([`super::token`]). Anything else — no token, a
-//! forged, expired or other job's token, an unknown job — is the same `401`, revealing nothing.
+//! its owner and an expiry (15 minutes) under the stack's signing secret ([`super::token`]). Anything
+//! else — no token, a forged, expired or other job's token, an unknown job — is the same `401`,
+//! revealing nothing.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
