@@ -95,7 +95,8 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Identity(pub String);
 
 /// The caller's user id: from [`Identity`], never from the request body or headers. A request without
-/// one is refused: every deployed route has an authorizer (template.yaml), and `jobctl dev` plays one,
+/// one is refused: every deployed route that reads it has an authorizer (template.yaml; the
+/// capability routes `/waitpoints/{token}` have none and never read it), and `jobctl dev` plays one,
 /// so none arrives without an identity unless the API is misconfigured — and then no one should share an
 /// anonymous bucket of jobs.
 #[derive(Debug, Clone)]
