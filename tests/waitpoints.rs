@@ -10,9 +10,11 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use jobkit::api::ApiSettings;
+use jobkit::clock::{Clock, Millis};
 use jobkit::handler::WaitFor;
 use jobkit::local::EventSource;
-use jobkit::waitpoint::{WaitState, Waitpoint};
+use jobkit::sweep::Sweeper;
+use jobkit::waitpoint::{REPAIR_AFTER, WaitState, Waitpoint};
 use jobkit::worker::{BatchResult, WorkerSettings};
 use jobkit::{HandlerRegistry, JobError, JobId};
 use serde_json::{Value, json};
@@ -102,6 +104,24 @@ fn registry(runs: Arc<Runs>, api: Arc<OnceLock<Api>>) -> HandlerRegistry {
     r
 }
 
+/// A clock `by` ms ahead of the wall clock.
+#[derive(Debug)]
+struct Ahead(Millis);
+
+impl Clock for Ahead {
+    fn now(&self) -> Millis {
+        jobkit::now_millis() + self.0
+    }
+}
+
+/// The sweeper of `b` on a clock `by` ms ahead: what the due task will see then.
+fn ahead(b: &Backends, by: Millis) -> Sweeper {
+    Sweeper {
+        clock: Arc::new(Ahead(by)),
+        ..b.sweeper()
+    }
+}
+
 fn complete_req(user: &str, path: &str, body: &str) -> Request {
     as_user(
         http::Request::post(path)
@@ -164,14 +184,11 @@ impl Rig {
         .await
     }
 
-    /// Sweeps (timers and repairs) and runs the worker until the job reaches `status`.
+    /// Runs the due task (timers) and the worker until the job reaches `status`.
     async fn sweep_until(&self, id: &str, status: &str) -> Value {
         eventually(&format!("job {id} to be {status}"), WAIT, async || {
-            self.b
-                .sweeper()
-                .sweep(jobkit::sweep::SWEEP_AFTER)
-                .await
-                .unwrap();
+            let due = self.b.sweeper().fire_due().await.unwrap();
+            assert_eq!(due.failed, 0, "{due:?}");
             let _ = self.worker.poll_once().await;
             let v = self.view(id).await;
             (v["status"] == status).then_some(v)
@@ -344,15 +361,23 @@ async fn a_completion_that_crashed_before_resuming_is_repaired_by_the_sweep(b: B
         None
     );
     assert_eq!(r.view(&id).await["status"], "waiting");
-    // The sweep finds it parked on a settled waitpoint and resumes it, once.
-    // (`Duration::ZERO`: any parked job counts as old; it may take a millisecond to be older than now.)
-    eventually("the sweep to resume the job", WAIT, async || {
-        let report = r.b.sweeper().sweep(Duration::ZERO).await.unwrap();
+    // The completion put the waitpoint in the due index: the due task checks its job once
+    // `REPAIR_AFTER` has passed (a sweeper whose clock is that far ahead), finds it parked on a
+    // settled waitpoint and resumes it, once.
+    let early = r.b.sweeper().fire_due().await.unwrap();
+    assert_eq!(early.resumed, 0, "not before REPAIR_AFTER: {early:?}");
+    let later = ahead(&r.b, REPAIR_AFTER);
+    eventually("the due task to resume the job", WAIT, async || {
+        let report = later.fire_due().await.unwrap();
         (report.resumed == 1).then_some(())
     })
     .await;
-    let again = r.b.sweeper().sweep(Duration::ZERO).await.unwrap();
-    assert_eq!(again.resumed, 0, "resumed once: {again:?}");
+    let again = later.fire_due().await.unwrap();
+    assert_eq!(
+        (again.resumed, again.due),
+        (0, 0),
+        "resumed once, checked once: {again:?}"
+    );
     let done = r.until(&id, "completed").await;
     assert_eq!(done["result"]["approval"], json!({"late": true}));
     assert_eq!(

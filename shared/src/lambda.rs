@@ -157,7 +157,8 @@ pub async fn serve_deliver() -> Result<(), Error> {
     .await
 }
 
-/// Serves the sweep function (on a schedule; the event's content does not matter).
+/// Serves the sweep function, on two schedules: `{"task": "due"}` (every minute) runs the due task
+/// ([`crate::due`]: Queries of the due index), any other event the full sweep (every 5 minutes).
 pub async fn serve_sweep() -> Result<(), Error> {
     let b = backend().await?;
     let sweeper = b.sweeper();
@@ -165,7 +166,11 @@ pub async fn serve_sweep() -> Result<(), Error> {
     serve_events(
         "sweep",
         &b.config,
-        move |_: LambdaEvent<Value>| async move {
+        move |event: LambdaEvent<Value>| async move {
+            if event.payload.get("task").and_then(Value::as_str) == Some("due") {
+                let report = sweeper.fire_due().await?;
+                return Ok::<_, Error>(serde_json::to_value(report)?);
+            }
             let report = sweeper.sweep(SWEEP_AFTER).await?;
             Ok::<_, Error>(serde_json::to_value(report)?)
         },
