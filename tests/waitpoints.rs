@@ -14,7 +14,6 @@ use jobkit::clock::{Clock, Millis};
 use jobkit::handler::WaitFor;
 use jobkit::local::EventSource;
 use jobkit::store::Due;
-use jobkit::sweep::Sweeper;
 use jobkit::waitpoint::{REPAIR_AFTER, WaitState, Waitpoint};
 use jobkit::worker::{BatchResult, WorkerSettings};
 use jobkit::{HandlerRegistry, JobError, JobId};
@@ -103,24 +102,6 @@ fn registry(runs: Arc<Runs>, api: Arc<OnceLock<Api>>) -> HandlerRegistry {
     })
     .unwrap();
     r
-}
-
-/// A clock `by` ms ahead of the wall clock.
-#[derive(Debug)]
-struct Ahead(Millis);
-
-impl Clock for Ahead {
-    fn now(&self) -> Millis {
-        jobkit::now_millis() + self.0
-    }
-}
-
-/// The sweeper of `b` on a clock `by` ms ahead: what the due task will see then.
-fn ahead(b: &Backends, by: Millis) -> Sweeper {
-    Sweeper {
-        clock: Arc::new(Ahead(by)),
-        ..b.sweeper()
-    }
 }
 
 fn complete_req(user: &str, path: &str, body: &str) -> Request {
@@ -367,7 +348,7 @@ async fn a_completion_that_crashed_before_resuming_is_repaired_by_the_sweep(b: B
     // settled waitpoint and resumes it, once.
     let early = r.b.sweeper().fire_due().await.unwrap();
     assert_eq!(early.resumed, 0, "not before REPAIR_AFTER: {early:?}");
-    let later = ahead(&r.b, REPAIR_AFTER);
+    let later = sweeper_ahead(&r.b, REPAIR_AFTER);
     eventually("the due task to resume the job", WAIT, async || {
         let report = later.fire_due().await.unwrap();
         (report.resumed == 1).then_some(())
@@ -584,7 +565,7 @@ async fn a_parked_job_is_in_the_due_index_only_while_it_waits(b: Backends) {
         }]
     );
     r.until(&id, "completed").await;
-    let checked = ahead(&r.b, REPAIR_AFTER).fire_due().await.unwrap();
+    let checked = sweeper_ahead(&r.b, REPAIR_AFTER).fire_due().await.unwrap();
     assert_eq!((checked.due, checked.resumed), (1, 0), "{checked:?}");
     assert!(r.b.store.due(later, 100).await.unwrap().is_empty());
 
@@ -637,10 +618,7 @@ async fn a_job_parked_before_the_due_index_existed_is_fired_by_the_full_sweep() 
         .await
         .unwrap();
     let sweeper = env.backend.sweeper();
-    let later = Sweeper {
-        clock: Arc::new(Ahead(2_000)),
-        ..env.backend.sweeper()
-    };
+    let later = sweeper_ahead(&env.backend, 2_000);
     assert_eq!(later.fire_due().await.unwrap().due, 0, "not in the index");
     let early = sweeper.sweep(jobkit::sweep::SWEEP_AFTER).await.unwrap();
     assert_eq!(early.resumed, 0, "not before its time");
