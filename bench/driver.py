@@ -575,6 +575,26 @@ their count per job varies a little between rounds and shrinks with more jobs.
     return table, doc
 
 
+# Sections of BENCHMARKS.md that other modes write (bench/wait.py's "Waiting"): a run of the main
+# workload keeps them.
+KEPT_SECTIONS = ("## Waiting",)
+
+
+def kept_sections(path):
+    try:
+        with open(path) as f:
+            old = f.read()
+    except FileNotFoundError:
+        return ""
+    kept = []
+    for heading in KEPT_SECTIONS:
+        start = old.find("\n" + heading)
+        if start >= 0:
+            end = old.find("\n## ", start + 1)
+            kept.append(old[start:end if end >= 0 else len(old)].rstrip() + "\n")
+    return "".join(kept)
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--short", action="store_true")
@@ -651,6 +671,7 @@ def main():
     print(table)
     if args.busy:
         print("\n" + busy_report(results, args))
+    doc += kept_sections(args.out)
     with open(args.out, "w") as f:
         f.write(doc)
     print(f"\nwrote {os.path.relpath(args.out, ROOT)} (raw results and function logs: {os.path.relpath(logs, ROOT)})")
