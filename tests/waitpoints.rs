@@ -10,7 +10,6 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use jobkit::api::ApiSettings;
-use jobkit::clock::{Clock, Millis};
 use jobkit::handler::WaitFor;
 use jobkit::local::EventSource;
 use jobkit::store::Due;
@@ -541,7 +540,7 @@ async fn a_parked_job_is_in_the_due_index_only_while_it_waits(b: Backends) {
     );
     assert_eq!(
         timers(r.b.store.due(now + 61_000, 100).await.unwrap()),
-        [job_id.clone()],
+        std::slice::from_ref(&job_id),
         "due at its timeout"
     );
     let stale =
@@ -575,7 +574,7 @@ async fn a_parked_job_is_in_the_due_index_only_while_it_waits(b: Backends) {
     let delayed = JobId::parse(accepted["job_id"].as_str().unwrap()).unwrap();
     assert_eq!(
         timers(r.b.store.due(later, 100).await.unwrap()),
-        [delayed.clone()]
+        std::slice::from_ref(&delayed)
     );
     let cancel = r
         .api

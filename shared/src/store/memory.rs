@@ -425,7 +425,7 @@ impl DueTimers for MemoryStore {
                     job_id: id.clone(),
                     waitpoint: name.clone(),
                 }),
-                None => st.jobs.get(id).cloned().map(Due::Timer),
+                None => st.jobs.get(id).cloned().map(|j| Due::Timer(Box::new(j))),
             })
             .collect())
     }

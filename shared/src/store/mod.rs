@@ -274,7 +274,7 @@ pub trait SlotLedger: Send + Sync {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Due {
     /// A parked job whose timer ([`Job::due_at`]) has passed, read strongly consistent.
-    Timer(Job),
+    Timer(Box<Job>),
     /// A completed waitpoint whose resume must be checked ([`Waitpoint::repair_at`]).
     Resume { job_id: JobId, waitpoint: String },
 }

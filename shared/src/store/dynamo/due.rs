@@ -112,7 +112,7 @@ impl DueTimers for DynamoStore {
         due.extend(
             jobs.iter()
                 .filter_map(|id| found.remove(id))
-                .map(Due::Timer),
+                .map(|job| Due::Timer(Box::new(job))),
         );
         Ok(due)
     }
