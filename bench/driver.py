@@ -285,6 +285,34 @@ def workload(fns, stack, args):
         submit_ms.append(r.latency_ms)
 
     phases = {"submit": proxy_stats(args.proxy_url)}
+    batches, worker_cpu, failures, poller_requests = drain(fns, stack, args)
+
+    phases["worker"] = proxy_stats(args.proxy_url)
+    status_ms, statuses = [], {}
+    for job_id in job_ids:
+        ev = http_event("GET", f"/jobs/{job_id}", "GET /jobs/{id}", owner[job_id], path_params={"id": job_id})
+        r = fns["status"].invoke(ev)
+        resp = r.response if isinstance(r.response, dict) else {}
+        statuses[job_id] = json.loads(resp.get("body") or "{}").get("status") if resp.get("statusCode") == 200 \
+            else f"http {resp.get('statusCode')}"
+        status_ms.append(r.latency_ms)
+
+    phases["status"] = proxy_stats(args.proxy_url)
+    all_lat = submit_ms + status_ms + [ms for _, ms in batches]
+    return {
+        "phases": {"submit": phases["submit"], "worker": diff(phases["worker"], phases["submit"]),
+                   "status": diff(phases["status"], phases["worker"])},
+        "job_ids": job_ids, "statuses": statuses, "submit_ms": submit_ms, "status_ms": status_ms,
+        "batches": batches, "worker_cpu_ms": worker_cpu, "batch_failures": failures,
+        "poller_requests": poller_requests, "invocations": len(all_lat),
+        "billed_ms": sum(max(1, int(ms + 0.999)) for ms in all_lat),
+    }
+
+
+def drain(fns, stack, args):
+    """Plays the SQS event source until the jobs queue is empty: receive 10, invoke the worker, delete
+    what it did not report failed. Returns (batches as (size, ms), worker CPU ms, failures, poller
+    requests)."""
     queue_url, queue_arn = stack.physical["JobsQueue"], stack.arns["JobsQueue"]
     poller = client("sqs", args.proxy_url, caller="poller")
     direct = client("sqs", args.emulator_url)
@@ -313,27 +341,7 @@ def workload(fns, stack, args):
             poller.delete_message_batch(QueueUrl=queue_url, Entries=[
                 {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(done)])
             poller_requests += 1
-
-    phases["worker"] = proxy_stats(args.proxy_url)
-    status_ms, statuses = [], {}
-    for job_id in job_ids:
-        ev = http_event("GET", f"/jobs/{job_id}", "GET /jobs/{id}", owner[job_id], path_params={"id": job_id})
-        r = fns["status"].invoke(ev)
-        resp = r.response if isinstance(r.response, dict) else {}
-        statuses[job_id] = json.loads(resp.get("body") or "{}").get("status") if resp.get("statusCode") == 200 \
-            else f"http {resp.get('statusCode')}"
-        status_ms.append(r.latency_ms)
-
-    phases["status"] = proxy_stats(args.proxy_url)
-    all_lat = submit_ms + status_ms + [ms for _, ms in batches]
-    return {
-        "phases": {"submit": phases["submit"], "worker": diff(phases["worker"], phases["submit"]),
-                   "status": diff(phases["status"], phases["worker"])},
-        "job_ids": job_ids, "statuses": statuses, "submit_ms": submit_ms, "status_ms": status_ms,
-        "batches": batches, "worker_cpu_ms": worker_cpu, "batch_failures": failures,
-        "poller_requests": poller_requests, "invocations": len(all_lat),
-        "billed_ms": sum(max(1, int(ms + 0.999)) for ms in all_lat),
-    }
+    return batches, worker_cpu, failures, poller_requests
 
 
 def ledger(stack, job_ids, args):
@@ -567,6 +575,26 @@ their count per job varies a little between rounds and shrinks with more jobs.
     return table, doc
 
 
+# Sections of BENCHMARKS.md that other modes write (bench/wait.py's "Waiting"): a run of the main
+# workload keeps them.
+KEPT_SECTIONS = ("## Waiting",)
+
+
+def kept_sections(path):
+    try:
+        with open(path) as f:
+            old = f.read()
+    except FileNotFoundError:
+        return ""
+    kept = []
+    for heading in KEPT_SECTIONS:
+        start = old.find("\n" + heading)
+        if start >= 0:
+            end = old.find("\n## ", start + 1)
+            kept.append(old[start:end if end >= 0 else len(old)].rstrip() + "\n")
+    return "".join(kept)
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--short", action="store_true")
@@ -589,6 +617,9 @@ def main():
     p.add_argument("--baseline", metavar="REV", help="also run the functions of commit REV (run.sh builds them)")
     p.add_argument("--baseline-bin-dir")
     p.add_argument("--only", choices=("jobkit", "peer", "baseline"), help="run one side (debugging; no report)")
+    p.add_argument("--wait", type=int, metavar="N",
+                   help="only the waiting workloads (bench/wait.py): N jobs that park and are completed, N sleep "
+                        "timers fired by the due task; jobkit alone (the peer has no waitpoints)")
     args = p.parse_args()
     if args.baseline and (args.short or not args.baseline_bin_dir):
         p.error("--baseline compares timings: run it through run.sh, without --short")
@@ -607,6 +638,9 @@ def main():
     os.makedirs(logs, exist_ok=True)
 
     args.load = [os.getloadavg()[0]]
+    if args.wait:
+        import wait
+        return wait.main(args, logs)
     results = []
     sides = variants(args)
     for rnd in range(args.rounds):
@@ -637,6 +671,7 @@ def main():
     print(table)
     if args.busy:
         print("\n" + busy_report(results, args))
+    doc += kept_sections(args.out)
     with open(args.out, "w") as f:
         f.write(doc)
     print(f"\nwrote {os.path.relpath(args.out, ROOT)} (raw results and function logs: {os.path.relpath(logs, ROOT)})")

@@ -2,6 +2,7 @@
 # jobkit vs the Powertools peer, end to end: build, emulator, counting proxy, rounds, BENCHMARKS.md.
 #   bash bench/run.sh [--short] [--rounds N] [--jobs N] [--users N] [--cap N] [--check] [--max-wru X] [--max-sqs X]
 #                     [--baseline REV] [--busy N,N,...]
+#   bash bench/run.sh --short --wait N   (only the waiting workloads: see bench/wait.py)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -23,6 +24,7 @@ venv "$ROOT/.venv/bench-peer" bench/peer/requirements.txt
 # target (after `cargo test` a link-only no-op, and no second build on CI's disk). Timings want the
 # optimised ones.
 BINS=(-p jobkit-submit -p jobkit-worker -p jobkit-status)
+[[ " $* " == *" --wait "* ]] && BINS+=(-p jobkit-sweep)  # the due task fires the timers
 if [[ " $* " == *" --short "* ]]; then
   echo "bench: building the functions (dev profile: --short compares counts, not timings)" >&2
   cargo build -q "${BINS[@]}"

@@ -15,17 +15,26 @@
 //! pollers that are killed too, through the same faults (the deliveries queue throttles like the rest),
 //! with the sweep re-announcing what was lost: every terminal job's event must reach the receiver, and
 //! the ledger counts the duplicates it saw.
+//!
+//! Waitpoints under faults ([`waitpoints_under_faults_resume_exactly_once`], on both backends): a
+//! completion that lands while the job is being parked, duplicate completions, a completion whose
+//! re-send is lost, a crash between recording the payload and resuming, and the sweep re-sending what
+//! looks lost (duplicate deliveries): every job resumes exactly once and every finished step runs once.
 
+#[macro_use]
 mod support;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use jobkit::api::ApiSettings;
 use jobkit::aws::sdk_config;
+use jobkit::handler::WaitFor;
 use jobkit::local::EventSource;
 use jobkit::queue::JobMessage;
+use jobkit::waitpoint::REPAIR_AFTER;
 use jobkit::webhook::{DeliverySettings, Schedule, Secrets};
 use jobkit::worker::{Outcome, WorkerSettings};
 use jobkit::{HandlerRegistry, Job, JobError, JobId, JobStatus};
@@ -707,3 +716,249 @@ async fn scan_jobs(client: &aws_sdk_dynamodb::Client, table: &str) -> Vec<Job> {
         }
     }
 }
+
+// ---------- Waitpoints under faults ----------
+
+/// How a `gated` job's waitpoint gets completed, and what goes wrong on the way.
+const GATES: [&str; 4] = [
+    "racy",      // the handler completes its own waitpoint before the worker parks it
+    "duplicate", // three completions at once: one wins, its payload stands
+    "lost",      // the completion's re-send of the job is lost: the sweep re-sends it
+    "crashed",   // the completion records the payload and dies before resuming: the due task does
+];
+
+/// Jobs per gate.
+const GATED: usize = 6;
+
+/// How often each (job, what) ran: `handler`, and the steps `before` and `after`.
+#[derive(Default)]
+struct Runs(Mutex<HashMap<String, u32>>);
+
+impl Runs {
+    fn note(&self, id: &JobId, what: &str) {
+        *self
+            .0
+            .lock()
+            .unwrap()
+            .entry(format!("{id}:{what}"))
+            .or_default() += 1;
+    }
+    fn get(&self, id: &JobId, what: &str) -> u32 {
+        let runs = self.0.lock().unwrap();
+        runs.get(&format!("{id}:{what}")).copied().unwrap_or(0)
+    }
+}
+
+/// `gated`: step `before`, waits for `go`, step `after`, answers the payload. A `racy` one completes
+/// `go` through the API (`api`) after recording it and before its worker parks the job.
+fn gated_registry(runs: Arc<Runs>, api: Arc<OnceLock<Api>>) -> HandlerRegistry {
+    let mut r = HandlerRegistry::new();
+    r.register_fn("gated", move |input: Value, ctx| {
+        let (runs, api) = (runs.clone(), api.clone());
+        async move {
+            let id = ctx.job_id().clone();
+            runs.note(&id, "handler");
+            let fx = (runs.clone(), id.clone());
+            ctx.step("before", async move {
+                fx.0.note(&fx.1, "before");
+                Ok(1)
+            })
+            .await?;
+            let payload = match ctx
+                .wait_for::<Value>("go", WaitFor::timeout(Duration::from_secs(300)))
+                .await
+            {
+                Err(e @ JobError::Wait { .. }) if input["gate"] == "racy" => {
+                    let api = api.get().expect("the API is set").clone();
+                    let answer = api
+                        .handle(complete("sam", &id, &json!({"by": "racy"})))
+                        .await;
+                    assert_eq!(answer.status(), 202, "{:?}", answer.body);
+                    return Err(e);
+                }
+                other => other?,
+            };
+            let fx = (runs.clone(), id.clone());
+            ctx.step("after", async move {
+                fx.0.note(&fx.1, "after");
+                Ok(2)
+            })
+            .await?;
+            Ok(payload)
+        }
+    })
+    .unwrap();
+    r
+}
+
+fn complete(user: &str, id: &JobId, payload: &Value) -> Request {
+    as_user(
+        http::Request::post(format!("/jobs/{id}/waitpoints/go"))
+            .header("content-type", "application/json")
+            .body(axum::body::Body::from(payload.to_string()))
+            .unwrap(),
+        user,
+    )
+}
+
+async fn waitpoints_under_faults_resume_exactly_once(b: Backends) {
+    let runs = Arc::new(Runs::default());
+    let slot = Arc::new(OnceLock::new());
+    let registry = || gated_registry(runs.clone(), slot.clone());
+    let settings = ApiSettings::from_config(&b.config);
+    let api = b.api_with_settings(registry(), settings.clone());
+    let _ = slot.set(api.clone());
+    // The same completion route, whose sends to the queue all fail.
+    let lossy = api_on(
+        &with_queue(&b, FailingSends::new(b.queue.clone(), u32::MAX)),
+        registry(),
+        settings,
+    );
+    let worker = b
+        .event_source(
+            registry(),
+            WorkerSettings {
+                lease: Duration::from_secs(5),
+                ..fast_settings(5)
+            },
+        )
+        .with_wait(Duration::from_millis(200));
+
+    let mut jobs: Vec<(JobId, &str)> = Vec::new();
+    for gate in GATES {
+        for _ in 0..GATED {
+            let body = json!({"kind": "gated", "input": {"gate": gate}}).to_string();
+            let (status, accepted) = json(&api.handle(post_jobs("sam", &body)).await);
+            assert_eq!(status, 202, "{accepted}");
+            jobs.push((
+                JobId::parse(accepted["job_id"].as_str().unwrap()).unwrap(),
+                gate,
+            ));
+        }
+    }
+    let status_of = async |id: &JobId| b.store.get(id).await.unwrap().unwrap().status;
+    // Run until every job is parked (a racy one resumes itself and completes).
+    eventually("every job to park", Duration::from_secs(60), async || {
+        let _ = worker.poll_once().await;
+        for (id, gate) in &jobs {
+            let want = if *gate == "racy" {
+                JobStatus::Completed
+            } else {
+                JobStatus::Waiting
+            };
+            if status_of(id).await != want {
+                return None;
+            }
+        }
+        Some(())
+    })
+    .await;
+
+    let payload = |id: &JobId, n: u32| json!({"job": id.to_string(), "n": n});
+    for (id, gate) in &jobs {
+        match *gate {
+            "duplicate" => {
+                let answers = futures::future::join_all(
+                    (0..3).map(|n| api.handle(complete("sam", id, &payload(id, n)))),
+                )
+                .await;
+                let won: Vec<_> = answers.iter().filter(|a| a.status() == 202).collect();
+                assert_eq!(
+                    won.len(),
+                    1,
+                    "one completion wins: {:?}",
+                    answers.iter().map(|a| a.status()).collect::<Vec<_>>()
+                );
+                for lost in answers.iter().filter(|a| a.status() != 202) {
+                    assert_error(lost, 409, "waitpoint_completed");
+                }
+            }
+            "lost" => {
+                assert_eq!(
+                    lossy
+                        .handle(complete("sam", id, &payload(id, 0)))
+                        .await
+                        .status(),
+                    202
+                );
+                assert_eq!(
+                    status_of(id).await,
+                    JobStatus::Queued,
+                    "resumed, but no message"
+                );
+            }
+            "crashed" => {
+                let wp = b.store.waitpoint(id, "go").await.unwrap().unwrap();
+                let done = wp
+                    .complete(payload(id, 0).into(), jobkit::now_millis())
+                    .unwrap();
+                assert_eq!(b.store.settle_waitpoint(id, &done).await.unwrap(), None);
+            }
+            _ => {}
+        }
+    }
+
+    // Repairs: the full sweep re-sends queued jobs (lost ones, and as duplicates the rest), the due
+    // task resumes the crashed completions once their check is due.
+    let repair = sweeper_ahead(&b, REPAIR_AFTER);
+    let full = b.sweeper();
+    eventually(
+        "every job to complete",
+        Duration::from_secs(120),
+        async || {
+            full.sweep(Duration::ZERO).await.unwrap();
+            let due = repair.fire_due().await.unwrap();
+            assert_eq!(due.failed, 0, "{due:?}");
+            let _ = worker.poll_once().await;
+            for (id, _) in &jobs {
+                if status_of(id).await != JobStatus::Completed {
+                    return None;
+                }
+            }
+            Some(())
+        },
+    )
+    .await;
+    // Stragglers: duplicate messages of finished jobs are acknowledged without running them.
+    for _ in 0..3 {
+        let _ = worker.poll_once().await;
+    }
+
+    for (id, gate) in &jobs {
+        let job = b.store.get(id).await.unwrap().unwrap();
+        let counts = (
+            runs.get(id, "handler"),
+            runs.get(id, "before"),
+            runs.get(id, "after"),
+        );
+        assert_eq!(
+            counts,
+            (2, 1, 1),
+            "{gate} job {id}: parked once, resumed once, each step once"
+        );
+        assert_eq!(
+            job.attempts, 1,
+            "{gate} job {id}: the park was not an attempt"
+        );
+        let result = serde_json::to_value(job.result.unwrap()).unwrap();
+        match *gate {
+            "racy" => assert_eq!(result, json!({"by": "racy"})),
+            "duplicate" => {
+                let wp = b.store.waitpoint(id, "go").await.unwrap().unwrap();
+                assert_eq!(
+                    Some(result.clone()),
+                    wp.payload.map(|p| serde_json::to_value(p).unwrap()),
+                    "the winner's payload stands"
+                );
+                assert_eq!(result["job"], id.to_string());
+            }
+            _ => assert_eq!(result, payload(id, 0)),
+        }
+    }
+    // Nothing is left due once the checks of the last completions ran: they were made and cleared.
+    repair.fire_due().await.unwrap();
+    let later = jobkit::now_millis() + REPAIR_AFTER + 1;
+    assert_eq!(b.store.due(later, 100).await.unwrap(), []);
+}
+
+on_both_backends!(waitpoints_under_faults_resume_exactly_once);

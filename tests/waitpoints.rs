@@ -12,7 +12,8 @@ use std::time::Duration;
 use jobkit::api::ApiSettings;
 use jobkit::handler::WaitFor;
 use jobkit::local::EventSource;
-use jobkit::waitpoint::{WaitState, Waitpoint};
+use jobkit::store::Due;
+use jobkit::waitpoint::{REPAIR_AFTER, WaitState, Waitpoint};
 use jobkit::worker::{BatchResult, WorkerSettings};
 use jobkit::{HandlerRegistry, JobError, JobId};
 use serde_json::{Value, json};
@@ -168,14 +169,11 @@ impl Rig {
         .await
     }
 
-    /// Sweeps (timers and repairs) and runs the worker until the job reaches `status`.
+    /// Runs the due task (timers) and the worker until the job reaches `status`.
     async fn sweep_until(&self, id: &str, status: &str) -> Value {
         eventually(&format!("job {id} to be {status}"), WAIT, async || {
-            self.b
-                .sweeper()
-                .sweep(jobkit::sweep::SWEEP_AFTER)
-                .await
-                .unwrap();
+            let due = self.b.sweeper().fire_due().await.unwrap();
+            assert_eq!(due.failed, 0, "{due:?}");
             let _ = self.worker.poll_once().await;
             let v = self.view(id).await;
             (v["status"] == status).then_some(v)
@@ -396,15 +394,23 @@ async fn a_completion_that_crashed_before_resuming_is_repaired_by_the_sweep(b: B
         None
     );
     assert_eq!(r.view(&id).await["status"], "waiting");
-    // The sweep finds it parked on a settled waitpoint and resumes it, once.
-    // (`Duration::ZERO`: any parked job counts as old; it may take a millisecond to be older than now.)
-    eventually("the sweep to resume the job", WAIT, async || {
-        let report = r.b.sweeper().sweep(Duration::ZERO).await.unwrap();
+    // The completion put the waitpoint in the due index: the due task checks its job once
+    // `REPAIR_AFTER` has passed (a sweeper whose clock is that far ahead), finds it parked on a
+    // settled waitpoint and resumes it, once.
+    let early = r.b.sweeper().fire_due().await.unwrap();
+    assert_eq!(early.resumed, 0, "not before REPAIR_AFTER: {early:?}");
+    let later = sweeper_ahead(&r.b, REPAIR_AFTER);
+    eventually("the due task to resume the job", WAIT, async || {
+        let report = later.fire_due().await.unwrap();
         (report.resumed == 1).then_some(())
     })
     .await;
-    let again = r.b.sweeper().sweep(Duration::ZERO).await.unwrap();
-    assert_eq!(again.resumed, 0, "resumed once: {again:?}");
+    let again = later.fire_due().await.unwrap();
+    assert_eq!(
+        (again.resumed, again.due),
+        (0, 0),
+        "resumed once, checked once: {again:?}"
+    );
     let done = r.until(&id, "completed").await;
     assert_eq!(done["result"]["approval"], json!({"late": true}));
     assert_eq!(
@@ -762,9 +768,76 @@ async fn a_complete_url_refuses_what_it_cannot_accept(b: Backends) {
     );
 }
 
+/// The due index holds a parked job from its park to its resume (or cancel), and a completed
+/// waitpoint until the due task checked its job; the full sweep's scan no longer picks parked jobs.
+async fn a_parked_job_is_in_the_due_index_only_while_it_waits(b: Backends) {
+    let r = rig(b);
+    let id = r.submit("approve", json!({"timeout_ms": 60_000})).await;
+    let parked = r.until(&id, "waiting").await;
+    let job_id = JobId::parse(&id).unwrap();
+    let now = jobkit::now_millis();
+    let timers = |due: Vec<Due>| -> Vec<JobId> {
+        due.into_iter()
+            .filter_map(|d| match d {
+                Due::Timer(j) => Some(j.job_id),
+                Due::Resume { .. } => None,
+            })
+            .collect()
+    };
+    assert!(
+        timers(r.b.store.due(now, 100).await.unwrap()).is_empty(),
+        "not due before its time: {parked}"
+    );
+    assert_eq!(
+        timers(r.b.store.due(now + 61_000, 100).await.unwrap()),
+        std::slice::from_ref(&job_id),
+        "due at its timeout"
+    );
+    let stale =
+        r.b.store
+            .stale_jobs(now + 1, now + 61_000, 100)
+            .await
+            .unwrap();
+    assert!(
+        stale.iter().all(|j| j.job_id != job_id),
+        "the full sweep leaves parked jobs to the due task"
+    );
+    // A completion: the job leaves the index, its waitpoint enters it until checked.
+    assert_eq!(r.complete("sam", &id, "approve", "1").await.status(), 202);
+    let later = jobkit::now_millis() + REPAIR_AFTER + 61_000;
+    let due = r.b.store.due(later, 100).await.unwrap();
+    assert_eq!(
+        due,
+        [Due::Resume {
+            job_id: job_id.clone(),
+            waitpoint: "approve".into()
+        }]
+    );
+    r.until(&id, "completed").await;
+    let checked = sweeper_ahead(&r.b, REPAIR_AFTER).fire_due().await.unwrap();
+    assert_eq!((checked.due, checked.resumed), (1, 0), "{checked:?}");
+    assert!(r.b.store.due(later, 100).await.unwrap().is_empty());
+
+    // A cancelled delayed start leaves it too.
+    let body = json!({"kind": "echo", "input": 1, "delay_seconds": 60}).to_string();
+    let (_, accepted) = json(&r.api.handle(post_jobs("sam", &body)).await);
+    let delayed = JobId::parse(accepted["job_id"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        timers(r.b.store.due(later, 100).await.unwrap()),
+        std::slice::from_ref(&delayed)
+    );
+    let cancel = r
+        .api
+        .handle(request("DELETE", &format!("/jobs/{delayed}"), "sam"))
+        .await;
+    assert_eq!(cancel.status(), 202, "{:?}", cancel.body);
+    assert!(r.b.store.due(later, 100).await.unwrap().is_empty());
+}
+
 on_both_backends!(
     a_job_is_completed_through_its_complete_url_without_credentials,
     a_complete_url_refuses_what_it_cannot_accept,
+    a_parked_job_is_in_the_due_index_only_while_it_waits,
     a_delayed_start_waits_for_its_time_and_counts_at_submit,
     a_job_parks_then_resumes_with_the_payload_running_each_step_once,
     a_second_completion_is_refused_and_the_first_payload_stands,
@@ -775,3 +848,35 @@ on_both_backends!(
     a_wait_that_times_out_resumes_with_a_typed_error,
     a_durable_sleep_resumes_after_its_time,
 );
+
+/// An item written before the due index existed (no `due_shard`/`due_at`) and still waiting is fired
+/// by the full sweep once its time has passed: the upgrade path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_parked_before_the_due_index_existed_is_fired_by_the_full_sweep() {
+    use aws_sdk_dynamodb::types::AttributeValue;
+    let env = TestEnv::start().await;
+    let api = env.api(HandlerRegistry::with_builtins());
+    let body = json!({"kind": "echo", "input": 1, "delay_seconds": 1}).to_string();
+    let (_, accepted) = json(&api.handle(post_jobs("sam", &body)).await);
+    let id = JobId::parse(accepted["job_id"].as_str().unwrap()).unwrap();
+    // What the item looked like before: the same record without the index's attributes.
+    aws_sdk_dynamodb::Client::new(&env.sdk)
+        .update_item()
+        .table_name(&env.config.table)
+        .key("job_id", AttributeValue::S(id.to_string()))
+        .update_expression("REMOVE due_shard, due_at")
+        .send()
+        .await
+        .unwrap();
+    let sweeper = env.backend.sweeper();
+    let later = sweeper_ahead(&env.backend, 2_000);
+    assert_eq!(later.fire_due().await.unwrap().due, 0, "not in the index");
+    let early = sweeper.sweep(jobkit::sweep::SWEEP_AFTER).await.unwrap();
+    assert_eq!(early.resumed, 0, "not before its time");
+    eventually("the full sweep to start it", WAIT, async || {
+        let report = sweeper.sweep(jobkit::sweep::SWEEP_AFTER).await.unwrap();
+        (report.resumed == 1).then_some(())
+    })
+    .await;
+    assert_eq!(env.job(&id).await.status, jobkit::JobStatus::Queued);
+}

@@ -157,8 +157,9 @@ fn dev_routes(b: &Backend) -> axum::Router {
     )
 }
 
-/// Runs the sweep every `every`: waitpoint timeouts and sleeps fire within it (deployed, the sweep
-/// function does this on its schedule), and lost messages are repaired as they are there.
+/// Runs the sweep every `every`, its due task first: waitpoint timeouts, sleeps and delayed starts fire
+/// within it (deployed, the sweep function's due task runs every minute), and lost messages are
+/// repaired as they are there.
 async fn sweep_every(sweeper: jobkit::sweep::Sweeper, every: Duration) {
     loop {
         tokio::time::sleep(every).await;

@@ -650,6 +650,32 @@ async fn sleep_reports_its_progress_while_it_runs() {
 }
 
 #[tokio::test]
+async fn a_durable_sleep_parks_and_its_timer_fires_within_seconds_of_its_time() {
+    let dev = Dev::start(&[]);
+    let http = reqwest::Client::new();
+    let submitted = Instant::now();
+    let id = submit(
+        &http,
+        &dev,
+        json!({"kind": "sleep", "input": {"ms": 2_000, "durable": true}}),
+    )
+    .await;
+    let parked = wait_for(&http, &dev, &id, "parked", |v| v["status"] == "waiting").await;
+    assert_eq!(parked["waiting_for"]["name"], "sleep", "{parked}");
+    let done = wait_for(&http, &dev, &id, "completed", |v| {
+        v["status"] == "completed"
+    })
+    .await;
+    let took = submitted.elapsed();
+    // The due task runs every second in dev: the timer fires about a second after its time.
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_secs(6),
+        "fired after {took:?}: {done}"
+    );
+    assert_eq!(done["result"]["slept_ms"], 2_000, "{done}");
+}
+
+#[tokio::test]
 async fn status_prints_big_numbers_to_the_digit() {
     let dev = Dev::start(&[]);
     let http = reqwest::Client::new();

@@ -867,6 +867,16 @@ impl Job {
         Ok(next)
     }
 
+    /// When the due task must look at this job (see [`crate::due`]): a parked job's timer (its
+    /// waitpoint's timeout, a sleep's end, a delayed start). `None` for a job that is not `waiting`, so
+    /// the stores keep it out of the due index and a job that never waits pays nothing for it.
+    pub fn due_at(&self) -> Option<Millis> {
+        if self.status != JobStatus::Waiting {
+            return None;
+        }
+        self.waiting_for.as_ref().map(|w| w.expires_at)
+    }
+
     /// Whether the job is parked on waitpoint `name`.
     pub fn waits_on(&self, name: &str) -> bool {
         self.status == JobStatus::Waiting
@@ -1548,6 +1558,17 @@ mod tests {
             next.resume("approve", T0 + 3).is_err(),
             "a cancelled job never resumes"
         );
+    }
+
+    #[test]
+    fn only_a_waiting_job_is_due_and_at_its_timer() {
+        let running = job().claim("w", T0 + 60_000, T0).unwrap();
+        assert_eq!((job().due_at(), running.due_at()), (None, None));
+        let parked = running.park("w", on("approve"), T0 + 1).unwrap();
+        assert_eq!(parked.due_at(), Some(T0 + 86_400_000));
+        assert_eq!(parked.resume("approve", T0 + 2).unwrap().due_at(), None);
+        assert_eq!(parked.cancel(T0 + 2).unwrap().1.unwrap().due_at(), None);
+        assert_eq!(job().starting_at(T0 + 5).due_at(), Some(T0 + 5));
     }
 
     #[test]

@@ -167,7 +167,8 @@ pub async fn serve_deliver() -> Result<(), Error> {
     .await
 }
 
-/// Serves the sweep function (on a schedule; the event's content does not matter).
+/// Serves the sweep function, on two schedules: `{"task": "due"}` (every minute) runs the due task
+/// ([`crate::due`]: Queries of the due index), any other event the full sweep (every 5 minutes).
 pub async fn serve_sweep() -> Result<(), Error> {
     let b = backend().await?;
     let sweeper = b.sweeper();
@@ -175,12 +176,21 @@ pub async fn serve_sweep() -> Result<(), Error> {
     serve_events(
         "sweep",
         &b.config,
-        move |_: LambdaEvent<Value>| async move {
+        move |event: LambdaEvent<Value>| async move {
+            if is_due_task(&event.payload) {
+                let report = sweeper.fire_due().await?;
+                return Ok::<_, Error>(serde_json::to_value(report)?);
+            }
             let report = sweeper.sweep(SWEEP_AFTER).await?;
             Ok::<_, Error>(serde_json::to_value(report)?)
         },
     )
     .await
+}
+
+/// Whether a scheduled event asks for the due task (template.yaml's `DueSchedule` input).
+fn is_due_task(event: &Value) -> bool {
+    event.get("task").and_then(Value::as_str) == Some("due")
 }
 
 /// The router, with each request's caller taken from the API Gateway authorizer: the JWT `sub` claim,
@@ -273,4 +283,24 @@ pub async fn handle_sqs<C: Consumer>(
         }
     }
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_due_schedule_s_input_asks_for_the_due_task_and_others_for_the_sweep() {
+        // template.yaml's `DueSchedule` input, as EventBridge sends it.
+        let input = crate::template::TEMPLATE_YAML
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("Input: '"))
+            .and_then(|l| l.strip_suffix('\''))
+            .expect("the due schedule's input");
+        assert!(is_due_task(&serde_json::from_str(input).unwrap()));
+        // The 5-minute schedule's event (a plain EventBridge event) runs the full sweep.
+        assert!(!is_due_task(
+            &serde_json::json!({"source": "aws.events", "detail": {}})
+        ));
+    }
 }

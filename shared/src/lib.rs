@@ -25,6 +25,7 @@ pub mod backend;
 pub mod clock;
 pub mod config;
 pub mod dlq;
+pub mod due;
 pub mod error;
 pub mod handler;
 pub mod job;

@@ -12,10 +12,9 @@
 //! - A terminal job's webhook event whose next attempt is long overdue lost its message (a crash right
 //!   after the terminal write, a delivery function that died): the sweep announces it again, counting
 //!   that as an attempt, so an event that can never be delivered still ends `failed`.
-//! - A parked job whose waitpoint was completed but who was never resumed (the completion crashed
-//!   between its two writes) is resumed; one whose waitpoint's time has passed gets it recorded
-//!   `timed_out` and is resumed too (its handler sees [`crate::JobError::WaitTimedOut`], or a sleep's
-//!   end). This is the kit's timer: it fires at the sweep's next run after the time.
+//! - Timers and resumes of parked jobs are the due task's ([`crate::due`], [`Sweeper::fire_due`]:
+//!   every minute from the due index, and at the start of every sweep). The scan only finds a parked
+//!   job whose item was written before the due index existed and whose time has passed.
 //! - An owner's in-flight set can hold a member no job holds: a crash between a job's write and its
 //!   member's add or removal (see [`crate::store`]), or a record deleted unfinished (TTL, an operator).
 //!   The sweep removes such members once they are older than [`SLOT_GRACE`].
@@ -27,12 +26,11 @@ use serde::Serialize;
 
 use crate::clock::Millis;
 use crate::clock::SharedClock;
+use crate::due::{DueReport, Timers};
 use crate::error::BoxError;
-use crate::job::{Job, JobStatus, START_TIMER, Slot, WebhookStatus};
-use crate::park::resume_parked;
+use crate::job::{Job, JobStatus, Slot, WebhookStatus};
 use crate::queue::{Announcer, JobMessage, JobSender, Lanes};
 use crate::store::{StoreError, SweepStore};
-use crate::waitpoint::{WaitState, Waitpoint};
 use crate::webhook::MAX_ATTEMPTS;
 
 /// How long a job may sit `queued` and untouched before a sweep presumes its message lost: far longer
@@ -90,7 +88,12 @@ impl Sweeper {
             Ok(()) | Err(StoreError::Conflict { .. }) => Ok(()),
             Err(e) => Err(e),
         };
-        let mut report = SweepReport::default();
+        let due = self.fire_due().await?;
+        let mut report = SweepReport {
+            timed_out: due.timed_out,
+            resumed: due.resumed,
+            ..SweepReport::default()
+        };
         for job in stale {
             let now = self.clock.now();
             match job.status {
@@ -124,7 +127,11 @@ impl Sweeper {
                     if job.webhook_overdue(now - older_than.as_millis() as i64) {
                         lost_race(self.reannounce(&job, now, &mut report).await)?;
                     }
-                    self.wake(&job, now, &mut report).await?
+                    // Its timer, only for a job written before the due index existed (see
+                    // `JobScanner`); the due task fires every other one.
+                    let woke = self.timers().wake(&job, now).await?;
+                    report.timed_out += usize::from(woke.timed_out);
+                    report.resumed += usize::from(woke.resumed);
                 }
                 _ => lost_race(self.reannounce(&job, now, &mut report).await)?,
             }
@@ -150,59 +157,18 @@ impl Sweeper {
         Ok(())
     }
 
-    /// A parked job: resumed if its waitpoint is settled (a completion that crashed before resuming it),
-    /// or once its time has passed at `now` (recorded `timed_out` first; a completion that wins that
-    /// race stands). A pending waitpoint not yet due is left alone.
-    async fn wake(&self, job: &Job, now: Millis, report: &mut SweepReport) -> Result<(), BoxError> {
-        let Some(on) = &job.waiting_for else {
-            return Ok(());
-        };
-        let wp = if on.name == START_TIMER && job.started_at.is_none() {
-            None // a delayed start: a timer with no item
-        } else {
-            self.store.waitpoint(&job.job_id, &on.name).await?
-        };
-        match &wp {
-            None if on.expires_at > now => return Ok(()),
-            None if on.name != START_TIMER => {
-                tracing::error!(job_id = %job.job_id, waitpoint = %on.name, "a parked job whose waitpoint is gone; resuming it");
-            }
-            _ => {}
+    /// The due task (see [`crate::due`]): fires the timers due now and checks completed waitpoints'
+    /// resumes, from the due index. Run every minute on its own, and by every [`Self::sweep`].
+    pub async fn fire_due(&self) -> Result<DueReport, BoxError> {
+        self.timers().fire_due().await
+    }
+
+    fn timers(&self) -> Timers<'_> {
+        Timers {
+            store: &self.store,
+            queues: &self.queues,
+            clock: &self.clock,
         }
-        if let Some(wp) = wp.filter(|wp| !wp.is_settled()) {
-            if wp.expires_at > now {
-                return Ok(());
-            }
-            let timed_out = Waitpoint {
-                state: WaitState::TimedOut,
-                settled_at: Some(now),
-                ..wp
-            };
-            if self
-                .store
-                .settle_waitpoint(&job.job_id, &timed_out)
-                .await?
-                .is_none()
-            {
-                tracing::info!(job_id = %job.job_id, waitpoint = %on.name, "waitpoint timed out");
-                report.timed_out += 1;
-                crate::observe::wait_timed_out(&job.kind);
-            }
-        }
-        if resume_parked(
-            &*self.store,
-            &self.queues,
-            &job.job_id,
-            &on.name,
-            Some(job.clone()),
-            &self.clock,
-        )
-        .await?
-        .is_some()
-        {
-            report.resumed += 1;
-        }
-        Ok(())
     }
 
     /// Removes every member older than the grace that no job holds (its job is gone, finished, or

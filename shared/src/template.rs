@@ -593,6 +593,21 @@ mod tests {
                 .iter()
                 .any(|g| g.name == "by_user_shard")
         );
+        let due = t
+            .global_secondary_indexes
+            .iter()
+            .find(|g| g.name == "by_due");
+        assert_eq!(
+            due.map(|g| (g.key_schema.clone(), g.projection_type.as_str())),
+            Some((
+                vec![
+                    ("due_shard".to_owned(), "HASH".to_owned()),
+                    ("due_at".to_owned(), "RANGE".to_owned())
+                ],
+                "KEYS_ONLY"
+            )),
+            "the due index the due task queries"
+        );
     }
 
     #[test]

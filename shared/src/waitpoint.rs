@@ -20,6 +20,11 @@ pub const MAX_WAITPOINT_NAME: usize = 200;
 /// becomes the step's result: the same bound as a step's).
 pub const MAX_PAYLOAD_BYTES: usize = 64 * 1024;
 
+/// How long after a completion the due task checks that the completed waitpoint's job was resumed
+/// (see [`Waitpoint::repair_at`]): longer than the completion route takes to resume it, so the check
+/// normally finds it resumed and only clears its mark.
+pub const REPAIR_AFTER: Millis = 10_000;
+
 /// Where a waitpoint stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -108,6 +113,17 @@ impl Waitpoint {
         }
     }
 
+    /// When the due task must check that this waitpoint's job was resumed: a completed waitpoint,
+    /// [`REPAIR_AFTER`] after its completion. Its job may still be parked on it if the completion
+    /// crashed between its write and the resume, or the worker that was parking the job crashed before
+    /// reading it again; the due task resumes it then. A pending waitpoint's timer is its job's (see
+    /// [`crate::job::Job::due_at`]), and a timed-out one was settled by the due task itself, which
+    /// resumes the job next (or finds it due again on its next run).
+    pub fn repair_at(&self) -> Option<Millis> {
+        (self.state == WaitState::Completed)
+            .then(|| self.settled_at.unwrap_or_default() + REPAIR_AFTER)
+    }
+
     pub fn is_settled(&self) -> bool {
         self.state != WaitState::Pending
     }
@@ -149,6 +165,20 @@ mod tests {
             timed_out.complete(Json::from(json!(1)), T0),
             Err(Closed::TimedOut)
         );
+    }
+
+    #[test]
+    fn only_a_completed_waitpoint_asks_for_a_resume_check() {
+        let wp = Waitpoint::pending("approve", T0 + 1000);
+        assert_eq!(wp.repair_at(), None);
+        let done = wp.complete(Json::from(json!(1)), T0 + 5).unwrap();
+        assert_eq!(done.repair_at(), Some(T0 + 5 + REPAIR_AFTER));
+        let timed_out = Waitpoint {
+            state: WaitState::TimedOut,
+            settled_at: Some(T0 + 1000),
+            ..wp
+        };
+        assert_eq!(timed_out.repair_at(), None);
     }
 
     #[test]

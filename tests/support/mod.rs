@@ -313,6 +313,26 @@ macro_rules! on_both_backends {
     };
 }
 
+/// A clock `.0` ms ahead of the wall clock.
+#[derive(Debug)]
+pub struct Ahead(pub jobkit::clock::Millis);
+
+impl jobkit::clock::Clock for Ahead {
+    fn now(&self) -> jobkit::clock::Millis {
+        jobkit::now_millis() + self.0
+    }
+}
+
+/// The sweeper of `b` on a clock `by` ms ahead: what its due task will see then (a completed
+/// waitpoint's resume check, `REPAIR_AFTER` after the completion).
+#[allow(dead_code)] // not every test binary sweeps
+pub fn sweeper_ahead(b: &Backend, by: jobkit::clock::Millis) -> jobkit::sweep::Sweeper {
+    jobkit::sweep::Sweeper {
+        clock: Arc::new(Ahead(by)),
+        ..b.sweeper()
+    }
+}
+
 /// Settings that retry fast: backoff of at most one second.
 pub fn fast_settings(max_attempts: u32) -> WorkerSettings {
     WorkerSettings {

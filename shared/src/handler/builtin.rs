@@ -23,7 +23,7 @@ impl Handler for Echo {
 
 /// `sleep`: waits `ms` milliseconds (at most [`SLEEP_MAX_MS`]), stopping early if cancelled.
 ///
-/// Input: `{"ms": 100}`.
+/// Input: `{"ms": 100}`; `{"ms": 100, "durable": true}` parks for the time instead (a durable sleep).
 pub struct Sleep;
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -33,6 +33,10 @@ pub struct SleepInput {
     #[serde(default, deserialize_with = "at_most_max")]
     #[schemars(range(max = SLEEP_MAX_MS))]
     pub ms: u64,
+    /// Park for the time instead of holding the worker (`ctx.sleep`: the job waits `waiting`, and
+    /// the due task wakes it). Its waitpoint is named `sleep`, so completing it ends the sleep early.
+    #[serde(default)]
+    pub durable: bool,
 }
 
 #[derive(Debug, Serialize, Deserialize, PartialEq, Eq, JsonSchema)]
@@ -67,6 +71,13 @@ impl Handler for Sleep {
     type Input = SleepInput;
     type Output = Slept;
     async fn run(&self, args: SleepInput, ctx: JobContext) -> Result<Slept, JobError> {
+        if args.durable {
+            ctx.sleep("sleep", Duration::from_millis(args.ms)).await?;
+            return Ok(Slept {
+                slept_ms: args.ms,
+                attempt: ctx.attempt(),
+            });
+        }
         // In slices, so a cancel request stops it within one.
         let until = tokio::time::Instant::now() + Duration::from_millis(args.ms);
         let mut reported = tokio::time::Instant::now();
@@ -118,6 +129,15 @@ mod tests {
         let input = Json::parse(r#"{"x":[1,2],"n":12345678901234567890123}"#).unwrap();
         let out = Echo.run_json(&input, ctx(1)).await.unwrap();
         assert_eq!(out.result, input);
+    }
+
+    #[tokio::test]
+    async fn a_durable_sleep_parks_on_its_waitpoint_instead_of_holding_the_worker() {
+        let parked = run(&Sleep, json!({"ms": 5_000, "durable": true}), 1).await;
+        assert!(
+            matches!(&parked, Err(JobError::Wait { name, .. }) if name == "sleep"),
+            "{parked:?}"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -24,10 +24,12 @@ use crate::json::Json;
 use crate::slots::{Ledger, Views};
 use crate::waitpoint::{WaitState, Waitpoint};
 
+mod due;
 mod list;
 mod pages;
 mod release;
 
+pub use due::DUE_SHARDS;
 pub use list::USER_SHARDS;
 
 /// Jobs in one DynamoDB table (see `JobsTable` in template.yaml).
@@ -252,13 +254,17 @@ fn cancel_key(id: &JobId, round: u32) -> Item {
     )])
 }
 
-/// A job's item: its storage form, and the `by_user_shard` index's key (see [`list`]).
+/// A job's item: its storage form, the `by_user_shard` index's key (see [`list`]), and while it
+/// waits the `by_due` index's (see [`due`]).
 fn to_item(job: &Job) -> Item {
     let mut item: Item = serde_dynamo::to_item(job).expect("a job always maps to an item");
     item.insert(
         list::SHARD_ATTRIBUTE.to_owned(),
         AttributeValue::S(list::user_shard(&job.user_id, &job.job_id)),
     );
+    if let Some(at) = job.due_at() {
+        due::mark(&mut item, &job.job_id, at);
+    }
     item
 }
 
@@ -692,6 +698,14 @@ impl WaitpointStore for DynamoStore {
             names.insert("#p".into(), "payload".into());
             values.insert(":p".into(), AttributeValue::S(p.get().to_owned()));
         }
+        // A completion enters the due index: the due task checks that its job was resumed.
+        if let Some(at) = to.repair_at() {
+            set.push_str(", #dk = :dk, #da = :da");
+            names.insert("#dk".into(), due::SHARD_ATTRIBUTE.into());
+            names.insert("#da".into(), due::AT_ATTRIBUTE.into());
+            values.insert(":dk".into(), AttributeValue::S(due::due_shard(id)));
+            values.insert(":da".into(), num(at));
+        }
         let res = self
             .client
             .update_item()
@@ -758,12 +772,14 @@ impl JobScanner for DynamoStore {
                 .scan()
                 .table_name(&self.table)
                 // The second part is `Job::effective_status` == dead_letter for a running job, the
-                // third `Job::webhook_overdue`, the last a parked job (see `JobScanner`).
+                // third `Job::webhook_overdue`, the last a parked job the due index does not hold
+                // (written before it existed; see `JobScanner`).
                 .filter_expression(
                     "(#s = :queued AND updated_at < :before) OR (#s = :running AND \
                      lease_expires_at < :now AND attempts >= max_attempts) OR \
                      (webhook.#s = :pending AND webhook.next_attempt_at < :before) OR \
-                     (#s = :waiting AND (updated_at < :before OR waiting_for.expires_at < :now))",
+                     (#s = :waiting AND attribute_not_exists(due_at) AND \
+                     waiting_for.expires_at < :now)",
                 )
                 .expression_attribute_names("#s", "status")
                 .expression_attribute_values(":waiting", status(JobStatus::Waiting))

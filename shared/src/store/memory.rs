@@ -7,8 +7,9 @@ use std::sync::{Mutex, MutexGuard};
 use async_trait::async_trait;
 
 use super::{
-    CancelSignals, CancelWatch, Created, Insert, JobClaimer, JobInserter, JobLister, JobReader,
-    JobScanner, JobWriter, ListQuery, PageSlots, SlotLedger, StepStore, StoreError, WaitpointStore,
+    CancelSignals, CancelWatch, Created, Due, DueTimers, Insert, JobClaimer, JobInserter,
+    JobLister, JobReader, JobScanner, JobWriter, ListQuery, PageSlots, SlotLedger, StepStore,
+    StoreError, WaitpointStore,
 };
 use crate::job::{Job, JobId, JobStatus, Millis, Slot};
 use crate::json::Json;
@@ -29,6 +30,10 @@ struct State {
     cancel_signals: HashSet<(JobId, u32)>,
     steps: HashMap<(JobId, String), Json>,
     waitpoints: HashMap<(JobId, String), Waitpoint>,
+    /// The due index, ordered by time: (due at, job, `None` for the job's timer or the name of a
+    /// completed waitpoint to check). Kept by [`State::put_job`] and the waitpoint writes, as
+    /// DynamoDB keeps its `by_due` index.
+    due: BTreeSet<(Millis, JobId, Option<String>)>,
 }
 
 impl MemoryStore {
@@ -44,11 +49,31 @@ impl MemoryStore {
 
     /// Deletes a job as DynamoDB's TTL would, leaving its slot member alone (for tests).
     pub fn expire(&self, id: &JobId) {
-        self.state().jobs.remove(id);
+        let mut st = self.state();
+        if let Some(old) = st.jobs.remove(id)
+            && let Some(at) = old.due_at()
+        {
+            st.due.remove(&(at, id.clone(), None));
+        }
     }
 }
 
 impl State {
+    /// Stores `job`, moving its entry in the due index as its timer says.
+    fn put_job(&mut self, job: Job) {
+        let id = job.job_id.clone();
+        let new = job.due_at();
+        if let Some(old) = self.jobs.insert(id.clone(), job)
+            && let Some(at) = old.due_at()
+            && Some(at) != new
+        {
+            self.due.remove(&(at, id.clone(), None));
+        }
+        if let Some(at) = new {
+            self.due.insert((at, id, None));
+        }
+    }
+
     fn page(&mut self, user: &str, page: Option<u32>) -> &mut BTreeSet<Slot> {
         self.slots.entry((Ledger::owner(user), page)).or_default()
     }
@@ -113,7 +138,7 @@ impl JobInserter for MemoryStore {
                     .ok_or(StoreError::InFlightCapReached)?,
             );
         }
-        st.jobs.insert(job.job_id.clone(), job.clone());
+        st.put_job(job.clone());
         Ok(Created::New)
     }
 }
@@ -147,7 +172,7 @@ impl JobClaimer for MemoryStore {
                 .map_err(|_| StoreError::Conflict {
                     current: Some(Box::new(current.clone())),
                 })?;
-        st.jobs.insert(id.clone(), claimed.clone());
+        st.put_job(claimed.clone());
         Ok(claimed)
     }
 }
@@ -182,9 +207,9 @@ impl JobWriter for MemoryStore {
                 st.page(&child.user_id, child.slot_page)
                     .insert(child.slot());
             }
-            st.jobs.insert(child.job_id.clone(), child.clone());
+            st.put_job(child.clone());
         }
-        st.jobs.insert(to.job_id.clone(), to.clone());
+        st.put_job(to.clone());
         Ok(())
     }
 
@@ -195,7 +220,7 @@ impl JobWriter for MemoryStore {
             Some(cur) if cur == to => Ok(()),
             Some(cur) if cur.version == from.version => {
                 st.move_slot(from, to);
-                st.jobs.insert(to.job_id.clone(), to.clone());
+                st.put_job(to.clone());
                 Ok(())
             }
             Some(cur) => Err(StoreError::Conflict {
@@ -306,6 +331,9 @@ impl WaitpointStore for MemoryStore {
             return Ok(Some(current.clone()));
         }
         *current = to.clone();
+        if let Some(at) = to.repair_at() {
+            st.due.insert((at, id.clone(), Some(to.name.clone())));
+        }
         Ok(None)
     }
 }
@@ -367,10 +395,9 @@ impl JobScanner for MemoryStore {
             .state()
             .jobs
             .values()
+            // No `waiting` job: all are in the due index (there are no items older than it).
             .filter(|j| {
-                (matches!(j.status, JobStatus::Queued | JobStatus::Waiting)
-                    && j.updated_at < before)
-                    || j.waiting_for.as_ref().is_some_and(|w| w.expires_at < now)
+                (j.status == JobStatus::Queued && j.updated_at < before)
                     || (j.status == JobStatus::Running
                         && j.effective_status(now) == JobStatus::DeadLetter)
                     || j.webhook_overdue(before)
@@ -380,5 +407,38 @@ impl JobScanner for MemoryStore {
         stale.sort_by_key(|j| j.updated_at);
         stale.truncate(limit);
         Ok(stale)
+    }
+}
+
+#[async_trait]
+impl DueTimers for MemoryStore {
+    async fn due(&self, now: Millis, limit: usize) -> Result<Vec<Due>, StoreError> {
+        let st = self.state();
+        // Ordered by time: what is due comes first.
+        Ok(st
+            .due
+            .iter()
+            .take_while(|(at, _, _)| *at <= now)
+            .take(limit)
+            .filter_map(|(_, id, name)| match name {
+                Some(name) => Some(Due::Resume {
+                    job_id: id.clone(),
+                    waitpoint: name.clone(),
+                }),
+                None => st.jobs.get(id).cloned().map(|j| Due::Timer(Box::new(j))),
+            })
+            .collect())
+    }
+
+    async fn clear_due(&self, id: &JobId, name: &str) -> Result<(), StoreError> {
+        let mut st = self.state();
+        let at = st
+            .waitpoints
+            .get(&(id.clone(), name.to_owned()))
+            .and_then(Waitpoint::repair_at);
+        if let Some(at) = at {
+            st.due.remove(&(at, id.clone(), Some(name.to_owned())));
+        }
+        Ok(())
     }
 }

@@ -270,13 +270,35 @@ pub trait SlotLedger: Send + Sync {
     async fn release_slots(&self, ledger: &Ledger, slots: &[Slot]) -> Result<(), StoreError>;
 }
 
+/// What the due index holds that is due (see [`crate::due`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Due {
+    /// A parked job whose timer ([`Job::due_at`]) has passed, read strongly consistent.
+    Timer(Box<Job>),
+    /// A completed waitpoint whose resume must be checked ([`Waitpoint::repair_at`]).
+    Resume { job_id: JobId, waitpoint: String },
+}
+
+/// The due index: a sparse index of the items with a timer, keyed by a few shards and their due
+/// time, so the due task finds what is due with a Query per shard instead of a Scan (a parked job
+/// costs storage only until its time). A job is in it while [`Job::due_at`] says so, a waitpoint
+/// while [`Waitpoint::repair_at`] does and until [`Self::clear_due`].
+#[async_trait]
+pub trait DueTimers: Send + Sync {
+    /// Up to `limit` items due at `now` (their time `<= now`), earliest first within a shard.
+    async fn due(&self, now: Millis, limit: usize) -> Result<Vec<Due>, StoreError>;
+    /// Takes waitpoint `name` of job `id` out of the due index: its resume was checked (idempotent;
+    /// nothing happens to a waitpoint that is gone).
+    async fn clear_due(&self, id: &JobId, name: &str) -> Result<(), StoreError>;
+}
+
 /// Jobs nothing will move again (Scan): for the periodic sweep only.
 #[async_trait]
 pub trait JobScanner: Send + Sync {
     /// Up to `limit` jobs the sweep must look at (see [`crate::sweep`]): still `queued` and not
     /// updated since `before` (a lost message?), `running` on their last attempt under a lease
-    /// expired at `now` (a dead runner), or `waiting` and either not updated since `before` (a
-    /// completion that crashed before it resumed the job?) or on a waitpoint whose time passed at `now`.
+    /// expired at `now` (a dead runner), or `waiting` on a timer passed at `now` but missing from
+    /// the due index (a job item written before the index existed; the due task fires the rest).
     async fn stale_jobs(
         &self,
         before: Millis,
@@ -316,10 +338,14 @@ impl<T: JobClaimer + JobReader + JobWriter + CancelWatch + StepStore + Waitpoint
 pub trait DeliveryStore: JobReader + JobWriter {}
 impl<T: JobReader + JobWriter + ?Sized> DeliveryStore for T {}
 
-/// The sweep's port: scan, read, write, repair slots, and read and settle waitpoints.
-pub trait SweepStore: JobScanner + JobReader + JobWriter + SlotLedger + WaitpointStore {}
-impl<T: JobScanner + JobReader + JobWriter + SlotLedger + WaitpointStore + ?Sized> SweepStore
-    for T
+/// The sweep's port: scan, read, write, repair slots, read and settle waitpoints, query the due
+/// index.
+pub trait SweepStore:
+    JobScanner + JobReader + JobWriter + SlotLedger + WaitpointStore + DueTimers
+{
+}
+impl<T: JobScanner + JobReader + JobWriter + SlotLedger + WaitpointStore + DueTimers + ?Sized>
+    SweepStore for T
 {
 }
 

@@ -29,8 +29,13 @@ pub(super) const SHARD_ATTRIBUTE: &str = "user_shard";
 /// A job's index partition: its owner and a shard from its id's random bits (a hash, for a keyed or
 /// pathway job's id). `#` splits at the last one, so no two owners' shards meet.
 pub(super) fn user_shard(user: &str, id: &JobId) -> String {
+    format!("{user}#{}", shard_of(id, USER_SHARDS))
+}
+
+/// One of `shards` for job `id`, from its id's random bits (a hash, for a keyed or pathway job's id).
+pub(super) fn shard_of(id: &JobId, shards: u32) -> u128 {
     let bits = ulid::Ulid::from_string(id.as_str()).map_or(0, |u| u.0);
-    format!("{user}#{}", bits % u128::from(USER_SHARDS))
+    bits % u128::from(shards)
 }
 
 /// One shard's place in the merge: keys read and not yet taken, and where its next page starts.
