@@ -48,6 +48,10 @@ pub struct WaitingForView {
     pub name: String,
     /// When it times out (RFC 3339).
     pub expires_at: String,
+    /// What the handler shows about the wait (`WaitFor::detail`): an agent's tool approval has
+    /// `{"tool", "input"}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<Json>,
 }
 
 impl From<WaitingFor> for WaitingForView {
@@ -55,6 +59,7 @@ impl From<WaitingFor> for WaitingForView {
         Self {
             name: w.name,
             expires_at: rfc3339(w.expires_at),
+            detail: w.detail,
         }
     }
 }
