@@ -402,8 +402,17 @@ struct Board {
     bar: ProgressBar,
     /// Whether the timer already counts from the job's start, not from its submission.
     started: std::sync::atomic::AtomicBool,
+    /// What the message line is made of besides the status.
+    shown: std::sync::Mutex<Shown>,
+}
+
+#[derive(Default)]
+struct Shown {
     /// The last progress report's message, shown again when a wait ends.
-    progress: std::sync::Mutex<String>,
+    progress: String,
+    /// What a parked job waits for: it stays on the line until the job runs again (the stream may
+    /// repeat the progress reported before the job parked, after the `waiting` status).
+    waiting: Option<String>,
 }
 
 impl Board {
@@ -415,8 +424,12 @@ impl Board {
         Self {
             bar,
             started: false.into(),
-            progress: Default::default(),
+            shown: Default::default(),
         }
+    }
+
+    fn shown(&self) -> std::sync::MutexGuard<'_, Shown> {
+        self.shown.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Shows the job as read from the API: its status, and the timer set from its timestamps.
@@ -439,8 +452,12 @@ impl Board {
 
     /// A parked job: what it waits for, bar or not ("waiting for approve-refund (expires in 23 h)").
     fn waiting(&self, w: &WaitingForView) {
-        let waits = crate::waitpoints::describe(w, chrono::Utc::now());
-        self.bar.set_message(format!("waiting for {waits}"));
+        let line = format!(
+            "waiting for {}",
+            crate::waitpoints::describe(w, chrono::Utc::now())
+        );
+        self.bar.set_message(line.clone());
+        self.shown().waiting = Some(line);
     }
 
     /// A status change seen on the stream: a job that starts running restarts the timer.
@@ -452,6 +469,11 @@ impl Board {
         {
             self.bar.reset_elapsed();
         }
+        let mut shown = self.shown();
+        if status.starts_with("waiting") && shown.waiting.is_some() {
+            return; // still waiting for what the line says
+        }
+        shown.waiting = None;
         if self.bar.length().is_none() {
             self.bar.set_message(match attempts {
                 Some(n) => format!("{status} (attempt {n})"),
@@ -459,8 +481,7 @@ impl Board {
             });
         } else {
             // A bar shows the last progress report (again, after a wait).
-            let last = self.progress.lock().unwrap_or_else(|p| p.into_inner());
-            self.bar.set_message(last.clone());
+            self.bar.set_message(shown.progress.clone());
         }
     }
 
@@ -471,8 +492,11 @@ impl Board {
             self.bar.set_style(bar_style());
         }
         self.bar.set_position(percent.min(100));
-        self.bar.set_message(message.to_owned());
-        *self.progress.lock().unwrap_or_else(|p| p.into_inner()) = message.to_owned();
+        let mut shown = self.shown();
+        shown.progress = message.to_owned();
+        if shown.waiting.is_none() {
+            self.bar.set_message(message.to_owned());
+        }
     }
 }
 
@@ -625,6 +649,9 @@ mod tests {
             detail: Some(Json::from(serde_json::json!({"tool": "send_note", "input": {}}))),
         });
         board.job(&waiting);
+        // The stream repeats the progress reported before the job parked: the wait stays shown.
+        board.progress(50, "turn 1: calling send_note");
+        board.status("waiting", None);
         board.bar.force_draw();
         let line = screen.last();
         assert!(
