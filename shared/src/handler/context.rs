@@ -596,4 +596,27 @@ mod tests {
         assert!(!ctx.cancel_requested());
         assert_eq!(ctx.until_cancelled(async { Ok(7) }).await.unwrap(), 7);
     }
+
+    #[tokio::test]
+    async fn a_wait_carries_its_detail_and_an_oversized_detail_fails_the_job() {
+        let ctx = JobContext::new(JobId::generate(0), "k".into(), 1, 5, None);
+        let how = WaitFor::timeout(Duration::from_secs(60)).detail(serde_json::json!({"tool": "t"}));
+        match ctx.wait_for::<serde_json::Value>("approve", how).await {
+            Err(JobError::Wait { name, detail, .. }) => {
+                assert_eq!(name, "approve");
+                assert_eq!(detail, Some(Json::from(serde_json::json!({"tool": "t"}))));
+            }
+            other => panic!("{other:?}"),
+        }
+        let big = "x".repeat(MAX_WAIT_DETAIL_BYTES);
+        let how = WaitFor::timeout(Duration::from_secs(60)).detail(serde_json::json!(big));
+        let e = ctx
+            .wait_for::<serde_json::Value>("approve", how)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&e, JobError::Terminal { code, .. } if code == "invalid_waitpoint"),
+            "{e:?}"
+        );
+    }
 }
