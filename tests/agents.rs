@@ -620,10 +620,7 @@ async fn park_for_approval(
 /// Runs the worker (and the sweep, which fires timers) until the job is terminal.
 async fn finish(b: &Backends, api: &Api, worker: &EventSource, id: &str) -> Value {
     eventually("the agent job to finish", WAIT, async || {
-        b.sweeper()
-            .sweep(jobkit::sweep::SWEEP_AFTER)
-            .await
-            .unwrap();
+        b.sweeper().sweep(jobkit::sweep::SWEEP_AFTER).await.unwrap();
         let _ = tokio::time::timeout(Duration::from_secs(10), worker.poll_once()).await;
         let (_, v) = json(&api.handle(get_job("ada", id)).await);
         matches!(
@@ -665,7 +662,10 @@ async fn a_tool_that_needs_approval_runs_once_when_approved(b: Backends) {
     let (api, worker, id, waiting) =
         park_for_approval(&b, &fake, runs.clone(), Duration::from_secs(3600)).await;
     // The waitpoint shows what is to be approved; nothing ran yet.
-    assert_eq!(waiting["waiting_for"]["name"], "approve-tool-1-0", "{waiting}");
+    assert_eq!(
+        waiting["waiting_for"]["name"], "approve-tool-1-0",
+        "{waiting}"
+    );
     assert_eq!(
         waiting["waiting_for"]["detail"],
         json!({"tool": "send_note", "input": {"note": "hello"}})
@@ -703,9 +703,15 @@ async fn a_refused_tool_call_answers_the_model_with_the_reason(b: Backends) {
     assert_eq!(view["status"], "completed", "{view}");
     assert_eq!(runs.load(Ordering::SeqCst), 0, "a refused tool never runs");
     let seen = tool_message_seen(&fake);
-    assert!(seen.contains("refused") && seen.contains("not today"), "{seen}");
+    assert!(
+        seen.contains("refused") && seen.contains("not today"),
+        "{seen}"
+    );
     let output = &view["result"]["tool_calls"][0]["output"];
-    assert!(output["error"].as_str().unwrap().contains("not today"), "{output}");
+    assert!(
+        output["error"].as_str().unwrap().contains("not today"),
+        "{output}"
+    );
 }
 
 async fn an_approval_that_does_not_say_yes_is_a_refusal(b: Backends) {

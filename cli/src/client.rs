@@ -646,7 +646,9 @@ mod tests {
             name: "approve-tool-1-0".into(),
             expires_at: (chrono::Utc::now() + chrono::Duration::minutes(23 * 60 + 30))
                 .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-            detail: Some(Json::from(serde_json::json!({"tool": "send_note", "input": {}}))),
+            detail: Some(Json::from(
+                serde_json::json!({"tool": "send_note", "input": {}}),
+            )),
         });
         board.job(&waiting);
         // The stream repeats the progress reported before the job parked: the wait stays shown.

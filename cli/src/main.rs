@@ -495,8 +495,8 @@ mod tests {
                 "waitpoints",
                 "complete",
             ]
-                .iter()
-                .any(|c| path == format!("jobctl {c}"));
+            .iter()
+            .any(|c| path == format!("jobctl {c}"));
             if calls_api {
                 assert_eq!(has, client, "{path}");
             } else {

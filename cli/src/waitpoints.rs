@@ -86,7 +86,10 @@ fn entry(raw: &str) -> anyhow::Result<Value> {
 fn print_one(v: &JobView, now: chrono::DateTime<chrono::Utc>) {
     let s = &v.summary;
     let Some(w) = &v.waiting_for else {
-        println!("{} {} is {}: it waits for nothing", s.job_id, s.kind, s.status);
+        println!(
+            "{} {} is {}: it waits for nothing",
+            s.job_id, s.kind, s.status
+        );
         return;
     };
     println!("{} {:<12} {}", s.job_id, s.kind, describe(w, now));
@@ -99,7 +102,10 @@ fn print_one(v: &JobView, now: chrono::DateTime<chrono::Utc>) {
         } else {
             "'{...}'"
         };
-        println!("  complete: jobctl complete {} {} --data {data}", s.job_id, w.name);
+        println!(
+            "  complete: jobctl complete {} {} --data {data}",
+            s.job_id, w.name
+        );
     }
 }
 
@@ -170,10 +176,7 @@ mod tests {
     fn a_waitpoint_reads_with_its_tool_and_time_left() {
         let now: chrono::DateTime<chrono::Utc> = "2026-12-07T10:00:00Z".parse().unwrap();
         let refund = at(23 * 3600 + 59 * 60, "approve-refund", None);
-        assert_eq!(
-            describe(&refund, now),
-            "approve-refund (expires in 23 h)"
-        );
+        assert_eq!(describe(&refund, now), "approve-refund (expires in 23 h)");
         let tool = at(
             90,
             "approve-tool-1-0",
@@ -184,7 +187,10 @@ mod tests {
             "approve-tool-1-0 (send_note; expires in 1 min)"
         );
         assert_eq!(describe(&at(-5, "x", None), now), "x (expired)");
-        assert_eq!(describe(&at(3 * 86_400, START_TIMER, None), now), "start (starts in 3 d)");
+        assert_eq!(
+            describe(&at(3 * 86_400, START_TIMER, None), now),
+            "start (starts in 3 d)"
+        );
         assert_eq!(describe(&at(40, "x", None), now), "x (expires in 40 s)");
     }
 }

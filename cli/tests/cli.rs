@@ -131,14 +131,26 @@ fn complete_takes_an_id_and_a_name_or_a_url_and_json_data() {
     for args in [
         &["complete", "--data", "{}"][..],
         &["complete", "01M839YN063K0RCGEMTG51KP2Z", "--data", "{}"],
-        &["complete", "--url", "http://127.0.0.1:9/w/t", "01M839YN063K0RCGEMTG51KP2Z", "x"],
+        &[
+            "complete",
+            "--url",
+            "http://127.0.0.1:9/w/t",
+            "01M839YN063K0RCGEMTG51KP2Z",
+            "x",
+        ],
         &["complete", "01M839YN063K0RCGEMTG51KP2Z", "approve"],
     ] {
         let out = jobctl(args);
         assert_eq!(out.status.code(), Some(2), "{args:?} is a usage error");
     }
     // Not JSON: refused before anything is sent (nothing listens at port 9).
-    let out = jobctl(&["complete", "--url", "http://127.0.0.1:9/w/t", "--data", "yes"]);
+    let out = jobctl(&[
+        "complete",
+        "--url",
+        "http://127.0.0.1:9/w/t",
+        "--data",
+        "yes",
+    ]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("--data must be JSON"), "{err}");
@@ -170,7 +182,10 @@ async fn complete_url_posts_the_data_without_credentials_and_shows_a_refusal() {
         }),
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/waitpoints/tok123", listener.local_addr().unwrap());
+    let url = format!(
+        "http://{}/waitpoints/tok123",
+        listener.local_addr().unwrap()
+    );
     tokio::spawn(async move { axum::serve(listener, app).await });
     let run = |url: String| {
         tokio::task::spawn_blocking(move || {
@@ -183,8 +198,15 @@ async fn complete_url_posts_the_data_without_credentials_and_shows_a_refusal() {
     };
     let out = run(url.clone()).await.unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(text.contains("01M839YN063K0RCGEMTG51KP2Z") && text.contains("queued"), "{text}");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("01M839YN063K0RCGEMTG51KP2Z") && text.contains("queued"),
+        "{text}"
+    );
     {
         let seen = seen.lock().unwrap();
         let (headers, body) = &seen[0];
@@ -198,5 +220,8 @@ async fn complete_url_posts_the_data_without_credentials_and_shows_a_refusal() {
     let out = run(url).await.unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_ne!(out.status.code(), Some(0), "{err}");
-    assert!(err.contains("409") && err.contains("waitpoint_completed"), "{err}");
+    assert!(
+        err.contains("409") && err.contains("waitpoint_completed"),
+        "{err}"
+    );
 }

@@ -1046,12 +1046,22 @@ async fn an_agents_tool_approval_is_listed_and_completed_from_the_command_line()
     );
     assert!(out.contains(r#""note":"hello from the test""#), "{out}");
     let (status, out, _) = jobctl(&dev, &["waitpoints", "--job", &id]);
-    assert!(status.success() && out.contains("approve-tool-1-0"), "{out}");
+    assert!(
+        status.success() && out.contains("approve-tool-1-0"),
+        "{out}"
+    );
 
     let (status, _, err) = jobctl(&dev, &["complete", &id, &name, "--data", "{approve: true"]);
-    assert!(!status.success() && err.contains("--data must be JSON"), "{err}");
+    assert!(
+        !status.success() && err.contains("--data must be JSON"),
+        "{err}"
+    );
     let http = reqwest::Client::new();
-    assert_eq!(crate::status(&http, &dev, &id).await, "waiting", "nothing was sent");
+    assert_eq!(
+        crate::status(&http, &dev, &id).await,
+        "waiting",
+        "nothing was sent"
+    );
 
     let (status, out, err) = jobctl(
         &dev,
@@ -1084,7 +1094,10 @@ async fn an_agents_tool_approval_is_listed_and_completed_from_the_command_line()
         &frames[first..=last]
     );
     assert!(screen.contains("completed"), "{screen}");
-    assert!(screen.contains(r#"{"noted":"hello from the test"}"#), "{screen}");
+    assert!(
+        screen.contains(r#"{"noted":"hello from the test"}"#),
+        "{screen}"
+    );
 
     let (status, _, err) = jobctl(
         &dev,
@@ -1096,5 +1109,8 @@ async fn an_agents_tool_approval_is_listed_and_completed_from_the_command_line()
         "{err}"
     );
     let (status, out, _) = jobctl(&dev, &["waitpoints", "--job", &id]);
-    assert!(!status.success() && out.contains("waits for nothing"), "{out}");
+    assert!(
+        !status.success() && out.contains("waits for nothing"),
+        "{out}"
+    );
 }

@@ -101,10 +101,11 @@ pub fn demo_agent() -> Agent {
     Agent {
         name: "demo".into(),
         model: std::env::var("JOBKIT_DEMO_MODEL").unwrap_or_else(|_| default.into()),
-        system: "You are a concise assistant. Use the calculator for arithmetic, the clock for the \
+        system:
+            "You are a concise assistant. Use the calculator for arithmetic, the clock for the \
                  current time, and send_note only when asked to send a note; answer in one or two \
                  sentences."
-            .into(),
+                .into(),
         max_turns: 6,
         tools: vec![
             Tool::new(
@@ -163,7 +164,10 @@ mod tests {
         let clock = agent.tools[1].call(serde_json::json!({})).await.unwrap();
         assert!(clock.as_str().unwrap().contains('T'));
         let note = &agent.tools[2];
-        assert_eq!(note.approval(), Some(jobkit::agent::DEFAULT_APPROVAL_TIMEOUT));
+        assert_eq!(
+            note.approval(),
+            Some(jobkit::agent::DEFAULT_APPROVAL_TIMEOUT)
+        );
         assert_eq!(
             note.call(serde_json::json!({"note": "hi"})).await,
             Ok(serde_json::json!({"noted": "hi"}))

@@ -198,7 +198,8 @@ async fn converse(
             let result: ToolResult = ctx
                 .step(&format!("tool-{turn}-{i}"), async {
                     let approval = approval::waitpoint_name(turn, i);
-                    if let Some(refused) = approval::ask(&agent.tools, call, &approval, ctx).await? {
+                    if let Some(refused) = approval::ask(&agent.tools, call, &approval, ctx).await?
+                    {
                         return Ok(refused);
                     }
                     Ok(call_tool(&agent.tools, call).await)

@@ -358,7 +358,11 @@ impl JobContext {
         name: &str,
         how: WaitFor,
     ) -> Result<T, JobError> {
-        if let Some(d) = how.detail.as_ref().filter(|d| d.len() > MAX_WAIT_DETAIL_BYTES) {
+        if let Some(d) = how
+            .detail
+            .as_ref()
+            .filter(|d| d.len() > MAX_WAIT_DETAIL_BYTES)
+        {
             return Err(JobError::terminal(
                 "invalid_waitpoint",
                 format!(
@@ -600,7 +604,8 @@ mod tests {
     #[tokio::test]
     async fn a_wait_carries_its_detail_and_an_oversized_detail_fails_the_job() {
         let ctx = JobContext::new(JobId::generate(0), "k".into(), 1, 5, None);
-        let how = WaitFor::timeout(Duration::from_secs(60)).detail(serde_json::json!({"tool": "t"}));
+        let how =
+            WaitFor::timeout(Duration::from_secs(60)).detail(serde_json::json!({"tool": "t"}));
         match ctx.wait_for::<serde_json::Value>("approve", how).await {
             Err(JobError::Wait { name, detail, .. }) => {
                 assert_eq!(name, "approve");

@@ -26,7 +26,8 @@ use serde_json::{Map, Value};
 
 pub use builtin::{Echo, Sleep};
 pub use context::{
-    Attached, Attempt, JobContext, MAX_FAN_OUT, MAX_STEP_BYTES, MAX_WAIT_DETAIL_BYTES, Pathway, WaitFor,
+    Attached, Attempt, JobContext, MAX_FAN_OUT, MAX_STEP_BYTES, MAX_WAIT_DETAIL_BYTES, Pathway,
+    WaitFor,
 };
 
 use crate::clock::Millis;
