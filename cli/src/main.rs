@@ -59,7 +59,8 @@ enum Command {
     },
     /// List your jobs, newest first.
     List {
-        /// Only jobs in this status (queued, running, retrying, completed, failed, cancelled, dead_letter).
+        /// Only jobs in this status (queued, running, retrying, waiting, completed, failed, cancelled,
+        /// dead_letter).
         #[arg(long)]
         status: Option<String>,
         /// Jobs per page (1 to 100).
