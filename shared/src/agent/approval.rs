@@ -36,7 +36,7 @@ struct Answer {
 /// Asks for approval of `call` on waitpoint `name` when its tool needs one. `Ok(None)`: run it
 /// (approved, or no approval needed); `Ok(Some(result))`: answer the model with this tool error
 /// instead; `Err(JobError::Wait)`: not answered yet, the run parks.
-pub async fn ask(
+pub(crate) async fn ask(
     tools: &[Tool],
     call: &ToolCall,
     name: &str,
