@@ -3,7 +3,9 @@
 //! next turn resumes without calling the tool again; a throttled model call is retried; a malformed tool
 //! call is answered to the model as a tool error; a hostile calculator expression is a tool error, not
 //! a crash; absurd usage counts saturate and a failed run reports what it spent; a cancel request stops
-//! a model call in flight. And every built-in tool survives hostile input, in this process.
+//! a model call in flight; a tool that needs approval parks the run until it is approved (the tool
+//! runs once), refused (the model reads the reason) or timed out. And every built-in tool survives
+//! hostile input, in this process.
 
 #[macro_use]
 mod support;
@@ -40,6 +42,8 @@ enum Script {
     EndlessWithHugeUsage,
     /// As `ToolThenAnswer`, but the first call takes 30 s to answer.
     SlowFirstCall,
+    /// Calls `send_note` with `{"note": "hello"}`, then answers with the tool's output (or error).
+    NoteThenAnswer,
 }
 
 /// How long `SlowFirstCall`'s first call takes.
@@ -106,10 +110,17 @@ async fn fake_model_at(addr: &str, script: Script) -> Fake {
                     .as_str()
                     .unwrap_or("multiply")
                     .to_owned();
+                let tool = if script == Script::NoteThenAnswer {
+                    "send_note".to_owned()
+                } else {
+                    tool
+                };
                 let arguments = if script == Script::MalformedFirst && n == 1 {
                     "{oops".to_owned()
                 } else if script == Script::HostileCalculator {
                     json!({"expression": format!("1{}", "+1".repeat(20_000))}).to_string()
+                } else if tool == "send_note" {
+                    json!({"note": "hello"}).to_string()
                 } else if tool == "calculator" {
                     json!({"expression": "6 * 7"}).to_string()
                 } else {
@@ -185,6 +196,36 @@ fn demo_registry(url: &str) -> HandlerRegistry {
         .register(&mut r)
         .unwrap();
     r
+}
+
+/// The `agent` kind with agent `notary`, whose `send_note` tool needs approval (within `timeout`) and
+/// counts its runs.
+fn notary_registry(url: &str, runs: Arc<AtomicU32>, timeout: Duration) -> HandlerRegistry {
+    let mut r = HandlerRegistry::with_builtins();
+    let send_note = Tool::new("send_note", "Sends a note.", move |n: Note| {
+        let runs = runs.clone();
+        async move {
+            runs.fetch_add(1, Ordering::SeqCst);
+            Ok::<_, String>(json!({"noted": n.note}))
+        }
+    })
+    .approval_timeout(timeout);
+    Agents::new(Arc::new(OpenAiCompatible::new(url, None)))
+        .with(Agent {
+            name: "notary".into(),
+            model: "fake".into(),
+            system: "send notes".into(),
+            max_turns: 4,
+            tools: vec![send_note],
+        })
+        .register(&mut r)
+        .unwrap();
+    r
+}
+
+#[derive(Deserialize, JsonSchema)]
+struct Note {
+    note: String,
 }
 
 /// The input of a `mathy` job.
@@ -549,7 +590,159 @@ async fn every_built_in_tool_survives_hostile_arguments() {
     }
 }
 
+/// A `notary` job run until it parks for approval of its `send_note` call: the API, the worker, the
+/// job's id, and its view while it waits.
+async fn park_for_approval(
+    b: &Backends,
+    fake: &Fake,
+    runs: Arc<AtomicU32>,
+    timeout: Duration,
+) -> (Api, EventSource, String, Value) {
+    let settings = WorkerSettings {
+        lease: Duration::from_secs(60),
+        ..fast_settings(5)
+    };
+    let (api, worker) = api_and_worker(
+        b,
+        || notary_registry(&fake.url, runs.clone(), timeout),
+        settings,
+    );
+    let id = submit(&api, &json!({"agent": "notary", "message": "send a note"})).await;
+    let view = eventually("the run to park for approval", WAIT, async || {
+        let _ = tokio::time::timeout(Duration::from_secs(10), worker.poll_once()).await;
+        let (_, v) = json(&api.handle(get_job("ada", &id)).await);
+        (v["status"] == "waiting").then_some(v)
+    })
+    .await;
+    (api, worker, id, view)
+}
+
+/// Runs the worker (and the sweep, which fires timers) until the job is terminal.
+async fn finish(b: &Backends, api: &Api, worker: &EventSource, id: &str) -> Value {
+    eventually("the agent job to finish", WAIT, async || {
+        b.sweeper().sweep(jobkit::sweep::SWEEP_AFTER).await.unwrap();
+        let _ = tokio::time::timeout(Duration::from_secs(10), worker.poll_once()).await;
+        let (_, v) = json(&api.handle(get_job("ada", id)).await);
+        matches!(
+            v["status"].as_str(),
+            Some("completed" | "failed" | "dead_letter")
+        )
+        .then_some(v)
+    })
+    .await
+}
+
+/// Answers the approval waitpoint of job `id` with `payload`; the answer's status.
+async fn answer(api: &Api, id: &str, payload: &Value) -> u16 {
+    let path = format!("/jobs/{id}/waitpoints/approve-tool-1-0");
+    let (status, body) = json(
+        &api.handle(complete_req("ada", &path, &payload.to_string()))
+            .await,
+    );
+    assert!(status == 202 || status == 409, "{status} {body}");
+    status
+}
+
+/// The content of the tool message the model read last (its second call).
+fn tool_message_seen(fake: &Fake) -> String {
+    let requests = fake.requests.lock().unwrap();
+    let last = requests.last().unwrap()["messages"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
+    assert_eq!(last["role"], "tool", "{last}");
+    last["content"].as_str().unwrap().to_owned()
+}
+
+async fn a_tool_that_needs_approval_runs_once_when_approved(b: Backends) {
+    let fake = fake_model(Script::NoteThenAnswer).await;
+    let runs = Arc::new(AtomicU32::new(0));
+    let (api, worker, id, waiting) =
+        park_for_approval(&b, &fake, runs.clone(), Duration::from_secs(3600)).await;
+    // The waitpoint shows what is to be approved; nothing ran yet.
+    assert_eq!(
+        waiting["waiting_for"]["name"], "approve-tool-1-0",
+        "{waiting}"
+    );
+    assert_eq!(
+        waiting["waiting_for"]["detail"],
+        json!({"tool": "send_note", "input": {"note": "hello"}})
+    );
+    assert_eq!(runs.load(Ordering::SeqCst), 0);
+    assert_eq!(fake.calls.load(Ordering::SeqCst), 1);
+    assert_eq!(answer(&api, &id, &json!({"approve": true})).await, 202);
+    let view = finish(&b, &api, &worker, &id).await;
+    assert_eq!(view["status"], "completed", "{view}");
+    assert_eq!(
+        view["result"]["tool_calls"],
+        json!([{"name": "send_note", "input": {"note": "hello"}, "output": {"noted": "hello"}}])
+    );
+    assert_eq!(
+        view["result"]["answer"],
+        r#"the tool said {"noted":"hello"}"#
+    );
+    assert!(view.get("waiting_for").is_none(), "{view}");
+    // The tool ran once, and the turn that parked was not asked of the model again on resuming.
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+    assert_eq!(fake.calls.load(Ordering::SeqCst), 2);
+    // A second answer changes nothing.
+    assert_eq!(answer(&api, &id, &json!({"approve": false})).await, 409);
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+}
+
+async fn a_refused_tool_call_answers_the_model_with_the_reason(b: Backends) {
+    let fake = fake_model(Script::NoteThenAnswer).await;
+    let runs = Arc::new(AtomicU32::new(0));
+    let (api, worker, id, _) =
+        park_for_approval(&b, &fake, runs.clone(), Duration::from_secs(3600)).await;
+    let refusal = json!({"approve": false, "reason": "not today"});
+    assert_eq!(answer(&api, &id, &refusal).await, 202);
+    let view = finish(&b, &api, &worker, &id).await;
+    assert_eq!(view["status"], "completed", "{view}");
+    assert_eq!(runs.load(Ordering::SeqCst), 0, "a refused tool never runs");
+    let seen = tool_message_seen(&fake);
+    assert!(
+        seen.contains("refused") && seen.contains("not today"),
+        "{seen}"
+    );
+    let output = &view["result"]["tool_calls"][0]["output"];
+    assert!(
+        output["error"].as_str().unwrap().contains("not today"),
+        "{output}"
+    );
+}
+
+async fn an_approval_that_does_not_say_yes_is_a_refusal(b: Backends) {
+    let fake = fake_model(Script::NoteThenAnswer).await;
+    let runs = Arc::new(AtomicU32::new(0));
+    let (api, worker, id, _) =
+        park_for_approval(&b, &fake, runs.clone(), Duration::from_secs(3600)).await;
+    assert_eq!(answer(&api, &id, &json!({"approve": "yes"})).await, 202);
+    let view = finish(&b, &api, &worker, &id).await;
+    assert_eq!(view["status"], "completed", "{view}");
+    assert_eq!(runs.load(Ordering::SeqCst), 0);
+    let seen = tool_message_seen(&fake);
+    assert!(seen.contains("not approved"), "{seen}");
+}
+
+async fn an_approval_that_times_out_is_a_tool_error(b: Backends) {
+    let fake = fake_model(Script::NoteThenAnswer).await;
+    let runs = Arc::new(AtomicU32::new(0));
+    let (api, worker, id, _) =
+        park_for_approval(&b, &fake, runs.clone(), Duration::from_secs(1)).await;
+    let view = finish(&b, &api, &worker, &id).await;
+    assert_eq!(view["status"], "completed", "{view}");
+    assert_eq!(runs.load(Ordering::SeqCst), 0);
+    assert_eq!(tool_message_seen(&fake), "approval timed out");
+}
+
 on_both_backends!(
+    a_tool_that_needs_approval_runs_once_when_approved,
+    a_refused_tool_call_answers_the_model_with_the_reason,
+    an_approval_that_does_not_say_yes_is_a_refusal,
+    an_approval_that_times_out_is_a_tool_error,
     an_agent_calls_its_tool_and_answers,
     a_worker_killed_after_a_tool_call_resumes_without_calling_it_again,
     a_throttled_model_call_is_retried,

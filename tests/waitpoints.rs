@@ -103,16 +103,6 @@ fn registry(runs: Arc<Runs>, api: Arc<OnceLock<Api>>) -> HandlerRegistry {
     r
 }
 
-fn complete_req(user: &str, path: &str, body: &str) -> Request {
-    as_user(
-        http::Request::post(path)
-            .header("content-type", "application/json")
-            .body(axum::body::Body::from(body.to_owned()))
-            .unwrap(),
-        user,
-    )
-}
-
 struct Rig {
     b: Backends,
     api: Api,

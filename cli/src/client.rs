@@ -5,8 +5,9 @@ use std::io::IsTerminal as _;
 use std::time::{Duration, SystemTime};
 
 use anyhow::{Context as _, bail};
+use futures::{StreamExt as _, TryStreamExt as _};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use jobkit::api::{JobList, JobSummary, JobView};
+use jobkit::api::{JobList, JobSummary, JobView, WaitingForView};
 use jobkit::{JobId, JobStatus, Json};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -68,9 +69,9 @@ impl Client {
         Ok(Self { http, target })
     }
 
-    /// Whether the API URL names this machine (where `jobctl dev` would be).
-    fn on_loopback(&self) -> bool {
-        let url = reqwest::Url::parse(&self.target.api_url);
+    /// Whether `url` names this machine (where `jobctl dev` would be).
+    fn on_loopback(url: &str) -> bool {
+        let url = reqwest::Url::parse(url);
         let host = url.as_ref().ok().and_then(|u| u.host_str()).unwrap_or("");
         host == "localhost"
             || host
@@ -83,25 +84,48 @@ impl Client {
         format!("{}{}", self.target.api_url.trim_end_matches('/'), path)
     }
 
+    /// `path` under the API's base URL, each of `segments` (a job id, a waitpoint name) percent-encoded
+    /// as one path segment.
+    fn url_with(&self, path: &str, segments: &[&str]) -> anyhow::Result<reqwest::Url> {
+        let mut url = reqwest::Url::parse(&self.url(path)).context("invalid --api-url")?;
+        url.path_segments_mut()
+            .map_err(|()| anyhow::anyhow!("invalid --api-url"))?
+            .pop_if_empty()
+            .extend(segments);
+        Ok(url)
+    }
+
+    /// Sends an API request, with the caller's credentials.
     async fn send<T: DeserializeOwned>(
         &self,
         req: reqwest::RequestBuilder,
     ) -> anyhow::Result<Answer<T>> {
-        let mut req = req.header("accept", "application/json");
+        let mut req = req;
         if let Some(t) = &self.target.token {
             req = req.bearer_auth(t);
         }
         if let Some(u) = &self.target.user {
             req = req.header("x-user-id", u);
         }
+        self.answer(req, &self.target.api_url).await
+    }
+
+    /// Sends `req` to `to` as it is (no credentials added) and reads the answer: `T`, or the API's
+    /// error as `<status>: <code>: <message>`.
+    async fn answer<T: DeserializeOwned>(
+        &self,
+        req: reqwest::RequestBuilder,
+        to: &str,
+    ) -> anyhow::Result<Answer<T>> {
+        let req = req.header("accept", "application/json");
         let resp = req.send().await.map_err(|e| {
             // The usual first-run mistake: nothing listens at the default address yet.
-            let hint = if e.is_connect() && self.on_loopback() {
+            let hint = if e.is_connect() && Self::on_loopback(to) {
                 " (is `jobctl dev` running? start it in another terminal, or pass --api-url)"
             } else {
                 ""
             };
-            anyhow::Error::new(e).context(format!("cannot reach {}{hint}", self.target.api_url))
+            anyhow::Error::new(e).context(format!("cannot reach {to}{hint}"))
         })?;
         let status = resp.status();
         let raw = resp.text().await.unwrap_or_default();
@@ -146,6 +170,66 @@ impl Client {
         self.send(self.http.get(url)).await
     }
 
+    /// Every job of the caller that waits (`GET /jobs?status=waiting`, all pages), read one by one
+    /// (`GET /jobs/{id}`: only the job's view says what it waits for), newest first.
+    pub async fn waiting(&self) -> anyhow::Result<Vec<Answer<JobView>>> {
+        let mut ids = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let page = self.list(Some("waiting"), 100, cursor.as_deref()).await?;
+            ids.extend(page.value.jobs.into_iter().map(|j| j.job_id));
+            match page.value.next_cursor {
+                Some(c) => cursor = Some(c),
+                None => break,
+            }
+        }
+        futures::stream::iter(ids)
+            .map(|id| async move { self.status(id.as_str()).await })
+            .buffered(8)
+            .try_collect()
+            .await
+    }
+
+    /// Completes waitpoint `name` of job `id` with `payload` (`POST /jobs/{id}/waitpoints/{name}`): the
+    /// job after the change.
+    pub async fn complete(
+        &self,
+        id: &str,
+        name: &str,
+        payload: &Json,
+    ) -> anyhow::Result<Answer<JobView>> {
+        let url = self.url_with("/jobs", &[id, "waitpoints", name])?;
+        self.send(
+            self.http
+                .post(url)
+                .header("content-type", "application/json")
+                .body(payload.get().to_owned()),
+        )
+        .await
+    }
+
+    /// Completes the waitpoint behind a capability URL (`waiting_for.complete_url`) with `payload`. The
+    /// URL is the authorization: no credentials are sent with it.
+    pub async fn complete_url(
+        &self,
+        url: &str,
+        payload: &Json,
+    ) -> anyhow::Result<Answer<serde_json::Value>> {
+        let parsed = reqwest::Url::parse(url).context("--url must be an absolute URL")?;
+        anyhow::ensure!(
+            matches!(parsed.scheme(), "http" | "https"),
+            "--url must be an http(s) URL"
+        );
+        self.answer(
+            self.http
+                .post(parsed)
+                .header("content-type", "application/json")
+                .body(payload.get().to_owned()),
+            url,
+        )
+        .await
+    }
+
     /// Any GET of the API (or of `jobctl dev`'s own routes), read as `T`.
     pub async fn get_raw<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
         Ok(self.send(self.http.get(self.url(path))).await?.value)
@@ -172,7 +256,7 @@ impl Client {
         board.job(&job.value);
         if !job.value.summary.status.is_terminal()
             && let Some(url) = job.value.events_url.clone()
-            && let Err(e) = self.follow(&url, &board).await
+            && let Err(e) = self.follow(id, &url, &board).await
         {
             tracing::debug!(error = %e, "no event stream; polling");
         }
@@ -189,7 +273,7 @@ impl Client {
 
     /// Reads the job's stream until its `done` event, reconnecting where it left off when the server
     /// ends a stream early (after 14 minutes).
-    async fn follow(&self, url: &str, board: &Board) -> anyhow::Result<()> {
+    async fn follow(&self, id: &str, url: &str, board: &Board) -> anyhow::Result<()> {
         // No overall timeout: a stream lasts as long as the job (the API client's 30 s would cut it).
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
@@ -224,8 +308,13 @@ impl Client {
                         }
                         Some("status") => {
                             let st: serde_json::Value = serde_json::from_str(&data)?;
-                            board.status(st["status"].as_str().unwrap_or("?"), None);
+                            match st["status"].as_str().unwrap_or("?") {
+                                // What it waits for is on the job's view.
+                                "waiting" => board.job(&self.status(id).await?.value),
+                                status => board.status(status, None),
+                            }
                         }
+                        Some("waiting") => board.job(&self.status(id).await?.value),
                         _ => {}
                     }
                 }
@@ -287,6 +376,13 @@ impl Client {
         if let Some(e) = &s.error {
             println!("  error:    {}: {}", e.code, e.message);
         }
+        if let Some(w) = &v.waiting_for {
+            let waits = crate::waitpoints::describe(w, chrono::Utc::now());
+            println!("  waiting:  {waits}");
+            if let Some(d) = &w.detail {
+                println!("  detail:   {d}");
+            }
+        }
     }
 }
 
@@ -306,6 +402,17 @@ struct Board {
     bar: ProgressBar,
     /// Whether the timer already counts from the job's start, not from its submission.
     started: std::sync::atomic::AtomicBool,
+    /// What the message line is made of besides the status.
+    shown: std::sync::Mutex<Shown>,
+}
+
+#[derive(Default)]
+struct Shown {
+    /// The last progress report's message, shown again when a wait ends.
+    progress: String,
+    /// What a parked job waits for: it stays on the line until the job runs again (the stream may
+    /// repeat the progress reported before the job parked, after the `waiting` status).
+    waiting: Option<String>,
 }
 
 impl Board {
@@ -317,7 +424,12 @@ impl Board {
         Self {
             bar,
             started: false.into(),
+            shown: Default::default(),
         }
+    }
+
+    fn shown(&self) -> std::sync::MutexGuard<'_, Shown> {
+        self.shown.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Shows the job as read from the API: its status, and the timer set from its timestamps.
@@ -332,7 +444,20 @@ impl Board {
             self.started
                 .store(v.started_at.is_some(), std::sync::atomic::Ordering::Relaxed);
         }
-        self.status(&status_line(s), Some(s.attempts));
+        match &v.waiting_for {
+            Some(w) if s.status == JobStatus::Waiting => self.waiting(w),
+            _ => self.status(&status_line(s), Some(s.attempts)),
+        }
+    }
+
+    /// A parked job: what it waits for, bar or not ("waiting for approve-refund (expires in 23 h)").
+    fn waiting(&self, w: &WaitingForView) {
+        let line = format!(
+            "waiting for {}",
+            crate::waitpoints::describe(w, chrono::Utc::now())
+        );
+        self.bar.set_message(line.clone());
+        self.shown().waiting = Some(line);
     }
 
     /// A status change seen on the stream: a job that starts running restarts the timer.
@@ -344,11 +469,19 @@ impl Board {
         {
             self.bar.reset_elapsed();
         }
+        let mut shown = self.shown();
+        if status.starts_with("waiting") && shown.waiting.is_some() {
+            return; // still waiting for what the line says
+        }
+        shown.waiting = None;
         if self.bar.length().is_none() {
             self.bar.set_message(match attempts {
                 Some(n) => format!("{status} (attempt {n})"),
                 None => status.to_owned(),
             });
+        } else {
+            // A bar shows the last progress report (again, after a wait).
+            self.bar.set_message(shown.progress.clone());
         }
     }
 
@@ -359,7 +492,11 @@ impl Board {
             self.bar.set_style(bar_style());
         }
         self.bar.set_position(percent.min(100));
-        self.bar.set_message(message.to_owned());
+        let mut shown = self.shown();
+        shown.progress = message.to_owned();
+        if shown.waiting.is_none() {
+            self.bar.set_message(message.to_owned());
+        }
     }
 }
 
@@ -496,6 +633,37 @@ mod tests {
         board.job(&view(Some(30), "running"));
         board.status("running", None);
         assert!(board.bar.elapsed() >= Duration::from_secs(30));
+    }
+
+    #[test]
+    fn a_waiting_job_shows_what_it_waits_for_then_its_progress_again() {
+        let screen = Screen::default();
+        let board = Board::new("x", ProgressDrawTarget::term_like(Box::new(screen.clone())));
+        board.job(&view(Some(5), "running"));
+        board.progress(50, "turn 1: calling send_note");
+        let mut waiting = view(Some(5), "waiting");
+        waiting.waiting_for = Some(WaitingForView {
+            name: "approve-tool-1-0".into(),
+            expires_at: (chrono::Utc::now() + chrono::Duration::minutes(23 * 60 + 30))
+                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            detail: Some(Json::from(
+                serde_json::json!({"tool": "send_note", "input": {}}),
+            )),
+        });
+        board.job(&waiting);
+        // The stream repeats the progress reported before the job parked: the wait stays shown.
+        board.progress(50, "turn 1: calling send_note");
+        board.status("waiting", None);
+        board.bar.force_draw();
+        let line = screen.last();
+        assert!(
+            line.contains("waiting for approve-tool-1-0 (send_note; expires in 23 h)"),
+            "{line}"
+        );
+        board.status("running", None);
+        board.bar.force_draw();
+        let line = screen.last();
+        assert!(line.contains("turn 1: calling send_note"), "{line}");
     }
 
     #[test]

@@ -5,6 +5,7 @@ mod dev;
 mod runner;
 mod serve;
 mod stats;
+mod waitpoints;
 
 use std::collections::{BTreeMap, HashSet};
 use std::process::ExitCode;
@@ -58,7 +59,8 @@ enum Command {
     },
     /// List your jobs, newest first.
     List {
-        /// Only jobs in this status (queued, running, retrying, completed, failed, cancelled, dead_letter).
+        /// Only jobs in this status (queued, running, retrying, waiting, completed, failed, cancelled,
+        /// dead_letter).
         #[arg(long)]
         status: Option<String>,
         /// Jobs per page (1 to 100).
@@ -76,6 +78,33 @@ enum Command {
         target: client::Target,
         /// The job's id.
         id: String,
+    },
+    /// List your waiting jobs and what each waits for (name, detail, time left), or one job's.
+    Waitpoints {
+        /// Only this job's waitpoint (exit 1 if it waits for nothing).
+        #[arg(long = "job")]
+        job: Option<String>,
+        #[command(flatten)]
+        target: client::Target,
+    },
+    /// Complete a job's waitpoint with a JSON payload, resuming the job: `complete ID NAME --data
+    /// JSON`, or `complete --url URL --data JSON` for a capability URL (`waiting_for.complete_url`).
+    /// An approval of an agent's tool takes {"approve": true} or {"approve": false, "reason": "…"}.
+    Complete {
+        /// The job's id.
+        #[arg(required_unless_present = "url", requires = "name")]
+        id: Option<String>,
+        /// The waitpoint's name (`jobctl waitpoints` shows it).
+        #[arg(requires = "id")]
+        name: Option<String>,
+        /// A capability URL to POST the payload to instead (the URL authorizes; no token is sent).
+        #[arg(long, conflicts_with_all = ["id", "name"])]
+        url: Option<String>,
+        /// The payload, as JSON (checked before anything is sent).
+        #[arg(long)]
+        data: String,
+        #[command(flatten)]
+        target: client::Target,
     },
     /// Run one job of KIND in-process (no queue, no AWS) and print {job_id, kind, success, result,
     /// pathway, error}; exit 0 when it completed.
@@ -299,6 +328,28 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             c.print_list(&page);
             Ok(true)
         }
+        Command::Waitpoints { job, target } => {
+            let json = target.json;
+            let c = client::Client::new(target)?;
+            waitpoints::list(&c, job.as_deref(), json).await
+        }
+        Command::Complete {
+            id,
+            name,
+            url,
+            data,
+            target,
+        } => {
+            let to = match (url, id, name) {
+                (Some(url), _, _) => waitpoints::CompleteTarget::Url(url),
+                (None, Some(id), Some(name)) => waitpoints::CompleteTarget::Job { id, name },
+                // clap requires ID and NAME together, or --url.
+                _ => anyhow::bail!("give ID NAME, or --url URL"),
+            };
+            let json = target.json;
+            let c = client::Client::new(target)?;
+            waitpoints::complete(&c, &to, &data, json).await
+        }
         Command::Cancel { target, id } => {
             let c = client::Client::new(target)?;
             c.print_job(&c.cancel(&id).await?);
@@ -435,9 +486,18 @@ mod tests {
                 .into_iter()
                 .filter(|id| cmd.get_arguments().any(|a| a.get_id() == *id))
                 .collect();
-            let calls_api = ["submit", "status", "watch", "list", "cancel", "stats"]
-                .iter()
-                .any(|c| path == format!("jobctl {c}"));
+            let calls_api = [
+                "submit",
+                "status",
+                "watch",
+                "list",
+                "cancel",
+                "stats",
+                "waitpoints",
+                "complete",
+            ]
+            .iter()
+            .any(|c| path == format!("jobctl {c}"));
             if calls_api {
                 assert_eq!(has, client, "{path}");
             } else {

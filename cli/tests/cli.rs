@@ -30,7 +30,15 @@ fn only_the_commands_that_call_the_api_list_its_flags() {
             );
         }
     }
-    for command in ["submit", "status", "watch", "list", "cancel"] {
+    for command in [
+        "submit",
+        "status",
+        "watch",
+        "list",
+        "cancel",
+        "waitpoints",
+        "complete",
+    ] {
         assert!(help(command).contains("--api-url"), "{command}");
     }
 }
@@ -115,5 +123,105 @@ fn bootstrap_prints_the_endpoint_with_the_resources() {
     assert!(
         text.contains(&format!("export JOBKIT_TABLE={prefix}")),
         "{text}"
+    );
+}
+
+#[test]
+fn complete_takes_an_id_and_a_name_or_a_url_and_json_data() {
+    for args in [
+        &["complete", "--data", "{}"][..],
+        &["complete", "01M839YN063K0RCGEMTG51KP2Z", "--data", "{}"],
+        &[
+            "complete",
+            "--url",
+            "http://127.0.0.1:9/w/t",
+            "01M839YN063K0RCGEMTG51KP2Z",
+            "x",
+        ],
+        &["complete", "01M839YN063K0RCGEMTG51KP2Z", "approve"],
+    ] {
+        let out = jobctl(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?} is a usage error");
+    }
+    // Not JSON: refused before anything is sent (nothing listens at port 9).
+    let out = jobctl(&[
+        "complete",
+        "--url",
+        "http://127.0.0.1:9/w/t",
+        "--data",
+        "yes",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("--data must be JSON"), "{err}");
+}
+
+/// What a capability URL received, and what it answers: a completion, then a refusal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn complete_url_posts_the_data_without_credentials_and_shows_a_refusal() {
+    type Seen = std::sync::Arc<std::sync::Mutex<Vec<(http::HeaderMap, String)>>>;
+    let seen: Seen = Default::default();
+    let log = seen.clone();
+    let app = axum::Router::new().route(
+        "/waitpoints/{token}",
+        axum::routing::post(move |headers: http::HeaderMap, body: String| {
+            let log = log.clone();
+            async move {
+                let mut seen = log.lock().unwrap();
+                seen.push((headers, body));
+                if seen.len() == 1 {
+                    let job = serde_json::json!({"job_id": "01M839YN063K0RCGEMTG51KP2Z",
+                        "status": "queued"});
+                    (http::StatusCode::ACCEPTED, axum::Json(job))
+                } else {
+                    let error = serde_json::json!({"error": {"code": "waitpoint_completed",
+                        "message": "the waitpoint was completed already"}});
+                    (http::StatusCode::CONFLICT, axum::Json(error))
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!(
+        "http://{}/waitpoints/tok123",
+        listener.local_addr().unwrap()
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let run = |url: String| {
+        tokio::task::spawn_blocking(move || {
+            Command::new(env!("CARGO_BIN_EXE_jobctl"))
+                .args(["complete", "--url", &url, "--data", r#"{"approve": true}"#])
+                .args(["--token", "secret-token", "--user", "ada"])
+                .output()
+                .unwrap()
+        })
+    };
+    let out = run(url.clone()).await.unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("01M839YN063K0RCGEMTG51KP2Z") && text.contains("queued"),
+        "{text}"
+    );
+    {
+        let seen = seen.lock().unwrap();
+        let (headers, body) = &seen[0];
+        assert_eq!(body, r#"{"approve":true}"#);
+        assert_eq!(headers["content-type"], "application/json");
+        assert!(
+            headers.get("authorization").is_none() && headers.get("x-user-id").is_none(),
+            "the URL is the authorization: {headers:?}"
+        );
+    }
+    let out = run(url).await.unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("409") && err.contains("waitpoint_completed"),
+        "{err}"
     );
 }

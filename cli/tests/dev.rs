@@ -998,3 +998,145 @@ fn unparsable_requests_are_answered_in_the_error_shape() {
         assert!(body["error"]["message"].is_string(), "{answer}");
     }
 }
+
+/// A stand-in for an OpenAI-compatible model server on loopback: asks to call `send_note` with `note`,
+/// then, once it has read the tool's answer, answers with it. Its base URL (for `--model-url`).
+async fn note_taking_model(note: &'static str) -> String {
+    let app = axum::Router::new().route(
+        "/v1/chat/completions",
+        axum::routing::post(move |axum::Json(body): axum::Json<Value>| async move {
+            let last = body["messages"].as_array().unwrap().last().unwrap().clone();
+            let usage = json!({"prompt_tokens": 10, "completion_tokens": 3});
+            let message = if last["role"] == "tool" {
+                json!({"role": "assistant", "content": format!("done: {}", last["content"])})
+            } else {
+                let arguments = json!({ "note": note }).to_string();
+                json!({"role": "assistant", "content": null, "tool_calls": [{"id": "call-1",
+                    "type": "function", "function": {"name": "send_note", "arguments": arguments}}]})
+            };
+            axum::Json(json!({"choices": [{"message": message}], "usage": usage}))
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/v1", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    url
+}
+
+/// The whole approval flow as a person runs it, with a fake model: `submit --wait` in a terminal shows
+/// that the demo agent waits for approval of `send_note`; `jobctl waitpoints` lists it; a payload that
+/// is not JSON is refused before anything is sent; `jobctl complete` approves it, the job resumes and
+/// completes with the note, and a second completion is the API's 409 with a non-zero exit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agents_tool_approval_is_listed_and_completed_from_the_command_line() {
+    let model = note_taking_model("hello from the test").await;
+    let dev = Dev::start_with(&["--model-url", &model], &[]);
+    let command = format!(
+        r#"{} submit agent --input '{{"agent":"demo","message":"send me a note"}}' --wait --api-url {}"#,
+        env!("CARGO_BIN_EXE_jobctl"),
+        dev.url
+    );
+    let watching = tokio::process::Command::new("script")
+        .args(["-qfec", &command, "/dev/null"])
+        .env("TERM", "xterm")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("`script` (util-linux) runs");
+    // `jobctl waitpoints --json` until the job parks.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (id, name) = loop {
+        let (status, out, err) = jobctl(&dev, &["waitpoints", "--json"]);
+        assert!(status.success(), "{err}");
+        let list: Value = serde_json::from_str(&out).unwrap();
+        if let Some(w) = list.as_array().unwrap().first() {
+            assert_eq!(w["kind"], "agent", "{w}");
+            assert_eq!(
+                w["waiting_for"]["detail"],
+                json!({"tool": "send_note", "input": {"note": "hello from the test"}})
+            );
+            let name = w["waiting_for"]["name"].as_str().unwrap().to_owned();
+            break (w["job_id"].as_str().unwrap().to_owned(), name);
+        }
+        assert!(Instant::now() < deadline, "no job ever waited");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(name, "approve-tool-1-0");
+    let (status, out, err) = jobctl(&dev, &["waitpoints"]);
+    assert!(status.success(), "{err}");
+    assert!(out.contains(&id) && out.contains("agent"), "{out}");
+    assert!(
+        out.contains("approve-tool-1-0 (send_note; expires in 23 h)"),
+        "{out}"
+    );
+    assert!(out.contains(r#""note":"hello from the test""#), "{out}");
+    let (status, out, _) = jobctl(&dev, &["waitpoints", "--job", &id]);
+    assert!(
+        status.success() && out.contains("approve-tool-1-0"),
+        "{out}"
+    );
+
+    let (status, _, err) = jobctl(&dev, &["complete", &id, &name, "--data", "{approve: true"]);
+    assert!(
+        !status.success() && err.contains("--data must be JSON"),
+        "{err}"
+    );
+    let http = reqwest::Client::new();
+    assert_eq!(
+        crate::status(&http, &dev, &id).await,
+        "waiting",
+        "nothing was sent"
+    );
+
+    let (status, out, err) = jobctl(
+        &dev,
+        &["complete", &id, &name, "--data", r#"{"approve": true}"#],
+    );
+    assert!(status.success(), "{err}");
+    assert!(out.contains("completed") && out.contains(&id), "{out}");
+
+    let done = tokio::time::timeout(Duration::from_secs(30), watching.wait_with_output())
+        .await
+        .expect("submit --wait ends once the job completes")
+        .unwrap();
+    let screen = String::from_utf8_lossy(&done.stdout);
+    assert!(done.status.success(), "{screen}");
+    // While the job waited, every frame said what it waited for (the progress it reported before it
+    // parked, which the stream repeats, must not hide it).
+    let wait = "waiting for approve-tool-1-0 (send_note; expires in 23 h)";
+    let frames: Vec<&str> = screen
+        .split(['\r', '\n'])
+        .filter(|f| f.contains(id.as_str()))
+        .collect();
+    let first = frames.iter().position(|f| f.contains(wait));
+    let last = frames.iter().rposition(|f| f.contains(wait));
+    let (Some(first), Some(last)) = (first, last) else {
+        panic!("the terminal never showed what the job waited for: {screen:?}");
+    };
+    assert!(
+        last > first + 1 && frames[first..=last].iter().all(|f| f.contains(wait)),
+        "the wait stayed on the line while the job waited: {:?}",
+        &frames[first..=last]
+    );
+    assert!(screen.contains("completed"), "{screen}");
+    assert!(
+        screen.contains(r#"{"noted":"hello from the test"}"#),
+        "{screen}"
+    );
+
+    let (status, _, err) = jobctl(
+        &dev,
+        &["complete", &id, &name, "--data", r#"{"approve": false}"#],
+    );
+    assert!(!status.success(), "a second completion fails");
+    assert!(
+        err.contains("409") && err.contains("waitpoint_completed"),
+        "{err}"
+    );
+    let (status, out, _) = jobctl(&dev, &["waitpoints", "--job", &id]);
+    assert!(
+        !status.success() && out.contains("waits for nothing"),
+        "{out}"
+    );
+}

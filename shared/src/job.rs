@@ -305,6 +305,14 @@ pub struct WaitingFor {
     pub name: String,
     /// When (epoch ms) it times out.
     pub expires_at: Millis,
+    /// What the handler says about the wait, for whoever completes it (`WaitFor::detail`: an agent's
+    /// approval shows the tool and its input). Stored as a string, like the job's other JSON.
+    #[serde(
+        default,
+        with = "crate::json::as_string::opt",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub detail: Option<Json>,
 }
 
 /// The name a delayed start waits on (see [`Job::starting_at`]).
@@ -521,6 +529,7 @@ impl Job {
             self.waiting_for = Some(WaitingFor {
                 name: START_TIMER.into(),
                 expires_at: at,
+                detail: None,
             });
         }
         self
@@ -1473,6 +1482,7 @@ mod tests {
         WaitingFor {
             name: name.into(),
             expires_at: T0 + 86_400_000,
+            detail: None,
         }
     }
 

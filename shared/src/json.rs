@@ -81,6 +81,9 @@ impl PartialEq for Json {
     }
 }
 
+/// Equality of the minified text is an equivalence (records holding a `Json` can derive `Eq`).
+impl Eq for Json {}
+
 /// Compares as JSON values (for tests and assertions: `job.input == json!({..})`).
 impl PartialEq<serde_json::Value> for Json {
     fn eq(&self, other: &serde_json::Value) -> bool {

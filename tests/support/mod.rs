@@ -62,6 +62,17 @@ pub fn post_jobs_with(user: &str, body: &str, content_type: Option<&str>) -> Req
     as_user(b.body(Body::from(body.to_owned())).unwrap(), user)
 }
 
+/// A JSON `POST` to `path` as user `user` (e.g. completing a waitpoint, `/jobs/{id}/waitpoints/{name}`).
+pub fn complete_req(user: &str, path: &str, body: &str) -> Request {
+    as_user(
+        http::Request::post(path)
+            .header("content-type", "application/json")
+            .body(Body::from(body.to_owned()))
+            .unwrap(),
+        user,
+    )
+}
+
 /// `GET /jobs/{id}` as user `user`.
 pub fn get_job(user: &str, id: &str) -> Request {
     request("GET", &format!("/jobs/{id}"), user)

@@ -78,7 +78,18 @@ struct Expression {
 #[derive(Deserialize, JsonSchema)]
 struct NoInput {}
 
-/// `demo`: a small assistant with two harmless tools, `calculator` and `clock`. Its model id is
+#[derive(Deserialize, JsonSchema)]
+struct Note {
+    /// The note for the user, at most 2,000 characters.
+    note: String,
+}
+
+/// The longest note `send_note` takes.
+const MAX_NOTE_CHARS: usize = 2_000;
+
+/// `demo`: a small assistant with two harmless tools, `calculator` and `clock`, and `send_note`, which
+/// needs the user's approval (`jobctl waitpoints`, `jobctl complete`) and only records the note: it
+/// shows in the job's result, as the call's output `{"noted": ..}`. Its model id is
 /// `JOBKIT_DEMO_MODEL` (default: `llama3.2`, an Ollama model, or on Bedrock
 /// `anthropic.claude-3-5-haiku-20241022-v1:0`).
 pub fn demo_agent() -> Agent {
@@ -90,9 +101,11 @@ pub fn demo_agent() -> Agent {
     Agent {
         name: "demo".into(),
         model: std::env::var("JOBKIT_DEMO_MODEL").unwrap_or_else(|_| default.into()),
-        system: "You are a concise assistant. Use the calculator for arithmetic and the clock for \
-                 the current time; answer in one or two sentences."
-            .into(),
+        system:
+            "You are a concise assistant. Use the calculator for arithmetic, the clock for the \
+                 current time, and send_note only when asked to send a note; answer in one or two \
+                 sentences."
+                .into(),
         max_turns: 6,
         tools: vec![
             Tool::new(
@@ -105,6 +118,17 @@ pub fn demo_agent() -> Agent {
                 "The current UTC time, RFC 3339.",
                 |_: NoInput| async move { Ok::<_, String>(chrono::Utc::now().to_rfc3339()) },
             ),
+            Tool::new(
+                "send_note",
+                "Sends the user a short note. The user approves each note before it is sent.",
+                |input: Note| async move {
+                    if input.note.chars().count() > MAX_NOTE_CHARS {
+                        return Err(format!("a note has at most {MAX_NOTE_CHARS} characters"));
+                    }
+                    Ok(serde_json::json!({ "noted": input.note }))
+                },
+            )
+            .needs_approval(),
         ],
     }
 }
@@ -139,6 +163,22 @@ mod tests {
         );
         let clock = agent.tools[1].call(serde_json::json!({})).await.unwrap();
         assert!(clock.as_str().unwrap().contains('T'));
+        let note = &agent.tools[2];
+        assert_eq!(
+            note.approval(),
+            Some(jobkit::agent::DEFAULT_APPROVAL_TIMEOUT)
+        );
+        assert_eq!(
+            note.call(serde_json::json!({"note": "hi"})).await,
+            Ok(serde_json::json!({"noted": "hi"}))
+        );
+        let long = "x".repeat(MAX_NOTE_CHARS + 1);
+        assert!(
+            note.call(serde_json::json!({ "note": long }))
+                .await
+                .unwrap_err()
+                .contains("at most")
+        );
     }
 
     /// The text of `source` between `// README: {name}` and `// README: end`.

@@ -9,6 +9,8 @@
 //!   recorded steps and goes on);
 //! - a failed run reports the tokens it spent in its error's details (`error.details.usage`);
 //! - a tool never takes the process down: a panic in one is a tool error ([`Tool::call`]);
+//! - a tool that needs approval ([`Tool::needs_approval`]) waits for it on a waitpoint, the run parked
+//!   (see [`approval`]);
 //! - model errors are classified ([`ModelError`]): throttling and server errors are retried (after the
 //!   provider's `retry_after`), a refused request, denied access or an overfull context fail the job; a
 //!   malformed tool call is answered to the model as a tool error.
@@ -16,6 +18,7 @@
 //! Input `{"agent": name, "message": text, "context": {...}?}`; result
 //! `{answer, turns, tool_calls: [{name, input, output}], usage: {input_tokens, output_tokens}}`.
 
+pub mod approval;
 pub mod bedrock;
 pub mod model;
 pub mod openai;
@@ -32,7 +35,7 @@ pub use model::{
     Message, Model, ModelError, ModelReply, ModelRequest, ToolCall, ToolResult, ToolSpec, Usage,
 };
 pub use openai::OpenAiCompatible;
-pub use tool::Tool;
+pub use tool::{DEFAULT_APPROVAL_TIMEOUT, Tool};
 
 use crate::handler::{Handler, HandlerRegistry, InvalidKind, JobContext, JobError};
 
@@ -191,8 +194,14 @@ async fn converse(
         .await?;
         let mut results = Vec::new();
         for (i, call) in reply.tool_calls.iter().enumerate() {
+            // The approval is asked inside the step: once the step is recorded, it is not asked again.
             let result: ToolResult = ctx
                 .step(&format!("tool-{turn}-{i}"), async {
+                    let approval = approval::waitpoint_name(turn, i);
+                    if let Some(refused) = approval::ask(&agent.tools, call, &approval, ctx).await?
+                    {
+                        return Ok(refused);
+                    }
                     Ok(call_tool(&agent.tools, call).await)
                 })
                 .await?;
@@ -223,11 +232,7 @@ async fn converse(
 /// Runs one requested tool; every failure (unknown tool, malformed or invalid arguments, the tool's own
 /// error) becomes a tool error for the model to read.
 async fn call_tool(tools: &[Tool], call: &ToolCall) -> ToolResult {
-    let error = |text: String| ToolResult {
-        id: call.id.clone(),
-        content: text,
-        is_error: true,
-    };
+    let error = |text: String| tool_error(call, text);
     if call.malformed {
         return error(format!(
             "the arguments of {} are not valid JSON; call it again with a JSON object",
@@ -249,5 +254,14 @@ async fn call_tool(tools: &[Tool], call: &ToolCall) -> ToolResult {
             is_error: false,
         },
         Err(e) => error(e),
+    }
+}
+
+/// A tool error answering `call`: the model reads `text` and may try again differently.
+fn tool_error(call: &ToolCall, text: String) -> ToolResult {
+    ToolResult {
+        id: call.id.clone(),
+        content: text,
+        is_error: true,
     }
 }

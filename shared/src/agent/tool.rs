@@ -9,6 +9,7 @@
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::FutureExt;
 use futures::future::BoxFuture;
@@ -21,11 +22,17 @@ use super::model::ToolSpec;
 
 type Run = dyn Fn(Value) -> BoxFuture<'static, Result<Value, String>> + Send + Sync;
 
+/// How long a call of a tool that needs approval waits for one, unless the tool says otherwise
+/// ([`Tool::approval_timeout`]).
+pub const DEFAULT_APPROVAL_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+
 /// A tool an agent may call. Cheap to clone.
 #[derive(Clone)]
 pub struct Tool {
     spec: ToolSpec,
     run: Arc<Run>,
+    /// How long a call waits for approval; `None` for a tool that runs without one.
+    approval: Option<Duration>,
 }
 
 impl std::fmt::Debug for Tool {
@@ -64,7 +71,29 @@ impl Tool {
                     .expect("a JSON schema serializes"),
             },
             run: Arc::new(run),
+            approval: None,
         }
+    }
+
+    /// Every call of this tool waits for a person's approval first: the run parks on waitpoint
+    /// `approve-tool-<turn>-<n>` (its `waiting_for.detail` shows the tool and its input) until it is
+    /// completed with `{"approve": true}` (the tool runs) or `{"approve": false, "reason": ".."}` (the
+    /// model is told the call was refused, and why), for at most [`DEFAULT_APPROVAL_TIMEOUT`].
+    pub fn needs_approval(mut self) -> Self {
+        self.approval.get_or_insert(DEFAULT_APPROVAL_TIMEOUT);
+        self
+    }
+
+    /// Needs approval ([`Self::needs_approval`]) within `timeout` (capped by the job's retention); past
+    /// it the model is told "approval timed out".
+    pub fn approval_timeout(mut self, timeout: Duration) -> Self {
+        self.approval = Some(timeout);
+        self
+    }
+
+    /// How long a call waits for approval, if the tool needs one.
+    pub fn approval(&self) -> Option<Duration> {
+        self.approval
     }
 
     pub fn spec(&self) -> &ToolSpec {

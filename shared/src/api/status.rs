@@ -85,6 +85,10 @@ pub struct WaitingForView {
     /// configured).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub complete_url: Option<String>,
+    /// What the handler shows about the wait (`WaitFor::detail`): an agent's tool approval has
+    /// `{"tool", "input"}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<Json>,
 }
 
 impl From<WaitingFor> for WaitingForView {
@@ -93,6 +97,7 @@ impl From<WaitingFor> for WaitingForView {
             name: w.name,
             expires_at: rfc3339(w.expires_at),
             complete_url: None,
+            detail: w.detail,
         }
     }
 }

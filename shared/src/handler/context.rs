@@ -37,17 +37,33 @@ pub trait Attempt: Send + Sync {
     async fn waitpoint(&self, name: &str, timeout: Duration) -> Result<Waitpoint, JobError>;
 }
 
-/// How long [`JobContext::wait_for`] waits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How long [`JobContext::wait_for`] waits, and what it shows while it waits.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WaitFor {
     timeout: Duration,
+    detail: Option<Json>,
 }
+
+/// The most a waitpoint's [`WaitFor::detail`] may take, serialized: it is kept on the job's record and
+/// shown with every read of the job.
+pub const MAX_WAIT_DETAIL_BYTES: usize = 8 * 1024;
 
 impl WaitFor {
     /// Wait at most `timeout` (capped by the job's TTL: a job is deleted when it expires). When it
     /// passes, `wait_for` returns [`JobError::WaitTimedOut`].
     pub fn timeout(timeout: Duration) -> Self {
-        Self { timeout }
+        Self {
+            timeout,
+            detail: None,
+        }
+    }
+
+    /// Shows `detail` (any JSON, at most [`MAX_WAIT_DETAIL_BYTES`] serialized, else the job fails
+    /// `invalid_waitpoint`) to whoever completes the waitpoint: `GET /jobs/{id}` has it in
+    /// `waiting_for.detail` while the job waits (an agent's approval shows the tool and its input).
+    pub fn detail(mut self, detail: serde_json::Value) -> Self {
+        self.detail = Some(Json::from(detail));
+        self
     }
 }
 
@@ -342,6 +358,19 @@ impl JobContext {
         name: &str,
         how: WaitFor,
     ) -> Result<T, JobError> {
+        if let Some(d) = how
+            .detail
+            .as_ref()
+            .filter(|d| d.len() > MAX_WAIT_DETAIL_BYTES)
+        {
+            return Err(JobError::terminal(
+                "invalid_waitpoint",
+                format!(
+                    "waitpoint {name:?}: its detail is {} bytes; at most {MAX_WAIT_DETAIL_BYTES}",
+                    d.len()
+                ),
+            ));
+        }
         let wp = self.waitpoint(name, how.timeout).await?;
         match wp.state {
             WaitState::Completed => wp
@@ -360,6 +389,7 @@ impl JobContext {
             WaitState::Pending => Err(JobError::Wait {
                 name: name.to_owned(),
                 expires_at: wp.expires_at,
+                detail: how.detail,
             }),
         }
     }
@@ -374,6 +404,7 @@ impl JobContext {
             WaitState::Pending => Err(JobError::Wait {
                 name: name.to_owned(),
                 expires_at: wp.expires_at,
+                detail: None,
             }),
         }
     }
@@ -568,5 +599,29 @@ mod tests {
         let ctx = JobContext::new(JobId::generate(0), "k".into(), 1, 5, None);
         assert!(!ctx.cancel_requested());
         assert_eq!(ctx.until_cancelled(async { Ok(7) }).await.unwrap(), 7);
+    }
+
+    #[tokio::test]
+    async fn a_wait_carries_its_detail_and_an_oversized_detail_fails_the_job() {
+        let ctx = JobContext::new(JobId::generate(0), "k".into(), 1, 5, None);
+        let how =
+            WaitFor::timeout(Duration::from_secs(60)).detail(serde_json::json!({"tool": "t"}));
+        match ctx.wait_for::<serde_json::Value>("approve", how).await {
+            Err(JobError::Wait { name, detail, .. }) => {
+                assert_eq!(name, "approve");
+                assert_eq!(detail, Some(Json::from(serde_json::json!({"tool": "t"}))));
+            }
+            other => panic!("{other:?}"),
+        }
+        let big = "x".repeat(MAX_WAIT_DETAIL_BYTES);
+        let how = WaitFor::timeout(Duration::from_secs(60)).detail(serde_json::json!(big));
+        let e = ctx
+            .wait_for::<serde_json::Value>("approve", how)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&e, JobError::Terminal { code, .. } if code == "invalid_waitpoint"),
+            "{e:?}"
+        );
     }
 }

@@ -25,7 +25,10 @@ use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
 pub use builtin::{Echo, Sleep};
-pub use context::{Attached, Attempt, JobContext, MAX_FAN_OUT, MAX_STEP_BYTES, Pathway, WaitFor};
+pub use context::{
+    Attached, Attempt, JobContext, MAX_FAN_OUT, MAX_STEP_BYTES, MAX_WAIT_DETAIL_BYTES, Pathway,
+    WaitFor,
+};
 
 use crate::clock::Millis;
 use crate::error::BoxError;
@@ -68,7 +71,12 @@ pub enum JobError {
     /// attempt given back, no message, no lease) until the waitpoint is completed or times out, then
     /// runs again and replays its finished steps.
     #[error("waiting for {name:?}")]
-    Wait { name: String, expires_at: Millis },
+    Wait {
+        name: String,
+        expires_at: Millis,
+        /// What the handler said about the wait ([`WaitFor::detail`]), shown in `waiting_for.detail`.
+        detail: Option<Json>,
+    },
     /// Waitpoint `name` timed out before anyone completed it. Match it to go on without the answer;
     /// left unhandled, the job fails with `wait_timed_out` (not retried: the wait is over).
     #[error("waitpoint {name:?} timed out")]

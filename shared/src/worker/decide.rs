@@ -30,7 +30,11 @@ pub enum Decision {
     /// Stopped on its owner's request: `cancelled`.
     Cancel,
     /// Reached an unsettled waitpoint: `waiting` on it, the attempt given back.
-    Park { name: String, expires_at: Millis },
+    Park {
+        name: String,
+        expires_at: Millis,
+        detail: Option<Json>,
+    },
 }
 
 /// The facts `decide` weighs besides the run itself.
@@ -59,7 +63,15 @@ pub fn decide(ran: Result<Output, JobError>, job: &Job, f: Facts) -> Decision {
         Err(JobError::Cancelled) => Decision::Cancel,
         Err(_) if f.cancel_requested => Decision::Cancel,
         Err(JobError::Yield) => Decision::Continue,
-        Err(JobError::Wait { name, expires_at }) => Decision::Park { name, expires_at },
+        Err(JobError::Wait {
+            name,
+            expires_at,
+            detail,
+        }) => Decision::Park {
+            name,
+            expires_at,
+            detail,
+        },
         Err(JobError::WaitTimedOut { name }) => Decision::Fail(ErrorInfo::new(
             "wait_timed_out",
             format!("waitpoint {name:?} timed out before it was completed"),
@@ -180,10 +192,11 @@ mod tests {
         );
         let table: Vec<Case> = vec![
             (
-                "a wait parks, even on the last attempt",
+                "a wait parks, even on the last attempt, with its detail",
                 Err(JobError::Wait {
                     name: "approve".into(),
                     expires_at: 42,
+                    detail: Some(Json::from(serde_json::json!({"tool": "send_note"}))),
                 }),
                 5,
                 5,
@@ -191,6 +204,7 @@ mod tests {
                 Decision::Park {
                     name: "approve".into(),
                     expires_at: 42,
+                    detail: Some(Json::from(serde_json::json!({"tool": "send_note"}))),
                 },
             ),
             (
@@ -198,6 +212,7 @@ mod tests {
                 Err(JobError::Wait {
                     name: "approve".into(),
                     expires_at: 42,
+                    detail: None,
                 }),
                 1,
                 1,

@@ -496,9 +496,21 @@ impl Worker {
     ) -> Graded {
         let (written, graded) = match decision {
             Decision::Continue => return self.continue_later(keeper, d).await,
-            Decision::Park { name, expires_at } => {
+            Decision::Park {
+                name,
+                expires_at,
+                detail,
+            } => {
                 return self
-                    .park(keeper, job, WaitingFor { name, expires_at })
+                    .park(
+                        keeper,
+                        job,
+                        WaitingFor {
+                            name,
+                            expires_at,
+                            detail,
+                        },
+                    )
                     .await;
             }
             Decision::Complete {
