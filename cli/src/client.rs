@@ -649,6 +649,7 @@ mod tests {
             detail: Some(Json::from(
                 serde_json::json!({"tool": "send_note", "input": {}}),
             )),
+            complete_url: None,
         });
         board.job(&waiting);
         // The stream repeats the progress reported before the job parked: the wait stays shown.

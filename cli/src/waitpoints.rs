@@ -169,6 +169,7 @@ mod tests {
             name: name.into(),
             expires_at: at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
             detail: detail.map(Json::from),
+            complete_url: None,
         }
     }
 

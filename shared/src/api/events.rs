@@ -471,6 +471,7 @@ mod tests {
         let on = |name: &str, at: Millis| WaitingFor {
             name: name.into(),
             expires_at: at,
+            detail: None,
         };
         let running = job.claim("w", t0 + 60_000, t0 + 1).unwrap();
         let parked = running

@@ -177,6 +177,7 @@ mod tests {
         let on = WaitingFor {
             name: "approve".into(),
             expires_at: t0 + 86_400_000,
+            detail: None,
         };
         let parked = job
             .claim("w", t0 + 60_000, t0 + 100)
