@@ -44,6 +44,18 @@ impl MemoryStore {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Every finished job that finished at or after `since` (epoch ms): when, and in which status.
+    /// `jobctl dev`'s throughput: the embedded store is all in its process, so it reads its records
+    /// (DynamoDB has no such query; a deployed stack's throughput comes from CloudWatch).
+    pub fn finished_since(&self, since: Millis) -> Vec<(Millis, JobStatus)> {
+        self.state()
+            .jobs
+            .values()
+            .filter_map(|j| Some((j.finished_at?, j.status)))
+            .filter(|(at, status)| *at >= since && status.is_terminal())
+            .collect()
+    }
+
     /// Deletes a job as DynamoDB's TTL would, leaving its slot member alone (for tests).
     pub fn expire(&self, id: &JobId) {
         self.state().jobs.remove(id);
