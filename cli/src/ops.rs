@@ -125,7 +125,7 @@ pub enum History {
     /// `service`), through GetMetricData. Counts of deliveries: a dead job's message counts each time it
     /// is received again until it moves to the DLQ, so `failed` can run a little high there.
     CloudWatch {
-        sdk: aws_config::SdkConfig,
+        sdk: Box<aws_config::SdkConfig>,
         namespace: String,
         service: String,
     },
@@ -234,7 +234,7 @@ impl Ops {
             .await
             .map_err(|e| format!("{no_credentials}: {e}"))?;
         let history = History::CloudWatch {
-            sdk: sdk.clone(),
+            sdk: Box::new(sdk.clone()),
             namespace: config.metrics_namespace.clone(),
             service: config.service.clone(),
         };
