@@ -2,6 +2,7 @@
 
 mod client;
 mod dev;
+pub mod ops;
 mod runner;
 mod serve;
 mod stats;

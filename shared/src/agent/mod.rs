@@ -38,6 +38,7 @@ pub use openai::OpenAiCompatible;
 pub use tool::{DEFAULT_APPROVAL_TIMEOUT, Tool};
 
 use crate::handler::{Handler, HandlerRegistry, InvalidKind, JobContext, JobError};
+use crate::steps::StepKind;
 
 /// The kind agent jobs are submitted as.
 pub const KIND: &str = "agent";
@@ -167,7 +168,7 @@ async fn converse(
             return Err(JobError::Yield); // the continuation replays the recorded turns
         }
         let reply: ModelReply = ctx
-            .step(&format!("turn-{turn}"), async {
+            .step_as(StepKind::ModelTurn, &format!("turn-{turn}"), async {
                 model.converse(&request).await.map_err(JobError::from)
             })
             .await?;
@@ -196,7 +197,7 @@ async fn converse(
         for (i, call) in reply.tool_calls.iter().enumerate() {
             // The approval is asked inside the step: once the step is recorded, it is not asked again.
             let result: ToolResult = ctx
-                .step(&format!("tool-{turn}-{i}"), async {
+                .step_as(StepKind::ToolCall, &format!("tool-{turn}-{i}"), async {
                     let approval = approval::waitpoint_name(turn, i);
                     if let Some(refused) = approval::ask(&agent.tools, call, &approval, ctx).await?
                     {
