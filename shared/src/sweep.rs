@@ -30,7 +30,7 @@ use crate::clock::SharedClock;
 use crate::error::BoxError;
 use crate::job::{Job, JobStatus, START_TIMER, Slot, WebhookStatus};
 use crate::park::resume_parked;
-use crate::queue::{Announcer, JobMessage, JobSender, Lanes};
+use crate::queue::{Announcer, JobSender, Lanes};
 use crate::store::{StoreError, SweepStore};
 use crate::waitpoint::{WaitState, Waitpoint};
 use crate::webhook::MAX_ATTEMPTS;
@@ -103,15 +103,11 @@ impl Sweeper {
                     }
                 }
                 JobStatus::Queued => {
-                    let msg = JobMessage {
-                        job_id: job.job_id.clone(),
-                        kind: job.kind.clone(),
-                    };
                     let Some(queue) = self.queues.get(job.lane) else {
                         tracing::error!(job_id = %job.job_id, "a queued container-only job, and no container queue to send it to");
                         continue;
                     };
-                    queue.send(&msg.encode(), Duration::ZERO).await?;
+                    queue.send_job(&job, None).await?;
                     // Touch it so the next sweep does not send again at once.
                     if let Ok(touched) = job.resent(now) {
                         lost_race(self.store.replace(&job, &touched).await)?;

@@ -382,7 +382,7 @@ impl Worker {
         if self.lane == Lane::Lambda && job.lane == Lane::Container {
             // The worker function never runs container-only work; the container worker runs anything.
             if let Some(container) = self.sender(Lane::Container) {
-                return self.forward(&keeper, container, d).await;
+                return self.forward(&keeper, &job, container, d).await;
             }
             tracing::warn!(
                 "a container-only job, and no container queue to send it to: running it here"
@@ -495,7 +495,7 @@ impl Worker {
         d: &Delivery,
     ) -> Graded {
         let (written, graded) = match decision {
-            Decision::Continue => return self.continue_later(keeper, d).await,
+            Decision::Continue => return self.continue_later(keeper, job, d).await,
             Decision::Park { name, expires_at } => {
                 return self
                     .park(keeper, job, WaitingFor { name, expires_at })
@@ -609,17 +609,10 @@ impl Worker {
     async fn start(&self, children: &[Job], d: &Delivery) {
         let trace = d.trace.as_deref().and_then(TraceContext::parse);
         for child in children {
-            let message = JobMessage {
-                job_id: child.job_id.clone(),
-                kind: child.kind.clone(),
-            };
             let Some(queue) = self.sender(child.lane) else {
                 continue; // checked before the children were written
             };
-            if let Err(e) = queue
-                .send_traced(&message.encode(), Duration::ZERO, trace.as_ref())
-                .await
-            {
+            if let Err(e) = queue.send_job(child, trace.as_ref()).await {
                 tracing::warn!(child = %child.job_id, error = %e, "could not send a follow-up job; the sweep will");
             }
         }
@@ -628,14 +621,10 @@ impl Worker {
     /// A yield: a new message carries the job on (sent first: if we die before the job is written back
     /// to `queued`, that message finds the lease expired and claims it), then the job is suspended and
     /// this message acknowledged.
-    async fn continue_later(&self, keeper: &LeaseKeeper, d: &Delivery) -> Graded {
+    async fn continue_later(&self, keeper: &LeaseKeeper, job: &Job, d: &Delivery) -> Graded {
         // The continuation stays in the job's trace.
         let trace = d.trace.as_deref().and_then(TraceContext::parse);
-        if let Err(e) = self
-            .queue
-            .send_traced(&d.body, Duration::ZERO, trace.as_ref())
-            .await
-        {
+        if let Err(e) = self.queue.send_job(job, trace.as_ref()).await {
             tracing::warn!(error = %e, "could not send the continuation; retrying the attempt");
             return (Outcome::Unavailable, self.backoff(1));
         }
@@ -693,12 +682,15 @@ impl Worker {
     /// A job of the other lane: its message is sent to that lane's queue (first: if we die before the
     /// release, that message finds the lease expired and claims it), the job goes back to `queued` with
     /// its attempt given back, and this message is acknowledged.
-    async fn forward(&self, keeper: &LeaseKeeper, to: &dyn JobSender, d: &Delivery) -> Graded {
+    async fn forward(
+        &self,
+        keeper: &LeaseKeeper,
+        job: &Job,
+        to: &dyn JobSender,
+        d: &Delivery,
+    ) -> Graded {
         let trace = d.trace.as_deref().and_then(TraceContext::parse);
-        if let Err(e) = to
-            .send_traced(&d.body, Duration::ZERO, trace.as_ref())
-            .await
-        {
+        if let Err(e) = to.send_job(job, trace.as_ref()).await {
             tracing::warn!(error = %e, "could not forward the job to its queue; trying again later");
             let _ = keeper.update(|j, owner, now| j.release(owner, now)).await;
             return (Outcome::Unavailable, self.backoff(1));
