@@ -29,6 +29,7 @@ pub mod error;
 pub mod handler;
 pub mod job;
 pub mod json;
+pub mod limits;
 pub mod lambda;
 pub mod local;
 pub mod net;
