@@ -51,6 +51,8 @@ pub struct Config {
     /// `JOBKIT_WORKER_TIMEOUT_SECS` (default 900): the worker function's timeout, so local runs give each
     /// invocation the same deadline.
     pub worker_timeout: Duration,
+    /// Kinds' limits from `JOBKIT_LIMITS` (JSON, see [`crate::limits`]): they override the code's.
+    pub limits: crate::limits::LimitsConfig,
 }
 
 /// Where a secret comes from.
@@ -148,6 +150,14 @@ impl Config {
                 .filter(|v| !v.is_empty())
                 .unwrap_or_else(|| "jobkit".into()),
             worker_timeout: Duration::from_secs(number("JOBKIT_WORKER_TIMEOUT_SECS", 900, 1, 900)?),
+            limits: {
+                let raw = get("JOBKIT_LIMITS").unwrap_or_default();
+                crate::limits::LimitsConfig::parse(&raw).map_err(|e| ConfigError::Invalid {
+                    name: "JOBKIT_LIMITS",
+                    value: raw.clone(),
+                    reason: e.to_string(),
+                })?
+            },
         })
     }
 }
