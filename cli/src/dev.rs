@@ -212,6 +212,7 @@ pub async fn run(args: DevArgs, registry: HandlerRegistry) -> anyhow::Result<()>
         dev_mode: true,
         ..ApiSettings::from_config(&b.config)
     };
+    registry.check_limits(&b.config.limits)?;
     let submit = Arc::new(b.submit_api(registry.clone(), settings));
     let status = Arc::new(b.status_api());
     let user_header = args.user_header;

@@ -190,6 +190,8 @@ impl Backend {
         settings: WorkerSettings,
     ) -> Option<(Arc<dyn JobQueue>, Worker)> {
         let own = self.queues().get(lane)?.clone();
+        let mut registry = registry;
+        registry.configure_limits(&self.config.limits);
         let worker = Worker::new(
             self.store.clone(),
             own.clone(),

@@ -54,6 +54,8 @@ pub struct Config {
     /// `JOBKIT_FAIR_QUEUES` (default true): job messages carry their owner's group (`MessageGroupId`), so
     /// the queue serves tenants fairly (see [`crate::queue`]). `false` sends without it.
     pub fair_queues: bool,
+    /// Kinds' limits from `JOBKIT_LIMITS` (JSON, see [`crate::limits`]): they override the code's.
+    pub limits: crate::limits::LimitsConfig,
 }
 
 /// Where a secret comes from.
@@ -166,6 +168,14 @@ impl Config {
                 .unwrap_or_else(|| "jobkit".into()),
             worker_timeout: Duration::from_secs(number("JOBKIT_WORKER_TIMEOUT_SECS", 900, 1, 900)?),
             fair_queues: flag("JOBKIT_FAIR_QUEUES", true)?,
+            limits: {
+                let raw = get("JOBKIT_LIMITS").unwrap_or_default();
+                crate::limits::LimitsConfig::parse(&raw).map_err(|e| ConfigError::Invalid {
+                    name: "JOBKIT_LIMITS",
+                    value: raw.clone(),
+                    reason: e.to_string(),
+                })?
+            },
         })
     }
 }

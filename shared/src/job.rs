@@ -404,6 +404,10 @@ pub struct Job {
     /// join it). `None` on a counted job: the single slot item of ledgers written before pages.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slot_page: Option<u32>,
+    /// Why it waits to start, when a kind's limit deferred it (see [`crate::limits`]): written by the
+    /// deferral alone (not a new version), cleared by the claim. Absent on jobs never deferred.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deferred: Option<crate::limits::Deferred>,
     /// Bumped by every write; stores persist a new value only over the version it was computed from.
     pub version: u64,
 }
@@ -479,6 +483,7 @@ impl Job {
             slot_at: spec.counted.then(|| now.div_euclid(1000)),
             waiting_for: None,
             slot_page: None,
+            deferred: None,
             version: 0,
         }
     }
@@ -564,6 +569,7 @@ impl Job {
         next.lease_owner = Some(owner.to_owned());
         next.lease_expires_at = Some(lease_expires_at);
         next.started_at.get_or_insert(now);
+        next.deferred = None;
         Ok(next)
     }
 

@@ -63,6 +63,8 @@ pub struct SweepReport {
     pub resumed: usize,
     /// Waitpoints recorded `timed_out` (a `ctx.sleep` ends this way).
     pub timed_out: usize,
+    /// Limits' concurrency holds removed because they lapsed (their worker crashed).
+    pub holds_lapsed: usize,
 }
 
 /// The sweep's dependencies: exactly what its function's IAM policy allows.
@@ -132,6 +134,9 @@ impl Sweeper {
             }
         }
         report.slots_released = self.release_orphaned_slots().await?;
+        // A lapsed hold already does not count when a writer finds its page full; removing it here
+        // keeps pages small and `jobctl stats` honest.
+        report.holds_lapsed = self.store.prune_holds(now).await?;
         Ok(report)
     }
 

@@ -96,9 +96,19 @@ impl Agents {
         self
     }
 
-    /// Registers the `agent` kind with these agents.
+    /// Registers the `agent` kind with these agents; a job's model (for limits keyed by
+    /// [`crate::limits::Key::Model`]) is its agent's.
     pub fn register(self, registry: &mut HandlerRegistry) -> Result<(), InvalidKind> {
-        registry.register(KIND, self).map(drop)
+        let models: BTreeMap<String, String> = self
+            .agents
+            .iter()
+            .map(|(name, a)| (name.clone(), a.model.clone()))
+            .collect();
+        registry.register(KIND, self)?.model_from(move |input| {
+            let name = input.to_value().get("agent")?.as_str()?.to_owned();
+            models.get(&name).cloned()
+        });
+        Ok(())
     }
 }
 

@@ -40,6 +40,30 @@ pub struct JobView {
     /// The waitpoint a `waiting` job is parked on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub waiting_for: Option<WaitingForView>,
+    /// Why a `queued`/`retrying` job waits to start: a kind's limit deferred it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deferred: Option<DeferredView>,
+}
+
+/// A limit a job waits on (see the README's "Limits").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeferredView {
+    /// `concurrency` or `rate`.
+    pub reason: String,
+    /// What the limit counts per: `kind`, `user`, `model` or an input pointer such as `/customer_id`.
+    pub key: String,
+    /// About when it is tried again (RFC 3339).
+    pub until: String,
+}
+
+impl From<crate::limits::Deferred> for DeferredView {
+    fn from(d: crate::limits::Deferred) -> Self {
+        Self {
+            reason: d.reason.as_str().to_owned(),
+            key: d.key,
+            until: rfc3339(d.until),
+        }
+    }
 }
 
 /// What a parked job waits for: complete it with `POST /jobs/{id}/waitpoints/{name}`.
@@ -117,6 +141,8 @@ impl<'de> Deserialize<'de> for JobView {
             events_url: Option<String>,
             #[serde(default)]
             waiting_for: Option<WaitingForView>,
+            #[serde(default)]
+            deferred: Option<DeferredView>,
         }
         let mut doc =
             std::collections::BTreeMap::<String, Box<serde_json::value::RawValue>>::deserialize(d)?;
@@ -143,6 +169,7 @@ impl<'de> Deserialize<'de> for JobView {
             started_at: w.started_at,
             events_url: w.events_url,
             waiting_for: w.waiting_for,
+            deferred: w.deferred,
         })
     }
 }
@@ -165,6 +192,12 @@ impl JobView {
             started_at: j.started_at.map(rfc3339),
             events_url: None,
             waiting_for: j.waiting_for.take().map(WaitingForView::from),
+            // Only while it still waits to start (a claim clears the note; this is belt and braces).
+            deferred: j
+                .deferred
+                .take()
+                .filter(|_| matches!(j.status, JobStatus::Queued | JobStatus::Retrying))
+                .map(DeferredView::from),
             summary: JobSummary::at(j, now),
         }
     }

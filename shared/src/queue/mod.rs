@@ -197,18 +197,27 @@ pub trait JobSender: Send + Sync {
         group: Option<&str>,
     ) -> Result<String, QueueError>;
 
-    /// Enqueues `job`'s message, now, in its owner's group. Every job message is sent through here
-    /// (submit, resumes, the sweep's re-sends, follow-up stages, continuations, forwards, DLQ redrives),
-    /// so none misses its group.
+    /// Enqueues `job`'s message, now, in its owner's group. Every job message is sent through here or
+    /// [`Self::send_job_delayed`] (submit, resumes, the sweep's re-sends, follow-up stages,
+    /// continuations, forwards, deferrals, DLQ redrives), so none misses its group.
     async fn send_job(
         &self,
         job: &Job,
         trace: Option<&TraceContext>,
     ) -> Result<String, QueueError> {
+        self.send_job_delayed(job, Duration::ZERO, trace).await
+    }
+
+    /// [`Self::send_job`], invisible for `delay` (at most 15 minutes).
+    async fn send_job_delayed(
+        &self,
+        job: &Job,
+        delay: Duration,
+        trace: Option<&TraceContext>,
+    ) -> Result<String, QueueError> {
         let body = JobMessage::of(job).encode();
         let group = fairness_group(&job.user_id);
-        self.send_grouped(&body, Duration::ZERO, trace, Some(&group))
-            .await
+        self.send_grouped(&body, delay, trace, Some(&group)).await
     }
 }
 

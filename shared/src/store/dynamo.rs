@@ -24,6 +24,7 @@ use crate::json::Json;
 use crate::slots::{Ledger, Views};
 use crate::waitpoint::{WaitState, Waitpoint};
 
+mod limits;
 mod list;
 mod pages;
 mod release;
@@ -39,6 +40,8 @@ pub struct DynamoStore {
     releases: std::sync::Arc<release::Releases>,
     /// What this instance knows of its ledgers' page loads (shared by clones).
     views: std::sync::Arc<Views>,
+    /// What this instance last saw of rate buckets (shared by clones).
+    buckets: std::sync::Arc<crate::limits::bucket::Seen>,
 }
 
 type Item = HashMap<String, AttributeValue>;
@@ -49,6 +52,7 @@ impl DynamoStore {
         Self {
             releases: release::Releases::new(client.clone(), table.clone()),
             views: std::sync::Arc::default(),
+            buckets: std::sync::Arc::default(),
             client,
             table,
         }
@@ -369,7 +373,7 @@ impl JobClaimer for DynamoStore {
             .update_expression(
                 "SET #s = :running, attempts = attempts + :one, lease_owner = :owner, \
                  lease_expires_at = :exp, started_at = if_not_exists(started_at, :now), \
-                 updated_at = :now, version = version + :one",
+                 updated_at = :now, version = version + :one REMOVE deferred",
             )
             .condition_expression(
                 "#s IN (:queued, :retrying) OR (#s = :running AND \

@@ -12,6 +12,7 @@
 //! acknowledged without running it; one of a job another worker is running comes back when that lease ends.
 
 mod decide;
+mod gate;
 mod hide;
 mod lease;
 
@@ -109,6 +110,8 @@ pub enum Outcome {
     Parked,
     /// The store or queue failed: the message comes back with backoff.
     Unavailable,
+    /// A kind's limit was reached: not claimed (no attempt used), sent again for later.
+    Deferred,
 }
 
 impl Outcome {
@@ -130,6 +133,7 @@ impl Outcome {
             Self::Forwarded => "forwarded",
             Self::Parked => "parked",
             Self::Unavailable => "unavailable",
+            Self::Deferred => "deferred",
         }
     }
 }
@@ -172,6 +176,8 @@ pub struct Worker {
     /// follow-up jobs and misrouted jobs are sent, by their lane.
     lane: Lane,
     senders: Lanes<dyn JobSender>,
+    /// What each kind's runs took lately: when a deferred job tries again.
+    runtimes: gate::Runtimes,
 }
 
 type Graded = (Outcome, Verdict);
@@ -194,6 +200,7 @@ impl Worker {
             stop: watch::channel(false).1,
             announcer: Announcer::none(),
             lane: Lane::Lambda,
+            runtimes: gate::Runtimes::default(),
         }
     }
 
@@ -303,6 +310,35 @@ impl Worker {
             span_id = parent.as_ref().map(|t| t.child().span_id).as_deref(),
         );
         let graded = async {
+            // Only kinds with limits pay for them (see `gate`).
+            let held = match self.registry.limits(&msg.kind) {
+                None => None,
+                Some(limits) => match self.admit(limits, &msg, d, inv).await {
+                    gate::Admit::Go(held) => Some(held),
+                    gate::Admit::Stop(graded) => return graded,
+                },
+            };
+            let graded = self.claim_and_run(&msg, d, inv, hider).await;
+            if let Some(held) = held {
+                self.give_back(held).await;
+            }
+            graded
+        }
+        .instrument(span)
+        .await;
+        observe::attempt(kind, graded.0.as_str());
+        graded
+    }
+
+    /// Claims the job of `msg` and runs it.
+    async fn claim_and_run(
+        &self,
+        msg: &JobMessage,
+        d: &Delivery,
+        inv: &Invocation,
+        hider: &Hider,
+    ) -> Graded {
+        {
             let now = self.clock.now();
             let owner = format!("{}:{:016x}", inv.request_id, rand::random::<u64>());
             let lease_until = now + self.settings.lease.as_millis() as Millis;
@@ -331,10 +367,6 @@ impl Worker {
                 }
             }
         }
-        .instrument(span)
-        .await;
-        observe::attempt(kind, graded.0.as_str());
-        graded
     }
 
     /// A delivery of a job that could not be claimed.
@@ -408,6 +440,7 @@ impl Worker {
             jitter: rand::random::<f64>(),
         };
         observe::handler_duration(&job.kind, started.elapsed());
+        self.runtimes.ran(&job.kind, started.elapsed());
         let graded = self.apply(decide(ran, &job, facts), &keeper, &job, d).await;
         tracing::info!(outcome = ?graded.0, attempt = job.attempts, elapsed_ms = started.elapsed().as_millis() as u64, "job attempt finished");
         graded
