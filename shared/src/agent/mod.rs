@@ -11,12 +11,15 @@
 //! - a tool never takes the process down: a panic in one is a tool error ([`Tool::call`]);
 //! - model errors are classified ([`ModelError`]): throttling and server errors are retried (after the
 //!   provider's `retry_after`), a refused request, denied access or an overfull context fail the job; a
-//!   malformed tool call is answered to the model as a tool error.
+//!   malformed tool call is answered to the model as a tool error;
+//! - per-model rate limits (requests and tokens per minute, [`limits`]): a call waits for capacity in
+//!   buckets every worker shares, or the job parks if the wait is long.
 //!
 //! Input `{"agent": name, "message": text, "context": {...}?}`; result
 //! `{answer, turns, tool_calls: [{name, input, output}], usage: {input_tokens, output_tokens}}`.
 
 pub mod bedrock;
+pub mod limits;
 pub mod model;
 pub mod openai;
 mod tool;
@@ -28,6 +31,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 pub use bedrock::Bedrock;
+pub use limits::{ModelLimit, ModelLimits};
 pub use model::{
     Message, Model, ModelError, ModelReply, ModelRequest, ToolCall, ToolResult, ToolSpec, Usage,
 };
@@ -81,6 +85,7 @@ pub struct AgentResult {
 pub struct Agents {
     agents: BTreeMap<String, Agent>,
     model: Arc<dyn Model>,
+    throttle: limits::Throttle,
 }
 
 impl Agents {
@@ -88,7 +93,15 @@ impl Agents {
         Self {
             agents: BTreeMap::new(),
             model,
+            throttle: limits::Throttle::default(),
         }
+    }
+
+    /// Rate limits per model id ([`limits`]), over any given before (per model): declare them in code,
+    /// then pass [`ModelLimits::from_env`] (`JOBKIT_MODEL_LIMITS`) so configuration wins.
+    pub fn with_model_limits(mut self, limits: ModelLimits) -> Self {
+        self.throttle = limits::Throttle::new(limits.over(self.throttle.limits().clone()));
+        self
     }
 
     pub fn with(mut self, agent: Agent) -> Self {
@@ -128,18 +141,19 @@ impl Handler for Agents {
                 ),
             )
         })?;
-        run_agent(agent, &*self.model, input, &ctx).await
+        run_agent(agent, &*self.model, &self.throttle, input, &ctx).await
     }
 }
 
 async fn run_agent(
     agent: &Agent,
     model: &dyn Model,
+    throttle: &limits::Throttle,
     input: AgentInput,
     ctx: &JobContext,
 ) -> Result<AgentResult, JobError> {
     let mut usage = Usage::default();
-    let ran = converse(agent, model, input, ctx, &mut usage).await;
+    let ran = converse(agent, model, throttle, input, ctx, &mut usage).await;
     // A run that fails still reports what it spent (the job's `error.details.usage`); a retried run
     // replays its recorded turns, so the count covers every attempt.
     ran.map_err(|e| e.with_detail("usage", usage))
@@ -149,6 +163,7 @@ async fn run_agent(
 async fn converse(
     agent: &Agent,
     model: &dyn Model,
+    throttle: &limits::Throttle,
     input: AgentInput,
     ctx: &JobContext,
     usage: &mut Usage,
@@ -173,10 +188,13 @@ async fn converse(
         if ctx.should_yield() {
             return Err(JobError::Yield); // the continuation replays the recorded turns
         }
+        let name = format!("turn-{turn}");
+        // Within the model's limits: the capacity is taken inside the step, so a replay takes none.
         let reply: ModelReply = ctx
-            .step(&format!("turn-{turn}"), async {
-                model.converse(&request).await.map_err(JobError::from)
-            })
+            .step(
+                &name,
+                throttle.call(ctx, &request, &name, || model.converse(&request)),
+            )
             .await?;
         *usage = usage.saturating_add(reply.usage);
         request.messages.push(Message::Assistant {
