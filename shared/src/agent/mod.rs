@@ -97,8 +97,8 @@ impl Agents {
         }
     }
 
-    /// Rate limits per model id ([`limits`]), over any given before (per model): declare them in code,
-    /// then pass [`ModelLimits::from_env`] (`JOBKIT_MODEL_LIMITS`) so configuration wins.
+    /// Rate limits per model id ([`limits`]), over any given before (per model). `JOBKIT_MODEL_LIMITS`
+    /// wins over them: [`Self::register`] applies it last.
     pub fn with_model_limits(mut self, limits: ModelLimits) -> Self {
         self.throttle = limits::Throttle::new(limits.over(self.throttle.limits().clone()));
         self
@@ -110,8 +110,23 @@ impl Agents {
     }
 
     /// Registers the `agent` kind with these agents; a job's model (for limits keyed by
-    /// [`crate::limits::Key::Model`]) is its agent's.
+    /// [`crate::limits::Key::Model`]) is its agent's. Model limits from `JOBKIT_MODEL_LIMITS` apply
+    /// over the code's.
+    ///
+    /// # Panics
+    /// When `JOBKIT_MODEL_LIMITS` is set and invalid: the process fails at start, naming the variable,
+    /// rather than running agents without the limits its operator meant.
     pub fn register(self, registry: &mut HandlerRegistry) -> Result<(), InvalidKind> {
+        let configured = ModelLimits::from_env().unwrap_or_else(|e| panic!("{e}"));
+        let this = if configured.is_empty() {
+            self
+        } else {
+            self.with_model_limits(configured)
+        };
+        this.register_as_is(registry)
+    }
+
+    fn register_as_is(self, registry: &mut HandlerRegistry) -> Result<(), InvalidKind> {
         let models: BTreeMap<String, String> = self
             .agents
             .iter()
