@@ -47,6 +47,11 @@ pub struct DynamoStore {
 type Item = HashMap<String, AttributeValue>;
 
 impl DynamoStore {
+    /// A store on `table` with a client of `sdk` (for tools that need only the table).
+    pub fn from_sdk(sdk: &aws_config::SdkConfig, table: impl Into<String>) -> Self {
+        Self::new(Client::new(sdk), table)
+    }
+
     pub fn new(client: Client, table: impl Into<String>) -> Self {
         let table = table.into();
         Self {
