@@ -112,9 +112,11 @@ impl LimitStore for DynamoStore {
             .set_key(Some(Self::key(id)))
             // `updated_at` too: the sweep re-sends a `queued` job not updated for a while (a lost
             // message?), and a deferred job's message is not lost.
-            .update_expression("SET deferred = :d, updated_at = :now")
+            .update_expression("SET #deferred = :d, updated_at = :now")
             .condition_expression("#s IN (:queued, :retrying)")
             .expression_attribute_names("#s", "status")
+            // A reserved word in DynamoDB's expressions.
+            .expression_attribute_names("#deferred", "deferred")
             .expression_attribute_values(":d", note)
             .expression_attribute_values(":now", num(now))
             .expression_attribute_values(":queued", status(JobStatus::Queued))
