@@ -15,9 +15,9 @@ use jobkit::job::JobId;
 use jobkit::limits::{Hold, Key, LimitsConfig, Rate, RateLimit, Take, named_bucket};
 use jobkit::local::EventSource;
 use jobkit::slots::Ledger;
-use jobkit::store::{LimitStore, RateBuckets};
+use jobkit::store::LimitStore;
 use jobkit::worker::WorkerSettings;
-use jobkit::{Backend, HandlerRegistry};
+use jobkit::{Backend, HandlerRegistry, JobError};
 use serde_json::{Value, json};
 use support::*;
 
@@ -31,6 +31,8 @@ struct Seen {
     starts: Mutex<Vec<Instant>>,
     /// While set, handlers wait (a job that holds its slot until the test lets it go).
     hold: AtomicBool,
+    /// Jobs (the input's `n`) whose first run failed, for inputs with `fail_first`.
+    failed: Mutex<std::collections::HashSet<u64>>,
 }
 
 impl Seen {
@@ -70,6 +72,15 @@ fn registry(
             let seen = seen.clone();
             async move {
                 let user = input["user"].as_str().unwrap_or("-").to_owned();
+                if input["fail_first"] == true
+                    && seen
+                        .failed
+                        .lock()
+                        .unwrap()
+                        .insert(input["n"].as_u64().unwrap_or(0))
+                {
+                    return Err(JobError::retryable("flaky", "the first run fails"));
+                }
                 seen.enter(&user);
                 tokio::time::sleep(Duration::from_millis(input["ms"].as_u64().unwrap_or(300)))
                     .await;
@@ -112,9 +123,12 @@ fn rig_on(backend: Backend, how: impl Fn(jobkit::handler::Registration<'_>) + Cl
     };
     let stop = Arc::new(AtomicBool::new(false));
     for _ in 0..2 {
-        let worker: EventSource =
-            event_source_on(&backend, registry(seen.clone(), how.clone()), settings.clone())
-                .with_wait(Duration::from_millis(100));
+        let worker: EventSource = event_source_on(
+            &backend,
+            registry(seen.clone(), how.clone()),
+            settings.clone(),
+        )
+        .with_wait(Duration::from_millis(100));
         let stop = stop.clone();
         tokio::spawn(async move {
             while !stop.load(Ordering::SeqCst) {
@@ -172,7 +186,10 @@ async fn a_kind_never_runs_more_than_its_concurrency_and_deferrals_use_no_attemp
     });
     let mut jobs = Vec::new();
     for _ in 0..10 {
-        jobs.push(("sam".to_owned(), r.submit("sam", json!({"user": "sam"})).await));
+        jobs.push((
+            "sam".to_owned(),
+            r.submit("sam", json!({"user": "sam"})).await,
+        ));
     }
     for v in r.complete_all(&jobs).await {
         assert_eq!(v["attempts"], 1, "a deferral is not an attempt: {v}");
@@ -187,11 +204,18 @@ async fn a_per_user_key_caps_each_user_alone(b: Backends) {
     });
     let mut jobs = Vec::new();
     for user in ["ann", "bob", "ann", "bob", "ann", "bob"] {
-        jobs.push((user.to_owned(), r.submit(user, json!({"user": user, "ms": 500})).await));
+        jobs.push((
+            user.to_owned(),
+            r.submit(user, json!({"user": user, "ms": 500})).await,
+        ));
     }
     r.complete_all(&jobs).await;
     assert_eq!((r.seen.peak("ann"), r.seen.peak("bob")), (1, 1));
-    assert_eq!(r.seen.peak("*"), 2, "one user's limit does not hold the other back");
+    assert_eq!(
+        r.seen.peak("*"),
+        2,
+        "one user's limit does not hold the other back"
+    );
 }
 
 async fn a_rate_limit_spaces_the_starts_out(b: Backends) {
@@ -228,7 +252,11 @@ async fn configuration_overrides_the_code_limits(b: Backends) {
         jobs.push(("sam".to_owned(), r.submit("sam", json!({"ms": 200})).await));
     }
     r.complete_all(&jobs).await;
-    assert_eq!(r.seen.peak("*"), 1, "the configuration's 1, not the code's 5");
+    assert_eq!(
+        r.seen.peak("*"),
+        1,
+        "the configuration's 1, not the code's 5"
+    );
 }
 
 async fn a_deferred_job_says_why_it_waits_and_runs_when_the_slot_frees(b: Backends) {
@@ -255,7 +283,10 @@ async fn a_deferred_job_says_why_it_waits_and_runs_when_the_slot_frees(b: Backen
     assert_eq!(v["attempts"], 0, "{v}");
     assert_eq!(v["deferred"]["reason"], "concurrency", "{v}");
     assert_eq!(v["deferred"]["key"], "kind", "{v}");
-    assert!(v["deferred"]["until"].as_str().unwrap().ends_with('Z'), "{v}");
+    assert!(
+        v["deferred"]["until"].as_str().unwrap().ends_with('Z'),
+        "{v}"
+    );
     r.seen.hold.store(false, Ordering::SeqCst);
     let views = r
         .complete_all(&[("sam".into(), first), ("sam".into(), second)])
@@ -275,13 +306,30 @@ async fn a_crashed_workers_hold_frees_itself(b: Backends) {
         until: now + 2_000,
     };
     let ledger = Ledger::limit("limited");
-    assert!(r.backend.store.hold(&ledger, 1, &dead, now).await.unwrap().is_some());
+    assert!(
+        r.backend
+            .store
+            .hold(&ledger, 1, &dead, now)
+            .await
+            .unwrap()
+            .is_some()
+    );
     let id = r.submit("sam", json!({"ms": 0})).await;
     let started = Instant::now();
     let views = r.complete_all(&[("sam".into(), id)]).await;
-    assert!(started.elapsed() >= Duration::from_millis(1500), "it waited for the lapse");
+    assert!(
+        started.elapsed() >= Duration::from_millis(1500),
+        "it waited for the lapse"
+    );
     assert_eq!(views[0]["attempts"], 1);
-    assert_eq!(r.backend.store.holders(&ledger, 1, r.backend.clock.now()).await.unwrap(), 0);
+    assert_eq!(
+        r.backend
+            .store
+            .holders(&ledger, 1, r.backend.clock.now())
+            .await
+            .unwrap(),
+        0
+    );
 }
 
 async fn holds_are_exact_under_racing_writers_and_lapsed_ones_do_not_count(b: Backends) {
@@ -295,29 +343,48 @@ async fn holds_are_exact_under_racing_writers_and_lapsed_ones_do_not_count(b: Ba
             until: now + 60_000,
         })
         .collect();
-    let taken = futures::future::join_all(holds.iter().map(|h| store.hold(&ledger, cap, h, now)))
-        .await;
+    let taken =
+        futures::future::join_all(holds.iter().map(|h| store.hold(&ledger, cap, h, now))).await;
     let won: Vec<(usize, u32)> = taken
         .iter()
         .enumerate()
         .filter_map(|(i, t)| t.as_ref().unwrap().map(|p| (i, p)))
         .collect();
     assert!(won.len() <= cap as usize, "{} holds", won.len());
-    assert_eq!(store.holders(&ledger, cap, now).await.unwrap(), won.len() as u32);
+    assert_eq!(
+        store.holders(&ledger, cap, now).await.unwrap(),
+        won.len() as u32
+    );
     // Given back: room again; lapsed: not counted, and cleared by the next writer or the sweep.
     let (i, page) = won[0];
     store.unhold(&ledger, page, &holds[i]).await.unwrap();
-    assert_eq!(store.holders(&ledger, cap, now).await.unwrap(), won.len() as u32 - 1);
+    assert_eq!(
+        store.holders(&ledger, cap, now).await.unwrap(),
+        won.len() as u32 - 1
+    );
     let later = now + 61_000;
     assert_eq!(store.holders(&ledger, cap, later).await.unwrap(), 0);
     let fresh = Hold {
         job_id: JobId::generate(later),
         until: later + 60_000,
     };
-    assert!(store.hold(&ledger, 1, &fresh, later).await.unwrap().is_some());
-    assert!(store.prune_holds(later).await.unwrap() > 0, "the sweep drops the rest");
+    assert!(
+        store
+            .hold(&ledger, 1, &fresh, later)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert!(
+        store.prune_holds(later).await.unwrap() > 0,
+        "the sweep drops the rest"
+    );
     assert_eq!(store.prune_holds(later).await.unwrap(), 0);
-    assert_eq!(store.holders(&ledger, cap, later).await.unwrap(), 1, "the fresh one");
+    assert_eq!(
+        store.holders(&ledger, cap, later).await.unwrap(),
+        1,
+        "the fresh one"
+    );
 }
 
 async fn a_bucket_admits_exactly_its_burst_to_racing_takers(b: Backends) {
@@ -325,7 +392,8 @@ async fn a_bucket_admits_exactly_its_burst_to_racing_takers(b: Backends) {
     let now = b.backend.clock.now();
     let bucket = named_bucket(&format!("race-{}", JobId::generate(now)));
     let rate = Rate::per_minute(60).with_burst(5);
-    let takes = futures::future::join_all((0..12).map(|_| store.take_tokens(&bucket, &rate, 1, now))).await;
+    let takes =
+        futures::future::join_all((0..12).map(|_| store.take_tokens(&bucket, &rate, 1, now))).await;
     let taken = takes
         .iter()
         .filter(|t| matches!(t.as_ref().unwrap(), Take::Taken))
@@ -344,7 +412,10 @@ async fn a_bucket_admits_exactly_its_burst_to_racing_takers(b: Backends) {
         Take::Taken => panic!("the bucket is empty"),
     }
     assert_eq!(
-        store.take_tokens(&bucket, &rate, 1, now + 1_000).await.unwrap(),
+        store
+            .take_tokens(&bucket, &rate, 1, now + 1_000)
+            .await
+            .unwrap(),
         Take::Taken
     );
 }
@@ -360,14 +431,117 @@ on_both_backends!(
     a_bucket_admits_exactly_its_burst_to_racing_takers,
 );
 
+/// Throttling, 5xx and lost responses on every DynamoDB and SQS call (the fault suite's proxy), jobs
+/// that fail retryably once, three workers: a monitor reading the table directly never sees more live
+/// holds than the limit, the handlers never overlap more, and every job completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_limit_holds_under_faults() {
+    let env = TestEnv::start_with(&[("MaxReceiveCount", "8")]).await;
+    let proxy = support::proxy::FaultProxy::start(&endpoint(), 0.03, 0.01).await;
+    let sdk = jobkit::aws::sdk_config(Some(&proxy.endpoint)).await;
+    let backend = Backend::aws(&sdk, env.config.clone()).await.unwrap();
+    const CAP: u32 = 3;
+    let seen = Arc::new(Seen::default());
+    let how = |k: jobkit::handler::Registration<'_>| {
+        k.concurrency(CAP);
+    };
+    let api = api_on(
+        &backend,
+        registry(seen.clone(), how),
+        jobkit::api::ApiSettings::from_config(&backend.config),
+    );
+    let mut ids = Vec::new();
+    for n in 0..30u64 {
+        let body =
+            json!({"kind": "limited", "input": {"n": n, "ms": 150, "fail_first": n % 3 == 0}})
+                .to_string();
+        let id = loop {
+            let mut req = post_jobs("sam", &body);
+            req.headers_mut()
+                .insert("idempotency-key", format!("f-{n}").parse().unwrap());
+            match json(&api.handle(req).await) {
+                (200 | 202, v) => break v["job_id"].as_str().unwrap().to_owned(),
+                (503, _) => tokio::time::sleep(Duration::from_millis(50)).await, // a client's retry
+                (other, v) => panic!("submit answered {other}: {v}"),
+            }
+        };
+        ids.push(id);
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let settings = WorkerSettings {
+        max_attempts: 8,
+        ..fast_settings(8)
+    };
+    let mut tasks = Vec::new();
+    for _ in 0..3 {
+        let worker = event_source_on(&backend, registry(seen.clone(), how), settings.clone())
+            .with_wait(Duration::from_millis(100));
+        let stop = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            while !stop.load(Ordering::SeqCst) {
+                let _ = worker.poll_once().await;
+            }
+        }));
+    }
+    // The monitor reads the ledger's pages around the proxy.
+    let monitor = {
+        let (stop, store) = (
+            stop.clone(),
+            jobkit::store::DynamoStore::from_sdk(&env.sdk, env.config.table.clone()),
+        );
+        tokio::spawn(async move {
+            let (ledger, mut samples) = (Ledger::limit("limited"), 0u32);
+            while !stop.load(Ordering::SeqCst) {
+                let now = chrono::Utc::now().timestamp_millis();
+                let live = store.holders(&ledger, CAP, now).await.unwrap();
+                assert!(live <= CAP, "{live} live holds under a limit of {CAP}");
+                samples += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            samples
+        })
+    };
+    let store = jobkit::store::DynamoStore::from_sdk(&env.sdk, env.config.table.clone());
+    eventually(
+        "every job to complete under faults",
+        Duration::from_secs(240),
+        async || {
+            for id in &ids {
+                let job = jobkit::store::JobReader::get(&store, &JobId::parse(id).unwrap())
+                    .await
+                    .unwrap()
+                    .unwrap();
+                if job.status != jobkit::JobStatus::Completed {
+                    return None;
+                }
+            }
+            Some(())
+        },
+    )
+    .await;
+    stop.store(true, Ordering::SeqCst);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let samples = monitor.await.unwrap();
+    assert!(samples > 5, "the monitor sampled the run ({samples})");
+    assert!(seen.peak("*") <= CAP, "{} ran at once", seen.peak("*"));
+    assert!(
+        proxy.stats.rejected.load(Ordering::Relaxed)
+            + proxy.stats.lost_responses.load(Ordering::Relaxed)
+            > 0,
+        "faults were injected"
+    );
+}
+
 #[test]
 fn configured_limits_of_an_unknown_kind_are_refused_at_start() {
     let r = registry(Arc::new(Seen::default()), |_| {});
     let bad = LimitsConfig::parse(r#"{"limted": {"concurrency": 1}}"#).unwrap();
     let e = r.check_limits(&bad).unwrap_err().to_string();
     assert!(e.contains("limted") && e.contains("not registered"), "{e}");
-    assert!(r
-        .check_limits(&LimitsConfig::parse(r#"{"limited": {"concurrency": 1}}"#).unwrap())
-        .is_ok());
+    assert!(
+        r.check_limits(&LimitsConfig::parse(r#"{"limited": {"concurrency": 1}}"#).unwrap())
+            .is_ok()
+    );
 }
-

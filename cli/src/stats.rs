@@ -91,7 +91,10 @@ pub async fn limit_use(
                 .rate_limits
                 .iter()
                 .map(|r| {
-                    let per = r.key.as_ref().map_or(String::new(), |k| format!(" per {k}"));
+                    let per = r
+                        .key
+                        .as_ref()
+                        .map_or(String::new(), |k| format!(" per {k}"));
                     format!(
                         "{}/{}s (burst {}){per}",
                         r.rate.count,
@@ -108,12 +111,16 @@ pub async fn limit_use(
 fn render_limits(uses: &[LimitUse]) -> String {
     let mut out = String::from("limits\n");
     for u in uses {
-        let running = u
-            .running
-            .map_or("no kind-wide cap".to_owned(), |(n, cap)| format!("{n}/{cap} running"));
+        let running = u.running.map_or("no kind-wide cap".to_owned(), |(n, cap)| {
+            format!("{n}/{cap} running")
+        });
         let mut rest: Vec<String> = u.per_key.clone();
         rest.extend(u.rates.iter().cloned());
-        out.push_str(&format!("  {:<20} {running}  {}\n", u.kind, rest.join(", ")));
+        out.push_str(&format!(
+            "  {:<20} {running}  {}\n",
+            u.kind,
+            rest.join(", ")
+        ));
     }
     out
 }

@@ -243,7 +243,10 @@ mod tests {
     #[test]
     fn a_take_larger_than_the_burst_waits_for_a_full_bucket_not_forever() {
         let rate = Rate::per_minute(1000);
-        assert!(rate.take(None, NOW, 5000).is_ok(), "a full bucket admits it");
+        assert!(
+            rate.take(None, NOW, 5000).is_ok(),
+            "a full bucket admits it"
+        );
         let tat = rate.take(None, NOW, 5000).unwrap();
         assert_eq!(rate.wait(tat, NOW, 5000), Duration::from_secs(60));
     }
@@ -251,7 +254,10 @@ mod tests {
     #[test]
     fn the_write_follows_what_was_seen_and_a_refusal_seen_needs_no_write() {
         let rate = Rate::per_second(2);
-        assert_eq!(rate.write(None, NOW, 1), Ok(Write::Idle { to: NOW + SEC / 2 }));
+        assert_eq!(
+            rate.write(None, NOW, 1),
+            Ok(Write::Idle { to: NOW + SEC / 2 })
+        );
         assert_eq!(rate.write(Some(NOW - SEC), NOW, 1), Ok(rate.idle(NOW, 1)));
         assert_eq!(
             rate.write(Some(NOW + SEC / 2), NOW, 1),

@@ -133,11 +133,7 @@ impl KindLimitsConfig {
                 rates
                     .into_iter()
                     .map(|r| {
-                        let periods = [
-                            (r.per_second, 1),
-                            (r.per_minute, 60),
-                            (r.per_hour, 3600),
-                        ];
+                        let periods = [(r.per_second, 1), (r.per_minute, 60), (r.per_hour, 3600)];
                         let mut set = periods.iter().filter_map(|(n, s)| n.map(|n| (n, *s)));
                         let (Some((count, secs)), None) = (set.next(), set.next()) else {
                             return Err(LimitsError::RatePeriod {
@@ -208,11 +204,20 @@ mod tests {
     fn bad_limits_are_refused_with_what_is_wrong() {
         let err = |raw: &str| LimitsConfig::parse(raw).unwrap_err().to_string();
         assert!(err(r#"{"a": {"concurrency": 0}}"#).contains("concurrency must be at least 1"));
-        assert!(err(r#"{"a": {"concurrency_keys": [{"key": "user", "limit": 0}]}}"#).contains("at least 1"));
+        assert!(
+            err(r#"{"a": {"concurrency_keys": [{"key": "user", "limit": 0}]}}"#)
+                .contains("at least 1")
+        );
         assert!(err(r#"{"a": {"rate_limits": [{"per_second": 0}]}}"#).contains("at least 1"));
-        assert!(err(r#"{"a": {"rate_limits": [{"per_second": 1, "per_minute": 1}]}}"#).contains("exactly one"));
+        assert!(
+            err(r#"{"a": {"rate_limits": [{"per_second": 1, "per_minute": 1}]}}"#)
+                .contains("exactly one")
+        );
         assert!(err(r#"{"a": {"rate_limits": [{"burst": 1}]}}"#).contains("exactly one"));
-        assert!(err(r#"{"a": {"concurrency_keys": [{"key": "customer", "limit": 1}]}}"#).contains("JSON Pointer"));
+        assert!(
+            err(r#"{"a": {"concurrency_keys": [{"key": "customer", "limit": 1}]}}"#)
+                .contains("JSON Pointer")
+        );
         assert!(err(r#"{"a": {"concurency": 1}}"#).contains("unknown field"));
         assert!(err(r#"[1]"#).contains("not valid"));
         let c = LimitsConfig::parse(r#"{"a": {"concurrency": 1}}"#).unwrap();

@@ -149,7 +149,9 @@ pub struct Limits {
 
 impl Limits {
     pub fn is_empty(&self) -> bool {
-        self.concurrency.is_none() && self.concurrency_keys.is_empty() && self.rate_limits.is_empty()
+        self.concurrency.is_none()
+            && self.concurrency_keys.is_empty()
+            && self.rate_limits.is_empty()
     }
 
     /// The concrete counters `job` of `kind` must get through, in the order they are taken.
@@ -305,10 +307,7 @@ mod tests {
     fn keys_parse_from_names_and_json_pointers_and_reject_the_rest() {
         assert_eq!(Key::parse("user").unwrap(), Key::User);
         assert_eq!(Key::parse("model").unwrap(), Key::Model);
-        assert_eq!(
-            Key::parse("/a~1b/0").unwrap(),
-            Key::Input("/a~1b/0".into())
-        );
+        assert_eq!(Key::parse("/a~1b/0").unwrap(), Key::Input("/a~1b/0".into()));
         for bad in ["", "customer_id", "/a~2", "/a~", "User"] {
             assert!(Key::parse(bad).is_err(), "{bad}");
         }
@@ -322,10 +321,18 @@ mod tests {
             rate_limits: vec![RateLimit::per_second(25).key(Key::Input("/customer_id".into()))],
         };
         let no_model = |_: &Json| None;
-        let a = limits.gates("summarize", &job(serde_json::json!({"customer_id": 7})), &no_model);
+        let a = limits.gates(
+            "summarize",
+            &job(serde_json::json!({"customer_id": 7})),
+            &no_model,
+        );
         let labels: Vec<&str> = a.iter().map(|g| g.label.as_str()).collect();
         assert_eq!(labels, ["kind", "user", "/customer_id"]);
-        let b = limits.gates("summarize", &job(serde_json::json!({"customer_id": 8})), &no_model);
+        let b = limits.gates(
+            "summarize",
+            &job(serde_json::json!({"customer_id": 8})),
+            &no_model,
+        );
         assert_eq!(a[..2], b[..2], "same kind and user: same ledgers");
         assert_ne!(a[2], b[2], "another customer: another bucket");
         assert!(Limits::default().is_empty());

@@ -168,11 +168,7 @@ impl Worker {
     async fn defer(&self, job: &Job, gate: &Gate, wait: Duration, d: &Delivery) -> Graded {
         let delay = jittered(wait, rand::random::<f64>());
         let trace = d.trace.as_deref().and_then(TraceContext::parse);
-        if let Err(e) = self
-            .queue
-            .send_traced(&d.body, delay, trace.as_ref())
-            .await
-        {
+        if let Err(e) = self.queue.send_traced(&d.body, delay, trace.as_ref()).await {
             tracing::warn!(error = %e, "could not send a deferred job again; its message comes back");
             return (Outcome::Unavailable, Verdict::Retry(delay));
         }
@@ -204,8 +200,14 @@ mod tests {
     #[test]
     fn a_deferral_waits_about_one_run_jittered_within_bounds() {
         assert_eq!(slot_wait(None), Duration::from_secs(5));
-        assert_eq!(slot_wait(Some(Duration::from_millis(10))), Duration::from_secs(1));
-        assert_eq!(slot_wait(Some(Duration::from_secs(600))), Duration::from_secs(60));
+        assert_eq!(
+            slot_wait(Some(Duration::from_millis(10))),
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            slot_wait(Some(Duration::from_secs(600))),
+            Duration::from_secs(60)
+        );
         let w = Duration::from_secs(8);
         assert_eq!(jittered(w, 0.0), Duration::from_secs(6));
         assert_eq!(jittered(w, 1.0), Duration::from_secs(10));

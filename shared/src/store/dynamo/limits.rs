@@ -241,4 +241,3 @@ fn tat_of(item: Option<&Item>) -> Option<bucket::Micros> {
         _ => None,
     }
 }
-

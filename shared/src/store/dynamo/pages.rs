@@ -141,7 +141,10 @@ impl DynamoStore {
             Some(m) => m,
             None => {
                 let items = self.read_pages(ledger, &[Some(page)], true).await?;
-                match items.get(&ledger.key(Some(page))).and_then(|i| i.get("slots")) {
+                match items
+                    .get(&ledger.key(Some(page)))
+                    .and_then(|i| i.get("slots"))
+                {
                     Some(AttributeValue::Ss(m)) => m.clone(),
                     _ => Vec::new(),
                 }
@@ -246,7 +249,11 @@ impl DynamoStore {
 
     /// Every page's load (BatchGetItem, eventually consistent: a stale load costs a refused write at
     /// worst, never a wrong count).
-    pub(super) async fn read_loads(&self, ledger: &Ledger, layout: Layout) -> Result<Vec<u32>, StoreError> {
+    pub(super) async fn read_loads(
+        &self,
+        ledger: &Ledger,
+        layout: Layout,
+    ) -> Result<Vec<u32>, StoreError> {
         let pages: Vec<Option<u32>> = (0..layout.pages()).map(Some).collect();
         let items = self.read_pages(ledger, &pages, false).await?;
         Ok(pages
