@@ -48,6 +48,28 @@ impl LimitStore for DynamoStore {
         Ok(())
     }
 
+    async fn renew_hold(
+        &self,
+        ledger: &Ledger,
+        page: u32,
+        old: &Hold,
+        new: &Hold,
+    ) -> Result<(), StoreError> {
+        let add = Update::builder()
+            .table_name(&self.table)
+            .set_key(Some(Item::from([(
+                "job_id".to_owned(),
+                AttributeValue::S(ledger.key(Some(page))),
+            )])))
+            .update_expression("ADD slots :m")
+            .expression_attribute_values(":m", AttributeValue::Ss(vec![new.to_string()]))
+            .build()
+            .expect("table, key and expression are set");
+        self.update(add).await?;
+        self.remove_members(ledger.key(Some(page)), vec![old.to_string()])
+            .await
+    }
+
     async fn holders(&self, ledger: &Ledger, cap: u32, now: Millis) -> Result<u32, StoreError> {
         let pages: Vec<Option<u32>> = (0..Layout::new(cap).pages()).map(Some).collect();
         let items = self.read_pages(ledger, &pages, true).await?;
