@@ -643,10 +643,13 @@ async fn rate_limited_jobs(b: Backends, jobs: usize) {
             .unwrap();
         r
     };
-    let api = b.api_with_settings(registry(), jobkit::api::ApiSettings {
-        max_in_flight_per_user: None,
-        ..jobkit::api::ApiSettings::from_config(&b.config)
-    });
+    let api = b.api_with_settings(
+        registry(),
+        jobkit::api::ApiSettings {
+            max_in_flight_per_user: None,
+            ..jobkit::api::ApiSettings::from_config(&b.config)
+        },
+    );
     let mut ids = Vec::with_capacity(jobs);
     for _ in 0..jobs {
         ids.push(submit(&api, &mathy()).await);
@@ -656,25 +659,38 @@ async fn rate_limited_jobs(b: Backends, jobs: usize) {
         .event_source(registry(), fast_settings(5))
         .with_wait(Duration::from_millis(200));
     let mut pending = ids.clone();
-    eventually("every agent job finished", Duration::from_secs(180), async || {
-        let _ = tokio::time::timeout(Duration::from_secs(30), source.poll_once()).await;
-        let mut still = Vec::new();
-        for id in &pending {
-            let (_, v) = json(&api.handle(get_job("ada", id)).await);
-            match v["status"].as_str() {
-                Some("completed") => {}
-                Some("failed" | "dead_letter" | "cancelled") => panic!("a job did not complete: {v}"),
-                _ => still.push(id.clone()),
+    eventually(
+        "every agent job finished",
+        Duration::from_secs(180),
+        async || {
+            let _ = tokio::time::timeout(Duration::from_secs(30), source.poll_once()).await;
+            let mut still = Vec::new();
+            for id in &pending {
+                let (_, v) = json(&api.handle(get_job("ada", id)).await);
+                match v["status"].as_str() {
+                    Some("completed") => {}
+                    Some("failed" | "dead_letter" | "cancelled") => {
+                        panic!("a job did not complete: {v}")
+                    }
+                    _ => still.push(id.clone()),
+                }
             }
-        }
-        pending = still;
-        pending.is_empty().then_some(())
-    })
+            pending = still;
+            pending.is_empty().then_some(())
+        },
+    )
     .await;
     let seen = server.per_second.lock().unwrap().clone();
     let busiest = seen.values().max().copied().unwrap_or(0);
-    assert_eq!(server.refused.load(Ordering::SeqCst), 0, "per second: {seen:?}");
-    assert!(busiest <= LIMIT, "{busiest} requests in one second: {seen:?}");
+    assert_eq!(
+        server.refused.load(Ordering::SeqCst),
+        0,
+        "per second: {seen:?}"
+    );
+    assert!(
+        busiest <= LIMIT,
+        "{busiest} requests in one second: {seen:?}"
+    );
     assert_eq!(seen.values().sum::<u32>(), jobs as u32, "one call per job");
 }
 

@@ -47,6 +47,11 @@ pub struct DynamoStore {
 type Item = HashMap<String, AttributeValue>;
 
 impl DynamoStore {
+    /// A store on `table` with a client of `sdk` (for tools that need only the table).
+    pub fn from_sdk(sdk: &aws_config::SdkConfig, table: impl Into<String>) -> Self {
+        Self::new(Client::new(sdk), table)
+    }
+
     pub fn new(client: Client, table: impl Into<String>) -> Self {
         let table = table.into();
         Self {
@@ -373,13 +378,15 @@ impl JobClaimer for DynamoStore {
             .update_expression(
                 "SET #s = :running, attempts = attempts + :one, lease_owner = :owner, \
                  lease_expires_at = :exp, started_at = if_not_exists(started_at, :now), \
-                 updated_at = :now, version = version + :one REMOVE deferred",
+                 updated_at = :now, version = version + :one REMOVE #deferred",
             )
             .condition_expression(
                 "#s IN (:queued, :retrying) OR (#s = :running AND \
                  (attribute_not_exists(lease_expires_at) OR lease_expires_at < :now))",
             )
             .expression_attribute_names("#s", "status")
+            // A reserved word in DynamoDB's expressions.
+            .expression_attribute_names("#deferred", "deferred")
             .expression_attribute_values(":running", status(JobStatus::Running))
             .expression_attribute_values(":queued", status(JobStatus::Queued))
             .expression_attribute_values(":retrying", status(JobStatus::Retrying))

@@ -401,6 +401,20 @@ impl LimitStore for MemoryStore {
         Ok(())
     }
 
+    async fn renew_hold(
+        &self,
+        ledger: &Ledger,
+        page: u32,
+        old: &Hold,
+        new: &Hold,
+    ) -> Result<(), StoreError> {
+        let mut st = self.state();
+        let h = st.holds.entry((ledger.clone(), page)).or_default();
+        h.insert(new.clone());
+        h.remove(old);
+        Ok(())
+    }
+
     async fn holders(&self, ledger: &Ledger, _cap: u32, now: Millis) -> Result<u32, StoreError> {
         Ok(self
             .state()

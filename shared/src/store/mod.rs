@@ -288,6 +288,17 @@ pub trait LimitStore: Send + Sync {
     /// Gives `hold` back from `page` (idempotent).
     async fn unhold(&self, ledger: &Ledger, page: u32, hold: &Hold) -> Result<(), StoreError>;
 
+    /// Replaces `old` on `page` by `new` (the same job's hold with a later end): `new` is added
+    /// first, without the cap check (its holder counts already), then `old` removed, so the job is
+    /// never uncounted; the page may hold one more for that moment, which only refuses others.
+    async fn renew_hold(
+        &self,
+        ledger: &Ledger,
+        page: u32,
+        old: &Hold,
+        new: &Hold,
+    ) -> Result<(), StoreError>;
+
     /// How many holds of `ledger` (capped at `cap`) are live at `now` (a consistent read).
     async fn holders(&self, ledger: &Ledger, cap: u32, now: Millis) -> Result<u32, StoreError>;
 

@@ -33,10 +33,20 @@ const HOLD_GRACE: Millis = 10_000;
 /// The longest deferral: SQS's longest message delay.
 const MAX_DEFER: Duration = Duration::from_secs(900);
 
-/// The holds one attempt took, given back when it ends.
+/// The holds one attempt took, given back when it ends (renewed meanwhile when they would lapse).
 #[derive(Debug, Default)]
 pub(super) struct Held {
-    holds: Vec<(Ledger, u32, Hold)>,
+    holds: Mutex<Vec<(Ledger, u32, Hold)>>,
+}
+
+impl Held {
+    fn push(&self, hold: (Ledger, u32, Hold)) {
+        self.lock().push(hold);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(Ledger, u32, Hold)>> {
+        self.holds.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 /// What each kind's handler took lately in this instance: the guess of when a slot frees.
@@ -112,13 +122,13 @@ impl Worker {
                 .deadline
                 .map_or(now + HOLD_LEASE.as_millis() as Millis, |d| d + HOLD_GRACE),
         };
-        let mut held = Held::default();
+        let held = Held::default();
         for gate in limits.gates(&job.kind, &job, &model) {
             let wait = match &gate.counter {
                 Counter::Concurrency { ledger, cap } => {
                     match self.store.hold(ledger, *cap, &hold, now).await {
                         Ok(Some(page)) => {
-                            held.holds.push((ledger.clone(), page, hold.clone()));
+                            held.push((ledger.clone(), page, hold.clone()));
                             continue;
                         }
                         Ok(None) => slot_wait(self.runtimes.typical(&job.kind)),
@@ -153,9 +163,38 @@ impl Worker {
         Admit::Go(held)
     }
 
+    /// Moves the end of every hold of `held` that would lapse within half a [`HOLD_LEASE`] one
+    /// lease on (from the heartbeat): a job without a deadline (the container worker) may run for
+    /// hours, and its hold must not lapse while it does. Lambda's holds end after the invocation's
+    /// deadline and never need it. Best effort: a failed renewal is tried at the next heartbeat.
+    pub(super) async fn renew_holds(&self, held: &Held) {
+        let now = self.clock.now();
+        let lease = HOLD_LEASE.as_millis() as Millis;
+        let due: Vec<(usize, Ledger, u32, Hold)> = held
+            .lock()
+            .iter()
+            .enumerate()
+            .filter(|(_, (_, _, h))| h.until - now < lease / 2)
+            .map(|(i, (l, p, h))| (i, l.clone(), *p, h.clone()))
+            .collect();
+        for (i, ledger, page, old) in due {
+            let new = Hold {
+                job_id: old.job_id.clone(),
+                until: now + lease,
+            };
+            match self.store.renew_hold(&ledger, page, &old, &new).await {
+                Ok(()) => held.lock()[i].2 = new,
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not renew a hold; trying again at the next heartbeat")
+                }
+            }
+        }
+    }
+
     /// Gives an attempt's holds back (best effort: one not given back lapses at its end).
     pub(super) async fn give_back(&self, held: Held) {
-        let backs = held.holds.iter().map(|(ledger, page, hold)| async move {
+        let holds = std::mem::take(&mut *held.lock());
+        let backs = holds.iter().map(|(ledger, page, hold)| async move {
             if let Err(e) = self.store.unhold(ledger, *page, hold).await {
                 tracing::warn!(error = %e, until = hold.until, "could not give a hold back; it lapses by itself");
             }

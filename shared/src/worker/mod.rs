@@ -318,7 +318,7 @@ impl Worker {
                     gate::Admit::Stop(graded) => return graded,
                 },
             };
-            let graded = self.claim_and_run(&msg, d, inv, hider).await;
+            let graded = self.claim_and_run(&msg, d, inv, hider, held.as_ref()).await;
             if let Some(held) = held {
                 self.give_back(held).await;
             }
@@ -337,6 +337,7 @@ impl Worker {
         d: &Delivery,
         inv: &Invocation,
         hider: &Hider,
+        held: Option<&gate::Held>,
     ) -> Graded {
         {
             let now = self.clock.now();
@@ -352,7 +353,7 @@ impl Worker {
                     if job.attempts == 1 && job.continuations == 0 {
                         observe::queue_wait(&job.kind, job.submitted_at, now);
                     }
-                    self.run(job, owner, d, inv, hider).await
+                    self.run(job, owner, d, inv, hider, held).await
                 }
                 Err(StoreError::NotFound) => {
                     tracing::error!("message for a job that does not exist");
@@ -409,6 +410,7 @@ impl Worker {
         d: &Delivery,
         inv: &Invocation,
         hider: &Hider,
+        held: Option<&gate::Held>,
     ) -> Graded {
         let keeper = LeaseKeeper::new(self.store.clone(), self.clock.clone(), owner, job.clone());
         if self.lane == Lane::Lambda && job.lane == Lane::Container {
@@ -427,7 +429,7 @@ impl Worker {
         let started = std::time::Instant::now();
         // Hidden while the lease is live, and half a lease more (see `hide`).
         hider.hide(&d.receipt_handle);
-        let ran = match self.run_handler(&job, &keeper, d, inv, hider).await {
+        let ran = match self.run_handler(&job, &keeper, d, inv, hider, held).await {
             Run::Finished(ran) => ran,
             Run::LeaseLost => return (Outcome::LeaseLost, Verdict::Ack),
             Run::Stopped => return self.release(&keeper).await,
@@ -455,6 +457,7 @@ impl Worker {
         d: &Delivery,
         inv: &Invocation,
         hider: &Hider,
+        held: Option<&gate::Held>,
     ) -> Run {
         let Some(handler) = self.registry.get(&job.kind) else {
             return Run::Finished(Err(JobError::terminal(
@@ -499,6 +502,10 @@ impl Worker {
                 }
                 _ = beat.tick() => {
                     let lease = self.settings.lease.as_millis() as Millis;
+                    // Only without a deadline: a Lambda's holds outlast its invocation already.
+                    if let Some(held) = held.filter(|_| inv.deadline.is_none()) {
+                        self.renew_holds(held).await;
+                    }
                     match keeper.update(|j, owner, now| j.heartbeat(owner, now + lease, now)).await {
                         Ok(_) => hider.hide(&d.receipt_handle),
                         Err(LeaseError::Lost) => {

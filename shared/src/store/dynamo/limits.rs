@@ -48,6 +48,28 @@ impl LimitStore for DynamoStore {
         Ok(())
     }
 
+    async fn renew_hold(
+        &self,
+        ledger: &Ledger,
+        page: u32,
+        old: &Hold,
+        new: &Hold,
+    ) -> Result<(), StoreError> {
+        let add = Update::builder()
+            .table_name(&self.table)
+            .set_key(Some(Item::from([(
+                "job_id".to_owned(),
+                AttributeValue::S(ledger.key(Some(page))),
+            )])))
+            .update_expression("ADD slots :m")
+            .expression_attribute_values(":m", AttributeValue::Ss(vec![new.to_string()]))
+            .build()
+            .expect("table, key and expression are set");
+        self.update(add).await?;
+        self.remove_members(ledger.key(Some(page)), vec![old.to_string()])
+            .await
+    }
+
     async fn holders(&self, ledger: &Ledger, cap: u32, now: Millis) -> Result<u32, StoreError> {
         let pages: Vec<Option<u32>> = (0..Layout::new(cap).pages()).map(Some).collect();
         let items = self.read_pages(ledger, &pages, true).await?;
@@ -112,9 +134,11 @@ impl LimitStore for DynamoStore {
             .set_key(Some(Self::key(id)))
             // `updated_at` too: the sweep re-sends a `queued` job not updated for a while (a lost
             // message?), and a deferred job's message is not lost.
-            .update_expression("SET deferred = :d, updated_at = :now")
+            .update_expression("SET #deferred = :d, updated_at = :now")
             .condition_expression("#s IN (:queued, :retrying)")
             .expression_attribute_names("#s", "status")
+            // A reserved word in DynamoDB's expressions.
+            .expression_attribute_names("#deferred", "deferred")
             .expression_attribute_values(":d", note)
             .expression_attribute_values(":now", num(now))
             .expression_attribute_values(":queued", status(JobStatus::Queued))
