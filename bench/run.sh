@@ -3,6 +3,7 @@
 #   bash bench/run.sh [--short] [--rounds N] [--jobs N] [--users N] [--cap N] [--check] [--max-wru X] [--max-sqs X]
 #                     [--baseline REV] [--busy N,N,...]
 #   bash bench/run.sh --short --wait N   (only the waiting workloads: see bench/wait.py)
+#   bash bench/run.sh --fairness [--a-jobs N] [--b-jobs N] [--job-ms MS] [--concurrency N] [--backends embedded,emulator]
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -19,6 +20,18 @@ venv() { # venv DIR REQUIREMENTS
 }
 venv "$ROOT/.venv/bench" bench/requirements.txt
 venv "$ROOT/.venv/bench-peer" bench/peer/requirements.txt
+
+# --fairness: a mode of its own (bench/fairness.py): one owner's backlog and another owner's queue wait,
+# through `jobctl dev` on its embedded backend and on the emulator. It prints its table; no functions, no proxy.
+if [[ " $* " == *" --fairness "* ]]; then
+  echo "bench: building jobctl" >&2
+  cargo build -q -p jobctl
+  GATEWAY_PORT="$EMULATOR_PORT" bash infra/emulator.sh start >&2
+  trap 'GATEWAY_PORT="$EMULATOR_PORT" bash infra/emulator.sh stop >&2 || true' EXIT
+  "$ROOT/.venv/bench/bin/python" bench/fairness.py --jobctl "$ROOT/target/debug/jobctl" \
+    --emulator-url "http://127.0.0.1:$EMULATOR_PORT" --command "bash bench/run.sh $*" "$@"
+  exit
+fi
 
 # --short checks counts, which do not depend on the build: it takes the debug binaries of the default
 # target (after `cargo test` a link-only no-op, and no second build on CI's disk). Timings want the

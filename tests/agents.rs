@@ -4,8 +4,10 @@
 //! call is answered to the model as a tool error; a hostile calculator expression is a tool error, not
 //! a crash; absurd usage counts saturate and a failed run reports what it spent; a cancel request stops
 //! a model call in flight; a tool that needs approval parks the run until it is approved (the tool
-//! runs once), refused (the model reads the reason) or timed out. And every built-in tool survives
-//! hostile input, in this process.
+//! runs once), refused (the model reads the reason) or timed out; with a per-model rate limit, 200
+//! jobs against a server that refuses more than N requests a second all complete and the server
+//! never sees more than N in a second. And every built-in tool survives hostile input, in this
+//! process.
 
 #[macro_use]
 mod support;
@@ -15,7 +17,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use jobkit::HandlerRegistry;
-use jobkit::agent::{Agent, Agents, Bedrock, Model, OpenAiCompatible, Tool};
+use jobkit::agent::{
+    Agent, Agents, Bedrock, Model, ModelLimit, ModelLimits, OpenAiCompatible, Tool,
+};
 use jobkit::local::EventSource;
 use jobkit::worker::WorkerSettings;
 use schemars::JsonSchema;
@@ -736,6 +740,147 @@ async fn an_approval_that_times_out_is_a_tool_error(b: Backends) {
     assert_eq!(view["status"], "completed", "{view}");
     assert_eq!(runs.load(Ordering::SeqCst), 0);
     assert_eq!(tool_message_seen(&fake), "approval timed out");
+}
+
+/// An OpenAI-compatible server that answers at once and refuses (429) any request beyond `limit` in
+/// the same wall-clock second; it counts what it sees per second.
+struct Strict {
+    url: String,
+    per_second: Arc<Mutex<std::collections::BTreeMap<i64, u32>>>,
+    refused: Arc<AtomicU32>,
+}
+
+async fn strict_model(limit: u32) -> Strict {
+    let per_second = Arc::new(Mutex::new(std::collections::BTreeMap::<i64, u32>::new()));
+    let refused = Arc::new(AtomicU32::new(0));
+    let (seen, no) = (per_second.clone(), refused.clone());
+    let app = axum::Router::new().route(
+        "/v1/chat/completions",
+        axum::routing::post(move || {
+            let (seen, no) = (seen.clone(), no.clone());
+            async move {
+                let second = chrono::Utc::now().timestamp();
+                let n = {
+                    let mut seen = seen.lock().unwrap();
+                    let n = seen.entry(second).or_default();
+                    *n += 1;
+                    *n
+                };
+                if n > limit {
+                    no.fetch_add(1, Ordering::SeqCst);
+                    return (
+                        http::StatusCode::TOO_MANY_REQUESTS,
+                        axum::Json(json!({"error": {"message": "rate limit exceeded"}})),
+                    );
+                }
+                (
+                    http::StatusCode::OK,
+                    axum::Json(json!({"choices": [{"message": {"role": "assistant",
+                        "content": "42"}, "finish_reason": "stop"}],
+                        "usage": {"prompt_tokens": 10, "completion_tokens": 3}})),
+                )
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/v1", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Strict {
+        url,
+        per_second,
+        refused,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limited_model_serves_200_jobs_without_a_refusal() {
+    rate_limited_jobs(memory().await, 200).await;
+}
+
+/// On the emulator, fewer jobs: each costs a few hundred milliseconds of its DynamoDB there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limited_model_serves_20_jobs_without_a_refusal_on_the_emulator() {
+    rate_limited_jobs(emulator().await, 20).await;
+}
+
+/// `jobs` one-turn agent jobs, 10 at a time, against a server refusing more than 20 requests in
+/// a second, under a limit of 540 a minute: all complete, none refused, never more than 20 a second.
+async fn rate_limited_jobs(b: Backends, jobs: usize) {
+    const LIMIT: u32 = 20;
+    let server = strict_model(LIMIT).await;
+    // 9 a second with bursts of 9: at most 18 in any wall-clock second, under the server's 20 with
+    // room for a request taken at the end of one second that arrives in the next.
+    let limits = ModelLimits::default().with(
+        "strict",
+        ModelLimit {
+            rpm: Some(540),
+            tpm: None,
+        },
+    );
+    let registry = || {
+        let mut r = HandlerRegistry::with_builtins();
+        Agents::new(Arc::new(OpenAiCompatible::new(&server.url, None)))
+            .with(Agent {
+                name: "mathy".into(),
+                model: "strict".into(),
+                system: "answer".into(),
+                max_turns: 2,
+                tools: Vec::new(),
+            })
+            .with_model_limits(limits.clone())
+            .register(&mut r)
+            .unwrap();
+        r
+    };
+    let api = b.api_with_settings(
+        registry(),
+        jobkit::api::ApiSettings {
+            max_in_flight_per_user: None,
+            ..jobkit::api::ApiSettings::from_config(&b.config)
+        },
+    );
+    let mut ids = Vec::with_capacity(jobs);
+    for _ in 0..jobs {
+        ids.push(submit(&api, &mathy()).await);
+    }
+    // Batches of 10 at a time, each a poll of its own: 10 model calls compete for 9 a second.
+    let source = b
+        .event_source(registry(), fast_settings(5))
+        .with_wait(Duration::from_millis(200));
+    let mut pending = ids.clone();
+    eventually(
+        "every agent job finished",
+        Duration::from_secs(180),
+        async || {
+            let _ = tokio::time::timeout(Duration::from_secs(30), source.poll_once()).await;
+            let mut still = Vec::new();
+            for id in &pending {
+                let (_, v) = json(&api.handle(get_job("ada", id)).await);
+                match v["status"].as_str() {
+                    Some("completed") => {}
+                    Some("failed" | "dead_letter" | "cancelled") => {
+                        panic!("a job did not complete: {v}")
+                    }
+                    _ => still.push(id.clone()),
+                }
+            }
+            pending = still;
+            pending.is_empty().then_some(())
+        },
+    )
+    .await;
+    let seen = server.per_second.lock().unwrap().clone();
+    let busiest = seen.values().max().copied().unwrap_or(0);
+    assert_eq!(
+        server.refused.load(Ordering::SeqCst),
+        0,
+        "per second: {seen:?}"
+    );
+    assert!(
+        busiest <= LIMIT,
+        "{busiest} requests in one second: {seen:?}"
+    );
+    assert_eq!(seen.values().sum::<u32>(), jobs as u32, "one call per job");
 }
 
 on_both_backends!(

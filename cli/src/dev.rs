@@ -27,7 +27,8 @@ use tokio::sync::watch;
 Settings come from template.yaml's defaults, overridden by the same environment variables the \
 functions read: JOBKIT_MAX_ATTEMPTS, JOBKIT_JOB_TTL_DAYS, JOBKIT_RETRY_BASE_SECS, JOBKIT_RETRY_MAX_SECS, \
 JOBKIT_WORKER_CONCURRENCY, JOBKIT_MAX_QUEUE_DEPTH, JOBKIT_MAX_IN_FLIGHT_PER_USER, JOBKIT_WORKER_TIMEOUT_SECS \
-(each invocation's deadline: handlers yield and continue as on Lambda), JOBKIT_SIGNING_SECRET.
+(each invocation's deadline: handlers yield and continue as on Lambda), JOBKIT_SIGNING_SECRET, \
+JOBKIT_FAIR_QUEUES (false: deliver in send order rather than fairly across owners).
 
 Webhooks: jobs submitted with a callback_url (http or https; loopback allowed here) get their signed \
 event from an in-process delivery loop, on the deployed schedule compressed to seconds: attempts after \
@@ -233,6 +234,7 @@ pub async fn run(args: DevArgs, registry: HandlerRegistry) -> anyhow::Result<()>
         dev_mode: true,
         ..ApiSettings::from_config(&b.config)
     };
+    registry.check_limits(&b.config.limits)?;
     let submit = Arc::new(b.submit_api(registry.clone(), settings));
     let status = Arc::new(b.status_api());
     let user_header = args.user_header;

@@ -290,7 +290,8 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
         Command::Stats { args, target } => {
             let json = target.json;
             let c = client::Client::new(target)?;
-            stats::run(args, &c, json).await.map(|_| true)
+            let registry = kinds::registry(&kinds::Settings::from_env());
+            stats::run(args, &c, json, &registry).await.map(|_| true)
         }
         Command::Submit {
             target,

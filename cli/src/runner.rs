@@ -246,6 +246,7 @@ pub async fn worker(args: WorkerArgs, registry: HandlerRegistry) -> anyhow::Resu
     let b = Backend::aws(&sdk, config)
         .await
         .map_err(|e| anyhow::anyhow!(e))?;
+    registry.check_limits(&b.config.limits)?;
     let (release_tx, release_rx) = watch::channel(false);
     let (lane, queue_url) = if args.container {
         let url = b.config.container_queue_url.clone();

@@ -5,6 +5,8 @@
 //!   message; against `jobctl dev`, its `/_dev/stats`.
 //! - Your jobs by status: the API's list per status (an index query each; no table scan), counted up to
 //!   a page of 100.
+//! - Limits (with `JOBKIT_TABLE`): each limited kind's concurrency in use (a read of its ledger's
+//!   pages) and its other limits as configured (`JOBKIT_LIMITS` over the code's).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -50,9 +52,105 @@ const STATUSES: [&str; 7] = [
     "dead_letter",
 ];
 
-pub async fn run(args: StatsArgs, client: &Client, json: bool) -> anyhow::Result<()> {
+/// One limited kind's use, as `jobctl stats` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LimitUse {
+    pub kind: String,
+    /// Jobs of the kind running now (live holds) and its concurrency limit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub running: Option<(u32, u32)>,
+    /// Its other limits, as `JOBKIT_LIMITS` would write them (keyed ones count per value).
+    pub per_key: Vec<String>,
+    pub rates: Vec<String>,
+}
+
+/// Each limited kind's use: one read of its kind-wide ledger's pages.
+pub async fn limit_use(
+    registry: &jobkit::HandlerRegistry,
+    store: &dyn jobkit::store::LimitStore,
+    now: i64,
+) -> anyhow::Result<Vec<LimitUse>> {
+    let mut uses = Vec::new();
+    for (kind, limits) in registry.all_limits() {
+        let running = match limits.concurrency {
+            Some(cap) => {
+                let ledger = jobkit::slots::Ledger::limit(kind);
+                Some((store.holders(&ledger, cap, now).await?, cap))
+            }
+            None => None,
+        };
+        uses.push(LimitUse {
+            kind: kind.to_owned(),
+            running,
+            per_key: limits
+                .concurrency_keys
+                .iter()
+                .map(|(k, n)| format!("{n} per {k}"))
+                .collect(),
+            rates: limits
+                .rate_limits
+                .iter()
+                .map(|r| {
+                    let per = r
+                        .key
+                        .as_ref()
+                        .map_or(String::new(), |k| format!(" per {k}"));
+                    format!(
+                        "{}/{}s (burst {}){per}",
+                        r.rate.count,
+                        r.rate.per.as_secs(),
+                        r.rate.burst
+                    )
+                })
+                .collect(),
+        });
+    }
+    Ok(uses)
+}
+
+fn render_limits(uses: &[LimitUse]) -> String {
+    let mut out = String::from("limits\n");
+    for u in uses {
+        let running = u.running.map_or("no kind-wide cap".to_owned(), |(n, cap)| {
+            format!("{n}/{cap} running")
+        });
+        let mut rest: Vec<String> = u.per_key.clone();
+        rest.extend(u.rates.iter().cloned());
+        out.push_str(&format!(
+            "  {:<20} {running}  {}\n",
+            u.kind,
+            rest.join(", ")
+        ));
+    }
+    out
+}
+
+/// The limits' use when the table is named (`JOBKIT_TABLE`); `None` otherwise.
+async fn limits(
+    args: &StatsArgs,
+    registry: &jobkit::HandlerRegistry,
+) -> anyhow::Result<Option<Vec<LimitUse>>> {
+    let Ok(config) = jobkit::Config::from_env() else {
+        return Ok(None);
+    };
+    let mut registry = registry.clone();
+    registry.check_limits(&config.limits)?;
+    registry.configure_limits(&config.limits);
+    let sdk = jobkit::aws::sdk_config(args.endpoint_url.as_deref()).await;
+    let store = jobkit::store::DynamoStore::from_sdk(&sdk, config.table);
+    let now = chrono::Utc::now().timestamp_millis();
+    Ok(Some(limit_use(&registry, &store, now).await?))
+}
+
+pub async fn run(
+    args: StatsArgs,
+    client: &Client,
+    json: bool,
+    registry: &jobkit::HandlerRegistry,
+) -> anyhow::Result<()> {
     loop {
         let queues = queues(&args, client).await?;
+        let limits = limits(&args, registry).await?;
         let mut mine = BTreeMap::new();
         for status in STATUSES {
             let page = client.list(Some(status), 100, None).await?;
@@ -63,13 +161,16 @@ pub async fn run(args: StatsArgs, client: &Client, json: bool) -> anyhow::Result
         if json {
             println!(
                 "{}",
-                serde_json::json!({"queues": queues, "your_jobs": mine})
+                serde_json::json!({"queues": queues, "your_jobs": mine, "limits": limits})
             );
         } else {
             if args.watch {
                 print!("\x1b[2J\x1b[H"); // clear the screen for the next frame
             }
             print!("{}", render(&queues, &mine));
+            if let Some(uses) = limits.as_ref().filter(|u| !u.is_empty()) {
+                print!("{}", render_limits(uses));
+            }
         }
         if !args.watch {
             return Ok(());

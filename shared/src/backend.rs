@@ -48,8 +48,10 @@ impl Backend {
             Some(value) => value.into_bytes(),
             None => local_secret(None),
         };
-        let sqs_queue =
-            |url: &String| Arc::new(SqsQueue::new(sqs.clone(), url)) as Arc<dyn JobQueue>;
+        let sqs_queue = |url: &String| {
+            Arc::new(SqsQueue::new(sqs.clone(), url).with_groups(config.fair_queues))
+                as Arc<dyn JobQueue>
+        };
         Ok(Self {
             store: Arc::new(DynamoStore::new(
                 aws_sdk_dynamodb::Client::new(sdk),
@@ -77,8 +79,9 @@ impl Backend {
     ) -> Self {
         let with_dlq = || {
             let dlq = Arc::new(MemoryQueue::new(visibility));
-            let queue =
-                MemoryQueue::new(visibility).with_dead_letter_queue(dlq.clone(), max_receives);
+            let queue = MemoryQueue::new(visibility)
+                .with_groups(config.fair_queues)
+                .with_dead_letter_queue(dlq.clone(), max_receives);
             (Arc::new(queue), dlq)
         };
         let (queue, dlq) = with_dlq();
@@ -208,6 +211,8 @@ impl Backend {
         settings: WorkerSettings,
     ) -> Option<(Arc<dyn JobQueue>, Worker)> {
         let own = self.queues().get(lane)?.clone();
+        let mut registry = registry;
+        registry.configure_limits(&self.config.limits);
         let worker = Worker::new(
             self.store.clone(),
             own.clone(),

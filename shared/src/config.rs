@@ -54,6 +54,11 @@ pub struct Config {
     /// `JOBKIT_WORKER_TIMEOUT_SECS` (default 900): the worker function's timeout, so local runs give each
     /// invocation the same deadline.
     pub worker_timeout: Duration,
+    /// `JOBKIT_FAIR_QUEUES` (default true): job messages carry their owner's group (`MessageGroupId`), so
+    /// the queue serves tenants fairly (see [`crate::queue`]). `false` sends without it.
+    pub fair_queues: bool,
+    /// Kinds' limits from `JOBKIT_LIMITS` (JSON, see [`crate::limits`]): they override the code's.
+    pub limits: crate::limits::LimitsConfig,
 }
 
 /// Where a secret comes from.
@@ -125,6 +130,20 @@ impl Config {
                         .map(|arn| SecretSource::SecretsManager { arn })
                 })
         };
+        let flag = |name: &'static str, default: bool| -> Result<bool, ConfigError> {
+            match get(name).filter(|v| !v.is_empty()) {
+                None => Ok(default),
+                Some(raw) => match raw.trim().to_ascii_lowercase().as_str() {
+                    "true" | "1" => Ok(true),
+                    "false" | "0" => Ok(false),
+                    _ => Err(ConfigError::Invalid {
+                        name,
+                        value: raw,
+                        reason: "must be true or false".into(),
+                    }),
+                },
+            }
+        };
         let base = number("JOBKIT_RETRY_BASE_SECS", 2, 0, 43_200)?;
         let max = number("JOBKIT_RETRY_MAX_SECS", 900, base.max(1), 43_200)?;
         Ok(Self {
@@ -152,6 +171,15 @@ impl Config {
                 .filter(|v| !v.is_empty())
                 .unwrap_or_else(|| "jobkit".into()),
             worker_timeout: Duration::from_secs(number("JOBKIT_WORKER_TIMEOUT_SECS", 900, 1, 900)?),
+            fair_queues: flag("JOBKIT_FAIR_QUEUES", true)?,
+            limits: {
+                let raw = get("JOBKIT_LIMITS").unwrap_or_default();
+                crate::limits::LimitsConfig::parse(&raw).map_err(|e| ConfigError::Invalid {
+                    name: "JOBKIT_LIMITS",
+                    value: raw.clone(),
+                    reason: e.to_string(),
+                })?
+            },
         })
     }
 }
@@ -183,6 +211,25 @@ mod tests {
         assert_eq!(c.worker_concurrency, 10);
         assert_eq!(c.dlq_url, None);
         assert_eq!((c.max_queue_depth, c.max_in_flight_per_user), (10_000, 100));
+        assert!(c.fair_queues);
+    }
+
+    #[test]
+    fn fair_queues_can_be_turned_off_and_nonsense_is_named() {
+        let with = |v: &'static str| {
+            let mut vars = BASE.to_vec();
+            vars.push(("JOBKIT_FAIR_QUEUES", v));
+            load(&vars)
+        };
+        assert!(!with("false").unwrap().fair_queues);
+        assert!(with("TRUE").unwrap().fair_queues);
+        assert!(matches!(
+            with("maybe"),
+            Err(ConfigError::Invalid {
+                name: "JOBKIT_FAIR_QUEUES",
+                ..
+            })
+        ));
     }
 
     #[test]

@@ -137,8 +137,11 @@ impl DeadLetters {
                     release.push(m.receipt_handle.clone());
                     continue;
                 };
-                self.requeue_job(&msg.job_id).await?;
-                self.queue.send(&m.body, Duration::ZERO).await?;
+                match self.requeue_job(&msg.job_id).await? {
+                    Some(job) => self.queue.send_job(&job, None).await?,
+                    // No job (expired): the message goes back as it was, and the worker drops it.
+                    None => self.queue.send(&m.body, Duration::ZERO).await?,
+                };
                 self.dlq.delete(&m.receipt_handle).await?;
                 report.moved += 1;
             }
@@ -150,8 +153,9 @@ impl DeadLetters {
     }
 
     /// Puts the job back to `queued` if it is dead-lettered or failed; a job already queued again (an
-    /// interrupted earlier redrive) or finished is left alone.
-    async fn requeue_job(&self, id: &JobId) -> Result<(), BoxError> {
+    /// interrupted earlier redrive) or finished is left alone. Returns the job as it now is (`None`: there
+    /// is no such job).
+    async fn requeue_job(&self, id: &JobId) -> Result<Option<crate::Job>, BoxError> {
         let step = |job: &crate::Job| {
             Ok::<_, ()>(match job.requeue(self.clock.now()) {
                 Ok(next) => Change::Write(Box::new(next), ()),
@@ -159,7 +163,8 @@ impl DeadLetters {
             })
         };
         match read_modify_write(&*self.store, id, None, REQUEUE_TRIES, step).await {
-            Ok(_) | Err(RmwError::NotFound) => Ok(()),
+            Ok((job, ())) => Ok(Some(job)),
+            Err(RmwError::NotFound) => Ok(None),
             Err(e) => Err(e.into()),
         }
     }

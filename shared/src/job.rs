@@ -439,6 +439,10 @@ pub struct Job {
     /// join it). `None` on a counted job: the single slot item of ledgers written before pages.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slot_page: Option<u32>,
+    /// Why it waits to start, when a kind's limit deferred it (see [`crate::limits`]): written by the
+    /// deferral alone (not a new version), cleared by the claim. Absent on jobs never deferred.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deferred: Option<crate::limits::Deferred>,
     /// Bumped by every write; stores persist a new value only over the version it was computed from.
     pub version: u64,
 }
@@ -516,6 +520,7 @@ impl Job {
             parked_at: None,
             last_waitpoint: None,
             slot_page: None,
+            deferred: None,
             version: 0,
         }
     }
@@ -602,6 +607,7 @@ impl Job {
         next.lease_owner = Some(owner.to_owned());
         next.lease_expires_at = Some(lease_expires_at);
         next.started_at.get_or_insert(now);
+        next.deferred = None;
         Ok(next)
     }
 

@@ -124,6 +124,7 @@ pub async fn serve_events_stream() -> Result<(), Error> {
 /// Serves the worker function: SQS batches with the handlers in `registry`.
 pub async fn serve_worker(registry: HandlerRegistry) -> Result<(), Error> {
     let b = backend().await?;
+    registry.check_limits(&b.config.limits)?;
     let worker = b.worker(registry, WorkerSettings::from_config(&b.config));
     let worker = &worker;
     serve_events(

@@ -32,6 +32,7 @@ pub mod handler;
 pub mod job;
 pub mod json;
 pub mod lambda;
+pub mod limits;
 pub mod local;
 pub mod net;
 pub mod observe;

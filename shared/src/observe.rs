@@ -48,6 +48,7 @@ pub const COUNTERS: &[&str] = &[
     "JobsParked",
     "JobsResumed",
     "WaitTimeouts",
+    "Deferrals",
 ];
 
 /// Every histogram the kit records (unit Milliseconds).
@@ -103,6 +104,11 @@ pub fn queue_wait(kind: &str, submitted_at: Millis, claimed_at: Millis) {
 pub fn end_to_end(kind: &str, submitted_at: Millis, finished_at: Millis) {
     histogram!("EndToEnd", "Kind" => kind.to_owned())
         .record((finished_at - submitted_at).max(0) as f64);
+}
+
+/// A job a limit deferred (`reason`: `concurrency` or `rate`).
+pub fn deferred(kind: &str, reason: &'static str) {
+    counter!("Deferrals", "Kind" => kind.to_owned(), "Reason" => reason).increment(1);
 }
 
 pub fn panicked(kind: &str) {

@@ -6,11 +6,9 @@
 //! does nothing. A send that fails leaves the job `queued` and untouched, which the sweep re-sends
 //! ([`crate::sweep::SWEEP_AFTER`]); a duplicate message is harmless (claims are exclusive).
 
-use std::time::Duration;
-
 use crate::clock::SharedClock;
 use crate::job::{Job, JobId};
-use crate::queue::{JobMessage, JobSender, Lanes};
+use crate::queue::{JobSender, Lanes};
 use crate::store::{Change, JobReader, JobWriter, RmwError, StoreError, read_modify_write};
 
 /// Conflicts in a row before giving up (another writer got in between: a cancel, say).
@@ -46,13 +44,9 @@ pub async fn resume_parked<S: JobReader + JobWriter + ?Sized>(
         }
         Err(RmwError::Store(e)) => return Err(e),
     };
-    let message = JobMessage {
-        job_id: resumed.job_id.clone(),
-        kind: resumed.kind.clone(),
-    };
     match queues.get(resumed.lane) {
         Some(queue) => {
-            if let Err(e) = queue.send(&message.encode(), Duration::ZERO).await {
+            if let Err(e) = queue.send_job(&resumed, None).await {
                 tracing::warn!(job_id = %id, error = %e, "could not send a resumed job; the sweep will");
             }
         }

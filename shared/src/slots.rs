@@ -59,6 +59,26 @@ impl Ledger {
         ))
     }
 
+    /// A concurrency limit's ledger (see [`crate::limits`]), named by a 128-bit hash of what it counts
+    /// (its kind, key and value): short, so a full page of holds stays within one write unit.
+    pub fn limit(scope: &str) -> Self {
+        let hash = sha2::Sha256::digest(scope.as_bytes());
+        Self(format!(
+            "{}{}",
+            crate::limits::HOLD_PREFIX,
+            hex::encode(&hash[..16])
+        ))
+    }
+
+    /// A limit ledger's page an item key names, if it names one.
+    pub fn parse_limit_key(key: &str) -> Option<(Self, u32)> {
+        let rest = key.strip_prefix(crate::limits::HOLD_PREFIX)?;
+        let (hash, page) = rest.split_once('#')?;
+        let page = page.parse().ok()?;
+        (hash.len() == 32 && hash.bytes().all(|b| b.is_ascii_hexdigit()))
+            .then(|| (Self(format!("{}{hash}", crate::limits::HOLD_PREFIX)), page))
+    }
+
     /// The item key of `page` (`None`: the page-less item of ledgers written before pages).
     pub fn key(&self, page: Option<u32>) -> String {
         match page {

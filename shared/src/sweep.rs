@@ -29,7 +29,7 @@ use crate::clock::SharedClock;
 use crate::due::{DueReport, Timers};
 use crate::error::BoxError;
 use crate::job::{Job, JobStatus, Slot, WebhookStatus};
-use crate::queue::{Announcer, JobMessage, JobSender, Lanes};
+use crate::queue::{Announcer, JobSender, Lanes};
 use crate::store::{StoreError, SweepStore};
 use crate::webhook::MAX_ATTEMPTS;
 
@@ -61,6 +61,8 @@ pub struct SweepReport {
     pub resumed: usize,
     /// Waitpoints recorded `timed_out` (a `ctx.sleep` ends this way).
     pub timed_out: usize,
+    /// Limits' concurrency holds removed because they lapsed (their worker crashed).
+    pub holds_lapsed: usize,
 }
 
 /// The sweep's dependencies: exactly what its function's IAM policy allows.
@@ -106,15 +108,11 @@ impl Sweeper {
                     }
                 }
                 JobStatus::Queued => {
-                    let msg = JobMessage {
-                        job_id: job.job_id.clone(),
-                        kind: job.kind.clone(),
-                    };
                     let Some(queue) = self.queues.get(job.lane) else {
                         tracing::error!(job_id = %job.job_id, "a queued container-only job, and no container queue to send it to");
                         continue;
                     };
-                    queue.send(&msg.encode(), Duration::ZERO).await?;
+                    queue.send_job(&job, None).await?;
                     // Touch it so the next sweep does not send again at once.
                     if let Ok(touched) = job.resent(now) {
                         lost_race(self.store.replace(&job, &touched).await)?;
@@ -137,6 +135,9 @@ impl Sweeper {
             }
         }
         report.slots_released = self.release_orphaned_slots().await?;
+        // A lapsed hold already does not count when a writer finds its page full; removing it here
+        // keeps pages small and `jobctl stats` honest.
+        report.holds_lapsed = self.store.prune_holds(now).await?;
         Ok(report)
     }
 

@@ -592,11 +592,12 @@ impl FailingSends {
 
 #[async_trait::async_trait]
 impl JobSender for FailingSends {
-    async fn send_traced(
+    async fn send_grouped(
         &self,
         body: &str,
         delay: Duration,
         trace: Option<&jobkit::trace::TraceContext>,
+        group: Option<&str>,
     ) -> Result<String, QueueError> {
         use std::sync::atomic::Ordering::SeqCst;
         if self
@@ -611,7 +612,7 @@ impl JobSender for FailingSends {
                 source: "injected send failure".into(),
             });
         }
-        self.inner.send_traced(body, delay, trace).await
+        self.inner.send_grouped(body, delay, trace, group).await
     }
 }
 

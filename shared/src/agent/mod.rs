@@ -13,13 +13,16 @@
 //!   (see [`approval`]);
 //! - model errors are classified ([`ModelError`]): throttling and server errors are retried (after the
 //!   provider's `retry_after`), a refused request, denied access or an overfull context fail the job; a
-//!   malformed tool call is answered to the model as a tool error.
+//!   malformed tool call is answered to the model as a tool error;
+//! - per-model rate limits (requests and tokens per minute, [`limits`]): a call waits for capacity in
+//!   buckets every worker shares, or the job parks if the wait is long.
 //!
 //! Input `{"agent": name, "message": text, "context": {...}?}`; result
 //! `{answer, turns, tool_calls: [{name, input, output}], usage: {input_tokens, output_tokens}}`.
 
 pub mod approval;
 pub mod bedrock;
+pub mod limits;
 pub mod model;
 pub mod openai;
 mod tool;
@@ -31,6 +34,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 pub use bedrock::Bedrock;
+pub use limits::{ModelLimit, ModelLimits};
 pub use model::{
     Message, Model, ModelError, ModelReply, ModelRequest, ToolCall, ToolResult, ToolSpec, Usage,
 };
@@ -85,6 +89,7 @@ pub struct AgentResult {
 pub struct Agents {
     agents: BTreeMap<String, Agent>,
     model: Arc<dyn Model>,
+    throttle: limits::Throttle,
 }
 
 impl Agents {
@@ -92,7 +97,15 @@ impl Agents {
         Self {
             agents: BTreeMap::new(),
             model,
+            throttle: limits::Throttle::default(),
         }
+    }
+
+    /// Rate limits per model id ([`limits`]), over any given before (per model). `JOBKIT_MODEL_LIMITS`
+    /// wins over them: [`Self::register`] applies it last.
+    pub fn with_model_limits(mut self, limits: ModelLimits) -> Self {
+        self.throttle = limits::Throttle::new(limits.over(self.throttle.limits().clone()));
+        self
     }
 
     pub fn with(mut self, agent: Agent) -> Self {
@@ -100,9 +113,34 @@ impl Agents {
         self
     }
 
-    /// Registers the `agent` kind with these agents.
+    /// Registers the `agent` kind with these agents; a job's model (for limits keyed by
+    /// [`crate::limits::Key::Model`]) is its agent's. Model limits from `JOBKIT_MODEL_LIMITS` apply
+    /// over the code's.
+    ///
+    /// # Panics
+    /// When `JOBKIT_MODEL_LIMITS` is set and invalid: the process fails at start, naming the variable,
+    /// rather than running agents without the limits its operator meant.
     pub fn register(self, registry: &mut HandlerRegistry) -> Result<(), InvalidKind> {
-        registry.register(KIND, self).map(drop)
+        let configured = ModelLimits::from_env().unwrap_or_else(|e| panic!("{e}"));
+        let this = if configured.is_empty() {
+            self
+        } else {
+            self.with_model_limits(configured)
+        };
+        this.register_as_is(registry)
+    }
+
+    fn register_as_is(self, registry: &mut HandlerRegistry) -> Result<(), InvalidKind> {
+        let models: BTreeMap<String, String> = self
+            .agents
+            .iter()
+            .map(|(name, a)| (name.clone(), a.model.clone()))
+            .collect();
+        registry.register(KIND, self)?.model_from(move |input| {
+            let name = input.to_value().get("agent")?.as_str()?.to_owned();
+            models.get(&name).cloned()
+        });
+        Ok(())
     }
 }
 
@@ -122,18 +160,19 @@ impl Handler for Agents {
                 ),
             )
         })?;
-        run_agent(agent, &*self.model, input, &ctx).await
+        run_agent(agent, &*self.model, &self.throttle, input, &ctx).await
     }
 }
 
 async fn run_agent(
     agent: &Agent,
     model: &dyn Model,
+    throttle: &limits::Throttle,
     input: AgentInput,
     ctx: &JobContext,
 ) -> Result<AgentResult, JobError> {
     let mut usage = Usage::default();
-    let ran = converse(agent, model, input, ctx, &mut usage).await;
+    let ran = converse(agent, model, throttle, input, ctx, &mut usage).await;
     // A run that fails still reports what it spent (the job's `error.details.usage`); a retried run
     // replays its recorded turns, so the count covers every attempt.
     ran.map_err(|e| e.with_detail("usage", usage))
@@ -143,6 +182,7 @@ async fn run_agent(
 async fn converse(
     agent: &Agent,
     model: &dyn Model,
+    throttle: &limits::Throttle,
     input: AgentInput,
     ctx: &JobContext,
     usage: &mut Usage,
@@ -167,10 +207,14 @@ async fn converse(
         if ctx.should_yield() {
             return Err(JobError::Yield); // the continuation replays the recorded turns
         }
+        let name = format!("turn-{turn}");
+        // Within the model's limits: the capacity is taken inside the step, so a replay takes none.
         let reply: ModelReply = ctx
-            .step_as(StepKind::ModelTurn, &format!("turn-{turn}"), async {
-                model.converse(&request).await.map_err(JobError::from)
-            })
+            .step_as(
+                StepKind::ModelTurn,
+                &name,
+                throttle.call(ctx, &request, &name, || model.converse(&request)),
+            )
             .await?;
         *usage = usage.saturating_add(reply.usage);
         request.messages.push(Message::Assistant {

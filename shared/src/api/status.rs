@@ -46,6 +46,30 @@ pub struct JobView {
     /// or that it timed out. Every waitpoint of a job: `GET /jobs/{id}/steps`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_waitpoint: Option<SettledView>,
+    /// Why a `queued`/`retrying` job waits to start: a kind's limit deferred it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deferred: Option<DeferredView>,
+}
+
+/// A limit a job waits on (see the README's "Limits").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeferredView {
+    /// `concurrency` or `rate`.
+    pub reason: String,
+    /// What the limit counts per: `kind`, `user`, `model` or an input pointer such as `/customer_id`.
+    pub key: String,
+    /// About when it is tried again (RFC 3339).
+    pub until: String,
+}
+
+impl From<crate::limits::Deferred> for DeferredView {
+    fn from(d: crate::limits::Deferred) -> Self {
+        Self {
+            reason: d.reason.as_str().to_owned(),
+            key: d.key,
+            until: rfc3339(d.until),
+        }
+    }
 }
 
 /// How a job's last wait ended.
@@ -160,6 +184,8 @@ impl<'de> Deserialize<'de> for JobView {
             events_url: Option<String>,
             #[serde(default)]
             waiting_for: Option<WaitingForView>,
+            #[serde(default)]
+            deferred: Option<DeferredView>,
         }
         // `last_waitpoint` holds a payload: taken out as raw text, like `input`.
         let mut doc =
@@ -192,6 +218,7 @@ impl<'de> Deserialize<'de> for JobView {
             events_url: w.events_url,
             waiting_for: w.waiting_for,
             last_waitpoint,
+            deferred: w.deferred,
         })
     }
 }
@@ -215,6 +242,12 @@ impl JobView {
             events_url: None,
             waiting_for: j.waiting_for.take().map(WaitingForView::from),
             last_waitpoint: None,
+            // Only while it still waits to start (a claim clears the note; this is belt and braces).
+            deferred: j
+                .deferred
+                .take()
+                .filter(|_| matches!(j.status, JobStatus::Queued | JobStatus::Retrying))
+                .map(DeferredView::from),
             summary: JobSummary::at(j, now),
         }
     }

@@ -21,7 +21,7 @@ use crate::job::{
 };
 use crate::json::Json;
 use crate::net as callback;
-use crate::queue::{JobMessage, Lanes, SubmitQueue};
+use crate::queue::{Lanes, SubmitQueue};
 use crate::retry::Backoff;
 use crate::store::{Change, Created, Insert, RmwError, StoreError, SubmitStore, read_modify_write};
 use crate::trace::TraceContext;
@@ -182,13 +182,7 @@ impl SubmitApi {
     }
 
     async fn send(&self, job: &Job, trace: &TraceContext) -> Result<(), ApiError> {
-        let message = JobMessage {
-            job_id: job.job_id.clone(),
-            kind: job.kind.clone(),
-        };
-        self.queue_of(job.lane)?
-            .send_traced(&message.encode(), Duration::ZERO, Some(trace))
-            .await?;
+        self.queue_of(job.lane)?.send_job(job, Some(trace)).await?;
         if let Some(r) = self.depth_of(job.lane).as_mut() {
             r.sent_since += 1;
         }

@@ -15,6 +15,7 @@ use crate::clock::{Millis, SharedClock, SystemClock};
 use crate::job::{JobId, MAX_CHECKPOINT_BYTES, Progress};
 use crate::json::Json;
 use crate::steps::{StepKind, StepMeta};
+use crate::limits::{Rate, Take};
 use crate::waitpoint::{MAX_WAITPOINT_NAME, WaitState, Waitpoint};
 
 /// The running attempt's side of the context: writes that need the attempt's lease, and the cancel flag.
@@ -37,6 +38,12 @@ pub trait Attempt: Send + Sync {
     /// Waitpoint `name` as recorded, recording it (pending, timing out after `timeout` but never after
     /// the job's own expiry) on the first call.
     async fn waitpoint(&self, name: &str, timeout: Duration) -> Result<Waitpoint, JobError>;
+    /// Takes `n` tokens of `rate` from the shared bucket item `bucket` (see [`JobContext::take_tokens`]).
+    /// Without a store to share (a test's attempt) there is nothing to run out of.
+    async fn take_tokens(&self, bucket: &str, rate: &Rate, n: u32) -> Result<Take, JobError> {
+        let _ = (bucket, rate, n);
+        Ok(Take::Taken)
+    }
 }
 
 /// How long [`JobContext::wait_for`] waits, and what it shows while it waits.
@@ -259,6 +266,21 @@ impl JobContext {
             biased;
             () = self.cancelled() => Err(JobError::Cancelled),
             done = work => done,
+        }
+    }
+
+    /// Takes `n` tokens of `rate` from the token bucket named `name`, one item in the table shared by
+    /// every worker ([`crate::limits::bucket`]; one conditional write, none when this process already
+    /// knows the bucket is empty): [`Take::Taken`], or [`Take::Wait`] with how long until the same take
+    /// would be allowed (nothing taken then). For calls to a rate-limited service; the agent loop's
+    /// per-model limits take from theirs. A detached context (handler unit tests) is never refused.
+    pub async fn take_tokens(&self, name: &str, rate: &Rate, n: u32) -> Result<Take, JobError> {
+        match &self.inner.attempt_handle {
+            Some(a) => {
+                a.take_tokens(&crate::limits::named_bucket(name), rate, n)
+                    .await
+            }
+            None => Ok(Take::Taken),
         }
     }
 

@@ -34,6 +34,7 @@ use crate::clock::Millis;
 use crate::error::BoxError;
 use crate::job::Lane;
 use crate::json::Json;
+use crate::limits::{Key, KindLimits, Limits, LimitsConfig, LimitsError, RateLimit};
 
 /// How a handler's run went wrong. A variant exists for each decision the worker takes differently.
 #[derive(Debug, thiserror::Error)]
@@ -331,6 +332,66 @@ pub struct HandlerRegistry {
     handlers: BTreeMap<String, Arc<dyn DynHandler>>,
     /// The kinds only the container worker runs.
     container: BTreeSet<String>,
+    /// Kinds' limits as registered in code (see [`crate::limits`]); configuration overrides them.
+    limits: KindLimits,
+    /// How a kind's jobs name their model, for limits keyed by [`Key::Model`] (default: the input's
+    /// `/model`).
+    models: BTreeMap<String, ModelOf>,
+}
+
+/// How a job's input names its model.
+pub type ModelOf = Arc<dyn Fn(&Json) -> Option<String> + Send + Sync>;
+
+/// A kind just registered: its limits are declared on it, and it leads back to the registry (so
+/// registrations chain).
+pub struct Registration<'a> {
+    registry: &'a mut HandlerRegistry,
+    kind: String,
+}
+
+impl Registration<'_> {
+    fn limits(&mut self) -> &mut Limits {
+        self.registry.limits.entry(self.kind.clone()).or_default()
+    }
+
+    /// At most `n` jobs of this kind run at once, over every worker instance.
+    pub fn concurrency(mut self, n: u32) -> Self {
+        self.limits().concurrency = Some(n.max(1));
+        self
+    }
+
+    /// And at most `n` at once per value of `key`.
+    pub fn concurrency_key(mut self, key: Key, n: u32) -> Self {
+        let keys = &mut self.limits().concurrency_keys;
+        keys.retain(|(k, _)| *k != key);
+        keys.push((key, n.max(1)));
+        self
+    }
+
+    /// Jobs of this kind start no faster than `limit`.
+    pub fn rate_limit(mut self, limit: RateLimit) -> Self {
+        self.limits().rate_limits.push(limit);
+        self
+    }
+
+    /// How this kind's input names its model ([`Key::Model`]).
+    pub fn model_from(self, f: impl Fn(&Json) -> Option<String> + Send + Sync + 'static) -> Self {
+        self.registry.models.insert(self.kind.clone(), Arc::new(f));
+        self
+    }
+}
+
+impl std::ops::Deref for Registration<'_> {
+    type Target = HandlerRegistry;
+    fn deref(&self) -> &HandlerRegistry {
+        self.registry
+    }
+}
+
+impl std::ops::DerefMut for Registration<'_> {
+    fn deref_mut(&mut self) -> &mut HandlerRegistry {
+        self.registry
+    }
 }
 
 impl fmt::Debug for HandlerRegistry {
@@ -352,16 +413,20 @@ impl HandlerRegistry {
         r
     }
 
-    /// Adds (or replaces) the handler of `kind`.
+    /// Adds (or replaces) the handler of `kind`; its limits are declared on the answer:
+    /// `registry.register("summarize", Summarize)?.concurrency(20)`.
     pub fn register(
         &mut self,
         kind: &str,
         handler: impl Handler,
-    ) -> Result<&mut Self, InvalidKind> {
+    ) -> Result<Registration<'_>, InvalidKind> {
         validate_kind(kind)?;
         self.handlers.insert(kind.to_owned(), Arc::new(handler));
         self.container.remove(kind);
-        Ok(self)
+        Ok(Registration {
+            registry: self,
+            kind: kind.to_owned(),
+        })
     }
 
     /// Adds (or replaces) the handler of a *container-only* kind: submit sends its jobs to the container
@@ -371,10 +436,13 @@ impl HandlerRegistry {
         &mut self,
         kind: &str,
         handler: impl Handler,
-    ) -> Result<&mut Self, InvalidKind> {
+    ) -> Result<Registration<'_>, InvalidKind> {
         self.register(kind, handler)?;
         self.container.insert(kind.to_owned());
-        Ok(self)
+        Ok(Registration {
+            registry: self,
+            kind: kind.to_owned(),
+        })
     }
 
     /// Where jobs of `kind` run.
@@ -387,7 +455,11 @@ impl HandlerRegistry {
     }
 
     /// Adds an async closure as the handler of `kind`: `|input: MyInput, ctx| async move { ... }`.
-    pub fn register_fn<F, Fut, I, O>(&mut self, kind: &str, f: F) -> Result<&mut Self, InvalidKind>
+    pub fn register_fn<F, Fut, I, O>(
+        &mut self,
+        kind: &str,
+        f: F,
+    ) -> Result<Registration<'_>, InvalidKind>
     where
         F: Fn(I, JobContext) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<O, JobError>> + Send + 'static,
@@ -395,6 +467,47 @@ impl HandlerRegistry {
         O: Serialize + JsonSchema + Send + 'static,
     {
         self.register(kind, FnHandler::new(f))
+    }
+
+    /// Refuses configured limits naming a kind not registered (a typo would limit nothing): checked
+    /// once at start, so such a configuration fails the deployment.
+    pub fn check_limits(&self, config: &LimitsConfig) -> Result<(), LimitsError> {
+        config.check_kinds(|k| self.contains(k))
+    }
+
+    /// Applies configuration's limits over the code's: each field it sets wins.
+    pub fn configure_limits(&mut self, config: &LimitsConfig) {
+        for (kind, over) in config.kinds() {
+            if self.contains(kind) {
+                let code = self.limits.get(kind).cloned().unwrap_or_default();
+                self.limits.insert(kind.to_owned(), over.over(&code));
+            }
+        }
+    }
+
+    /// `kind`'s limits (`None`: it has none, and costs nothing more to run).
+    pub fn limits(&self, kind: &str) -> Option<&Limits> {
+        self.limits.get(kind).filter(|l| !l.is_empty())
+    }
+
+    /// Every kind's limits (`jobctl stats`).
+    pub fn all_limits(&self) -> impl Iterator<Item = (&str, &Limits)> {
+        self.limits
+            .iter()
+            .filter(|(_, l)| !l.is_empty())
+            .map(|(k, l)| (k.as_str(), l))
+    }
+
+    /// The model a job of `kind` with `input` calls, for [`Key::Model`].
+    pub fn model_of(&self, kind: &str, input: &Json) -> Option<String> {
+        match self.models.get(kind) {
+            Some(f) => f(input),
+            None => input
+                .to_value()
+                .pointer("/model")
+                .and_then(|m| m.as_str())
+                .map(str::to_owned),
+        }
     }
 
     pub fn get(&self, kind: &str) -> Option<Arc<dyn DynHandler>> {

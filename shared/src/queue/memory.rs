@@ -2,7 +2,15 @@
 //! receipt handle per receive (older handles stop working), ApproximateReceiveCount, delayed sends and
 //! redrive to a dead-letter queue once a message has been received maxReceiveCount times.
 //! Time is `tokio::time`, so tests can pause and advance it.
+//!
+//! **Fair delivery**, as an SQS fair queue's (messages sent with a group, `MessageGroupId`): each message
+//! a receive takes comes from the group with the fewest messages in flight (received and not yet deleted
+//! or visible again), the oldest of that group; ties go to the group whose next message is oldest. So a
+//! tenant with a backlog and its jobs running does not hold up another's first job, and with one group
+//! (or none) the order is the send order, as before. SQS measures the same thing (a tenant's share of the
+//! messages in flight) but only approximately; here it is exact, so tests can rely on it.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -26,6 +34,15 @@ struct Message {
     receive_count: u32,
     /// The handle of the latest receive; `None` until first received.
     receipt: Option<String>,
+    /// Its fairness group (`None`: sent without one; such messages share one group here).
+    group: Option<String>,
+}
+
+impl Message {
+    /// Received and neither deleted nor visible again (running, or hidden for a retry's backoff).
+    fn in_flight(&self, now: Instant) -> bool {
+        self.visible_at > now && self.receipt.is_some()
+    }
 }
 
 /// An in-process queue. Cheap to share: wrap it in an `Arc`.
@@ -35,6 +52,8 @@ pub struct MemoryQueue {
     arrived: Notify,
     default_visibility: Duration,
     redrive: Option<(Arc<MemoryQueue>, u32)>,
+    /// Whether sends keep their group (see [`Self::with_groups`]).
+    groups: bool,
 }
 
 fn handle() -> String {
@@ -49,7 +68,15 @@ impl MemoryQueue {
             arrived: Notify::new(),
             default_visibility,
             redrive: None,
+            groups: true,
         }
+    }
+
+    /// Whether sends keep their group, as [`super::SqsQueue::with_groups`]; true unless told otherwise.
+    /// Off, every message is in one group: delivered in send order, as before fair queues.
+    pub fn with_groups(mut self, groups: bool) -> Self {
+        self.groups = groups;
+        self
     }
 
     /// Moves a message to `dlq` instead of delivering it a `max_receive_count + 1`-th time, as SQS does.
@@ -66,6 +93,7 @@ impl MemoryQueue {
         &self,
         body: String,
         trace: Option<String>,
+        group: Option<String>,
         sent_at: Millis,
         delay: Duration,
     ) -> String {
@@ -78,6 +106,7 @@ impl MemoryQueue {
             visible_at: Instant::now() + delay,
             receive_count: 0,
             receipt: None,
+            group: group.filter(|_| self.groups),
         });
         self.arrived.notify_waiters();
         id
@@ -87,23 +116,22 @@ impl MemoryQueue {
     /// instant one becomes visible.
     fn take_visible(&self, max: usize, visibility: Duration) -> (Vec<Delivery>, Option<Instant>) {
         let now = Instant::now();
-        let mut out = Vec::new();
         let mut msgs = self.messages();
-        let mut i = 0;
-        while i < msgs.len() && out.len() < max {
+        if let Some((dlq, max_receives)) = &self.redrive {
+            // A message received max_receives times is moved rather than delivered again, with its
+            // original send time and receive count, as SQS does.
+            let mut i = 0;
+            while i < msgs.len() {
+                if msgs[i].visible_at <= now && msgs[i].receive_count >= *max_receives {
+                    dlq.push_moved(msgs.remove(i));
+                } else {
+                    i += 1;
+                }
+            }
+        }
+        let mut out = Vec::new();
+        for i in fair_picks(&msgs, now, max) {
             let m = &mut msgs[i];
-            if m.visible_at > now {
-                i += 1;
-                continue;
-            }
-            if let Some((dlq, max_receives)) = &self.redrive
-                && m.receive_count >= *max_receives
-            {
-                // Moved with its original send time and receive count, as SQS does.
-                let m = msgs.remove(i);
-                dlq.push_moved(m);
-                continue;
-            }
             m.receive_count += 1;
             m.visible_at = now + visibility;
             let receipt = handle();
@@ -116,7 +144,6 @@ impl MemoryQueue {
                 sent_at: m.sent_at,
                 trace: m.trace.clone(),
             });
-            i += 1;
         }
         let next = if out.is_empty() {
             msgs.iter().map(|m| m.visible_at).min()
@@ -146,18 +173,62 @@ impl MemoryQueue {
     }
 }
 
+/// The indices of up to `max` visible messages of `msgs` (in send order) a receive takes, in the order
+/// it takes them: each from the group with the fewest in flight (the ones taken before it counted), the
+/// group's oldest; ties to the oldest message.
+fn fair_picks(msgs: &[Message], now: Instant, max: usize) -> Vec<usize> {
+    #[derive(Default)]
+    struct Group {
+        in_flight: usize,
+        /// Its visible messages' indices, oldest first (reversed: the next is popped off the end).
+        visible: Vec<usize>,
+    }
+    let mut groups: HashMap<Option<&str>, Group> = HashMap::new();
+    for (i, m) in msgs.iter().enumerate() {
+        let g = groups.entry(m.group.as_deref()).or_default();
+        if m.visible_at <= now {
+            g.visible.push(i);
+        } else if m.in_flight(now) {
+            g.in_flight += 1;
+        }
+    }
+    let mut groups: Vec<Group> = groups
+        .into_values()
+        .filter(|g| !g.visible.is_empty())
+        .map(|mut g| {
+            g.visible.reverse();
+            g
+        })
+        .collect();
+    let mut picks = Vec::new();
+    while picks.len() < max {
+        let Some(g) = groups
+            .iter_mut()
+            .filter(|g| !g.visible.is_empty())
+            .min_by_key(|g| (g.in_flight, g.visible.last().copied()))
+        else {
+            break;
+        };
+        picks.extend(g.visible.pop());
+        g.in_flight += 1;
+    }
+    picks
+}
+
 #[async_trait]
 impl JobSender for MemoryQueue {
-    async fn send_traced(
+    async fn send_grouped(
         &self,
         body: &str,
         delay: Duration,
         trace: Option<&TraceContext>,
+        group: Option<&str>,
     ) -> Result<String, QueueError> {
         let now = chrono::Utc::now().timestamp_millis();
         Ok(self.push(
             body.to_owned(),
             trace.map(ToString::to_string),
+            group.map(str::to_owned),
             now,
             delay.min(Duration::from_secs(900)),
         ))
@@ -250,5 +321,125 @@ impl QueueDepth for MemoryQueue {
             oldest_age_secs: oldest
                 .map(|t| ((chrono::Utc::now().timestamp_millis() - t).max(0) / 1000) as u64),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::queue::QueueReceiver;
+
+    const VIS: Duration = Duration::from_secs(30);
+
+    async fn send(q: &MemoryQueue, body: &str, group: &str) {
+        q.send_grouped(body, Duration::ZERO, None, Some(group))
+            .await
+            .unwrap();
+    }
+
+    async fn take(q: &MemoryQueue, max: u32) -> Vec<String> {
+        let got = q.receive(max, Duration::ZERO, Some(VIS)).await.unwrap();
+        got.into_iter().map(|d| d.body).collect()
+    }
+
+    #[tokio::test]
+    async fn a_quiet_group_is_served_before_a_busy_groups_backlog() {
+        let q = MemoryQueue::new(VIS);
+        for i in 0..20 {
+            send(&q, &format!("a{i}"), "A").await;
+        }
+        assert_eq!(take(&q, 5).await, ["a0", "a1", "a2", "a3", "a4"]);
+        for i in 0..3 {
+            send(&q, &format!("b{i}"), "B").await;
+        }
+        // A has 5 in flight and B none: B's three first, though sent after 15 of A's.
+        assert_eq!(
+            take(&q, 10).await,
+            ["b0", "b1", "b2", "a5", "a6", "a7", "a8", "a9", "a10", "a11"]
+        );
+    }
+
+    #[tokio::test]
+    async fn groups_alternate_when_balanced_and_each_keeps_its_order() {
+        let q = MemoryQueue::new(VIS);
+        for body in ["a0", "a1", "a2"] {
+            send(&q, body, "A").await;
+        }
+        for body in ["b0", "b1", "b2"] {
+            send(&q, body, "B").await;
+        }
+        send(&q, "c0", "C").await;
+        assert_eq!(
+            take(&q, 10).await,
+            ["a0", "b0", "c0", "a1", "b1", "a2", "b2"]
+        );
+        // One message a receive: the same order, turn by turn.
+        let q = MemoryQueue::new(VIS);
+        for (body, group) in [("a0", "A"), ("a1", "A"), ("b0", "B"), ("b1", "B")] {
+            send(&q, body, group).await;
+        }
+        let mut order = Vec::new();
+        for _ in 0..4 {
+            order.extend(take(&q, 1).await);
+        }
+        assert_eq!(order, ["a0", "b0", "a1", "b1"]);
+    }
+
+    #[tokio::test]
+    async fn without_groups_the_order_is_the_send_order() {
+        let q = MemoryQueue::new(VIS).with_groups(false);
+        for (body, group) in [("a0", "A"), ("a1", "A"), ("a2", "A"), ("b0", "B")] {
+            send(&q, body, group).await;
+        }
+        assert_eq!(take(&q, 1).await, ["a0"]);
+        assert_eq!(take(&q, 10).await, ["a1", "a2", "b0"]);
+        // Messages sent without a group share one, in send order.
+        let q = MemoryQueue::new(VIS);
+        for body in ["x0", "x1"] {
+            q.send(body, Duration::ZERO).await.unwrap();
+        }
+        send(&q, "b0", "B").await;
+        assert_eq!(take(&q, 1).await, ["x0"]);
+        assert_eq!(take(&q, 10).await, ["b0", "x1"]);
+    }
+
+    #[tokio::test]
+    async fn a_message_back_from_flight_frees_its_groups_share_and_is_taken_in_order() {
+        let q = MemoryQueue::new(VIS);
+        for body in ["a0", "a1", "a2"] {
+            send(&q, body, "A").await;
+        }
+        send(&q, "b0", "B").await;
+        let first = q.receive(1, Duration::ZERO, Some(VIS)).await.unwrap();
+        assert_eq!(first[0].body, "a0");
+        // a0 comes back (a retry): A has none in flight again, and a0 is A's oldest.
+        q.change_visibility(&first[0].receipt_handle, Duration::ZERO)
+            .await
+            .unwrap();
+        assert_eq!(take(&q, 2).await, ["a0", "b0"]);
+        let again = q.receive(1, Duration::ZERO, Some(VIS)).await.unwrap();
+        assert_eq!((again[0].body.as_str(), again[0].receive_count), ("a1", 1));
+    }
+
+    #[tokio::test]
+    async fn the_dead_letter_queue_takes_a_grouped_message_after_its_last_receive() {
+        let dlq = Arc::new(MemoryQueue::new(VIS));
+        let q = MemoryQueue::new(VIS).with_dead_letter_queue(dlq.clone(), 2);
+        send(&q, "poison", "A").await;
+        send(&q, "b0", "B").await;
+        for _ in 0..2 {
+            let got = q.receive(10, Duration::ZERO, Some(VIS)).await.unwrap();
+            let poison = got.iter().find(|d| d.body == "poison").unwrap();
+            q.change_visibility(&poison.receipt_handle, Duration::ZERO)
+                .await
+                .unwrap();
+        }
+        assert!(take(&q, 10).await.is_empty(), "b0 in flight, poison moved");
+        let moved = dlq.receive(10, Duration::ZERO, None).await.unwrap();
+        // Moved with its receive count: the DLQ's receive is its third.
+        assert_eq!(
+            (moved[0].body.as_str(), moved[0].receive_count),
+            ("poison", 3)
+        );
     }
 }

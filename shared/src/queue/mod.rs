@@ -1,6 +1,13 @@
 //! The job queue: capability-shaped ports with SQS semantics, and their adapters: `sqs` (aws-sdk-sqs) and
 //! `memory` (embedded, SQS semantics). Messages are small: the job id and kind; the job lives in the store.
+//!
+//! **Fairness.** Every job message is sent in its owner's group ([`JobSender::send_job`], the one way a
+//! job's message is sent), SQS's `MessageGroupId`: on a standard queue that makes it a *fair queue*, which
+//! serves tenants with fewer messages in flight first, so one owner's backlog does not hold up another's
+//! jobs. The embedded queue delivers the same way ([`memory`]). `JOBKIT_FAIR_QUEUES=false` sends without
+//! groups (the queue then delivers in about send order, as before fair queues).
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -8,7 +15,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use crate::error::BoxError;
-use crate::job::{JobId, Lane, Millis};
+use crate::job::{Job, JobId, Lane, Millis};
 use crate::trace::TraceContext;
 
 mod deliveries;
@@ -35,6 +42,36 @@ impl JobMessage {
 
     pub fn decode(body: &str) -> Result<Self, serde_json::Error> {
         serde_json::from_str(body)
+    }
+
+    /// The message of `job`.
+    pub fn of(job: &Job) -> Self {
+        Self {
+            job_id: job.job_id.clone(),
+            kind: job.kind.clone(),
+        }
+    }
+}
+
+/// The longest `MessageGroupId` SQS takes.
+const MAX_GROUP_LEN: usize = 128;
+
+/// The fairness group of `owner`'s messages: the owner itself when SQS takes it as a `MessageGroupId`
+/// (1 to 128 characters, ASCII letters, digits and punctuation), else a hash of it (an owner is whatever
+/// the authorizer says, an IAM ARN or a display name, so it may be longer or hold spaces). A group only
+/// decides whose messages are delivered first, so an owner that happens to equal another's hash costs
+/// nothing but some fairness between the two.
+pub fn fairness_group(owner: &str) -> Cow<'_, str> {
+    let valid =
+        (1..=MAX_GROUP_LEN).contains(&owner.len()) && owner.bytes().all(|b| b.is_ascii_graphic());
+    if valid {
+        Cow::Borrowed(owner)
+    } else {
+        use sha2::Digest;
+        Cow::Owned(format!(
+            "sha256:{}",
+            hex::encode(sha2::Sha256::digest(owner.as_bytes()))
+        ))
     }
 }
 
@@ -147,7 +184,41 @@ pub trait JobSender: Send + Sync {
         body: &str,
         delay: Duration,
         trace: Option<&TraceContext>,
+    ) -> Result<String, QueueError> {
+        self.send_grouped(body, delay, trace, None).await
+    }
+
+    /// [`Self::send_traced`], in fairness group `group` (SQS `MessageGroupId`; see the module's doc).
+    async fn send_grouped(
+        &self,
+        body: &str,
+        delay: Duration,
+        trace: Option<&TraceContext>,
+        group: Option<&str>,
     ) -> Result<String, QueueError>;
+
+    /// Enqueues `job`'s message, now, in its owner's group. Every job message is sent through here or
+    /// [`Self::send_job_delayed`] (submit, resumes, the sweep's re-sends, follow-up stages,
+    /// continuations, forwards, deferrals, DLQ redrives), so none misses its group.
+    async fn send_job(
+        &self,
+        job: &Job,
+        trace: Option<&TraceContext>,
+    ) -> Result<String, QueueError> {
+        self.send_job_delayed(job, Duration::ZERO, trace).await
+    }
+
+    /// [`Self::send_job`], invisible for `delay` (at most 15 minutes).
+    async fn send_job_delayed(
+        &self,
+        job: &Job,
+        delay: Duration,
+        trace: Option<&TraceContext>,
+    ) -> Result<String, QueueError> {
+        let body = JobMessage::of(job).encode();
+        let group = fairness_group(&job.user_id);
+        self.send_grouped(&body, delay, trace, Some(&group)).await
+    }
 }
 
 /// Reads the backlog (GetQueueAttributes).
@@ -251,3 +322,24 @@ impl<T: JobSender + MessageVisibility + ?Sized> WorkerQueue for T {}
 /// Every capability: what an adapter implements and what a bundle holds.
 pub trait JobQueue: SubmitQueue + WorkerQueue + QueueReceiver {}
 impl<T: SubmitQueue + WorkerQueue + QueueReceiver + ?Sized> JobQueue for T {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_owner_sqs_takes_is_its_own_group_and_any_other_is_hashed() {
+        assert_eq!(fairness_group("user-1"), "user-1");
+        let arn = "arn:aws:iam::123456789012:role/service!{x}";
+        assert_eq!(fairness_group(arn), arn);
+        let at_limit = "u".repeat(MAX_GROUP_LEN);
+        assert_eq!(fairness_group(&at_limit), at_limit.as_str());
+        for owner in ["", "Ada Lovelace", "zoë", &"u".repeat(MAX_GROUP_LEN + 1)] {
+            let group = fairness_group(owner);
+            assert!(group.starts_with("sha256:") && group.len() == 71, "{group}");
+            assert!(group.bytes().all(|b| b.is_ascii_graphic()));
+            assert_eq!(group, fairness_group(owner), "stable");
+        }
+        assert_ne!(fairness_group("a b"), fairness_group("a  b"));
+    }
+}

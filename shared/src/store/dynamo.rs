@@ -26,6 +26,7 @@ use crate::steps::StepMeta;
 use crate::waitpoint::{WaitState, Waitpoint};
 
 mod due;
+mod limits;
 mod list;
 mod pages;
 mod release;
@@ -43,16 +44,24 @@ pub struct DynamoStore {
     releases: std::sync::Arc<release::Releases>,
     /// What this instance knows of its ledgers' page loads (shared by clones).
     views: std::sync::Arc<Views>,
+    /// What this instance last saw of rate buckets (shared by clones).
+    buckets: std::sync::Arc<crate::limits::bucket::Seen>,
 }
 
 type Item = HashMap<String, AttributeValue>;
 
 impl DynamoStore {
+    /// A store on `table` with a client of `sdk` (for tools that need only the table).
+    pub fn from_sdk(sdk: &aws_config::SdkConfig, table: impl Into<String>) -> Self {
+        Self::new(Client::new(sdk), table)
+    }
+
     pub fn new(client: Client, table: impl Into<String>) -> Self {
         let table = table.into();
         Self {
             releases: release::Releases::new(client.clone(), table.clone()),
             views: std::sync::Arc::default(),
+            buckets: std::sync::Arc::default(),
             client,
             table,
         }
@@ -381,13 +390,15 @@ impl JobClaimer for DynamoStore {
             .update_expression(
                 "SET #s = :running, attempts = attempts + :one, lease_owner = :owner, \
                  lease_expires_at = :exp, started_at = if_not_exists(started_at, :now), \
-                 updated_at = :now, version = version + :one",
+                 updated_at = :now, version = version + :one REMOVE #deferred",
             )
             .condition_expression(
                 "#s IN (:queued, :retrying) OR (#s = :running AND \
                  (attribute_not_exists(lease_expires_at) OR lease_expires_at < :now))",
             )
             .expression_attribute_names("#s", "status")
+            // A reserved word in DynamoDB's expressions.
+            .expression_attribute_names("#deferred", "deferred")
             .expression_attribute_values(":running", status(JobStatus::Running))
             .expression_attribute_values(":queued", status(JobStatus::Queued))
             .expression_attribute_values(":retrying", status(JobStatus::Retrying))

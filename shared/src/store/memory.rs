@@ -8,11 +8,13 @@ use async_trait::async_trait;
 
 use super::{
     CancelSignals, CancelWatch, Created, Due, DueTimers, Insert, JobClaimer, JobInserter,
-    JobLister, JobReader, JobScanner, JobWriter, ListQuery, PageSlots, SlotLedger, StepLister,
-    StepStore, StoreError, WaitpointStore,
+    JobLister, JobReader, JobScanner, JobWriter, LimitStore, ListQuery, PageSlots, RateBuckets,
+    SlotLedger, StepLister, StepStore, StoreError, WaitpointStore,
 };
 use crate::job::{Job, JobId, JobStatus, Millis, Slot};
 use crate::json::Json;
+use crate::limits::bucket;
+use crate::limits::{Deferred, Hold, Rate, Take};
 use crate::slots::{Layout, Ledger};
 use crate::steps::{Listed, Recorded, RecordedStep, StepMeta, StepPosition, StepQuery};
 use crate::waitpoint::Waitpoint;
@@ -35,6 +37,10 @@ struct State {
     /// completed waitpoint to check). Kept by [`State::put_job`] and the waitpoint writes, as
     /// DynamoDB keeps its `by_due` index.
     due: BTreeSet<(Millis, JobId, Option<String>)>,
+    /// (limit ledger, page) -> its holds.
+    holds: HashMap<(Ledger, u32), BTreeSet<Hold>>,
+    /// Rate bucket -> its `tat`.
+    buckets: HashMap<String, bucket::Micros>,
 }
 
 impl MemoryStore {
@@ -440,6 +446,117 @@ impl SlotLedger for MemoryStore {
             }
         }
         Ok(())
+    }
+}
+
+#[async_trait]
+impl LimitStore for MemoryStore {
+    async fn hold(
+        &self,
+        ledger: &Ledger,
+        cap: u32,
+        hold: &Hold,
+        now: Millis,
+    ) -> Result<Option<u32>, StoreError> {
+        let layout = Layout::new(cap);
+        let mut st = self.state();
+        // Lapsed holds do not count: cleared first, as a DynamoDB writer clears a full page.
+        for page in 0..layout.pages() {
+            if let Some(h) = st.holds.get_mut(&(ledger.clone(), page)) {
+                h.retain(|h| !h.expired(now));
+            }
+        }
+        let load = |st: &State, p: u32| {
+            st.holds
+                .get(&(ledger.clone(), p))
+                .map_or(0, |h| h.len() as u32)
+        };
+        let Some(page) = layout.pick(&hold.job_id, |p| Some(load(&st, p)), &[]) else {
+            return Ok(None);
+        };
+        st.holds
+            .entry((ledger.clone(), page))
+            .or_default()
+            .insert(hold.clone());
+        Ok(Some(page))
+    }
+
+    async fn unhold(&self, ledger: &Ledger, page: u32, hold: &Hold) -> Result<(), StoreError> {
+        if let Some(h) = self.state().holds.get_mut(&(ledger.clone(), page)) {
+            h.remove(hold);
+        }
+        Ok(())
+    }
+
+    async fn renew_hold(
+        &self,
+        ledger: &Ledger,
+        page: u32,
+        old: &Hold,
+        new: &Hold,
+    ) -> Result<(), StoreError> {
+        let mut st = self.state();
+        let h = st.holds.entry((ledger.clone(), page)).or_default();
+        h.insert(new.clone());
+        h.remove(old);
+        Ok(())
+    }
+
+    async fn holders(&self, ledger: &Ledger, _cap: u32, now: Millis) -> Result<u32, StoreError> {
+        Ok(self
+            .state()
+            .holds
+            .iter()
+            .filter(|((l, _), _)| l == ledger)
+            .flat_map(|(_, h)| h)
+            .filter(|h| !h.expired(now))
+            .count() as u32)
+    }
+
+    async fn prune_holds(&self, now: Millis) -> Result<usize, StoreError> {
+        let mut pruned = 0;
+        for h in self.state().holds.values_mut() {
+            let before = h.len();
+            h.retain(|h| !h.expired(now));
+            pruned += before - h.len();
+        }
+        Ok(pruned)
+    }
+
+    async fn note_deferred(
+        &self,
+        id: &JobId,
+        deferred: &Deferred,
+        now: Millis,
+    ) -> Result<(), StoreError> {
+        if let Some(job) = self.state().jobs.get_mut(id)
+            && matches!(job.status, JobStatus::Queued | JobStatus::Retrying)
+        {
+            job.deferred = Some(deferred.clone());
+            job.updated_at = now;
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl RateBuckets for MemoryStore {
+    async fn take_tokens(
+        &self,
+        bucket: &str,
+        rate: &Rate,
+        n: u32,
+        now: Millis,
+    ) -> Result<Take, StoreError> {
+        let mut st = self.state();
+        let tat = st.buckets.get(bucket).copied();
+        Ok(match rate.take(tat, bucket::at(now), n) {
+            Ok(next) => {
+                st.buckets.insert(bucket.to_owned(), next);
+                Take::Taken
+            }
+            Err(wait) => Take::Wait(wait),
+        })
     }
 }
 

@@ -54,6 +54,7 @@ use async_trait::async_trait;
 use crate::error::BoxError;
 use crate::job::{Job, JobId, JobStatus, Millis, Slot};
 use crate::json::Json;
+use crate::limits::{Deferred, Hold, Rate, Take};
 use crate::slots::Ledger;
 pub use crate::slots::PageSlots;
 use crate::steps::{Listed, StepMeta, StepQuery};
@@ -305,6 +306,68 @@ pub trait DueTimers: Send + Sync {
     async fn clear_due(&self, id: &JobId, name: &str) -> Result<(), StoreError>;
 }
 
+/// Kind-level limits' counters (see [`crate::limits`]): concurrency holds on ledger pages
+/// (UpdateItem, BatchGetItem; Scan for the sweep), and a deferred job's note (UpdateItem).
+#[async_trait]
+pub trait LimitStore: Send + Sync {
+    /// Adds `hold` to a page of `ledger`, whose holders are capped at `cap`; holds lapsed at `now`
+    /// do not count (a full page is cleared of them). The page, or `None` when the cap is reached.
+    async fn hold(
+        &self,
+        ledger: &Ledger,
+        cap: u32,
+        hold: &Hold,
+        now: Millis,
+    ) -> Result<Option<u32>, StoreError>;
+
+    /// Gives `hold` back from `page` (idempotent).
+    async fn unhold(&self, ledger: &Ledger, page: u32, hold: &Hold) -> Result<(), StoreError>;
+
+    /// Replaces `old` on `page` by `new` (the same job's hold with a later end): `new` is added
+    /// first, without the cap check (its holder counts already), then `old` removed, so the job is
+    /// never uncounted; the page may hold one more for that moment, which only refuses others.
+    async fn renew_hold(
+        &self,
+        ledger: &Ledger,
+        page: u32,
+        old: &Hold,
+        new: &Hold,
+    ) -> Result<(), StoreError>;
+
+    /// How many holds of `ledger` (capped at `cap`) are live at `now` (a consistent read).
+    async fn holders(&self, ledger: &Ledger, cap: u32, now: Millis) -> Result<u32, StoreError>;
+
+    /// Removes every hold lapsed at `now` (a scan: for the periodic sweep only); how many.
+    async fn prune_holds(&self, now: Millis) -> Result<usize, StoreError>;
+
+    /// Records why `id` waits, if it is still `queued` or `retrying` (a display-only field: not a
+    /// new version; the claim clears it), and that it was seen at `now` (`updated_at`: the sweep
+    /// leaves it alone, its message is not lost).
+    async fn note_deferred(
+        &self,
+        id: &JobId,
+        deferred: &Deferred,
+        now: Millis,
+    ) -> Result<(), StoreError>;
+}
+
+/// Token buckets (see [`crate::limits::bucket`]): one conditional UpdateItem per take, none when this
+/// instance already knows the bucket is empty.
+#[async_trait]
+pub trait RateBuckets: Send + Sync {
+    /// Takes `n` tokens of `rate` from the bucket item `bucket` (a key from
+    /// [`crate::limits::bucket_key`] or [`crate::limits::named_bucket`]) at `now` (epoch ms):
+    /// [`Take::Taken`], or [`Take::Wait`] with how long until the same take would be allowed
+    /// (nothing taken then).
+    async fn take_tokens(
+        &self,
+        bucket: &str,
+        rate: &Rate,
+        n: u32,
+        now: Millis,
+    ) -> Result<Take, StoreError>;
+}
+
 /// Jobs nothing will move again (Scan): for the periodic sweep only.
 #[async_trait]
 pub trait JobScanner: Send + Sync {
@@ -340,13 +403,30 @@ impl<T: JobReader + JobLister + StepLister + JobWriter + CancelSignals + Waitpoi
 {
 }
 
-/// The worker's port: claim, read, write, watch for cancel signals, record steps and waitpoints.
+/// The worker's port: claim, read, write, watch for cancel signals, record steps and waitpoints,
+/// take and give back limits' holds and tokens.
 pub trait WorkerStore:
-    JobClaimer + JobReader + JobWriter + CancelWatch + StepStore + WaitpointStore
+    JobClaimer
+    + JobReader
+    + JobWriter
+    + CancelWatch
+    + StepStore
+    + WaitpointStore
+    + LimitStore
+    + RateBuckets
 {
 }
-impl<T: JobClaimer + JobReader + JobWriter + CancelWatch + StepStore + WaitpointStore + ?Sized>
-    WorkerStore for T
+impl<
+    T: JobClaimer
+        + JobReader
+        + JobWriter
+        + CancelWatch
+        + StepStore
+        + WaitpointStore
+        + LimitStore
+        + RateBuckets
+        + ?Sized,
+> WorkerStore for T
 {
 }
 
@@ -354,13 +434,22 @@ impl<T: JobClaimer + JobReader + JobWriter + CancelWatch + StepStore + Waitpoint
 pub trait DeliveryStore: JobReader + JobWriter {}
 impl<T: JobReader + JobWriter + ?Sized> DeliveryStore for T {}
 
-/// The sweep's port: scan, read, write, repair slots, read and settle waitpoints, query the due
-/// index.
+/// The sweep's port: scan, read, write, repair slots and limits' holds, read and settle waitpoints,
+/// query the due index.
 pub trait SweepStore:
-    JobScanner + JobReader + JobWriter + SlotLedger + WaitpointStore + DueTimers
+    JobScanner + JobReader + JobWriter + SlotLedger + WaitpointStore + DueTimers + LimitStore
 {
 }
-impl<T: JobScanner + JobReader + JobWriter + SlotLedger + WaitpointStore + DueTimers + ?Sized>
+impl<
+    T: JobScanner
+        + JobReader
+        + JobWriter
+        + SlotLedger
+        + WaitpointStore
+        + DueTimers
+        + LimitStore
+        + ?Sized,
+>
     SweepStore for T
 {
 }

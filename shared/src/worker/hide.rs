@@ -121,11 +121,12 @@ mod tests {
 
     #[async_trait]
     impl JobSender for Counting {
-        async fn send_traced(
+        async fn send_grouped(
             &self,
             _: &str,
             _: Duration,
             _: Option<&crate::trace::TraceContext>,
+            _: Option<&str>,
         ) -> Result<String, QueueError> {
             unreachable!()
         }

@@ -173,6 +173,18 @@ impl Attempt for LeaseKeeper {
             .map_err(|e| JobError::retryable("store_unavailable", e))
     }
 
+    async fn take_tokens(
+        &self,
+        bucket: &str,
+        rate: &crate::limits::Rate,
+        n: u32,
+    ) -> Result<crate::limits::Take, JobError> {
+        self.store
+            .take_tokens(bucket, rate, n, self.clock.now())
+            .await
+            .map_err(|e| JobError::retryable("store_unavailable", e))
+    }
+
     /// Reads first: a replay (the common call once the job resumes) costs a read, not a failed
     /// conditional write. Like a step's record, not a lease-holder write.
     async fn waitpoint(

@@ -12,6 +12,7 @@
 //! acknowledged without running it; one of a job another worker is running comes back when that lease ends.
 
 mod decide;
+mod gate;
 mod hide;
 mod lease;
 
@@ -109,6 +110,8 @@ pub enum Outcome {
     Parked,
     /// The store or queue failed: the message comes back with backoff.
     Unavailable,
+    /// A kind's limit was reached: not claimed (no attempt used), sent again for later.
+    Deferred,
 }
 
 impl Outcome {
@@ -130,6 +133,7 @@ impl Outcome {
             Self::Forwarded => "forwarded",
             Self::Parked => "parked",
             Self::Unavailable => "unavailable",
+            Self::Deferred => "deferred",
         }
     }
 }
@@ -172,6 +176,8 @@ pub struct Worker {
     /// follow-up jobs and misrouted jobs are sent, by their lane.
     lane: Lane,
     senders: Lanes<dyn JobSender>,
+    /// What each kind's runs took lately: when a deferred job tries again.
+    runtimes: gate::Runtimes,
 }
 
 type Graded = (Outcome, Verdict);
@@ -194,6 +200,7 @@ impl Worker {
             stop: watch::channel(false).1,
             announcer: Announcer::none(),
             lane: Lane::Lambda,
+            runtimes: gate::Runtimes::default(),
         }
     }
 
@@ -303,6 +310,36 @@ impl Worker {
             span_id = parent.as_ref().map(|t| t.child().span_id).as_deref(),
         );
         let graded = async {
+            // Only kinds with limits pay for them (see `gate`).
+            let held = match self.registry.limits(&msg.kind) {
+                None => None,
+                Some(limits) => match self.admit(limits, &msg, d, inv).await {
+                    gate::Admit::Go(held) => Some(held),
+                    gate::Admit::Stop(graded) => return graded,
+                },
+            };
+            let graded = self.claim_and_run(&msg, d, inv, hider, held.as_ref()).await;
+            if let Some(held) = held {
+                self.give_back(held).await;
+            }
+            graded
+        }
+        .instrument(span)
+        .await;
+        observe::attempt(kind, graded.0.as_str());
+        graded
+    }
+
+    /// Claims the job of `msg` and runs it.
+    async fn claim_and_run(
+        &self,
+        msg: &JobMessage,
+        d: &Delivery,
+        inv: &Invocation,
+        hider: &Hider,
+        held: Option<&gate::Held>,
+    ) -> Graded {
+        {
             let now = self.clock.now();
             let owner = format!("{}:{:016x}", inv.request_id, rand::random::<u64>());
             let lease_until = now + self.settings.lease.as_millis() as Millis;
@@ -316,7 +353,7 @@ impl Worker {
                     if job.attempts == 1 && job.continuations == 0 {
                         observe::queue_wait(&job.kind, job.submitted_at, now);
                     }
-                    self.run(job, owner, d, inv, hider).await
+                    self.run(job, owner, d, inv, hider, held).await
                 }
                 Err(StoreError::NotFound) => {
                     tracing::error!("message for a job that does not exist");
@@ -331,10 +368,6 @@ impl Worker {
                 }
             }
         }
-        .instrument(span)
-        .await;
-        observe::attempt(kind, graded.0.as_str());
-        graded
     }
 
     /// A delivery of a job that could not be claimed.
@@ -377,12 +410,13 @@ impl Worker {
         d: &Delivery,
         inv: &Invocation,
         hider: &Hider,
+        held: Option<&gate::Held>,
     ) -> Graded {
         let keeper = LeaseKeeper::new(self.store.clone(), self.clock.clone(), owner, job.clone());
         if self.lane == Lane::Lambda && job.lane == Lane::Container {
             // The worker function never runs container-only work; the container worker runs anything.
             if let Some(container) = self.sender(Lane::Container) {
-                return self.forward(&keeper, container, d).await;
+                return self.forward(&keeper, &job, container, d).await;
             }
             tracing::warn!(
                 "a container-only job, and no container queue to send it to: running it here"
@@ -395,7 +429,7 @@ impl Worker {
         let started = std::time::Instant::now();
         // Hidden while the lease is live, and half a lease more (see `hide`).
         hider.hide(&d.receipt_handle);
-        let ran = match self.run_handler(&job, &keeper, d, inv, hider).await {
+        let ran = match self.run_handler(&job, &keeper, d, inv, hider, held).await {
             Run::Finished(ran) => ran,
             Run::LeaseLost => return (Outcome::LeaseLost, Verdict::Ack),
             Run::Stopped => return self.release(&keeper).await,
@@ -408,6 +442,7 @@ impl Worker {
             jitter: rand::random::<f64>(),
         };
         observe::handler_duration(&job.kind, started.elapsed());
+        self.runtimes.ran(&job.kind, started.elapsed());
         let graded = self.apply(decide(ran, &job, facts), &keeper, &job, d).await;
         tracing::info!(outcome = ?graded.0, attempt = job.attempts, elapsed_ms = started.elapsed().as_millis() as u64, "job attempt finished");
         graded
@@ -422,6 +457,7 @@ impl Worker {
         d: &Delivery,
         inv: &Invocation,
         hider: &Hider,
+        held: Option<&gate::Held>,
     ) -> Run {
         let Some(handler) = self.registry.get(&job.kind) else {
             return Run::Finished(Err(JobError::terminal(
@@ -466,6 +502,10 @@ impl Worker {
                 }
                 _ = beat.tick() => {
                     let lease = self.settings.lease.as_millis() as Millis;
+                    // Only without a deadline: a Lambda's holds outlast its invocation already.
+                    if let Some(held) = held.filter(|_| inv.deadline.is_none()) {
+                        self.renew_holds(held).await;
+                    }
                     match keeper.update(|j, owner, now| j.heartbeat(owner, now + lease, now)).await {
                         Ok(_) => hider.hide(&d.receipt_handle),
                         Err(LeaseError::Lost) => {
@@ -495,7 +535,7 @@ impl Worker {
         d: &Delivery,
     ) -> Graded {
         let (written, graded) = match decision {
-            Decision::Continue => return self.continue_later(keeper, d).await,
+            Decision::Continue => return self.continue_later(keeper, job, d).await,
             Decision::Park {
                 name,
                 expires_at,
@@ -621,17 +661,10 @@ impl Worker {
     async fn start(&self, children: &[Job], d: &Delivery) {
         let trace = d.trace.as_deref().and_then(TraceContext::parse);
         for child in children {
-            let message = JobMessage {
-                job_id: child.job_id.clone(),
-                kind: child.kind.clone(),
-            };
             let Some(queue) = self.sender(child.lane) else {
                 continue; // checked before the children were written
             };
-            if let Err(e) = queue
-                .send_traced(&message.encode(), Duration::ZERO, trace.as_ref())
-                .await
-            {
+            if let Err(e) = queue.send_job(child, trace.as_ref()).await {
                 tracing::warn!(child = %child.job_id, error = %e, "could not send a follow-up job; the sweep will");
             }
         }
@@ -640,14 +673,10 @@ impl Worker {
     /// A yield: a new message carries the job on (sent first: if we die before the job is written back
     /// to `queued`, that message finds the lease expired and claims it), then the job is suspended and
     /// this message acknowledged.
-    async fn continue_later(&self, keeper: &LeaseKeeper, d: &Delivery) -> Graded {
+    async fn continue_later(&self, keeper: &LeaseKeeper, job: &Job, d: &Delivery) -> Graded {
         // The continuation stays in the job's trace.
         let trace = d.trace.as_deref().and_then(TraceContext::parse);
-        if let Err(e) = self
-            .queue
-            .send_traced(&d.body, Duration::ZERO, trace.as_ref())
-            .await
-        {
+        if let Err(e) = self.queue.send_job(job, trace.as_ref()).await {
             tracing::warn!(error = %e, "could not send the continuation; retrying the attempt");
             return (Outcome::Unavailable, self.backoff(1));
         }
@@ -708,12 +737,15 @@ impl Worker {
     /// A job of the other lane: its message is sent to that lane's queue (first: if we die before the
     /// release, that message finds the lease expired and claims it), the job goes back to `queued` with
     /// its attempt given back, and this message is acknowledged.
-    async fn forward(&self, keeper: &LeaseKeeper, to: &dyn JobSender, d: &Delivery) -> Graded {
+    async fn forward(
+        &self,
+        keeper: &LeaseKeeper,
+        job: &Job,
+        to: &dyn JobSender,
+        d: &Delivery,
+    ) -> Graded {
         let trace = d.trace.as_deref().and_then(TraceContext::parse);
-        if let Err(e) = to
-            .send_traced(&d.body, Duration::ZERO, trace.as_ref())
-            .await
-        {
+        if let Err(e) = to.send_job(job, trace.as_ref()).await {
             tracing::warn!(error = %e, "could not forward the job to its queue; trying again later");
             let _ = keeper.update(|j, owner, now| j.release(owner, now)).await;
             return (Outcome::Unavailable, self.backoff(1));

@@ -12,7 +12,8 @@ use aws_sdk_dynamodb::types::{
 use std::collections::HashMap;
 
 use super::{DynamoStore, Item, num, unavailable};
-use crate::job::{Job, Slot};
+use crate::job::{Job, JobId, Millis, Slot};
+use crate::limits::Hold;
 use crate::slots::{Layout, Ledger, MAX_ADDS, OWNER_PREFIX, PageSlots};
 use crate::store::{SlotLedger, StoreError};
 
@@ -37,8 +38,8 @@ fn load(item: Option<&Item>) -> u32 {
 enum Added {
     /// The member is on the page, which now holds this many.
     Yes(u32),
-    /// The page was full (it holds this many): nothing written.
-    Full(u32),
+    /// The page was full (it holds this many, these members when the store said): nothing written.
+    Full(u32, Option<Vec<String>>),
 }
 
 impl DynamoStore {
@@ -46,26 +47,67 @@ impl DynamoStore {
     /// choice); the page, or `None` when the owner is at the cap. At most [`MAX_ADDS`] refused writes
     /// and one read of the pages.
     pub(super) async fn take_slot(&self, job: &Job, cap: u32) -> Result<Option<u32>, StoreError> {
-        let (ledger, layout) = (Ledger::owner(&job.user_id), Layout::new(cap));
-        let mut view = self.views.loads(&ledger, layout);
+        let member = |page: u32| {
+            let mut slot = job.slot();
+            slot.page = Some(page);
+            slot.to_string()
+        };
+        let taken = self
+            .take_page(
+                &Ledger::owner(&job.user_id),
+                Layout::new(cap),
+                &job.job_id,
+                job.slot_page,
+                &member,
+                None,
+            )
+            .await?;
+        if taken.is_none() {
+            tracing::debug!(job_id = %job.job_id, "owner at the in-flight cap");
+        }
+        Ok(taken)
+    }
+
+    /// Adds `member(page)` to a page of `ledger` under `layout` (see [`crate::slots`] for the
+    /// choice; `first`: the page a retried add tried before); the page, or `None` when every page is
+    /// full. With `lapsed_at`, members that are holds lapsed at that time ([`Hold::lapsed`]) do not
+    /// count: a full page is cleared of them and tried once more.
+    pub(super) async fn take_page(
+        &self,
+        ledger: &Ledger,
+        layout: Layout,
+        id: &JobId,
+        first: Option<u32>,
+        member: &(dyn Fn(u32) -> String + Send + Sync),
+        lapsed_at: Option<Millis>,
+    ) -> Result<Option<u32>, StoreError> {
+        let mut view = self.views.loads(ledger, layout);
         let known = |view: &Option<Vec<u32>>, p: u32| view.as_ref().map(|v| v[p as usize]);
-        let (mut tried, mut read) = (Vec::new(), false);
+        let (mut tried, mut read, mut pruned) = (Vec::new(), false, Vec::new());
         // A retried insert goes where its first try went.
-        let mut next = match job.slot_page {
+        let mut next = match first {
             Some(p) if p < layout.pages() => Some(p),
-            _ => layout.pick(&job.job_id, |p| known(&view, p), &[]),
+            _ => layout.pick(id, |p| known(&view, p), &[]),
         };
         while let Some(page) = next {
             match self
-                .add_member(&ledger, page, job, layout.capacity(page))
+                .add_member(ledger, page, member(page), layout.capacity(page))
                 .await?
             {
                 Added::Yes(n) => {
-                    self.views.saw(&ledger, layout, page, n);
+                    self.views.saw(ledger, layout, page, n);
                     return Ok(Some(page));
                 }
-                Added::Full(n) => {
-                    self.views.saw(&ledger, layout, page, n);
+                Added::Full(n, members) => {
+                    if let Some(now) = lapsed_at
+                        && !pruned.contains(&page)
+                    {
+                        pruned.push(page);
+                        if self.prune_page(ledger, page, members, now).await? > 0 {
+                            continue; // room made: the same page again
+                        }
+                    }
+                    self.views.saw(ledger, layout, page, n);
                     if let Some(v) = view.as_mut() {
                         v[page as usize] = n;
                     }
@@ -77,27 +119,77 @@ impl DynamoStore {
             }
             if !read {
                 // What this instance knew was wrong: read every page once, then pick again.
-                let loads = self.read_loads(&ledger, layout).await?;
-                self.views.read(&ledger, layout, loads.clone());
+                let loads = self.read_loads(ledger, layout).await?;
+                self.views.read(ledger, layout, loads.clone());
                 (view, read) = (Some(loads), true);
             }
-            next = layout.pick(&job.job_id, |p| known(&view, p), &tried);
+            next = layout.pick(id, |p| known(&view, p), &tried);
         }
-        tracing::debug!(job_id = %job.job_id, tried = tried.len(), "owner at the in-flight cap");
         Ok(None)
     }
 
-    /// One conditional add of `job`'s member to `page`, if it holds fewer than `capacity` members or
+    /// Removes the holds of `page` lapsed at `now` (`members`: as a refused write returned them;
+    /// `None`: read here); how many.
+    async fn prune_page(
+        &self,
+        ledger: &Ledger,
+        page: u32,
+        members: Option<Vec<String>>,
+        now: Millis,
+    ) -> Result<usize, StoreError> {
+        let members = match members {
+            Some(m) => m,
+            None => {
+                let items = self.read_pages(ledger, &[Some(page)], true).await?;
+                match items
+                    .get(&ledger.key(Some(page)))
+                    .and_then(|i| i.get("slots"))
+                {
+                    Some(AttributeValue::Ss(m)) => m.clone(),
+                    _ => Vec::new(),
+                }
+            }
+        };
+        let lapsed: Vec<String> = members
+            .into_iter()
+            .filter(|m| Hold::lapsed(m, now))
+            .collect();
+        if !lapsed.is_empty() {
+            self.remove_members(ledger.key(Some(page)), lapsed.clone())
+                .await?;
+            self.views.moved(ledger, page, -(lapsed.len() as i32));
+        }
+        Ok(lapsed.len())
+    }
+
+    /// Removes `members` from the page item `key` (idempotent: removing a member not there is a no-op).
+    pub(super) async fn remove_members(
+        &self,
+        key: String,
+        members: Vec<String>,
+    ) -> Result<(), StoreError> {
+        let remove = Update::builder()
+            .table_name(&self.table)
+            .set_key(Some(HashMap::from([(
+                "job_id".to_owned(),
+                AttributeValue::S(key),
+            )])))
+            .update_expression("DELETE slots :m")
+            .expression_attribute_values(":m", AttributeValue::Ss(members))
+            .build()
+            .expect("table, key and expression are set");
+        self.update(remove).await.map(drop)
+    }
+
+    /// One conditional add of `member` to `page`, if it holds fewer than `capacity` members or
     /// this one already (the SDK's retry of an add that landed must not find the page full of itself).
     async fn add_member(
         &self,
         ledger: &Ledger,
         page: u32,
-        job: &Job,
+        member: String,
         capacity: u32,
     ) -> Result<Added, StoreError> {
-        let mut slot = job.slot();
-        slot.page = Some(page);
         let res = self
             .client
             .update_item()
@@ -107,9 +199,9 @@ impl DynamoStore {
             .condition_expression(
                 "attribute_not_exists(slots) OR size(slots) < :cap OR contains(slots, :mine)",
             )
-            .expression_attribute_values(":m", members(std::slice::from_ref(&slot)))
+            .expression_attribute_values(":m", AttributeValue::Ss(vec![member.clone()]))
             .expression_attribute_values(":cap", num(capacity))
-            .expression_attribute_values(":mine", AttributeValue::S(slot.to_string()))
+            .expression_attribute_values(":mine", AttributeValue::S(member))
             .return_values(ReturnValue::UpdatedNew)
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .send()
@@ -120,6 +212,10 @@ impl DynamoStore {
                 // Some emulators do not return the old item: then it is taken as full.
                 UpdateItemError::ConditionalCheckFailedException(c) => Ok(Added::Full(
                     c.item.as_ref().map_or(capacity, |i| load(Some(i))),
+                    c.item.and_then(|mut i| match i.remove("slots") {
+                        Some(AttributeValue::Ss(m)) => Some(m),
+                        _ => None,
+                    }),
                 )),
                 other => Err(StoreError::Unavailable {
                     source: other.into(),
@@ -153,7 +249,11 @@ impl DynamoStore {
 
     /// Every page's load (BatchGetItem, eventually consistent: a stale load costs a refused write at
     /// worst, never a wrong count).
-    async fn read_loads(&self, ledger: &Ledger, layout: Layout) -> Result<Vec<u32>, StoreError> {
+    pub(super) async fn read_loads(
+        &self,
+        ledger: &Ledger,
+        layout: Layout,
+    ) -> Result<Vec<u32>, StoreError> {
         let pages: Vec<Option<u32>> = (0..layout.pages()).map(Some).collect();
         let items = self.read_pages(ledger, &pages, false).await?;
         Ok(pages
@@ -163,7 +263,7 @@ impl DynamoStore {
     }
 
     /// The items of `pages` by key (missing ones are absent), 100 per request, all at once.
-    async fn read_pages(
+    pub(super) async fn read_pages(
         &self,
         ledger: &Ledger,
         pages: &[Option<u32>],

@@ -1,0 +1,269 @@
+//! The worker's side of kind-level limits (see [`crate::limits`]): before a job of a limited kind is
+//! claimed, it takes a hold on each concurrency limit and a token of each rate limit, or is deferred;
+//! after its attempt ends (any outcome), its holds are given back. A kind without limits never gets
+//! here: it costs what it always did.
+//!
+//! Taken before the claim, not after, so a deferral neither uses an attempt nor writes the job a
+//! second time to give the claim back: it costs one read of the job, the refused write (none for a
+//! rate limit this instance already knows is exhausted), the note `GET /jobs/{id}` shows, and one
+//! SendMessage — the message is sent again with a delay and this one acknowledged, because SQS
+//! counts every receive towards the DLQ and a visibility change would let deferrals dead-letter it.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use super::{Graded, Outcome, Worker};
+use crate::clock::Millis;
+use crate::job::Job;
+use crate::limits::{Counter, Deferred, Gate, Hold, Limits, Take};
+use crate::observe;
+use crate::queue::{Delivery, Invocation, JobMessage, Verdict};
+use crate::slots::Ledger;
+use crate::trace::TraceContext;
+
+/// How long a hold lasts when the invocation has no deadline (`jobctl dev`, the container worker):
+/// a crashed worker's hold frees itself after this long.
+pub const HOLD_LEASE: Duration = Duration::from_secs(15 * 60);
+
+/// A hold outlives its invocation's deadline by this much (the terminal write and the give-back
+/// happen just before it).
+const HOLD_GRACE: Millis = 10_000;
+
+/// The longest deferral: SQS's longest message delay.
+const MAX_DEFER: Duration = Duration::from_secs(900);
+
+/// The holds one attempt took, given back when it ends (renewed meanwhile when they would lapse).
+#[derive(Debug, Default)]
+pub(super) struct Held {
+    holds: Mutex<Vec<(Ledger, u32, Hold)>>,
+}
+
+impl Held {
+    fn push(&self, hold: (Ledger, u32, Hold)) {
+        self.lock().push(hold);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(Ledger, u32, Hold)>> {
+        self.holds.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// What each kind's handler took lately in this instance: the guess of when a slot frees.
+#[derive(Debug, Default)]
+pub(super) struct Runtimes {
+    by_kind: Mutex<HashMap<String, Duration>>,
+}
+
+impl Runtimes {
+    /// Records a run (a moving average: recent runs weigh more).
+    pub(super) fn ran(&self, kind: &str, took: Duration) {
+        let mut m = self.by_kind.lock().unwrap_or_else(|e| e.into_inner());
+        let avg = m.entry(kind.to_owned()).or_insert(took);
+        *avg = avg.mul_f64(0.8) + took.mul_f64(0.2);
+    }
+
+    fn typical(&self, kind: &str) -> Option<Duration> {
+        let m = self.by_kind.lock().unwrap_or_else(|e| e.into_inner());
+        m.get(kind).copied()
+    }
+}
+
+/// How long a job waits for a concurrency slot: about one typical run of its kind (5 s when none
+/// was seen yet), between 1 s and a minute.
+fn slot_wait(typical: Option<Duration>) -> Duration {
+    typical
+        .unwrap_or(Duration::from_secs(5))
+        .clamp(Duration::from_secs(1), Duration::from_secs(60))
+}
+
+/// `wait` spread by `jitter` (0..1) over ±25 %, so deferred jobs do not all come back at once, and
+/// never sooner than a second (the queue's delays are whole seconds).
+pub(super) fn jittered(wait: Duration, jitter: f64) -> Duration {
+    wait.mul_f64(0.75 + 0.5 * jitter.clamp(0.0, 1.0))
+        .clamp(Duration::from_secs(1), MAX_DEFER)
+}
+
+/// What the gate decided.
+pub(super) enum Admit {
+    /// Claim it, holding these (none: no limit applies, or the claim will say why it cannot run).
+    Go(Held),
+    /// Not now: graded already.
+    Stop(Graded),
+}
+
+impl Worker {
+    /// Takes what `limits` ask of the job of `msg`, or defers it.
+    pub(super) async fn admit(
+        &self,
+        limits: &Limits,
+        msg: &JobMessage,
+        d: &Delivery,
+        inv: &Invocation,
+    ) -> Admit {
+        let now = self.clock.now();
+        let job = match self.store.get(&msg.job_id).await {
+            Ok(Some(job)) => job,
+            // The claim finds out the same and grades it.
+            Ok(None) => return Admit::Go(Held::default()),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not read a limited job");
+                return Admit::Stop((Outcome::Unavailable, self.backoff(d.receive_count)));
+            }
+        };
+        if !job.claimable(now) || job.cancel_requested {
+            // Running elsewhere, finished, parked or cancelled: the claim grades it; it runs nothing.
+            return Admit::Go(Held::default());
+        }
+        let model = |input: &crate::json::Json| self.registry.model_of(&job.kind, input);
+        let hold = Hold {
+            job_id: job.job_id.clone(),
+            until: inv
+                .deadline
+                .map_or(now + HOLD_LEASE.as_millis() as Millis, |d| d + HOLD_GRACE),
+        };
+        let held = Held::default();
+        for gate in limits.gates(&job.kind, &job, &model) {
+            let wait = match &gate.counter {
+                Counter::Concurrency { ledger, cap } => {
+                    match self.store.hold(ledger, *cap, &hold, now).await {
+                        Ok(Some(page)) => {
+                            held.push((ledger.clone(), page, hold.clone()));
+                            continue;
+                        }
+                        Ok(None) => slot_wait(self.runtimes.typical(&job.kind)),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "could not take a concurrency hold");
+                            self.give_back(held).await;
+                            return Admit::Stop((
+                                Outcome::Unavailable,
+                                self.backoff(d.receive_count),
+                            ));
+                        }
+                    }
+                }
+                Counter::Rate { bucket, rate } => {
+                    match self.store.take_tokens(bucket, rate, 1, now).await {
+                        Ok(Take::Taken) => continue,
+                        Ok(Take::Wait(w)) => w,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "could not take a rate token");
+                            self.give_back(held).await;
+                            return Admit::Stop((
+                                Outcome::Unavailable,
+                                self.backoff(d.receive_count),
+                            ));
+                        }
+                    }
+                }
+            };
+            self.give_back(held).await;
+            return Admit::Stop(self.defer(&job, &gate, wait, d).await);
+        }
+        Admit::Go(held)
+    }
+
+    /// Moves the end of every hold of `held` that would lapse within half a [`HOLD_LEASE`] one
+    /// lease on (from the heartbeat): a job without a deadline (the container worker) may run for
+    /// hours, and its hold must not lapse while it does. Lambda's holds end after the invocation's
+    /// deadline and never need it. Best effort: a failed renewal is tried at the next heartbeat.
+    pub(super) async fn renew_holds(&self, held: &Held) {
+        let now = self.clock.now();
+        let lease = HOLD_LEASE.as_millis() as Millis;
+        let due: Vec<(usize, Ledger, u32, Hold)> = held
+            .lock()
+            .iter()
+            .enumerate()
+            .filter(|(_, (_, _, h))| h.until - now < lease / 2)
+            .map(|(i, (l, p, h))| (i, l.clone(), *p, h.clone()))
+            .collect();
+        for (i, ledger, page, old) in due {
+            let new = Hold {
+                job_id: old.job_id.clone(),
+                until: now + lease,
+            };
+            match self.store.renew_hold(&ledger, page, &old, &new).await {
+                Ok(()) => held.lock()[i].2 = new,
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not renew a hold; trying again at the next heartbeat")
+                }
+            }
+        }
+    }
+
+    /// Gives an attempt's holds back (best effort: one not given back lapses at its end).
+    pub(super) async fn give_back(&self, held: Held) {
+        let holds = std::mem::take(&mut *held.lock());
+        let backs = holds.iter().map(|(ledger, page, hold)| async move {
+            if let Err(e) = self.store.unhold(ledger, *page, hold).await {
+                tracing::warn!(error = %e, until = hold.until, "could not give a hold back; it lapses by itself");
+            }
+        });
+        futures::future::join_all(backs).await;
+    }
+
+    /// Defers `job`: its message again, delayed by about `wait`, and this one acknowledged; the
+    /// note `GET /jobs/{id}` shows (best effort).
+    async fn defer(&self, job: &Job, gate: &Gate, wait: Duration, d: &Delivery) -> Graded {
+        let delay = jittered(wait, rand::random::<f64>());
+        let trace = d.trace.as_deref().and_then(TraceContext::parse);
+        if let Err(e) = self
+            .queue
+            .send_job_delayed(job, delay, trace.as_ref())
+            .await
+        {
+            tracing::warn!(error = %e, "could not send a deferred job again; its message comes back");
+            return (Outcome::Unavailable, Verdict::Retry(delay));
+        }
+        let now = self.clock.now();
+        let reason = gate.reason();
+        let note = Deferred {
+            reason,
+            key: gate.label.clone(),
+            until: now + delay.as_millis() as Millis,
+        };
+        if let Err(e) = self.store.note_deferred(&job.job_id, &note, now).await {
+            tracing::warn!(error = %e, "could not note the deferral");
+        }
+        observe::deferred(&job.kind, reason.as_str());
+        tracing::info!(
+            reason = reason.as_str(),
+            key = %gate.label,
+            delay_ms = delay.as_millis() as u64,
+            "job deferred by a limit"
+        );
+        (Outcome::Deferred, Verdict::Ack)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_deferral_waits_about_one_run_jittered_within_bounds() {
+        assert_eq!(slot_wait(None), Duration::from_secs(5));
+        assert_eq!(
+            slot_wait(Some(Duration::from_millis(10))),
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            slot_wait(Some(Duration::from_secs(600))),
+            Duration::from_secs(60)
+        );
+        let w = Duration::from_secs(8);
+        assert_eq!(jittered(w, 0.0), Duration::from_secs(6));
+        assert_eq!(jittered(w, 1.0), Duration::from_secs(10));
+        assert_eq!(jittered(Duration::ZERO, 0.5), Duration::from_secs(1));
+        assert_eq!(jittered(Duration::from_secs(5000), 0.5), MAX_DEFER);
+    }
+
+    #[test]
+    fn runtimes_follow_recent_runs() {
+        let r = Runtimes::default();
+        assert_eq!(r.typical("k"), None);
+        r.ran("k", Duration::from_secs(10));
+        r.ran("k", Duration::from_secs(0));
+        assert_eq!(r.typical("k"), Some(Duration::from_secs(8)));
+    }
+}
