@@ -106,6 +106,7 @@ pub fn demo_agent() -> Agent {
                 |_: NoInput| async move { Ok::<_, String>(chrono::Utc::now().to_rfc3339()) },
             ),
         ],
+        mcp: Vec::new(),
     }
 }
 

@@ -17,6 +17,7 @@
 //! `{answer, turns, tool_calls: [{name, input, output}], usage: {input_tokens, output_tokens}}`.
 
 pub mod bedrock;
+pub mod mcp;
 pub mod model;
 pub mod openai;
 mod tool;
@@ -28,6 +29,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 pub use bedrock::Bedrock;
+pub use mcp::McpServer;
 pub use model::{
     Message, Model, ModelError, ModelReply, ModelRequest, ToolCall, ToolResult, ToolSpec, Usage,
 };
@@ -48,6 +50,8 @@ pub struct Agent {
     pub system: String,
     pub max_turns: u32,
     pub tools: Vec<Tool>,
+    /// MCP servers and the tools it may use from each (see [`mcp`]).
+    pub mcp: Vec<McpServer>,
 }
 
 /// The input of an `agent` job.
@@ -151,12 +155,15 @@ async fn converse(
         ),
         None => input.message.clone(),
     };
+    let local: Vec<&str> = agent.tools.iter().map(Tool::name).collect();
+    let mcp = mcp::McpTools::start(&agent.mcp, &local, ctx).await?;
     let mut request = ModelRequest {
         model: agent.model.clone(),
         system: agent.system.clone(),
         messages: vec![Message::User { text: first }],
         tools: agent.tools.iter().map(|t| t.spec().clone()).collect(),
     };
+    request.tools.extend(mcp.specs());
     let mut uses = Vec::new();
     for turn in 1..=agent.max_turns {
         ctx.check_cancelled()?;
@@ -193,7 +200,10 @@ async fn converse(
         for (i, call) in reply.tool_calls.iter().enumerate() {
             let result: ToolResult = ctx
                 .step(&format!("tool-{turn}-{i}"), async {
-                    Ok(call_tool(&agent.tools, call).await)
+                    match mcp.call(call).await {
+                        Some(result) => result,
+                        None => Ok(call_tool(&agent.tools, call).await),
+                    }
                 })
                 .await?;
             let output = serde_json::from_str(&result.content)
