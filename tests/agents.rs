@@ -284,8 +284,11 @@ async fn an_agent_calls_an_mcp_tool_once_across_a_retry(b: Backends) {
     let mcp = serve_mcp(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(), server);
     let view = run_job(&b, || mcp_registry(&fake.url, &mcp), &toolsmith(), true).await;
     assert_eq!(view["status"], "completed", "{view}");
-    assert_eq!(view["attempts"], 2, "the first attempt was killed after the call");
-    assert_eq!(calls.load(Ordering::SeqCst), 1, "the MCP tool was called once");
+    // The first attempt hung in its second turn, after the call (the fake model hangs only once it has
+    // the tool's result), and was killed; on a loaded machine a 1 s lease may cost one more attempt.
+    let attempts = view["attempts"].as_u64().unwrap();
+    assert!(attempts >= 2, "{view}");
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "the MCP tool was called once across {attempts} attempts");
     assert_eq!(view["result"]["answer"], "the tool said 42");
     assert_eq!(
         view["result"]["tool_calls"],
