@@ -17,8 +17,8 @@ from mcp.client.streamable_http import streamable_http_client
 
 def structured(result):
     """A tool result as data: its structured content, else its text parsed as JSON."""
-    if result.structuredContent is not None:
-        return result.structuredContent
+    if result.structured_content is not None:
+        return result.structured_content
     return json.loads(result.content[0].text)
 
 
@@ -47,10 +47,10 @@ async def main(url):
                 json.dumps(
                     {
                         "tools": [t.name for t in tools],
-                        "kinds": submit.inputSchema["properties"]["kind"]["enum"],
+                        "kinds": submit.input_schema["properties"]["kind"]["enum"],
                         "accepted": structured(accepted),
                         "job": job,
-                        "refused": {"isError": refused.isError, "body": structured(refused)},
+                        "refused": {"isError": refused.is_error, "body": structured(refused)},
                     }
                 )
             )
