@@ -217,7 +217,11 @@ impl rmcp::ServerHandler for Multiplier {
             "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}}});
         Ok(rmcp::model::ListToolsResult::with_all_items(vec![
             rmcp::model::Tool::new("multiply", "Multiplies a by b.", schema(factors)),
-            rmcp::model::Tool::new("forbidden", "Not for agents.", schema(json!({"type": "object"}))),
+            rmcp::model::Tool::new(
+                "forbidden",
+                "Not for agents.",
+                schema(json!({"type": "object"})),
+            ),
         ]))
     }
 
@@ -229,7 +233,9 @@ impl rmcp::ServerHandler for Multiplier {
         use rmcp::model::{CallToolResult, ContentBlock};
         self.calls.fetch_add(1, Ordering::SeqCst);
         if self.fails {
-            return Ok(CallToolResult::error(vec![ContentBlock::text("multiply is out of order")]).into());
+            return Ok(
+                CallToolResult::error(vec![ContentBlock::text("multiply is out of order")]).into(),
+            );
         }
         let args = request.arguments.unwrap_or_default();
         let n = |k: &str| args.get(k).and_then(Value::as_i64).unwrap_or(0);
@@ -281,14 +287,21 @@ async fn an_agent_calls_an_mcp_tool_once_across_a_retry(b: Backends) {
         calls: calls.clone(),
         fails: false,
     };
-    let mcp = serve_mcp(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(), server);
+    let mcp = serve_mcp(
+        tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        server,
+    );
     let view = run_job(&b, || mcp_registry(&fake.url, &mcp), &toolsmith(), true).await;
     assert_eq!(view["status"], "completed", "{view}");
     // The first attempt hung in its second turn, after the call (the fake model hangs only once it has
     // the tool's result), and was killed; on a loaded machine a 1 s lease may cost one more attempt.
     let attempts = view["attempts"].as_u64().unwrap();
     assert!(attempts >= 2, "{view}");
-    assert_eq!(calls.load(Ordering::SeqCst), 1, "the MCP tool was called once across {attempts} attempts");
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "the MCP tool was called once across {attempts} attempts"
+    );
     assert_eq!(view["result"]["answer"], "the tool said 42");
     assert_eq!(
         view["result"]["tool_calls"],
@@ -299,7 +312,10 @@ async fn an_agent_calls_an_mcp_tool_once_across_a_retry(b: Backends) {
     let tools = first["tools"].as_array().unwrap();
     assert_eq!(tools.len(), 1, "{first}");
     assert_eq!(tools[0]["function"]["name"], "multiply");
-    assert_eq!(tools[0]["function"]["parameters"]["required"], json!(["a", "b"]));
+    assert_eq!(
+        tools[0]["function"]["parameters"]["required"],
+        json!(["a", "b"])
+    );
 }
 
 async fn an_mcp_tool_error_is_a_tool_error_to_the_model(b: Backends) {
@@ -309,7 +325,10 @@ async fn an_mcp_tool_error_is_a_tool_error_to_the_model(b: Backends) {
         calls: calls.clone(),
         fails: true,
     };
-    let mcp = serve_mcp(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(), server);
+    let mcp = serve_mcp(
+        tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        server,
+    );
     let view = run_job(&b, || mcp_registry(&fake.url, &mcp), &toolsmith(), false).await;
     assert_eq!(view["status"], "completed", "{view}");
     assert_eq!(view["attempts"], 1, "not a job failure");
@@ -317,7 +336,10 @@ async fn an_mcp_tool_error_is_a_tool_error_to_the_model(b: Backends) {
         view["result"]["tool_calls"][0]["output"],
         json!({"error": "multiply is out of order"})
     );
-    assert_eq!(view["result"]["answer"], "the tool said multiply is out of order");
+    assert_eq!(
+        view["result"]["answer"],
+        "the tool said multiply is out of order"
+    );
     assert_eq!(calls.load(Ordering::SeqCst), 1);
 }
 
@@ -350,7 +372,11 @@ async fn an_mcp_server_that_is_down_is_retried_like_a_model_error(b: Backends) {
     let view = eventually("the agent job to finish", WAIT, async || {
         let _ = tokio::time::timeout(Duration::from_secs(10), worker.poll_once()).await;
         let (_, v) = json(&api.handle(get_job("ada", &id)).await);
-        matches!(v["status"].as_str(), Some("completed" | "failed" | "dead_letter")).then_some(v)
+        matches!(
+            v["status"].as_str(),
+            Some("completed" | "failed" | "dead_letter")
+        )
+        .then_some(v)
     })
     .await;
     assert_eq!(view["status"], "completed", "{view}");

@@ -26,11 +26,9 @@ const WAIT: Duration = Duration::from_secs(30);
 /// `X-User-Id` names); its base URL.
 async fn serve(b: &Backends) -> String {
     let app = b.api_with_settings(test_registry(), api::ApiSettings::from_config(&b.config));
-    let app = app
-        .0
-        .layer(axum::middleware::from_fn(|req, next| {
-            api::dev_identity(true, req, next)
-        }));
+    let app = app.0.layer(axum::middleware::from_fn(|req, next| {
+        api::dev_identity(true, req, next)
+    }));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await });
@@ -43,8 +41,8 @@ async fn client(base: &str, user: &str) -> RunningService<RoleClient, ()> {
         http::HeaderName::from_static("x-user-id"),
         http::HeaderValue::from_str(user).unwrap(),
     )]);
-    let config =
-        StreamableHttpClientTransportConfig::with_uri(format!("{base}/mcp")).custom_headers(headers);
+    let config = StreamableHttpClientTransportConfig::with_uri(format!("{base}/mcp"))
+        .custom_headers(headers);
     ().serve(StreamableHttpClientTransport::from_config(config))
         .await
         .expect("the MCP handshake")
@@ -71,7 +69,11 @@ fn refused(r: CallToolResult, status: u16, code: &str) {
     let body = r.structured_content.expect("structured content");
     assert_eq!(body["status"], status, "{body}");
     assert_eq!(body["error"]["code"], code, "{body}");
-    assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty())
+    );
 }
 
 async fn an_mcp_client_submits_a_job_and_reads_its_result(b: Backends) {
@@ -97,9 +99,20 @@ async fn an_mcp_client_submits_a_job_and_reads_its_result(b: Backends) {
         kinds.as_array().unwrap().contains(&json!("echo")),
         "{kinds}"
     );
-    assert!(submit.description.as_deref().unwrap().contains("- sleep: input schema {"));
+    assert!(
+        submit
+            .description
+            .as_deref()
+            .unwrap()
+            .contains("- sleep: input schema {")
+    );
 
-    let accepted = ok(call(&mcp, "submit_job", json!({"kind": "echo", "input": {"n": 7}})).await);
+    let accepted = ok(call(
+        &mcp,
+        "submit_job",
+        json!({"kind": "echo", "input": {"n": 7}}),
+    )
+    .await);
     assert_eq!(accepted["status"], "queued", "{accepted}");
     let id = accepted["job_id"].as_str().unwrap().to_owned();
     let done = eventually("the job to complete", WAIT, async || {
@@ -136,7 +149,12 @@ async fn the_apis_refusals_are_tool_errors_with_its_codes(b: Backends) {
     let base = serve(&b).await;
     let mcp = client(&base, "ada").await;
     for (tool, args, status, code) in [
-        ("submit_job", json!({"kind": "nope", "input": 1}), 422, "unknown_kind"),
+        (
+            "submit_job",
+            json!({"kind": "nope", "input": 1}),
+            422,
+            "unknown_kind",
+        ),
         (
             "submit_job",
             json!({"kind": "sleep", "input": {"ms": "long"}}),
@@ -149,7 +167,12 @@ async fn the_apis_refusals_are_tool_errors_with_its_codes(b: Backends) {
             400,
             "invalid_request",
         ),
-        ("get_job", json!({"job_id": "not-an-id"}), 400, "invalid_job_id"),
+        (
+            "get_job",
+            json!({"job_id": "not-an-id"}),
+            400,
+            "invalid_job_id",
+        ),
         (
             "get_job",
             json!({"job_id": "01JF0000000000000000000000"}),

@@ -547,10 +547,19 @@ async fn an_mcp_client_runs_a_job_through_post_mcp() {
     let saw: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(
         saw["tools"],
-        json!(["submit_job", "get_job", "list_jobs", "cancel_job", "complete_waitpoint"]),
+        json!([
+            "submit_job",
+            "get_job",
+            "list_jobs",
+            "cancel_job",
+            "complete_waitpoint"
+        ]),
         "{saw:#}"
     );
-    assert!(saw["kinds"].as_array().unwrap().contains(&json!("sleep")), "{saw:#}");
+    assert!(
+        saw["kinds"].as_array().unwrap().contains(&json!("sleep")),
+        "{saw:#}"
+    );
     assert_eq!(saw["accepted"]["status"], "queued", "{saw:#}");
     assert_eq!(saw["job"]["job_id"], saw["accepted"]["job_id"]);
     assert_eq!(saw["job"]["status"], "completed", "{saw:#}");

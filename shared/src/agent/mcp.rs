@@ -68,7 +68,10 @@ impl McpServer {
             let token = std::env::var(var).map_err(|_| {
                 JobError::terminal(
                     "mcp_misconfigured",
-                    format!("the MCP server {} needs a token in ${var}, which is not set", self.url),
+                    format!(
+                        "the MCP server {} needs a token in ${var}, which is not set",
+                        self.url
+                    ),
                 )
             })?;
             config = config.auth_header(token);

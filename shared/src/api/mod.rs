@@ -134,7 +134,11 @@ pub fn submit_and_mcp_routes(
 }
 
 /// `POST /mcp` over the whole API (its layers included, so a tool is answered exactly as its route).
-fn mcp_only(submit: Arc<SubmitApi>, status: Arc<StatusApi>, waitpoints: Arc<WaitpointApi>) -> Router {
+fn mcp_only(
+    submit: Arc<SubmitApi>,
+    status: Arc<StatusApi>,
+    waitpoints: Arc<WaitpointApi>,
+) -> Router {
     let kinds = submit.registry().describe();
     let api = with_layers(
         status_only(status)
