@@ -6,8 +6,9 @@
 //! a model call in flight; a tool that needs approval parks the run until it is approved (the tool
 //! runs once), refused (the model reads the reason) or timed out; with a per-model rate limit, 200
 //! jobs against a server that refuses more than N requests a second all complete and the server
-//! never sees more than N in a second. And every built-in tool survives hostile input, in this
-//! process.
+//! never sees more than N in a second; tools from an MCP server (written here with `rmcp`): called
+//! once across a retry, their errors answered to the model, a server that is down retried. And every
+//! built-in tool survives hostile input, in this process.
 
 #[macro_use]
 mod support;
@@ -18,7 +19,7 @@ use std::time::Duration;
 
 use jobkit::HandlerRegistry;
 use jobkit::agent::{
-    Agent, Agents, Bedrock, Model, ModelLimit, ModelLimits, OpenAiCompatible, Tool,
+    Agent, Agents, Bedrock, McpServer, Model, ModelLimit, ModelLimits, OpenAiCompatible, Tool,
 };
 use jobkit::local::EventSource;
 use jobkit::worker::WorkerSettings;
@@ -185,6 +186,7 @@ fn registry_on(
             system: "multiply".into(),
             max_turns: 4,
             tools: vec![multiply],
+            mcp: Vec::new(),
         })
         .register(&mut r)
         .unwrap();
@@ -221,6 +223,93 @@ fn notary_registry(url: &str, runs: Arc<AtomicU32>, timeout: Duration) -> Handle
             system: "send notes".into(),
             max_turns: 4,
             tools: vec![send_note],
+            mcp: Vec::new(),
+        })
+        .register(&mut r)
+        .unwrap();
+    r
+}
+
+/// An MCP server written with the official Rust SDK (`rmcp`), offering `multiply` (whose calls it
+/// counts; with `fails`, each answers a tool error) and `forbidden` (which no agent is allowed).
+#[derive(Clone)]
+struct Multiplier {
+    calls: Arc<AtomicU32>,
+    fails: bool,
+}
+
+impl rmcp::ServerHandler for Multiplier {
+    fn get_info(&self) -> rmcp::model::ServerConfig {
+        rmcp::model::ServerConfig::new(
+            rmcp::model::ServerCapabilities::builder()
+                .enable_tools()
+                .build(),
+        )
+    }
+
+    async fn list_tools(
+        &self,
+        _: Option<rmcp::model::PaginatedRequestParams>,
+        _: rmcp::service::RequestContext<rmcp::RoleServer>,
+    ) -> Result<rmcp::model::ListToolsResult, rmcp::ErrorData> {
+        let schema = |v: Value| Arc::new(v.as_object().unwrap().clone());
+        let factors = json!({"type": "object", "required": ["a", "b"],
+            "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}}});
+        Ok(rmcp::model::ListToolsResult::with_all_items(vec![
+            rmcp::model::Tool::new("multiply", "Multiplies a by b.", schema(factors)),
+            rmcp::model::Tool::new(
+                "forbidden",
+                "Not for agents.",
+                schema(json!({"type": "object"})),
+            ),
+        ]))
+    }
+
+    async fn call_tool(
+        &self,
+        request: rmcp::model::CallToolRequestParams,
+        _: rmcp::service::RequestContext<rmcp::RoleServer>,
+    ) -> Result<rmcp::model::CallToolResponse, rmcp::ErrorData> {
+        use rmcp::model::{CallToolResult, ContentBlock};
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        if self.fails {
+            return Ok(
+                CallToolResult::error(vec![ContentBlock::text("multiply is out of order")]).into(),
+            );
+        }
+        let args = request.arguments.unwrap_or_default();
+        let n = |k: &str| args.get(k).and_then(Value::as_i64).unwrap_or(0);
+        Ok(CallToolResult::success(vec![ContentBlock::text((n("a") * n("b")).to_string())]).into())
+    }
+}
+
+/// Serves `server` (sessions and all, as most MCP servers run) at `/mcp` on `listener`; its URL.
+fn serve_mcp(listener: tokio::net::TcpListener, server: Multiplier) -> String {
+    use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+    use rmcp::transport::{StreamableHttpServerConfig, StreamableHttpService};
+    let url = format!("http://{}/mcp", listener.local_addr().unwrap());
+    let service = StreamableHttpService::new(
+        move || Ok(server.clone()),
+        Arc::new(LocalSessionManager::default()),
+        StreamableHttpServerConfig::default(),
+    );
+    let app = axum::Router::new().nest_service("/mcp", service);
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    url
+}
+
+/// The `agent` kind with agent `toolsmith`, whose only tool is `multiply` from the MCP server at
+/// `mcp_url`, on the fake model at `model_url`.
+fn mcp_registry(model_url: &str, mcp_url: &str) -> HandlerRegistry {
+    let mut r = HandlerRegistry::with_builtins();
+    Agents::new(Arc::new(OpenAiCompatible::new(model_url, None)))
+        .with(Agent {
+            name: "toolsmith".into(),
+            model: "fake".into(),
+            system: "multiply".into(),
+            max_turns: 4,
+            tools: Vec::new(),
+            mcp: vec![McpServer::new(mcp_url, ["multiply"])],
         })
         .register(&mut r)
         .unwrap();
@@ -230,6 +319,115 @@ fn notary_registry(url: &str, runs: Arc<AtomicU32>, timeout: Duration) -> Handle
 #[derive(Deserialize, JsonSchema)]
 struct Note {
     note: String,
+}
+
+fn toolsmith() -> Value {
+    json!({"agent": "toolsmith", "message": "6 times 7?"})
+}
+
+async fn an_agent_calls_an_mcp_tool_once_across_a_retry(b: Backends) {
+    let fake = fake_model(Script::HangOnSecondTurnOnce).await;
+    let calls = Arc::new(AtomicU32::new(0));
+    let server = Multiplier {
+        calls: calls.clone(),
+        fails: false,
+    };
+    let mcp = serve_mcp(
+        tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        server,
+    );
+    let view = run_job(&b, || mcp_registry(&fake.url, &mcp), &toolsmith(), true).await;
+    assert_eq!(view["status"], "completed", "{view}");
+    // The first attempt hung in its second turn, after the call (the fake model hangs only once it has
+    // the tool's result), and was killed; on a loaded machine a 1 s lease may cost one more attempt.
+    let attempts = view["attempts"].as_u64().unwrap();
+    assert!(attempts >= 2, "{view}");
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "the MCP tool was called once across {attempts} attempts"
+    );
+    assert_eq!(view["result"]["answer"], "the tool said 42");
+    assert_eq!(
+        view["result"]["tool_calls"],
+        json!([{"name": "multiply", "input": {"a": 6, "b": 7}, "output": 42}])
+    );
+    // The model saw the server's schema of the allowed tool, and nothing else of the server's.
+    let first = fake.requests.lock().unwrap()[0].clone();
+    let tools = first["tools"].as_array().unwrap();
+    assert_eq!(tools.len(), 1, "{first}");
+    assert_eq!(tools[0]["function"]["name"], "multiply");
+    assert_eq!(
+        tools[0]["function"]["parameters"]["required"],
+        json!(["a", "b"])
+    );
+}
+
+async fn an_mcp_tool_error_is_a_tool_error_to_the_model(b: Backends) {
+    let fake = fake_model(Script::ToolThenAnswer).await;
+    let calls = Arc::new(AtomicU32::new(0));
+    let server = Multiplier {
+        calls: calls.clone(),
+        fails: true,
+    };
+    let mcp = serve_mcp(
+        tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        server,
+    );
+    let view = run_job(&b, || mcp_registry(&fake.url, &mcp), &toolsmith(), false).await;
+    assert_eq!(view["status"], "completed", "{view}");
+    assert_eq!(view["attempts"], 1, "not a job failure");
+    assert_eq!(
+        view["result"]["tool_calls"][0]["output"],
+        json!({"error": "multiply is out of order"})
+    );
+    assert_eq!(
+        view["result"]["answer"],
+        "the tool said multiply is out of order"
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}
+
+async fn an_mcp_server_that_is_down_is_retried_like_a_model_error(b: Backends) {
+    let fake = fake_model(Script::ToolThenAnswer).await;
+    // An address nothing listens on yet: the server is down.
+    let addr = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mcp = format!("http://{addr}/mcp");
+    let (api, worker) = api_and_worker(&b, || mcp_registry(&fake.url, &mcp), fast_settings(5));
+    let id = submit(&api, &toolsmith()).await;
+    let retrying = eventually("a retryable failure", WAIT, async || {
+        let _ = tokio::time::timeout(Duration::from_secs(10), worker.poll_once()).await;
+        let (_, v) = json(&api.handle(get_job("ada", &id)).await);
+        (v["status"] == "retrying").then_some(v)
+    })
+    .await;
+    assert_eq!(retrying["error"]["code"], "mcp_unavailable", "{retrying}");
+    assert_eq!(retrying["error"]["retryable"], true, "{retrying}");
+    // The server comes up: the retry lists its tools and calls one.
+    let calls = Arc::new(AtomicU32::new(0));
+    let server = Multiplier {
+        calls: calls.clone(),
+        fails: false,
+    };
+    serve_mcp(tokio::net::TcpListener::bind(addr).await.unwrap(), server);
+    let view = eventually("the agent job to finish", WAIT, async || {
+        let _ = tokio::time::timeout(Duration::from_secs(10), worker.poll_once()).await;
+        let (_, v) = json(&api.handle(get_job("ada", &id)).await);
+        matches!(
+            v["status"].as_str(),
+            Some("completed" | "failed" | "dead_letter")
+        )
+        .then_some(v)
+    })
+    .await;
+    assert_eq!(view["status"], "completed", "{view}");
+    assert_eq!(view["attempts"], 2, "{view}");
+    assert_eq!(view["result"]["answer"], "the tool said 42");
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
 }
 
 /// The input of a `mathy` job.
@@ -826,6 +1024,7 @@ async fn rate_limited_jobs(b: Backends, jobs: usize) {
                 system: "answer".into(),
                 max_turns: 2,
                 tools: Vec::new(),
+                mcp: Vec::new(),
             })
             .with_model_limits(limits.clone())
             .register(&mut r)
@@ -895,4 +1094,7 @@ on_both_backends!(
     a_hostile_calculator_expression_is_a_tool_error_not_a_crash,
     a_failed_run_reports_its_usage_and_absurd_counts_saturate,
     a_cancel_stops_a_model_call_in_flight,
+    an_agent_calls_an_mcp_tool_once_across_a_retry,
+    an_mcp_tool_error_is_a_tool_error_to_the_model,
+    an_mcp_server_that_is_down_is_retried_like_a_model_error,
 );

@@ -218,6 +218,7 @@ fn listing_registry() -> HandlerRegistry {
             tools: vec![Tool::new("double", "doubles n", |d: Double| async move {
                 Ok::<_, String>(d.n * 2)
             })],
+            mcp: Vec::new(),
         })
         .register(&mut r)
         .unwrap();

@@ -505,6 +505,73 @@ async fn a_page_on_an_allowed_origin_submits_and_follows_a_job_in_a_real_browser
     assert_eq!(saw["refused"], "refused: TypeError", "{saw:#}");
 }
 
+/// The python of infra/mcp.sh's venv (PyPI `mcp`, the official Python SDK), which it installs if missing.
+async fn mcp_python() -> String {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    let out = tokio::process::Command::new("bash")
+        .arg(format!("{root}/infra/mcp.sh"))
+        .arg("python")
+        .output()
+        .await
+        .expect("bash runs infra/mcp.sh");
+    assert!(
+        out.status.success(),
+        "no MCP client for this test: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    stdout.lines().last().expect("a python path").to_owned()
+}
+
+/// The official Python MCP client (cli/tests/mcp/client.py) connected to `POST /mcp` lists the tools,
+/// submits a job and polls `get_job` to its result; a kind that does not exist is a tool error with
+/// the API's code.
+#[tokio::test]
+async fn an_mcp_client_runs_a_job_through_post_mcp() {
+    let python = mcp_python().await;
+    let dev = Dev::start(&[]);
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/mcp/client.py");
+    let run = tokio::process::Command::new(&python)
+        .args([script, &format!("{}/mcp", dev.url)])
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .expect("the MCP client ends within a minute")
+        .expect("python runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let saw: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        saw["tools"],
+        json!([
+            "submit_job",
+            "get_job",
+            "list_jobs",
+            "cancel_job",
+            "complete_waitpoint"
+        ]),
+        "{saw:#}"
+    );
+    assert!(
+        saw["kinds"].as_array().unwrap().contains(&json!("sleep")),
+        "{saw:#}"
+    );
+    assert_eq!(saw["accepted"]["status"], "queued", "{saw:#}");
+    assert_eq!(saw["job"]["job_id"], saw["accepted"]["job_id"]);
+    assert_eq!(saw["job"]["status"], "completed", "{saw:#}");
+    assert_eq!(saw["job"]["kind"], "sleep");
+    assert_eq!(saw["refused"]["isError"], true, "{saw:#}");
+    assert_eq!(saw["refused"]["body"]["status"], 422);
+    assert_eq!(saw["refused"]["body"]["error"]["code"], "unknown_kind");
+    // The job is the REST API's too.
+    let id = saw["job"]["job_id"].as_str().unwrap();
+    assert_eq!(status(&reqwest::Client::new(), &dev, id).await, "completed");
+}
+
 #[tokio::test]
 async fn submit_wait_follows_the_jobs_stream() {
     let dev = Dev::start(&[("RUST_LOG", "warn,tower_http=debug")]);

@@ -78,7 +78,9 @@ where
     metrics_cloudwatch_embedded::lambda::handler::run(metrics, handler).await
 }
 
-/// Serves the submit function: `POST /jobs` for the kinds in `registry`.
+/// Serves the submit function: `POST /jobs` for the kinds in `registry`, waitpoint completions, and
+/// `POST /mcp`, whose tools also read, list and cancel (so it needs the status function's signing
+/// secret: list cursors must verify on every instance).
 pub async fn serve_submit(registry: HandlerRegistry) -> Result<(), Error> {
     let b = backend().await?;
     if b.config.signing_secret.is_none() {
@@ -90,7 +92,9 @@ pub async fn serve_submit(registry: HandlerRegistry) -> Result<(), Error> {
     let settings = ApiSettings::from_config(&b.config);
     let api = Arc::new(b.submit_api(registry, settings));
     let waitpoints = Arc::new(b.waitpoint_api());
-    serve_http("submit", &b.config, api::submit_routes(api, waitpoints)).await
+    let status = Arc::new(b.status_api());
+    let routes = api::submit_and_mcp_routes(api, status, waitpoints);
+    serve_http("submit", &b.config, routes).await
 }
 
 /// Serves the status function: reads, lists, cancels.

@@ -15,6 +15,7 @@ this narrows it, and nothing else:
 - the answers API Gateway gives itself (`GatewayError` bodies, `403`, its throttling `429`) cannot occur,
   so they are dropped, and `Retry-After` becomes required where the functions always send it
   (`429`, `503`): the run checks the functions' code, strictly;
+- `/mcp` is dropped: JSON-RPC behind one path (its own suites drive it with MCP clients);
 - a generated `cursor` is dropped from otherwise valid list requests (see `map_case`): cursors are signed,
   so only the server's own are valid.
 """
@@ -69,6 +70,10 @@ def before_load_schema(context, raw_schema):
                 "required": True,
                 "schema": components["headers"]["RetryAfter"]["schema"],
             }
+
+    # POST /mcp is JSON-RPC under one path: generated bodies only ever meet the transport's refusals.
+    # tests/mcp.rs (rmcp's client) and cli/tests/dev.rs (the Python SDK's) drive it instead.
+    del raw_schema["paths"]["/mcp"]
 
     for item in raw_schema["paths"].values():
         for operation in item.values():

@@ -130,6 +130,7 @@ pub fn demo_agent() -> Agent {
             )
             .needs_approval(),
         ],
+        mcp: Vec::new(),
     }
 }
 

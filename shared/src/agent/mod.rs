@@ -23,6 +23,7 @@
 pub mod approval;
 pub mod bedrock;
 pub mod limits;
+pub mod mcp;
 pub mod model;
 pub mod openai;
 mod tool;
@@ -35,6 +36,7 @@ use serde_json::Value;
 
 pub use bedrock::Bedrock;
 pub use limits::{ModelLimit, ModelLimits};
+pub use mcp::McpServer;
 pub use model::{
     Message, Model, ModelError, ModelReply, ModelRequest, ToolCall, ToolResult, ToolSpec, Usage,
 };
@@ -56,6 +58,8 @@ pub struct Agent {
     pub system: String,
     pub max_turns: u32,
     pub tools: Vec<Tool>,
+    /// MCP servers and the tools it may use from each (see [`mcp`]).
+    pub mcp: Vec<McpServer>,
 }
 
 /// The input of an `agent` job.
@@ -195,12 +199,15 @@ async fn converse(
         ),
         None => input.message.clone(),
     };
+    let local: Vec<&str> = agent.tools.iter().map(Tool::name).collect();
+    let mcp = mcp::McpTools::start(&agent.mcp, &local, ctx).await?;
     let mut request = ModelRequest {
         model: agent.model.clone(),
         system: agent.system.clone(),
         messages: vec![Message::User { text: first }],
         tools: agent.tools.iter().map(|t| t.spec().clone()).collect(),
     };
+    request.tools.extend(mcp.specs());
     let mut uses = Vec::new();
     for turn in 1..=agent.max_turns {
         ctx.check_cancelled()?;
@@ -247,7 +254,10 @@ async fn converse(
                     {
                         return Ok(refused);
                     }
-                    Ok(call_tool(&agent.tools, call).await)
+                    match mcp.call(call).await {
+                        Some(result) => result,
+                        None => Ok(call_tool(&agent.tools, call).await),
+                    }
                 })
                 .await?;
             let output = serde_json::from_str(&result.content)

@@ -19,6 +19,7 @@ mod error;
 mod events;
 mod jobs;
 mod kinds;
+pub mod mcp;
 mod status;
 mod steps;
 mod submit;
@@ -124,6 +125,37 @@ pub fn submit_routes(api: Arc<SubmitApi>, waitpoints: Arc<WaitpointApi>) -> Rout
     with_layers(submit_only(api).merge(waitpoints_only(waitpoints)))
 }
 
+/// The submit function's routes and `POST /mcp` (see [`mcp`]): its tools wrap the submit, status and
+/// waitpoint routes, so the function that serves it holds the status port too (template.yaml gives the
+/// submit function the status function's reads for that).
+pub fn submit_and_mcp_routes(
+    api: Arc<SubmitApi>,
+    status: Arc<StatusApi>,
+    waitpoints: Arc<WaitpointApi>,
+) -> Router {
+    let mcp = mcp_only(api.clone(), status, waitpoints.clone());
+    with_layers(
+        submit_only(api)
+            .merge(waitpoints_only(waitpoints))
+            .merge(mcp),
+    )
+}
+
+/// `POST /mcp` over the whole API (its layers included, so a tool is answered exactly as its route).
+fn mcp_only(
+    submit: Arc<SubmitApi>,
+    status: Arc<StatusApi>,
+    waitpoints: Arc<WaitpointApi>,
+) -> Router {
+    let kinds = submit.registry().describe();
+    let api = with_layers(
+        status_only(status)
+            .merge(submit_only(submit))
+            .merge(waitpoints_only(waitpoints)),
+    );
+    mcp::routes(api, kinds)
+}
+
 fn waitpoints_only(api: Arc<WaitpointApi>) -> Router {
     Router::new()
         .route("/jobs/{id}/waitpoints/{name}", post(waitpoints::complete))
@@ -182,16 +214,18 @@ pub fn events_routes(api: Arc<EventsApi>) -> Router {
     .layer(TraceLayer::new_for_http())
 }
 
-/// Both: the whole API, for `jobctl dev` and tests.
+/// Both: the whole API and `POST /mcp`, for `jobctl dev` and tests.
 pub fn router(
     submit: Arc<SubmitApi>,
     status: Arc<StatusApi>,
     waitpoints: Arc<WaitpointApi>,
 ) -> Router {
+    let mcp = mcp_only(submit.clone(), status.clone(), waitpoints.clone());
     with_layers(
         status_only(status)
             .merge(submit_only(submit))
-            .merge(waitpoints_only(waitpoints)),
+            .merge(waitpoints_only(waitpoints))
+            .merge(mcp),
     )
 }
 
@@ -263,7 +297,7 @@ async fn method_not_allowed(uri: http::Uri) -> ApiError {
         "GET"
     } else if path.starts_with("/waitpoints/") {
         "GET, POST"
-    } else if path.contains("/waitpoints/") {
+    } else if path.contains("/waitpoints/") || path == mcp::PATH {
         "POST"
     } else {
         "GET, DELETE"
