@@ -222,7 +222,8 @@ pub async fn run(args: DevArgs, registry: HandlerRegistry) -> anyhow::Result<()>
         .merge(api::events_routes(Arc::new(
             b.events_api(StreamSettings::default()),
         )))
-        .merge(dev_routes(&b));
+        .merge(dev_routes(&b))
+        .merge(crate::console::assets::routes());
     // Outermost, as API Gateway's CORS is: preflights are answered before the stand-in authorizer.
     let app = if args.cors_origins.is_empty() {
         app
@@ -297,6 +298,11 @@ pub async fn run(args: DevArgs, registry: HandlerRegistry) -> anyhow::Result<()>
         b.config.worker_timeout.as_secs(),
     );
     eprintln!("jobctl dev: kinds {kinds}");
+    eprintln!(
+        "jobctl dev: console on http://{}/ ({} KiB)",
+        listener.local_addr()?,
+        crate::console::assets::weight().div_ceil(1024)
+    );
     if !args.cors_origins.is_empty() {
         let origins: Vec<String> = args.cors_origins.iter().map(|o| o.to_string()).collect();
         eprintln!(

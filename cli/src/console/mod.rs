@@ -1,0 +1,83 @@
+//! The job console: hand-written HTML/CSS/JS modules ([`assets`]) served by `jobctl dev` at `/`, and by
+//! `jobctl console`, a local proxy to a deployed API ([`proxy`]) that adds the caller's token, as
+//! `kubectl proxy` does: the stack's auth is unchanged and no secret reaches the browser.
+//!
+//! The page uses only the public API, plus the operator endpoints (`/ops/*`) that exist only here and in
+//! `jobctl dev`. It must never get a back door into the store or the queues of its own.
+
+pub mod assets;
+mod proxy;
+
+use std::net::SocketAddr;
+
+use anyhow::Context as _;
+
+/// Options of `jobctl console`.
+#[derive(Debug, clap::Args)]
+#[command(after_help = "\
+The page only ever talks to this address (its Content-Security-Policy allows nothing else): API calls \
+are forwarded to --api-url with `Authorization: Bearer <token>`, and a job's live stream to the events \
+function its events_url names (that URL's token is the job's own 15-minute capability, not yours). \
+Requests from other sites (another Origin or Host: DNS rebinding, cross-site forms) are refused.
+
+The operator pages (queues, DLQ) need AWS credentials and the stack's env (JOBKIT_TABLE, \
+JOBKIT_QUEUE_URL, JOBKIT_DLQ_URL); without them they say what is missing.")]
+pub struct ConsoleArgs {
+    /// Where to serve the console: a loopback address (the proxy acts with your token).
+    #[arg(long, default_value = "127.0.0.1:8181")]
+    pub addr: SocketAddr,
+    #[command(flatten)]
+    pub target: crate::client::Target,
+}
+
+/// Serves the console until Ctrl-C.
+pub async fn run(args: ConsoleArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.addr.ip().is_loopback(),
+        "--addr {} is not a loopback address: the console acts with your token, so it serves only this machine",
+        args.addr
+    );
+    let listener = tokio::net::TcpListener::bind(args.addr)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.addr))?;
+    let local = listener.local_addr()?;
+    let upstream = proxy::Upstream::new(&args.target)?;
+    let app = assets::routes()
+        .merge(crate::console::operator_routes())
+        .merge(proxy::routes(upstream))
+        .layer(axum::middleware::from_fn_with_state(
+            local.port(),
+            proxy::same_site_only,
+        ));
+    eprintln!(
+        "jobctl console: http://{local}/ ({} KiB of page), forwarding to {}{}. Ctrl-C stops.",
+        assets::weight().div_ceil(1024),
+        args.target.api_url,
+        if args.target.token.is_some() {
+            " with your token"
+        } else {
+            " without a token (--token or JOBKIT_TOKEN)"
+        },
+    );
+    let stop = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    crate::serve::serve(listener, app, stop).await;
+    Ok(())
+}
+
+/// `/ops/*` for `jobctl console`. The operator endpoints need the stack's queues and table; until they
+/// are wired here every one answers `503 operator_unavailable` saying what is needed.
+fn operator_routes() -> axum::Router {
+    axum::Router::new().route(
+        "/ops/{*rest}",
+        axum::routing::any(|| async {
+            let body = serde_json::json!({"error": {
+                "code": "operator_unavailable",
+                "message": "the operator pages need AWS credentials and the stack's JOBKIT_TABLE, \
+                            JOBKIT_QUEUE_URL and JOBKIT_DLQ_URL in jobctl console's environment",
+            }});
+            (http::StatusCode::SERVICE_UNAVAILABLE, axum::Json(body))
+        }),
+    )
+}
