@@ -1,7 +1,7 @@
 // The console's router: #/ (jobs), #/jobs/ID (a job), #/submit, #/ops. Each view renders into <main>
 // and returns a function that stops its timers and streams when the page moves on.
 
-import { h, errorBox } from "./dom.js";
+import { h, fill, errorBox } from "./dom.js";
 import { jobsView } from "./jobs.js";
 import { jobView } from "./job.js";
 import { submitView } from "./submit.js";
@@ -19,7 +19,7 @@ function route() {
   if (parts[0] === "jobs" && parts[1]) return ["jobs", () => jobView(main, decodeURIComponent(parts[1]))];
   if (parts[0] === "submit") return ["submit", () => submitView(main, params)];
   if (parts[0] === "ops") return ["ops", () => opsView(main)];
-  return [null, () => { main.replaceChildren(h("h1", null, "Not found"), h("p", null, h("a", { href: "#/" }, "Back to the jobs"))); return null; }];
+  return [null, () => { fill(main, h("h1", null, "Not found"), h("p", null, h("a", { href: "#/" }, "Back to the jobs"))); return null; }];
 }
 
 function show() {
@@ -30,11 +30,11 @@ function show() {
     if (a.dataset.nav === section) a.setAttribute("aria-current", "page");
     else a.removeAttribute("aria-current");
   }
-  main.replaceChildren();
+  fill(main);
   try {
     leave = render();
   } catch (e) {
-    main.replaceChildren(errorBox(e));
+    fill(main, errorBox(e));
   }
   // Keyboard users land on the new view's heading, as after a page load.
   const heading = main.querySelector("h1");

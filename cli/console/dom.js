@@ -110,3 +110,9 @@ export function errorBox(err) {
 export function facts(rows) {
   return h("dl", { class: "facts" }, rows.filter(Boolean).map(([k, v]) => [h("dt", null, k), h("dd", null, v)]));
 }
+
+// el.replaceChildren(…) that skips null and false (which the DOM would write as "null").
+export function fill(el, ...children) {
+  el.replaceChildren(...children.flat(Infinity).filter((c) => c !== null && c !== undefined && c !== false).map((c) => (c instanceof Node ? c : String(c))));
+  return el;
+}

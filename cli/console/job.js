@@ -2,7 +2,7 @@
 // (durable steps, waitpoints, model turns and tool calls), webhook deliveries, its pathway, and the
 // actions (cancel, run again, complete a waitpoint). Live over the job's own event stream.
 
-import { h, badge, progressBar, setBar, when, duration, span, jsonTree, errorBox, facts, jobHref, TERMINAL } from "./dom.js";
+import { h, fill, badge, progressBar, setBar, when, duration, span, jsonTree, errorBox, facts, jobHref, TERMINAL } from "./dom.js";
 import { call, get, query, streamPath } from "./api.js";
 
 export function jobView(main, id) {
@@ -10,7 +10,9 @@ export function jobView(main, id) {
   let source = null;
   let closed = false;
   let stepsTimer = null;
-  const head = h("div");
+  const title = h("h1", { tabindex: -1 }, h("span", { class: "mono" }, id));
+  const headRest = h("div");
+  const head = h("div", null, title, headRest);
   const actionErr = h("div", { "aria-live": "polite" });
   const body = h("div");
   const stepsBox = h("div", null, h("p", { class: "muted" }, "Loading…"));
@@ -20,7 +22,7 @@ export function jobView(main, id) {
     try {
       job = await get(`/jobs/${encodeURIComponent(id)}`);
     } catch (e) {
-      head.replaceChildren(h("h1", { class: "mono" }, id), errorBox(e));
+      fill(headRest, errorBox(e));
       return;
     }
     render();
@@ -30,14 +32,16 @@ export function jobView(main, id) {
 
   function render() {
     const running = job.status === "running";
-    head.replaceChildren(
-      h("h1", null, h("span", { class: "mono" }, job.job_id), " ", badge(job.status)),
+    // What has focus is found again by its id after the re-render (a keyboard user stays put).
+    const focused = main.contains(document.activeElement) ? document.activeElement.id : "";
+    fill(title, h("span", { class: "mono" }, job.job_id), " ", badge(job.status));
+    fill(headRest,
       h("p", { class: "muted" }, h("strong", null, job.kind), ` · attempt ${job.attempts} of ${job.max_attempts} · ${TERMINAL.has(job.status) ? "took" : "for"} ${duration(job)}`,
         job.cancel_requested ? " · cancel requested" : ""),
       running || job.progress ? h("p", { class: "progress-line" }, progressBar(job.progress, true), " ", h("span", { id: "progress-text" }, progressText(job.progress))) : null,
       actions(),
       job.waiting_for ? waitpointForm(job.waiting_for) : null);
-    body.replaceChildren(
+    fill(body, 
       h("div", { class: "grid2" },
         h("section", { class: "panel", "aria-label": "Times" }, facts([
           ["Submitted", when(job.submitted_at)],
@@ -62,6 +66,10 @@ export function jobView(main, id) {
       h("h2", null, "Input"), h("div", { class: "panel", id: "input" }, jsonTree(job.input)),
       "result" in job ? [h("h2", null, "Result"), h("div", { class: "panel", id: "result" }, jsonTree(job.result))] : null,
       job.warnings ? [h("h2", null, "Warnings"), h("div", { class: "panel" }, jsonTree(job.warnings))] : null);
+    if (focused && !main.contains(document.activeElement)) {
+      const again = document.getElementById(focused);
+      (again && !again.disabled ? again : title).focus();
+    }
   }
 
   function actions() {
@@ -69,7 +77,6 @@ export function jobView(main, id) {
     cancel.addEventListener("click", () => act(cancel, async () => {
       job = await call("DELETE", `/jobs/${encodeURIComponent(job.job_id)}`);
       render();
-      document.getElementById("cancel")?.focus();
     }));
     const again = h("button", { type: "button", id: "again" }, "Run again");
     again.addEventListener("click", () => act(again, async () => {
@@ -98,12 +105,12 @@ export function jobView(main, id) {
 
   // Runs an action; its failure shows the API's error under the header.
   async function act(button, fn) {
-    actionErr.replaceChildren();
+    fill(actionErr);
     button.disabled = true;
     try {
       await fn();
     } catch (e) {
-      actionErr.replaceChildren(errorBox(e));
+      fill(actionErr, errorBox(e));
       button.disabled = false;
     }
   }
@@ -144,7 +151,7 @@ export function jobView(main, id) {
       render();
       loadSteps();
     } catch (e) {
-      actionErr.replaceChildren(errorBox(e));
+      fill(actionErr, errorBox(e));
     }
   }
 
@@ -159,10 +166,10 @@ export function jobView(main, id) {
         cursor = page.next_cursor;
       } while (cursor && steps.length < 1000);
     } catch (e) {
-      stepsBox.replaceChildren(e.status === 404 && e.code === "route_not_found" ? h("p", { class: "muted" }, "This API does not serve steps (GET /jobs/{id}/steps).") : errorBox(e));
+      fill(stepsBox, e.status === 404 && e.code === "route_not_found" ? h("p", { class: "muted" }, "This API does not serve steps (GET /jobs/{id}/steps).") : errorBox(e));
       return;
     }
-    stepsBox.replaceChildren(timeline(job, steps));
+    fill(stepsBox, timeline(job, steps));
     // Steps appear as they finish: while the job runs, read them again now and then.
     if (!closed && !TERMINAL.has(job.status)) stepsTimer = setTimeout(loadSteps, 3000);
   }

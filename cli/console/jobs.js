@@ -1,7 +1,7 @@
 // The jobs list: newest first, filtered by status (by the API) and kind (on the page), searched by id,
 // and live: the first page is read again every 2 s, rows update in place and new ones slide in on top.
 
-import { h, badge, progressBar, setBar, age, duration, jobHref, STATUSES, errorBox } from "./dom.js";
+import { h, fill, badge, progressBar, setBar, age, duration, jobHref, STATUSES, errorBox } from "./dom.js";
 import { get, query, kinds } from "./api.js";
 
 const EVERY_MS = 2000;
@@ -59,12 +59,12 @@ export function jobsView(main, params) {
       const page = await get(`/jobs${query({ status: state.status, limit: PAGE })}`);
       state.first = page.jobs;
       if (state.more.length === 0) state.cursor = page.next_cursor;
-      err.replaceChildren();
+      fill(err);
       live.textContent = `live · ${new Date().toLocaleTimeString()}`;
       live.classList.remove("stale");
       render();
     } catch (e) {
-      err.replaceChildren(errorBox(e));
+      fill(err, errorBox(e));
       live.textContent = "not updating";
       live.classList.add("stale");
     }
@@ -78,7 +78,7 @@ export function jobsView(main, params) {
       state.cursor = page.next_cursor;
       render();
     } catch (e) {
-      err.replaceChildren(errorBox(e));
+      fill(err, errorBox(e));
     }
   }
 
@@ -127,15 +127,15 @@ function update(row, job) {
   if (prev && prev.status !== job.status) row.tr.classList.remove("fresh"), void row.tr.offsetWidth, row.tr.classList.add("fresh");
   c.kind.textContent = job.kind;
   if (!prev || prev.status !== job.status || prev.cancel_requested !== job.cancel_requested) {
-    c.status.replaceChildren(badge(job.status), job.cancel_requested && job.status === "running" ? h("span", { class: "hint" }, " cancelling") : null);
+    fill(c.status, badge(job.status), job.cancel_requested && job.status === "running" ? h("span", { class: "hint" }, " cancelling") : null);
   }
   c.attempts.textContent = `${job.attempts}/${job.max_attempts}`;
   if (job.status === "running") {
-    if (!row.bar) { row.bar = progressBar(job.progress); c.progress.replaceChildren(row.bar); }
+    if (!row.bar) { row.bar = progressBar(job.progress); fill(c.progress, row.bar); }
     setBar(row.bar, job.progress);
   } else if (row.bar || !prev) {
     row.bar = null;
-    c.progress.replaceChildren(job.progress && job.status !== "completed" ? h("span", { class: "hint" }, `${job.progress.percent}%`) : "");
+    fill(c.progress, job.progress && job.status !== "completed" ? h("span", { class: "hint" }, `${job.progress.percent}%`) : "");
   }
   tick(row);
 }

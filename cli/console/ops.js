@@ -2,7 +2,7 @@
 // and the dead-letter queue with its last errors, redrive and purge. Served by `jobctl dev` and by
 // `jobctl console` with AWS credentials; elsewhere the API's 503 says what is needed.
 
-import { h, errorBox, jobHref, span, when, badge } from "./dom.js";
+import { h, fill, errorBox, jobHref, span, when, badge } from "./dom.js";
 import { call, get } from "./api.js";
 
 const EVERY_MS = 5000;
@@ -19,9 +19,9 @@ export function opsView(main) {
 
   async function refresh() {
     await Promise.all([
-      get("/ops/queues").then((q) => queuesBox.replaceChildren(queues(q)), (e) => queuesBox.replaceChildren(unavailable(e))),
-      get("/ops/throughput?minutes=60").then((t) => chartBox.replaceChildren(chart(t)), (e) => chartBox.replaceChildren(unavailable(e))),
-      get("/ops/dlq?limit=50").then((d) => dlqBox.replaceChildren(dlq(d)), (e) => dlqBox.replaceChildren(unavailable(e))),
+      get("/ops/queues").then((q) => fill(queuesBox, queues(q)), (e) => fill(queuesBox, unavailable(e))),
+      get("/ops/throughput?minutes=60").then((t) => fill(chartBox, chart(t)), (e) => fill(chartBox, unavailable(e))),
+      get("/ops/dlq?limit=50").then((d) => fill(dlqBox, dlq(d)), (e) => fill(dlqBox, unavailable(e))),
     ]);
   }
 
@@ -30,7 +30,7 @@ export function opsView(main) {
     return new Promise((resolve) => {
       const yes = h("button", { type: "button", class: "danger", id: "confirm-yes" }, verb);
       const no = h("button", { type: "button", id: "confirm-no" }, "Keep them");
-      dialog.replaceChildren(h("p", null, text), h("div", { class: "actions" }, no, yes));
+      fill(dialog, h("p", null, text), h("div", { class: "actions" }, no, yes));
       const done = (v) => { dialog.close(); resolve(v); };
       yes.addEventListener("click", () => done(true));
       no.addEventListener("click", () => done(false));
@@ -41,14 +41,14 @@ export function opsView(main) {
   }
 
   async function act(button, fn) {
-    actionErr.replaceChildren();
+    fill(actionErr);
     button.disabled = true;
     try {
       const out = await fn();
-      if (out) actionErr.replaceChildren(h("p", { class: "muted", role: "status" }, out));
+      if (out) fill(actionErr, h("p", { class: "muted", role: "status" }, out));
       await refresh();
     } catch (e) {
-      actionErr.replaceChildren(errorBox(e));
+      fill(actionErr, errorBox(e));
     } finally {
       button.disabled = false;
     }
@@ -103,7 +103,7 @@ function summary(out) {
 function unavailable(e) {
   if (e.code === "operator_unavailable" || e.status === 404) {
     return h("div", { class: "note", role: "status" }, h("strong", null, "Not available here. "),
-      e.code === "operator_unavailable" ? e.message : "This server has no operator endpoints: use `jobctl dev`, or `jobctl console` with AWS credentials and the stack's env.");
+      e.code === "operator_unavailable" ? e.message : "This server has no operator endpoints: use jobctl dev, or jobctl console with AWS credentials and the stack's env.");
   }
   return errorBox(e);
 }

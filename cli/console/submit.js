@@ -1,7 +1,7 @@
 // Submit a job: a kind from GET /kinds, its input from a form built from the kind's input schema (or as
 // raw JSON); the API's answer, or its error, shown as it came.
 
-import { h, errorBox, jobHref } from "./dom.js";
+import { h, fill, errorBox, jobHref } from "./dom.js";
 import { call, kinds } from "./api.js";
 
 export function submitView(main, params) {
@@ -27,7 +27,7 @@ export function submitView(main, params) {
     for (const k of ks) kindSel.append(h("option", { value: k.kind }, k.kind));
     kindSel.value = params.get("kind") && ks.some((k) => k.kind === params.get("kind")) ? params.get("kind") : ks[0]?.kind ?? "";
     build();
-  }).catch((e) => err.replaceChildren(errorBox(e)));
+  }).catch((e) => fill(err, errorBox(e)));
   kindSel.addEventListener("change", build);
   rawToggle.addEventListener("change", () => {
     if (rawToggle.checked && form) raw.value = JSON.stringify(readForm(), null, 2);
@@ -39,7 +39,7 @@ export function submitView(main, params) {
     const schema = info?.input_schema;
     schemaHint.textContent = schema?.description ?? (info ? `Runs on the ${info.lane} lane.` : "");
     form = formFor(schema);
-    fields.replaceChildren(...(form ? form.elements : []));
+    fill(fields, ...(form ? form.elements : []));
     if (!form) rawToggle.checked = true;
     rawToggle.disabled = !form;
     showMode();
@@ -62,12 +62,12 @@ export function submitView(main, params) {
 
   async function submit(e) {
     e.preventDefault();
-    err.replaceChildren();
+    fill(err);
     let input;
     try {
       input = raw.hidden ? readForm() : JSON.parse(raw.value);
     } catch (x) {
-      err.replaceChildren(errorBox({ code: "malformed_json", message: `the input is not JSON: ${x.message}` }));
+      fill(err, errorBox({ code: "malformed_json", message: `the input is not JSON: ${x.message}` }));
       return;
     }
     go.disabled = true;
@@ -75,7 +75,7 @@ export function submitView(main, params) {
       const accepted = await call("POST", "/jobs", { kind: kindSel.value, input }, { "idempotency-key": crypto.randomUUID() });
       location.hash = jobHref(accepted.job_id);
     } catch (x) {
-      err.replaceChildren(errorBox(x));
+      fill(err, errorBox(x));
       go.disabled = false;
     }
   }
