@@ -2,7 +2,7 @@
 // and the dead-letter queue with its last errors, redrive and purge. Served by `jobctl dev` and by
 // `jobctl console` with AWS credentials; elsewhere the API's 503 says what is needed.
 
-import { h, fill, errorBox, jobHref, span, when, badge } from "./dom.js";
+import { h, fill, errorBox, jobHref, span, when } from "./dom.js";
 import { call, get } from "./api.js";
 
 const EVERY_MS = 5000;
@@ -55,10 +55,10 @@ export function opsView(main) {
   }
 
   function dlq(d) {
-    const msgs = d.messages ?? d.jobs ?? [];
+    const msgs = d.messages;
     const redriveAll = h("button", { type: "button", id: "redrive-all", disabled: msgs.length === 0 }, "Redrive all");
     redriveAll.addEventListener("click", async () => {
-      if (await confirm(`Send all ${d.depth ?? msgs.length} dead-lettered messages back to the jobs queue?`, "Redrive all")) act(redriveAll, () => redrive({}));
+      if (await confirm("Send every dead-lettered message back to the jobs queue (their jobs become queued again)?", "Redrive all")) act(redriveAll, () => redrive({}));
     });
     const purge = h("button", { type: "button", class: "danger", id: "purge", disabled: msgs.length === 0 }, "Purge");
     purge.addEventListener("click", async () => {
@@ -68,21 +68,21 @@ export function opsView(main) {
       const id = m.job_id;
       const btn = h("button", { type: "button", class: "redrive", "data-job": id }, "Redrive");
       btn.addEventListener("click", () => act(btn, () => redrive({ job_ids: [id] })));
-      const err = m.error ?? m.last_error;
+      const err = m.error;
       return h("tr", { "data-job": id },
         h("td", null, id ? h("a", { href: jobHref(id), class: "mono" }, id) : "—"),
         h("td", null, m.kind ?? "—"),
-        h("td", null, m.status ? badge(m.status) : "—"),
-        h("td", { class: "num hide-narrow" }, m.attempts ?? m.receive_count ?? "—"),
+        h("td", { class: "hide-narrow" }, m.user_id ?? "—"),
+        h("td", { class: "num hide-narrow" }, m.attempts ?? "—"),
         h("td", null, err ? `${err.code ? `${err.code}: ` : ""}${err.message ?? ""}` : "—"),
-        h("td", { class: "hide-narrow" }, m.sent_at || m.dead_lettered_at ? when(m.sent_at ?? m.dead_lettered_at) : "—"),
+        h("td", { class: "hide-narrow" }, m.dead_at ? when(m.dead_at) : "—"),
         h("td", null, id ? btn : null));
     });
     return h("div", null,
       h("div", { class: "actions" }, redriveAll, purge),
       msgs.length === 0 ? h("p", { class: "muted" }, "The dead-letter queue is empty.") :
         h("table", { "aria-label": "Dead letters" },
-          h("thead", null, h("tr", null, ["Job", "Kind", "Status", "Attempts", "Last error", "Dead since", ""].map((t, i) => h("th", { class: i === 3 ? "num hide-narrow" : i === 5 ? "hide-narrow" : null }, t)))),
+          h("thead", null, h("tr", null, ["Job", "Kind", "User", "Attempts", "Last error", "Dead since", ""].map((t, i) => h("th", { class: i === 3 ? "num hide-narrow" : i === 2 || i === 5 ? "hide-narrow" : null }, t)))),
           h("tbody", null, rows)));
   }
 
@@ -110,17 +110,17 @@ function unavailable(e) {
 
 // Each queue as a card: messages waiting, in flight, and the age of the oldest.
 function queues(q) {
-  const list = Array.isArray(q) ? q : q.queues ?? Object.entries(q).map(([name, v]) => ({ name, ...v }));
+  const list = q.queues;
   return h("div", { class: "cards" }, list.map((x) => h("div", { class: "panel card", "data-queue": x.name },
     h("div", { class: "muted" }, x.name),
-    h("div", { class: "big" }, String(x.visible ?? x.depth ?? x.messages ?? 0)),
-    h("div", { class: "hint" }, `waiting · ${x.in_flight ?? x.not_visible ?? 0} in flight${x.delayed ? ` · ${x.delayed} delayed` : ""}`),
+    h("div", { class: "big" }, String(x.depth)),
+    h("div", { class: "hint" }, `waiting · ${x.in_flight} in flight${x.delayed ? ` · ${x.delayed} delayed` : ""}`),
     h("div", { class: "hint" }, `oldest: ${x.oldest_age_seconds !== undefined && x.oldest_age_seconds !== null ? span(x.oldest_age_seconds * 1000) : "—"}`))));
 }
 
 // Completed and failed jobs per minute as stacked bars (SVG made with createElementNS: no markup strings).
 function chart(t) {
-  const points = t.points ?? t.minutes ?? [];
+  const points = t.minutes;
   const NS = "http://www.w3.org/2000/svg";
   const W = 600, H = 120;
   const max = Math.max(1, ...points.map((p) => (p.completed ?? 0) + (p.failed ?? 0)));
@@ -144,7 +144,7 @@ function chart(t) {
       r.setAttribute("height", height);
       r.setAttribute("class", cls);
       const title = document.createElementNS(NS, "title");
-      title.textContent = `${p.minute ?? p.at ?? ""} ${p.completed ?? 0} completed, ${p.failed ?? 0} failed`;
+      title.textContent = `${new Date(p.at).toLocaleTimeString()}: ${p.completed ?? 0} completed, ${p.failed ?? 0} failed`;
       r.append(title);
       svg.append(r);
     }

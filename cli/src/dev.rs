@@ -223,6 +223,9 @@ pub async fn run(args: DevArgs, registry: HandlerRegistry) -> anyhow::Result<()>
             b.events_api(StreamSettings::default()),
         )))
         .merge(dev_routes(&b))
+        // Operator endpoints over this process's backend: unauthenticated, so only ever on loopback
+        // (the default --addr; see crate::ops).
+        .merge(crate::ops::router(Ok(crate::ops::Ops::from_backend(&b))))
         .merge(crate::console::assets::routes());
     // Outermost, as API Gateway's CORS is: preflights are answered before the stand-in authorizer.
     let app = if args.cors_origins.is_empty() {

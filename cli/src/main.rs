@@ -3,6 +3,7 @@
 mod client;
 mod console;
 mod dev;
+pub mod ops;
 mod runner;
 mod serve;
 mod stats;

@@ -26,6 +26,9 @@ pub struct ConsoleArgs {
     /// Where to serve the console: a loopback address (the proxy acts with your token).
     #[arg(long, default_value = "127.0.0.1:8181")]
     pub addr: SocketAddr,
+    /// The operator pages' SQS, DynamoDB and CloudWatch at this endpoint (an emulator) instead of AWS.
+    #[arg(long, env = "AWS_ENDPOINT_URL")]
+    pub endpoint_url: Option<String>,
     #[command(flatten)]
     pub target: crate::client::Target,
 }
@@ -43,7 +46,9 @@ pub async fn run(args: ConsoleArgs) -> anyhow::Result<()> {
     let local = listener.local_addr()?;
     let upstream = proxy::Upstream::new(&args.target)?;
     let app = assets::routes()
-        .merge(crate::console::operator_routes())
+        .merge(crate::ops::router(
+            crate::ops::Ops::from_env(args.endpoint_url.as_deref()).await,
+        ))
         .merge(proxy::routes(upstream))
         .layer(axum::middleware::from_fn_with_state(
             local.port(),
@@ -64,20 +69,4 @@ pub async fn run(args: ConsoleArgs) -> anyhow::Result<()> {
     };
     crate::serve::serve(listener, app, stop).await;
     Ok(())
-}
-
-/// `/ops/*` for `jobctl console`. The operator endpoints need the stack's queues and table; until they
-/// are wired here every one answers `503 operator_unavailable` saying what is needed.
-fn operator_routes() -> axum::Router {
-    axum::Router::new().route(
-        "/ops/{*rest}",
-        axum::routing::any(|| async {
-            let body = serde_json::json!({"error": {
-                "code": "operator_unavailable",
-                "message": "the operator pages need AWS credentials and the stack's JOBKIT_TABLE, \
-                            JOBKIT_QUEUE_URL and JOBKIT_DLQ_URL in jobctl console's environment",
-            }});
-            (http::StatusCode::SERVICE_UNAVAILABLE, axum::Json(body))
-        }),
-    )
 }

@@ -93,6 +93,10 @@ pub enum ApiError {
         #[source]
         source: BoxError,
     },
+    /// An operator endpoint (`jobctl dev` / `jobctl console` only) whose backend is not configured: the
+    /// message says what to set.
+    #[error("{0}")]
+    OperatorUnavailable(String),
     /// A bug or corrupt data. The source is logged, never returned.
     #[error("internal error")]
     Internal {
@@ -128,7 +132,7 @@ impl ApiError {
             | Self::NoContainerQueue
             | Self::InvalidStart(_) => 422,
             Self::Internal { .. } => 500,
-            Self::Unavailable { .. } => 503,
+            Self::Unavailable { .. } | Self::OperatorUnavailable(_) => 503,
         }
     }
 
@@ -164,6 +168,7 @@ impl ApiError {
             Self::RequestTimeout => "request_timeout",
             Self::MethodNotAllowed { .. } => "method_not_allowed",
             Self::Unavailable { .. } => "service_unavailable",
+            Self::OperatorUnavailable(_) => "operator_unavailable",
             Self::Internal { .. } => "internal_error",
         }
     }
