@@ -70,7 +70,10 @@ pub fn weight() -> usize {
 /// `/` (the page) and `/console/{file}`: merge into a router that serves the API.
 pub fn routes() -> Router {
     Router::new()
-        .route("/", get(|h: HeaderMap| async move { serve("index.html", &h) }))
+        .route(
+            "/",
+            get(|h: HeaderMap| async move { serve("index.html", &h) }),
+        )
         .route(
             "/console/{file}",
             get(|Path(file): Path<String>, h: HeaderMap| async move { serve(&file, &h) }),
@@ -110,12 +113,18 @@ fn not_found() -> Response {
 /// The headers of every console response: the policy, no MIME sniffing (a JSON answer is never run as
 /// script), no referrer (job ids stay on the page).
 fn secure(h: &mut HeaderMap) {
-    h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CSP),
+    );
     h.insert(
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
 }
 
@@ -158,7 +167,10 @@ mod tests {
             assert_eq!(again.status(), 304, "{}", a.name);
         }
         let page = get("/", None).await;
-        assert_eq!(page.headers()[header::CONTENT_TYPE], "text/html; charset=utf-8");
+        assert_eq!(
+            page.headers()[header::CONTENT_TYPE],
+            "text/html; charset=utf-8"
+        );
         assert_eq!(page.headers()[header::CONTENT_SECURITY_POLICY], CSP);
     }
 

@@ -219,7 +219,13 @@ mod tests {
     #[test]
     fn only_a_jobs_events_path_is_a_stream() {
         assert_eq!(stream_of("/jobs/01ABC/events"), Some("01ABC"));
-        for other in ["/jobs/01ABC", "/jobs", "/jobs/01ABC/events/x", "/kinds", "/jobs//x"] {
+        for other in [
+            "/jobs/01ABC",
+            "/jobs",
+            "/jobs/01ABC/events/x",
+            "/kinds",
+            "/jobs//x",
+        ] {
             assert_eq!(stream_of(other), None, "{other}");
         }
     }

@@ -90,7 +90,7 @@ def submit_from_the_page(page, base, out):
 def follow_and_cancel_by_keyboard(page, base, out):
     """A running sleep: from the list with the keyboard (j, Enter), its progress moves live, then
     Tab to Cancel and Enter: the job ends cancelled on the page."""
-    job = submit(base, "sleep", {"ms": 60000})
+    job = submit(base, "sleep", {"ms": 10000})  # the most sleep takes
     page.goto(f"{base}/")
     page.wait_for_selector(f"tr[data-job='{job}'] .s-running")
     page.keyboard.press("j")
