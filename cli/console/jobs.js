@@ -25,9 +25,9 @@ export function jobsView(main, params) {
       h("label", null, "Status", statusSel), h("label", null, "Kind", kindSel), h("label", null, "Job id", search),
       h("a", { href: "#/submit", class: "hide-narrow" }, "Submit a job (n)")),
     err,
-    h("table", { "aria-label": "Jobs" },
+    h("div", { class: "scroll" }, h("table", { "aria-label": "Jobs" },
       h("thead", null, h("tr", null, h("th", null, "Job"), h("th", null, "Kind"), h("th", null, "Status"), h("th", { class: "num hide-narrow" }, "Attempts"), h("th", { class: "num" }, "Age"), h("th", { class: "num hide-narrow" }, "Duration"), h("th", { class: "hide-narrow" }, "Progress"))),
-      tbody),
+      tbody)),
     empty, moreBtn);
 
   kinds().then((list) => {
@@ -54,9 +54,11 @@ export function jobsView(main, params) {
     if (/^[0-9A-HJKMNP-TV-Z]{26}$/.test(id)) location.hash = jobHref(id);
   }
 
+  let stopped = false;
   async function refresh() {
     try {
       const page = await get(`/jobs${query({ status: state.status, limit: PAGE })}`);
+      if (stopped) return; // an answer that came after the page moved on
       state.first = page.jobs;
       if (state.more.length === 0) state.cursor = page.next_cursor;
       fill(err);
@@ -64,6 +66,7 @@ export function jobsView(main, params) {
       live.classList.remove("stale");
       render();
     } catch (e) {
+      if (stopped) return;
       fill(err, errorBox(e));
       live.textContent = "not updating";
       live.classList.add("stale");
@@ -110,7 +113,7 @@ export function jobsView(main, params) {
   const timer = setInterval(() => { if (!document.hidden) refresh(); }, EVERY_MS);
   const ticker = setInterval(() => { for (const [, row] of state.rows) tick(row); }, 1000);
   refresh();
-  return () => { clearInterval(timer); clearInterval(ticker); live.textContent = ""; };
+  return () => { stopped = true; clearInterval(timer); clearInterval(ticker); live.textContent = ""; };
 }
 
 function makeRow(id) {
