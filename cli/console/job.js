@@ -40,7 +40,7 @@ export function jobView(main, id) {
         job.cancel_requested ? " · cancel requested" : ""),
       running || job.progress ? h("p", { class: "progress-line" }, progressBar(job.progress, true), " ", h("span", { id: "progress-text" }, progressText(job.progress))) : null,
       actions(),
-      job.waiting_for ? waitpointForm(job.waiting_for) : null);
+      job.waiting_for ? waiting(job.waiting_for) : null);
     fill(body, 
       h("div", { class: "grid2" },
         h("section", { class: "panel", "aria-label": "Times" }, facts([
@@ -86,6 +86,12 @@ export function jobView(main, id) {
     return h("div", { class: "actions" }, cancel, again);
   }
 
+  // A delayed start (run_at, delay_seconds) is a timer, not something to approve.
+  function waiting(wp) {
+    if (wp.name === "start" && job.attempts === 0) return h("p", { class: "note" }, "Starts ", when(wp.expires_at));
+    return waitpointForm(wp);
+  }
+
   function waitpointForm(wp) {
     const reason = h("input", { id: "reason", type: "text", placeholder: "reason (sent with a rejection)", "aria-label": "Reason" });
     const complete = (payload) => async () => {
@@ -126,6 +132,8 @@ export function jobView(main, id) {
       const bar = head.querySelector("[role=progressbar]");
       if (bar) { setBar(bar, p); document.getElementById("progress-text").textContent = progressText(p); } else render();
     });
+    // Parked on a waitpoint (again): the job says which.
+    source.addEventListener("waiting", () => refetch());
     source.addEventListener("status", async (e) => {
       const s = JSON.parse(e.data);
       if (s.status !== job.status || s.attempts !== job.attempts) await refetch();
