@@ -67,7 +67,9 @@ export function opsView(main) {
     const rows = msgs.map((m) => {
       const id = m.job_id;
       const btn = h("button", { type: "button", class: "redrive", "data-job": id }, "Redrive");
-      btn.addEventListener("click", () => act(btn, () => redrive({ job_ids: [id] })));
+      btn.addEventListener("click", async () => {
+        if (await confirm(`Send job ${id} back to the jobs queue?`, "Redrive")) act(btn, () => redrive({ job_ids: [id] }));
+      });
       const err = m.error;
       return h("tr", { "data-job": id },
         h("td", null, id ? h("a", { href: jobHref(id), class: "mono" }, id) : "—"),

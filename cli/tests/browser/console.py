@@ -136,7 +136,35 @@ def markup_in_job_data_is_text(page, base, out):
     out["job_id"] = job
 
 
+def get_json(base, path):
+    with urllib.request.urlopen(f"{base}{path}") as resp:
+        return json.load(resp)
+
+
+def redrive_from_the_dlq_page(page, base, out):
+    """An agent job whose model is unreachable dies on its only attempt (the test's `jobctl dev` says
+    so); the operators page lists it with its last error and redrives it after a confirmation."""
+    job = submit(base, "agent", {"agent": "demo", "message": "hello"})
+    out["job_id"] = job
+    page.goto(f"{base}/#/ops")
+    row = page.locator(f"tr[data-job='{job}']")
+    row.wait_for()
+    out["row_text"] = row.inner_text()
+    out["queues"] = page.locator("[data-queue]").count()
+    before = get_json(base, f"/jobs/{job}")["updated_at"]
+    row.locator("button.redrive").click()
+    page.locator("#confirm-yes").click()
+    page.wait_for_selector("[role=status]")
+    out["redrive_message"] = page.locator("[role=status]").inner_text()
+    deadline = time.monotonic() + 20
+    while get_json(base, f"/jobs/{job}")["updated_at"] == before:
+        assert time.monotonic() < deadline, "the redriven job never changed"
+        time.sleep(0.1)
+    out["requeued"] = True
+
+
 SCENARIOS = {
+    "dlq": redrive_from_the_dlq_page,
     "submit": submit_from_the_page,
     "cancel": follow_and_cancel_by_keyboard,
     "markup": markup_in_job_data_is_text,

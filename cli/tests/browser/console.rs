@@ -316,3 +316,34 @@ async fn through_jobctl_console_a_running_jobs_progress_moves_live() {
     assert_eq!(saw["status"], "cancelled", "{saw:#}");
     assert_quiet(&saw, &[]);
 }
+
+/// The DLQ page redrives a dead job: `jobctl dev` with one attempt per job and an `agent` kind whose
+/// model is a closed port, so an agent job dies on its first attempt and its message reaches the DLQ.
+#[tokio::test]
+async fn the_dlq_page_lists_a_dead_job_with_its_error_and_redrives_it() {
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let model = format!("http://127.0.0.1:{closed}/v1");
+    let dev = Dev::start_with(&["--model-url", &model], &[("JOBKIT_MAX_ATTEMPTS", "1")]);
+    let saw = scenario(&dev.url, "dlq").await;
+    let row = saw["row_text"].as_str().unwrap();
+    assert!(
+        row.contains("agent") && row.contains("model_unavailable"),
+        "{saw:#}"
+    );
+    assert!(
+        saw["queues"].as_u64().unwrap() >= 2,
+        "jobs and dlq: {saw:#}"
+    );
+    assert!(
+        saw["redrive_message"]
+            .as_str()
+            .unwrap()
+            .contains("redriven: 1"),
+        "{saw:#}"
+    );
+    assert_eq!(saw["requeued"], true, "{saw:#}");
+    assert_quiet(&saw, &[]);
+}
