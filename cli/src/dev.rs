@@ -12,10 +12,13 @@ use jobkit::aws::{Provisioned, provision, sdk_config};
 use jobkit::clock::SystemClock;
 use jobkit::config::SecretSource;
 use jobkit::local::EventSource;
+use jobkit::store::MemoryStore;
 use jobkit::template::{StackSpec, TEMPLATE_YAML, parse};
 use jobkit::webhook::{DeliverySettings, Schedule, Secrets};
 use jobkit::worker::WorkerSettings;
 use jobkit::{Backend, Config, HandlerRegistry, Lane};
+
+use crate::ops::{History, Ops};
 use tokio::sync::watch;
 
 /// Options of `jobctl dev`.
@@ -89,7 +92,9 @@ fn template_number(spec: &StackSpec, name: &str, fallback: u64) -> u64 {
         .unwrap_or(fallback)
 }
 
-async fn backend(args: &DevArgs, spec: &StackSpec) -> anyhow::Result<Backend> {
+/// The backend, and where the operator endpoints read throughput from: the embedded store's records,
+/// or (on an emulator) CloudWatch, as for a deployed stack.
+async fn backend(args: &DevArgs, spec: &StackSpec) -> anyhow::Result<(Backend, History)> {
     let Some(endpoint) = &args.endpoint_url else {
         // Embedded: the queue gets the template's visibility timeout and redrive policy.
         let q = spec
@@ -106,12 +111,16 @@ async fn backend(args: &DevArgs, spec: &StackSpec) -> anyhow::Result<Backend> {
             queue_urls: [("JobsQueue".into(), "memory".into())].into(),
             ..Default::default()
         };
-        return Ok(Backend::embedded(
+        let mut b = Backend::embedded(
             config(spec, &made)?,
             Duration::from_secs(visibility),
             max_receives,
             Arc::new(SystemClock),
-        ));
+        );
+        // Its own handle on the store, for the throughput the operator endpoints read from records.
+        let store = Arc::new(MemoryStore::new());
+        b.store = store.clone();
+        return Ok((b, History::Records(store)));
     };
     let sdk = sdk_config(Some(endpoint)).await;
     let config = if args.bootstrap {
@@ -122,11 +131,16 @@ async fn backend(args: &DevArgs, spec: &StackSpec) -> anyhow::Result<Backend> {
     } else {
         Config::from_env().context("without --bootstrap, set JOBKIT_TABLE and JOBKIT_QUEUE_URL")?
     };
+    let history = History::CloudWatch {
+        sdk: sdk.clone(),
+        namespace: config.metrics_namespace.clone(),
+        service: config.service.clone(),
+    };
     let mut b = Backend::aws(&sdk, config)
         .await
         .map_err(|e| anyhow::anyhow!(e))?;
     b.description = format!("{} at {endpoint}", b.description);
-    Ok(b)
+    Ok((b, history))
 }
 
 /// How often `--metrics` prints.
@@ -195,7 +209,11 @@ pub async fn run(args: DevArgs, registry: HandlerRegistry) -> anyhow::Result<()>
     if !registry.contains("agent") {
         kinds.push_str(" (agent: with --model-url)");
     }
-    let mut b = backend(&args, &spec).await?;
+    let (mut b, history) = backend(&args, &spec).await?;
+    let sdk = match &args.endpoint_url {
+        Some(endpoint) => Some(sdk_config(Some(endpoint)).await),
+        None => None,
+    };
     let listener = tokio::net::TcpListener::bind(args.addr)
         .await
         .with_context(|| format!("cannot listen on {}", args.addr))?;
@@ -225,7 +243,7 @@ pub async fn run(args: DevArgs, registry: HandlerRegistry) -> anyhow::Result<()>
         .merge(dev_routes(&b))
         // Operator endpoints over this process's backend: unauthenticated, so only ever on loopback
         // (the default --addr; see crate::ops).
-        .merge(crate::ops::router(Ok(crate::ops::Ops::from_backend(&b))))
+        .merge(crate::ops::router(Ok(Ops::from_backend(&b, history, sdk))))
         .merge(crate::console::assets::routes());
     // Outermost, as API Gateway's CORS is: preflights are answered before the stand-in authorizer.
     let app = if args.cors_origins.is_empty() {

@@ -134,7 +134,7 @@ async fn queues(args: &StatsArgs, client: &Client) -> anyhow::Result<Queues> {
 /// SQS's ApproximateAgeOfOldestMessage, from CloudWatch (the queue's API does not report it): the
 /// latest 1-minute maximum of the last 10 minutes, or `None` where there is none (an emulator, a quiet
 /// queue).
-async fn oldest_age(sdk: &aws_config::SdkConfig, queue_url: &str) -> Option<u64> {
+pub(crate) async fn oldest_age(sdk: &aws_config::SdkConfig, queue_url: &str) -> Option<u64> {
     use aws_sdk_cloudwatch::primitives::DateTime;
     use aws_sdk_cloudwatch::types::{Dimension, Metric, MetricDataQuery, MetricStat};
     let name = queue_url.rsplit('/').next()?;

@@ -14,7 +14,7 @@ use serde::Serialize;
 
 use crate::clock::SharedClock;
 use crate::error::BoxError;
-use crate::job::{ErrorInfo, JobId, JobStatus};
+use crate::job::{ErrorInfo, JobId, JobStatus, Millis};
 use crate::queue::{Delivery, JobMessage, JobQueue};
 use crate::store::{Change, JobStore, RmwError, read_modify_write};
 
@@ -28,6 +28,10 @@ pub struct DeadLetter {
     pub status: Option<JobStatus>,
     pub attempts: Option<u32>,
     pub last_error: Option<ErrorInfo>,
+    /// The job's owner.
+    pub user_id: Option<String>,
+    /// When the job ended (epoch ms), else when it last changed.
+    pub dead_at: Option<Millis>,
     /// The raw body, shown for messages that are not job messages.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub body: Option<String>,
@@ -70,45 +74,43 @@ impl DeadLetters {
         }
     }
 
-    /// Every message of the DLQ, received once (hidden for [`HOLD`]) and handed to `visit`.
-    async fn scan(
-        &self,
-        mut visit: impl AsyncFnMut(&Delivery) -> Result<(), BoxError>,
-    ) -> Result<(), BoxError> {
-        loop {
-            let batch = self.dlq.receive(10, Duration::ZERO, Some(HOLD)).await?;
-            if batch.is_empty() {
-                return Ok(());
-            }
-            for m in &batch {
-                visit(m).await?;
-            }
-        }
+    /// The next messages of a pass over the DLQ, each received once (hidden for [`HOLD`]); empty once
+    /// the pass has seen them all. A loop over batches rather than a visitor: the callers' futures stay
+    /// `Send` (an async closure borrowing each message is not provably so), so an HTTP handler can
+    /// await them.
+    async fn next_batch(&self) -> Result<Vec<Delivery>, BoxError> {
+        Ok(self.dlq.receive(10, Duration::ZERO, Some(HOLD)).await?)
     }
 
     /// Lists the DLQ. Messages are released again at once (visibility 0).
     pub async fn list(&self) -> Result<Vec<DeadLetter>, BoxError> {
         let mut seen = Vec::new();
         let mut receipts = Vec::new();
-        self.scan(async |m| {
-            let msg = JobMessage::decode(&m.body).ok();
-            let job = match &msg {
-                Some(msg) => self.store.get(&msg.job_id).await?,
-                None => None,
-            };
-            seen.push(DeadLetter {
-                message_id: m.message_id.clone(),
-                job_id: msg.as_ref().map(|m| m.job_id.clone()),
-                kind: msg.as_ref().map(|m| m.kind.clone()),
-                status: job.as_ref().map(|j| j.effective_status(self.clock.now())),
-                attempts: job.as_ref().map(|j| j.attempts),
-                last_error: job.and_then(|j| j.error),
-                body: msg.is_none().then(|| m.body.clone()),
-            });
-            receipts.push(m.receipt_handle.clone());
-            Ok(())
-        })
-        .await?;
+        loop {
+            let batch = self.next_batch().await?;
+            if batch.is_empty() {
+                break;
+            }
+            for m in &batch {
+                let msg = JobMessage::decode(&m.body).ok();
+                let job = match &msg {
+                    Some(msg) => self.store.get(&msg.job_id).await?,
+                    None => None,
+                };
+                seen.push(DeadLetter {
+                    message_id: m.message_id.clone(),
+                    job_id: msg.as_ref().map(|m| m.job_id.clone()),
+                    kind: msg.as_ref().map(|m| m.kind.clone()),
+                    status: job.as_ref().map(|j| j.effective_status(self.clock.now())),
+                    attempts: job.as_ref().map(|j| j.attempts),
+                    user_id: job.as_ref().map(|j| j.user_id.clone()),
+                    dead_at: job.as_ref().map(|j| j.finished_at.unwrap_or(j.updated_at)),
+                    last_error: job.and_then(|j| j.error),
+                    body: msg.is_none().then(|| m.body.clone()),
+                });
+                receipts.push(m.receipt_handle.clone());
+            }
+        }
         for r in receipts {
             self.dlq.change_visibility(&r, Duration::ZERO).await.ok();
         }
@@ -120,23 +122,27 @@ impl DeadLetters {
     pub async fn redrive(&self, only: Option<&HashSet<JobId>>) -> Result<RedriveReport, BoxError> {
         let mut report = RedriveReport::default();
         let mut release = Vec::new();
-        self.scan(async |m| {
-            let msg = JobMessage::decode(&m.body).ok();
-            let selected = msg
-                .as_ref()
-                .is_some_and(|msg| only.is_none_or(|ids| ids.contains(&msg.job_id)));
-            let Some(msg) = msg.filter(|_| selected) else {
-                report.skipped += 1;
-                release.push(m.receipt_handle.clone());
-                return Ok(());
-            };
-            self.requeue_job(&msg.job_id).await?;
-            self.queue.send(&m.body, Duration::ZERO).await?;
-            self.dlq.delete(&m.receipt_handle).await?;
-            report.moved += 1;
-            Ok(())
-        })
-        .await?;
+        loop {
+            let batch = self.next_batch().await?;
+            if batch.is_empty() {
+                break;
+            }
+            for m in &batch {
+                let msg = JobMessage::decode(&m.body).ok();
+                let selected = msg
+                    .as_ref()
+                    .is_some_and(|msg| only.is_none_or(|ids| ids.contains(&msg.job_id)));
+                let Some(msg) = msg.filter(|_| selected) else {
+                    report.skipped += 1;
+                    release.push(m.receipt_handle.clone());
+                    continue;
+                };
+                self.requeue_job(&msg.job_id).await?;
+                self.queue.send(&m.body, Duration::ZERO).await?;
+                self.dlq.delete(&m.receipt_handle).await?;
+                report.moved += 1;
+            }
+        }
         for r in release {
             self.dlq.change_visibility(&r, Duration::ZERO).await.ok();
         }
@@ -161,12 +167,15 @@ impl DeadLetters {
     /// Deletes every message in the DLQ; returns how many. The job records are kept.
     pub async fn purge(&self) -> Result<usize, BoxError> {
         let mut n = 0;
-        self.scan(async |m| {
-            self.dlq.delete(&m.receipt_handle).await?;
-            n += 1;
-            Ok(())
-        })
-        .await?;
-        Ok(n)
+        loop {
+            let batch = self.next_batch().await?;
+            if batch.is_empty() {
+                return Ok(n);
+            }
+            for m in &batch {
+                self.dlq.delete(&m.receipt_handle).await?;
+                n += 1;
+            }
+        }
     }
 }

@@ -3,6 +3,7 @@
 //! Layout (see ARCHITECTURE.md), leaves first; no module imports one listed after it:
 //! - [`error`], [`clock`], [`retry`], [`json`]: the shared leaves (error alias, time, backoff, exact JSON).
 //! - [`job`]: the job record and its state machine; [`waitpoint`]: what a parked job waits for;
+//!   [`steps`]: what a job's handler recorded (its steps and waitpoints), as listed;
 //!   [`slots`]: bounded sets of holders in pages (the in-flight cap), the layout and page choice; pure.
 //! - [`config`], [`template`]: typed configuration from the environment; template.yaml's resources.
 //! - [`handler`]: typed handlers, the kind registry, [`JobContext`]; [`prelude`] for handler authors.
@@ -37,6 +38,7 @@ pub mod park;
 pub mod queue;
 pub mod retry;
 pub mod slots;
+pub mod steps;
 pub mod store;
 pub mod sweep;
 pub mod telemetry;

@@ -62,6 +62,10 @@ pub struct Waitpoint {
     /// When it was completed or timed out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub settled_at: Option<Millis>,
+    /// When it was opened (`None` on waitpoints recorded before they carried it): its place in the job's
+    /// list of steps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub opened_at: Option<Millis>,
 }
 
 /// Why a waitpoint cannot be completed.
@@ -84,6 +88,15 @@ impl Waitpoint {
             expires_at,
             payload: None,
             settled_at: None,
+            opened_at: None,
+        }
+    }
+
+    /// Opened at `now` (what the worker records).
+    pub fn opened(self, now: Millis) -> Self {
+        Self {
+            opened_at: Some(now),
+            ..self
         }
     }
 

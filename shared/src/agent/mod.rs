@@ -35,6 +35,7 @@ pub use openai::OpenAiCompatible;
 pub use tool::Tool;
 
 use crate::handler::{Handler, HandlerRegistry, InvalidKind, JobContext, JobError};
+use crate::steps::StepKind;
 
 /// The kind agent jobs are submitted as.
 pub const KIND: &str = "agent";
@@ -164,7 +165,7 @@ async fn converse(
             return Err(JobError::Yield); // the continuation replays the recorded turns
         }
         let reply: ModelReply = ctx
-            .step(&format!("turn-{turn}"), async {
+            .step_as(StepKind::ModelTurn, &format!("turn-{turn}"), async {
                 model.converse(&request).await.map_err(JobError::from)
             })
             .await?;
@@ -192,7 +193,7 @@ async fn converse(
         let mut results = Vec::new();
         for (i, call) in reply.tool_calls.iter().enumerate() {
             let result: ToolResult = ctx
-                .step(&format!("tool-{turn}-{i}"), async {
+                .step_as(StepKind::ToolCall, &format!("tool-{turn}-{i}"), async {
                     Ok(call_tool(&agent.tools, call).await)
                 })
                 .await?;

@@ -51,15 +51,29 @@ impl CursorKey {
 
     /// The cursor for the page after (`submitted_at`, `id`), for the query named by `binding`.
     pub fn encode(&self, submitted_at: Millis, id: &JobId, binding: &[&str]) -> String {
-        let position = format!("{submitted_at}.{id}");
-        let tag = self.tag(&position, binding).finalize().into_bytes();
-        let mut raw = position.into_bytes();
-        raw.extend_from_slice(&tag[..TAG_BYTES]);
-        URL_SAFE_NO_PAD.encode(raw)
+        self.encode_text(&format!("{submitted_at}.{id}"), binding)
     }
 
     /// The position a cursor names, if this key issued it for this query.
     pub fn decode(&self, cursor: &str, binding: &[&str]) -> Result<(Millis, JobId), ApiError> {
+        let position = self.decode_text(cursor, binding)?;
+        let (t, id) = position.split_once('.').ok_or(ApiError::InvalidCursor)?;
+        let t = t.parse().map_err(|_| ApiError::InvalidCursor)?;
+        let id = JobId::parse(id).map_err(|_| ApiError::InvalidCursor)?;
+        Ok((t, id))
+    }
+
+    /// The cursor for a position of any listing, written as text (a job's steps: see
+    /// [`crate::steps::StepPosition`]), for the query named by `binding`.
+    pub fn encode_text(&self, position: &str, binding: &[&str]) -> String {
+        let tag = self.tag(position, binding).finalize().into_bytes();
+        let mut raw = position.as_bytes().to_vec();
+        raw.extend_from_slice(&tag[..TAG_BYTES]);
+        URL_SAFE_NO_PAD.encode(raw)
+    }
+
+    /// The position text [`Self::encode_text`] put in a cursor, if this key issued it for this query.
+    pub fn decode_text(&self, cursor: &str, binding: &[&str]) -> Result<String, ApiError> {
         let raw = URL_SAFE_NO_PAD
             .decode(cursor)
             .map_err(|_| ApiError::InvalidCursor)?;
@@ -73,10 +87,7 @@ impl CursorKey {
         self.tag(position, binding)
             .verify_truncated_left(tag)
             .map_err(|_| ApiError::InvalidCursor)?;
-        let (t, id) = position.split_once('.').ok_or(ApiError::InvalidCursor)?;
-        let t = t.parse().map_err(|_| ApiError::InvalidCursor)?;
-        let id = JobId::parse(id).map_err(|_| ApiError::InvalidCursor)?;
-        Ok((t, id))
+        Ok(position.to_owned())
     }
 }
 

@@ -81,14 +81,19 @@ pub struct JobList {
     pub next_cursor: Option<String>,
 }
 
-/// The query's parameters, each given at most once: a repeated one is ambiguous and refused.
-fn parameters(raw: Option<&str>) -> Result<BTreeMap<String, String>, ApiError> {
+/// The query's parameters, each given at most once (a repeated one is ambiguous and refused), and only
+/// those `known`.
+pub(super) fn parameters(
+    raw: Option<&str>,
+    known: &[&str],
+) -> Result<BTreeMap<String, String>, ApiError> {
     let mut params = BTreeMap::new();
     for (k, v) in url::form_urlencoded::parse(raw.unwrap_or("").as_bytes()) {
-        if !matches!(&*k, "status" | "limit" | "cursor") {
+        if !known.contains(&&*k) {
             return Err(ApiError::InvalidRequest(format!(
-                "unknown query parameter {}; expected status, limit, cursor",
-                super::quote(&k)
+                "unknown query parameter {}; expected {}",
+                super::quote(&k),
+                known.join(", ")
             )));
         }
         if params.insert(k.to_string(), v.into_owned()).is_some() {
@@ -100,12 +105,26 @@ fn parameters(raw: Option<&str>) -> Result<BTreeMap<String, String>, ApiError> {
     Ok(params)
 }
 
+/// The `limit` parameter: [`DEFAULT_PAGE`] when absent, else an integer from 1 to [`MAX_PAGE`].
+pub(super) fn page_limit(params: &BTreeMap<String, String>) -> Result<usize, ApiError> {
+    match params.get("limit") {
+        None => Ok(DEFAULT_PAGE),
+        Some(raw) => raw
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=MAX_PAGE).contains(n))
+            .ok_or_else(|| {
+                ApiError::InvalidRequest(format!("limit must be an integer from 1 to {MAX_PAGE}"))
+            }),
+    }
+}
+
 pub(super) async fn list(
     State(api): State<Arc<StatusApi>>,
     Caller(user): Caller,
     RawQuery(raw): RawQuery,
 ) -> Result<JsonBody<JobList>, ApiError> {
-    let params = parameters(raw.as_deref())?;
+    let params = parameters(raw.as_deref(), &["status", "limit", "cursor"])?;
     let status = params
         .get("status")
         .map(|s| {
@@ -115,16 +134,7 @@ pub(super) async fn list(
             })
         })
         .transpose()?;
-    let limit = match params.get("limit") {
-        None => DEFAULT_PAGE,
-        Some(raw) => raw
-            .parse::<usize>()
-            .ok()
-            .filter(|n| (1..=MAX_PAGE).contains(n))
-            .ok_or_else(|| {
-                ApiError::InvalidRequest(format!("limit must be an integer from 1 to {MAX_PAGE}"))
-            })?,
-    };
+    let limit = page_limit(&params)?;
     // A cursor pages through the query that made it: the caller's jobs, with this filter.
     let filter = status.map_or("", |s| s.as_str());
     let binding = [user.as_str(), filter];
@@ -158,14 +168,18 @@ mod tests {
 
     #[test]
     fn repeated_and_unknown_parameters_are_refused() {
-        assert!(parameters(Some("limit=1&status=queued")).is_ok());
+        let known = ["status", "limit", "cursor"];
+        assert!(parameters(Some("limit=1&status=queued"), &known).is_ok());
         for bad in [
             "limit=1&limit=abc",
             "status=running&status=completed",
             "sort=asc",
         ] {
             assert!(
-                matches!(parameters(Some(bad)), Err(ApiError::InvalidRequest(_))),
+                matches!(
+                    parameters(Some(bad), &known),
+                    Err(ApiError::InvalidRequest(_))
+                ),
                 "{bad}"
             );
         }

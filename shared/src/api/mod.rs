@@ -4,7 +4,8 @@
 //! `axum::serve`: the same code answers both. Each function serves only its own routes, built from a
 //! port that is exactly what its IAM policy allows: [`SubmitApi`] (`POST /jobs`, and `GET /kinds`: the
 //! registry it checks submits against) and [`StatusApi`]
-//! (`GET /jobs`, `GET /jobs/{id}`, `DELETE /jobs/{id}`); [`router`] merges the two for local runs.
+//! (`GET /jobs`, `GET /jobs/{id}`, `DELETE /jobs/{id}`, `GET /jobs/{id}/steps`); [`router`] merges the
+//! two for local runs.
 //!
 //! Who calls is an [`Identity`] in the request's extensions, put there by whatever authenticated the
 //! request — API Gateway's authorizer on Lambda, `jobctl dev`'s stand-in locally — and read by the
@@ -19,6 +20,7 @@ mod events;
 mod jobs;
 mod kinds;
 mod status;
+mod steps;
 mod submit;
 mod waitpoints;
 
@@ -42,6 +44,7 @@ pub use events::{EventsApi, EventsKey, EventsLink, StreamSettings, TOKEN_TTL};
 pub use jobs::{JobList, JobSummary};
 pub use kinds::KindList;
 pub use status::{JobView, StatusApi, WaitingForView, WebhookView, rfc3339};
+pub use steps::{StepError, StepList, StepView};
 pub use submit::{SubmitApi, SubmitRequest};
 pub use waitpoints::WaitpointApi;
 
@@ -185,6 +188,7 @@ pub fn router(
 
 fn status_only(api: Arc<StatusApi>) -> Router {
     let router = route(Router::new(), "/jobs", get(jobs::list));
+    let router = route(router, "/jobs/{id}/steps", get(steps::list));
     route(
         router,
         "/jobs/{id}",
@@ -246,7 +250,7 @@ async fn method_not_allowed(uri: http::Uri) -> ApiError {
     let path = uri.path().trim_end_matches('/');
     let allow = if path == "/jobs" {
         "GET, POST"
-    } else if path == "/kinds" {
+    } else if path == "/kinds" || path.split('/').count() == 4 && path.ends_with("/steps") {
         "GET"
     } else if path.contains("/waitpoints/") {
         "POST"

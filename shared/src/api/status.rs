@@ -204,7 +204,7 @@ impl StatusApi {
 
     /// The caller's job `raw_id`. Another user's job answers exactly like a missing one, so ids cannot
     /// be probed.
-    async fn owned(&self, user: &str, raw_id: &str) -> Result<Job, ApiError> {
+    pub(super) async fn owned(&self, user: &str, raw_id: &str) -> Result<Job, ApiError> {
         let id = JobId::parse(raw_id)?;
         self.store
             .get(&id)

@@ -14,6 +14,7 @@ use super::JobError;
 use crate::clock::{Millis, SharedClock, SystemClock};
 use crate::job::{JobId, MAX_CHECKPOINT_BYTES, Progress};
 use crate::json::Json;
+use crate::steps::{StepKind, StepMeta};
 use crate::waitpoint::{MAX_WAITPOINT_NAME, WaitState, Waitpoint};
 
 /// The running attempt's side of the context: writes that need the attempt's lease, and the cancel flag.
@@ -30,8 +31,9 @@ pub trait Attempt: Send + Sync {
     }
     /// Step `name`'s recorded result, if an earlier run recorded one.
     async fn step(&self, name: &str) -> Result<Option<Json>, JobError>;
-    /// Records step `name`'s result unless one is recorded; returns the one that stands.
-    async fn record_step(&self, name: &str, value: Json) -> Result<Json, JobError>;
+    /// Records step `name`'s result (with `meta`, in the same write) unless one is recorded; returns
+    /// the one that stands.
+    async fn record_step(&self, name: &str, value: Json, meta: StepMeta) -> Result<Json, JobError>;
     /// Waitpoint `name` as recorded, recording it (pending, timing out after `timeout` but never after
     /// the job's own expiry) on the first call.
     async fn waitpoint(&self, name: &str, timeout: Duration) -> Result<Waitpoint, JobError>;
@@ -93,6 +95,8 @@ struct Inner {
     /// A detached context's steps (handler unit tests): kept for the context's life.
     local_steps: Mutex<HashMap<String, Json>>,
     pathway: Mutex<Option<Pathway>>,
+    /// When this context last recorded a step (epoch ms): see [`JobContext::record_time`].
+    last_recorded: std::sync::atomic::AtomicI64,
 }
 
 impl fmt::Debug for JobContext {
@@ -164,6 +168,7 @@ impl JobContext {
                 warnings: Mutex::new(Vec::new()),
                 local_steps: Mutex::new(HashMap::new()),
                 pathway: Mutex::new(None),
+                last_recorded: std::sync::atomic::AtomicI64::new(0),
             }),
         }
     }
@@ -296,6 +301,21 @@ impl JobContext {
         T: Serialize + DeserializeOwned,
         F: std::future::Future<Output = Result<T, JobError>>,
     {
+        self.step_as(StepKind::Step, name, body).await
+    }
+
+    /// [`Self::step`], recorded as `kind` (the agent loop's model turns and tool calls), so a job's list
+    /// of steps can tell them apart without guessing from names.
+    pub(crate) async fn step_as<T, F>(
+        &self,
+        kind: StepKind,
+        name: &str,
+        body: F,
+    ) -> Result<T, JobError>
+    where
+        T: Serialize + DeserializeOwned,
+        F: std::future::Future<Output = Result<T, JobError>>,
+    {
         check_name("step", name, MAX_STEP_NAME)?;
         let decode = |json: Json| {
             json.decode::<T>().map_err(|e| {
@@ -308,7 +328,13 @@ impl JobContext {
         if let Some(recorded) = self.recorded_step(name).await? {
             return decode(recorded);
         }
+        let started_at = self.inner.clock.now();
         let value = self.until_cancelled(body).await?;
+        let meta = StepMeta {
+            kind,
+            started_at,
+            recorded_at: self.record_time(),
+        };
         let json = Json::encode(&value).map_err(|e| JobError::terminal("invalid_step", e))?;
         if json.len() > MAX_STEP_BYTES {
             return Err(JobError::terminal(
@@ -320,7 +346,7 @@ impl JobContext {
             ));
         }
         let stands = match &self.inner.attempt_handle {
-            Some(a) => a.record_step(name, json).await?,
+            Some(a) => a.record_step(name, json, meta).await?,
             None => self
                 .local_steps()
                 .entry(name.to_owned())
@@ -328,6 +354,22 @@ impl JobContext {
                 .clone(),
         };
         decode(stands)
+    }
+
+    /// The time a step's record is listed at: now, but after every step this context recorded before,
+    /// so steps recorded within one millisecond (an agent's turn and its quick tool call) list in the
+    /// order they ran, not by name. Off by a millisecond or so at most.
+    fn record_time(&self) -> Millis {
+        use std::sync::atomic::Ordering;
+        let now = self.inner.clock.now();
+        let prev = self
+            .inner
+            .last_recorded
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |last| {
+                Some(now.max(last + 1))
+            })
+            .expect("the update always applies");
+        now.max(prev + 1)
     }
 
     /// Waits for waitpoint `name` to be completed (`POST /jobs/{id}/waitpoints/{name}` with a JSON body)
@@ -505,7 +547,12 @@ mod tests {
         async fn waitpoint(&self, _: &str, _: Duration) -> Result<Waitpoint, JobError> {
             unimplemented!("these tests make no waitpoint")
         }
-        async fn record_step(&self, name: &str, value: Json) -> Result<Json, JobError> {
+        async fn record_step(
+            &self,
+            name: &str,
+            value: Json,
+            _: StepMeta,
+        ) -> Result<Json, JobError> {
             Ok(self
                 .steps
                 .lock()

@@ -22,11 +22,13 @@ use super::{
 use crate::job::{Job, JobId, JobStatus, Millis};
 use crate::json::Json;
 use crate::slots::{Ledger, Views};
+use crate::steps::StepMeta;
 use crate::waitpoint::{WaitState, Waitpoint};
 
 mod list;
 mod pages;
 mod release;
+mod steps;
 
 pub use list::USER_SHARDS;
 
@@ -206,6 +208,9 @@ fn waitpoint_key(id: &JobId, name: &str) -> Item {
 
 fn waitpoint_item(id: &JobId, wp: &Waitpoint) -> Item {
     let mut item = waitpoint_key(id, &wp.name);
+    if let Some(at) = wp.opened_at {
+        steps::index(&mut item, id, at);
+    }
     item.insert("wname".into(), AttributeValue::S(wp.name.clone()));
     item.insert("wstate".into(), AttributeValue::S(wp.state.as_str().into()));
     item.insert("wake_at".into(), num(wp.expires_at));
@@ -241,6 +246,7 @@ fn waitpoint_from(item: &Item) -> Result<Waitpoint, StoreError> {
             .transpose()
             .map_err(|e| corrupt(&e.to_string()))?,
         settled_at: number("settled_at"),
+        opened_at: number(steps::AT),
     })
 }
 
@@ -571,11 +577,13 @@ impl StepStore for DynamoStore {
         id: &JobId,
         name: &str,
         value: &Json,
+        meta: &StepMeta,
         expires_at: i64,
     ) -> Result<Json, StoreError> {
         let mut item = step_key(id, name);
         item.insert("value".into(), AttributeValue::S(value.get().to_owned()));
         item.insert("expires_at".into(), num(expires_at));
+        steps::describe(&mut item, id, meta);
         let res = self
             .client
             .put_item()

@@ -8,11 +8,13 @@ use async_trait::async_trait;
 
 use super::{
     CancelSignals, CancelWatch, Created, Insert, JobClaimer, JobInserter, JobLister, JobReader,
-    JobScanner, JobWriter, ListQuery, PageSlots, SlotLedger, StepStore, StoreError, WaitpointStore,
+    JobScanner, JobWriter, ListQuery, PageSlots, SlotLedger, StepLister, StepStore, StoreError,
+    WaitpointStore,
 };
 use crate::job::{Job, JobId, JobStatus, Millis, Slot};
 use crate::json::Json;
 use crate::slots::{Layout, Ledger};
+use crate::steps::{Listed, Recorded, RecordedStep, StepMeta, StepPosition, StepQuery};
 use crate::waitpoint::Waitpoint;
 
 #[derive(Debug, Default)]
@@ -27,7 +29,7 @@ struct State {
     /// always hold exactly the slots held.
     slots: HashMap<(Ledger, Option<u32>), BTreeSet<Slot>>,
     cancel_signals: HashSet<(JobId, u32)>,
-    steps: HashMap<(JobId, String), Json>,
+    steps: HashMap<(JobId, String), (Json, StepMeta)>,
     waitpoints: HashMap<(JobId, String), Waitpoint>,
 }
 
@@ -40,6 +42,18 @@ impl MemoryStore {
         // A panic while holding the lock cannot leave a half-written job: every write is applied only
         // after all its checks passed, and none of the inserts panics.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Every finished job that finished at or after `since` (epoch ms): when, and in which status.
+    /// `jobctl dev`'s throughput: the embedded store is all in its process, so it reads its records
+    /// (DynamoDB has no such query; a deployed stack's throughput comes from CloudWatch).
+    pub fn finished_since(&self, since: Millis) -> Vec<(Millis, JobStatus)> {
+        self.state()
+            .jobs
+            .values()
+            .filter_map(|j| Some((j.finished_at?, j.status)))
+            .filter(|(at, status)| *at >= since && status.is_terminal())
+            .collect()
     }
 
     /// Deletes a job as DynamoDB's TTL would, leaving its slot member alone (for tests).
@@ -246,7 +260,7 @@ impl StepStore for MemoryStore {
             .state()
             .steps
             .get(&(id.clone(), name.to_owned()))
-            .cloned())
+            .map(|(value, _)| value.clone()))
     }
 
     async fn record_step(
@@ -254,14 +268,61 @@ impl StepStore for MemoryStore {
         id: &JobId,
         name: &str,
         value: &Json,
+        meta: &StepMeta,
         _expires_at: i64,
     ) -> Result<Json, StoreError> {
         Ok(self
             .state()
             .steps
             .entry((id.clone(), name.to_owned()))
-            .or_insert_with(|| value.clone())
+            .or_insert_with(|| (value.clone(), *meta))
+            .0
             .clone())
+    }
+}
+
+#[async_trait]
+impl StepLister for MemoryStore {
+    async fn steps(&self, id: &JobId, query: &StepQuery) -> Result<Vec<Listed>, StoreError> {
+        let st = self.state();
+        let steps =
+            st.steps
+                .iter()
+                .filter(|((job, _), _)| job == id)
+                .map(|((_, name), (value, meta))| Listed {
+                    position: StepPosition {
+                        at: meta.recorded_at,
+                        waitpoint: false,
+                        name: name.clone(),
+                    },
+                    entry: Recorded::Step(RecordedStep {
+                        name: name.clone(),
+                        value: value.clone(),
+                        meta: Some(*meta),
+                    }),
+                });
+        // As on DynamoDB, a waitpoint without an open time has no place in the list.
+        let waitpoints = st
+            .waitpoints
+            .iter()
+            .filter(|((job, _), _)| job == id)
+            .filter_map(|(_, wp)| {
+                Some(Listed {
+                    position: StepPosition {
+                        at: wp.opened_at?,
+                        waitpoint: true,
+                        name: wp.name.clone(),
+                    },
+                    entry: Recorded::Waitpoint(wp.clone()),
+                })
+            });
+        let mut all: Vec<Listed> = steps
+            .chain(waitpoints)
+            .filter(|l| query.after.as_ref().is_none_or(|after| l.position > *after))
+            .collect();
+        all.sort_by(|a, b| a.position.cmp(&b.position));
+        all.truncate(query.limit);
+        Ok(all)
     }
 }
 

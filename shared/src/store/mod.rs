@@ -56,6 +56,7 @@ use crate::job::{Job, JobId, JobStatus, Millis, Slot};
 use crate::json::Json;
 use crate::slots::Ledger;
 pub use crate::slots::PageSlots;
+use crate::steps::{Listed, StepMeta, StepQuery};
 use crate::waitpoint::Waitpoint;
 
 pub mod dynamo;
@@ -220,15 +221,27 @@ pub trait StepStore: Send + Sync {
     /// The recorded result of step `name` of job `id`, if any (a consistent read).
     async fn step(&self, id: &JobId, name: &str) -> Result<Option<Json>, StoreError>;
 
-    /// Records `value` as step `name`'s result unless one is recorded already, and returns the recorded
-    /// one: the first writer wins, so every attempt sees the same result.
+    /// Records `value` as step `name`'s result, with `meta` in the same write, unless one is recorded
+    /// already, and returns the recorded one: the first writer wins, so every attempt sees the same
+    /// result.
     async fn record_step(
         &self,
         id: &JobId,
         name: &str,
         value: &Json,
+        meta: &StepMeta,
         expires_at: i64,
     ) -> Result<Json, StoreError>;
+}
+
+/// A job's recorded steps and waitpoints, a page at a time (`GET /jobs/{id}/steps`; DynamoDB: a Query
+/// of the sparse `by_job` index, then the items).
+#[async_trait]
+pub trait StepLister: Send + Sync {
+    /// Up to `query.limit` of job `id`'s steps and waitpoints after `query.after`, in
+    /// [`crate::steps::StepPosition`] order. Entries recorded before they carried a position (no
+    /// `step_at` on DynamoDB) are not listed.
+    async fn steps(&self, id: &JobId, query: &StepQuery) -> Result<Vec<Listed>, StoreError>;
 }
 
 /// Waitpoints (`ctx.wait_for`, `ctx.sleep`): one small item per (job, waitpoint) beside its step items
@@ -294,9 +307,9 @@ impl<T: JobInserter + JobReader + JobWriter + ?Sized> SubmitStore for T {}
 pub trait CompleteStore: JobReader + JobWriter + WaitpointStore {}
 impl<T: JobReader + JobWriter + WaitpointStore + ?Sized> CompleteStore for T {}
 
-/// The status function's port: read, list, and cancel (a write and a signal).
-pub trait StatusStore: JobReader + JobLister + JobWriter + CancelSignals {}
-impl<T: JobReader + JobLister + JobWriter + CancelSignals + ?Sized> StatusStore for T {}
+/// The status function's port: read, list (jobs, a job's steps), and cancel (a write and a signal).
+pub trait StatusStore: JobReader + JobLister + StepLister + JobWriter + CancelSignals {}
+impl<T: JobReader + JobLister + StepLister + JobWriter + CancelSignals + ?Sized> StatusStore for T {}
 
 /// The worker's port: claim, read, write, watch for cancel signals, record steps and waitpoints.
 pub trait WorkerStore:

@@ -157,13 +157,18 @@ impl Attempt for LeaseKeeper {
 
     /// Not a lease-holder write: the record is first-writer-wins on its own item, so an attempt that
     /// lost its lease can only record what the next one would also see.
-    async fn record_step(&self, name: &str, value: Json) -> Result<Json, JobError> {
+    async fn record_step(
+        &self,
+        name: &str,
+        value: Json,
+        meta: crate::steps::StepMeta,
+    ) -> Result<Json, JobError> {
         let (id, expires_at) = {
             let job = self.job.lock().await;
             (job.job_id.clone(), job.expires_at)
         };
         self.store
-            .record_step(&id, name, &value, expires_at)
+            .record_step(&id, name, &value, &meta, expires_at)
             .await
             .map_err(|e| JobError::retryable("store_unavailable", e))
     }
@@ -183,9 +188,10 @@ impl Attempt for LeaseKeeper {
         if let Some(wp) = self.store.waitpoint(&id, name).await.map_err(unavailable)? {
             return Ok(wp);
         }
-        let due = (self.clock.now() + timeout.as_millis() as Millis).min(expires_at * 1000);
+        let now = self.clock.now();
+        let due = (now + timeout.as_millis() as Millis).min(expires_at * 1000);
         self.store
-            .open_waitpoint(&id, &Waitpoint::pending(name, due), expires_at)
+            .open_waitpoint(&id, &Waitpoint::pending(name, due).opened(now), expires_at)
             .await
             .map_err(unavailable)
     }
