@@ -10,6 +10,7 @@ Debian's chromium (as the browser tests do). Re-run it after changing the consol
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -31,7 +32,18 @@ def post(base, path, body):
 
 def main() -> None:
     jobctl = sys.argv[1] if len(sys.argv) > 1 else os.path.join(ROOT, "target", "debug", "jobctl")
-    dev = subprocess.Popen([jobctl, "dev", "--addr", "127.0.0.1:0"], stderr=subprocess.PIPE, text=True, env={**os.environ, "RUST_LOG": "warn"})
+    # An agent kind whose model is a closed port, and one attempt per job: its jobs die at once and
+    # the operators page has a dead letter to show.
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    model = f"http://127.0.0.1:{closed.getsockname()[1]}/v1"
+    closed.close()
+    dev = subprocess.Popen(
+        [jobctl, "dev", "--addr", "127.0.0.1:0", "--model-url", model],
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "RUST_LOG": "warn", "JOBKIT_MAX_ATTEMPTS": "1"},
+    )
     try:
         base = None
         for line in dev.stderr:
@@ -44,6 +56,7 @@ def main() -> None:
             {"kind": "echo", "input": {"prompt": "summarise the quarterly report", "lang": "en"}},
             {"kind": "sleep", "input": {"ms": 1200}},
             {"kind": "echo", "input": {"note": "<script>alert('shown as text')</script>"}},
+            {"kind": "agent", "input": {"agent": "demo", "message": "what is 6 times 7?"}},
         ]:
             post(base, "/jobs", body)
         cancelled = post(base, "/jobs", {"kind": "sleep", "input": {"ms": 10000}})["job_id"]
@@ -67,8 +80,8 @@ def main() -> None:
                 page.wait_for_selector("#f-ms")
                 page.screenshot(path=f"{OUT}/submit-{scheme}.png")
                 page.goto(f"{base}/#/ops")
-                page.wait_for_selector("h2 >> text=Dead letters")
-                page.wait_for_timeout(500)  # the three panels' first answers (a picture, not a test)
+                page.wait_for_selector("tr[data-job] button.redrive")
+                page.wait_for_selector("svg.chart")
                 page.screenshot(path=f"{OUT}/ops-{scheme}.png", full_page=True)
                 page.close()
             narrow = browser.new_page(viewport={"width": 380, "height": 720}, color_scheme="dark")

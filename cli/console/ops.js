@@ -151,5 +151,7 @@ function chart(t) {
       svg.append(r);
     }
   });
-  return h("div", null, svg, h("p", { class: "hint" }, `${total[0]} completed, ${total[1]} failed in the last ${points.length || 60} minutes`));
+  return h("div", null, svg,
+    h("div", { class: "axis hint", "aria-hidden": "true" }, h("span", null, `${points.length} min ago`), h("span", null, "now")),
+    h("p", { class: "hint" }, h("span", { class: "key-ok" }, "■"), ` ${total[0]} completed  `, h("span", { class: "key-bad" }, "■"), ` ${total[1]} failed in the last ${points.length} minutes`));
 }
