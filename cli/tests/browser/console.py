@@ -163,7 +163,21 @@ def redrive_from_the_dlq_page(page, base, out):
     out["requeued"] = True
 
 
+def agent_timeline(page, base, out):
+    """An agent job (on the test's stub model) completes; its page shows the model turns and the tool
+    call as steps, with the call's input and the token usage."""
+    job = submit(base, "agent", {"agent": "demo", "message": "what is 6 times 7?"})
+    page.goto(f"{base}/#/jobs/{job}")
+    page.wait_for_selector("h1 .s-completed")
+    page.wait_for_selector("li[data-step]")
+    steps = page.locator("li[data-step]")
+    out["steps"] = [steps.nth(i).get_attribute("data-step") for i in range(steps.count())]
+    # text_content: folded (closed) JSON counts too.
+    out["timeline"] = page.locator("ol.timeline").text_content()
+
+
 SCENARIOS = {
+    "agent": agent_timeline,
     "dlq": redrive_from_the_dlq_page,
     "submit": submit_from_the_page,
     "cancel": follow_and_cancel_by_keyboard,

@@ -347,3 +347,60 @@ async fn the_dlq_page_lists_a_dead_job_with_its_error_and_redrives_it() {
     assert_eq!(saw["requeued"], true, "{saw:#}");
     assert_quiet(&saw, &[]);
 }
+
+/// An OpenAI-compatible model that asks for one calculator call, then answers with its result.
+async fn stub_model() -> String {
+    use axum::routing::post;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/v1", listener.local_addr().unwrap());
+    let app = axum::Router::new().route(
+        "/v1/chat/completions",
+        post(|axum::Json(body): axum::Json<Value>| async move {
+            let answered = body["messages"]
+                .as_array()
+                .is_some_and(|m| m.iter().any(|m| m["role"] == "tool"));
+            let message = if answered {
+                serde_json::json!({"role": "assistant", "content": "6 times 7 is 42."})
+            } else {
+                serde_json::json!({"role": "assistant", "content": null, "tool_calls": [{
+                    "id": "c1", "type": "function",
+                    "function": {"name": "calculator", "arguments": "{\"expression\":\"6*7\"}"}
+                }]})
+            };
+            axum::Json(serde_json::json!({
+                "choices": [{"message": message, "finish_reason": if answered { "stop" } else { "tool_calls" }}],
+                "usage": {"prompt_tokens": 31, "completion_tokens": 7}
+            }))
+        }),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    url
+}
+
+/// An agent job's page shows its recorded steps (GET /jobs/{id}/steps): both model turns with their
+/// token usage and the tool call between them, with the call's input.
+#[tokio::test]
+async fn an_agent_jobs_timeline_shows_its_model_turns_and_tool_call() {
+    let model = stub_model().await;
+    let dev = Dev::start_with(&["--model-url", &model], &[]);
+    let saw = scenario(&dev.url, "agent").await;
+    let steps: Vec<&str> = saw["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap())
+        .collect();
+    assert_eq!(steps.len(), 3, "two turns and a tool call: {saw:#}");
+    let timeline = saw["timeline"].as_str().unwrap();
+    for shown in [
+        "model turn",
+        "tool call",
+        "31 in / 7 out tokens",
+        "calculator",
+        "6*7",
+        "42",
+    ] {
+        assert!(timeline.contains(shown), "{shown:?} in {timeline}");
+    }
+    assert_quiet(&saw, &[]);
+}
