@@ -9,8 +9,9 @@ Debian's chromium (as the browser tests do). Re-run it after changing the consol
 
 import json
 import os
+import http.server
 import re
-import socket
+import threading
 import subprocess
 import sys
 import time
@@ -30,14 +31,41 @@ def post(base, path, body):
         return json.load(resp)
 
 
+class Model(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+        if "outage" in json.dumps(body["messages"]):
+            self.send_response(503)
+            self.end_headers()
+            return
+        answered = any(m["role"] == "tool" for m in body["messages"])
+        message = (
+            {"role": "assistant", "content": "6 times 7 is 42."}
+            if answered
+            else {"role": "assistant", "content": None, "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "calculator", "arguments": '{"expression":"6*7"}'}}]}
+        )
+        out = json.dumps({"choices": [{"message": message}], "usage": {"prompt_tokens": 31, "completion_tokens": 7}}).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(out)))
+        self.end_headers()
+        self.wfile.write(out)
+
+    def log_message(self, *args):
+        pass
+
+
+def stub_model():
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Model)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return f"http://127.0.0.1:{server.server_address[1]}/v1"
+
+
 def main() -> None:
     jobctl = sys.argv[1] if len(sys.argv) > 1 else os.path.join(ROOT, "target", "debug", "jobctl")
-    # An agent kind whose model is a closed port, and one attempt per job: its jobs die at once and
-    # the operators page has a dead letter to show.
-    closed = socket.socket()
-    closed.bind(("127.0.0.1", 0))
-    model = f"http://127.0.0.1:{closed.getsockname()[1]}/v1"
-    closed.close()
+    # A stub model (one calculator call, then the answer; a 503 for messages about an outage), and one
+    # attempt per job: the outage's job dies at once and the operators page has a dead letter to show.
+    model = stub_model()
     dev = subprocess.Popen(
         [jobctl, "dev", "--addr", "127.0.0.1:0", "--model-url", model],
         stderr=subprocess.PIPE,
@@ -56,9 +84,10 @@ def main() -> None:
             {"kind": "echo", "input": {"prompt": "summarise the quarterly report", "lang": "en"}},
             {"kind": "sleep", "input": {"ms": 1200}},
             {"kind": "echo", "input": {"note": "<script>alert('shown as text')</script>"}},
-            {"kind": "agent", "input": {"agent": "demo", "message": "what is 6 times 7?"}},
+            {"kind": "agent", "input": {"agent": "demo", "message": "an outage: the model is down"}},
         ]:
             post(base, "/jobs", body)
+        agent = post(base, "/jobs", {"kind": "agent", "input": {"agent": "demo", "message": "what is 6 times 7?"}})["job_id"]
         cancelled = post(base, "/jobs", {"kind": "sleep", "input": {"ms": 10000}})["job_id"]
         req = urllib.request.Request(f"{base}/jobs/{cancelled}", method="DELETE")
         urllib.request.urlopen(req).read()
@@ -83,6 +112,13 @@ def main() -> None:
                 page.wait_for_selector("tr[data-job] button.redrive")
                 page.wait_for_selector("svg.chart")
                 page.screenshot(path=f"{OUT}/ops-{scheme}.png", full_page=True)
+                page.close()
+            for scheme in ["light", "dark"]:
+                page = browser.new_page(viewport={"width": 1180, "height": 720}, color_scheme=scheme)
+                page.goto(f"{base}/#/jobs/{agent}")
+                page.wait_for_selector("li[data-step]")
+                page.locator("li[data-step] details").first.evaluate("d => d.open = true")
+                page.screenshot(path=f"{OUT}/agent-{scheme}.png", full_page=True)
                 page.close()
             narrow = browser.new_page(viewport={"width": 380, "height": 720}, color_scheme="dark")
             narrow.goto(f"{base}/")
