@@ -45,10 +45,13 @@ pub async fn run(args: ConsoleArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", args.addr))?;
     let local = listener.local_addr()?;
     let upstream = proxy::Upstream::new(&args.target)?;
+    let ops = crate::ops::Ops::from_env(args.endpoint_url.as_deref()).await;
+    let operators = match &ops {
+        Ok(_) => "operator pages on, with your AWS credentials".to_owned(),
+        Err(why) => format!("operator pages off: {why}"),
+    };
     let app = assets::routes()
-        .merge(crate::ops::router(
-            crate::ops::Ops::from_env(args.endpoint_url.as_deref()).await,
-        ))
+        .merge(crate::ops::router(ops))
         .merge(proxy::routes(upstream))
         .layer(axum::middleware::from_fn_with_state(
             local.port(),
@@ -67,6 +70,7 @@ pub async fn run(args: ConsoleArgs) -> anyhow::Result<()> {
     let stop = async {
         let _ = tokio::signal::ctrl_c().await;
     };
+    eprintln!("jobctl console: {operators}");
     crate::serve::serve(listener, app, stop).await;
     Ok(())
 }

@@ -404,3 +404,15 @@ async fn an_agent_jobs_timeline_shows_its_model_turns_and_tool_call() {
     }
     assert_quiet(&saw, &[]);
 }
+
+/// The proxy acts with the caller's token, so it never listens beyond this machine.
+#[test]
+fn jobctl_console_refuses_an_address_other_machines_can_reach() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_jobctl"))
+        .args(["console", "--addr", "0.0.0.0:0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not a loopback address"), "{err}");
+}
