@@ -38,7 +38,7 @@ export function jobView(main, id) {
     fill(headRest,
       h("p", { class: "muted" }, h("strong", null, job.kind), ` · attempt ${job.attempts} of ${job.max_attempts} · ${TERMINAL.has(job.status) ? "took" : "for"} ${duration(job)}`,
         job.cancel_requested ? " · cancel requested" : ""),
-      running || job.progress ? h("p", { class: "progress-line" }, progressBar(job.progress, true), " ", h("span", { id: "progress-text" }, progressText(job.progress))) : null,
+      running || (job.progress && job.status !== "completed") ? h("p", { class: "progress-line" }, progressBar(job.progress, true), " ", h("span", { id: "progress-text" }, progressText(job.progress))) : null,
       actions(),
       job.waiting_for ? waiting(job.waiting_for) : null);
     fill(body, 
