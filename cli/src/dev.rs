@@ -92,8 +92,9 @@ fn template_number(spec: &StackSpec, name: &str, fallback: u64) -> u64 {
         .unwrap_or(fallback)
 }
 
-/// The backend, and where the operator endpoints read throughput from: the embedded store's records,
-/// or (on an emulator) CloudWatch, as for a deployed stack.
+/// The backend, and where the operator endpoints read throughput from: the embedded store's records.
+/// On an emulator there is nowhere: this process's workers publish no metrics to CloudWatch (deployed
+/// functions do, which is what `jobctl console` reads), and DynamoDB has no query for finished jobs.
 async fn backend(args: &DevArgs, spec: &StackSpec) -> anyhow::Result<(Backend, History)> {
     let Some(endpoint) = &args.endpoint_url else {
         // Embedded: the queue gets the template's visibility timeout and redrive policy.
@@ -131,11 +132,11 @@ async fn backend(args: &DevArgs, spec: &StackSpec) -> anyhow::Result<(Backend, H
     } else {
         Config::from_env().context("without --bootstrap, set JOBKIT_TABLE and JOBKIT_QUEUE_URL")?
     };
-    let history = History::CloudWatch {
-        sdk: sdk.clone(),
-        namespace: config.metrics_namespace.clone(),
-        service: config.service.clone(),
-    };
+    let history = History::Unavailable(
+        "throughput is counted from the embedded store's records: run jobctl dev without \
+         --endpoint-url (jobctl console reads a deployed stack's from CloudWatch)"
+            .into(),
+    );
     let mut b = Backend::aws(&sdk, config)
         .await
         .map_err(|e| anyhow::anyhow!(e))?;

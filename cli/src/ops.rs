@@ -129,6 +129,8 @@ pub enum History {
         namespace: String,
         service: String,
     },
+    /// Nowhere: `GET /ops/throughput` answers `503 operator_unavailable` saying why.
+    Unavailable(String),
 }
 
 /// One queue the operator sees.
@@ -282,6 +284,7 @@ impl Ops {
                     }
                 }
             }
+            History::Unavailable(why) => return Err(ApiError::OperatorUnavailable(why.clone())),
             History::CloudWatch {
                 sdk,
                 namespace,
@@ -551,4 +554,41 @@ fn unavailable_router(why: String) -> Router {
     .fold(Router::new(), |r, path| {
         r.route(path, axum::routing::any(answer.clone()))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tower::ServiceExt as _;
+
+    async fn call(router: &Router, method: &str, path: &str) -> (u16, serde_json::Value) {
+        let req = http::Request::builder()
+            .method(method)
+            .uri(path)
+            .body(axum::body::Body::empty())
+            .unwrap();
+        let resp = router.clone().oneshot(req).await.unwrap();
+        let status = resp.status().as_u16();
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        (status, serde_json::from_slice(&body).unwrap())
+    }
+
+    #[tokio::test]
+    async fn without_a_stack_every_route_says_what_to_configure() {
+        let router = router(Err("set JOBKIT_QUEUE_URL".into()));
+        for (method, path) in [
+            ("GET", "/ops/queues"),
+            ("GET", "/ops/throughput"),
+            ("GET", "/ops/dlq"),
+            ("POST", "/ops/dlq/redrive"),
+            ("POST", "/ops/dlq/purge"),
+        ] {
+            let (status, body) = call(&router, method, path).await;
+            assert_eq!(status, 503, "{path}");
+            assert_eq!(body["error"]["code"], "operator_unavailable", "{path}");
+            assert_eq!(body["error"]["message"], "set JOBKIT_QUEUE_URL", "{path}");
+        }
+    }
 }

@@ -976,3 +976,216 @@ fn unparsable_requests_are_answered_in_the_error_shape() {
         assert!(body["error"]["message"].is_string(), "{answer}");
     }
 }
+
+/// A stand-in for an OpenAI-compatible model on `listener` that answers every turn at once.
+async fn answering_model(listener: tokio::net::TcpListener) {
+    let app = axum::Router::new().route(
+        "/v1/chat/completions",
+        axum::routing::post(|| async {
+            axum::Json(
+                json!({"choices": [{"message": {"role": "assistant", "content": "done"},
+                "finish_reason": "stop"}], "usage": {"prompt_tokens": 1, "completion_tokens": 1}}),
+            )
+        }),
+    );
+    axum::serve(listener, app).await.unwrap();
+}
+
+async fn get_json(http: &reqwest::Client, url: String) -> (u16, Value) {
+    let resp = http.get(url).send().await.unwrap();
+    (
+        resp.status().as_u16(),
+        resp.json().await.unwrap_or(Value::Null),
+    )
+}
+
+async fn post_json(http: &reqwest::Client, url: String, body: &str) -> (u16, Value) {
+    let resp = http.post(url).body(body.to_owned()).send().await.unwrap();
+    (
+        resp.status().as_u16(),
+        resp.json().await.unwrap_or(Value::Null),
+    )
+}
+
+/// The dead-letter queue as `GET /ops/dlq` shows it, once `check` holds (polled with a deadline).
+async fn dlq_until(
+    http: &reqwest::Client,
+    dev: &Dev,
+    what: &str,
+    check: impl Fn(&[Value]) -> bool,
+) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let (status, page) = get_json(http, format!("{}/ops/dlq", dev.url)).await;
+        assert_eq!(status, 200, "{page}");
+        let messages = page["messages"].as_array().unwrap().clone();
+        if check(&messages) {
+            return messages;
+        }
+        assert!(Instant::now() < deadline, "never {what}: {page}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The operator endpoints on `jobctl dev` started with `args`: jobs whose model is down die into the
+/// DLQ (one attempt each) and show there; the queues show it; redriving one (the model now up) runs it
+/// to completion; purging empties the DLQ; throughput counts them; bad input gets the API's errors.
+async fn operators_redrive_and_purge_dead_jobs(args: &[&str]) {
+    // The model's address, taken now and served only once the jobs have died.
+    let model = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let model_url = format!("http://{}/v1", model.local_addr().unwrap());
+    drop(model);
+    let mut all_args = vec!["--model-url", &model_url];
+    all_args.extend_from_slice(args);
+    let dev = Dev::start_with(&all_args, &[("JOBKIT_MAX_ATTEMPTS", "1")]);
+    let http = reqwest::Client::new();
+    let (status, queues) = get_json(&http, format!("{}/ops/queues", dev.url)).await;
+    assert_eq!(status, 200, "{queues}");
+    let names: Vec<&str> = queues["queues"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|q| q["name"].as_str().unwrap())
+        .collect();
+    for name in ["jobs", "dlq", "deliveries"] {
+        assert!(names.contains(&name), "{queues}");
+    }
+    let agent = json!({"kind": "agent", "input": {"agent": "demo", "message": "hi"}});
+    let a = submit(&http, &dev, agent.clone()).await;
+    let b = submit(&http, &dev, agent).await;
+    let dead = dlq_until(&http, &dev, "both jobs in the DLQ", |m| {
+        [&a, &b]
+            .iter()
+            .all(|id| m.iter().any(|x| x["job_id"] == **id))
+    })
+    .await;
+    let entry = dead.iter().find(|m| m["job_id"] == a).unwrap();
+    assert_eq!(entry["kind"], "agent", "{entry}");
+    assert_eq!(entry["user_id"], "local", "{entry}");
+    assert_eq!(entry["attempts"], 1, "{entry}");
+    assert_eq!(entry["error"]["code"], "model_unavailable", "{entry}");
+    assert!(entry["dead_at"].is_string(), "{entry}");
+    assert_eq!(view(&http, &dev, &a).await["status"], "dead_letter");
+    // The queues show the two (SQS's counts are approximate: waiting or in flight).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, queues) = get_json(&http, format!("{}/ops/queues", dev.url)).await;
+        let dlq = queues["queues"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|q| q["name"] == "dlq")
+            .unwrap()
+            .clone();
+        let held = dlq["depth"].as_u64().unwrap() + dlq["in_flight"].as_u64().unwrap();
+        if held >= 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the DLQ's depth never showed: {queues}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Bad input, in the API's words.
+    for (body, code) in [
+        (r#"{"job_ids":["nope"]}"#, "invalid_job_id"),
+        (r#"{"job_ids":"#, "malformed_json"),
+        (r#"{"jobs":[]}"#, "invalid_request"),
+    ] {
+        let (status, answer) = post_json(&http, format!("{}/ops/dlq/redrive", dev.url), body).await;
+        assert_eq!(
+            (status, answer["error"]["code"].as_str()),
+            (400, Some(code)),
+            "{answer}"
+        );
+    }
+    let (status, answer) = get_json(&http, format!("{}/ops/dlq?limit=0", dev.url)).await;
+    assert_eq!(
+        (status, answer["error"]["code"].as_str()),
+        (400, Some("invalid_request"))
+    );
+    // With the model up, a redriven job completes; the other stays dead.
+    let listener = tokio::net::TcpListener::bind(
+        model_url
+            .trim_start_matches("http://")
+            .trim_end_matches("/v1"),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(answering_model(listener));
+    let body = json!({"job_ids": [a]}).to_string();
+    let (status, answer) = post_json(&http, format!("{}/ops/dlq/redrive", dev.url), &body).await;
+    assert_eq!((status, &answer), (200, &json!({"redriven": 1})));
+    wait_for(&http, &dev, &a, "completed after the redrive", |v| {
+        v["status"] == "completed"
+    })
+    .await;
+    let left = dlq_until(&http, &dev, "only the other job left", |m| {
+        m.iter().all(|x| x["job_id"] != a) && m.iter().any(|x| x["job_id"] == b)
+    })
+    .await;
+    assert_eq!(left.len(), 1, "{left:?}");
+    let (status, answer) = post_json(&http, format!("{}/ops/dlq/purge", dev.url), "{}").await;
+    assert_eq!((status, &answer), (200, &json!({"purged": 1})));
+    dlq_until(&http, &dev, "an empty DLQ", <[Value]>::is_empty).await;
+    let (status, answer) = get_json(&http, format!("{}/ops/throughput?minutes=5", dev.url)).await;
+    if !args.is_empty() {
+        // On an emulator nothing records throughput (see `jobctl dev`'s backend): it says so.
+        assert_eq!(status, 503, "{answer}");
+        assert_eq!(answer["error"]["code"], "operator_unavailable", "{answer}");
+        return;
+    }
+    assert_eq!(status, 200, "{answer}");
+    let minutes = answer["minutes"].as_array().unwrap();
+    assert_eq!(minutes.len(), 5, "{answer}");
+    assert!(minutes.iter().all(|m| m["at"].is_string()), "{answer}");
+    // The embedded store's records: one completed, one dead.
+    let sum = |k: &str| minutes.iter().map(|m| m[k].as_u64().unwrap()).sum::<u64>();
+    assert_eq!((sum("completed"), sum("failed")), (1, 1), "{answer}");
+}
+
+#[tokio::test]
+async fn operators_redrive_and_purge_dead_jobs_on_the_embedded_backend() {
+    operators_redrive_and_purge_dead_jobs(&[]).await;
+}
+
+#[tokio::test]
+async fn operators_redrive_and_purge_dead_jobs_on_the_emulators_sqs_and_dynamodb() {
+    let endpoint = std::env::var("JOBKIT_TEST_ENDPOINT")
+        .or_else(|_| std::env::var("AWS_ENDPOINT_URL"))
+        .unwrap_or_else(|_| "http://127.0.0.1:4566".to_owned());
+    let prefix = format!("jobctl-ops-{:08x}", rand_suffix());
+    operators_redrive_and_purge_dead_jobs(&[
+        "--endpoint-url",
+        &endpoint,
+        "--bootstrap",
+        "--prefix",
+        &prefix,
+    ])
+    .await;
+}
+
+/// A suffix that keeps this run's resources apart from other runs' on the shared emulator.
+fn rand_suffix() -> u32 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos()
+        ^ std::process::id()
+}
+
+#[tokio::test]
+async fn operator_endpoints_answer_other_methods_with_405() {
+    let dev = Dev::start(&[]);
+    let http = reqwest::Client::new();
+    let resp = http
+        .delete(format!("{}/ops/queues", dev.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 405);
+    assert_eq!(resp.headers()["allow"], "GET");
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "method_not_allowed");
+}
