@@ -85,6 +85,16 @@ def submit_from_the_page(page, base, out):
     page.fill("#raw-input", '{"ms": "soon"}')
     page.click("#submit")
     out["submit_error"] = page.locator(".error").inner_text()
+    # Filters: status (by the API) and kind (on the page).
+    page.goto(f"{base}/")
+    page.wait_for_selector("tbody tr")
+    page.select_option("#status", "completed")
+    page.select_option("#kind", "sleep")
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('tbody tr')].every(r => r.cells[1].textContent === 'sleep')"
+    )
+    out["filtered"] = page.locator("tbody tr td:nth-child(2)").all_inner_texts()
+    out["filter_url"] = page.url
 
 
 def follow_and_cancel_by_keyboard(page, base, out):

@@ -83,6 +83,14 @@ async fn a_job_submitted_from_the_page_completes_live_and_others_appear_without_
             .starts_with("invalid_input: "),
         "{saw:#}"
     );
+    assert_eq!(saw["filtered"], serde_json::json!(["sleep"]), "{saw:#}");
+    assert!(
+        saw["filter_url"]
+            .as_str()
+            .unwrap()
+            .ends_with("#/?status=completed&kind=sleep"),
+        "{saw:#}"
+    );
     assert_quiet(&saw, &[422]);
 }
 
