@@ -46,7 +46,7 @@ function show() {
 
 // "/" focuses the search box, as in most consoles; "n" opens the submit form.
 document.addEventListener("keydown", (e) => {
-  if (e.target.closest("input, textarea, select") || e.ctrlKey || e.metaKey || e.altKey) return;
+  if (e.target.closest("input, textarea, select, dialog") || e.ctrlKey || e.metaKey || e.altKey) return;
   if (e.key === "/") {
     const search = document.getElementById("search");
     if (search) { e.preventDefault(); search.focus(); }

@@ -151,7 +151,7 @@ function tick(row) {
 // j / k move between rows, Enter opens (the link has focus).
 document.addEventListener("keydown", (e) => {
   if (e.key !== "j" && e.key !== "k") return;
-  if (e.target.closest("input, textarea, select") || e.ctrlKey || e.metaKey || e.altKey) return;
+  if (e.target.closest("input, textarea, select, dialog") || e.ctrlKey || e.metaKey || e.altKey) return;
   const links = [...document.querySelectorAll("a.job-link")];
   if (links.length === 0) return;
   const at = links.indexOf(document.activeElement);
