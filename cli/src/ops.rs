@@ -125,7 +125,7 @@ pub enum History {
     /// `service`), through GetMetricData. Counts of deliveries: a dead job's message counts each time it
     /// is received again until it moves to the DLQ, so `failed` can run a little high there.
     CloudWatch {
-        sdk: aws_config::SdkConfig,
+        sdk: Box<aws_config::SdkConfig>,
         namespace: String,
         service: String,
     },
@@ -234,7 +234,7 @@ impl Ops {
             .await
             .map_err(|e| format!("{no_credentials}: {e}"))?;
         let history = History::CloudWatch {
-            sdk: sdk.clone(),
+            sdk: Box::new(sdk.clone()),
             namespace: config.metrics_namespace.clone(),
             service: config.service.clone(),
         };
@@ -338,8 +338,16 @@ async fn outcome_series(
 ) -> Result<Vec<(bool, Vec<(Millis, u64)>)>, ApiError> {
     use aws_sdk_cloudwatch::primitives::DateTime;
     use aws_sdk_cloudwatch::types::MetricDataQuery;
-    // Quotes inside a SEARCH term are escaped by doubling nothing: names with quotes are refused
-    // upstream (namespace and service come from the stack's configuration).
+    // The names go inside a SEARCH expression's quotes, which have no escape: refuse a name with one
+    // rather than send a different query (they come from the stack's configuration, never a request).
+    if [namespace, service]
+        .iter()
+        .any(|n| n.contains(['\'', '"', '{', '}']))
+    {
+        return Err(ApiError::OperatorUnavailable(
+            "JOBKIT_METRICS_NAMESPACE and JOBKIT_SERVICE may not contain quotes or braces".into(),
+        ));
+    }
     let search = |id: &str, outcomes: &str| {
         MetricDataQuery::builder()
             .id(id)

@@ -93,18 +93,22 @@ def published_kinds():
 
 # A cursor is signed by the server (HMAC over the position, the caller and the filter), so a generated
 # one, however well-formed per openapi.yaml, is rejected with `400 invalid_cursor`, as the contract says.
-# For the positive-data check to mean something on `GET /jobs`, a generated cursor that matches the
-# pattern is dropped; the server's own cursors arrive through links, and cursors outside the pattern (the
-# negative cases) are sent as generated.
-CURSOR_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,256}$")
+# For the positive-data check to mean something on `GET /jobs` (and a job's `GET /jobs/{id}/steps`), a
+# generated cursor that matches the pattern is dropped; the server's own cursors arrive through links,
+# and cursors outside the pattern (the negative cases) are sent as generated.
+CURSOR_PATTERNS = {
+    "GET /jobs": re.compile(r"^[A-Za-z0-9_-]{1,256}$"),
+    "GET /jobs/{id}/steps": re.compile(r"^[A-Za-z0-9_-]{1,512}$"),
+}
 
 
 @schemathesis.hook
 def map_case(context, case):
-    if context.operation is None or context.operation.label != "GET /jobs":
+    pattern = context.operation and CURSOR_PATTERNS.get(context.operation.label)
+    if pattern is None:
         return case
     query = case.query if isinstance(case.query, dict) else None
     cursor = query.get("cursor") if query else None
-    if isinstance(cursor, str) and CURSOR_PATTERN.match(cursor):
+    if isinstance(cursor, str) and pattern.match(cursor):
         del query["cursor"]
     return case
