@@ -249,7 +249,8 @@ pub async fn run(args: DevArgs, registry: HandlerRegistry) -> anyhow::Result<()>
         .merge(dev_routes(&b))
         // Operator endpoints over this process's backend: unauthenticated, so only ever on loopback
         // (the default --addr; see crate::ops).
-        .merge(crate::ops::router(Ok(Ops::from_backend(&b, history, sdk))));
+        .merge(crate::ops::router(Ok(Ops::from_backend(&b, history, sdk))))
+        .merge(crate::console::assets::routes());
     // Outermost, as API Gateway's CORS is: preflights are answered before the stand-in authorizer.
     let app = if args.cors_origins.is_empty() {
         app
@@ -324,6 +325,11 @@ pub async fn run(args: DevArgs, registry: HandlerRegistry) -> anyhow::Result<()>
         b.config.worker_timeout.as_secs(),
     );
     eprintln!("jobctl dev: kinds {kinds}");
+    eprintln!(
+        "jobctl dev: console on http://{}/ ({} KiB)",
+        listener.local_addr()?,
+        crate::console::assets::weight().div_ceil(1024)
+    );
     if !args.cors_origins.is_empty() {
         let origins: Vec<String> = args.cors_origins.iter().map(|o| o.to_string()).collect();
         eprintln!(

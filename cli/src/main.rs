@@ -1,6 +1,7 @@
 //! `jobctl`: run jobkit locally, provision local resources, and drive any deployment.
 
 mod client;
+mod console;
 mod dev;
 pub mod ops;
 mod runner;
@@ -30,6 +31,9 @@ struct Cli {
 enum Command {
     /// Run the whole kit locally: API on 127.0.0.1:8080 and a worker, in-memory by default.
     Dev(dev::DevArgs),
+    /// Serve the job console on 127.0.0.1 against a deployed API, forwarding with your token (as
+    /// `kubectl proxy` does). `jobctl dev` serves the same console at its own `/`.
+    Console(console::ConsoleArgs),
     /// Submit a job and print its id (only the id when stdout is not a terminal, for
     /// `id=$(jobctl submit …)`), or with --wait its outcome.
     Submit {
@@ -227,6 +231,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             let registry = kinds::registry(&settings);
             dev::run(args, registry).await.map(|_| true)
         }
+        Command::Console(args) => console::run(args).await.map(|_| true),
         Command::Bootstrap {
             endpoint_url,
             prefix,

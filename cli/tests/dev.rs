@@ -7,6 +7,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+/// The console in a real browser, on this file's harness.
+#[path = "browser/console.rs"]
+mod console;
+
 /// A running `jobctl dev`, killed when dropped.
 struct Dev {
     child: Child,
