@@ -14,8 +14,8 @@ use super::JobError;
 use crate::clock::{Millis, SharedClock, SystemClock};
 use crate::job::{JobId, MAX_CHECKPOINT_BYTES, Progress};
 use crate::json::Json;
-use crate::steps::{StepKind, StepMeta};
 use crate::limits::{Rate, Take};
+use crate::steps::{StepKind, StepMeta};
 use crate::waitpoint::{MAX_WAITPOINT_NAME, WaitState, Waitpoint};
 
 /// The running attempt's side of the context: writes that need the attempt's lease, and the cancel flag.

@@ -449,8 +449,7 @@ impl<
         + DueTimers
         + LimitStore
         + ?Sized,
->
-    SweepStore for T
+> SweepStore for T
 {
 }
 
