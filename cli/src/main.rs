@@ -502,6 +502,7 @@ mod tests {
                 "stats",
                 "waitpoints",
                 "complete",
+                "console",
             ]
             .iter()
             .any(|c| path == format!("jobctl {c}"));
