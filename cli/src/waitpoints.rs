@@ -235,7 +235,10 @@ mod tests {
             lines[0],
             "01M98Q833GN3TS09QWMGZ682WQ agent        approve-tool-1-0 (send_note; expires in 23 h)"
         );
-        assert!(lines[2].starts_with("  complete: jobctl complete "), "{text}");
+        assert!(
+            lines[2].starts_with("  complete: jobctl complete "),
+            "{text}"
+        );
         assert_eq!(lines[3], format!("  link:     {url}"), "{text}");
         assert_eq!(lines.len(), 4, "{text}");
         let text = text_of(&waiting_job(None), now);
