@@ -442,7 +442,7 @@ pub struct Job {
     /// Why it waits to start, when a kind's limit deferred it (see [`crate::limits`]): written by the
     /// deferral alone (not a new version), cleared by the claim. Absent on jobs never deferred.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub deferred: Option<crate::limits::Deferred>,
+    pub deferred: Option<Deferred>,
     /// Bumped by every write; stores persist a new value only over the version it was computed from.
     pub version: u64,
 }
@@ -1027,6 +1027,34 @@ impl Job {
             from: self.status,
         }
     }
+}
+
+/// Why a job waits to start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeferReason {
+    Concurrency,
+    Rate,
+}
+
+impl DeferReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Concurrency => "concurrency",
+            Self::Rate => "rate",
+        }
+    }
+}
+
+/// A job's last deferral: kept on the job (queued or retrying) for `GET /jobs/{id}`, cleared by its
+/// claim.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Deferred {
+    pub reason: DeferReason,
+    /// The key it waits on: `kind`, `user`, `model` or the input pointer.
+    pub key: String,
+    /// About when it is tried again (epoch ms).
+    pub until: Millis,
 }
 
 #[cfg(test)]

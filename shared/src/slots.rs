@@ -44,6 +44,10 @@ pub const MAX_ADDS: usize = 3;
 /// The key prefix of the in-flight cap's ledgers' items (what the sweep scans for).
 pub const OWNER_PREFIX: &str = "user#";
 
+/// The key prefix of concurrency limits' ledger pages (see [`crate::limits`]; what the sweep scans for
+/// expired holds).
+pub const HOLD_PREFIX: &str = "lim#";
+
 /// A ledger: the holders under one key. Named by a hash, so the key (an IAM ARN, say) may be long and
 /// says nothing in the table.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -63,20 +67,16 @@ impl Ledger {
     /// (its kind, key and value): short, so a full page of holds stays within one write unit.
     pub fn limit(scope: &str) -> Self {
         let hash = sha2::Sha256::digest(scope.as_bytes());
-        Self(format!(
-            "{}{}",
-            crate::limits::HOLD_PREFIX,
-            hex::encode(&hash[..16])
-        ))
+        Self(format!("{}{}", HOLD_PREFIX, hex::encode(&hash[..16])))
     }
 
     /// A limit ledger's page an item key names, if it names one.
     pub fn parse_limit_key(key: &str) -> Option<(Self, u32)> {
-        let rest = key.strip_prefix(crate::limits::HOLD_PREFIX)?;
+        let rest = key.strip_prefix(HOLD_PREFIX)?;
         let (hash, page) = rest.split_once('#')?;
         let page = page.parse().ok()?;
         (hash.len() == 32 && hash.bytes().all(|b| b.is_ascii_hexdigit()))
-            .then(|| (Self(format!("{}{hash}", crate::limits::HOLD_PREFIX)), page))
+            .then(|| (Self(format!("{}{hash}", HOLD_PREFIX)), page))
     }
 
     /// The item key of `page` (`None`: the page-less item of ledgers written before pages).

@@ -4,8 +4,7 @@ use std::fmt;
 
 use crate::job::{JobId, Millis};
 
-/// The key prefix of limit ledgers' pages (what the sweep scans for expired holds).
-pub const HOLD_PREFIX: &str = "lim#";
+pub use crate::slots::HOLD_PREFIX;
 
 /// One job's hold on a concurrency limit: the member `{job_id}@{until}` (`until` in epoch ms, when
 /// the hold lapses if its holder never gives it back: a crashed worker's hold frees itself). Two

@@ -31,7 +31,7 @@ pub use bucket::{Rate, Take};
 pub use config::{KindLimitsConfig, LimitsConfig, LimitsError};
 pub use holds::{HOLD_PREFIX, Hold};
 
-use crate::job::{Job, Millis};
+use crate::job::Job;
 use crate::json::Json;
 use crate::slots::Ledger;
 
@@ -252,33 +252,8 @@ pub fn named_bucket(name: &str) -> String {
     format!("{BUCKET_PREFIX}{}", hex::encode(&hash[..16]))
 }
 
-/// Why a job waits to start.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum DeferReason {
-    Concurrency,
-    Rate,
-}
-
-impl DeferReason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Concurrency => "concurrency",
-            Self::Rate => "rate",
-        }
-    }
-}
-
-/// A job's last deferral: kept on the job (queued or retrying) for `GET /jobs/{id}`, cleared by its
-/// claim.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Deferred {
-    pub reason: DeferReason,
-    /// The key it waits on: `kind`, `user`, `model` or the input pointer.
-    pub key: String,
-    /// About when it is tried again (epoch ms).
-    pub until: Millis,
-}
+// On the job record (a field of it), so defined there.
+pub use crate::job::{DeferReason, Deferred};
 
 /// Each kind's limits, as registered in code and then overridden by configuration.
 pub type KindLimits = BTreeMap<String, Limits>;
