@@ -84,17 +84,23 @@ fn entry(raw: &str) -> anyhow::Result<Value> {
 }
 
 fn print_one(v: &JobView, now: chrono::DateTime<chrono::Utc>) {
+    print!("{}", text_of(v, now));
+}
+
+/// One job's lines in the text output: what it waits for, its detail, how to complete it, and the
+/// capability link when the API gave one (`GET /jobs/{id}` only, so with `--job`).
+fn text_of(v: &JobView, now: chrono::DateTime<chrono::Utc>) -> String {
+    use std::fmt::Write as _;
     let s = &v.summary;
     let Some(w) = &v.waiting_for else {
-        println!(
-            "{} {} is {}: it waits for nothing",
+        return format!(
+            "{} {} is {}: it waits for nothing\n",
             s.job_id, s.kind, s.status
         );
-        return;
     };
-    println!("{} {:<12} {}", s.job_id, s.kind, describe(w, now));
+    let mut out = format!("{} {:<12} {}\n", s.job_id, s.kind, describe(w, now));
     if let Some(d) = &w.detail {
-        println!("  detail:   {d}");
+        let _ = writeln!(out, "  detail:   {d}");
     }
     if w.name != START_TIMER {
         let data = if tool(w).is_some() {
@@ -102,11 +108,16 @@ fn print_one(v: &JobView, now: chrono::DateTime<chrono::Utc>) {
         } else {
             "'{...}'"
         };
-        println!(
+        let _ = writeln!(
+            out,
             "  complete: jobctl complete {} {} --data {data}",
             s.job_id, w.name
         );
     }
+    if let Some(url) = &w.complete_url {
+        let _ = writeln!(out, "  link:     {url}");
+    }
+    out
 }
 
 /// `jobctl complete ID NAME --data JSON` or `jobctl complete --url URL --data JSON`. The data is
@@ -193,5 +204,45 @@ mod tests {
             "start (starts in 3 d)"
         );
         assert_eq!(describe(&at(40, "x", None), now), "x (expires in 40 s)");
+    }
+
+    /// A job view as `GET /jobs/{id}` sends it, waiting on `approve-tool-1-0`.
+    fn waiting_job(complete_url: Option<&str>) -> JobView {
+        let mut waiting_for = json!({
+            "name": "approve-tool-1-0",
+            "expires_at": "2026-12-08T09:00:00.000Z",
+            "detail": {"tool": "send_note", "input": {"note": "hi"}},
+        });
+        if let Some(url) = complete_url {
+            waiting_for["complete_url"] = json!(url);
+        }
+        serde_json::from_value(json!({
+            "job_id": "01M98Q833GN3TS09QWMGZ682WQ", "kind": "agent", "status": "waiting",
+            "attempts": 1, "max_attempts": 3, "input": {"agent": "demo"},
+            "submitted_at": "2026-12-07T09:59:00.000Z", "updated_at": "2026-12-07T10:00:00.000Z",
+            "waiting_for": waiting_for,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn waitpoints_text_shows_the_complete_url_when_the_api_gives_one() {
+        let now: chrono::DateTime<chrono::Utc> = "2026-12-07T10:00:00Z".parse().unwrap();
+        let url = "https://api.example/waitpoints/wpt.abc";
+        let text = text_of(&waiting_job(Some(url)), now);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines[0],
+            "01M98Q833GN3TS09QWMGZ682WQ agent        approve-tool-1-0 (send_note; expires in 23 h)"
+        );
+        assert!(
+            lines[2].starts_with("  complete: jobctl complete "),
+            "{text}"
+        );
+        assert_eq!(lines[3], format!("  link:     {url}"), "{text}");
+        assert_eq!(lines.len(), 4, "{text}");
+        let text = text_of(&waiting_job(None), now);
+        assert!(!text.contains("link:"), "no link without one: {text}");
+        assert_eq!(text.lines().count(), 3, "{text}");
     }
 }

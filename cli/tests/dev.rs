@@ -1147,6 +1147,9 @@ async fn an_agents_tool_approval_is_listed_and_completed_from_the_command_line()
         status.success() && out.contains("approve-tool-1-0"),
         "{out}"
     );
+    // One job's view (GET /jobs/{id}) carries the capability link; it is what `complete --url` takes.
+    let link = format!("  link:     {}/waitpoints/", dev.url);
+    assert!(out.lines().any(|l| l.starts_with(&link)), "{out}");
 
     let (status, _, err) = jobctl(&dev, &["complete", &id, &name, "--data", "{approve: true"]);
     assert!(

@@ -186,7 +186,49 @@ def agent_timeline(page, base, out):
     out["timeline"] = page.locator("ol.timeline").text_content()
 
 
+def parked_for_approval(page, base):
+    """Submits a `demo` agent job (the test's stub model asks for `send_note`), opens its page and waits
+    there for the approval waitpoint; the waitpoint's section. A marker on the window tells later that
+    the page was never reloaded."""
+    job = submit(base, "agent", {"agent": "demo", "message": "send me a note"})
+    page.goto(f"{base}/#/jobs/{job}")
+    section = page.locator("section[aria-label=Waitpoint]")
+    section.wait_for()
+    page.evaluate("window.__same_page = true")
+    return job, section
+
+
+def approve_and_reject_a_tool_call(page, base, out):
+    """An agent's `send_note` call parks for approval: its page shows the waitpoint with the tool and its
+    input; Approve resumes it, and the page shows it completed with the note, live. A second job:
+    Reject with a reason; it completes, and the timeline and result show the tool's error with it."""
+    job, section = parked_for_approval(page, base)
+    out["approved_job"] = job
+    out["waitpoint_status"] = status_of(page)
+    # text_content: folded (closed) JSON counts too.
+    out["waitpoint"] = section.text_content()
+    page.click("#approve")
+    page.wait_for_selector("h1 .s-completed")
+    out["approved_status"] = status_of(page)
+    out["approved_result"] = page.locator("#result").text_content()
+    out["approved_live"] = page.evaluate("window.__same_page ?? false")
+    out["waitpoint_gone"] = page.locator("section[aria-label=Waitpoint]").count() == 0
+
+    job, section = parked_for_approval(page, base)
+    out["rejected_job"] = job
+    page.fill("#reason", "not today, thanks")
+    page.click("#reject")
+    page.wait_for_selector("h1 .s-completed")
+    out["rejected_status"] = status_of(page)
+    out["rejected_result"] = page.locator("#result").text_content()
+    # The steps are read again once the job is done; the tool call's step holds the refusal.
+    page.wait_for_selector("li[data-step='tool-1-0']")
+    out["rejected_timeline"] = page.locator("ol.timeline").text_content()
+    out["rejected_live"] = page.evaluate("window.__same_page ?? false")
+
+
 SCENARIOS = {
+    "approval": approve_and_reject_a_tool_call,
     "agent": agent_timeline,
     "dlq": redrive_from_the_dlq_page,
     "submit": submit_from_the_page,

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::{Dev, browser_python};
+use super::{Dev, browser_python, note_taking_model};
 
 /// Runs one scenario of console.py against the console at `base`; what the page showed. Fails with the script's
 /// error and everything seen so far when a step did not happen.
@@ -410,6 +410,46 @@ async fn an_agent_jobs_timeline_shows_its_model_turns_and_tool_call() {
     ] {
         assert!(timeline.contains(shown), "{shown:?} in {timeline}");
     }
+    assert_quiet(&saw, &[]);
+}
+
+/// An agent's tool call that needs approval, from its page: the demo agent (on the test's stub model)
+/// asks to run `send_note`; the page shows the waitpoint with the tool and its input; Approve resumes
+/// the job and the page shows it completed with the note, without a reload. A second job is rejected
+/// with a reason, which the model gets as the tool's error: the timeline and the result show it.
+#[tokio::test]
+async fn an_agents_tool_call_is_approved_and_rejected_from_its_page() {
+    let model = note_taking_model("hello from the page").await;
+    let dev = Dev::start_with(&["--model-url", &model], &[]);
+    let saw = scenario(&dev.url, "approval").await;
+    assert_eq!(saw["waitpoint_status"], "waiting", "{saw:#}");
+    let waitpoint = saw["waitpoint"].as_str().unwrap();
+    for shown in ["approve-tool-1-0", "send_note", "hello from the page"] {
+        assert!(waitpoint.contains(shown), "{shown:?} in {waitpoint}");
+    }
+    assert_eq!(saw["approved_status"], "completed", "{saw:#}");
+    let result = saw["approved_result"].as_str().unwrap();
+    assert!(
+        result.contains("noted") && result.contains("hello from the page"),
+        "{saw:#}"
+    );
+    assert_eq!(saw["approved_live"], true, "no reload: {saw:#}");
+    assert_eq!(saw["waitpoint_gone"], true, "{saw:#}");
+
+    assert_eq!(saw["rejected_status"], "completed", "{saw:#}");
+    let refused = "the user refused this call of send_note: not today, thanks";
+    for seen in ["rejected_result", "rejected_timeline"] {
+        let text = saw[seen].as_str().unwrap();
+        assert!(text.contains(refused), "{seen}: {text}");
+    }
+    assert!(
+        !saw["rejected_result"]
+            .as_str()
+            .unwrap()
+            .contains("\"noted\""),
+        "the note was never sent: {saw:#}"
+    );
+    assert_eq!(saw["rejected_live"], true, "no reload: {saw:#}");
     assert_quiet(&saw, &[]);
 }
 
