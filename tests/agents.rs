@@ -117,7 +117,8 @@ async fn fake_model_at(addr: &str, script: Script) -> Fake {
                     .as_str()
                     .unwrap_or("multiply")
                     .to_owned();
-                let tool = if matches!(script, Script::NoteThenAnswer | Script::NoteAloudThenAnswer) {
+                let tool = if matches!(script, Script::NoteThenAnswer | Script::NoteAloudThenAnswer)
+                {
                     "send_note".to_owned()
                 } else {
                     tool

@@ -464,8 +464,11 @@ async fn partials_show_the_latest_in_the_view_and_each_written_one_in_the_stream
         .unwrap()
         .to_owned();
     let partial = |f: &Frame| {
-        (f.event.as_deref() == Some("partial"))
-            .then(|| serde_json::from_str::<Value>(&f.data).unwrap()["n"].as_u64().unwrap())
+        (f.event.as_deref() == Some("partial")).then(|| {
+            serde_json::from_str::<Value>(&f.data).unwrap()["n"]
+                .as_u64()
+                .unwrap()
+        })
     };
     let got = read(s.open(&url, None).await, |f| partial(f) == Some(5)).await;
     let ns: Vec<u64> = got.iter().filter_map(partial).collect();

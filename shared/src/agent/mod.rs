@@ -336,7 +336,11 @@ async fn publish_turn(ctx: &JobContext, turn: u32, text: &str) {
     if text.is_empty() {
         return;
     }
-    let cut = text.floor_char_boundary(MAX_TURN_TEXT);
+    // The last char boundary at or before the limit (`floor_char_boundary` is newer than the MSRV).
+    let cut = (0..=MAX_TURN_TEXT.min(text.len()))
+        .rev()
+        .find(|&i| text.is_char_boundary(i))
+        .unwrap_or(0);
     let partial = if cut < text.len() {
         serde_json::json!({"turn": turn, "text": &text[..cut], "truncated": true})
     } else {

@@ -292,7 +292,12 @@ fn events_for(job: &Job, seen: &mut Seen, now: Millis) -> (Vec<Event>, bool) {
             partial: Some(p.seq),
             ..*seen
         };
-        out.push(Event::default().event("partial").id(seen.id()).data(p.value.get()));
+        out.push(
+            Event::default()
+                .event("partial")
+                .id(seen.id())
+                .data(p.value.get()),
+        );
     }
     if status.is_terminal() {
         *seen = Seen {

@@ -359,9 +359,7 @@ impl JobContext {
         let mut partials = self.inner.partials.lock().await;
         match partials.offer(value, self.inner.clock.now()) {
             Offer::Write(value) => a.partial(value).await,
-            Offer::Hold {
-                flush_in: Some(ms),
-            } => {
+            Offer::Hold { flush_in: Some(ms) } => {
                 let ctx = self.clone();
                 tokio::spawn(async move {
                     tokio::time::sleep(Duration::from_millis(ms.max(0) as u64)).await;

@@ -81,7 +81,8 @@ mod tests {
     }
 
     #[test]
-    fn the_first_partial_is_written_at_once_and_a_burst_within_the_interval_keeps_only_the_latest() {
+    fn the_first_partial_is_written_at_once_and_a_burst_within_the_interval_keeps_only_the_latest()
+    {
         let mut c = Coalescer::default();
         assert_eq!(c.offer(j(1), 10_000), Offer::Write(j(1)));
         // The next two within the second: held, one flush scheduled for the second's end.
