@@ -49,6 +49,8 @@ enum Script {
     SlowFirstCall,
     /// Calls `send_note` with `{"note": "hello"}`, then answers with the tool's output (or error).
     NoteThenAnswer,
+    /// As `NoteThenAnswer`, with the tool-calling turn saying "let me send a note" too.
+    NoteAloudThenAnswer,
 }
 
 /// How long `SlowFirstCall`'s first call takes.
@@ -115,10 +117,16 @@ async fn fake_model_at(addr: &str, script: Script) -> Fake {
                     .as_str()
                     .unwrap_or("multiply")
                     .to_owned();
-                let tool = if script == Script::NoteThenAnswer {
+                let tool = if matches!(script, Script::NoteThenAnswer | Script::NoteAloudThenAnswer)
+                {
                     "send_note".to_owned()
                 } else {
                     tool
+                };
+                let content = if script == Script::NoteAloudThenAnswer {
+                    json!("let me send a note")
+                } else {
+                    Value::Null
                 };
                 let arguments = if script == Script::MalformedFirst && n == 1 {
                     "{oops".to_owned()
@@ -132,7 +140,7 @@ async fn fake_model_at(addr: &str, script: Script) -> Fake {
                     json!({"a": 6, "b": 7}).to_string()
                 };
                 ok(
-                    json!({"choices": [{"message": {"role": "assistant", "content": null,
+                    json!({"choices": [{"message": {"role": "assistant", "content": content,
                     "tool_calls": [{"id": format!("call-{n}"), "type": "function",
                         "function": {"name": tool, "arguments": arguments}}]},
                     "finish_reason": "tool_calls"}], "usage": usage}),
@@ -1082,7 +1090,39 @@ async fn rate_limited_jobs(b: Backends, jobs: usize) {
     assert_eq!(seen.values().sum::<u32>(), jobs as u32, "one call per job");
 }
 
+/// Each turn's assistant text is the job's partial result: the text of the turn that parked shows
+/// while the job waits; a turn with only tool calls publishes nothing, so a plain run's partial is its
+/// answering turn's text.
+async fn each_turns_text_is_published_as_the_jobs_partial(b: Backends) {
+    let fake = fake_model(Script::NoteAloudThenAnswer).await;
+    let runs = Arc::new(AtomicU32::new(0));
+    let (api, worker, id, waiting) =
+        park_for_approval(&b, &fake, runs.clone(), Duration::from_secs(3600)).await;
+    assert_eq!(
+        waiting["partial"],
+        json!({"turn": 1, "text": "let me send a note"}),
+        "{waiting}"
+    );
+    assert_eq!(answer(&api, &id, &json!({"approve": true})).await, 202);
+    let view = finish(&b, &api, &worker, &id).await;
+    assert_eq!(view["status"], "completed", "{view}");
+    // The answer is the result; the partial is the last turn's text written before it (turn 2's
+    // is dropped when it came within the second: the result supersedes it).
+    let turn = view["partial"]["turn"].as_u64();
+    assert!(matches!(turn, Some(1 | 2)), "{view}");
+
+    let fake = fake_model(Script::ToolThenAnswer).await;
+    let view = run(&b, &fake, Arc::new(AtomicU32::new(0)), false).await;
+    assert_eq!(view["status"], "completed", "{view}");
+    assert_eq!(
+        view["partial"],
+        json!({"turn": 2, "text": "the tool said 42"}),
+        "{view}"
+    );
+}
+
 on_both_backends!(
+    each_turns_text_is_published_as_the_jobs_partial,
     a_tool_that_needs_approval_runs_once_when_approved,
     a_refused_tool_call_answers_the_model_with_the_reason,
     an_approval_that_does_not_say_yes_is_a_refusal,

@@ -139,6 +139,25 @@ fn registry() -> HandlerRegistry {
         Ok::<_, JobError>(json!("written"))
     })
     .unwrap();
+    // `partials`: a burst of five partials, then a wait; once the wait is over, two more and a result.
+    r.register_fn("partials", |_: Value, ctx| async move {
+        let wait = jobkit::handler::WaitFor::timeout(Duration::from_secs(3600));
+        match ctx.wait_for::<Value>("go", wait).await {
+            Err(wait @ JobError::Wait { .. }) => {
+                for n in 1..=5 {
+                    ctx.partial(&json!({"n": n})).await?;
+                }
+                Err(wait)
+            }
+            Ok(_) => {
+                ctx.partial(&json!({"n": 6})).await?;
+                ctx.partial(&json!({"n": 7})).await?;
+                Ok(json!("done"))
+            }
+            Err(e) => Err(e),
+        }
+    })
+    .unwrap();
     r.register_fn("approve", |_: Value, ctx| async move {
         let wait = jobkit::handler::WaitFor::timeout(Duration::from_secs(3600));
         ctx.wait_for::<Value>("approve", wait).await
@@ -421,7 +440,71 @@ async fn a_wait_shows_once_in_the_stream(b: Backends) {
     assert_eq!(names.last(), Some(&"done"), "{names:?}");
 }
 
+/// Partials coalesce: of a burst, the first is written at once and the latest when the attempt ends
+/// (it parks: nothing supersedes it); `GET` shows the latest, the stream each one written, in order,
+/// and a reconnect repeats none. A partial pending when the job completes is dropped: the result
+/// supersedes it.
+async fn partials_show_the_latest_in_the_view_and_each_written_one_in_the_stream(b: Backends) {
+    let s = serve(&b).await;
+    let resp = s
+        .http
+        .post(format!("{}/jobs", s.base))
+        .header("x-user-id", "pia")
+        .json(&json!({"kind": "partials", "input": null}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    let id = resp.json::<Value>().await.unwrap()["job_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let url = s.view("pia", &id).await["events_url"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let partial = |f: &Frame| {
+        (f.event.as_deref() == Some("partial")).then(|| {
+            serde_json::from_str::<Value>(&f.data).unwrap()["n"]
+                .as_u64()
+                .unwrap()
+        })
+    };
+    let got = read(s.open(&url, None).await, |f| partial(f) == Some(5)).await;
+    let ns: Vec<u64> = got.iter().filter_map(partial).collect();
+    // Coalesced: the burst's first (unless the stream read after the last) and its latest, no other.
+    assert!(ns == [1, 5] || ns == [5], "{ns:?}");
+    let view = eventually("the job to park", WAIT, async || {
+        let v = s.view("pia", &id).await;
+        (v["status"] == "waiting").then_some(v)
+    })
+    .await;
+    assert_eq!(view["partial"], json!({"n": 5}), "{view}");
+
+    let last_id = got.last().unwrap().id.clone().unwrap();
+    let resumed = s.open(&url, Some(&last_id)).await;
+    let completed = s
+        .http
+        .post(format!("{}/jobs/{id}/waitpoints/go", s.base))
+        .header("x-user-id", "pia")
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(completed.status(), 202);
+    let rest = read(resumed, to_the_end).await;
+    let ns: Vec<u64> = rest.iter().filter_map(partial).collect();
+    assert_eq!(ns, [6], "nothing repeated, and 7 never written: {rest:?}");
+    let done = rest.iter().rfind(|f| !f.comment).unwrap();
+    assert_eq!(done.event.as_deref(), Some("done"));
+    let done: Value = serde_json::from_str(&done.data).unwrap();
+    assert_eq!(done["result"], "done");
+    assert_eq!(done["partial"], json!({"n": 6}), "{done}");
+    assert_eq!(s.view("pia", &id).await["partial"], json!({"n": 6}));
+}
+
 on_both_backends!(
+    partials_show_the_latest_in_the_view_and_each_written_one_in_the_stream,
     a_wait_shows_once_in_the_stream,
     a_stream_shows_each_change_and_ends_with_the_view,
     a_resumed_stream_repeats_nothing,

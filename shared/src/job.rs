@@ -241,6 +241,17 @@ pub struct Progress {
     pub message: String,
 }
 
+/// The latest partial result a handler published ([`crate::JobContext::partial`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Partial {
+    /// 1 for the job's first partial, then one more per write (across attempts): the stream tells a
+    /// new partial from one its client has seen by it, even when the value repeats.
+    pub seq: u64,
+    /// Stored as a JSON string, like the result.
+    #[serde(with = "crate::json::as_string")]
+    pub value: Json,
+}
+
 /// Where a terminal job's webhook event stands (jobs with a `callback_url` only). Written with the
 /// terminal state itself, so a crash between that write and the delivery request loses nothing: the
 /// sweep re-announces a `pending` event whose attempt is long overdue.
@@ -369,6 +380,9 @@ pub struct Job {
     pub checkpoint: Option<Json>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress: Option<Progress>,
+    /// The latest partial result, kept once the job ends (next to the result that superseded it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partial: Option<Partial>,
     /// Times the job yielded before a deadline and continued in a new message (not failed attempts).
     #[serde(default)]
     pub continuations: u32,
@@ -495,6 +509,7 @@ impl Job {
             max_attempts: spec.max_attempts,
             checkpoint: None,
             progress: None,
+            partial: None,
             continuations: 0,
             idempotency_key: None,
             request_hash: None,
@@ -824,6 +839,19 @@ impl Job {
     ) -> Result<Self, IllegalTransition> {
         let mut next = self.holding(owner, "report progress of", now)?;
         next.progress = Some(progress);
+        Ok(next)
+    }
+
+    /// The lease holder publishes a partial result: it replaces the last one, numbered one more.
+    pub fn publish_partial(
+        &self,
+        owner: &str,
+        value: Json,
+        now: Millis,
+    ) -> Result<Self, IllegalTransition> {
+        let mut next = self.holding(owner, "publish a partial result of", now)?;
+        let seq = self.partial.as_ref().map_or(0, |p| p.seq) + 1;
+        next.partial = Some(Partial { seq, value });
         Ok(next)
     }
 

@@ -7,6 +7,8 @@
 //!   tool call in flight (steps race it: [`JobContext::until_cancelled`]), so the job ends `cancelled`
 //!   within the cancel poll; a yield before the invocation deadline (the continuation replays the
 //!   recorded steps and goes on);
+//! - each turn's assistant text is the job's partial result (`{"turn": N, "text": …}`,
+//!   [`JobContext::partial`]): `GET /jobs/{id}` and the stream show the answer forming turn by turn;
 //! - a failed run reports the tokens it spent in its error's details (`error.details.usage`);
 //! - a tool never takes the process down: a panic in one is a tool error ([`Tool::call`]);
 //! - a tool that needs approval ([`Tool::needs_approval`]) waits for it on a waitpoint, the run parked
@@ -228,6 +230,7 @@ async fn converse(
             text: reply.text.clone(),
             tool_calls: reply.tool_calls.clone(),
         });
+        publish_turn(ctx, turn, &reply.text).await;
         if reply.tool_calls.is_empty() {
             ctx.progress(100, format!("turn {turn}: answered")).await?;
             return Ok(AgentResult {
@@ -318,5 +321,32 @@ fn tool_error(call: &ToolCall, text: String) -> ToolResult {
         id: call.id.clone(),
         content: text,
         is_error: true,
+    }
+}
+
+/// The most of a turn's text its partial result carries: half of what a partial may take, leaving
+/// room for JSON's escapes.
+const MAX_TURN_TEXT: usize = crate::handler::MAX_PARTIAL_BYTES / 2;
+
+/// Publishes a turn's assistant text as the job's partial result (`{"turn", "text"}`, plus
+/// `"truncated": true` when cut), so a page shows the answer forming turn by turn. A turn with no text
+/// (only tool calls) publishes nothing. Best effort: a partial that cannot be written does not fail the
+/// agent.
+async fn publish_turn(ctx: &JobContext, turn: u32, text: &str) {
+    if text.is_empty() {
+        return;
+    }
+    // The last char boundary at or before the limit (`floor_char_boundary` is newer than the MSRV).
+    let cut = (0..=MAX_TURN_TEXT.min(text.len()))
+        .rev()
+        .find(|&i| text.is_char_boundary(i))
+        .unwrap_or(0);
+    let partial = if cut < text.len() {
+        serde_json::json!({"turn": turn, "text": &text[..cut], "truncated": true})
+    } else {
+        serde_json::json!({"turn": turn, "text": text})
+    };
+    if let Err(e) = ctx.partial(&partial).await {
+        tracing::warn!(error = %e, turn, "could not publish the turn's text");
     }
 }

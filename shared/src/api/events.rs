@@ -1,6 +1,7 @@
 //! `GET /jobs/{id}/events`: a job's live stream (Server-Sent Events). An event for every status change
 //! (`status`), one for every progress report (`progress`: `{percent, message}`), one each time the job
-//! parks (`waiting`: `{name, expires_at}`, what it waits for), and a final `done`
+//! parks (`waiting`: `{name, expires_at}`, what it waits for), one for every partial result written
+//! (`partial`: the value its handler published, see `JobContext::partial`), and a final `done`
 //! carrying the job's view, after which the stream ends. The stream reads the job at most once per
 //! `poll` (a second, deployed), and changes between two reads are collapsed into the latest state, so
 //! no state is missed although intermediate ones may be. A comment every 15 s keeps proxies from
@@ -121,8 +122,8 @@ pub(super) struct TokenQuery {
 }
 
 /// What a client of a stream has seen, as of its last event: written as that event's `id`, read back
-/// from `Last-Event-ID`. `<version>.<status>[.<progress fingerprint>][.w<wait fingerprint>]`, e.g.
-/// `7.running.1f2e3d4c` or `9.waiting.1f2e3d4c.w0a1b2c3d`:
+/// from `Last-Event-ID`. `<version>.<status>[.<progress fingerprint>][.w<wait fingerprint>][.p<partial
+/// seq>]`, e.g. `7.running.1f2e3d4c`, `9.waiting.1f2e3d4c.w0a1b2c3d` or `12.running.p3`:
 /// short and of letters, digits, `.` and `_` only, so browsers send it back cross-origin without a
 /// CORS preflight (a long or unusual `Last-Event-ID` makes them ask first).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -135,6 +136,9 @@ struct Seen {
     /// [`wait_fingerprint`] of the last wait the client got: a job that parks again on another
     /// waitpoint between two reads is still `waiting`, and its new wait is told apart by this.
     waiting: Option<u32>,
+    /// The `seq` of the last partial result the client got (each write numbers it one more, so no
+    /// fingerprint is needed).
+    partial: Option<u64>,
 }
 
 /// Identifies a progress report: 32 bits of SHA-256 over its percent and message. A collision could
@@ -167,6 +171,9 @@ impl Seen {
         if let Some(w) = self.waiting {
             id.push_str(&format!(".w{w:08x}"));
         }
+        if let Some(p) = self.partial {
+            id.push_str(&format!(".p{p}"));
+        }
         id
     }
 
@@ -182,14 +189,27 @@ impl Seen {
         let hex = |h: &str| (h.len() == 8).then(|| u32::from_str_radix(h, 16).ok())?;
         let mut next = parts.next();
         let progress = match next {
-            Some(h) if !h.starts_with('w') => {
+            Some(h) if !h.starts_with(['w', 'p']) => {
                 next = parts.next();
                 Some(hex(h)?)
             }
             _ => None,
         };
         let waiting = match next {
-            Some(h) => Some(hex(h.strip_prefix('w')?)?),
+            Some(h) if h.starts_with('w') => {
+                next = parts.next();
+                Some(hex(&h[1..])?)
+            }
+            _ => None,
+        };
+        let partial = match next {
+            Some(h) => {
+                let seq = h.strip_prefix('p')?;
+                if seq.is_empty() || !seq.bytes().all(|b| b.is_ascii_digit()) {
+                    return None;
+                }
+                Some(seq.parse().ok()?)
+            }
             None => None,
         };
         parts.next().is_none().then_some(Self {
@@ -197,6 +217,7 @@ impl Seen {
             status,
             progress,
             waiting,
+            partial,
         })
     }
 
@@ -261,6 +282,21 @@ fn events_for(job: &Job, seen: &mut Seen, now: Millis) -> (Vec<Event>, bool) {
                 .id(seen.id())
                 .json_data(json!({"percent": p.percent, "message": p.message}))
                 .expect("progress serializes"),
+        );
+    }
+    if let Some(p) = job.partial.as_ref()
+        && seen.partial != Some(p.seq)
+    {
+        *seen = Seen {
+            version: job.version,
+            partial: Some(p.seq),
+            ..*seen
+        };
+        out.push(
+            Event::default()
+                .event("partial")
+                .id(seen.id())
+                .data(p.value.get()),
         );
     }
     if status.is_terminal() {
@@ -374,6 +410,7 @@ pub(super) async fn events(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::json::Json;
 
     fn id() -> JobId {
         JobId::parse("01JF0000000000000000000000").unwrap()
@@ -392,24 +429,35 @@ mod tests {
                 status: Some(JobStatus::Running),
                 progress: Some(fingerprint(&p)),
                 waiting: None,
+                partial: None,
             },
             Seen {
                 version: u64::MAX,
                 status: Some(JobStatus::DeadLetter),
                 progress: Some(0),
                 waiting: Some(u32::MAX),
+                partial: Some(u64::MAX),
             },
             Seen {
                 version: 3,
                 status: Some(JobStatus::Queued),
                 progress: None,
                 waiting: None,
+                partial: None,
             },
             Seen {
                 version: 9,
                 status: Some(JobStatus::Waiting),
                 progress: None,
                 waiting: Some(0x0a1b_2c3d),
+                partial: None,
+            },
+            Seen {
+                version: 12,
+                status: Some(JobStatus::Running),
+                progress: Some(1),
+                waiting: None,
+                partial: Some(3),
             },
         ] {
             let id = seen.id();
@@ -434,6 +482,11 @@ mod tests {
             "7.waiting.1f2e3d4c.1f2e3d4c",
             "7.waiting.w1f2e3d4c.1f2e3d4c",
             "7.waiting.w1f2e3d4c.w1f2e3d4c",
+            "7.running.p",
+            "7.running.p+3",
+            "7.running.px",
+            "7.running.p3.1f2e3d4c",
+            "7.running.p3.p4",
         ] {
             assert_eq!(Seen::parse(other), None, "{other:?}");
         }
@@ -445,7 +498,7 @@ mod tests {
             .iter()
             .map(|e| {
                 let wire = format!("{e:?}");
-                ["status", "waiting", "progress", "done"]
+                ["status", "waiting", "progress", "partial", "done"]
                     .into_iter()
                     .find(|n| wire.contains(&format!("event: {n}")))
                     .unwrap_or("?")
@@ -495,6 +548,45 @@ mod tests {
         let parked_again = rerun.park("w", on("confirm", t0 + 19_000), t0 + 7).unwrap();
         let (events, _) = events_for(&parked_again, &mut seen, t0 + 8);
         assert_eq!(names(&events), ["waiting"]);
+    }
+
+    #[test]
+    fn each_partial_written_is_one_event_and_a_resume_repeats_none() {
+        let t0: Millis = 1_700_000_000_000;
+        let job = crate::job::Job::new(
+            crate::job::NewJob {
+                user_id: "u".into(),
+                kind: "k".into(),
+                input: crate::json::Json::from(json!({})),
+                max_attempts: 3,
+                ttl_secs: 3600,
+                callback_url: None,
+                counted: false,
+            },
+            t0,
+        );
+        let running = job.claim("w", t0 + 60_000, t0 + 1).unwrap();
+        let first = running
+            .publish_partial("w", Json::from(json!({"n": 1})), t0 + 2)
+            .unwrap();
+        let mut seen = Seen::default();
+        let (events, _) = events_for(&first, &mut seen, t0 + 3);
+        assert_eq!(names(&events), ["status", "partial"]);
+        let wire = format!("{:?}", events[1]);
+        assert!(wire.contains(r#"data: {\"n\":1}"#), "{wire}");
+        let resumed_from = Seen::parse(&seen.id()).unwrap();
+        assert_eq!(resumed_from.partial, Some(1));
+        let (again, _) = events_for(&first, &mut resumed_from.clone(), t0 + 4);
+        assert!(again.is_empty(), "a reconnect repeats nothing");
+        // The same value published again is a new partial; a heartbeat is not.
+        let second = first
+            .heartbeat("w", t0 + 60_000, t0 + 5)
+            .unwrap()
+            .publish_partial("w", Json::from(json!({"n": 1})), t0 + 6)
+            .unwrap();
+        let (events, _) = events_for(&second, &mut seen, t0 + 7);
+        assert_eq!(names(&events), ["partial"]);
+        assert_eq!(seen.partial, Some(2));
     }
 
     #[test]

@@ -27,6 +27,9 @@ pub struct JobView {
     pub result: Option<Json>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// The latest partial result its handler published (`JobContext::partial`), kept once it ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partial: Option<Json>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub callback_url: Option<String>,
     /// The latest webhook event (the terminal state's; a `job.waiting` one while it waits), when there
@@ -201,6 +204,10 @@ impl<'de> Deserialize<'de> for JobView {
             Some(r) if r.get() != "null" => Some(payload(r)?),
             _ => None,
         };
+        let partial = match doc.remove("partial") {
+            Some(r) if r.get() != "null" => Some(payload(r)?),
+            _ => None,
+        };
         let last_waitpoint = match doc.remove("last_waitpoint") {
             Some(raw) => serde_json::from_str(raw.get()).map_err(D::Error::custom)?,
             None => None,
@@ -211,6 +218,7 @@ impl<'de> Deserialize<'de> for JobView {
             summary: w.summary,
             input,
             result,
+            partial,
             warnings: w.warnings,
             callback_url: w.callback_url,
             webhook: w.webhook,
@@ -236,6 +244,7 @@ impl JobView {
             input: j.input.clone(),
             result: j.result.take(),
             warnings: std::mem::take(&mut j.warnings),
+            partial: j.partial.take().map(|p| p.value),
             callback_url: j.callback_url.take(),
             webhook: j.webhook.take().map(WebhookView::from),
             started_at: j.started_at.map(rfc3339),

@@ -11,6 +11,7 @@ use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
 
 use super::JobError;
+use super::partial::{Coalescer, MAX_PARTIAL_BYTES, Offer};
 use crate::clock::{Millis, SharedClock, SystemClock};
 use crate::job::{JobId, MAX_CHECKPOINT_BYTES, Progress};
 use crate::json::Json;
@@ -24,6 +25,12 @@ use crate::waitpoint::{MAX_WAITPOINT_NAME, WaitState, Waitpoint};
 pub trait Attempt: Send + Sync {
     async fn save_checkpoint(&self, checkpoint: Json) -> Result<(), JobError>;
     async fn progress(&self, progress: Progress) -> Result<(), JobError>;
+    /// Writes a partial result (see [`JobContext::partial`], which coalesces the calls). Without a job
+    /// record to write to (a test's attempt) it goes nowhere.
+    async fn partial(&self, value: Json) -> Result<(), JobError> {
+        let _ = value;
+        Ok(())
+    }
     /// Cancelled once the job's owner asked to cancel it (seen by the worker's cancel poll, or a write).
     fn cancellation(&self) -> CancellationToken;
     /// Whether the job's owner asked to cancel it, as last seen.
@@ -120,6 +127,9 @@ struct Inner {
     pathway: Mutex<Option<Pathway>>,
     /// When this context last recorded a step (epoch ms): see [`JobContext::record_time`].
     last_recorded: std::sync::atomic::AtomicI64,
+    /// The attempt's partial results (see [`JobContext::partial`]). Held across each partial write,
+    /// so writes land in the order they were published.
+    partials: tokio::sync::Mutex<Coalescer>,
 }
 
 impl fmt::Debug for JobContext {
@@ -192,6 +202,7 @@ impl JobContext {
                 local_steps: Mutex::new(HashMap::new()),
                 pathway: Mutex::new(None),
                 last_recorded: std::sync::atomic::AtomicI64::new(0),
+                partials: tokio::sync::Mutex::new(Coalescer::default()),
             }),
         }
     }
@@ -319,6 +330,72 @@ impl JobContext {
         match &self.inner.attempt_handle {
             Some(a) => a.progress(progress).await,
             None => Ok(()),
+        }
+    }
+
+    /// Publishes a partial result (any JSON, at most [`MAX_PARTIAL_BYTES`] serialized): `GET /jobs/{id}`
+    /// shows the latest as `partial`, and the job's stream sends each as a `partial` event. Writes are
+    /// coalesced: at most one per [`super::PARTIAL_INTERVAL`] (a second) per attempt, the latest value
+    /// winning; one published within the second after a write is written at the second's end (or
+    /// superseded by a later one). When the handler returns, a pending partial is dropped if the job
+    /// completes (its result supersedes it) and written otherwise (a retry, a yield, a wait: the page
+    /// keeps showing what was done). Each write costs what a progress report does. A value too large
+    /// fails the call with `partial_too_large` (terminal, nothing written): propagate it and the job
+    /// fails, or ignore it and publish something smaller.
+    pub async fn partial<T: Serialize + ?Sized>(&self, value: &T) -> Result<(), JobError> {
+        let value = Json::encode(value).map_err(|e| JobError::terminal("invalid_partial", e))?;
+        if value.len() > MAX_PARTIAL_BYTES {
+            return Err(JobError::terminal(
+                "partial_too_large",
+                format!(
+                    "a partial result is {} bytes; at most {MAX_PARTIAL_BYTES}",
+                    value.len()
+                ),
+            ));
+        }
+        let Some(a) = &self.inner.attempt_handle else {
+            return Ok(());
+        };
+        let mut partials = self.inner.partials.lock().await;
+        match partials.offer(value, self.inner.clock.now()) {
+            Offer::Write(value) => a.partial(value).await,
+            Offer::Hold { flush_in: Some(ms) } => {
+                let ctx = self.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(ms.max(0) as u64)).await;
+                    ctx.flush_partial().await;
+                });
+                Ok(())
+            }
+            Offer::Hold { flush_in: None } => Ok(()),
+        }
+    }
+
+    /// Writes the pending partial, if one is left when its flush is due.
+    async fn flush_partial(&self) {
+        let Some(a) = &self.inner.attempt_handle else {
+            return;
+        };
+        let mut partials = self.inner.partials.lock().await;
+        if let Some(value) = partials.due(self.inner.clock.now())
+            && let Err(e) = a.partial(value).await
+        {
+            // Not the handler's failure: the next partial or the outcome write tells the rest.
+            tracing::warn!(error = %e, "could not write a partial result");
+        }
+    }
+
+    /// The handler returned: a pending partial is dropped when `superseded` (the job completes with a
+    /// result), else written before the outcome is. Nothing is published after this.
+    pub(crate) async fn end_partials(&self, superseded: bool) {
+        let Some(a) = &self.inner.attempt_handle else {
+            return;
+        };
+        let mut partials = self.inner.partials.lock().await;
+        if let Some(value) = partials.end().filter(|_| !superseded)
+            && let Err(e) = a.partial(value).await
+        {
+            tracing::warn!(error = %e, "could not write the last partial result");
         }
     }
 

@@ -10,6 +10,7 @@
 
 mod builtin;
 mod context;
+mod partial;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -29,6 +30,7 @@ pub use context::{
     Attached, Attempt, JobContext, MAX_FAN_OUT, MAX_STEP_BYTES, MAX_WAIT_DETAIL_BYTES, Pathway,
     WaitFor,
 };
+pub use partial::{MAX_PARTIAL_BYTES, PARTIAL_INTERVAL};
 
 use crate::clock::Millis;
 use crate::error::BoxError;

@@ -143,6 +143,13 @@ impl Attempt for LeaseKeeper {
             .map_err(Self::job_error)
     }
 
+    async fn partial(&self, value: Json) -> Result<(), JobError> {
+        self.update(|job, owner, now| job.publish_partial(owner, value.clone(), now))
+            .await
+            .map(drop)
+            .map_err(Self::job_error)
+    }
+
     fn cancellation(&self) -> CancellationToken {
         self.cancellation.clone()
     }

@@ -478,6 +478,7 @@ impl Worker {
             },
             keeper.clone(),
         );
+        let partials = ctx.clone();
         let run = AssertUnwindSafe(handler.run_json(&job.input, ctx)).catch_unwind();
         tokio::pin!(run);
         let mut beat = tokio::time::interval(self.settings.lease / 3);
@@ -495,10 +496,13 @@ impl Worker {
         loop {
             tokio::select! {
                 ran = &mut run => {
-                    return Run::Finished(ran.unwrap_or_else(|panic| {
+                    let ran = ran.unwrap_or_else(|panic| {
                         observe::panicked(&job.kind);
                         Err(JobError::retryable("panic", panic_message(&panic)))
-                    }));
+                    });
+                    // A result supersedes a pending partial; any other end keeps it visible.
+                    partials.end_partials(ran.is_ok()).await;
+                    return Run::Finished(ran);
                 }
                 _ = beat.tick() => {
                     let lease = self.settings.lease.as_millis() as Millis;
