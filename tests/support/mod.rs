@@ -3,6 +3,7 @@
 //! template.yaml) on the emulator, reached through the real AWS SDK.
 #![allow(dead_code)] // each test binary uses part of the harness
 
+pub mod model;
 pub mod proxy;
 pub mod receiver;
 pub mod test_kinds;

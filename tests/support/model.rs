@@ -1,0 +1,136 @@
+//! A scripted OpenAI-compatible model server on loopback (a stand-in for Ollama or vLLM), for the agent
+//! suites: each call's reply is chosen by a [`Script`], every request is kept for the test to read.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+/// What the fake model does on each call, by call number (1-based) and the last message's role.
+#[derive(Clone, Copy, PartialEq)]
+pub enum Script {
+    /// Calls `multiply` with 6 and 7, then answers with the tool's output.
+    ToolThenAnswer,
+    /// As `ToolThenAnswer`, but the first second-turn call never answers (the worker is killed there).
+    HangOnSecondTurnOnce,
+    /// 429 with Retry-After: 1 on the first call, then `ToolThenAnswer`.
+    ThrottleFirst,
+    /// Sends arguments that are not JSON first, then valid ones.
+    MalformedFirst,
+    /// Asks the first tool (the demo agent's calculator) to evaluate a 40 KB `1+1+…`, then answers.
+    HostileCalculator,
+    /// Never answers: a tool call every turn, each reporting `u64::MAX` prompt tokens.
+    EndlessWithHugeUsage,
+    /// As `ToolThenAnswer`, but the first call takes 30 s to answer.
+    SlowFirstCall,
+    /// Calls `send_note` with `{"note": "hello"}`, then answers with the tool's output (or error).
+    NoteThenAnswer,
+    /// As `NoteThenAnswer`, with the tool-calling turn saying "let me send a note" too.
+    NoteAloudThenAnswer,
+}
+
+/// How long `SlowFirstCall`'s first call takes.
+pub const SLOW_CALL: Duration = Duration::from_secs(30);
+
+pub struct Fake {
+    pub url: String,
+    pub calls: Arc<AtomicU32>,
+    pub requests: Arc<Mutex<Vec<Value>>>,
+}
+
+pub async fn fake_model(script: Script) -> Fake {
+    fake_model_at("127.0.0.1:0", script).await
+}
+
+pub async fn fake_model_at(addr: &str, script: Script) -> Fake {
+    let calls = Arc::new(AtomicU32::new(0));
+    let requests = Arc::new(Mutex::new(Vec::new()));
+    let (c, r) = (calls.clone(), requests.clone());
+    let hung = Arc::new(AtomicU32::new(0));
+    let app = axum::Router::new().route(
+        "/v1/chat/completions",
+        axum::routing::post(move |axum::Json(body): axum::Json<Value>| {
+            let (c, r, hung) = (c.clone(), r.clone(), hung.clone());
+            async move {
+                let n = c.fetch_add(1, Ordering::SeqCst) + 1;
+                r.lock().unwrap().push(body.clone());
+                let last = body["messages"].as_array().unwrap().last().unwrap().clone();
+                let usage = if script == Script::EndlessWithHugeUsage {
+                    json!({"prompt_tokens": u64::MAX, "completion_tokens": 3})
+                } else {
+                    json!({"prompt_tokens": 10, "completion_tokens": 3})
+                };
+                if script == Script::SlowFirstCall && n == 1 {
+                    tokio::time::sleep(SLOW_CALL).await;
+                }
+                if script == Script::ThrottleFirst && n == 1 {
+                    return (
+                        http::StatusCode::TOO_MANY_REQUESTS,
+                        [(http::header::RETRY_AFTER, "1")],
+                        axum::Json(json!({"error": {"message": "slow down"}})),
+                    );
+                }
+                let ok = |v: Value| {
+                    (
+                        http::StatusCode::OK,
+                        [(http::header::RETRY_AFTER, "0")],
+                        axum::Json(v),
+                    )
+                };
+                if last["role"] == "tool" && script != Script::EndlessWithHugeUsage {
+                    if script == Script::HangOnSecondTurnOnce
+                        && hung.fetch_add(1, Ordering::SeqCst) == 0
+                    {
+                        std::future::pending::<()>().await;
+                    }
+                    let content = last["content"].as_str().unwrap().to_owned();
+                    return ok(json!({"choices": [{"message": {"role": "assistant",
+                        "content": format!("the tool said {content}")}, "finish_reason": "stop"}],
+                        "usage": usage}));
+                }
+                // The first offered tool: the demo agent's calculator, or `multiply`.
+                let tool = body["tools"][0]["function"]["name"]
+                    .as_str()
+                    .unwrap_or("multiply")
+                    .to_owned();
+                let tool = if matches!(script, Script::NoteThenAnswer | Script::NoteAloudThenAnswer)
+                {
+                    "send_note".to_owned()
+                } else {
+                    tool
+                };
+                let content = if script == Script::NoteAloudThenAnswer {
+                    json!("let me send a note")
+                } else {
+                    Value::Null
+                };
+                let arguments = if script == Script::MalformedFirst && n == 1 {
+                    "{oops".to_owned()
+                } else if script == Script::HostileCalculator {
+                    json!({"expression": format!("1{}", "+1".repeat(20_000))}).to_string()
+                } else if tool == "send_note" {
+                    json!({"note": "hello"}).to_string()
+                } else if tool == "calculator" {
+                    json!({"expression": "6 * 7"}).to_string()
+                } else {
+                    json!({"a": 6, "b": 7}).to_string()
+                };
+                ok(
+                    json!({"choices": [{"message": {"role": "assistant", "content": content,
+                    "tool_calls": [{"id": format!("call-{n}"), "type": "function",
+                        "function": {"name": tool, "arguments": arguments}}]},
+                    "finish_reason": "tool_calls"}], "usage": usage}),
+                )
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+    let url = format!("http://{}/v1", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Fake {
+        url,
+        calls,
+        requests,
+    }
+}
