@@ -96,6 +96,10 @@ impl Provisioned {
             ("JOBKIT_WORKER_CONCURRENCY", p("JobConcurrencyPerBatch")),
             ("JOBKIT_MAX_QUEUE_DEPTH", p("MaxQueueDepth")),
             ("JOBKIT_MAX_IN_FLIGHT_PER_USER", p("MaxJobsInFlightPerUser")),
+            (
+                "JOBKIT_MAX_TOKENS_PER_USER_PER_DAY",
+                p("MaxTokensPerUserPerDay"),
+            ),
             ("JOBKIT_WORKER_TIMEOUT_SECS", p("WorkerTimeout")),
         ]);
         let resource = |k: &str| {

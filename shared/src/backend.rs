@@ -135,7 +135,8 @@ impl Backend {
                 ..settings
             },
             self.clock.clone(),
-        );
+        )
+        .with_token_budget(self.token_budget());
         match &self.container {
             Some(q) => api.with_container_queue(q.clone()),
             None => api,
@@ -168,7 +169,8 @@ impl Backend {
             CursorKey::new(&self.signing_secret),
             self.clock.clone(),
         )
-        .with_announcer(self.announcer());
+        .with_announcer(self.announcer())
+        .with_token_budget(self.token_budget());
         let api = match self.waitpoint_link() {
             Some(link) => api.with_waitpoints(link),
             None => api,
@@ -221,8 +223,14 @@ impl Backend {
             self.clock.clone(),
         )
         .with_lanes(lane, self.senders())
-        .with_announcer(self.announcer());
+        .with_announcer(self.announcer())
+        .with_token_budget(self.token_budget());
         Some((own, worker))
+    }
+
+    /// The daily token budget of each user (`MaxTokensPerUserPerDay`), if one is set.
+    pub fn token_budget(&self) -> Option<crate::usage::Budget> {
+        crate::usage::Budget::from_limit(self.config.max_tokens_per_user_per_day)
     }
 
     /// The job queues by lane.

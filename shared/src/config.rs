@@ -31,6 +31,10 @@ pub struct Config {
     pub max_queue_depth: u64,
     /// `JOBKIT_MAX_IN_FLIGHT_PER_USER` (default 100; 0 = no cap): jobs one user may have in flight.
     pub max_in_flight_per_user: u32,
+    /// `JOBKIT_MAX_TOKENS_PER_USER_PER_DAY` (default 0 = off): model tokens (input and output, every
+    /// model) one user may spend a UTC day; past it agent submits answer 429 and a run stops after
+    /// the turn that crossed it (see [`crate::usage`]).
+    pub max_tokens_per_user_per_day: u64,
     /// The stack's signing secret (page cursors): `JOBKIT_SIGNING_SECRET` (the value, for local runs)
     /// or `JOBKIT_SIGNING_SECRET_ARN` (a Secrets Manager secret, read once per cold start).
     pub signing_secret: Option<SecretSource>,
@@ -159,6 +163,12 @@ impl Config {
             max_queue_depth: number("JOBKIT_MAX_QUEUE_DEPTH", 10_000, 0, 1 << 40)?,
             // The owner's slots live in one item (400 KB): 10,000 job ids fit.
             max_in_flight_per_user: number("JOBKIT_MAX_IN_FLIGHT_PER_USER", 100, 0, 10_000)? as u32,
+            max_tokens_per_user_per_day: number(
+                "JOBKIT_MAX_TOKENS_PER_USER_PER_DAY",
+                0,
+                0,
+                u64::MAX,
+            )?,
             signing_secret: secret("JOBKIT_SIGNING_SECRET", "JOBKIT_SIGNING_SECRET_ARN"),
             deliveries_queue_url: get("JOBKIT_DELIVERIES_QUEUE_URL").filter(|v| !v.is_empty()),
             webhook_secret: secret("JOBKIT_WEBHOOK_SECRET", "JOBKIT_WEBHOOK_SECRET_ARN"),

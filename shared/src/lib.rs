@@ -5,6 +5,7 @@
 //! - [`job`]: the job record and its state machine; [`waitpoint`]: what a parked job waits for;
 //!   [`steps`]: what a job's handler recorded (its steps and waitpoints), as listed;
 //!   [`slots`]: bounded sets of holders in pages (the in-flight cap), the layout and page choice; pure.
+//! - [`usage`]: model usage per user per UTC day and the daily token budget; pure.
 //! - [`config`], [`template`]: typed configuration from the environment; template.yaml's resources.
 //! - [`handler`]: typed handlers, the kind registry, [`JobContext`]; [`prelude`] for handler authors.
 //! - [`store`], [`queue`]: capability-shaped ports with DynamoDB/SQS and embedded adapters; [`park`]:
@@ -46,6 +47,7 @@ pub mod sweep;
 pub mod telemetry;
 pub mod template;
 pub mod trace;
+pub mod usage;
 pub mod waitpoint;
 pub mod webhook;
 pub mod worker;

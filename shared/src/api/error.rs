@@ -84,6 +84,18 @@ pub enum ApiError {
     QueueFull { retry_after: u64 },
     #[error("you have {cap} jobs in flight, the most allowed; retry after {retry_after} s")]
     TooManyInFlight { cap: u32, retry_after: u64 },
+    /// The caller spent their daily token budget: agent jobs are refused until the next UTC midnight.
+    #[error(
+        "you used {used} of your {limit} model tokens today; the budget resets at midnight UTC, in {retry_after} s"
+    )]
+    TokenBudgetExhausted {
+        used: u64,
+        limit: u64,
+        retry_after: u64,
+    },
+    /// `GET /usage?day=` that is not a day, or not one kept.
+    #[error("invalid day: {0}")]
+    InvalidDay(#[from] crate::usage::InvalidDay),
     #[error("this Idempotency-Key was already used with a different request")]
     IdempotencyKeyReused,
     #[error("no such route")]
@@ -118,7 +130,8 @@ impl ApiError {
             | Self::InvalidJobId(_)
             | Self::InvalidCallbackUrl(_)
             | Self::TruncatedBody
-            | Self::InvalidCursor => 400,
+            | Self::InvalidCursor
+            | Self::InvalidDay(_) => 400,
             Self::Unauthenticated | Self::InvalidToken | Self::InvalidWaitpointToken => 401,
             Self::JobNotFound | Self::RouteNotFound | Self::WaitpointNotFound => 404,
             Self::RequestTimeout => 408,
@@ -128,7 +141,9 @@ impl ApiError {
             | Self::WaitpointCompleted
             | Self::WaitpointTimedOut => 409,
             Self::WaitpointClosed(_) => 410,
-            Self::QueueFull { .. } | Self::TooManyInFlight { .. } => 429,
+            Self::QueueFull { .. }
+            | Self::TooManyInFlight { .. }
+            | Self::TokenBudgetExhausted { .. } => 429,
             Self::PayloadTooLarge | Self::InputTooLarge | Self::WaitpointPayloadTooLarge => 413,
             Self::UnsupportedMediaType => 415,
             Self::UnknownKind { .. }
@@ -168,6 +183,8 @@ impl ApiError {
             Self::WaitpointPayloadTooLarge => "payload_too_large",
             Self::QueueFull { .. } => "queue_full",
             Self::TooManyInFlight { .. } => "too_many_jobs_in_flight",
+            Self::TokenBudgetExhausted { .. } => "token_budget_exhausted",
+            Self::InvalidDay(_) => "invalid_day",
             Self::IdempotencyKeyReused => "idempotency_key_reused",
             Self::RouteNotFound => "route_not_found",
             Self::RequestTimeout => "request_timeout",
@@ -228,9 +245,9 @@ impl IntoResponse for ApiError {
                 None
             }
             Self::Unavailable { .. } => Some(1),
-            Self::QueueFull { retry_after } | Self::TooManyInFlight { retry_after, .. } => {
-                Some(retry_after)
-            }
+            Self::QueueFull { retry_after }
+            | Self::TooManyInFlight { retry_after, .. }
+            | Self::TokenBudgetExhausted { retry_after, .. } => Some(retry_after),
             _ => None,
         };
         if let Some(secs) = retry_after {

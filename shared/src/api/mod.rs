@@ -4,7 +4,7 @@
 //! `axum::serve`: the same code answers both. Each function serves only its own routes, built from a
 //! port that is exactly what its IAM policy allows: [`SubmitApi`] (`POST /jobs`, and `GET /kinds`: the
 //! registry it checks submits against) and [`StatusApi`]
-//! (`GET /jobs`, `GET /jobs/{id}`, `DELETE /jobs/{id}`, `GET /jobs/{id}/steps`); [`router`] merges the
+//! (`GET /jobs`, `GET /jobs/{id}`, `DELETE /jobs/{id}`, `GET /jobs/{id}/steps`, `GET /usage`); [`router`] merges the
 //! two for local runs.
 //!
 //! Who calls is an [`Identity`] in the request's extensions, put there by whatever authenticated the
@@ -24,6 +24,7 @@ mod status;
 mod steps;
 mod submit;
 mod token;
+mod usage;
 mod waitpoints;
 
 use std::sync::Arc;
@@ -49,6 +50,7 @@ pub use status::{JobView, SettledView, StatusApi, WaitingForView, WebhookView, r
 pub use steps::{StepError, StepList, StepView};
 pub use submit::{SubmitApi, SubmitRequest};
 pub use token::{Purpose, TokenKey};
+pub use usage::UsageView;
 pub use waitpoints::{
     LINK_GRACE, WaitpointApi, WaitpointLink, WaitpointView, capability, capability_until,
 };
@@ -232,6 +234,7 @@ pub fn router(
 fn status_only(api: Arc<StatusApi>) -> Router {
     let router = route(Router::new(), "/jobs", get(jobs::list));
     let router = route(router, "/jobs/{id}/steps", get(steps::list));
+    let router = route(router, "/usage", get(usage::usage));
     route(
         router,
         "/jobs/{id}",
@@ -293,7 +296,10 @@ async fn method_not_allowed(uri: http::Uri) -> ApiError {
     let path = uri.path().trim_end_matches('/');
     let allow = if path == "/jobs" {
         "GET, POST"
-    } else if path == "/kinds" || path.split('/').count() == 4 && path.ends_with("/steps") {
+    } else if path == "/kinds"
+        || path == "/usage"
+        || path.split('/').count() == 4 && path.ends_with("/steps")
+    {
         "GET"
     } else if path.starts_with("/waitpoints/") {
         "GET, POST"

@@ -270,6 +270,8 @@ pub struct StatusApi {
     announcer: Announcer,
     events: Option<EventsLink>,
     waitpoints: Option<WaitpointLink>,
+    /// The daily token budget `GET /usage` reports.
+    token_budget: Option<crate::usage::Budget>,
 }
 
 impl StatusApi {
@@ -281,7 +283,18 @@ impl StatusApi {
             announcer: Announcer::none(),
             events: None,
             waitpoints: None,
+            token_budget: None,
         }
+    }
+
+    /// Reports `budget` with the caller's usage (`GET /usage`).
+    pub fn with_token_budget(mut self, budget: Option<crate::usage::Budget>) -> Self {
+        self.token_budget = budget;
+        self
+    }
+
+    pub(super) fn token_budget(&self) -> Option<crate::usage::Budget> {
+        self.token_budget
     }
 
     /// Hands out waitpoints' `complete_url`s under this link's base.

@@ -25,6 +25,7 @@ use crate::queue::{Lanes, SubmitQueue};
 use crate::retry::Backoff;
 use crate::store::{Change, Created, Insert, RmwError, StoreError, SubmitStore, read_modify_write};
 use crate::trace::TraceContext;
+use crate::usage::{Budget, Day, seconds_to_reset};
 
 /// The body of `POST /jobs`: a JSON object. Unknown fields are rejected, so a misspelt field is an
 /// error, not a no-op.
@@ -113,6 +114,8 @@ pub struct SubmitApi {
     clock: SharedClock,
     /// One reading per lane's queue.
     depth: [Mutex<Option<DepthReading>>; 2],
+    /// The daily token budget of each user: agent submits over it are refused.
+    token_budget: Option<Budget>,
 }
 
 impl SubmitApi {
@@ -130,7 +133,32 @@ impl SubmitApi {
             settings,
             clock,
             depth: Default::default(),
+            token_budget: None,
         }
+    }
+
+    /// Refuses agent jobs of a user at or over `budget` today (`429 token_budget_exhausted`).
+    pub fn with_token_budget(mut self, budget: Option<Budget>) -> Self {
+        self.token_budget = budget;
+        self
+    }
+
+    /// The refusal of an agent job by a user at or over the daily token budget, if they are: one
+    /// eventually consistent read of their day's usage, only for agent jobs and only with a budget
+    /// (a run the read misses by a second stops at its first turn instead).
+    async fn over_budget(&self, user: &str, kind: &str) -> Result<Option<ApiError>, ApiError> {
+        let Some(budget) = self.token_budget.filter(|_| kind == crate::agent::KIND) else {
+            return Ok(None);
+        };
+        let now = self.clock.now();
+        let used = self.store.usage(user, Day::of(now)).await?.total_tokens;
+        Ok(budget
+            .exhausted(used)
+            .then(|| ApiError::TokenBudgetExhausted {
+                used,
+                limit: budget.limit,
+                retry_after: seconds_to_reset(now),
+            }))
     }
 
     /// Takes container-only kinds, sending them to `queue`.
@@ -362,6 +390,9 @@ pub(super) async fn submit(
             retry_after: QUEUE_FULL_RETRY_SECS,
         })
         .await;
+    }
+    if let Some(refusal) = api.over_budget(&user, &body.kind).await? {
+        return refused(refusal).await;
     }
     let cap = api.settings.max_in_flight_per_user;
     let mut job = Job::new(

@@ -17,6 +17,7 @@ use crate::job::{JobId, MAX_CHECKPOINT_BYTES, Progress};
 use crate::json::Json;
 use crate::limits::{Rate, Take};
 use crate::steps::{StepKind, StepMeta};
+use crate::usage::{Counted, Spend};
 use crate::waitpoint::{MAX_WAITPOINT_NAME, WaitState, Waitpoint};
 
 /// The running attempt's side of the context: writes that need the attempt's lease, and the cancel flag.
@@ -50,6 +51,12 @@ pub trait Attempt: Send + Sync {
     async fn take_tokens(&self, bucket: &str, rate: &Rate, n: u32) -> Result<Take, JobError> {
         let _ = (bucket, rate, n);
         Ok(Take::Taken)
+    }
+    /// Adds one model call to the job owner's usage of the day (see [`JobContext::count_usage`]).
+    /// Without a store (a test's attempt) nothing is counted: `None`.
+    async fn count_usage(&self, spend: &Spend) -> Result<Option<Counted>, JobError> {
+        let _ = spend;
+        Ok(None)
     }
 }
 
@@ -292,6 +299,19 @@ impl JobContext {
                     .await
             }
             None => Ok(Take::Taken),
+        }
+    }
+
+    /// Counts one model call's tokens in the job owner's usage of the day (`GET /usage`, the daily
+    /// token budget: [`crate::usage`]), one write; returns the owner's tokens that day after it and
+    /// the budget, `None` for a detached context. Call it inside the step that made the call, after
+    /// the call: a replayed step then never counts again, while a call that really ran twice (a crash
+    /// before its step was recorded) is spent twice and counted twice. The agent loop counts its own
+    /// turns.
+    pub async fn count_usage(&self, spend: &Spend) -> Result<Option<Counted>, JobError> {
+        match &self.inner.attempt_handle {
+            Some(a) => a.count_usage(spend).await,
+            None => Ok(None),
         }
     }
 

@@ -19,9 +19,13 @@ use crate::slots::{Layout, Ledger};
 use crate::steps::{Listed, Recorded, RecordedStep, StepMeta, StepPosition, StepQuery};
 use crate::waitpoint::Waitpoint;
 
+mod usage;
+
 #[derive(Debug, Default)]
 pub struct MemoryStore {
     state: Mutex<State>,
+    /// Usage items by key (`use#<owner>#<day>`, see [`crate::usage`]).
+    usage: Mutex<HashMap<String, crate::usage::DayUsage>>,
 }
 
 #[derive(Debug, Default)]

@@ -58,6 +58,7 @@ use crate::limits::{Deferred, Hold, Rate, Take};
 use crate::slots::Ledger;
 pub use crate::slots::PageSlots;
 use crate::steps::{Listed, StepMeta, StepQuery};
+use crate::usage::{Day, DayUsage, Spend};
 use crate::waitpoint::Waitpoint;
 
 pub mod dynamo;
@@ -368,6 +369,22 @@ pub trait RateBuckets: Send + Sync {
     ) -> Result<Take, StoreError>;
 }
 
+/// Model usage per owner per UTC day (see [`crate::usage`]): one item per owner and day, counted by
+/// the worker (UpdateItem with `ADD`).
+#[async_trait]
+pub trait UsageLedger: Send + Sync {
+    /// Adds one model call's tokens to `owner`'s usage of `day` (one write, which also sets the
+    /// item's TTL); the owner's tokens for the day, every model, after it.
+    async fn add_usage(&self, owner: &str, day: Day, spend: &Spend) -> Result<u64, StoreError>;
+}
+
+/// Reads an owner's usage of a day (GetItem, eventually consistent: half a read unit).
+#[async_trait]
+pub trait UsageReader: Send + Sync {
+    /// `owner`'s usage of `day` (empty when nothing was counted).
+    async fn usage(&self, owner: &str, day: Day) -> Result<DayUsage, StoreError>;
+}
+
 /// Jobs nothing will move again (Scan): for the periodic sweep only.
 #[async_trait]
 pub trait JobScanner: Send + Sync {
@@ -383,9 +400,10 @@ pub trait JobScanner: Send + Sync {
     ) -> Result<Vec<Job>, StoreError>;
 }
 
-/// The submit function's port: insert, read (replays), write (a failed enqueue).
-pub trait SubmitStore: JobInserter + JobReader + JobWriter {}
-impl<T: JobInserter + JobReader + JobWriter + ?Sized> SubmitStore for T {}
+/// The submit function's port: insert, read (replays; the caller's usage, for the token budget), write
+/// (a failed enqueue).
+pub trait SubmitStore: JobInserter + JobReader + JobWriter + UsageReader {}
+impl<T: JobInserter + JobReader + JobWriter + UsageReader + ?Sized> SubmitStore for T {}
 
 /// The completion route's port (served by the submit function, which may send messages): read and
 /// write the job, settle its waitpoint.
@@ -393,18 +411,26 @@ pub trait CompleteStore: JobReader + JobWriter + WaitpointStore {}
 impl<T: JobReader + JobWriter + WaitpointStore + ?Sized> CompleteStore for T {}
 
 /// The status function's port: read (the job, and the waitpoint it last waited on), list (jobs, a
-/// job's steps), and cancel (a write and a signal).
+/// job's steps, the caller's usage), and cancel (a write and a signal).
 pub trait StatusStore:
-    JobReader + JobLister + StepLister + JobWriter + CancelSignals + WaitpointStore
+    JobReader + JobLister + StepLister + JobWriter + CancelSignals + WaitpointStore + UsageReader
 {
 }
-impl<T: JobReader + JobLister + StepLister + JobWriter + CancelSignals + WaitpointStore + ?Sized>
-    StatusStore for T
+impl<
+    T: JobReader
+        + JobLister
+        + StepLister
+        + JobWriter
+        + CancelSignals
+        + WaitpointStore
+        + UsageReader
+        + ?Sized,
+> StatusStore for T
 {
 }
 
 /// The worker's port: claim, read, write, watch for cancel signals, record steps and waitpoints,
-/// take and give back limits' holds and tokens.
+/// take and give back limits' holds and tokens, count model usage.
 pub trait WorkerStore:
     JobClaimer
     + JobReader
@@ -414,6 +440,7 @@ pub trait WorkerStore:
     + WaitpointStore
     + LimitStore
     + RateBuckets
+    + UsageLedger
 {
 }
 impl<
@@ -425,6 +452,7 @@ impl<
         + WaitpointStore
         + LimitStore
         + RateBuckets
+        + UsageLedger
         + ?Sized,
 > WorkerStore for T
 {

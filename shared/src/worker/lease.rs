@@ -18,6 +18,7 @@ use crate::handler::{Attempt, JobError};
 use crate::job::{IllegalTransition, Job, Progress};
 use crate::json::Json;
 use crate::store::{Change, RmwError, StoreError, WorkerStore, read_modify_write};
+use crate::usage::{Budget, Counted, Day, Spend};
 use crate::waitpoint::Waitpoint;
 
 /// Why a lease-holder write failed.
@@ -39,6 +40,8 @@ pub struct LeaseKeeper {
     /// The job's cancel request as last seen (a write, a heartbeat, or the cancel signal): cancelled
     /// then, which wakes whatever the handler races against it ([`crate::JobContext::until_cancelled`]).
     cancellation: CancellationToken,
+    /// The daily token budget of each user, if one is set: told to the handler with each count.
+    budget: Option<Budget>,
 }
 
 /// Conflicts in a row before giving up: each one means another writer got in between, which for a job
@@ -51,6 +54,7 @@ impl LeaseKeeper {
         clock: SharedClock,
         owner: String,
         claimed: Job,
+        budget: Option<Budget>,
     ) -> Arc<Self> {
         let cancellation = CancellationToken::new();
         if claimed.cancel_requested {
@@ -61,6 +65,7 @@ impl LeaseKeeper {
             clock,
             owner,
             cancellation,
+            budget,
             job: Mutex::new(claimed),
         })
     }
@@ -190,6 +195,23 @@ impl Attempt for LeaseKeeper {
             .take_tokens(bucket, rate, n, self.clock.now())
             .await
             .map_err(|e| JobError::retryable("store_unavailable", e))
+    }
+
+    /// Not a lease-holder write either: the count is the owner's, and a call that ran was spent
+    /// whoever holds the job now.
+    async fn count_usage(&self, spend: &Spend) -> Result<Option<Counted>, JobError> {
+        let owner = self.job.lock().await.user_id.clone();
+        let day = Day::of(self.clock.now());
+        let used = self
+            .store
+            .add_usage(&owner, day, spend)
+            .await
+            .map_err(|e| JobError::retryable("store_unavailable", e))?;
+        Ok(Some(Counted {
+            day,
+            used,
+            budget: self.budget,
+        }))
     }
 
     /// Reads first: a replay (the common call once the job resumes) costs a read, not a failed

@@ -178,6 +178,8 @@ pub struct Worker {
     senders: Lanes<dyn JobSender>,
     /// What each kind's runs took lately: when a deferred job tries again.
     runtimes: gate::Runtimes,
+    /// The daily token budget of each user (see [`Self::with_token_budget`]).
+    token_budget: Option<crate::usage::Budget>,
 }
 
 type Graded = (Outcome, Verdict);
@@ -201,6 +203,7 @@ impl Worker {
             announcer: Announcer::none(),
             lane: Lane::Lambda,
             runtimes: gate::Runtimes::default(),
+            token_budget: None,
         }
     }
 
@@ -219,6 +222,13 @@ impl Worker {
     /// Announces the webhook event of each job it finishes.
     pub fn with_announcer(mut self, announcer: Announcer) -> Self {
         self.announcer = announcer;
+        self
+    }
+
+    /// Holds each user to `budget` tokens a day (see [`crate::usage`]): handlers that count model
+    /// usage are told it with each count (the agent loop stops a run that crosses it).
+    pub fn with_token_budget(mut self, budget: Option<crate::usage::Budget>) -> Self {
+        self.token_budget = budget;
         self
     }
 
@@ -412,7 +422,13 @@ impl Worker {
         hider: &Hider,
         held: Option<&gate::Held>,
     ) -> Graded {
-        let keeper = LeaseKeeper::new(self.store.clone(), self.clock.clone(), owner, job.clone());
+        let keeper = LeaseKeeper::new(
+            self.store.clone(),
+            self.clock.clone(),
+            owner,
+            job.clone(),
+            self.token_budget,
+        );
         if self.lane == Lane::Lambda && job.lane == Lane::Container {
             // The worker function never runs container-only work; the container worker runs anything.
             if let Some(container) = self.sender(Lane::Container) {
