@@ -22,6 +22,7 @@
 //! | `JobsResumed` | Count | Kind | whoever resumes a parked job (exactly once per park) |
 //! | `WaitDuration` | Milliseconds | Kind | the same, parked → resumed |
 //! | `WaitTimeouts` | Count | Kind | sweep, each waitpoint recorded `timed_out` (sleeps included) |
+//! | `InputTokens`, `OutputTokens`, `ModelRequests` | Count | Model | worker, each model call that answered (the agents' model ids: registered, so bounded) |
 //!
 //! Jobs waiting now = `JobsParked` − `JobsResumed` − cancelled waits, summed over time; the list
 //! `GET /jobs?status=waiting` shows them one by one.
@@ -49,6 +50,9 @@ pub const COUNTERS: &[&str] = &[
     "JobsResumed",
     "WaitTimeouts",
     "Deferrals",
+    "InputTokens",
+    "OutputTokens",
+    "ModelRequests",
 ];
 
 /// Every histogram the kit records (unit Milliseconds).
@@ -144,6 +148,14 @@ pub fn resumed(kind: &str, parked_at: Millis, resumed_at: Millis) {
 /// A waitpoint's time passed before anyone completed it.
 pub fn wait_timed_out(kind: &str) {
     counter!("WaitTimeouts", "Kind" => kind.to_owned()).increment(1);
+}
+
+/// One model call that answered, with the tokens it reported (`model`: an agent's model id, from code
+/// or configuration, never from a request).
+pub fn model_tokens(model: &str, input: u64, output: u64) {
+    counter!("InputTokens", "Model" => model.to_owned()).increment(input);
+    counter!("OutputTokens", "Model" => model.to_owned()).increment(output);
+    counter!("ModelRequests", "Model" => model.to_owned()).increment(1);
 }
 
 /// A kind as a metric dimension: registered kinds as they are, anything else (a malformed or forged

@@ -17,13 +17,16 @@
 //!   provider's `retry_after`), a refused request, denied access or an overfull context fail the job; a
 //!   malformed tool call is answered to the model as a tool error;
 //! - per-model rate limits (requests and tokens per minute, [`limits`]): a call waits for capacity in
-//!   buckets every worker shares, or the job parks if the wait is long.
+//!   buckets every worker shares, or the job parks if the wait is long;
+//! - each model call counts in its owner's usage of the day, and a run that crosses the daily token
+//!   budget stops after that turn with `budget_exceeded` (see [`budget`]).
 //!
 //! Input `{"agent": name, "message": text, "context": {...}?}`; result
 //! `{answer, turns, tool_calls: [{name, input, output}], usage: {input_tokens, output_tokens}}`.
 
 pub mod approval;
 pub mod bedrock;
+mod budget;
 pub mod limits;
 pub mod mcp;
 pub mod model;
@@ -217,20 +220,29 @@ async fn converse(
             return Err(JobError::Yield); // the continuation replays the recorded turns
         }
         let name = format!("turn-{turn}");
-        // Within the model's limits: the capacity is taken inside the step, so a replay takes none.
-        let reply: ModelReply = ctx
-            .step_as(
-                StepKind::ModelTurn,
-                &name,
-                throttle.call(ctx, &request, &name, || model.converse(&request)),
-            )
+        // Within the model's limits and counted in the owner's usage: both inside the step, so a
+        // replay takes no capacity and counts nothing.
+        let ran = std::sync::atomic::AtomicBool::new(false);
+        let taken: budget::Turn = ctx
+            .step_as(StepKind::ModelTurn, &name, async {
+                let reply = throttle
+                    .call(ctx, &request, &name, || model.converse(&request))
+                    .await?;
+                ran.store(true, std::sync::atomic::Ordering::Relaxed);
+                Ok(budget::count(ctx, &agent.model, reply).await)
+            })
             .await?;
+        let reply = taken.reply.clone();
         *usage = usage.saturating_add(reply.usage);
         request.messages.push(Message::Assistant {
             text: reply.text.clone(),
             tool_calls: reply.tool_calls.clone(),
         });
-        publish_turn(ctx, turn, &reply.text).await;
+        // Only a turn this attempt took: a replayed one was published when it ran, and publishing it
+        // again would show an older turn's text for a moment.
+        if ran.load(std::sync::atomic::Ordering::Relaxed) {
+            publish_turn(ctx, turn, &reply.text).await;
+        }
         if reply.tool_calls.is_empty() {
             ctx.progress(100, format!("turn {turn}: answered")).await?;
             return Ok(AgentResult {
@@ -239,6 +251,10 @@ async fn converse(
                 tool_calls: uses,
                 usage: *usage,
             });
+        }
+        // Over the daily budget: this turn is kept and counted, and the run stops before its tools.
+        if let Some(stop) = taken.exceeded() {
+            return Err(stop);
         }
         let names: Vec<&str> = reply.tool_calls.iter().map(|c| c.name.as_str()).collect();
         let percent = (100 * u64::from(turn) / u64::from(agent.max_turns.max(1))).min(99) as u8;
