@@ -26,53 +26,10 @@ use jobkit::worker::WorkerSettings;
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use support::model::{Fake, SLOW_CALL, Script, fake_model, fake_model_at};
+use support::model::{Fake, SLOW_CALL, Script, fake_model, fake_model_at, registry, registry_on};
 use support::*;
 
 const WAIT: Duration = Duration::from_secs(60);
-
-#[derive(Deserialize, JsonSchema)]
-struct Factors {
-    a: i64,
-    b: i64,
-}
-
-/// The `agent` kind with agent `mathy` on the OpenAI-compatible server at `url`.
-fn registry(url: &str, tool_runs: Arc<AtomicU32>) -> HandlerRegistry {
-    registry_on(
-        Arc::new(OpenAiCompatible::new(url, None)),
-        "fake",
-        tool_runs,
-    )
-}
-
-/// The `agent` kind with agent `mathy` (model id `model_id`), whose `multiply` tool counts its runs.
-fn registry_on(
-    model: Arc<dyn Model>,
-    model_id: &str,
-    tool_runs: Arc<AtomicU32>,
-) -> HandlerRegistry {
-    let mut r = HandlerRegistry::with_builtins();
-    let multiply = Tool::new("multiply", "Multiplies a by b.", move |f: Factors| {
-        let runs = tool_runs.clone();
-        async move {
-            runs.fetch_add(1, Ordering::SeqCst);
-            Ok::<_, String>(f.a * f.b)
-        }
-    });
-    Agents::new(model)
-        .with(Agent {
-            name: "mathy".into(),
-            model: model_id.into(),
-            system: "multiply".into(),
-            max_turns: 4,
-            tools: vec![multiply],
-            mcp: Vec::new(),
-        })
-        .register(&mut r)
-        .unwrap();
-    r
-}
 
 /// The `agent` kind with the demo agent (`kinds::demo_agent`: calculator and clock) on the
 /// OpenAI-compatible server at `url`.

@@ -221,7 +221,14 @@ mod tests {
     fn a_day_parses_within_retention_only() {
         assert_eq!(Day::parse("2026-12-07", NOON).unwrap(), Day::of(NOON));
         assert!(Day::parse("2026-11-02", NOON).is_ok());
-        for bad in ["2026-13-01", "2026-1-07", "yesterday", "", "+2026-12-07", "2026-12-07x"] {
+        for bad in [
+            "2026-13-01",
+            "2026-1-07",
+            "yesterday",
+            "",
+            "+2026-12-07",
+            "2026-12-07x",
+        ] {
             assert_eq!(Day::parse(bad, NOON), Err(InvalidDay::Malformed), "{bad}");
         }
         for far in ["2026-11-01", "2026-12-08", "1970-01-01"] {

@@ -1,10 +1,15 @@
 //! A scripted OpenAI-compatible model server on loopback (a stand-in for Ollama or vLLM), for the agent
-//! suites: each call's reply is chosen by a [`Script`], every request is kept for the test to read.
+//! suites: each call's reply is chosen by a [`Script`], every request is kept for the test to read; and
+//! the `mathy` agent those suites run on it.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use jobkit::HandlerRegistry;
+use jobkit::agent::{Agent, Agents, Model, OpenAiCompatible, Tool};
+use schemars::JsonSchema;
+use serde::Deserialize;
 use serde_json::{Value, json};
 
 /// What the fake model does on each call, by call number (1-based) and the last message's role.
@@ -12,6 +17,8 @@ use serde_json::{Value, json};
 pub enum Script {
     /// Calls `multiply` with 6 and 7, then answers with the tool's output.
     ToolThenAnswer,
+    /// As `HangOnSecondTurnOnce`, with the tool-calling turn saying "let me multiply" too.
+    AloudThenHangOnSecondTurnOnce,
     /// As `ToolThenAnswer`, but the first second-turn call never answers (the worker is killed there).
     HangOnSecondTurnOnce,
     /// 429 with Retry-After: 1 on the first call, then `ToolThenAnswer`.
@@ -79,8 +86,10 @@ pub async fn fake_model_at(addr: &str, script: Script) -> Fake {
                     )
                 };
                 if last["role"] == "tool" && script != Script::EndlessWithHugeUsage {
-                    if script == Script::HangOnSecondTurnOnce
-                        && hung.fetch_add(1, Ordering::SeqCst) == 0
+                    if matches!(
+                        script,
+                        Script::HangOnSecondTurnOnce | Script::AloudThenHangOnSecondTurnOnce
+                    ) && hung.fetch_add(1, Ordering::SeqCst) == 0
                     {
                         std::future::pending::<()>().await;
                     }
@@ -102,6 +111,8 @@ pub async fn fake_model_at(addr: &str, script: Script) -> Fake {
                 };
                 let content = if script == Script::NoteAloudThenAnswer {
                     json!("let me send a note")
+                } else if script == Script::AloudThenHangOnSecondTurnOnce {
+                    json!("let me multiply")
                 } else {
                     Value::Null
                 };
@@ -133,4 +144,47 @@ pub async fn fake_model_at(addr: &str, script: Script) -> Fake {
         calls,
         requests,
     }
+}
+
+#[derive(Deserialize, JsonSchema)]
+pub struct Factors {
+    pub a: i64,
+    pub b: i64,
+}
+
+/// The `agent` kind with agent `mathy` on the OpenAI-compatible server at `url`.
+pub fn registry(url: &str, tool_runs: Arc<AtomicU32>) -> HandlerRegistry {
+    registry_on(
+        Arc::new(OpenAiCompatible::new(url, None)),
+        "fake",
+        tool_runs,
+    )
+}
+
+/// The `agent` kind with agent `mathy` (model id `model_id`), whose `multiply` tool counts its runs.
+pub fn registry_on(
+    model: Arc<dyn Model>,
+    model_id: &str,
+    tool_runs: Arc<AtomicU32>,
+) -> HandlerRegistry {
+    let mut r = HandlerRegistry::with_builtins();
+    let multiply = Tool::new("multiply", "Multiplies a by b.", move |f: Factors| {
+        let runs = tool_runs.clone();
+        async move {
+            runs.fetch_add(1, Ordering::SeqCst);
+            Ok::<_, String>(f.a * f.b)
+        }
+    });
+    Agents::new(model)
+        .with(Agent {
+            name: "mathy".into(),
+            model: model_id.into(),
+            system: "multiply".into(),
+            max_turns: 4,
+            tools: vec![multiply],
+            mcp: Vec::new(),
+        })
+        .register(&mut r)
+        .unwrap();
+    r
 }

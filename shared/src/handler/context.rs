@@ -46,17 +46,17 @@ pub trait Attempt: Send + Sync {
     /// Waitpoint `name` as recorded, recording it (pending, timing out after `timeout` but never after
     /// the job's own expiry) on the first call.
     async fn waitpoint(&self, name: &str, timeout: Duration) -> Result<Waitpoint, JobError>;
-    /// Takes `n` tokens of `rate` from the shared bucket item `bucket` (see [`JobContext::take_tokens`]).
-    /// Without a store to share (a test's attempt) there is nothing to run out of.
-    async fn take_tokens(&self, bucket: &str, rate: &Rate, n: u32) -> Result<Take, JobError> {
-        let _ = (bucket, rate, n);
-        Ok(Take::Taken)
-    }
     /// Adds one model call to the job owner's usage of the day (see [`JobContext::count_usage`]).
     /// Without a store (a test's attempt) nothing is counted: `None`.
     async fn count_usage(&self, spend: &Spend) -> Result<Option<Counted>, JobError> {
         let _ = spend;
         Ok(None)
+    }
+    /// Takes `n` tokens of `rate` from the shared bucket item `bucket` (see [`JobContext::take_tokens`]).
+    /// Without a store to share (a test's attempt) there is nothing to run out of.
+    async fn take_tokens(&self, bucket: &str, rate: &Rate, n: u32) -> Result<Take, JobError> {
+        let _ = (bucket, rate, n);
+        Ok(Take::Taken)
     }
 }
 
@@ -287,6 +287,19 @@ impl JobContext {
         }
     }
 
+    /// Counts one model call's tokens in the job owner's usage of the day (`GET /usage`, the daily
+    /// token budget: [`crate::usage`]), one write; returns the owner's tokens that day after it and
+    /// the budget, `None` for a detached context. Call it inside the step that made the call, after
+    /// the call: a replayed step then never counts again, while a call that really ran twice (a crash
+    /// before its step was recorded) is spent twice and counted twice. The agent loop counts its own
+    /// turns.
+    pub async fn count_usage(&self, spend: &Spend) -> Result<Option<Counted>, JobError> {
+        match &self.inner.attempt_handle {
+            Some(a) => a.count_usage(spend).await,
+            None => Ok(None),
+        }
+    }
+
     /// Takes `n` tokens of `rate` from the token bucket named `name`, one item in the table shared by
     /// every worker ([`crate::limits::bucket`]; one conditional write, none when this process already
     /// knows the bucket is empty): [`Take::Taken`], or [`Take::Wait`] with how long until the same take
@@ -299,19 +312,6 @@ impl JobContext {
                     .await
             }
             None => Ok(Take::Taken),
-        }
-    }
-
-    /// Counts one model call's tokens in the job owner's usage of the day (`GET /usage`, the daily
-    /// token budget: [`crate::usage`]), one write; returns the owner's tokens that day after it and
-    /// the budget, `None` for a detached context. Call it inside the step that made the call, after
-    /// the call: a replayed step then never counts again, while a call that really ran twice (a crash
-    /// before its step was recorded) is spent twice and counted twice. The agent loop counts its own
-    /// turns.
-    pub async fn count_usage(&self, spend: &Spend) -> Result<Option<Counted>, JobError> {
-        match &self.inner.attempt_handle {
-            Some(a) => a.count_usage(spend).await,
-            None => Ok(None),
         }
     }
 
