@@ -17,7 +17,8 @@ this narrows it, and nothing else:
   (`429`, `503`): the run checks the functions' code, strictly;
 - `/mcp` is dropped: JSON-RPC behind one path (its own suites drive it with MCP clients);
 - a generated `cursor` is dropped from otherwise valid list requests (see `map_case`): cursors are signed,
-  so only the server's own are valid.
+  so only the server's own are valid; so is a well-formed generated `day` of `GET /usage` (only the 35
+  days up to today are kept: a random date is `400 invalid_day`, as the contract says).
 """
 
 import json
@@ -107,13 +108,21 @@ CURSOR_PATTERNS = {
 }
 
 
+# A day is valid only within the 35 days kept, which no static pattern says.
+SERVER_ONLY = {
+    "GET /usage": ("day", re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")),
+    **{label: ("cursor", pattern) for label, pattern in CURSOR_PATTERNS.items()},
+}
+
+
 @schemathesis.hook
 def map_case(context, case):
-    pattern = context.operation and CURSOR_PATTERNS.get(context.operation.label)
-    if pattern is None:
+    found = context.operation and SERVER_ONLY.get(context.operation.label)
+    if found is None:
         return case
+    name, pattern = found
     query = case.query if isinstance(case.query, dict) else None
-    cursor = query.get("cursor") if query else None
-    if isinstance(cursor, str) and pattern.match(cursor):
-        del query["cursor"]
+    value = query.get(name) if query else None
+    if isinstance(value, str) and pattern.match(value):
+        del query[name]
     return case
