@@ -26,7 +26,8 @@ use tokio::sync::watch;
 #[command(after_help = "\
 Settings come from template.yaml's defaults, overridden by the same environment variables the \
 functions read: JOBKIT_MAX_ATTEMPTS, JOBKIT_JOB_TTL_DAYS, JOBKIT_RETRY_BASE_SECS, JOBKIT_RETRY_MAX_SECS, \
-JOBKIT_WORKER_CONCURRENCY, JOBKIT_MAX_QUEUE_DEPTH, JOBKIT_MAX_IN_FLIGHT_PER_USER, JOBKIT_WORKER_TIMEOUT_SECS \
+JOBKIT_WORKER_CONCURRENCY, JOBKIT_MAX_QUEUE_DEPTH, JOBKIT_MAX_IN_FLIGHT_PER_USER, JOBKIT_MAX_TOKENS_PER_USER_PER_DAY, \
+JOBKIT_WORKER_TIMEOUT_SECS \
 (each invocation's deadline: handlers yield and continue as on Lambda), JOBKIT_SIGNING_SECRET, \
 JOBKIT_FAIR_QUEUES (false: deliver in send order rather than fairly across owners).
 

@@ -7,6 +7,7 @@ pub mod ops;
 mod runner;
 mod serve;
 mod stats;
+mod usage;
 mod waitpoints;
 
 use std::collections::{BTreeMap, HashSet};
@@ -108,6 +109,14 @@ enum Command {
         /// The payload, as JSON (checked before anything is sent).
         #[arg(long)]
         data: String,
+        #[command(flatten)]
+        target: client::Target,
+    },
+    /// Your model tokens today (or --day), by model, and the daily token budget.
+    Usage {
+        /// A UTC day, YYYY-MM-DD, up to 35 days back (default: today).
+        #[arg(long)]
+        day: Option<String>,
         #[command(flatten)]
         target: client::Target,
     },
@@ -356,6 +365,11 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             let json = target.json;
             let c = client::Client::new(target)?;
             waitpoints::complete(&c, &to, &data, json).await
+        }
+        Command::Usage { day, target } => {
+            let json = target.json;
+            let c = client::Client::new(target)?;
+            usage::show(&c, day.as_deref(), json).await
         }
         Command::Cancel { target, id } => {
             let c = client::Client::new(target)?;
