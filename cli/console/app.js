@@ -1,4 +1,4 @@
-// The console's router: #/ (jobs), #/jobs/ID (a job), #/submit, #/ops. Each view renders into <main>
+// The console's router: #/ (jobs), #/jobs/ID (a job), #/submit, #/usage, #/ops. Each view renders into <main>
 // and returns a function that stops its timers and streams when the page moves on.
 
 import { h, fill, errorBox } from "./dom.js";
@@ -6,6 +6,7 @@ import { jobsView } from "./jobs.js";
 import { jobView } from "./job.js";
 import { submitView } from "./submit.js";
 import { opsView } from "./ops.js";
+import { usageView } from "./usage.js";
 
 const main = document.getElementById("main");
 let leave = null;
@@ -19,6 +20,7 @@ function route() {
   if (parts[0] === "jobs" && parts[1]) return ["jobs", () => jobView(main, decodeURIComponent(parts[1]))];
   if (parts[0] === "submit") return ["submit", () => submitView(main, params)];
   if (parts[0] === "ops") return ["ops", () => opsView(main)];
+  if (parts[0] === "usage") return ["usage", () => usageView(main, params)];
   return [null, () => { fill(main, h("h1", null, "Not found"), h("p", null, h("a", { href: "#/" }, "Back to the jobs"))); return null; }];
 }
 

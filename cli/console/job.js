@@ -52,6 +52,7 @@ export function jobView(main, id) {
           job.pathway && ["Next stage", job.pathway],
           job.next && ["Children", h("span", null, job.next.map((c, i) => [i ? ", " : "", h("a", { href: jobHref(c), class: "mono" }, c)]))],
           job.callback_url && ["Callback", h("span", { class: "mono" }, job.callback_url)],
+          tokens(job) && ["Tokens", tokens(job)],
         ])),
         job.webhook ? h("section", { class: "panel", "aria-label": "Webhook" }, h("strong", null, "Webhook"), facts([
           ["Delivery", h("span", { class: `badge ${job.webhook.status === "delivered" ? "s-completed" : job.webhook.status === "failed" ? "s-failed" : "s-queued"}` }, job.webhook.status)],
@@ -217,4 +218,14 @@ function step(s) {
     s.kind === "model_turn" && s.output?.tool_calls?.length ? h("div", null, s.output.tool_calls.map((c) => h("details", null, h("summary", null, `calls ${c.name ?? c.tool ?? "tool"}`), jsonTree(c.input ?? c.arguments ?? c, 2)))) : null,
     s.kind === "model_turn" && s.output?.text ? h("p", null, s.output.text) : null,
     "output" in s && s.output !== null ? h("details", null, h("summary", null, "output"), jsonTree(s.output, 1)) : null);
+}
+
+// An agent job's token usage by model (its result's, or a failed run's `error.details`), linking to
+// the caller's usage of the day; null for a job that reports none.
+function tokens(job) {
+  const from = job.result?.usage ? job.result : job.error?.details?.usage ? job.error.details : null;
+  if (!from) return null;
+  const u = from.usage;
+  return h("span", { id: "job-tokens" }, from.model ? [h("span", { class: "mono" }, from.model), ": "] : null,
+    `${u.input_tokens} in / ${u.output_tokens} out (${u.input_tokens + u.output_tokens})`, " · ", h("a", { href: "#/usage" }, "today's usage"));
 }

@@ -47,6 +47,7 @@ static ASSETS: &[Asset] = &[
     asset!("job.js", JS),
     asset!("submit.js", JS),
     asset!("ops.js", JS),
+    asset!("usage.js", JS),
 ];
 
 /// Each file's strong ETag: a digest of its bytes, so a browser revalidates and gets `304` until the

@@ -227,7 +227,27 @@ def approve_and_reject_a_tool_call(page, base, out):
     out["rejected_live"] = page.evaluate("window.__same_page ?? false")
 
 
+def usage_after_an_agent_job(page, base, out):
+    """An agent job (on the test's stub model) completes; its page shows its tokens by model, and its
+    link opens today's usage: the tokens by model, the daily budget and what is left of it."""
+    job = submit(base, "agent", {"agent": "demo", "message": "what is 6 times 7?"})
+    page.goto(f"{base}/#/jobs/{job}")
+    page.wait_for_selector("h1 .s-completed")
+    out["job_tokens"] = page.locator("#job-tokens").text_content()
+    page.click("#job-tokens a")
+    row = page.locator("#usage-models tr[data-model]")
+    row.first.wait_for()
+    out["usage_url"] = page.url
+    out["models"] = [row.nth(i).text_content() for i in range(row.count())]
+    out["model"] = row.first.get_attribute("data-model")
+    out["total"] = page.locator("#usage-total .big").text_content()
+    out["limit"] = page.locator("#usage-limit .big").text_content()
+    out["remaining"] = page.locator("#usage-remaining .big").text_content()
+    out["nav"] = page.locator("[data-nav=usage][aria-current=page]").count()
+
+
 SCENARIOS = {
+    "usage": usage_after_an_agent_job,
     "approval": approve_and_reject_a_tool_call,
     "agent": agent_timeline,
     "dlq": redrive_from_the_dlq_page,

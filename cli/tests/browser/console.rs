@@ -413,6 +413,42 @@ async fn an_agent_jobs_timeline_shows_its_model_turns_and_tool_call() {
     assert_quiet(&saw, &[]);
 }
 
+/// After an agent job (two turns of 31 in and 7 out on the stub model), its page shows its tokens by
+/// model, and its link opens the Usage page: today's tokens by model, the daily budget
+/// (`JOBKIT_MAX_TOKENS_PER_USER_PER_DAY`) and what is left of it.
+#[tokio::test]
+async fn the_usage_page_shows_todays_tokens_by_model_after_an_agent_job() {
+    let model = stub_model().await;
+    let dev = Dev::start_with(
+        &["--model-url", &model],
+        &[
+            ("JOBKIT_MAX_TOKENS_PER_USER_PER_DAY", "1000"),
+            ("JOBKIT_DEMO_MODEL", "stub-model"),
+        ],
+    );
+    let saw = scenario(&dev.url, "usage").await;
+    let tokens = saw["job_tokens"].as_str().unwrap();
+    assert!(
+        tokens.contains("stub-model") && tokens.contains("62 in / 14 out"),
+        "{saw:#}"
+    );
+    assert!(
+        saw["usage_url"].as_str().unwrap().ends_with("#/usage"),
+        "{saw:#}"
+    );
+    assert_eq!(saw["model"], "stub-model", "{saw:#}");
+    let row = saw["models"][0].as_str().unwrap();
+    for shown in ["62", "14", "76", "2"] {
+        assert!(row.contains(shown), "{shown:?} in {row}");
+    }
+    assert_eq!(saw["models"].as_array().unwrap().len(), 1, "{saw:#}");
+    assert_eq!(saw["total"], "76", "{saw:#}");
+    assert_eq!(saw["limit"], "1,000", "{saw:#}");
+    assert_eq!(saw["remaining"], "924", "{saw:#}");
+    assert_eq!(saw["nav"], 1, "the Usage tab is current: {saw:#}");
+    assert_quiet(&saw, &[]);
+}
+
 /// An agent's tool call that needs approval, from its page: the demo agent (on the test's stub model)
 /// asks to run `send_note`; the page shows the waitpoint with the tool and its input; Approve resumes
 /// the job and the page shows it completed with the note, without a reload. A second job is rejected

@@ -22,7 +22,7 @@
 //!   budget stops after that turn with `budget_exceeded` (see [`budget`]).
 //!
 //! Input `{"agent": name, "message": text, "context": {...}?}`; result
-//! `{answer, turns, tool_calls: [{name, input, output}], usage: {input_tokens, output_tokens}}`.
+//! `{answer, turns, tool_calls: [{name, input, output}], usage: {input_tokens, output_tokens}, model}`.
 
 pub mod approval;
 pub mod bedrock;
@@ -92,6 +92,9 @@ pub struct AgentResult {
     pub turns: u32,
     pub tool_calls: Vec<ToolUse>,
     pub usage: Usage,
+    /// The model id `usage` was spent on (the agent's; `GET /usage` counts it under this id).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub model: String,
 }
 
 /// The `agent` kind: registered agents on one model adapter.
@@ -184,7 +187,7 @@ async fn run_agent(
     let ran = converse(agent, model, throttle, input, ctx, &mut usage).await;
     // A run that fails still reports what it spent (the job's `error.details.usage`); a retried run
     // replays its recorded turns, so the count covers every attempt.
-    ran.map_err(|e| e.with_detail("usage", usage))
+    ran.map_err(|e| e.with_detail("usage", usage).with_detail("model", &agent.model))
 }
 
 /// The tool-use loop; `usage` adds up the turns as they are taken.
@@ -250,6 +253,7 @@ async fn converse(
                 turns: turn,
                 tool_calls: uses,
                 usage: *usage,
+                model: agent.model.clone(),
             });
         }
         // Over the daily budget: this turn is kept and counted, and the run stops before its tools.
