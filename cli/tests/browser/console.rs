@@ -447,6 +447,39 @@ async fn the_usage_page_shows_todays_tokens_by_model_after_an_agent_job() {
     assert_eq!(saw["remaining"], "924", "{saw:#}");
     assert_eq!(saw["nav"], 1, "the Usage tab is current: {saw:#}");
     assert_quiet(&saw, &[]);
+
+    // The same from a terminal: `jobctl usage`, as text and as the API's JSON; a bad day is refused.
+    let usage = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_jobctl"))
+            .args(["usage", "--api-url", &dev.url])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let json = usage(&["--json"]);
+    assert!(json.status.success(), "{json:?}");
+    let json: Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(
+        json["models"]["stub-model"],
+        serde_json::json!({"input_tokens": 62, "output_tokens": 14, "requests": 2}),
+        "{json}"
+    );
+    assert_eq!(
+        (&json["limit"], &json["remaining"]),
+        (&1000.into(), &924.into())
+    );
+    let text = String::from_utf8(usage(&[]).stdout).unwrap();
+    assert!(
+        text.contains("76 tokens, of 1000 a day, 924 left")
+            && text.contains("stub-model  62 in  14 out  2 requests"),
+        "{text}"
+    );
+    let bad = usage(&["--day", "someday"]);
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("invalid_day"),
+        "{bad:?}"
+    );
 }
 
 /// An agent's tool call that needs approval, from its page: the demo agent (on the test's stub model)

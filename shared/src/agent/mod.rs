@@ -187,7 +187,10 @@ async fn run_agent(
     let ran = converse(agent, model, throttle, input, ctx, &mut usage).await;
     // A run that fails still reports what it spent (the job's `error.details.usage`); a retried run
     // replays its recorded turns, so the count covers every attempt.
-    ran.map_err(|e| e.with_detail("usage", usage).with_detail("model", &agent.model))
+    ran.map_err(|e| {
+        e.with_detail("usage", usage)
+            .with_detail("model", &agent.model)
+    })
 }
 
 /// The tool-use loop; `usage` adds up the turns as they are taken.
