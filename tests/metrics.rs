@@ -46,9 +46,12 @@ async fn a_worker_invocation_prints_emf_with_names_units_and_dimensions() {
         .init()
         .unwrap();
     jobkit::observe::describe();
+    let fake = support::model::fake_model(support::model::Script::ToolThenAnswer).await;
+    let registry = || registry(&fake.url);
     let s = memory().await;
     let api = s.api_with_settings(registry(), jobkit::api::ApiSettings::from_config(&s.config));
     for body in [
+        json!({"kind": "agent", "input": {"agent": "mathy", "message": "6 times 7?"}}),
         json!({"kind": "echo", "input": 1}),
         json!({"kind": "flaky", "input": {"fail": "terminal"}}),
         json!({"kind": "flaky", "input": {"fail": "panic", "times": 1}}),
@@ -72,7 +75,7 @@ async fn a_worker_invocation_prints_emf_with_names_units_and_dimensions() {
         .unwrap();
     let worker = s.event_source(registry(), fast_settings(5));
     let (batch, _) = worker.poll_once().await.unwrap();
-    assert_eq!(batch.len(), 4, "one invocation of four deliveries");
+    assert_eq!(batch.len(), 5, "one invocation of five deliveries");
 
     // A wait: parked by the worker, timed out by the sweep, which resumes it.
     let (_, waiting) = json(
@@ -134,6 +137,14 @@ async fn a_worker_invocation_prints_emf_with_names_units_and_dimensions() {
     expect("WaitTimeouts", "Count", &["Kind"]);
 
     let values = |name: &str| seen[name].2.clone();
+    for tokens in ["InputTokens", "OutputTokens", "ModelRequests"] {
+        expect(tokens, "Count", &["Model"]);
+        assert!(
+            values(tokens).contains("Model=fake"),
+            "{tokens}: {:?}",
+            values(tokens)
+        );
+    }
     for v in [
         "Outcome=completed",
         "Outcome=failed",
@@ -165,9 +176,16 @@ async fn a_worker_invocation_prints_emf_with_names_units_and_dimensions() {
     }
 }
 
-/// The test kinds plus `nap`, a durable sleep of a millisecond.
-fn registry() -> jobkit::HandlerRegistry {
+/// The test kinds plus `nap`, a durable sleep of a millisecond, and the `mathy` agent on the fake model
+/// at `model_url` (model id `fake`).
+fn registry(model_url: &str) -> jobkit::HandlerRegistry {
     let mut r = test_registry();
+    support::model::add_mathy(
+        &mut r,
+        std::sync::Arc::new(jobkit::agent::OpenAiCompatible::new(model_url, None)),
+        "fake",
+        std::sync::Arc::default(),
+    );
     r.register_fn("nap", |_: Value, ctx| async move {
         ctx.sleep("nap", std::time::Duration::from_millis(1))
             .await?;

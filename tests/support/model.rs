@@ -168,6 +168,18 @@ pub fn registry_on(
     tool_runs: Arc<AtomicU32>,
 ) -> HandlerRegistry {
     let mut r = HandlerRegistry::with_builtins();
+    add_mathy(&mut r, model, model_id, tool_runs);
+    r
+}
+
+/// Registers the `agent` kind in `r` with agent `mathy` (model id `model_id`), whose `multiply` tool
+/// counts its runs.
+pub fn add_mathy(
+    r: &mut HandlerRegistry,
+    model: Arc<dyn Model>,
+    model_id: &str,
+    tool_runs: Arc<AtomicU32>,
+) {
     let multiply = Tool::new("multiply", "Multiplies a by b.", move |f: Factors| {
         let runs = tool_runs.clone();
         async move {
@@ -184,7 +196,6 @@ pub fn registry_on(
             tools: vec![multiply],
             mcp: Vec::new(),
         })
-        .register(&mut r)
+        .register(r)
         .unwrap();
-    r
 }
