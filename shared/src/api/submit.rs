@@ -144,21 +144,26 @@ impl SubmitApi {
     }
 
     /// The refusal of an agent job by a user at or over the daily token budget, if they are: one
-    /// eventually consistent read of their day's usage, only for agent jobs and only with a budget
-    /// (a run the read misses by a second stops at its first turn instead).
-    async fn over_budget(&self, user: &str, kind: &str) -> Result<Option<ApiError>, ApiError> {
-        let Some(budget) = self.token_budget.filter(|_| kind == crate::agent::KIND) else {
-            return Ok(None);
-        };
+    /// eventually consistent read of their day's usage, only for agent jobs and only with a budget.
+    /// A read that fails lets the job in (as the queue bound does): a run over the budget stops after
+    /// its first turn anyway, and so does one the read missed by a second.
+    async fn over_budget(&self, user: &str, kind: &str) -> Option<ApiError> {
+        let budget = self.token_budget.filter(|_| kind == crate::agent::KIND)?;
         let now = self.clock.now();
-        let used = self.store.usage(user, Day::of(now)).await?.total_tokens;
-        Ok(budget
+        let used = match self.store.usage(user, Day::of(now)).await {
+            Ok(usage) => usage.total_tokens,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not read the caller's usage; not applying the token budget");
+                return None;
+            }
+        };
+        budget
             .exhausted(used)
             .then(|| ApiError::TokenBudgetExhausted {
                 used,
                 limit: budget.limit,
                 retry_after: seconds_to_reset(now),
-            }))
+            })
     }
 
     /// Takes container-only kinds, sending them to `queue`.
@@ -391,7 +396,7 @@ pub(super) async fn submit(
         })
         .await;
     }
-    if let Some(refusal) = api.over_budget(&user, &body.kind).await? {
+    if let Some(refusal) = api.over_budget(&user, &body.kind).await {
         return refused(refusal).await;
     }
     let cap = api.settings.max_in_flight_per_user;
