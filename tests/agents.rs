@@ -19,14 +19,14 @@ use std::time::Duration;
 
 use jobkit::HandlerRegistry;
 use jobkit::agent::{
-    Agent, Agents, Bedrock, McpServer, Model, ModelLimit, ModelLimits, OpenAiCompatible, Tool,
+    Agent, Agents, Bedrock, McpServer, ModelLimit, ModelLimits, OpenAiCompatible, Tool,
 };
 use jobkit::local::EventSource;
 use jobkit::worker::WorkerSettings;
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use support::model::{Fake, SLOW_CALL, Script, fake_model, fake_model_at, registry, registry_on};
+use support::model::{Fake, SLOW_CALL, Script, fake_model, fake_model_at, registry};
 use support::*;
 
 const WAIT: Duration = Duration::from_secs(60);
