@@ -517,6 +517,7 @@ mod tests {
                 "waitpoints",
                 "complete",
                 "console",
+                "usage",
             ]
             .iter()
             .any(|c| path == format!("jobctl {c}"));

@@ -38,6 +38,7 @@ fn only_the_commands_that_call_the_api_list_its_flags() {
         "cancel",
         "waitpoints",
         "complete",
+        "usage",
     ] {
         assert!(help(command).contains("--api-url"), "{command}");
     }
