@@ -676,6 +676,23 @@ fn submit_prints_only_the_id_when_stdout_is_not_a_terminal() {
 }
 
 #[tokio::test]
+async fn list_kind_lists_only_that_kinds_jobs() {
+    let dev = Dev::start(&[]);
+    let http = reqwest::Client::new();
+    let sleep = submit(&http, &dev, json!({"kind": "sleep", "input": {"ms": 1}})).await;
+    for i in 0..3 {
+        submit(&http, &dev, json!({"kind": "echo", "input": i})).await;
+    }
+    let (status, out, err) = jobctl(&dev, &["list", "--kind", "sleep", "--limit", "1", "--json"]);
+    assert!(status.success(), "{err}");
+    let page: Value = serde_json::from_str(&out).unwrap();
+    // The one sleep job, though three echo jobs are newer: the API filtered, not the page.
+    assert_eq!(page["jobs"].as_array().unwrap().len(), 1, "{page}");
+    assert_eq!(page["jobs"][0]["job_id"], sleep.as_str());
+    assert_eq!(page["next_cursor"], Value::Null);
+}
+
+#[tokio::test]
 async fn cancel_of_a_running_job_says_cancel_requested() {
     let dev = Dev::start(&[]);
     let http = reqwest::Client::new();

@@ -84,6 +84,7 @@ async fn a_job_submitted_from_the_page_completes_live_and_others_appear_without_
         "{saw:#}"
     );
     assert_eq!(saw["filtered"], serde_json::json!(["sleep"]), "{saw:#}");
+    assert_eq!(saw["kind_asked"], true, "the API filters by kind: {saw:#}");
     assert!(
         saw["filter_url"]
             .as_str()
