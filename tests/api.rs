@@ -229,7 +229,13 @@ async fn lists_filter_by_kind_and_page_through_other_kinds(s: Stack) {
         let (status, page) = list(&api, "dora", &query).await;
         assert_eq!(status, 200, "{page}");
         let got = ids(&page);
-        assert!(page["jobs"].as_array().unwrap().iter().all(|j| j["kind"] == "count"));
+        assert!(
+            page["jobs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|j| j["kind"] == "count")
+        );
         seen.extend(got.clone());
         match page["next_cursor"].as_str() {
             Some(c) => {
@@ -244,7 +250,11 @@ async fn lists_filter_by_kind_and_page_through_other_kinds(s: Stack) {
     let (_, first) = list(&api, "dora", "kind=count&limit=1").await;
     let c = first["next_cursor"].as_str().unwrap();
     for other in [format!("cursor={c}"), format!("kind=echo&cursor={c}")] {
-        assert_error(&api.handle(list_jobs("dora", &other)).await, 400, "invalid_cursor");
+        assert_error(
+            &api.handle(list_jobs("dora", &other)).await,
+            400,
+            "invalid_cursor",
+        );
     }
     let (status, none) = list(&api, "dora", "kind=never-registered").await;
     assert_eq!((status, ids(&none)), (200, vec![]));

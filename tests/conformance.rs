@@ -409,7 +409,10 @@ async fn lists_merge_every_shard_newest_first_and_pages_are_stable(b: Backends) 
                     _ => break,
                 }
             }
-            assert_eq!(got, expected, "status {status:?}, kind {kind:?}, pages of {limit}");
+            assert_eq!(
+                got, expected,
+                "status {status:?}, kind {kind:?}, pages of {limit}"
+            );
         }
     }
 }

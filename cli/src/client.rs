@@ -179,7 +179,9 @@ impl Client {
         let mut ids = Vec::new();
         let mut cursor: Option<String> = None;
         loop {
-            let page = self.list(Some("waiting"), None, 100, cursor.as_deref()).await?;
+            let page = self
+                .list(Some("waiting"), None, 100, cursor.as_deref())
+                .await?;
             ids.extend(page.value.jobs.into_iter().map(|j| j.job_id));
             match page.value.next_cursor {
                 Some(c) => cursor = Some(c),
