@@ -74,6 +74,7 @@ async fn nothing_written(s: &Stack, user: &str) {
             user,
             &jobkit::store::ListQuery {
                 status: None,
+                kind: None,
                 limit: 10,
                 after: None,
             },
@@ -196,10 +197,77 @@ async fn lists_page_newest_first_and_filter_by_status(s: Stack) {
     assert_eq!(ids(&queued).len(), 4);
 }
 
+/// `kind=` filters on the server: pages of a kind stay full and the cursor carries on past the jobs
+/// of other kinds; a kind nothing has (or nothing registers) lists nothing.
+async fn lists_filter_by_kind_and_page_through_other_kinds(s: Stack) {
+    let api = s.api(|_| {});
+    for i in 0..9 {
+        let kind = if i % 3 == 0 { "count" } else { "echo" };
+        submit_ok(&api, "dora", &format!(r#"{{"kind":"{kind}","input":{i}}}"#)).await;
+    }
+    // The expected order is the unfiltered listing's (jobs in one millisecond are ordered by id).
+    let all = eventually("every job to be listed", WAIT, async || {
+        let (_, page) = list(&api, "dora", "limit=100").await;
+        (ids(&page).len() == 9).then_some(page)
+    })
+    .await;
+    let counts: Vec<String> = all["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|j| j["kind"] == "count")
+        .map(|j| j["job_id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(counts.len(), 3);
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    for _ in 0..10 {
+        let query = match &cursor {
+            Some(c) => format!("kind=count&limit=2&cursor={c}"),
+            None => "kind=count&limit=2".to_owned(),
+        };
+        let (status, page) = list(&api, "dora", &query).await;
+        assert_eq!(status, 200, "{page}");
+        let got = ids(&page);
+        assert!(
+            page["jobs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|j| j["kind"] == "count")
+        );
+        seen.extend(got.clone());
+        match page["next_cursor"].as_str() {
+            Some(c) => {
+                assert_eq!(got.len(), 2, "only the last page is short");
+                cursor = Some(c.to_owned());
+            }
+            None => break,
+        }
+    }
+    assert_eq!(seen, counts);
+    // A cursor is bound to its filters: one made with `kind=count` does not page another kind.
+    let (_, first) = list(&api, "dora", "kind=count&limit=1").await;
+    let c = first["next_cursor"].as_str().unwrap();
+    for other in [format!("cursor={c}"), format!("kind=echo&cursor={c}")] {
+        assert_error(
+            &api.handle(list_jobs("dora", &other)).await,
+            400,
+            "invalid_cursor",
+        );
+    }
+    let (status, none) = list(&api, "dora", "kind=never-registered").await;
+    assert_eq!((status, ids(&none)), (200, vec![]));
+    assert_eq!(none["next_cursor"], Value::Null);
+}
+
 async fn bad_list_queries_are_rejected(s: Stack) {
     let api = s.api(|_| {});
     for (query, code) in [
         ("status=done", "invalid_request"),
+        ("kind=", "invalid_request"),
+        ("kind=Echo", "invalid_request"),
+        ("kind=echo&kind=sleep", "invalid_request"),
         ("limit=0", "invalid_request"),
         ("limit=101", "invalid_request"),
         ("limit=ten", "invalid_request"),
@@ -680,6 +748,7 @@ on_both_backends!(
     requests_without_an_identity_get_401_and_write_nothing,
     another_users_job_is_invisible_to_read_cancel_and_list,
     lists_page_newest_first_and_filter_by_status,
+    lists_filter_by_kind_and_page_through_other_kinds,
     bad_list_queries_are_rejected,
     callback_urls_are_validated_and_refused_where_nothing_delivers_them,
     inputs_that_do_not_fit_the_kinds_type_are_refused_and_write_nothing,

@@ -341,7 +341,8 @@ async fn racing_inserts_never_exceed_the_cap_and_the_count_stays_exact(b: Backen
 }
 
 /// One owner's jobs, listed newest first across every index shard (ties in the same millisecond by
-/// id), page after page with the cursor's position, with and without a status filter.
+/// id), page after page with the cursor's position, with and without a status or kind filter: every
+/// page but the last is full, and no job is skipped or repeated.
 async fn lists_merge_every_shard_newest_first_and_pages_are_stable(b: Backends) {
     use jobkit::store::ListQuery;
     let t0 = now_millis();
@@ -350,7 +351,8 @@ async fn lists_merge_every_shard_newest_first_and_pages_are_stable(b: Backends) 
         let mut job = Job::new(
             NewJob {
                 user_id: "lister".into(),
-                kind: "echo".into(),
+                // One job in seven of another kind: a filtered page reads past many that do not match.
+                kind: if i % 7 == 3 { "rare" } else { "echo" }.into(),
                 input: json!(i).into(),
                 max_attempts: 5,
                 ttl_secs: 3600,
@@ -369,10 +371,17 @@ async fn lists_merge_every_shard_newest_first_and_pages_are_stable(b: Backends) 
     other.user_id = "lister2".into();
     b.store.create(&other).await.unwrap();
     jobs.sort_by(|a, b| (b.submitted_at, &b.job_id).cmp(&(a.submitted_at, &a.job_id)));
-    for status in [None, Some(JobStatus::Cancelled)] {
+    for (status, kind) in [
+        (None, None),
+        (Some(JobStatus::Cancelled), None),
+        (None, Some("rare")),
+        (None, Some("echo")),
+        (Some(JobStatus::Queued), Some("rare")),
+        (None, Some("unknown")),
+    ] {
         let expected: Vec<_> = jobs
             .iter()
-            .filter(|j| status.is_none_or(|s| j.status == s))
+            .filter(|j| status.is_none_or(|s| j.status == s) && kind.is_none_or(|k| j.kind == k))
             .map(|j| j.job_id.clone())
             .collect();
         for limit in [1, 4, 7, 100] {
@@ -385,6 +394,7 @@ async fn lists_merge_every_shard_newest_first_and_pages_are_stable(b: Backends) 
                         "lister",
                         &ListQuery {
                             status,
+                            kind: kind.map(Into::into),
                             limit,
                             after: after.clone(),
                         },
@@ -399,7 +409,10 @@ async fn lists_merge_every_shard_newest_first_and_pages_are_stable(b: Backends) 
                     _ => break,
                 }
             }
-            assert_eq!(got, expected, "status {status:?}, pages of {limit}");
+            assert_eq!(
+                got, expected,
+                "status {status:?}, kind {kind:?}, pages of {limit}"
+            );
         }
     }
 }

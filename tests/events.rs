@@ -167,12 +167,13 @@ fn registry() -> HandlerRegistry {
 }
 
 impl Served {
-    async fn submit(&self, user: &str) -> Value {
+    /// A `kind` job submitted as `user` (its input `null`): its view, with its `events_url`.
+    async fn submit(&self, user: &str, kind: &str) -> Value {
         let resp = self
             .http
             .post(format!("{}/jobs", self.base))
             .header("x-user-id", user)
-            .json(&json!({"kind": "steps", "input": null}))
+            .json(&json!({"kind": kind, "input": null}))
             .send()
             .await
             .unwrap();
@@ -204,7 +205,7 @@ impl Served {
 
 async fn a_stream_shows_each_change_and_ends_with_the_view(b: Backends) {
     let s = serve(&b).await;
-    let job = s.submit("eve").await;
+    let job = s.submit("eve", "steps").await;
     let url = job["events_url"].as_str().expect("events_url").to_owned();
     assert!(url.starts_with(&format!(
         "{}/jobs/{}/events?token=",
@@ -264,7 +265,7 @@ fn version(f: &&Frame) -> u64 {
 
 async fn a_resumed_stream_repeats_nothing(b: Backends) {
     let s = serve(&b).await;
-    let job = s.submit("fay").await;
+    let job = s.submit("fay", "steps").await;
     let url = job["events_url"].as_str().unwrap().to_owned();
     // Read up to the first progress event (the job is running by then), then drop the connection.
     let first = read(s.open(&url, None).await, |f| {
@@ -306,7 +307,7 @@ async fn a_resumed_stream_repeats_nothing(b: Backends) {
 /// is what makes it stop, where an empty `200` would bring it back every few seconds.
 async fn a_client_that_saw_done_is_told_to_stop_reconnecting(b: Backends) {
     let s = serve(&b).await;
-    let job = s.submit("ida").await;
+    let job = s.submit("ida", "steps").await;
     let url = job["events_url"].as_str().unwrap().to_owned();
     let all = read(s.open(&url, None).await, to_the_end).await;
     let done = all.iter().rfind(|f| !f.comment).unwrap();
@@ -334,8 +335,8 @@ async fn a_client_that_saw_done_is_told_to_stop_reconnecting(b: Backends) {
 
 async fn only_a_valid_unexpired_token_for_that_job_opens_a_stream(b: Backends) {
     let s = serve(&b).await;
-    let job = s.submit("gus").await;
-    let other = s.submit("gus").await;
+    let job = s.submit("gus", "steps").await;
+    let other = s.submit("gus", "steps").await;
     let id = job["job_id"].as_str().unwrap();
     let url = job["events_url"].as_str().unwrap();
     let token = url.split("token=").nth(1).unwrap();
@@ -382,23 +383,9 @@ async fn only_a_valid_unexpired_token_for_that_job_opens_a_stream(b: Backends) {
 /// event does not repeat it, and sees the job resume and end.
 async fn a_wait_shows_once_in_the_stream(b: Backends) {
     let s = serve(&b).await;
-    let resp = s
-        .http
-        .post(format!("{}/jobs", s.base))
-        .header("x-user-id", "ivy")
-        .json(&json!({"kind": "approve", "input": null}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 202);
-    let id = resp.json::<Value>().await.unwrap()["job_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let url = s.view("ivy", &id).await["events_url"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let job = s.submit("ivy", "approve").await;
+    let id = job["job_id"].as_str().unwrap().to_owned();
+    let url = job["events_url"].as_str().unwrap().to_owned();
     let is_wait = |f: &Frame| f.event.as_deref() == Some("waiting");
     let got = read(s.open(&url, None).await, is_wait).await;
     let events: Vec<&Frame> = got.iter().filter(|f| !f.comment).collect();
@@ -446,23 +433,9 @@ async fn a_wait_shows_once_in_the_stream(b: Backends) {
 /// supersedes it.
 async fn partials_show_the_latest_in_the_view_and_each_written_one_in_the_stream(b: Backends) {
     let s = serve(&b).await;
-    let resp = s
-        .http
-        .post(format!("{}/jobs", s.base))
-        .header("x-user-id", "pia")
-        .json(&json!({"kind": "partials", "input": null}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 202);
-    let id = resp.json::<Value>().await.unwrap()["job_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let url = s.view("pia", &id).await["events_url"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let job = s.submit("pia", "partials").await;
+    let id = job["job_id"].as_str().unwrap().to_owned();
+    let url = job["events_url"].as_str().unwrap().to_owned();
     let partial = |f: &Frame| {
         (f.event.as_deref() == Some("partial")).then(|| {
             serde_json::from_str::<Value>(&f.data).unwrap()["n"]

@@ -231,7 +231,79 @@ async fn mcp_answers_only_posts_from_an_authenticated_caller(b: Backends) {
     }
 }
 
+/// A `tools/call` to `/mcp` as `user`, its JSON-RPC body given as text (a `Value` would round the
+/// numbers this is about); the answer's status and body, as text.
+async fn raw_call(app: &Api, user: &str, id: u32, tool: &str, arguments: &str) -> (u16, String) {
+    let body = format!(
+        r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"{tool}","arguments":{arguments}}}}}"#
+    );
+    let req = http::Request::post("/mcp")
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .header("host", "jobs.example.com")
+        .header("mcp-protocol-version", "2025-06-18")
+        .body(axum::body::Body::from(body))
+        .unwrap();
+    let answer = app.handle(as_user(req, user)).await;
+    (
+        answer.status.as_u16(),
+        String::from_utf8(answer.body.to_vec()).unwrap(),
+    )
+}
+
+/// Numbers beyond f64 keep every digit through `POST /mcp`, both ways, as they do through the REST
+/// routes: rmcp parses a call's arguments into `serde_json::Value`, which rounded them before.
+async fn big_numbers_keep_every_digit_through_mcp(b: Backends) {
+    const INPUT: &str = r#"{"n":12345678901234567890123,"x":0.1000000000000000055511151231257827}"#;
+    let app = b.api_with_settings(test_registry(), api::ApiSettings::from_config(&b.config));
+    let worker = b.event_source(test_registry(), fast_settings(5));
+    let (status, text) = raw_call(
+        &app,
+        "ada",
+        1,
+        "submit_job",
+        &format!(r#"{{"kind":"echo","input":{INPUT}}}"#),
+    )
+    .await;
+    assert_eq!(status, 200, "{text}");
+    let answer: Value = serde_json::from_str(&text).unwrap();
+    let id = answer["result"]["structuredContent"]["job_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no job id: {text}"))
+        .to_owned();
+    let stored = b.store.get(&jobkit::JobId::parse(&id).unwrap()).await;
+    assert_eq!(
+        stored.unwrap().unwrap().input.get(),
+        INPUT,
+        "the input as sent"
+    );
+    let done = eventually("the job to complete", WAIT, async || {
+        let _ = tokio::time::timeout(Duration::from_secs(5), worker.poll_once()).await;
+        let (_, text) = raw_call(
+            &app,
+            "ada",
+            2,
+            "get_job",
+            &format!(r#"{{"job_id":"{id}"}}"#),
+        )
+        .await;
+        text.contains(r#""status":"completed""#).then_some(text)
+    })
+    .await;
+    // Both the structured result and its text copy carry the digits.
+    let exact = format!(r#""result":{INPUT}"#);
+    let answer: Value = serde_json::from_str(&done).unwrap();
+    let text_copy = answer["result"]["content"][0]["text"].as_str().unwrap();
+    assert!(text_copy.contains(&exact), "text content: {text_copy}");
+    let structured = done
+        .split(r#""structuredContent":"#)
+        .nth(1)
+        .unwrap_or_else(|| panic!("{done}"));
+    assert!(structured.contains(&exact), "structured content: {done}");
+}
+
 on_both_backends!(
+    big_numbers_keep_every_digit_through_mcp,
     an_mcp_client_submits_a_job_and_reads_its_result,
     the_apis_refusals_are_tool_errors_with_its_codes,
     mcp_answers_only_posts_from_an_authenticated_caller,

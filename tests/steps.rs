@@ -16,6 +16,7 @@ use jobkit::agent::{
 };
 use jobkit::handler::WaitFor;
 use jobkit::steps::{StepKind, StepMeta};
+use jobkit::worker::MAX_IDLE_CONTINUATIONS;
 use jobkit::worker::WorkerSettings;
 use jobkit::{HandlerRegistry, JobError, JobStatus};
 use serde_json::{Value, json};
@@ -408,7 +409,75 @@ async fn another_users_job_has_no_steps_and_bad_pages_are_refused(b: Backends) {
     assert_eq!(answer.headers()["allow"], "GET");
 }
 
+/// `spin` yields at once, every run, recording nothing; `stepper` records one new step a run and
+/// yields, [`MAX_IDLE_CONTINUATIONS`] + 2 runs in all, then completes.
+fn yielding_registry() -> HandlerRegistry {
+    let mut r = HandlerRegistry::with_builtins();
+    r.register_fn("spin", |_: Value, _ctx| async move {
+        Err::<Value, _>(JobError::Yield)
+    })
+    .unwrap();
+    r.register_fn("stepper", |_: Value, ctx| async move {
+        let runs = MAX_IDLE_CONTINUATIONS + 2;
+        for i in 0..runs {
+            let ran = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let mark = ran.clone();
+            ctx.step(&format!("s{i}"), async move {
+                mark.store(true, std::sync::atomic::Ordering::SeqCst);
+                Ok(i)
+            })
+            .await?;
+            if ran.load(std::sync::atomic::Ordering::SeqCst) && i + 1 < runs {
+                return Err(JobError::Yield);
+            }
+        }
+        Ok(json!(runs))
+    })
+    .unwrap();
+    r
+}
+
+/// A handler that yields again and again without recording a step or a checkpoint would continue
+/// forever, an invocation each time: after [`MAX_IDLE_CONTINUATIONS`] such runs in a row the job fails
+/// `no_progress`. One that records a step each run continues past that many and completes.
+async fn continuations_that_record_nothing_fail_the_job_and_others_go_on(b: Backends) {
+    let api = b.api_with_settings(
+        yielding_registry(),
+        jobkit::api::ApiSettings::from_config(&b.config),
+    );
+    let worker = b
+        .event_source(yielding_registry(), fast_settings(5))
+        .with_wait(Duration::from_millis(200));
+    let submit = async |kind: &str| {
+        let body = json!({"kind": kind, "input": null}).to_string();
+        let (status, accepted) = json(&api.handle(post_jobs("sam", &body)).await);
+        assert_eq!(status, 202, "{accepted}");
+        accepted["job_id"].as_str().unwrap().to_owned()
+    };
+    let spin = submit("spin").await;
+    let stepper = submit("stepper").await;
+    let ended = |v: &Value| v["status"] == "failed" || v["status"] == "completed";
+    let (spun, stepped) = eventually("both jobs to end", WAIT, async || {
+        let _ = tokio::time::timeout(Duration::from_secs(10), worker.poll_once()).await;
+        let (_, a) = json(&api.handle(get_job("sam", &spin)).await);
+        let (_, b) = json(&api.handle(get_job("sam", &stepper)).await);
+        (ended(&a) && ended(&b)).then_some((a, b))
+    })
+    .await;
+    assert_eq!(spun["status"], "failed", "{spun}");
+    assert_eq!(spun["error"]["code"], "no_progress", "{spun}");
+    assert_eq!(spun["error"]["retryable"], false, "{spun}");
+    let stored = b.store.get(&jobkit::JobId::parse(&spin).unwrap()).await;
+    assert_eq!(
+        stored.unwrap().unwrap().continuations,
+        MAX_IDLE_CONTINUATIONS - 1
+    );
+    assert_eq!(stepped["status"], "completed", "{stepped}");
+    assert_eq!(stepped["result"], json!(MAX_IDLE_CONTINUATIONS + 2));
+}
+
 on_both_backends!(
+    continuations_that_record_nothing_fail_the_job_and_others_go_on,
     a_job_killed_between_steps_performs_each_recorded_effect_once,
     a_step_over_the_limit_fails_the_job_naming_the_step,
     the_first_recorded_result_of_a_step_stands,

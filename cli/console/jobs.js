@@ -1,4 +1,4 @@
-// The jobs list: newest first, filtered by status (by the API) and kind (on the page), searched by id,
+// The jobs list: newest first, filtered by status and kind (by the API), searched by id (on the page),
 // and live: the first page is read again every 2 s, rows update in place and new ones slide in on top.
 
 import { h, fill, badge, progressBar, setBar, age, duration, jobHref, STATUSES, errorBox } from "./dom.js";
@@ -45,7 +45,7 @@ export function jobsView(main, params) {
     refresh();
   };
   statusSel.addEventListener("change", filterChanged);
-  kindSel.addEventListener("change", () => { state.kind = kindSel.value; history.replaceState(null, "", `#/${query({ status: state.status, kind: state.kind })}`); render(); });
+  kindSel.addEventListener("change", filterChanged);
   search.addEventListener("input", () => { state.search = search.value.trim().toUpperCase(); render(); });
 
   // A full id (26 characters) opens that job even when it is not on the loaded pages.
@@ -57,8 +57,10 @@ export function jobsView(main, params) {
   let stopped = false;
   async function refresh() {
     try {
-      const page = await get(`/jobs${query({ status: state.status, limit: PAGE })}`);
-      if (stopped) return; // an answer that came after the page moved on
+      const filters = { status: state.status, kind: state.kind };
+      const page = await get(`/jobs${query({ ...filters, limit: PAGE })}`);
+      // An answer that came after the page moved on, or for filters changed since it was asked.
+      if (stopped || filters.status !== state.status || filters.kind !== state.kind) return;
       state.first = page.jobs;
       if (state.more.length === 0) state.cursor = page.next_cursor;
       fill(err);
@@ -76,7 +78,9 @@ export function jobsView(main, params) {
   async function loadMore() {
     if (!state.cursor) return;
     try {
-      const page = await get(`/jobs${query({ status: state.status, limit: PAGE, cursor: state.cursor })}`);
+      const filters = { status: state.status, kind: state.kind };
+      const page = await get(`/jobs${query({ ...filters, limit: PAGE, cursor: state.cursor })}`);
+      if (filters.status !== state.status || filters.kind !== state.kind) return;
       state.more.push(...page.jobs);
       state.cursor = page.next_cursor;
       render();
@@ -89,7 +93,6 @@ export function jobsView(main, params) {
     const byId = new Map();
     for (const j of [...state.first, ...state.more]) if (!byId.has(j.job_id)) byId.set(j.job_id, j);
     const jobs = [...byId.values()]
-      .filter((j) => !state.kind || j.kind === state.kind)
       .filter((j) => !state.search || j.job_id.includes(state.search))
       .sort((a, b) => (a.submitted_at < b.submitted_at ? 1 : a.submitted_at > b.submitted_at ? -1 : a.job_id < b.job_id ? 1 : -1));
     const keep = new Set(jobs.map((j) => j.job_id));

@@ -155,15 +155,18 @@ impl Client {
             .await
     }
 
-    /// One page of the caller's jobs, newest first.
+    /// One page of the caller's jobs, newest first, of `status` and `kind` when given (filtered by the
+    /// API, so a page is full unless it is the last).
     pub async fn list(
         &self,
         status: Option<&str>,
+        kind: Option<&str>,
         limit: u32,
         cursor: Option<&str>,
     ) -> anyhow::Result<Answer<JobList>> {
         let mut query = vec![("limit", limit.to_string())];
         query.extend(status.map(|s| ("status", s.to_owned())));
+        query.extend(kind.map(|k| ("kind", k.to_owned())));
         query.extend(cursor.map(|c| ("cursor", c.to_owned())));
         let url = reqwest::Url::parse_with_params(&self.url("/jobs"), &query)
             .context("invalid --api-url")?;
@@ -176,7 +179,9 @@ impl Client {
         let mut ids = Vec::new();
         let mut cursor: Option<String> = None;
         loop {
-            let page = self.list(Some("waiting"), 100, cursor.as_deref()).await?;
+            let page = self
+                .list(Some("waiting"), None, 100, cursor.as_deref())
+                .await?;
             ids.extend(page.value.jobs.into_iter().map(|j| j.job_id));
             match page.value.next_cursor {
                 Some(c) => cursor = Some(c),

@@ -69,6 +69,9 @@ enum Command {
         /// dead_letter).
         #[arg(long)]
         status: Option<String>,
+        /// Only jobs of this kind.
+        #[arg(long)]
+        kind: Option<String>,
         /// Jobs per page (1 to 100).
         #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=100))]
         limit: u32,
@@ -336,11 +339,14 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
         Command::List {
             target,
             status,
+            kind,
             limit,
             cursor,
         } => {
             let c = client::Client::new(target)?;
-            let page = c.list(status.as_deref(), limit, cursor.as_deref()).await?;
+            let page = c
+                .list(status.as_deref(), kind.as_deref(), limit, cursor.as_deref())
+                .await?;
             c.print_list(&page);
             Ok(true)
         }

@@ -153,7 +153,7 @@ pub async fn run(
         let limits = limits(&args, registry).await?;
         let mut mine = BTreeMap::new();
         for status in STATUSES {
-            let page = client.list(Some(status), 100, None).await?;
+            let page = client.list(Some(status), None, 100, None).await?;
             let n = page.value.jobs.len();
             let more = page.value.next_cursor.is_some();
             mine.insert(status, if more { format!("{n}+") } else { n.to_string() });

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+mod common;
 /// The console in a real browser, on this file's harness.
 #[path = "browser/console.rs"]
 mod console;
@@ -431,20 +432,7 @@ async fn serve_page(page: &'static str) -> String {
 /// The python of infra/browser.sh's venv (Playwright), which it installs if missing. No chromium is a
 /// failure that says how to install it, never a skipped test.
 async fn browser_python() -> String {
-    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
-    let out = tokio::process::Command::new("bash")
-        .arg(format!("{root}/infra/browser.sh"))
-        .arg("python")
-        .output()
-        .await
-        .expect("bash runs infra/browser.sh");
-    assert!(
-        out.status.success(),
-        "no browser for this test: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8(out.stdout).unwrap();
-    stdout.lines().last().expect("a python path").to_owned()
+    common::venv_python("browser.sh", "browser").await
 }
 
 /// Issues 21.7 and 21.8 in a real browser (headless Chromium, driven by cli/tests/browser/cors.py): a
@@ -461,25 +449,13 @@ async fn a_page_on_an_allowed_origin_submits_and_follows_a_job_in_a_real_browser
     let dev = Dev::start_with(&["--cors-origin", &allowed], &[]);
     assert_ne!(allowed, dev.url, "the page's origin is not the API's");
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/browser/cors.py");
-    let run = tokio::process::Command::new(&python)
-        .args([
-            script,
-            &format!("{allowed}/"),
-            &format!("{other}/"),
-            &dev.url,
-        ])
-        .kill_on_drop(true)
-        .output();
-    let out = tokio::time::timeout(Duration::from_secs(120), run)
-        .await
-        .expect("the browser run ends within two minutes")
-        .expect("python runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let saw: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let args = [
+        script,
+        &format!("{allowed}/"),
+        &format!("{other}/"),
+        &dev.url,
+    ];
+    let saw = common::run_json(&python, &args, Duration::from_secs(120)).await;
     let page = &saw["allowed"];
     assert_eq!(page["submitStatus"], 202, "{saw:#}");
     let id = page["accepted"]["job_id"].as_str().unwrap();
@@ -511,20 +487,7 @@ async fn a_page_on_an_allowed_origin_submits_and_follows_a_job_in_a_real_browser
 
 /// The python of infra/mcp.sh's venv (PyPI `mcp`, the official Python SDK), which it installs if missing.
 async fn mcp_python() -> String {
-    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
-    let out = tokio::process::Command::new("bash")
-        .arg(format!("{root}/infra/mcp.sh"))
-        .arg("python")
-        .output()
-        .await
-        .expect("bash runs infra/mcp.sh");
-    assert!(
-        out.status.success(),
-        "no MCP client for this test: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8(out.stdout).unwrap();
-    stdout.lines().last().expect("a python path").to_owned()
+    common::venv_python("mcp.sh", "MCP client").await
 }
 
 /// The official Python MCP client (cli/tests/mcp/client.py) connected to `POST /mcp` lists the tools,
@@ -535,20 +498,8 @@ async fn an_mcp_client_runs_a_job_through_post_mcp() {
     let python = mcp_python().await;
     let dev = Dev::start(&[]);
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/mcp/client.py");
-    let run = tokio::process::Command::new(&python)
-        .args([script, &format!("{}/mcp", dev.url)])
-        .kill_on_drop(true)
-        .output();
-    let out = tokio::time::timeout(Duration::from_secs(60), run)
-        .await
-        .expect("the MCP client ends within a minute")
-        .expect("python runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let saw: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let args = [script, &format!("{}/mcp", dev.url)];
+    let saw = common::run_json(&python, &args, Duration::from_secs(60)).await;
     assert_eq!(
         saw["tools"],
         json!([
@@ -673,6 +624,23 @@ fn submit_prints_only_the_id_when_stdout_is_not_a_terminal() {
     assert!(status.success(), "{err}");
     let id = out.strip_suffix('\n').unwrap_or(&out);
     jobkit::JobId::parse(id).unwrap_or_else(|e| panic!("{out:?} is not an id: {e}"));
+}
+
+#[tokio::test]
+async fn list_kind_lists_only_that_kinds_jobs() {
+    let dev = Dev::start(&[]);
+    let http = reqwest::Client::new();
+    let sleep = submit(&http, &dev, json!({"kind": "sleep", "input": {"ms": 1}})).await;
+    for i in 0..3 {
+        submit(&http, &dev, json!({"kind": "echo", "input": i})).await;
+    }
+    let (status, out, err) = jobctl(&dev, &["list", "--kind", "sleep", "--limit", "1", "--json"]);
+    assert!(status.success(), "{err}");
+    let page: Value = serde_json::from_str(&out).unwrap();
+    // The one sleep job, though three echo jobs are newer: the API filtered, not the page.
+    assert_eq!(page["jobs"].as_array().unwrap().len(), 1, "{page}");
+    assert_eq!(page["jobs"][0]["job_id"], sleep.as_str());
+    assert_eq!(page["next_cursor"], Value::Null);
 }
 
 #[tokio::test]
@@ -1073,25 +1041,17 @@ fn unparsable_requests_are_answered_in_the_error_shape() {
 /// A stand-in for an OpenAI-compatible model server on loopback: asks to call `send_note` with `note`,
 /// then, once it has read the tool's answer, answers with it. Its base URL (for `--model-url`).
 async fn note_taking_model(note: &'static str) -> String {
-    let app = axum::Router::new().route(
-        "/v1/chat/completions",
-        axum::routing::post(move |axum::Json(body): axum::Json<Value>| async move {
-            let last = body["messages"].as_array().unwrap().last().unwrap().clone();
-            let usage = json!({"prompt_tokens": 10, "completion_tokens": 3});
-            let message = if last["role"] == "tool" {
-                json!({"role": "assistant", "content": format!("done: {}", last["content"])})
-            } else {
-                let arguments = json!({ "note": note }).to_string();
-                json!({"role": "assistant", "content": null, "tool_calls": [{"id": "call-1",
-                    "type": "function", "function": {"name": "send_note", "arguments": arguments}}]})
-            };
-            axum::Json(json!({"choices": [{"message": message}], "usage": usage}))
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/v1", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    url
+    common::model((10, 3), move |body| {
+        let last = body["messages"].as_array().unwrap().last().unwrap();
+        if last["role"] == "tool" {
+            json!({"role": "assistant", "content": format!("done: {}", last["content"])})
+        } else {
+            let arguments = json!({ "note": note }).to_string();
+            json!({"role": "assistant", "content": null, "tool_calls": [{"id": "call-1",
+                "type": "function", "function": {"name": "send_note", "arguments": arguments}}]})
+        }
+    })
+    .await
 }
 
 /// The whole approval flow as a person runs it, with a fake model: `submit --wait` in a terminal shows
@@ -1217,15 +1177,7 @@ async fn an_agents_tool_approval_is_listed_and_completed_from_the_command_line()
 
 /// A stand-in for an OpenAI-compatible model on `listener` that answers every turn at once.
 async fn answering_model(listener: tokio::net::TcpListener) {
-    let app = axum::Router::new().route(
-        "/v1/chat/completions",
-        axum::routing::post(|| async {
-            axum::Json(
-                json!({"choices": [{"message": {"role": "assistant", "content": "done"},
-                "finish_reason": "stop"}], "usage": {"prompt_tokens": 1, "completion_tokens": 1}}),
-            )
-        }),
-    );
+    let app = common::model_app((1, 1), |_| json!({"role": "assistant", "content": "done"}));
     axum::serve(listener, app).await.unwrap();
 }
 

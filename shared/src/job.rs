@@ -386,6 +386,10 @@ pub struct Job {
     /// Times the job yielded before a deadline and continued in a new message (not failed attempts).
     #[serde(default)]
     pub continuations: u32,
+    /// Of those, the last ones in a row whose run recorded no step and saved no checkpoint: see
+    /// [`crate::worker::MAX_IDLE_CONTINUATIONS`].
+    #[serde(default)]
+    pub idle_continuations: u32,
     /// The `Idempotency-Key` the job was submitted with, and the hash of the request it was used for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
@@ -511,6 +515,7 @@ impl Job {
             progress: None,
             partial: None,
             continuations: 0,
+            idle_continuations: 0,
             idempotency_key: None,
             request_hash: None,
             submit_token: None,
@@ -857,10 +862,22 @@ impl Job {
 
     /// `running` -> `queued`: the handler yielded before the invocation's deadline and the job continues
     /// from its checkpoint in a new message. Not a failed attempt: the attempt is given back.
-    pub fn suspend(&self, owner: &str, now: Millis) -> Result<Self, IllegalTransition> {
+    /// `progressed`: whether the run recorded a step or saved a checkpoint (else the continuation is
+    /// idle, and idle ones in a row are counted).
+    pub fn suspend(
+        &self,
+        owner: &str,
+        progressed: bool,
+        now: Millis,
+    ) -> Result<Self, IllegalTransition> {
         let mut next = self.finish(owner, JobStatus::Queued, "suspend", now)?;
         next.attempts = next.attempts.saturating_sub(1);
         next.continuations += 1;
+        next.idle_continuations = if progressed {
+            0
+        } else {
+            self.idle_continuations + 1
+        };
         Ok(next)
     }
 
@@ -1366,7 +1383,7 @@ mod tests {
         let j = j
             .save_checkpoint("w1", Json::from(json!({"step": 5})), T0 + 1)
             .unwrap();
-        let s = j.suspend("w1", T0 + 2).unwrap();
+        let s = j.suspend("w1", true, T0 + 2).unwrap();
         assert_eq!(
             (s.status, s.attempts, s.continuations),
             (JobStatus::Queued, 0, 1)

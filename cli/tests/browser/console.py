@@ -85,9 +85,11 @@ def submit_from_the_page(page, base, out):
     page.fill("#raw-input", '{"ms": "soon"}')
     page.click("#submit")
     out["submit_error"] = page.locator(".error").inner_text()
-    # Filters: status (by the API) and kind (on the page).
+    # Filters: status and kind, both by the API (a kind's jobs past the first page are found too).
     page.goto(f"{base}/")
     page.wait_for_selector("tbody tr")
+    listed = []
+    page.on("request", lambda r: listed.append(r.url) if "/jobs?" in r.url else None)
     page.select_option("#status", "completed")
     page.select_option("#kind", "sleep")
     page.wait_for_function(
@@ -95,6 +97,7 @@ def submit_from_the_page(page, base, out):
     )
     out["filtered"] = page.locator("tbody tr td:nth-child(2)").all_inner_texts()
     out["filter_url"] = page.url
+    out["kind_asked"] = any("kind=sleep" in u and "status=completed" in u for u in listed)
 
 
 def follow_and_cancel_by_keyboard(page, base, out):

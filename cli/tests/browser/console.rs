@@ -5,27 +5,14 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::{Dev, browser_python, note_taking_model};
+use super::{Dev, browser_python, common, note_taking_model};
 
 /// Runs one scenario of console.py against the console at `base`; what the page showed. Fails with the script's
 /// error and everything seen so far when a step did not happen.
 async fn scenario(base: &str, name: &str) -> Value {
     let python = browser_python().await;
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/browser/console.py");
-    let run = tokio::process::Command::new(&python)
-        .args([script, name, base])
-        .kill_on_drop(true)
-        .output();
-    let out = tokio::time::timeout(Duration::from_secs(180), run)
-        .await
-        .expect("the browser run ends within three minutes")
-        .expect("python runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let saw: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let saw = common::run_json(&python, &[script, name, base], Duration::from_secs(180)).await;
     assert!(saw.get("failed").is_none(), "{saw:#}");
     assert_eq!(
         saw["errors"],
@@ -84,6 +71,7 @@ async fn a_job_submitted_from_the_page_completes_live_and_others_appear_without_
         "{saw:#}"
     );
     assert_eq!(saw["filtered"], serde_json::json!(["sleep"]), "{saw:#}");
+    assert_eq!(saw["kind_asked"], true, "the API filters by kind: {saw:#}");
     assert!(
         saw["filter_url"]
             .as_str()
@@ -358,31 +346,20 @@ async fn the_dlq_page_lists_a_dead_job_with_its_error_and_redrives_it() {
 
 /// An OpenAI-compatible model that asks for one calculator call, then answers with its result.
 async fn stub_model() -> String {
-    use axum::routing::post;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/v1", listener.local_addr().unwrap());
-    let app = axum::Router::new().route(
-        "/v1/chat/completions",
-        post(|axum::Json(body): axum::Json<Value>| async move {
-            let answered = body["messages"]
-                .as_array()
-                .is_some_and(|m| m.iter().any(|m| m["role"] == "tool"));
-            let message = if answered {
-                serde_json::json!({"role": "assistant", "content": "6 times 7 is 42."})
-            } else {
-                serde_json::json!({"role": "assistant", "content": null, "tool_calls": [{
-                    "id": "c1", "type": "function",
-                    "function": {"name": "calculator", "arguments": "{\"expression\":\"6*7\"}"}
-                }]})
-            };
-            axum::Json(serde_json::json!({
-                "choices": [{"message": message, "finish_reason": if answered { "stop" } else { "tool_calls" }}],
-                "usage": {"prompt_tokens": 31, "completion_tokens": 7}
-            }))
-        }),
-    );
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    url
+    common::model((31, 7), |body| {
+        let answered = body["messages"]
+            .as_array()
+            .is_some_and(|m| m.iter().any(|m| m["role"] == "tool"));
+        if answered {
+            serde_json::json!({"role": "assistant", "content": "6 times 7 is 42."})
+        } else {
+            serde_json::json!({"role": "assistant", "content": null, "tool_calls": [{
+                "id": "c1", "type": "function",
+                "function": {"name": "calculator", "arguments": "{\"expression\":\"6*7\"}"}
+            }]})
+        }
+    })
+    .await
 }
 
 /// An agent job's page shows its recorded steps (GET /jobs/{id}/steps): both model turns with their

@@ -506,28 +506,34 @@ mod tests {
             .collect()
     }
 
-    #[test]
-    fn a_parked_job_shows_one_waiting_event_per_wait_and_a_resume_repeats_it_not() {
-        let t0: Millis = 1_700_000_000_000;
+    const T0: Millis = 1_700_000_000_000;
+
+    /// A job of `kind` submitted at [`T0`] and running since a millisecond later.
+    fn running(kind: &str) -> crate::job::Job {
         let job = crate::job::Job::new(
             crate::job::NewJob {
                 user_id: "u".into(),
-                kind: "approve".into(),
+                kind: kind.into(),
                 input: crate::json::Json::from(json!({})),
                 max_attempts: 3,
                 ttl_secs: 3600,
                 callback_url: None,
                 counted: false,
             },
-            t0,
+            T0,
         );
+        job.claim("w", T0 + 60_000, T0 + 1).unwrap()
+    }
+
+    #[test]
+    fn a_parked_job_shows_one_waiting_event_per_wait_and_a_resume_repeats_it_not() {
+        let t0 = T0;
         let on = |name: &str, at: Millis| WaitingFor {
             name: name.into(),
             expires_at: at,
             detail: None,
         };
-        let running = job.claim("w", t0 + 60_000, t0 + 1).unwrap();
-        let parked = running
+        let parked = running("approve")
             .park("w", on("approve", t0 + 9_000), t0 + 2)
             .unwrap();
         let mut seen = Seen::default();
@@ -552,21 +558,8 @@ mod tests {
 
     #[test]
     fn each_partial_written_is_one_event_and_a_resume_repeats_none() {
-        let t0: Millis = 1_700_000_000_000;
-        let job = crate::job::Job::new(
-            crate::job::NewJob {
-                user_id: "u".into(),
-                kind: "k".into(),
-                input: crate::json::Json::from(json!({})),
-                max_attempts: 3,
-                ttl_secs: 3600,
-                callback_url: None,
-                counted: false,
-            },
-            t0,
-        );
-        let running = job.claim("w", t0 + 60_000, t0 + 1).unwrap();
-        let first = running
+        let t0 = T0;
+        let first = running("k")
             .publish_partial("w", Json::from(json!({"n": 1})), t0 + 2)
             .unwrap();
         let mut seen = Seen::default();

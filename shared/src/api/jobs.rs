@@ -1,4 +1,4 @@
-//! `GET /jobs?status=&limit=&cursor=`: the caller's jobs, newest first, a page at a time.
+//! `GET /jobs?status=&kind=&limit=&cursor=`: the caller's jobs, newest first, a page at a time.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::status::rfc3339;
 use super::{ApiError, Caller, StatusApi};
+use crate::handler::validate_kind;
 use crate::job::{ErrorInfo, Job, JobId, JobStatus, Millis, Progress};
 use crate::store::ListQuery;
 
@@ -124,7 +125,7 @@ pub(super) async fn list(
     Caller(user): Caller,
     RawQuery(raw): RawQuery,
 ) -> Result<JsonBody<JobList>, ApiError> {
-    let params = parameters(raw.as_deref(), &["status", "limit", "cursor"])?;
+    let params = parameters(raw.as_deref(), &["status", "kind", "limit", "cursor"])?;
     let status = params
         .get("status")
         .map(|s| {
@@ -134,10 +135,22 @@ pub(super) async fn list(
             })
         })
         .transpose()?;
+    // A malformed kind is refused; a well-formed one that is not registered lists nothing (this
+    // function does not hold the registry, and jobs of a kind since removed stay listable).
+    let kind = params
+        .get("kind")
+        .map(|k| {
+            validate_kind(k)
+                .map(|()| k.clone())
+                .map_err(|e| ApiError::InvalidRequest(e.to_string()))
+        })
+        .transpose()?;
     let limit = page_limit(&params)?;
-    // A cursor pages through the query that made it: the caller's jobs, with this filter.
+    // A cursor pages through the query that made it: the caller's jobs, with these filters. Without a
+    // kind the binding is the one cursors had before the kind filter, so those stay valid.
     let filter = status.map_or("", |s| s.as_str());
-    let binding = [user.as_str(), filter];
+    let mut binding = vec![user.as_str(), filter];
+    binding.extend(kind.as_deref());
     let after = params
         .get("cursor")
         .map(|c| api.cursors.decode(c, &binding))
@@ -145,6 +158,7 @@ pub(super) async fn list(
     // One more than asked tells whether another page exists.
     let query = ListQuery {
         status,
+        kind: kind.clone(),
         limit: limit + 1,
         after,
     };

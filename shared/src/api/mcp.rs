@@ -12,7 +12,12 @@
 //! every POST stands alone, `GET` and `DELETE` are `405`, and answers are plain JSON (no SSE stream to
 //! hold open). The caller comes from the same authorizer as every route: a request without one is
 //! `401` before rmcp reads it.
+//!
+//! Job inputs and results keep every digit, as on the REST routes: see [`exact`].
 
+mod exact;
+
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::Router;
@@ -21,9 +26,9 @@ use axum::extract::Request;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use rmcp::model::{
-    CallToolRequestParams, CallToolResponse, CallToolResult, ErrorData, Implementation, JsonObject,
-    ListToolsResult, PaginatedRequestParams, ServerCapabilities, ServerConfig, Tool,
-    ToolAnnotations,
+    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, ErrorData,
+    Implementation, JsonObject, ListToolsResult, PaginatedRequestParams, ServerCapabilities,
+    ServerConfig, Tool, ToolAnnotations,
 };
 use rmcp::service::RequestContext;
 use rmcp::transport::streamable_http_server::session::never::NeverSessionManager;
@@ -36,6 +41,7 @@ use tower::ServiceExt;
 
 use super::{ApiError, Caller, Identity, MAX_BODY_BYTES};
 use crate::handler::KindInfo;
+use crate::json::Json;
 
 /// The MCP endpoint's path.
 pub const PATH: &str = "/mcp";
@@ -67,7 +73,9 @@ pub(super) fn routes(routes: Router, kinds: Vec<KindInfo>) -> Router {
     );
     Router::new().route(
         PATH,
-        axum::routing::post_service(service).layer(axum::middleware::from_fn(authenticated)),
+        axum::routing::post_service(service)
+            .layer(axum::middleware::from_fn(exact::keep_digits))
+            .layer(axum::middleware::from_fn(authenticated)),
     )
 }
 
@@ -120,8 +128,15 @@ impl ServerHandler for McpServer {
         let parts = context.extensions.get::<http::request::Parts>();
         let identity = parts.and_then(|p| p.extensions.get::<Identity>()).cloned();
         let traceparent = parts.and_then(|p| p.headers.get(crate::trace::ATTRIBUTE).cloned());
-        let args = Value::Object(request.arguments.unwrap_or_default());
-        let response = match route_request(&request.name, args) {
+        let exact = parts
+            .and_then(|p| p.extensions.get::<exact::Exact>())
+            .cloned();
+        // The arguments as sent (rmcp's own reading rounds numbers beyond f64).
+        let args = exact
+            .as_ref()
+            .and_then(|e| e.arguments.clone())
+            .unwrap_or_else(|| Value::Object(request.arguments.unwrap_or_default()).into());
+        let response = match route_request(&request.name, &args) {
             Ok(mut req) => {
                 if let Some(identity) = identity {
                     req.extensions_mut().insert(identity);
@@ -136,22 +151,33 @@ impl ServerHandler for McpServer {
             }
             Err(e) => e.into_response(),
         };
-        Ok(answer(response).await.into())
+        let (result, answered) = answer(response).await;
+        if let (Some(exact), Some(answered)) = (exact, answered) {
+            exact.answered(answered);
+        }
+        Ok(result.into())
     }
 }
 
 /// A route's answer as a tool result: its JSON body, structured; at 400 and above a tool error with
-/// the API's `error` and the `status`.
-async fn answer(response: Response) -> CallToolResult {
+/// the API's `error` and the `status`. Below 400, also the body as the route wrote it, which the text
+/// content already is and [`exact`] makes the structured content (a job's input and result may hold
+/// numbers a `Value` rounds).
+async fn answer(response: Response) -> (CallToolResult, Option<Json>) {
     let status = response.status().as_u16();
     let body = axum::body::to_bytes(response.into_body(), MAX_ANSWER_BYTES)
         .await
         .ok()
-        .and_then(|b| serde_json::from_slice::<Value>(&b).ok());
+        .and_then(|b| Json::parse(std::str::from_utf8(&b).ok()?).ok());
     if status < 400 {
-        return CallToolResult::structured(body.unwrap_or(Value::Null));
+        let Some(body) = body else {
+            return (CallToolResult::structured(Value::Null), None);
+        };
+        let mut result = CallToolResult::structured(body.to_value());
+        result.content = vec![ContentBlock::text(body.get())];
+        return (result, Some(body));
     }
-    let mut error = match body {
+    let mut error = match body.map(|b| b.to_value()) {
         Some(Value::Object(o)) if o.contains_key("error") => o,
         _ => json!({"error": {"code": "internal", "message": "the API gave no error body"}})
             .as_object()
@@ -159,28 +185,23 @@ async fn answer(response: Response) -> CallToolResult {
             .expect("an object"),
     };
     error.insert("status".into(), status.into());
-    CallToolResult::structured_error(Value::Object(error))
+    (CallToolResult::structured_error(Value::Object(error)), None)
 }
 
 /// The REST request a tool call stands for. Arguments that are not the tool's are `400
 /// invalid_request`, like a malformed query; `submit_job`'s go to `POST /jobs` as its body, which
-/// checks them.
-fn route_request(tool: &str, args: Value) -> Result<Request, ApiError> {
+/// checks them. Every value is passed on as its text, so numbers keep their digits.
+fn route_request(tool: &str, args: &Json) -> Result<Request, ApiError> {
     match tool {
         SUBMIT => {
-            let Value::Object(mut body) = args else {
-                unreachable!("arguments are an object")
-            };
+            let mut body: BTreeMap<String, Json> = decode(tool, args)?;
             let key = match body.remove("idempotency_key") {
-                None | Some(Value::Null) => None,
-                Some(Value::String(k)) => Some(k),
-                Some(_) => {
-                    return Err(ApiError::InvalidRequest(
-                        "idempotency_key must be a string".into(),
-                    ));
-                }
+                None => None,
+                Some(k) => k.decode::<Option<String>>().map_err(|_| {
+                    ApiError::InvalidRequest("idempotency_key must be a string".into())
+                })?,
             };
-            let mut req = json_request(http::Method::POST, "/jobs", &Value::Object(body));
+            let mut req = json_request(http::Method::POST, "/jobs", &body);
             if let Some(key) = key {
                 let value = http::HeaderValue::from_str(&key).map_err(|_| {
                     ApiError::InvalidRequest(
@@ -207,6 +228,9 @@ fn route_request(tool: &str, args: Value) -> Result<Request, ApiError> {
             if let Some(s) = &a.status {
                 query.append_pair("status", s);
             }
+            if let Some(k) = &a.kind {
+                query.append_pair("kind", k);
+            }
             if let Some(n) = a.limit {
                 query.append_pair("limit", &n.to_string());
             }
@@ -230,8 +254,8 @@ fn route_request(tool: &str, args: Value) -> Result<Request, ApiError> {
     }
 }
 
-fn decode<T: serde::de::DeserializeOwned>(tool: &str, args: Value) -> Result<T, ApiError> {
-    serde_json::from_value(args)
+fn decode<T: serde::de::DeserializeOwned>(tool: &str, args: &Json) -> Result<T, ApiError> {
+    args.decode()
         .map_err(|e| ApiError::InvalidRequest(format!("invalid arguments for {tool}: {e}")))
 }
 
@@ -244,8 +268,9 @@ fn path(segments: &[&str]) -> String {
     url.path().to_owned()
 }
 
-fn json_request(method: http::Method, uri: &str, body: &Value) -> Request {
-    let mut req = Request::new(Body::from(body.to_string()));
+fn json_request(method: http::Method, uri: &str, body: &impl serde::Serialize) -> Request {
+    let text = serde_json::to_string(body).expect("JSON values serialize");
+    let mut req = Request::new(Body::from(text));
     *req.method_mut() = method;
     *req.uri_mut() = uri.parse().expect("a path made here");
     req.headers_mut().insert(
@@ -284,6 +309,9 @@ struct ListArgs {
     /// dead_letter).
     #[serde(default)]
     status: Option<String>,
+    /// Only jobs of this kind.
+    #[serde(default)]
+    kind: Option<String>,
     /// Jobs per page, 1-100 (20 when not given).
     #[serde(default)]
     limit: Option<u32>,
@@ -301,7 +329,7 @@ struct CompleteArgs {
     /// The waitpoint's name (`waiting_for.name` in `get_job`).
     name: String,
     /// What the job's `wait_for` returns (any JSON, at most 64 KiB).
-    payload: Value,
+    payload: Json,
 }
 
 fn schema<T: JsonSchema>() -> Arc<JsonObject> {
@@ -412,9 +440,9 @@ mod tests {
 
     #[test]
     fn unknown_arguments_and_tools_are_invalid_requests() {
-        let e = route_request(GET, json!({"job_id": "a", "extra": 1})).unwrap_err();
+        let e = route_request(GET, &json!({"job_id": "a", "extra": 1}).into()).unwrap_err();
         assert!(matches!(e, ApiError::InvalidRequest(m) if m.contains("unknown field")));
-        let e = route_request("drop_tables", json!({})).unwrap_err();
+        let e = route_request("drop_tables", &json!({}).into()).unwrap_err();
         assert!(matches!(e, ApiError::InvalidRequest(m) if m.contains("submit_job")));
     }
 }

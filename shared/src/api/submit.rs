@@ -504,15 +504,25 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
 /// The body, after its content type is checked (415 before a byte is read). The body limit layer stops
 /// the read at [`MAX_BODY_BYTES`] (413); a body that ends before its declared length is a 400.
 pub(super) async fn read_body(headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
+    if !is_json(headers) {
+        return Err(ApiError::UnsupportedMediaType);
+    }
+    read_limited(body).await
+}
+
+/// Whether the one `Content-Type` is `application/json`.
+pub(super) fn is_json(headers: &HeaderMap) -> bool {
     let mut types = headers.get_all(http::header::CONTENT_TYPE).iter();
     let is_json = types
         .next()
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split(';').next())
         .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/json"));
-    if !is_json || types.next().is_some() {
-        return Err(ApiError::UnsupportedMediaType);
-    }
+    is_json && types.next().is_none()
+}
+
+/// The body, up to the limit: `413` past it, `400 truncated_body` for one cut short.
+pub(super) async fn read_limited(body: Body) -> Result<Bytes, ApiError> {
     axum::body::to_bytes(body, MAX_BODY_BYTES + 1)
         .await
         .map_err(|e| {
@@ -524,6 +534,13 @@ pub(super) async fn read_body(headers: &HeaderMap, body: Body) -> Result<Bytes, 
                 source = s.source();
             }
             ApiError::TruncatedBody
+        })
+        .and_then(|b| {
+            if b.len() > MAX_BODY_BYTES {
+                Err(ApiError::PayloadTooLarge)
+            } else {
+                Ok(b)
+            }
         })
 }
 

@@ -261,7 +261,7 @@ impl JobLister for MemoryStore {
         let mut jobs: Vec<&Job> = st
             .jobs
             .values()
-            .filter(|j| j.user_id == user && query.status.is_none_or(|s| j.status == s))
+            .filter(|j| j.user_id == user && query.matches(j))
             .filter(|j| {
                 query
                     .after

@@ -117,13 +117,29 @@ pub enum Created {
     Existing(Box<Job>),
 }
 
-/// A page request of [`JobLister::list`]: one owner's jobs, newest first.
+/// A page request of [`JobLister::list`]: one owner's jobs, newest first. With a filter, a store reads
+/// on until `limit` jobs match or none are left, so only the last page is short.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListQuery {
     pub status: Option<JobStatus>,
+    /// Only jobs of this kind.
+    pub kind: Option<String>,
     pub limit: usize,
     /// Start after this job (its `submitted_at` and id): the last one of the previous page.
     pub after: Option<(Millis, JobId)>,
+}
+
+impl ListQuery {
+    /// Whether a filter may drop jobs, so a store has to read past `limit` keys to fill a page.
+    pub fn filtered(&self) -> bool {
+        self.status.is_some() || self.kind.is_some()
+    }
+
+    /// Whether `job` passes the filters (its owner and position are the store's to check).
+    pub fn matches(&self, job: &Job) -> bool {
+        self.status.is_none_or(|s| job.status == s)
+            && self.kind.as_deref().is_none_or(|k| job.kind == k)
+    }
 }
 
 // Every method below is a single atomic operation, and safe to retry: repeating a write that already

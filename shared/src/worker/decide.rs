@@ -48,7 +48,15 @@ pub struct Facts {
     pub backoff: Backoff,
     /// The jitter draw in `[0, 1)` for the backoff (random in the worker, fixed in tests).
     pub jitter: f64,
+    /// Whether the run recorded a step or saved a checkpoint: what a continuation resumes from.
+    pub progressed: bool,
 }
+
+/// Continuations in a row whose runs recorded no step and saved no checkpoint before the job fails
+/// `no_progress`: each such continuation starts where the last one did, so a handler that yields again
+/// and again that way would loop (and cost an invocation each time) until the job expires. One that
+/// records something between yields is never stopped by this.
+pub const MAX_IDLE_CONTINUATIONS: u32 = 10;
 
 /// Decides the fate of `job` after its handler returned `ran` (a panic arrives as a retryable error).
 pub fn decide(ran: Result<Output, JobError>, job: &Job, f: Facts) -> Decision {
@@ -62,6 +70,18 @@ pub fn decide(ran: Result<Output, JobError>, job: &Job, f: Facts) -> Decision {
         // The owner asked it to stop and it did: whatever error it stopped with, it is cancelled.
         Err(JobError::Cancelled) => Decision::Cancel,
         Err(_) if f.cancel_requested => Decision::Cancel,
+        Err(JobError::Yield)
+            if !f.progressed && job.idle_continuations + 1 >= MAX_IDLE_CONTINUATIONS =>
+        {
+            Decision::Fail(ErrorInfo::new(
+                "no_progress",
+                format!(
+                    "yielded {MAX_IDLE_CONTINUATIONS} times in a row without recording a step or \
+                     saving a checkpoint"
+                ),
+                false,
+            ))
+        }
         Err(JobError::Yield) => Decision::Continue,
         Err(JobError::Wait {
             name,
@@ -154,6 +174,7 @@ mod tests {
             max_attempts: 5,
             backoff: Backoff::new(Duration::from_secs(2), Duration::from_secs(60)),
             jitter: 0.5,
+            progressed: true,
         }
     }
 
@@ -176,6 +197,30 @@ mod tests {
 
     fn info(code: &str, message: &str, retryable: bool) -> ErrorInfo {
         ErrorInfo::new(code, message, retryable)
+    }
+
+    #[test]
+    fn a_yield_fails_the_job_only_after_enough_idle_continuations_in_a_row() {
+        let idle = |n: u32, progressed: bool| {
+            let mut j = job(1);
+            j.idle_continuations = n;
+            decide(
+                Err(JobError::Yield),
+                &j,
+                Facts {
+                    progressed,
+                    ..facts(1, false)
+                },
+            )
+        };
+        assert_eq!(idle(0, false), Decision::Continue);
+        assert_eq!(idle(MAX_IDLE_CONTINUATIONS - 2, false), Decision::Continue);
+        assert!(matches!(
+            idle(MAX_IDLE_CONTINUATIONS - 1, false),
+            Decision::Fail(e) if e.code == "no_progress" && !e.retryable
+        ));
+        // A run that recorded something continues, however many idle ones came before.
+        assert_eq!(idle(MAX_IDLE_CONTINUATIONS + 5, true), Decision::Continue);
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! re-applied to the fresh copy; if the lease is gone, the attempt has lost the job and must stop.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use async_trait::async_trait;
 use tokio::sync::Mutex;
@@ -42,6 +43,8 @@ pub struct LeaseKeeper {
     cancellation: CancellationToken,
     /// The daily token budget of each user, if one is set: told to the handler with each count.
     budget: Option<Budget>,
+    /// Whether this attempt recorded a step or saved a checkpoint (see [`Self::made_progress`]).
+    progressed: AtomicBool,
 }
 
 /// Conflicts in a row before giving up: each one means another writer got in between, which for a job
@@ -67,7 +70,14 @@ impl LeaseKeeper {
             cancellation,
             budget,
             job: Mutex::new(claimed),
+            progressed: AtomicBool::new(false),
         })
+    }
+
+    /// Whether this attempt recorded a step or saved a checkpoint: something a continuation resumes
+    /// from (progress reports and partial results are not).
+    pub fn made_progress(&self) -> bool {
+        self.progressed.load(Ordering::Relaxed)
     }
 
     pub fn cancel_requested(&self) -> bool {
@@ -137,8 +147,9 @@ impl Attempt for LeaseKeeper {
     async fn save_checkpoint(&self, checkpoint: Json) -> Result<(), JobError> {
         self.update(|job, owner, now| job.save_checkpoint(owner, checkpoint.clone(), now))
             .await
-            .map(drop)
-            .map_err(Self::job_error)
+            .map_err(Self::job_error)?;
+        self.progressed.store(true, Ordering::Relaxed);
+        Ok(())
     }
 
     async fn progress(&self, progress: Progress) -> Result<(), JobError> {
@@ -179,10 +190,14 @@ impl Attempt for LeaseKeeper {
             let job = self.job.lock().await;
             (job.job_id.clone(), job.expires_at)
         };
-        self.store
+        let stands = self
+            .store
             .record_step(&id, name, &value, &meta, expires_at)
             .await
-            .map_err(|e| JobError::retryable("store_unavailable", e))
+            .map_err(|e| JobError::retryable("store_unavailable", e))?;
+        // Called only for a step that ran (a recorded one is read, not recorded again).
+        self.progressed.store(true, Ordering::Relaxed);
+        Ok(stands)
     }
 
     async fn take_tokens(

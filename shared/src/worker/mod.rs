@@ -26,7 +26,7 @@ use tokio::sync::watch;
 use tracing::Instrument;
 
 use crate::park::resume_parked;
-pub use decide::{Decision, Facts, decide};
+pub use decide::{Decision, Facts, MAX_IDLE_CONTINUATIONS, decide};
 use hide::Hider;
 pub use lease::{LeaseError, LeaseKeeper};
 
@@ -456,6 +456,7 @@ impl Worker {
             max_attempts: self.settings.max_attempts,
             backoff: self.settings.backoff,
             jitter: rand::random::<f64>(),
+            progressed: keeper.made_progress(),
         };
         observe::handler_duration(&job.kind, started.elapsed());
         self.runtimes.ran(&job.kind, started.elapsed());
@@ -700,9 +701,14 @@ impl Worker {
             tracing::warn!(error = %e, "could not send the continuation; retrying the attempt");
             return (Outcome::Unavailable, self.backoff(1));
         }
-        match keeper.update(|j, owner, now| j.suspend(owner, now)).await {
+        let progressed = keeper.made_progress();
+        match keeper
+            .update(|j, owner, now| j.suspend(owner, progressed, now))
+            .await
+        {
             Ok(j) => tracing::info!(
                 continuations = j.continuations,
+                idle_continuations = j.idle_continuations,
                 "job yielded; continues in a new message"
             ),
             // The continuation message finds the lease expired and resumes from the checkpoint.

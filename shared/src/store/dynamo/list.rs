@@ -82,7 +82,8 @@ impl DynamoStore {
 #[async_trait]
 impl JobLister for DynamoStore {
     /// Keys merged from every shard, newest first, then the jobs themselves in one BatchGetItem. With
-    /// a status filter, keys are read until enough jobs match (what a FilterExpression would read too).
+    /// a status or kind filter, keys are read until enough jobs match (what a FilterExpression would
+    /// read too): the index holds keys only, so neither can be a key condition.
     async fn list(&self, user: &str, query: &ListQuery) -> Result<Vec<Job>, StoreError> {
         let mut shards: Vec<Shard> = (0..USER_SHARDS)
             .map(|n| {
@@ -105,7 +106,7 @@ impl JobLister for DynamoStore {
         let mut found = Vec::new();
         loop {
             let wanted = query.limit - found.len();
-            let page = if query.status.is_some() {
+            let page = if query.filtered() {
                 wanted.max(100)
             } else {
                 wanted
@@ -135,7 +136,7 @@ impl JobLister for DynamoStore {
             for id in &ids {
                 // A key whose job is gone (TTL) is skipped.
                 if let Some(job) = jobs.remove(id)
-                    && query.status.is_none_or(|s| job.status == s)
+                    && query.matches(&job)
                 {
                     found.push(job);
                     if found.len() >= query.limit {
