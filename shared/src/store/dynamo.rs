@@ -31,6 +31,7 @@ mod list;
 mod pages;
 mod release;
 mod steps;
+mod threads;
 
 pub use due::DUE_SHARDS;
 pub use list::USER_SHARDS;
