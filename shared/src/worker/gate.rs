@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use super::{Graded, Outcome, Worker};
 use crate::clock::Millis;
-use crate::job::Job;
+use crate::job::{DeferReason, Job, ThreadRun};
 use crate::limits::{Counter, Deferred, Gate, Hold, Limits, Take};
 use crate::observe;
 use crate::queue::{Delivery, Invocation, JobMessage, Verdict};
@@ -84,6 +84,18 @@ pub(super) fn jittered(wait: Duration, jitter: f64) -> Duration {
         .clamp(Duration::from_secs(1), MAX_DEFER)
 }
 
+/// A thread's runs hold a concurrency slot of one, keyed on the thread, while they run. The scope
+/// starts with a NUL, which no kind's name does, so it never names a kind's ledger.
+fn thread_gate(run: &ThreadRun) -> Gate {
+    Gate {
+        counter: Counter::Concurrency {
+            ledger: Ledger::limit(&format!("\0thread\0{}", run.thread)),
+            cap: 1,
+        },
+        label: "thread".into(),
+    }
+}
+
 /// What the gate decided.
 pub(super) enum Admit {
     /// Claim it, holding these (none: no limit applies, or the claim will say why it cannot run).
@@ -96,7 +108,7 @@ impl Worker {
     /// Takes what `limits` ask of the job of `msg`, or defers it.
     pub(super) async fn admit(
         &self,
-        limits: &Limits,
+        limits: Option<&Limits>,
         msg: &JobMessage,
         d: &Delivery,
         inv: &Invocation,
@@ -115,6 +127,22 @@ impl Worker {
             // Running elsewhere, finished, parked or cancelled: the claim grades it; it runs nothing.
             return Admit::Go(Held::default());
         }
+        if let Some(run) = &job.thread {
+            match self.turn_of(run, now).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    let wait = slot_wait(self.runtimes.typical(&job.kind));
+                    return Admit::Stop(
+                        self.defer(&job, DeferReason::Thread, "thread", wait, d)
+                            .await,
+                    );
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not read a thread run's predecessor");
+                    return Admit::Stop((Outcome::Unavailable, self.backoff(d.receive_count)));
+                }
+            }
+        }
         let model = |input: &crate::json::Json| self.registry.model_of(&job.kind, input);
         let hold = Hold {
             job_id: job.job_id.clone(),
@@ -123,7 +151,11 @@ impl Worker {
                 .map_or(now + HOLD_LEASE.as_millis() as Millis, |d| d + HOLD_GRACE),
         };
         let held = Held::default();
-        for gate in limits.gates(&job.kind, &job, &model) {
+        let mut gates = limits.map_or_else(Vec::new, |l| l.gates(&job.kind, &job, &model));
+        if let Some(run) = &job.thread {
+            gates.insert(0, thread_gate(run));
+        }
+        for gate in gates {
             let wait = match &gate.counter {
                 Counter::Concurrency { ledger, cap } => {
                     match self.store.hold(ledger, *cap, &hold, now).await {
@@ -158,7 +190,7 @@ impl Worker {
                 }
             };
             self.give_back(held).await;
-            return Admit::Stop(self.defer(&job, &gate, wait, d).await);
+            return Admit::Stop(self.defer(&job, gate.reason(), &gate.label, wait, d).await);
         }
         Admit::Go(held)
     }
@@ -204,7 +236,32 @@ impl Worker {
 
     /// Defers `job`: its message again, delayed by about `wait`, and this one acknowledged; the
     /// note `GET /jobs/{id}` shows (best effort).
-    async fn defer(&self, job: &Job, gate: &Gate, wait: Duration, d: &Delivery) -> Graded {
+    /// Whether a thread's run may start: the run submitted before it has finished (or is gone, its
+    /// TTL past). The thread's hold ([`thread_gate`]) then keeps a cancelled run still finishing
+    /// its turn (its lease lost, so it reads as finished) from overlapping this one.
+    async fn turn_of(
+        &self,
+        run: &ThreadRun,
+        now: Millis,
+    ) -> Result<bool, crate::store::StoreError> {
+        let Some(before) = &run.after else {
+            return Ok(true);
+        };
+        Ok(self
+            .store
+            .get(before)
+            .await?
+            .is_none_or(|j| j.effective_status(now).is_terminal()))
+    }
+
+    async fn defer(
+        &self,
+        job: &Job,
+        reason: DeferReason,
+        key: &str,
+        wait: Duration,
+        d: &Delivery,
+    ) -> Graded {
         let delay = jittered(wait, rand::random::<f64>());
         let trace = d.trace.as_deref().and_then(TraceContext::parse);
         if let Err(e) = self
@@ -216,10 +273,9 @@ impl Worker {
             return (Outcome::Unavailable, Verdict::Retry(delay));
         }
         let now = self.clock.now();
-        let reason = gate.reason();
         let note = Deferred {
             reason,
-            key: gate.label.clone(),
+            key: key.to_owned(),
             until: now + delay.as_millis() as Millis,
         };
         if let Err(e) = self.store.note_deferred(&job.job_id, &note, now).await {
@@ -228,7 +284,7 @@ impl Worker {
         observe::deferred(&job.kind, reason.as_str());
         tracing::info!(
             reason = reason.as_str(),
-            key = %gate.label,
+            key,
             delay_ms = delay.as_millis() as u64,
             "job deferred by a limit"
         );

@@ -310,10 +310,10 @@ impl Worker {
             span_id = parent.as_ref().map(|t| t.child().span_id).as_deref(),
         );
         let graded = async {
-            // Only kinds with limits pay for them (see `gate`).
-            let held = match self.registry.limits(&msg.kind) {
-                None => None,
-                Some(limits) => match self.admit(limits, &msg, d, inv).await {
+            // Only kinds with limits, and threads' runs, pay for them (see `gate`).
+            let held = match (self.registry.limits(&msg.kind), msg.thread) {
+                (None, false) => None,
+                (limits, _) => match self.admit(limits, &msg, d, inv).await {
                     gate::Admit::Go(held) => Some(held),
                     gate::Admit::Stop(graded) => return graded,
                 },
