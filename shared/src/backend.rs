@@ -135,7 +135,8 @@ impl Backend {
                 ..settings
             },
             self.clock.clone(),
-        );
+        )
+        .with_threads(CursorKey::new(&self.signing_secret), self.announcer());
         match &self.container {
             Some(q) => api.with_container_queue(q.clone()),
             None => api,

@@ -23,6 +23,7 @@ pub mod mcp;
 mod status;
 mod steps;
 mod submit;
+mod threads;
 mod token;
 mod waitpoints;
 
@@ -48,6 +49,7 @@ pub use kinds::KindList;
 pub use status::{JobView, SettledView, StatusApi, WaitingForView, WebhookView, rfc3339};
 pub use steps::{StepError, StepList, StepView};
 pub use submit::{SubmitApi, SubmitRequest};
+pub use threads::{MessageView, ThreadPage, ThreadView};
 pub use token::{Purpose, TokenKey};
 pub use waitpoints::{
     LINK_GRACE, WaitpointApi, WaitpointLink, WaitpointView, capability, capability_until,
@@ -169,6 +171,8 @@ fn waitpoints_only(api: Arc<WaitpointApi>) -> Router {
 
 fn submit_only(api: Arc<SubmitApi>) -> Router {
     let router = route(Router::new(), "/jobs", post(submit::submit));
+    let router = route(router, "/threads", post(threads::create));
+    let router = route(router, "/threads/{id}", get(threads::show));
     route(router, "/kinds", get(kinds::list)).with_state(api)
 }
 
@@ -293,8 +297,13 @@ async fn method_not_allowed(uri: http::Uri) -> ApiError {
     let path = uri.path().trim_end_matches('/');
     let allow = if path == "/jobs" {
         "GET, POST"
-    } else if path == "/kinds" || path.split('/').count() == 4 && path.ends_with("/steps") {
+    } else if path == "/kinds"
+        || path.split('/').count() == 4 && path.ends_with("/steps")
+        || path.starts_with("/threads/")
+    {
         "GET"
+    } else if path == "/threads" {
+        "POST"
     } else if path.starts_with("/waitpoints/") {
         "GET, POST"
     } else if path.contains("/waitpoints/") || path == mcp::PATH {
