@@ -1,7 +1,9 @@
 //! The worker's side of kind-level limits (see [`crate::limits`]): before a job of a limited kind is
 //! claimed, it takes a hold on each concurrency limit and a token of each rate limit, or is deferred;
 //! after its attempt ends (any outcome), its holds are given back. A kind without limits never gets
-//! here: it costs what it always did.
+//! here: it costs what it always did. A thread's run does (its message says so, whatever its kind):
+//! it is deferred while the run before it in its thread has not finished, and holds a concurrency
+//! slot of one keyed on its thread while it runs (see [`crate::thread`]).
 //!
 //! Taken before the claim, not after, so a deferral neither uses an attempt nor writes the job a
 //! second time to give the claim back: it costs one read of the job, the refused write (none for a
@@ -36,15 +38,19 @@ const MAX_DEFER: Duration = Duration::from_secs(900);
 /// The holds one attempt took, given back when it ends (renewed meanwhile when they would lapse).
 #[derive(Debug, Default)]
 pub(super) struct Held {
-    holds: Mutex<Vec<(Ledger, u32, Hold)>>,
+    holds: Mutex<Vec<HeldHold>>,
 }
 
+/// A hold taken: its ledger, page, member, and whether it follows the job's lease (a thread's hold:
+/// two leases long, renewed by every heartbeat) rather than the invocation.
+type HeldHold = (Ledger, u32, Hold, bool);
+
 impl Held {
-    fn push(&self, hold: (Ledger, u32, Hold)) {
+    fn push(&self, hold: HeldHold) {
         self.lock().push(hold);
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(Ledger, u32, Hold)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<HeldHold>> {
         self.holds.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
@@ -86,13 +92,15 @@ pub(super) fn jittered(wait: Duration, jitter: f64) -> Duration {
 
 /// A thread's runs hold a concurrency slot of one, keyed on the thread, while they run. The scope
 /// starts with a NUL, which no kind's name does, so it never names a kind's ledger.
+const THREAD_LABEL: &str = "thread";
+
 fn thread_gate(run: &ThreadRun) -> Gate {
     Gate {
         counter: Counter::Concurrency {
             ledger: Ledger::limit(&format!("\0thread\0{}", run.thread)),
             cap: 1,
         },
-        label: "thread".into(),
+        label: THREAD_LABEL.into(),
     }
 }
 
@@ -155,12 +163,21 @@ impl Worker {
         if let Some(run) = &job.thread {
             gates.insert(0, thread_gate(run));
         }
+        // A thread's hold follows the run's lease: a killed worker's lapses about when its job can
+        // be claimed again, and its retry (the same run) is not kept waiting for the invocation's
+        // end. Two runs of one thread still never overlap: a run whose lease is lost stops.
+        let lease_bound = Hold {
+            job_id: job.job_id.clone(),
+            until: now + 2 * self.settings.lease.as_millis() as Millis,
+        };
         for gate in gates {
+            let follows = gate.label == THREAD_LABEL && job.thread.is_some();
+            let hold = if follows { &lease_bound } else { &hold };
             let wait = match &gate.counter {
                 Counter::Concurrency { ledger, cap } => {
-                    match self.store.hold(ledger, *cap, &hold, now).await {
+                    match self.store.hold(ledger, *cap, hold, now).await {
                         Ok(Some(page)) => {
-                            held.push((ledger.clone(), page, hold.clone()));
+                            held.push((ledger.clone(), page, hold.clone(), follows));
                             continue;
                         }
                         Ok(None) => slot_wait(self.runtimes.typical(&job.kind)),
@@ -199,20 +216,29 @@ impl Worker {
     /// lease on (from the heartbeat): a job without a deadline (the container worker) may run for
     /// hours, and its hold must not lapse while it does. Lambda's holds end after the invocation's
     /// deadline and never need it. Best effort: a failed renewal is tried at the next heartbeat.
-    pub(super) async fn renew_holds(&self, held: &Held) {
+    /// A hold that follows the job's lease (a thread's) is renewed, deadline or not, once less than
+    /// a lease is left (about every third heartbeat), to two leases on.
+    pub(super) async fn renew_holds(&self, held: &Held, no_deadline: bool) {
         let now = self.clock.now();
         let lease = HOLD_LEASE.as_millis() as Millis;
-        let due: Vec<(usize, Ledger, u32, Hold)> = held
+        let job_lease = self.settings.lease.as_millis() as Millis;
+        let due: Vec<(usize, Ledger, u32, Hold, Millis)> = held
             .lock()
             .iter()
             .enumerate()
-            .filter(|(_, (_, _, h))| h.until - now < lease / 2)
-            .map(|(i, (l, p, h))| (i, l.clone(), *p, h.clone()))
+            .filter_map(|(i, (l, p, h, follows))| {
+                let until = match follows {
+                    true if h.until - now < job_lease => now + 2 * job_lease,
+                    false if no_deadline && h.until - now < lease / 2 => now + lease,
+                    _ => return None,
+                };
+                Some((i, l.clone(), *p, h.clone(), until))
+            })
             .collect();
-        for (i, ledger, page, old) in due {
+        for (i, ledger, page, old, until) in due {
             let new = Hold {
                 job_id: old.job_id.clone(),
-                until: now + lease,
+                until,
             };
             match self.store.renew_hold(&ledger, page, &old, &new).await {
                 Ok(()) => held.lock()[i].2 = new,
@@ -226,7 +252,7 @@ impl Worker {
     /// Gives an attempt's holds back (best effort: one not given back lapses at its end).
     pub(super) async fn give_back(&self, held: Held) {
         let holds = std::mem::take(&mut *held.lock());
-        let backs = holds.iter().map(|(ledger, page, hold)| async move {
+        let backs = holds.iter().map(|(ledger, page, hold, _)| async move {
             if let Err(e) = self.store.unhold(ledger, *page, hold).await {
                 tracing::warn!(error = %e, until = hold.until, "could not give a hold back; it lapses by itself");
             }

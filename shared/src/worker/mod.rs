@@ -506,9 +506,9 @@ impl Worker {
                 }
                 _ = beat.tick() => {
                     let lease = self.settings.lease.as_millis() as Millis;
-                    // Only without a deadline: a Lambda's holds outlast its invocation already.
-                    if let Some(held) = held.filter(|_| inv.deadline.is_none()) {
-                        self.renew_holds(held).await;
+                    // A Lambda's kind holds outlast its invocation already; a thread's follow the lease.
+                    if let Some(held) = held {
+                        self.renew_holds(held, inv.deadline.is_none()).await;
                     }
                     match keeper.update(|j, owner, now| j.heartbeat(owner, now + lease, now)).await {
                         Ok(_) => hider.hide(&d.receipt_handle),
