@@ -376,7 +376,7 @@ mod tests {
             "cut no more than needed"
         );
         assert!(m.message["text"].as_str().unwrap().ends_with("[truncated]"));
-        assert_eq!(m.truncated_from, Some(huge.len() as u64 + 26));
+        assert_eq!(m.truncated_from, Some(huge.len() as u64 + 25));
         let small = msg(1, 1, json!({"role": "user", "text": "hi"}));
         assert_eq!(
             (small.truncated_from, small.message["text"].as_str()),
