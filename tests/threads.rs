@@ -481,6 +481,8 @@ async fn another_users_or_an_expired_thread_is_not_found(b: Backends) {
         (r#"{"ttl_seconds": "60"}"#, "invalid_ttl"),
         (r#"{"colour": "red"}"#, "invalid_request"),
         ("[1]", "invalid_request"),
+        ("", "invalid_request"),
+        (r#"{"policy": null}"#, "invalid_policy"),
         ("{", "malformed_json"),
     ] {
         let resp = api.handle(complete_req("ada", "/threads", body)).await;

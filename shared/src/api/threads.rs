@@ -23,15 +23,21 @@ use crate::job::{Cancel, Job, JobId};
 use crate::store::{Created, Insert, StoreError};
 use crate::thread::{MAX_TTL, MIN_TTL, MessageQuery, Policy, Thread, ThreadId, ThreadMessage};
 
-/// The body of `POST /threads` (every field optional; an empty body is `{}`). Fields are checked by
-/// hand, so a wrong value gets its own code rather than serde's generic one.
-#[derive(Debug, Default, Deserialize)]
+/// The body of `POST /threads`, a JSON object whose fields are optional (`{}`: the defaults). Fields
+/// are checked by hand, so a wrong value gets its own code rather than serde's generic one; `null` is
+/// a wrong value, not an absent one.
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct CreateThread {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     policy: Option<Value>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     ttl_seconds: Option<Value>,
+}
+
+/// A field that is there, `null` included.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(d).map(Some)
 }
 
 /// A thread as `POST /threads` and `GET /threads/{id}` show it (openapi.yaml's `Thread`).
@@ -107,7 +113,7 @@ pub struct ThreadPage {
 
 fn policy_of(v: Option<&Value>) -> Result<Policy, ApiError> {
     match v {
-        None | Some(Value::Null) => Ok(Policy::default()),
+        None => Ok(Policy::default()),
         Some(Value::String(s)) => Policy::parse(s).map_err(|_| ApiError::InvalidPolicy),
         Some(_) => Err(ApiError::InvalidPolicy),
     }
@@ -122,7 +128,7 @@ fn ttl_of(v: Option<&Value>, default: Duration) -> Result<Duration, ApiError> {
         ))
     };
     let secs = match v {
-        None | Some(Value::Null) => return Ok(default.clamp(MIN_TTL, MAX_TTL)),
+        None => return Ok(default.clamp(MIN_TTL, MAX_TTL)),
         Some(Value::Number(n)) => whole_seconds(n).ok_or_else(bad)?,
         Some(_) => return Err(bad()),
     };
@@ -141,19 +147,21 @@ pub(super) async fn create(
     body: Body,
 ) -> Result<Response, ApiError> {
     let bytes = read_body(&headers, body).await?;
-    let request: CreateThread = if bytes.iter().all(u8::is_ascii_whitespace) {
-        CreateThread::default()
-    } else {
-        let value: Value =
-            serde_json::from_slice(&bytes).map_err(|e| ApiError::MalformedJson(e.to_string()))?;
-        if !value.is_object() {
-            return Err(ApiError::InvalidRequest(
-                "request body must be a JSON object {\"policy\"?, \"ttl_seconds\"?}".into(),
-            ));
+    // An empty body too is refused: `{}` asks for the defaults.
+    let value: Value = match bytes.iter().all(u8::is_ascii_whitespace) {
+        true => Value::Null,
+        false => {
+            serde_json::from_slice(&bytes).map_err(|e| ApiError::MalformedJson(e.to_string()))?
         }
-        serde_json::from_value(value)
-            .map_err(|e| ApiError::InvalidRequest(format!("invalid thread request: {e}")))?
     };
+    if !value.is_object() {
+        return Err(ApiError::InvalidRequest(
+            "request body must be a JSON object {\"policy\"?, \"ttl_seconds\"?} ({} for the defaults)"
+                .into(),
+        ));
+    }
+    let request: CreateThread = serde_json::from_value(value)
+        .map_err(|e| ApiError::InvalidRequest(format!("invalid thread request: {e}")))?;
     let policy = policy_of(request.policy.as_ref())?;
     let ttl = ttl_of(request.ttl_seconds.as_ref(), api.settings.job_ttl)?;
     let thread = Thread::new(user, policy, ttl, api.clock.now());
@@ -319,7 +327,7 @@ mod tests {
         let day = Duration::from_secs(86_400);
         assert_eq!(policy_of(None).unwrap(), Policy::Enqueue);
         assert_eq!(policy_of(Some(&json!("reject"))).unwrap(), Policy::Reject);
-        for bad in [json!("later"), json!(1), json!(["enqueue"])] {
+        for bad in [json!("later"), json!(1), json!(["enqueue"]), Value::Null] {
             assert_eq!(policy_of(Some(&bad)).unwrap_err().code(), "invalid_policy");
         }
         assert_eq!(ttl_of(None, day).unwrap(), day);
@@ -331,6 +339,7 @@ mod tests {
             json!(1.5),
             json!("60"),
             json!(MAX_TTL.as_secs() + 1),
+            Value::Null,
         ] {
             assert_eq!(
                 ttl_of(Some(&bad), day).unwrap_err().code(),
