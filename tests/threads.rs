@@ -473,6 +473,14 @@ async fn another_users_or_an_expired_thread_is_not_found(b: Backends) {
     assert_error(&resp, 404, "thread_not_found");
     let (status, _) = send(&later_api, "ada", &thread, "hi", None).await;
     assert_eq!(status, 404);
+    // Without an identity, nothing.
+    for (method, path) in [("POST", "/threads"), ("GET", &format!("/threads/{thread}"))] {
+        assert_error(
+            &api.handle(unauthenticated(method, path)).await,
+            401,
+            "unauthenticated",
+        );
+    }
     // Bad bodies get their own codes.
     for (body, code) in [
         (r#"{"policy": "later"}"#, "invalid_policy"),

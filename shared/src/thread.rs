@@ -15,7 +15,10 @@
 //!   never appends twice. Each is at most [`MAX_MESSAGE_BYTES`] stored ([`ThreadMessage::new`] cuts
 //!   longer text and says so), far under DynamoDB's 400 KB item.
 //! - **History is bounded** ([`HistoryBound`]): a run sends its model at most the last N messages and
-//!   about K tokens of the earlier runs ([`window`]).
+//!   about K tokens of the earlier runs ([`window`]). On DynamoDB the list comes from the `by_job`
+//!   index, which is eventually consistent: a run that starts within the index's lag (typically well
+//!   under a second) of the end of the run before it could miss that run's last messages. The items
+//!   themselves are read strongly consistent; a deferral (at least a second) usually covers the lag.
 
 use std::time::Duration;
 

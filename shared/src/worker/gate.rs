@@ -104,6 +104,18 @@ fn thread_gate(run: &ThreadRun) -> Gate {
     }
 }
 
+/// Whether a thread's run may start.
+enum Turn {
+    Go,
+    /// The run before it is queued or running.
+    After,
+    /// The run before it is parked (an approval, a sleep).
+    AfterWait,
+}
+
+/// How long a run waits behind a parked one before it looks again.
+const PARKED_BEFORE: Duration = Duration::from_secs(300);
+
 /// What the gate decided.
 pub(super) enum Admit {
     /// Claim it, holding these (none: no limit applies, or the claim will say why it cannot run).
@@ -137,11 +149,15 @@ impl Worker {
         }
         if let Some(run) = &job.thread {
             match self.turn_of(run, now).await {
-                Ok(true) => {}
-                Ok(false) => {
-                    let wait = slot_wait(self.runtimes.typical(&job.kind));
+                Ok(Turn::Go) => {}
+                Ok(turn) => {
+                    let wait = match turn {
+                        // It may wait for a person for hours: looked at again every few minutes.
+                        Turn::AfterWait => PARKED_BEFORE,
+                        _ => slot_wait(self.runtimes.typical(&job.kind)),
+                    };
                     return Admit::Stop(
-                        self.defer(&job, DeferReason::Thread, "thread", wait, d)
+                        self.defer(&job, DeferReason::Thread, THREAD_LABEL, wait, d)
                             .await,
                     );
                 }
@@ -260,8 +276,6 @@ impl Worker {
         futures::future::join_all(backs).await;
     }
 
-    /// Defers `job`: its message again, delayed by about `wait`, and this one acknowledged; the
-    /// note `GET /jobs/{id}` shows (best effort).
     /// Whether a thread's run may start: the run submitted before it has finished (or is gone, its
     /// TTL past). The thread's hold ([`thread_gate`]) then keeps a cancelled run still finishing
     /// its turn (its lease lost, so it reads as finished) from overlapping this one.
@@ -269,16 +283,22 @@ impl Worker {
         &self,
         run: &ThreadRun,
         now: Millis,
-    ) -> Result<bool, crate::store::StoreError> {
+    ) -> Result<Turn, crate::store::StoreError> {
         let Some(before) = &run.after else {
-            return Ok(true);
+            return Ok(Turn::Go);
         };
-        Ok(self
-            .store
-            .get(before)
-            .await?
-            .is_none_or(|j| j.effective_status(now).is_terminal()))
+        Ok(match self.store.get(before).await? {
+            None => Turn::Go,
+            Some(j) => match j.effective_status(now) {
+                s if s.is_terminal() => Turn::Go,
+                crate::job::JobStatus::Waiting => Turn::AfterWait,
+                _ => Turn::After,
+            },
+        })
     }
+
+    /// Defers `job`: its message again, delayed by about `wait`, and this one acknowledged; the
+    /// note `GET /jobs/{id}` shows (best effort).
 
     async fn defer(
         &self,
