@@ -299,7 +299,6 @@ impl Worker {
 
     /// Defers `job`: its message again, delayed by about `wait`, and this one acknowledged; the
     /// note `GET /jobs/{id}` shows (best effort).
-
     async fn defer(
         &self,
         job: &Job,
