@@ -219,15 +219,12 @@ async fn enqueued_runs_keep_their_order_and_never_overlap(b: Backends) {
     let fake = fake_model(Script::Conversation).await;
     let (api, worker) = setup(&b, &fake);
     let thread = create(&api, "ada", json!({"policy": "enqueue"})).await;
-    let ids: Vec<String> = futures::future::join_all((1..=3).map(|i| {
-        let (api, thread) = (&api, &thread);
-        async move {
-            // One after another, so the order they were submitted in is known.
-            tokio::time::sleep(Duration::from_millis(50 * i)).await;
-            send_ok(api, thread, &format!("pause {i}")).await
-        }
-    }))
-    .await;
+    // All three queued before any runs (the worker polls only below), one after another so the order
+    // they were submitted in is known.
+    let mut ids = Vec::new();
+    for i in 1..=3 {
+        ids.push(send_ok(&api, &thread, &format!("pause {i}")).await);
+    }
     let id_refs: Vec<&str> = ids.iter().map(String::as_str).collect();
     let views = finish(&api, &worker, &id_refs).await;
     for v in &views {
@@ -253,6 +250,48 @@ async fn enqueued_runs_keep_their_order_and_never_overlap(b: Backends) {
     let texts = roles_and_texts(&messages(&api, &thread, 50).await);
     assert_eq!(texts.len(), 6);
     assert_eq!(texts[5].1, "echo: pause 3");
+}
+
+/// Five messages sent at once race to link: each gets its own run (the losers of a link read the
+/// thread again), and the runs still go one at a time in their runs' order.
+async fn racing_messages_each_get_a_run_and_still_take_turns(b: Backends) {
+    let fake = fake_model(Script::Conversation).await;
+    let (api, worker) = setup(&b, &fake);
+    let thread = create(&api, "ada", json!({})).await;
+    let sent: Vec<String> = (1..=5).map(|i| format!("race {i}")).collect();
+    let ids = futures::future::join_all(sent.iter().map(|m| send_ok(&api, &thread, m))).await;
+    let id_refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    finish(&api, &worker, &id_refs).await;
+    let listed = messages(&api, &thread, 100).await;
+    // Run n's user message names its job: the runs' order.
+    let mut by_run: Vec<(u64, String)> = listed
+        .iter()
+        .filter(|m| m["index"] == 0)
+        .map(|m| {
+            (
+                m["run"].as_u64().unwrap(),
+                m["job_id"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    by_run.sort();
+    let runs: Vec<u64> = by_run.iter().map(|(r, _)| *r).collect();
+    assert_eq!(runs, [1, 2, 3, 4, 5]);
+    let mut views = Vec::new();
+    for (_, id) in &by_run {
+        let (_, v) = json(&api.handle(get_job("ada", id)).await);
+        assert_eq!(v["status"], "completed", "{v}");
+        views.push(v);
+    }
+    for pair in views.windows(2) {
+        assert!(
+            pair[1]["started_at"].as_str().unwrap() >= pair[0]["finished_at"].as_str().unwrap(),
+            "overlap: {} then {}",
+            pair[0],
+            pair[1]
+        );
+    }
+    assert_eq!(listed.len(), 10, "a user message and an answer per run");
 }
 
 async fn a_reject_thread_refuses_a_message_while_a_run_is_queued(b: Backends) {
@@ -559,6 +598,7 @@ async fn an_oversized_message_is_stored_cut_and_the_job_is_unharmed(b: Backends)
 on_both_backends!(
     a_thread_of_three_runs_carries_its_history_and_the_middle_runs_tool_call,
     enqueued_runs_keep_their_order_and_never_overlap,
+    racing_messages_each_get_a_run_and_still_take_turns,
     a_reject_thread_refuses_a_message_while_a_run_is_queued,
     a_retried_submit_whose_send_failed_links_its_run_once,
     an_interrupt_cancels_the_running_run_and_keeps_what_it_said,
