@@ -1,6 +1,6 @@
 //! Conversation threads on both backends, against the scripted OpenAI-compatible model: a thread of
 //! three runs whose middle run calls a tool, the third model request carrying all of it; enqueued
-//! runs keep their order and never overlap; `reject` refuses a message while a run is queued (`409
+//! runs keep their order and never overlap, also when five messages race to link; `reject` refuses a message while a run is queued (`409
 //! thread_busy`), a retried submit links its run once, also after its message failed to send;
 //! `interrupt` cancels a run in a slow model call, keeps what it said (marked interrupted), then runs
 //! the next; a worker killed mid-run appends nothing twice; another user's (or an expired) thread is
