@@ -605,6 +605,7 @@ async fn a_partial_batch_failure_returns_only_the_failed_message(b: Backends) {
     let msg = JobMessage {
         job_id: ok.job_id.clone(),
         kind: "echo".into(),
+        thread: false,
     };
     b.queue.send(&msg.encode(), Duration::ZERO).await.unwrap();
     b.queue.send("garbage", Duration::ZERO).await.unwrap();

@@ -261,6 +261,7 @@ async fn thousands_of_jobs_under_faults_all_end_exactly_once() {
             let dup = JobMessage {
                 job_id: id,
                 kind: kind.to_string(),
+                thread: false,
             };
             while queue.send(&dup.encode(), Duration::ZERO).await.is_err() {}
         }

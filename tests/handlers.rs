@@ -192,6 +192,7 @@ async fn the_sqs_fixture_runs_a_stored_job_and_acknowledges_it() {
         JobMessage {
             job_id: JobId::parse(&id).unwrap(),
             kind: "echo".into(),
+            thread: false,
         }
         .encode(),
     );
@@ -225,6 +226,7 @@ async fn jobs_of_one_batch_run_concurrently() {
         let msg = JobMessage {
             job_id: JobId::parse(body["job_id"].as_str().unwrap()).unwrap(),
             kind: "sleep".into(),
+            thread: false,
         };
         deliveries.push(Delivery {
             message_id: format!("m{i}"),

@@ -194,6 +194,7 @@ async fn a_duplicate_delivery_of_a_completed_job_does_not_run_it_again() {
     let dup = JobMessage {
         job_id: id.clone(),
         kind: "count".into(),
+        thread: false,
     };
     env.queue.send(&dup.encode(), Duration::ZERO).await.unwrap();
     let (msgs, result) = env.deliver(&worker).await;
@@ -214,6 +215,7 @@ async fn bad_messages_and_missing_jobs_fail_alone_never_the_whole_batch() {
     let ghost = JobMessage {
         job_id: JobId::generate(jobkit::now_millis()),
         kind: "echo".into(),
+        thread: false,
     };
     env.queue
         .send(&ghost.encode(), Duration::ZERO)
@@ -484,6 +486,7 @@ async fn container_only_kinds_never_reach_the_worker_function() {
     let copy = JobMessage {
         job_id: stray.clone(),
         kind: "render".into(),
+        thread: false,
     };
     env.queue
         .send(&copy.encode(), Duration::ZERO)

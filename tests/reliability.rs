@@ -566,6 +566,7 @@ async fn heartbeats_keep_a_long_job_leased_so_a_duplicate_delivery_finds_it_busy
     let dup = JobMessage {
         job_id: id.clone(),
         kind: "slow".into(),
+        thread: false,
     };
     env.queue.send(&dup.encode(), Duration::ZERO).await.unwrap();
     let second = env.worker(slow_registry(runs.clone()));

@@ -86,7 +86,7 @@ impl Client {
 
     /// `path` under the API's base URL, each of `segments` (a job id, a waitpoint name) percent-encoded
     /// as one path segment.
-    fn url_with(&self, path: &str, segments: &[&str]) -> anyhow::Result<reqwest::Url> {
+    pub fn url_with(&self, path: &str, segments: &[&str]) -> anyhow::Result<reqwest::Url> {
         let mut url = reqwest::Url::parse(&self.url(path)).context("invalid --api-url")?;
         url.path_segments_mut()
             .map_err(|()| anyhow::anyhow!("invalid --api-url"))?
@@ -233,6 +233,29 @@ impl Client {
             url,
         )
         .await
+    }
+
+    /// A JSON `POST` of `body` to `path`, read as `T`.
+    pub async fn post_json<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: String,
+    ) -> anyhow::Result<Answer<T>> {
+        self.send(
+            self.http
+                .post(self.url(path))
+                .header("content-type", "application/json")
+                .body(body),
+        )
+        .await
+    }
+
+    /// A GET of `url` (under the API), as sent and read as `T`.
+    pub async fn get_answer<T: DeserializeOwned>(
+        &self,
+        url: reqwest::Url,
+    ) -> anyhow::Result<Answer<T>> {
+        self.send(self.http.get(url)).await
     }
 
     /// Any GET of the API (or of `jobctl dev`'s own routes), read as `T`.

@@ -7,6 +7,7 @@ pub mod ops;
 mod runner;
 mod serve;
 mod stats;
+mod threads;
 mod usage;
 mod waitpoints;
 
@@ -46,8 +47,17 @@ enum Command {
         /// Wait until the job finishes; exit non-zero unless it completed.
         #[arg(long)]
         wait: bool,
+        /// Send an agent's message to this conversation thread (`jobctl threads create`): sets the
+        /// input's `thread`.
+        #[arg(long)]
+        thread: Option<String>,
         #[command(flatten)]
         target: client::Target,
+    },
+    /// Conversation threads of agent jobs: create one, show one and its messages.
+    Threads {
+        #[command(subcommand)]
+        action: threads::ThreadAction,
     },
     /// Show a job.
     Status {
@@ -315,9 +325,14 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             kind,
             input,
             wait,
+            thread,
         } => {
             let c = client::Client::new(target)?;
             let input = jobkit::Json::parse(&input).context("--input must be JSON")?;
+            let input = match &thread {
+                Some(id) => threads::with_thread(&kind, input, id)?,
+                None => input,
+            };
             let accepted = c.submit(&kind, &input).await?;
             if !wait {
                 c.print_accepted(&accepted);
@@ -350,6 +365,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             c.print_list(&page);
             Ok(true)
         }
+        Command::Threads { action } => threads::run(action).await,
         Command::Waitpoints { job, target } => {
             let json = target.json;
             let c = client::Client::new(target)?;
@@ -524,6 +540,8 @@ mod tests {
                 "complete",
                 "console",
                 "usage",
+                "threads create",
+                "threads show",
             ]
             .iter()
             .any(|c| path == format!("jobctl {c}"));

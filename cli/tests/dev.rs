@@ -1379,3 +1379,78 @@ async fn operator_endpoints_answer_other_methods_with_405() {
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["error"]["code"], "method_not_allowed");
 }
+
+/// A stand-in model that answers every message `echo: <the last user message>`. Its base URL.
+async fn echo_model() -> String {
+    let app = axum::Router::new().route(
+        "/v1/chat/completions",
+        axum::routing::post(|axum::Json(body): axum::Json<Value>| async move {
+            let asked = body["messages"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .rev()
+                .find(|m| m["role"] == "user")
+                .and_then(|m| m["content"].as_str())
+                .unwrap_or("")
+                .to_owned();
+            let message = json!({"role": "assistant", "content": format!("echo: {asked}")});
+            let usage = json!({"prompt_tokens": 10, "completion_tokens": 3});
+            axum::Json(json!({"choices": [{"message": message}], "usage": usage}))
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/v1", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    url
+}
+
+/// A conversation from the command line: `threads create` prints the id, `submit agent --thread`
+/// sends two messages (the second run sees the first), `threads show` lists the four messages; an
+/// unknown thread is the API's 404 with a non-zero exit, and `--thread` on another kind is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_conversation_runs_from_the_command_line() {
+    let model = echo_model().await;
+    let dev = Dev::start_with(&["--model-url", &model], &[]);
+    let (status, out, err) = jobctl(&dev, &["threads", "create", "--policy", "reject"]);
+    assert!(status.success(), "{err}");
+    let thread = out.trim().to_owned();
+    assert_eq!(thread.len(), 26, "only the id when not a terminal: {out}");
+    for message in ["hello", "again"] {
+        let input = json!({"agent": "demo", "message": message}).to_string();
+        let (status, out, err) = jobctl(
+            &dev,
+            &[
+                "submit", "agent", "--input", &input, "--thread", &thread, "--wait",
+            ],
+        );
+        assert!(status.success(), "{out}{err}");
+    }
+    let (status, out, err) = jobctl(&dev, &["threads", "show", &thread]);
+    assert!(status.success(), "{err}");
+    for line in [
+        "reject runs: 2",
+        "1.0 user: hello",
+        "1.1 assistant: echo: hello",
+        "2.1 assistant: echo: again",
+    ] {
+        assert!(out.contains(line), "{line:?} in {out}");
+    }
+    let (_, out, _) = jobctl(
+        &dev,
+        &["threads", "show", &thread, "--json", "--limit", "3"],
+    );
+    let page: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(page["messages"].as_array().unwrap().len(), 3);
+    assert!(page["next_cursor"].is_string(), "{page}");
+    let (status, _, err) = jobctl(&dev, &["threads", "show", "01KAQZ7X4N3M2P1R0S9T8V7W6Y"]);
+    assert!(
+        !status.success() && err.contains("thread_not_found"),
+        "{err}"
+    );
+    let (status, _, err) = jobctl(&dev, &["submit", "echo", "--thread", &thread]);
+    assert!(
+        !status.success() && err.contains("--thread is for agent jobs"),
+        "{err}"
+    );
+}

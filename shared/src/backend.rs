@@ -136,7 +136,8 @@ impl Backend {
             },
             self.clock.clone(),
         )
-        .with_token_budget(self.token_budget());
+        .with_token_budget(self.token_budget())
+        .with_threads(CursorKey::new(&self.signing_secret), self.announcer());
         match &self.container {
             Some(q) => api.with_container_queue(q.clone()),
             None => api,

@@ -101,6 +101,59 @@ impl fmt::Display for JobId {
     }
 }
 
+/// A conversation thread's id (see [`crate::thread`]): a ULID, like a job's, parsed from untrusted input.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct ThreadId(String);
+
+impl ThreadId {
+    /// A fresh id for a thread created at `now`.
+    pub fn generate(now: Millis) -> Self {
+        Self(JobId::generate(now).0)
+    }
+
+    /// Parses and normalises (upper case) an id from untrusted input.
+    pub fn parse(raw: &str) -> Result<Self, InvalidJobId> {
+        JobId::parse(raw).map(|id| Self(id.0))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for ThreadId {
+    type Error = InvalidJobId;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        Self::parse(&s)
+    }
+}
+
+impl From<ThreadId> for String {
+    fn from(id: ThreadId) -> Self {
+        id.0
+    }
+}
+
+impl fmt::Display for ThreadId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Where a job sits in its thread: its run's position (1, 2, ...: the order runs were submitted in),
+/// the job submitted to the thread just before it (it runs only once that one has finished), and the
+/// thread's expiry (epoch seconds: the messages it appends expire with the thread). On the job record,
+/// so defined here; the rest of threads is [`crate::thread`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ThreadRun {
+    pub thread: ThreadId,
+    pub position: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<JobId>,
+    pub expires_at: i64,
+}
+
 /// One job's member of its owner's in-flight ledger: `{job_id}@{since}`, `since` the epoch second the
 /// job took the slot (members written before slots were stamped are the bare id), kept on `page` of the
 /// ledger (see [`crate::slots`]; `None`: the single slot item of ledgers written before pages). A job
@@ -461,6 +514,10 @@ pub struct Job {
     /// deferral alone (not a new version), cleared by the claim. Absent on jobs never deferred.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deferred: Option<Deferred>,
+    /// The conversation run this job is, when it is an agent job on a thread (see [`crate::thread`]):
+    /// set by the submit that links it, never changed. Absent on every other job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thread: Option<ThreadRun>,
     /// Bumped by every write; stores persist a new value only over the version it was computed from.
     pub version: u64,
 }
@@ -541,6 +598,7 @@ impl Job {
             last_waitpoint: None,
             slot_page: None,
             deferred: None,
+            thread: None,
             version: 0,
         }
     }
@@ -1080,6 +1138,8 @@ impl Job {
 pub enum DeferReason {
     Concurrency,
     Rate,
+    /// A thread's earlier run has not finished (see [`crate::thread`]).
+    Thread,
 }
 
 impl DeferReason {
@@ -1087,6 +1147,7 @@ impl DeferReason {
         match self {
             Self::Concurrency => "concurrency",
             Self::Rate => "rate",
+            Self::Thread => "thread",
         }
     }
 }

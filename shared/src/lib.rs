@@ -46,6 +46,7 @@ pub mod store;
 pub mod sweep;
 pub mod telemetry;
 pub mod template;
+pub mod thread;
 pub mod trace;
 pub mod usage;
 pub mod waitpoint;

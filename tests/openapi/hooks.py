@@ -99,12 +99,14 @@ def published_kinds():
 
 # A cursor is signed by the server (HMAC over the position, the caller and the filter), so a generated
 # one, however well-formed per openapi.yaml, is rejected with `400 invalid_cursor`, as the contract says.
-# For the positive-data check to mean something on `GET /jobs` (and a job's `GET /jobs/{id}/steps`), a
-# generated cursor that matches the pattern is dropped; the server's own cursors arrive through links,
-# and cursors outside the pattern (the negative cases) are sent as generated.
+# For the positive-data check to mean something on `GET /jobs` (a job's `GET /jobs/{id}/steps`, a
+# thread's `GET /threads/{id}`), a generated cursor that matches the pattern is dropped; the server's
+# own cursors arrive through links, and cursors outside the pattern (the negative cases) are sent as
+# generated.
 CURSOR_PATTERNS = {
     "GET /jobs": re.compile(r"^[A-Za-z0-9_-]{1,256}$"),
     "GET /jobs/{id}/steps": re.compile(r"^[A-Za-z0-9_-]{1,512}$"),
+    "GET /threads/{id}": re.compile(r"^[A-Za-z0-9_-]{1,512}$"),
 }
 
 

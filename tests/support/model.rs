@@ -35,6 +35,28 @@ pub enum Script {
     NoteThenAnswer,
     /// As `NoteThenAnswer`, with the tool-calling turn saying "let me send a note" too.
     NoteAloudThenAnswer,
+    /// A conversation, by the run's user message (the request's last user message): "multiply" asks
+    /// for the first tool (saying "working on it"), then answers with its output ("slowly": that
+    /// answer takes [`SLOW_CALL`]; "hang": the first such call never answers); "pause" answers after
+    /// [`PAUSE`]; anything else is answered `echo: <message>` (over 1,000 bytes: `echo: (a long
+    /// message)`).
+    Conversation,
+}
+
+/// How long `Conversation`'s "pause" calls take.
+pub const PAUSE: Duration = Duration::from_millis(300);
+
+/// The text of the last user message of a chat-completions request.
+pub fn last_user_text(body: &Value) -> String {
+    body["messages"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .rev()
+        .find(|m| m["role"] == "user")
+        .and_then(|m| m["content"].as_str())
+        .unwrap_or_default()
+        .to_owned()
 }
 
 /// How long `SlowFirstCall`'s first call takes.
@@ -68,6 +90,36 @@ pub async fn fake_model_at(addr: &str, script: Script) -> Fake {
                 } else {
                     json!({"prompt_tokens": 10, "completion_tokens": 3})
                 };
+                let asked = last_user_text(&body);
+                if script == Script::Conversation {
+                    if asked.contains("pause") {
+                        tokio::time::sleep(PAUSE).await;
+                    }
+                    let answering = last["role"] == "tool" || !asked.contains("multiply");
+                    if answering && last["role"] == "tool" {
+                        if asked.contains("slowly") {
+                            tokio::time::sleep(SLOW_CALL).await;
+                        }
+                        if asked.contains("hang") && hung.fetch_add(1, Ordering::SeqCst) == 0 {
+                            std::future::pending::<()>().await;
+                        }
+                    }
+                    if answering {
+                        let text = if last["role"] == "tool" {
+                            format!("the tool said {}", last["content"].as_str().unwrap_or(""))
+                        } else if asked.len() > 1000 {
+                            "echo: (a long message)".to_owned()
+                        } else {
+                            format!("echo: {asked}")
+                        };
+                        return (
+                            http::StatusCode::OK,
+                            [(http::header::RETRY_AFTER, "0")],
+                            axum::Json(json!({"choices": [{"message": {"role": "assistant",
+                                "content": text}, "finish_reason": "stop"}], "usage": usage})),
+                        );
+                    }
+                }
                 if script == Script::SlowFirstCall && n == 1 {
                     tokio::time::sleep(SLOW_CALL).await;
                 }
@@ -113,6 +165,8 @@ pub async fn fake_model_at(addr: &str, script: Script) -> Fake {
                     json!("let me send a note")
                 } else if script == Script::AloudThenHangOnSecondTurnOnce {
                     json!("let me multiply")
+                } else if script == Script::Conversation {
+                    json!("working on it")
                 } else {
                     Value::Null
                 };

@@ -21,7 +21,12 @@
 //! - each model call counts in its owner's usage of the day, and a run that crosses the daily token
 //!   budget stops after that turn with `budget_exceeded` (see [`budget`]).
 //!
-//! Input `{"agent": name, "message": text, "context": {...}?}`; result
+//! - conversations ([`crate::thread`]): with `"thread": id` the run sees the thread's earlier runs
+//!   (at most [`HistoryBound`] of them) before its message, and appends what it said (turns, tool
+//!   calls, results) to the thread when it answers, or when it is cancelled (then marked interrupted),
+//!   at keys of its own position, only where nothing is yet: a retried run appends nothing twice.
+//!
+//! Input `{"agent": name, "message": text, "context": {...}?, "thread": id?}`; result
 //! `{answer, turns, tool_calls: [{name, input, output}], usage: {input_tokens, output_tokens}, model}`.
 
 pub mod approval;
@@ -50,6 +55,8 @@ pub use tool::{DEFAULT_APPROVAL_TIMEOUT, Tool};
 
 use crate::handler::{Handler, HandlerRegistry, InvalidKind, JobContext, JobError};
 use crate::steps::StepKind;
+pub use crate::thread::HistoryBound;
+use crate::thread::{MessageQuery, SEQ_SPAN, ThreadId, ThreadMessage, ThreadRun};
 
 /// The kind agent jobs are submitted as.
 pub const KIND: &str = "agent";
@@ -75,6 +82,24 @@ pub struct AgentInput {
     pub message: String,
     #[serde(default)]
     pub context: Option<serde_json::Map<String, Value>>,
+    /// The conversation thread this message belongs to (`POST /threads`): the run sees its history.
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub thread: Option<ThreadId>,
+}
+
+impl AgentInput {
+    /// The user message the model is sent (and a thread keeps): the message, with the context.
+    pub fn user_text(&self) -> String {
+        match &self.context {
+            Some(context) => format!(
+                "{}\n\nContext (JSON): {}",
+                self.message,
+                Value::Object(context.clone())
+            ),
+            None => self.message.clone(),
+        }
+    }
 }
 
 /// One tool call as the result reports it.
@@ -102,6 +127,7 @@ pub struct Agents {
     agents: BTreeMap<String, Agent>,
     model: Arc<dyn Model>,
     throttle: limits::Throttle,
+    history: HistoryBound,
 }
 
 impl Agents {
@@ -110,7 +136,16 @@ impl Agents {
             agents: BTreeMap::new(),
             model,
             throttle: limits::Throttle::default(),
+            history: HistoryBound::default(),
         }
+    }
+
+    /// How much of a thread its runs show the model (default [`HistoryBound::default`]);
+    /// `JOBKIT_THREAD_HISTORY_MESSAGES` and `JOBKIT_THREAD_HISTORY_TOKENS` win over it:
+    /// [`Self::register`] applies them last.
+    pub fn with_history(mut self, bound: HistoryBound) -> Self {
+        self.history = bound;
+        self
     }
 
     /// Rate limits per model id ([`limits`]), over any given before (per model). `JOBKIT_MODEL_LIMITS`
@@ -131,9 +166,11 @@ impl Agents {
     ///
     /// # Panics
     /// When `JOBKIT_MODEL_LIMITS` is set and invalid: the process fails at start, naming the variable,
-    /// rather than running agents without the limits its operator meant.
-    pub fn register(self, registry: &mut HandlerRegistry) -> Result<(), InvalidKind> {
+    /// rather than running agents without the limits its operator meant. The same for the history
+    /// bound's variables.
+    pub fn register(mut self, registry: &mut HandlerRegistry) -> Result<(), InvalidKind> {
         let configured = ModelLimits::from_env().unwrap_or_else(|e| panic!("{e}"));
+        self.history = self.history.with_env().unwrap_or_else(|e| panic!("{e}"));
         let this = if configured.is_empty() {
             self
         } else {
@@ -172,19 +209,121 @@ impl Handler for Agents {
                 ),
             )
         })?;
-        run_agent(agent, &*self.model, &self.throttle, input, &ctx).await
+        let run = match &input.thread {
+            None => None,
+            Some(_) => Some(ctx.thread_run().await.ok_or_else(|| {
+                // Only submit links a run into its thread (`ctx.then` does not): unlinked, it
+                // could neither be ordered nor keep its messages.
+                JobError::terminal(
+                    "thread_not_linked",
+                    "an agent job on a thread must be submitted with POST /jobs",
+                )
+            })?),
+        };
+        let history = match &run {
+            Some(run) => thread_history(run, self.history, &ctx).await?,
+            None => Vec::new(),
+        };
+        let mut said = Vec::new();
+        let ran = run_agent(
+            agent,
+            &*self.model,
+            &self.throttle,
+            input,
+            history,
+            &ctx,
+            &mut said,
+        )
+        .await;
+        if let Some(run) = &run {
+            keep_in_thread(run, &ran, said, &ctx).await?;
+        }
+        ran
     }
 }
+
+/// The messages of the runs before `run` its model sees (see [`crate::thread::window`]).
+async fn thread_history(
+    run: &ThreadRun,
+    bound: HistoryBound,
+    ctx: &JobContext,
+) -> Result<Vec<Message>, JobError> {
+    let query = MessageQuery {
+        before: Some(run.position * SEQ_SPAN),
+        after: None,
+        limit: bound.messages,
+        newest_first: true,
+    };
+    let mut earlier = ctx.thread_messages(&run.thread, &query).await?;
+    earlier.reverse();
+    Ok(crate::thread::window(&earlier, bound)
+        .into_iter()
+        // A message this code cannot read (written by a newer version, say) is left out.
+        .filter_map(|m| serde_json::from_value(m).ok())
+        .collect())
+}
+
+/// Appends what the run said to its thread: when it answered, and when it was cancelled (what it
+/// said so far, then an assistant message marked interrupted). Any other end appends nothing now: a
+/// retry or a continuation will, and a run that never answers leaves its user message alone (the
+/// next run's model reads [`crate::thread::NO_ANSWER`] after it). Index 0 is the user message, which
+/// submit wrote; each message's index is its place in the run, so replays write the same keys.
+async fn keep_in_thread(
+    run: &ThreadRun,
+    ran: &Result<AgentResult, JobError>,
+    said: Vec<Message>,
+    ctx: &JobContext,
+) -> Result<(), JobError> {
+    let interrupted = match ran {
+        Ok(_) => false,
+        Err(JobError::Cancelled) => true,
+        Err(_) => return Ok(()),
+    };
+    let now = crate::now_millis();
+    let job = ctx.job_id();
+    let mut messages: Vec<ThreadMessage> = said
+        .into_iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let value = serde_json::to_value(m).expect("a message serializes");
+            ThreadMessage::new(run.position, i as u32 + 1, job.clone(), now, value)
+        })
+        .collect();
+    if interrupted {
+        let marker = Message::Assistant {
+            text: INTERRUPTED.into(),
+            tool_calls: Vec::new(),
+        };
+        let mut m = ThreadMessage::new(
+            run.position,
+            messages.len() as u32 + 1,
+            job.clone(),
+            now,
+            serde_json::to_value(marker).expect("a message serializes"),
+        );
+        m.interrupted = true;
+        messages.push(m);
+    }
+    ctx.append_to_thread(run, &messages).await
+}
+
+/// What an interrupted run's last message says to the models of the runs after it.
+pub const INTERRUPTED: &str = "(interrupted)";
 
 async fn run_agent(
     agent: &Agent,
     model: &dyn Model,
     throttle: &limits::Throttle,
     input: AgentInput,
+    history: Vec<Message>,
     ctx: &JobContext,
+    said: &mut Vec<Message>,
 ) -> Result<AgentResult, JobError> {
     let mut usage = Usage::default();
-    let ran = converse(agent, model, throttle, input, ctx, &mut usage).await;
+    let ran = converse(
+        agent, model, throttle, input, history, ctx, &mut usage, said,
+    )
+    .await;
     // A run that fails still reports what it spent (the job's `error.details.usage`); a retried run
     // replays its recorded turns, so the count covers every attempt.
     ran.map_err(|e| {
@@ -193,29 +332,29 @@ async fn run_agent(
     })
 }
 
-/// The tool-use loop; `usage` adds up the turns as they are taken.
+/// The tool-use loop after `history` (a thread's earlier runs); `usage` adds up the turns as they
+/// are taken, `said` what the model and the tools said, in order.
+#[allow(clippy::too_many_arguments)]
 async fn converse(
     agent: &Agent,
     model: &dyn Model,
     throttle: &limits::Throttle,
     input: AgentInput,
+    history: Vec<Message>,
     ctx: &JobContext,
     usage: &mut Usage,
+    said: &mut Vec<Message>,
 ) -> Result<AgentResult, JobError> {
-    let first = match &input.context {
-        Some(context) => format!(
-            "{}\n\nContext (JSON): {}",
-            input.message,
-            Value::Object(context.clone())
-        ),
-        None => input.message.clone(),
-    };
     let local: Vec<&str> = agent.tools.iter().map(Tool::name).collect();
     let mcp = mcp::McpTools::start(&agent.mcp, &local, ctx).await?;
+    let mut messages = history;
+    messages.push(Message::User {
+        text: input.user_text(),
+    });
     let mut request = ModelRequest {
         model: agent.model.clone(),
         system: agent.system.clone(),
-        messages: vec![Message::User { text: first }],
+        messages,
         tools: agent.tools.iter().map(|t| t.spec().clone()).collect(),
     };
     request.tools.extend(mcp.specs());
@@ -244,6 +383,7 @@ async fn converse(
             text: reply.text.clone(),
             tool_calls: reply.tool_calls.clone(),
         });
+        said.extend(request.messages.last().cloned());
         // Only a turn this attempt took: a replayed one was published when it ran, and publishing it
         // again would show an older turn's text for a moment.
         if ran.load(std::sync::atomic::Ordering::Relaxed) {
@@ -300,6 +440,7 @@ async fn converse(
             results.push(result);
         }
         request.messages.push(Message::Tool { results });
+        said.extend(request.messages.last().cloned());
     }
     Err(JobError::terminal(
         "max_turns_exceeded",

@@ -65,6 +65,19 @@ pub enum ApiError {
     InvalidStart(String),
     #[error("job not found")]
     JobNotFound,
+    /// Unknown, another user's, or expired: all alike, so ids cannot be probed.
+    #[error("thread not found")]
+    ThreadNotFound,
+    /// The thread's policy is `reject` and a run is queued or going on it.
+    #[error(
+        "a run is queued or going on this thread (its policy is reject); send again once it ends"
+    )]
+    ThreadBusy,
+    #[error("policy must be one of enqueue, reject, interrupt")]
+    InvalidPolicy,
+    /// `ttl_seconds` not a whole number within the bounds the message names.
+    #[error("{0}")]
+    InvalidTtl(String),
     #[error("the job has no waitpoint of that name")]
     WaitpointNotFound,
     #[error("the waitpoint was completed already; the first payload stands")]
@@ -131,15 +144,21 @@ impl ApiError {
             | Self::InvalidCallbackUrl(_)
             | Self::TruncatedBody
             | Self::InvalidCursor
-            | Self::InvalidDay(_) => 400,
+            | Self::InvalidDay(_)
+            | Self::InvalidPolicy
+            | Self::InvalidTtl(_) => 400,
             Self::Unauthenticated | Self::InvalidToken | Self::InvalidWaitpointToken => 401,
-            Self::JobNotFound | Self::RouteNotFound | Self::WaitpointNotFound => 404,
+            Self::JobNotFound
+            | Self::RouteNotFound
+            | Self::WaitpointNotFound
+            | Self::ThreadNotFound => 404,
             Self::RequestTimeout => 408,
             Self::MethodNotAllowed { .. } => 405,
             Self::IdempotencyKeyReused
             | Self::JobFinished(_)
             | Self::WaitpointCompleted
-            | Self::WaitpointTimedOut => 409,
+            | Self::WaitpointTimedOut
+            | Self::ThreadBusy => 409,
             Self::WaitpointClosed(_) => 410,
             Self::QueueFull { .. }
             | Self::TooManyInFlight { .. }
@@ -175,6 +194,10 @@ impl ApiError {
             Self::InvalidToken | Self::InvalidWaitpointToken => "invalid_token",
             Self::InvalidStart(_) => "invalid_start",
             Self::JobNotFound => "job_not_found",
+            Self::ThreadNotFound => "thread_not_found",
+            Self::ThreadBusy => "thread_busy",
+            Self::InvalidPolicy => "invalid_policy",
+            Self::InvalidTtl(_) => "invalid_ttl",
             Self::JobFinished(_) => "job_finished",
             Self::WaitpointNotFound => "waitpoint_not_found",
             Self::WaitpointCompleted => "waitpoint_completed",

@@ -23,6 +23,7 @@ pub mod mcp;
 mod status;
 mod steps;
 mod submit;
+mod threads;
 mod token;
 mod usage;
 mod waitpoints;
@@ -49,6 +50,7 @@ pub use kinds::KindList;
 pub use status::{JobView, SettledView, StatusApi, WaitingForView, WebhookView, rfc3339};
 pub use steps::{StepError, StepList, StepView};
 pub use submit::{SubmitApi, SubmitRequest};
+pub use threads::{MessageView, ThreadPage, ThreadView};
 pub use token::{Purpose, TokenKey};
 pub use usage::UsageView;
 pub use waitpoints::{
@@ -171,6 +173,8 @@ fn waitpoints_only(api: Arc<WaitpointApi>) -> Router {
 
 fn submit_only(api: Arc<SubmitApi>) -> Router {
     let router = route(Router::new(), "/jobs", post(submit::submit));
+    let router = route(router, "/threads", post(threads::create));
+    let router = route(router, "/threads/{id}", get(threads::show));
     route(router, "/kinds", get(kinds::list)).with_state(api)
 }
 
@@ -299,8 +303,11 @@ async fn method_not_allowed(uri: http::Uri) -> ApiError {
     } else if path == "/kinds"
         || path == "/usage"
         || path.split('/').count() == 4 && path.ends_with("/steps")
+        || path.starts_with("/threads/")
     {
         "GET"
+    } else if path == "/threads" {
+        "POST"
     } else if path.starts_with("/waitpoints/") {
         "GET, POST"
     } else if path.contains("/waitpoints/") || path == mcp::PATH {

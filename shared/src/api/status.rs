@@ -13,7 +13,9 @@ use crate::clock::SharedClock;
 use crate::job::{Cancel, Job, JobId, JobStatus, Millis, WaitingFor, WebhookState, WebhookStatus};
 use crate::json::Json;
 use crate::queue::Announcer;
-use crate::store::{Change, RmwError, StatusStore, read_modify_write};
+use crate::store::{
+    CancelSignals, Change, JobReader, JobWriter, RmwError, StatusStore, read_modify_write,
+};
 use crate::waitpoint::{WaitState, Waitpoint};
 
 /// The public form of a job: its [`JobSummary`] (what lists show) plus its payloads. No lease internals;
@@ -371,40 +373,9 @@ pub(super) async fn cancel(
     Path(raw_id): Path<String>,
 ) -> Result<(StatusCode, JsonBody<JobView>), ApiError> {
     let job = api.owned(&user, &raw_id).await?;
-    let step = |job: &Job| {
-        let now = api.clock.now();
-        match job.cancel(now) {
-            Ok((what, Some(next))) => Ok(Change::Write(Box::new(next), what)),
-            Ok((what, None)) => Ok(Change::Keep(what)),
-            Err(_) => Err(ApiError::JobFinished(job.effective_status(now))),
-        }
-    };
-    let (job, what) = read_modify_write(
-        &*api.store,
-        &job.job_id.clone(),
-        Some(job),
-        CANCEL_TRIES,
-        step,
-    )
-    .await
-    .map_err(|e| match e {
-        RmwError::Refused(e) => e,
-        RmwError::NotFound => ApiError::JobNotFound,
-        RmwError::Contended => ApiError::Unavailable {
-            source: "the job kept changing while being cancelled".into(),
-        },
-        RmwError::Store(e) => e.into(),
-    })?;
+    let (job, what) = cancel_job(&*api.store, &api.clock, job).await?;
     if what == Cancel::Cancelled {
         api.announcer.announce(&job).await;
-    }
-    if job.status == JobStatus::Running && job.cancel_requested {
-        // The running attempt looks for this small mark every few seconds (a read of a few bytes, not of
-        // the job); it also sees the flag on the job at its next write. Written again on a repeated
-        // request, in case the first one died between the two writes.
-        api.store
-            .signal_cancel(&job.job_id, job.redrives, job.expires_at)
-            .await?;
     }
     let status = match what {
         Cancel::AlreadyDone => StatusCode::OK,
@@ -414,6 +385,46 @@ pub(super) async fn cancel(
         }
     };
     Ok((status, JsonBody(JobView::at(job, api.clock.now()))))
+}
+
+/// Cancels `job` (as read): one not running at once, a running one asked to stop (the flag on the
+/// job, then the small signal its heartbeat reads). What `DELETE /jobs/{id}` does, and a thread's
+/// `interrupt` policy to the run it interrupts. The caller announces a cancelled job's event.
+pub(super) async fn cancel_job<S>(
+    store: &S,
+    clock: &SharedClock,
+    job: Job,
+) -> Result<(Job, Cancel), ApiError>
+where
+    S: JobReader + JobWriter + CancelSignals + ?Sized,
+{
+    let step = |job: &Job| {
+        let now = clock.now();
+        match job.cancel(now) {
+            Ok((what, Some(next))) => Ok(Change::Write(Box::new(next), what)),
+            Ok((what, None)) => Ok(Change::Keep(what)),
+            Err(_) => Err(ApiError::JobFinished(job.effective_status(now))),
+        }
+    };
+    let (job, what) = read_modify_write(store, &job.job_id.clone(), Some(job), CANCEL_TRIES, step)
+        .await
+        .map_err(|e| match e {
+            RmwError::Refused(e) => e,
+            RmwError::NotFound => ApiError::JobNotFound,
+            RmwError::Contended => ApiError::Unavailable {
+                source: "the job kept changing while being cancelled".into(),
+            },
+            RmwError::Store(e) => e.into(),
+        })?;
+    if job.status == JobStatus::Running && job.cancel_requested {
+        // The running attempt looks for this small mark every few seconds (a read of a few bytes, not of
+        // the job); it also sees the flag on the job at its next write. Written again on a repeated
+        // request, in case the first one died between the two writes.
+        store
+            .signal_cancel(&job.job_id, job.redrives, job.expires_at)
+            .await?;
+    }
+    Ok((job, what))
 }
 
 #[cfg(test)]

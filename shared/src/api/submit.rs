@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-use super::{ApiError, ApiSettings, Caller, MAX_BODY_BYTES};
+use super::{ApiError, ApiSettings, Caller, CursorKey, MAX_BODY_BYTES};
 use crate::clock::SharedClock;
 use crate::handler::HandlerRegistry;
 use crate::job::{
@@ -21,7 +21,7 @@ use crate::job::{
 };
 use crate::json::Json;
 use crate::net as callback;
-use crate::queue::{Lanes, SubmitQueue};
+use crate::queue::{Announcer, Lanes, SubmitQueue};
 use crate::retry::Backoff;
 use crate::store::{Change, Created, Insert, RmwError, StoreError, SubmitStore, read_modify_write};
 use crate::trace::TraceContext;
@@ -88,7 +88,7 @@ impl SubmitRequest {
 /// can tell.
 const QUEUE_FULL_RETRY_SECS: u64 = 5;
 /// Retry-After when the caller is at the in-flight cap: a slot frees when one of their jobs ends.
-const IN_FLIGHT_RETRY_SECS: u64 = 10;
+pub(super) const IN_FLIGHT_RETRY_SECS: u64 = 10;
 
 /// How long one instance trusts a queue depth it read: GetQueueAttributes on every submit would double
 /// the API's SQS calls, and the number is approximate anyway.
@@ -106,12 +106,16 @@ struct DepthReading {
 
 /// The submit function's dependencies: insert and read jobs, send and count messages, nothing else.
 pub struct SubmitApi {
-    store: Arc<dyn SubmitStore>,
+    pub(super) store: Arc<dyn SubmitStore>,
     /// Container-only kinds are refused without a container queue.
     queues: Lanes<dyn SubmitQueue>,
     registry: HandlerRegistry,
-    settings: ApiSettings,
-    clock: SharedClock,
+    pub(super) settings: ApiSettings,
+    pub(super) clock: SharedClock,
+    /// Signs `GET /threads/{id}`'s cursors (see [`Self::with_threads`]).
+    pub(super) cursors: CursorKey,
+    /// Announces the event of a run a thread's `interrupt` cancels.
+    pub(super) announcer: Announcer,
     /// One reading per lane's queue.
     depth: [Mutex<Option<DepthReading>>; 2],
     /// The daily token budget of each user: agent submits over it are refused.
@@ -132,6 +136,9 @@ impl SubmitApi {
             registry,
             settings,
             clock,
+            // Replaced by the stack's key (`with_threads`); until then no cursor outlives the process.
+            cursors: CursorKey::new(&rand::random::<[u8; 32]>()),
+            announcer: Announcer::none(),
             depth: Default::default(),
             token_budget: None,
         }
@@ -164,6 +171,14 @@ impl SubmitApi {
                 limit: budget.limit,
                 retry_after: seconds_to_reset(now),
             })
+    }
+
+    /// Signs threads' page cursors with `cursors` (the stack's secret, as the status function's), and
+    /// announces the runs an interrupt cancels with `announcer`.
+    pub fn with_threads(mut self, cursors: CursorKey, announcer: Announcer) -> Self {
+        self.cursors = cursors;
+        self.announcer = announcer;
+        self
     }
 
     /// Takes container-only kinds, sending them to `queue`.
@@ -426,7 +441,21 @@ pub(super) async fn submit(
         keyed: keyed_id.is_some(),
         in_flight_cap: cap,
     };
-    match api.store.insert(&mut job, &how).await {
+    // An agent's message on a thread is inserted as the thread's next run (see `threads`).
+    let thread = (job.kind == crate::agent::KIND)
+        .then(|| job.input.decode::<crate::agent::AgentInput>().ok())
+        .flatten()
+        .and_then(|input| Some((input.thread.clone()?, input)));
+    let inserted = match &thread {
+        Some((id, input)) => {
+            match super::threads::link_run(&api, &mut job, &how, input, id).await {
+                Err(ApiError::ThreadBusy) => return refused(ApiError::ThreadBusy).await,
+                linked => Ok(linked?),
+            }
+        }
+        None => api.store.insert(&mut job, &how).await,
+    };
+    match inserted {
         // A delayed start has no message yet: the sweep queues it when its time comes.
         Ok(Created::New) if job.status == JobStatus::Waiting => {
             tracing::info!(job_id = %job.job_id, kind = %job.kind, start_at, "job accepted for later");
@@ -449,7 +478,7 @@ pub(super) async fn submit(
 }
 
 /// A whole, non-negative number of seconds (`5` or `5.0`), if `n` is one.
-fn whole_seconds(n: &serde_json::Number) -> Option<i64> {
+pub(super) fn whole_seconds(n: &serde_json::Number) -> Option<i64> {
     n.as_i64()
         .or_else(|| {
             n.as_f64()

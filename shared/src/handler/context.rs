@@ -17,6 +17,7 @@ use crate::job::{JobId, MAX_CHECKPOINT_BYTES, Progress};
 use crate::json::Json;
 use crate::limits::{Rate, Take};
 use crate::steps::{StepKind, StepMeta};
+use crate::thread::{MessageQuery, ThreadId, ThreadMessage, ThreadRun};
 use crate::usage::{Counted, Spend};
 use crate::waitpoint::{MAX_WAITPOINT_NAME, WaitState, Waitpoint};
 
@@ -57,6 +58,30 @@ pub trait Attempt: Send + Sync {
     async fn take_tokens(&self, bucket: &str, rate: &Rate, n: u32) -> Result<Take, JobError> {
         let _ = (bucket, rate, n);
         Ok(Take::Taken)
+    }
+    /// The thread run the job is, if it is one (see [`crate::thread`]). A test's attempt is none.
+    async fn thread_run(&self) -> Option<ThreadRun> {
+        None
+    }
+    /// A thread's messages (see [`crate::store::ThreadStore::messages`]).
+    async fn thread_messages(
+        &self,
+        thread: &ThreadId,
+        query: &MessageQuery,
+    ) -> Result<Vec<ThreadMessage>, JobError> {
+        let _ = (thread, query);
+        Ok(Vec::new())
+    }
+    /// Appends to a thread, each message only where none is yet (see
+    /// [`crate::store::ThreadStore::append_messages`]).
+    async fn append_to_thread(
+        &self,
+        thread: &ThreadId,
+        messages: &[ThreadMessage],
+        expires_at: i64,
+    ) -> Result<(), JobError> {
+        let _ = (thread, messages, expires_at);
+        Ok(())
     }
 }
 
@@ -312,6 +337,38 @@ impl JobContext {
                     .await
             }
             None => Ok(Take::Taken),
+        }
+    }
+
+    /// The thread run this job is, if it is one (the agent loop's conversations).
+    pub(crate) async fn thread_run(&self) -> Option<ThreadRun> {
+        self.inner.attempt_handle.as_ref()?.thread_run().await
+    }
+
+    /// A thread's messages, as the store lists them.
+    pub(crate) async fn thread_messages(
+        &self,
+        thread: &ThreadId,
+        query: &MessageQuery,
+    ) -> Result<Vec<ThreadMessage>, JobError> {
+        match &self.inner.attempt_handle {
+            Some(a) => a.thread_messages(thread, query).await,
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// Appends `messages` to the thread of `run`; a message already in its place stays as it is.
+    pub(crate) async fn append_to_thread(
+        &self,
+        run: &ThreadRun,
+        messages: &[ThreadMessage],
+    ) -> Result<(), JobError> {
+        match &self.inner.attempt_handle {
+            Some(a) => {
+                a.append_to_thread(&run.thread, messages, run.expires_at)
+                    .await
+            }
+            None => Ok(()),
         }
     }
 

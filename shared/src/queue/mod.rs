@@ -33,6 +33,10 @@ pub use sqs::SqsQueue;
 pub struct JobMessage {
     pub job_id: JobId,
     pub kind: String,
+    /// The job is a run of a conversation thread: the worker's gate orders it after the thread's
+    /// earlier runs (see `crate::thread`), whatever its kind's limits. Absent on every other job.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub thread: bool,
 }
 
 impl JobMessage {
@@ -49,6 +53,7 @@ impl JobMessage {
         Self {
             job_id: job.job_id.clone(),
             kind: job.kind.clone(),
+            thread: job.thread.is_some(),
         }
     }
 }

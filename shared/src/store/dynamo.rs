@@ -31,6 +31,7 @@ mod list;
 mod pages;
 mod release;
 mod steps;
+mod threads;
 mod usage;
 
 pub use due::DUE_SHARDS;

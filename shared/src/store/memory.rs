@@ -19,6 +19,7 @@ use crate::slots::{Layout, Ledger};
 use crate::steps::{Listed, Recorded, RecordedStep, StepMeta, StepPosition, StepQuery};
 use crate::waitpoint::Waitpoint;
 
+mod threads;
 mod usage;
 
 #[derive(Debug, Default)]
@@ -45,6 +46,8 @@ struct State {
     holds: HashMap<(Ledger, u32), BTreeSet<Hold>>,
     /// Rate bucket -> its `tat`.
     buckets: HashMap<String, bucket::Micros>,
+    /// Conversation threads and their messages (see `threads`).
+    threads: threads::Threads,
 }
 
 impl MemoryStore {
@@ -145,8 +148,15 @@ impl State {
 #[async_trait]
 impl JobInserter for MemoryStore {
     async fn insert(&self, job: &mut Job, how: &Insert) -> Result<Created, StoreError> {
+        self.state().insert(job, how)
+    }
+}
+
+impl State {
+    /// [`JobInserter::insert`] under the lock (an insert with its thread, too: see `threads`).
+    fn insert(&mut self, job: &mut Job, how: &Insert) -> Result<Created, StoreError> {
         debug_assert_eq!(job.counted, how.in_flight_cap.is_some());
-        let mut st = self.state();
+        let st = self;
         match st.jobs.get(&job.job_id) {
             // A retried insert that already landed.
             Some(stored) if stored == job => return Ok(Created::New),

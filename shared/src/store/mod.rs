@@ -58,6 +58,7 @@ use crate::limits::{Deferred, Hold, Rate, Take};
 use crate::slots::Ledger;
 pub use crate::slots::PageSlots;
 use crate::steps::{Listed, StepMeta, StepQuery};
+use crate::thread::{MessageQuery, Thread, ThreadId, ThreadMessage};
 use crate::usage::{Day, DayUsage, Spend};
 use crate::waitpoint::Waitpoint;
 
@@ -416,10 +417,57 @@ pub trait JobScanner: Send + Sync {
     ) -> Result<Vec<Job>, StoreError>;
 }
 
+/// Conversation threads (see [`crate::thread`]): the thread item, `thread#<id>`, and one item per
+/// message, `tmsg#<thread>#<run>#<index>`, listed through the sparse `by_job` index (`step_of` =
+/// `thread#<id>`, `step_at` = the message's [`ThreadMessage::seq`]).
+#[async_trait]
+pub trait ThreadStore: Send + Sync {
+    /// Stores a new thread (PutItem; `AlreadyExists` if its id is taken).
+    async fn create_thread(&self, thread: &Thread) -> Result<(), StoreError>;
+
+    /// The thread as stored (a consistent read), expired or not: callers decide what expiry means.
+    async fn thread(&self, id: &ThreadId) -> Result<Option<Thread>, StoreError>;
+
+    /// Stores `job` as the next run of `thread` (as read): the job (taking its slot as
+    /// [`JobInserter::insert`] does), the thread's new `runs` and `last_job`, and `message` (the run's
+    /// user message), all or nothing (one TransactWriteItems). The thread part holds only while the
+    /// stored thread's `last_job` is still `thread.last_job` and it has not expired: else `Conflict`
+    /// (read it again and retry), and nothing is stored. `Existing`/`AlreadyExists` as `insert`.
+    async fn insert_run(
+        &self,
+        job: &mut Job,
+        how: &Insert,
+        thread: &Thread,
+        message: &ThreadMessage,
+    ) -> Result<Created, StoreError>;
+
+    /// Appends `messages`, each only if its place is free (a retried or continued run appends nothing
+    /// twice); they expire at `expires_at` (epoch seconds).
+    async fn append_messages(
+        &self,
+        thread: &ThreadId,
+        messages: &[ThreadMessage],
+        expires_at: i64,
+    ) -> Result<(), StoreError>;
+
+    /// Up to `query.limit` of a thread's messages, in the order asked for.
+    async fn messages(
+        &self,
+        thread: &ThreadId,
+        query: &MessageQuery,
+    ) -> Result<Vec<ThreadMessage>, StoreError>;
+}
+
 /// The submit function's port: insert, read (replays; the caller's usage, for the token budget), write
-/// (a failed enqueue).
-pub trait SubmitStore: JobInserter + JobReader + JobWriter + UsageReader {}
-impl<T: JobInserter + JobReader + JobWriter + UsageReader + ?Sized> SubmitStore for T {}
+/// (a failed enqueue), threads (runs are inserted with their thread, an interrupted run is asked to stop).
+pub trait SubmitStore:
+    JobInserter + JobReader + JobWriter + UsageReader + ThreadStore + CancelSignals
+{
+}
+impl<T: JobInserter + JobReader + JobWriter + UsageReader + ThreadStore + CancelSignals + ?Sized>
+    SubmitStore for T
+{
+}
 
 /// The completion route's port (served by the submit function, which may send messages): read and
 /// write the job, settle its waitpoint.
@@ -457,6 +505,7 @@ pub trait WorkerStore:
     + LimitStore
     + RateBuckets
     + UsageLedger
+    + ThreadStore
 {
 }
 impl<
@@ -469,6 +518,7 @@ impl<
         + LimitStore
         + RateBuckets
         + UsageLedger
+        + ThreadStore
         + ?Sized,
 > WorkerStore for T
 {

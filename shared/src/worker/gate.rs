@@ -1,7 +1,9 @@
 //! The worker's side of kind-level limits (see [`crate::limits`]): before a job of a limited kind is
 //! claimed, it takes a hold on each concurrency limit and a token of each rate limit, or is deferred;
 //! after its attempt ends (any outcome), its holds are given back. A kind without limits never gets
-//! here: it costs what it always did.
+//! here: it costs what it always did. A thread's run does (its message says so, whatever its kind):
+//! it is deferred while the run before it in its thread has not finished, and holds a concurrency
+//! slot of one keyed on its thread while it runs (see [`crate::thread`]).
 //!
 //! Taken before the claim, not after, so a deferral neither uses an attempt nor writes the job a
 //! second time to give the claim back: it costs one read of the job, the refused write (none for a
@@ -15,7 +17,7 @@ use std::time::Duration;
 
 use super::{Graded, Outcome, Worker};
 use crate::clock::Millis;
-use crate::job::Job;
+use crate::job::{DeferReason, Job, ThreadRun};
 use crate::limits::{Counter, Deferred, Gate, Hold, Limits, Take};
 use crate::observe;
 use crate::queue::{Delivery, Invocation, JobMessage, Verdict};
@@ -36,15 +38,19 @@ const MAX_DEFER: Duration = Duration::from_secs(900);
 /// The holds one attempt took, given back when it ends (renewed meanwhile when they would lapse).
 #[derive(Debug, Default)]
 pub(super) struct Held {
-    holds: Mutex<Vec<(Ledger, u32, Hold)>>,
+    holds: Mutex<Vec<HeldHold>>,
 }
 
+/// A hold taken: its ledger, page, member, and whether it follows the job's lease (a thread's hold:
+/// two leases long, renewed by every heartbeat) rather than the invocation.
+type HeldHold = (Ledger, u32, Hold, bool);
+
 impl Held {
-    fn push(&self, hold: (Ledger, u32, Hold)) {
+    fn push(&self, hold: HeldHold) {
         self.lock().push(hold);
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(Ledger, u32, Hold)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<HeldHold>> {
         self.holds.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
@@ -84,6 +90,32 @@ pub(super) fn jittered(wait: Duration, jitter: f64) -> Duration {
         .clamp(Duration::from_secs(1), MAX_DEFER)
 }
 
+/// A thread's runs hold a concurrency slot of one, keyed on the thread, while they run. The scope
+/// starts with a NUL, which no kind's name does, so it never names a kind's ledger.
+const THREAD_LABEL: &str = "thread";
+
+fn thread_gate(run: &ThreadRun) -> Gate {
+    Gate {
+        counter: Counter::Concurrency {
+            ledger: Ledger::limit(&format!("\0thread\0{}", run.thread)),
+            cap: 1,
+        },
+        label: THREAD_LABEL.into(),
+    }
+}
+
+/// Whether a thread's run may start.
+enum Turn {
+    Go,
+    /// The run before it is queued or running.
+    After,
+    /// The run before it is parked (an approval, a sleep).
+    AfterWait,
+}
+
+/// How long a run waits behind a parked one before it looks again.
+const PARKED_BEFORE: Duration = Duration::from_secs(300);
+
 /// What the gate decided.
 pub(super) enum Admit {
     /// Claim it, holding these (none: no limit applies, or the claim will say why it cannot run).
@@ -96,7 +128,7 @@ impl Worker {
     /// Takes what `limits` ask of the job of `msg`, or defers it.
     pub(super) async fn admit(
         &self,
-        limits: &Limits,
+        limits: Option<&Limits>,
         msg: &JobMessage,
         d: &Delivery,
         inv: &Invocation,
@@ -115,6 +147,26 @@ impl Worker {
             // Running elsewhere, finished, parked or cancelled: the claim grades it; it runs nothing.
             return Admit::Go(Held::default());
         }
+        if let Some(run) = &job.thread {
+            match self.turn_of(run, now).await {
+                Ok(Turn::Go) => {}
+                Ok(turn) => {
+                    let wait = match turn {
+                        // It may wait for a person for hours: looked at again every few minutes.
+                        Turn::AfterWait => PARKED_BEFORE,
+                        _ => slot_wait(self.runtimes.typical(&job.kind)),
+                    };
+                    return Admit::Stop(
+                        self.defer(&job, DeferReason::Thread, THREAD_LABEL, wait, d)
+                            .await,
+                    );
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not read a thread run's predecessor");
+                    return Admit::Stop((Outcome::Unavailable, self.backoff(d.receive_count)));
+                }
+            }
+        }
         let model = |input: &crate::json::Json| self.registry.model_of(&job.kind, input);
         let hold = Hold {
             job_id: job.job_id.clone(),
@@ -123,12 +175,25 @@ impl Worker {
                 .map_or(now + HOLD_LEASE.as_millis() as Millis, |d| d + HOLD_GRACE),
         };
         let held = Held::default();
-        for gate in limits.gates(&job.kind, &job, &model) {
+        let mut gates = limits.map_or_else(Vec::new, |l| l.gates(&job.kind, &job, &model));
+        if let Some(run) = &job.thread {
+            gates.insert(0, thread_gate(run));
+        }
+        // A thread's hold follows the run's lease: a killed worker's lapses about when its job can
+        // be claimed again, and its retry (the same run) is not kept waiting for the invocation's
+        // end. Two runs of one thread still never overlap: a run whose lease is lost stops.
+        let lease_bound = Hold {
+            job_id: job.job_id.clone(),
+            until: now + 2 * self.settings.lease.as_millis() as Millis,
+        };
+        for gate in gates {
+            let follows = gate.label == THREAD_LABEL && job.thread.is_some();
+            let hold = if follows { &lease_bound } else { &hold };
             let wait = match &gate.counter {
                 Counter::Concurrency { ledger, cap } => {
-                    match self.store.hold(ledger, *cap, &hold, now).await {
+                    match self.store.hold(ledger, *cap, hold, now).await {
                         Ok(Some(page)) => {
-                            held.push((ledger.clone(), page, hold.clone()));
+                            held.push((ledger.clone(), page, hold.clone(), follows));
                             continue;
                         }
                         Ok(None) => slot_wait(self.runtimes.typical(&job.kind)),
@@ -158,7 +223,7 @@ impl Worker {
                 }
             };
             self.give_back(held).await;
-            return Admit::Stop(self.defer(&job, &gate, wait, d).await);
+            return Admit::Stop(self.defer(&job, gate.reason(), &gate.label, wait, d).await);
         }
         Admit::Go(held)
     }
@@ -167,20 +232,29 @@ impl Worker {
     /// lease on (from the heartbeat): a job without a deadline (the container worker) may run for
     /// hours, and its hold must not lapse while it does. Lambda's holds end after the invocation's
     /// deadline and never need it. Best effort: a failed renewal is tried at the next heartbeat.
-    pub(super) async fn renew_holds(&self, held: &Held) {
+    /// A hold that follows the job's lease (a thread's) is renewed, deadline or not, once less than
+    /// a lease is left (about every third heartbeat), to two leases on.
+    pub(super) async fn renew_holds(&self, held: &Held, no_deadline: bool) {
         let now = self.clock.now();
         let lease = HOLD_LEASE.as_millis() as Millis;
-        let due: Vec<(usize, Ledger, u32, Hold)> = held
+        let job_lease = self.settings.lease.as_millis() as Millis;
+        let due: Vec<(usize, Ledger, u32, Hold, Millis)> = held
             .lock()
             .iter()
             .enumerate()
-            .filter(|(_, (_, _, h))| h.until - now < lease / 2)
-            .map(|(i, (l, p, h))| (i, l.clone(), *p, h.clone()))
+            .filter_map(|(i, (l, p, h, follows))| {
+                let until = match follows {
+                    true if h.until - now < job_lease => now + 2 * job_lease,
+                    false if no_deadline && h.until - now < lease / 2 => now + lease,
+                    _ => return None,
+                };
+                Some((i, l.clone(), *p, h.clone(), until))
+            })
             .collect();
-        for (i, ledger, page, old) in due {
+        for (i, ledger, page, old, until) in due {
             let new = Hold {
                 job_id: old.job_id.clone(),
-                until: now + lease,
+                until,
             };
             match self.store.renew_hold(&ledger, page, &old, &new).await {
                 Ok(()) => held.lock()[i].2 = new,
@@ -194,7 +268,7 @@ impl Worker {
     /// Gives an attempt's holds back (best effort: one not given back lapses at its end).
     pub(super) async fn give_back(&self, held: Held) {
         let holds = std::mem::take(&mut *held.lock());
-        let backs = holds.iter().map(|(ledger, page, hold)| async move {
+        let backs = holds.iter().map(|(ledger, page, hold, _)| async move {
             if let Err(e) = self.store.unhold(ledger, *page, hold).await {
                 tracing::warn!(error = %e, until = hold.until, "could not give a hold back; it lapses by itself");
             }
@@ -202,9 +276,37 @@ impl Worker {
         futures::future::join_all(backs).await;
     }
 
+    /// Whether a thread's run may start: the run submitted before it has finished (or is gone, its
+    /// TTL past). The thread's hold ([`thread_gate`]) then keeps a cancelled run still finishing
+    /// its turn (its lease lost, so it reads as finished) from overlapping this one.
+    async fn turn_of(
+        &self,
+        run: &ThreadRun,
+        now: Millis,
+    ) -> Result<Turn, crate::store::StoreError> {
+        let Some(before) = &run.after else {
+            return Ok(Turn::Go);
+        };
+        Ok(match self.store.get(before).await? {
+            None => Turn::Go,
+            Some(j) => match j.effective_status(now) {
+                s if s.is_terminal() => Turn::Go,
+                crate::job::JobStatus::Waiting => Turn::AfterWait,
+                _ => Turn::After,
+            },
+        })
+    }
+
     /// Defers `job`: its message again, delayed by about `wait`, and this one acknowledged; the
     /// note `GET /jobs/{id}` shows (best effort).
-    async fn defer(&self, job: &Job, gate: &Gate, wait: Duration, d: &Delivery) -> Graded {
+    async fn defer(
+        &self,
+        job: &Job,
+        reason: DeferReason,
+        key: &str,
+        wait: Duration,
+        d: &Delivery,
+    ) -> Graded {
         let delay = jittered(wait, rand::random::<f64>());
         let trace = d.trace.as_deref().and_then(TraceContext::parse);
         if let Err(e) = self
@@ -216,10 +318,9 @@ impl Worker {
             return (Outcome::Unavailable, Verdict::Retry(delay));
         }
         let now = self.clock.now();
-        let reason = gate.reason();
         let note = Deferred {
             reason,
-            key: gate.label.clone(),
+            key: key.to_owned(),
             until: now + delay.as_millis() as Millis,
         };
         if let Err(e) = self.store.note_deferred(&job.job_id, &note, now).await {
@@ -228,7 +329,7 @@ impl Worker {
         observe::deferred(&job.kind, reason.as_str());
         tracing::info!(
             reason = reason.as_str(),
-            key = %gate.label,
+            key,
             delay_ms = delay.as_millis() as u64,
             "job deferred by a limit"
         );

@@ -170,6 +170,35 @@ impl Attempt for LeaseKeeper {
         self.cancellation.clone()
     }
 
+    async fn thread_run(&self) -> Option<crate::thread::ThreadRun> {
+        self.job.lock().await.thread.clone()
+    }
+
+    /// Not lease-holder writes either: messages go only where none is yet, so an attempt that lost
+    /// its lease writes what the next one would (the same run replays the same recorded turns).
+    async fn thread_messages(
+        &self,
+        thread: &crate::thread::ThreadId,
+        query: &crate::thread::MessageQuery,
+    ) -> Result<Vec<crate::thread::ThreadMessage>, JobError> {
+        self.store
+            .messages(thread, query)
+            .await
+            .map_err(|e| JobError::retryable("store_unavailable", e))
+    }
+
+    async fn append_to_thread(
+        &self,
+        thread: &crate::thread::ThreadId,
+        messages: &[crate::thread::ThreadMessage],
+        expires_at: i64,
+    ) -> Result<(), JobError> {
+        self.store
+            .append_messages(thread, messages, expires_at)
+            .await
+            .map_err(|e| JobError::retryable("store_unavailable", e))
+    }
+
     async fn step(&self, name: &str) -> Result<Option<Json>, JobError> {
         let id = self.job.lock().await.job_id.clone();
         self.store

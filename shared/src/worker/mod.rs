@@ -320,10 +320,10 @@ impl Worker {
             span_id = parent.as_ref().map(|t| t.child().span_id).as_deref(),
         );
         let graded = async {
-            // Only kinds with limits pay for them (see `gate`).
-            let held = match self.registry.limits(&msg.kind) {
-                None => None,
-                Some(limits) => match self.admit(limits, &msg, d, inv).await {
+            // Only kinds with limits, and threads' runs, pay for them (see `gate`).
+            let held = match (self.registry.limits(&msg.kind), msg.thread) {
+                (None, false) => None,
+                (limits, _) => match self.admit(limits, &msg, d, inv).await {
                     gate::Admit::Go(held) => Some(held),
                     gate::Admit::Stop(graded) => return graded,
                 },
@@ -523,9 +523,9 @@ impl Worker {
                 }
                 _ = beat.tick() => {
                     let lease = self.settings.lease.as_millis() as Millis;
-                    // Only without a deadline: a Lambda's holds outlast its invocation already.
-                    if let Some(held) = held.filter(|_| inv.deadline.is_none()) {
-                        self.renew_holds(held).await;
+                    // A Lambda's kind holds outlast its invocation already; a thread's follow the lease.
+                    if let Some(held) = held {
+                        self.renew_holds(held, inv.deadline.is_none()).await;
                     }
                     match keeper.update(|j, owner, now| j.heartbeat(owner, now + lease, now)).await {
                         Ok(_) => hider.hide(&d.receipt_handle),
