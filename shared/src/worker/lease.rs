@@ -18,6 +18,7 @@ use crate::handler::{Attempt, JobError};
 use crate::job::{IllegalTransition, Job, Progress};
 use crate::json::Json;
 use crate::store::{Change, RmwError, StoreError, WorkerStore, read_modify_write};
+use crate::thread::RunEnd;
 use crate::waitpoint::Waitpoint;
 
 /// Why a lease-holder write failed.
@@ -39,6 +40,12 @@ pub struct LeaseKeeper {
     /// The job's cancel request as last seen (a write, a heartbeat, or the cancel signal): cancelled
     /// then, which wakes whatever the handler races against it ([`crate::JobContext::until_cancelled`]).
     cancellation: CancellationToken,
+    /// How the run before this one ended, as the gate read it (a thread's run).
+    before: Option<RunEnd>,
+    /// How many messages this run has in its thread once it appended them: every later write of
+    /// the job records it ([`crate::job::ThreadRun::said`]), the terminal one included, so the next
+    /// run learns it from the read its gate makes anyway, at no write of its own.
+    said: std::sync::Mutex<Option<u32>>,
 }
 
 /// Conflicts in a row before giving up: each one means another writer got in between, which for a job
@@ -51,6 +58,7 @@ impl LeaseKeeper {
         clock: SharedClock,
         owner: String,
         claimed: Job,
+        before: Option<RunEnd>,
     ) -> Arc<Self> {
         let cancellation = CancellationToken::new();
         if claimed.cancel_requested {
@@ -62,6 +70,8 @@ impl LeaseKeeper {
             owner,
             cancellation,
             job: Mutex::new(claimed),
+            before,
+            said: std::sync::Mutex::new(None),
         })
     }
 
@@ -97,7 +107,11 @@ impl LeaseKeeper {
             if job.cancel_requested {
                 self.note_cancel_requested();
             }
-            let next = change(job, &self.owner, self.clock.now()).map_err(|_| ())?;
+            let mut next = change(job, &self.owner, self.clock.now()).map_err(|_| ())?;
+            let said = *self.said.lock().unwrap_or_else(|e| e.into_inner());
+            if let (Some(n), Some(run)) = (said, next.thread.as_mut()) {
+                run.said = Some(run.said.map_or(n, |s| s.max(n)));
+            }
             Ok(if children.is_empty() {
                 Change::Write(Box::new(next), ())
             } else {
@@ -180,7 +194,28 @@ impl Attempt for LeaseKeeper {
         self.store
             .append_messages(thread, messages, expires_at)
             .await
+            .map_err(|e| JobError::retryable("store_unavailable", e))?;
+        if let Some(n) = messages.iter().map(|m| m.index + 1).max() {
+            let mut said = self.said.lock().unwrap_or_else(|e| e.into_inner());
+            *said = Some(said.map_or(n, |s| s.max(n)));
+        }
+        Ok(())
+    }
+
+    async fn thread_run_messages(
+        &self,
+        thread: &crate::thread::ThreadId,
+        run: u64,
+        indices: std::ops::Range<u32>,
+    ) -> Result<Vec<crate::thread::ThreadMessage>, JobError> {
+        self.store
+            .run_messages(thread, run, indices)
+            .await
             .map_err(|e| JobError::retryable("store_unavailable", e))
+    }
+
+    fn thread_before(&self) -> Option<RunEnd> {
+        self.before
     }
 
     async fn step(&self, name: &str) -> Result<Option<Json>, JobError> {
