@@ -16,9 +16,17 @@
 //!   longer text and says so), far under DynamoDB's 400 KB item.
 //! - **History is bounded** ([`HistoryBound`]): a run sends its model at most the last N messages and
 //!   about K tokens of the earlier runs ([`window`]). On DynamoDB the list comes from the `by_job`
-//!   index, which is eventually consistent: a run that starts within the index's lag (typically well
-//!   under a second) of the end of the run before it could miss that run's last messages. The items
-//!   themselves are read strongly consistent; a deferral (at least a second) usually covers the lag.
+//!   index, which is eventually consistent, and an enqueued run starts as soon as the run before it
+//!   ends: within the index's lag (typically well under a second), so the list may miss that run's
+//!   messages, its answer the most important. So a run's attempt records how many messages it left
+//!   ([`ThreadRun::said`]) through the job writes it makes anyway, its terminal one included; the next
+//!   run's gate reads that job consistently anyway ([`RunEnd`]), and the run reads those places by key
+//!   (strongly consistent) and merges them into the list ([`with_latest`]): no extra write, a read unit
+//!   per message of the run before. Older runs ended before the run before started, a whole run (a
+//!   model call: seconds) earlier, far past the lag. Left to the index: the messages of a run that
+//!   ended by another's write after it appended (a run whose lease lapsed as it ended: `said` unknown,
+//!   only its user message is read by key), and, when the run before never ran (cancelled while
+//!   queued), those of the one before that.
 
 use std::time::Duration;
 
