@@ -4,7 +4,8 @@
 //! thread_busy`), a retried submit links its run once, also after its message failed to send;
 //! `interrupt` cancels a run in a slow model call, keeps what it said (marked interrupted), then runs
 //! the next; a worker killed mid-run appends nothing twice; another user's (or an expired) thread is
-//! `404`; the history a run sends is bounded; an oversized message is stored cut, the job unharmed.
+//! `404`; the history a run sends is bounded; an oversized message is stored cut, the job unharmed;
+//! a run sees the run before it while the thread's index lags (a proxy plays the lag).
 
 #[macro_use]
 mod support;
@@ -593,6 +594,57 @@ async fn an_oversized_message_is_stored_cut_and_the_job_is_unharmed(b: Backends)
     // The run's model got the whole message: only the thread's copy is cut.
     let sent = fake.requests.lock().unwrap()[0].clone();
     assert_eq!(last_user_text(&sent), huge);
+}
+
+/// A run's history while the thread's index lags (on DynamoDB a GSI, eventually consistent; the
+/// emulator's lags through [`emulator_with_lagging_index`] by a minute, longer than the test): the
+/// index lists none of the run before, whose messages were all written moments ago, yet the model
+/// still gets that run's question and answer, read by key.
+async fn a_run_sees_the_run_before_it_while_the_index_lags(b: Backends) {
+    let fake = fake_model(Script::Conversation).await;
+    let (api, worker) = setup(&b, &fake);
+    let thread = create(&api, "ada", json!({})).await;
+    for message in ["multiply 6 by 7", "thanks"] {
+        let id = send_ok(&api, &thread, message).await;
+        let views = finish(&api, &worker, &[&id]).await;
+        assert_eq!(views[0]["status"], "completed", "{}", views[0]);
+    }
+    let second = fake.requests.lock().unwrap().last().cloned().unwrap();
+    let sent: Vec<(String, String)> = second["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            let text = m["content"].as_str().unwrap_or("");
+            (m["role"].as_str().unwrap().to_owned(), text.to_owned())
+        })
+        .collect();
+    let expected: Vec<(String, String)> = [
+        ("system", "multiply"),
+        ("user", "multiply 6 by 7"),
+        ("assistant", "working on it"),
+        ("tool", "42"),
+        ("assistant", "the tool said 42"),
+        ("user", "thanks"),
+    ]
+    .iter()
+    .map(|(r, t)| (r.to_string(), t.to_string()))
+    .collect();
+    assert_eq!(sent, expected, "{second}");
+}
+
+mod lagging_index {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_run_sees_the_run_before_it_while_the_index_lags_embedded() {
+        super::a_run_sees_the_run_before_it_while_the_index_lags(super::memory().await).await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_run_sees_the_run_before_it_while_the_index_lags_on_emulator() {
+        let lag = std::time::Duration::from_secs(60);
+        let b = super::emulator_with_lagging_index(lag).await;
+        super::a_run_sees_the_run_before_it_while_the_index_lags(b).await
+    }
 }
 
 on_both_backends!(

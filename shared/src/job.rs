@@ -152,6 +152,12 @@ pub struct ThreadRun {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub after: Option<JobId>,
     pub expires_at: i64,
+    /// How many messages the run left in its thread (indices `0..said`), recorded by its attempt's
+    /// writes once it appended them, so its terminal write carries it: the next run reads them by key
+    /// (see [`crate::thread`]). `None`: it appended nothing but its user message (index 0), or ended
+    /// by another's write.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub said: Option<u32>,
 }
 
 /// One job's member of its owner's in-flight ledger: `{job_id}@{since}`, `since` the epoch second the

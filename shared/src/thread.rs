@@ -16,9 +16,17 @@
 //!   longer text and says so), far under DynamoDB's 400 KB item.
 //! - **History is bounded** ([`HistoryBound`]): a run sends its model at most the last N messages and
 //!   about K tokens of the earlier runs ([`window`]). On DynamoDB the list comes from the `by_job`
-//!   index, which is eventually consistent: a run that starts within the index's lag (typically well
-//!   under a second) of the end of the run before it could miss that run's last messages. The items
-//!   themselves are read strongly consistent; a deferral (at least a second) usually covers the lag.
+//!   index, which is eventually consistent, and an enqueued run starts as soon as the run before it
+//!   ends: within the index's lag (typically well under a second), so the list may miss that run's
+//!   messages, its answer the most important. So a run's attempt records how many messages it left
+//!   ([`ThreadRun::said`]) through the job writes it makes anyway, its terminal one included; the next
+//!   run's gate reads that job consistently anyway ([`RunEnd`]), and the run reads those places by key
+//!   (strongly consistent) and merges them into the list ([`with_latest`]): no extra write, a read unit
+//!   per message of the run before. Older runs ended before the run before started, a whole run (a
+//!   model call: seconds) earlier, far past the lag. Left to the index: the messages of a run that
+//!   ended by another's write after it appended (a run whose lease lapsed as it ended: `said` unknown,
+//!   only its user message is read by key), and, when the run before never ran (cancelled while
+//!   queued), those of the one before that.
 
 use std::time::Duration;
 
@@ -115,6 +123,7 @@ impl Thread {
             position: self.runs + 1,
             after: self.last_job.clone(),
             expires_at: self.expires_at,
+            said: None,
         }
     }
 
@@ -309,6 +318,47 @@ impl HistoryBound {
     }
 }
 
+/// How the run before a run ended, as its job said when the gate let the run start (a consistent
+/// read): its position and how many messages it left (indices `0..said`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunEnd {
+    pub run: u64,
+    pub said: u32,
+}
+
+impl RunEnd {
+    /// The end of the run `run` (as its job holds it). A run that recorded no count left at least its
+    /// user message, which its submit wrote.
+    pub fn of(run: &ThreadRun) -> Self {
+        Self {
+            run: run.position,
+            said: run.said.unwrap_or(1).max(1),
+        }
+    }
+
+    /// The places of its last `limit` messages (all a history of `limit` messages can show).
+    pub fn last(&self, limit: usize) -> std::ops::Range<u32> {
+        let limit = u32::try_from(limit).unwrap_or(u32::MAX);
+        self.said.saturating_sub(limit)..self.said
+    }
+}
+
+/// The newest `limit` messages of `listed` (as the index listed them, newest first) and `latest`
+/// (read by key), newest first, each once: the history as a consistent list would have had it, when
+/// `latest` holds everything the list may have missed.
+pub fn with_latest(
+    listed: Vec<ThreadMessage>,
+    latest: Vec<ThreadMessage>,
+    limit: usize,
+) -> Vec<ThreadMessage> {
+    let by_seq: std::collections::BTreeMap<u64, ThreadMessage> = listed
+        .into_iter()
+        .chain(latest)
+        .map(|m| (m.seq(), m))
+        .collect();
+    by_seq.into_values().rev().take(limit).collect()
+}
+
 /// Said to the model in place of an answer a run did not give (it failed or was interrupted before
 /// answering), so the conversation the model reads alternates as providers require.
 pub const NO_ANSWER: &str = "(this run ended without an answer)";
@@ -436,6 +486,34 @@ mod tests {
         );
         assert!(tight.len() <= 2, "{tight:?}");
         assert!(window(&[], HistoryBound::default()).is_empty());
+    }
+
+    #[test]
+    fn the_latest_run_read_by_key_fills_what_the_index_missed_once() {
+        let user = |t: &str| json!({"role": "user", "text": t});
+        let all: Vec<ThreadMessage> = (1..=3)
+            .flat_map(|run| (0..2).map(move |i| msg(run, i, user(&format!("{run}.{i}")))))
+            .collect();
+        let newest_first = |ms: &[ThreadMessage]| ms.iter().rev().cloned().collect::<Vec<_>>();
+        // The index has not listed run 3's answer yet, nor anything of it: read by key, merged.
+        let listed = newest_first(&all[..5]);
+        let merged = with_latest(listed.clone(), all[4..].to_vec(), 4);
+        assert_eq!(merged, newest_first(&all[2..]));
+        let lagging = newest_first(&all[..4]);
+        assert_eq!(with_latest(lagging, all[4..].to_vec(), 4), merged);
+        // Consistent already (the embedded store): nothing changes.
+        assert_eq!(
+            with_latest(newest_first(&all[2..]), all[4..].to_vec(), 4),
+            merged
+        );
+        let end = RunEnd::of(&ThreadRun {
+            said: Some(5),
+            ..Thread::new("ann".into(), Policy::Enqueue, MIN_TTL, 0).next_run()
+        });
+        assert_eq!((end.run, end.last(40), end.last(2)), (1, 0..5, 3..5));
+        let unrecorded =
+            RunEnd::of(&Thread::new("ann".into(), Policy::Enqueue, MIN_TTL, 0).next_run());
+        assert_eq!(unrecorded.last(40), 0..1);
     }
 
     #[test]

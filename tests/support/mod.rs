@@ -311,6 +311,25 @@ pub async fn emulator() -> Backends {
     }
 }
 
+/// [`emulator`], reached through a proxy whose `by_job` index lists an item only `lag` after it was
+/// written (see [`proxy::FaultProxy::lagging_index`]): what a GSI may do, the emulator's never does.
+#[allow(dead_code)] // not every test binary needs it
+pub async fn emulator_with_lagging_index(lag: Duration) -> Backends {
+    let env = TestEnv::start().await;
+    let proxy = proxy::FaultProxy::lagging_index(&endpoint(), "by_job", "step_of", lag).await;
+    let sdk = jobkit::aws::sdk_config(Some(&proxy.endpoint)).await;
+    let backend = Backend::aws(&sdk, env.config.clone())
+        .await
+        .expect("the stack is up");
+    Backends {
+        max_receives: env.max_receive_count(),
+        backend,
+        dlq: env.dlq.clone(),
+        memory_store: None,
+        _env: Some(env),
+    }
+}
+
 /// Generates, for each named `async fn(Backends)` of the calling file, one test on the embedded backend
 /// (`memory()`) and one on the emulator (`emulator()`): the same code holds both to one behaviour.
 #[allow(unused_macros)] // not every test binary has two backends

@@ -1,9 +1,13 @@
 //! A fault-injecting HTTP proxy in front of the emulator: it fails some requests before forwarding them
 //! (throttling, 5xx: the request never ran) and drops some responses after forwarding (the request ran,
 //! the client sees a 500 and its SDK retries it). The second kind is what makes retried writes land twice.
+//! Or it plays a lagging index: a DynamoDB Query of one index does not list the items written to it
+//! lately, as a GSI (eventually consistent) may not yet; reads by key see them at once.
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::body::{Body, to_bytes};
 use axum::extract::State;
@@ -26,6 +30,16 @@ struct Proxy {
     /// Only requests of this operation (`X-Amz-Target` suffix) meet faults; all, when `None`.
     only: Option<&'static str>,
     stats: Arc<ProxyStats>,
+    lag: Option<IndexLag>,
+}
+
+/// A lagging index: Queries of `index` leave out the items written less than `lag` ago.
+struct IndexLag {
+    index: &'static str,
+    lag: Duration,
+    /// The keys (`job_id`) of items written with the index's partition key (`key_attr`), and when.
+    key_attr: &'static str,
+    written: Mutex<HashMap<String, Instant>>,
 }
 
 pub struct FaultProxy {
@@ -44,11 +58,44 @@ impl FaultProxy {
         Self::start_with(upstream, reject_rate, 0.0, Some(op)).await
     }
 
+    /// No faults, but index `index` (partition key `key_attr`) lists an item only `lag` after its
+    /// last write (a lagging GSI, which the emulator's is not).
+    pub async fn lagging_index(
+        upstream: &str,
+        index: &'static str,
+        key_attr: &'static str,
+        lag: Duration,
+    ) -> Self {
+        Self::serve(
+            upstream,
+            0.0,
+            0.0,
+            None,
+            Some(IndexLag {
+                index,
+                lag,
+                key_attr,
+                written: Mutex::default(),
+            }),
+        )
+        .await
+    }
+
     async fn start_with(
         upstream: &str,
         reject_rate: f64,
         lose_rate: f64,
         only: Option<&'static str>,
+    ) -> Self {
+        Self::serve(upstream, reject_rate, lose_rate, only, None).await
+    }
+
+    async fn serve(
+        upstream: &str,
+        reject_rate: f64,
+        lose_rate: f64,
+        only: Option<&'static str>,
+        lag: Option<IndexLag>,
     ) -> Self {
         let stats = Arc::new(ProxyStats::default());
         let state = Arc::new(Proxy {
@@ -58,6 +105,7 @@ impl FaultProxy {
             lose_rate,
             only,
             stats: stats.clone(),
+            lag,
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let endpoint = format!("http://{}", listener.local_addr().unwrap());
@@ -98,12 +146,16 @@ async fn forward(State(p): State<Arc<Proxy>>, req: http::Request<Body>) -> Respo
             error(503, r#"{"message":"Service Unavailable"}"#)
         };
     }
+    let op = target.rsplit('.').next().unwrap_or_default();
+    if let Some(lag) = &p.lag {
+        lag.note_writes(op, &body);
+    }
     let url = format!(
         "{}{}",
         p.upstream,
         parts.uri.path_and_query().map_or("/", |x| x.as_str())
     );
-    let mut out = p.http.request(parts.method.clone(), url).body(body);
+    let mut out = p.http.request(parts.method.clone(), url).body(body.clone());
     for (name, value) in &parts.headers {
         if name != "host" && name != "content-length" {
             out = out.header(name, value);
@@ -116,16 +168,75 @@ async fn forward(State(p): State<Arc<Proxy>>, req: http::Request<Body>) -> Respo
     p.stats.forwarded.fetch_add(1, Ordering::Relaxed);
     let status = resp.status();
     let headers = resp.headers().clone();
-    let bytes = resp.bytes().await.unwrap_or_default();
+    let mut bytes = resp.bytes().await.unwrap_or_default();
+    let mut altered = false;
+    if let Some(lag) = &p.lag
+        && let Some(listed) = lag.hide_recent(op, &body, &bytes)
+    {
+        bytes = listed.into();
+        altered = true;
+    }
     if faulty && rand::random::<f64>() < p.lose_rate {
         p.stats.lost_responses.fetch_add(1, Ordering::Relaxed);
         return error(500, r#"{"message":"Internal Server Error"}"#);
     }
     let mut builder = http::Response::builder().status(status);
     for (name, value) in &headers {
-        if name != "transfer-encoding" && name != "content-length" && name != "connection" {
+        // An altered body's checksum would no longer hold.
+        let stale = altered && name == "x-amz-crc32";
+        if name != "transfer-encoding" && name != "content-length" && name != "connection" && !stale
+        {
             builder = builder.header(name, value);
         }
     }
     builder.body(Body::from(bytes)).unwrap()
+}
+
+impl IndexLag {
+    /// Notes the items a write request puts with the index's key.
+    fn note_writes(&self, op: &str, body: &[u8]) {
+        let Ok(req) = serde_json::from_slice::<serde_json::Value>(body) else {
+            return;
+        };
+        let items: Vec<&serde_json::Value> = match op {
+            "PutItem" => vec![&req["Item"]],
+            "TransactWriteItems" => req["TransactItems"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|t| &t["Put"]["Item"])
+                .collect(),
+            _ => return,
+        };
+        let now = Instant::now();
+        let mut written = self.written.lock().unwrap();
+        for item in items {
+            if item.get(self.key_attr).is_some()
+                && let Some(key) = item["job_id"]["S"].as_str()
+            {
+                written.insert(key.to_owned(), now);
+            }
+        }
+    }
+
+    /// A Query of the index's response without the items written less than `lag` ago (`None`: not
+    /// such a Query, left as it is).
+    fn hide_recent(&self, op: &str, body: &[u8], response: &[u8]) -> Option<Vec<u8>> {
+        let req: serde_json::Value = serde_json::from_slice(body).ok()?;
+        if op != "Query" || req["IndexName"].as_str() != Some(self.index) {
+            return None;
+        }
+        let mut out: serde_json::Value = serde_json::from_slice(response).ok()?;
+        let written = self.written.lock().unwrap();
+        let items = out.get_mut("Items")?.as_array_mut()?;
+        items.retain(|i| {
+            i["job_id"]["S"]
+                .as_str()
+                .and_then(|k| written.get(k))
+                .is_none_or(|at| at.elapsed() >= self.lag)
+        });
+        let count = items.len();
+        out["Count"] = count.into();
+        serde_json::to_vec(&out).ok()
+    }
 }

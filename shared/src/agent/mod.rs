@@ -254,7 +254,21 @@ async fn thread_history(
         limit: bound.messages,
         newest_first: true,
     };
-    let mut earlier = ctx.thread_messages(&run.thread, &query).await?;
+    let listed = ctx.thread_messages(&run.thread, &query).await?;
+    // On DynamoDB the list comes from an eventually consistent index, and an enqueued run starts
+    // as soon as the run before it ended: within the index's lag, so the list may miss that run's
+    // messages, its answer the most important of all. Those are read by key as well (their places
+    // are known from the count its terminal write recorded, which the gate read consistently) and
+    // merged in. Runs before that one ended before it started, at least one whole run earlier (a
+    // model call: seconds), far past the index's lag (well under a second), so the list has them.
+    let latest = match ctx.thread_before() {
+        Some(end) if end.run + 1 == run.position => {
+            ctx.thread_run_messages(&run.thread, end.run, end.last(bound.messages))
+                .await?
+        }
+        _ => Vec::new(),
+    };
+    let mut earlier = crate::thread::with_latest(listed, latest, query.limit);
     earlier.reverse();
     Ok(crate::thread::window(&earlier, bound)
         .into_iter()

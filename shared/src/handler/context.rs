@@ -72,6 +72,21 @@ pub trait Attempt: Send + Sync {
         let _ = (thread, query);
         Ok(Vec::new())
     }
+    /// Messages `indices` of run `run` of a thread, read by key (see
+    /// [`crate::store::ThreadStore::run_messages`]).
+    async fn thread_run_messages(
+        &self,
+        thread: &ThreadId,
+        run: u64,
+        indices: std::ops::Range<u32>,
+    ) -> Result<Vec<ThreadMessage>, JobError> {
+        let _ = (thread, run, indices);
+        Ok(Vec::new())
+    }
+    /// How the run before this one (a thread's run) ended, as the worker's gate read it.
+    fn thread_before(&self) -> Option<crate::thread::RunEnd> {
+        None
+    }
     /// Appends to a thread, each message only where none is yet (see
     /// [`crate::store::ThreadStore::append_messages`]).
     async fn append_to_thread(
@@ -355,6 +370,24 @@ impl JobContext {
             Some(a) => a.thread_messages(thread, query).await,
             None => Ok(Vec::new()),
         }
+    }
+
+    /// Messages `indices` of run `run` of a thread, read by key.
+    pub(crate) async fn thread_run_messages(
+        &self,
+        thread: &ThreadId,
+        run: u64,
+        indices: std::ops::Range<u32>,
+    ) -> Result<Vec<ThreadMessage>, JobError> {
+        match &self.inner.attempt_handle {
+            Some(a) => a.thread_run_messages(thread, run, indices).await,
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// How the run before this one ended, as the worker's gate read it (`None`: unknown).
+    pub(crate) fn thread_before(&self) -> Option<crate::thread::RunEnd> {
+        self.inner.attempt_handle.as_ref()?.thread_before()
     }
 
     /// Appends `messages` to the thread of `run`; a message already in its place stays as it is.

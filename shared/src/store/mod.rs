@@ -450,11 +450,21 @@ pub trait ThreadStore: Send + Sync {
         expires_at: i64,
     ) -> Result<(), StoreError>;
 
-    /// Up to `query.limit` of a thread's messages, in the order asked for.
+    /// Up to `query.limit` of a thread's messages, in the order asked for. On DynamoDB listed by an
+    /// eventually consistent index: the newest may be missing (see [`Self::run_messages`]).
     async fn messages(
         &self,
         thread: &ThreadId,
         query: &MessageQuery,
+    ) -> Result<Vec<ThreadMessage>, StoreError>;
+
+    /// Messages `indices` of run `run` of a thread, read by key (strongly consistent, so they are
+    /// there as soon as they were appended), oldest first; a place without a message is skipped.
+    async fn run_messages(
+        &self,
+        thread: &ThreadId,
+        run: u64,
+        indices: std::ops::Range<u32>,
     ) -> Result<Vec<ThreadMessage>, StoreError>;
 }
 

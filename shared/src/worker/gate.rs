@@ -22,6 +22,7 @@ use crate::limits::{Counter, Deferred, Gate, Hold, Limits, Take};
 use crate::observe;
 use crate::queue::{Delivery, Invocation, JobMessage, Verdict};
 use crate::slots::Ledger;
+use crate::thread::RunEnd;
 use crate::trace::TraceContext;
 
 /// How long a hold lasts when the invocation has no deadline (`jobctl dev`, the container worker):
@@ -35,10 +36,12 @@ const HOLD_GRACE: Millis = 10_000;
 /// The longest deferral: SQS's longest message delay.
 const MAX_DEFER: Duration = Duration::from_secs(900);
 
-/// The holds one attempt took, given back when it ends (renewed meanwhile when they would lapse).
+/// The holds one attempt took, given back when it ends (renewed meanwhile when they would lapse),
+/// and how the run before a thread's run ended, as the gate read it.
 #[derive(Debug, Default)]
 pub(super) struct Held {
     holds: Mutex<Vec<HeldHold>>,
+    pub(super) before: Option<RunEnd>,
 }
 
 /// A hold taken: its ledger, page, member, and whether it follows the job's lease (a thread's hold:
@@ -106,7 +109,8 @@ fn thread_gate(run: &ThreadRun) -> Gate {
 
 /// Whether a thread's run may start.
 enum Turn {
-    Go,
+    /// With how the run before it ended (none: it has no run before it, or that one is gone).
+    Go(Option<RunEnd>),
     /// The run before it is queued or running.
     After,
     /// The run before it is parked (an approval, a sleep).
@@ -147,9 +151,10 @@ impl Worker {
             // Running elsewhere, finished, parked or cancelled: the claim grades it; it runs nothing.
             return Admit::Go(Held::default());
         }
+        let mut before = None;
         if let Some(run) = &job.thread {
             match self.turn_of(run, now).await {
-                Ok(Turn::Go) => {}
+                Ok(Turn::Go(end)) => before = end,
                 Ok(turn) => {
                     let wait = match turn {
                         // It may wait for a person for hours: looked at again every few minutes.
@@ -174,7 +179,10 @@ impl Worker {
                 .deadline
                 .map_or(now + HOLD_LEASE.as_millis() as Millis, |d| d + HOLD_GRACE),
         };
-        let held = Held::default();
+        let held = Held {
+            before,
+            ..Held::default()
+        };
         let mut gates = limits.map_or_else(Vec::new, |l| l.gates(&job.kind, &job, &model));
         if let Some(run) = &job.thread {
             gates.insert(0, thread_gate(run));
@@ -285,12 +293,13 @@ impl Worker {
         now: Millis,
     ) -> Result<Turn, crate::store::StoreError> {
         let Some(before) = &run.after else {
-            return Ok(Turn::Go);
+            return Ok(Turn::Go(None));
         };
         Ok(match self.store.get(before).await? {
-            None => Turn::Go,
+            None => Turn::Go(None),
             Some(j) => match j.effective_status(now) {
-                s if s.is_terminal() => Turn::Go,
+                // Read consistently: its messages were appended before this terminal write.
+                s if s.is_terminal() => Turn::Go(j.thread.as_ref().map(RunEnd::of)),
                 crate::job::JobStatus::Waiting => Turn::AfterWait,
                 _ => Turn::After,
             },

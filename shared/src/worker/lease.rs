@@ -20,6 +20,7 @@ use crate::job::{IllegalTransition, Job, Progress};
 use crate::json::Json;
 use crate::store::{Change, RmwError, StoreError, WorkerStore, read_modify_write};
 use crate::usage::{Budget, Counted, Day, Spend};
+use crate::thread::RunEnd;
 use crate::waitpoint::Waitpoint;
 
 /// Why a lease-holder write failed.
@@ -45,6 +46,12 @@ pub struct LeaseKeeper {
     budget: Option<Budget>,
     /// Whether this attempt recorded a step or saved a checkpoint (see [`Self::made_progress`]).
     progressed: AtomicBool,
+    /// How the run before this one ended, as the gate read it (a thread's run).
+    before: Option<RunEnd>,
+    /// How many messages this run has in its thread once it appended them: every later write of
+    /// the job records it ([`crate::job::ThreadRun::said`]), the terminal one included, so the next
+    /// run learns it from the read its gate makes anyway, at no write of its own.
+    said: std::sync::Mutex<Option<u32>>,
 }
 
 /// Conflicts in a row before giving up: each one means another writer got in between, which for a job
@@ -58,6 +65,7 @@ impl LeaseKeeper {
         owner: String,
         claimed: Job,
         budget: Option<Budget>,
+        before: Option<RunEnd>,
     ) -> Arc<Self> {
         let cancellation = CancellationToken::new();
         if claimed.cancel_requested {
@@ -71,6 +79,8 @@ impl LeaseKeeper {
             budget,
             job: Mutex::new(claimed),
             progressed: AtomicBool::new(false),
+            before,
+            said: std::sync::Mutex::new(None),
         })
     }
 
@@ -112,7 +122,11 @@ impl LeaseKeeper {
             if job.cancel_requested {
                 self.note_cancel_requested();
             }
-            let next = change(job, &self.owner, self.clock.now()).map_err(|_| ())?;
+            let mut next = change(job, &self.owner, self.clock.now()).map_err(|_| ())?;
+            let said = *self.said.lock().unwrap_or_else(|e| e.into_inner());
+            if let (Some(n), Some(run)) = (said, next.thread.as_mut()) {
+                run.said = Some(run.said.map_or(n, |s| s.max(n)));
+            }
             Ok(if children.is_empty() {
                 Change::Write(Box::new(next), ())
             } else {
@@ -196,7 +210,28 @@ impl Attempt for LeaseKeeper {
         self.store
             .append_messages(thread, messages, expires_at)
             .await
+            .map_err(|e| JobError::retryable("store_unavailable", e))?;
+        if let Some(n) = messages.iter().map(|m| m.index + 1).max() {
+            let mut said = self.said.lock().unwrap_or_else(|e| e.into_inner());
+            *said = Some(said.map_or(n, |s| s.max(n)));
+        }
+        Ok(())
+    }
+
+    async fn thread_run_messages(
+        &self,
+        thread: &crate::thread::ThreadId,
+        run: u64,
+        indices: std::ops::Range<u32>,
+    ) -> Result<Vec<crate::thread::ThreadMessage>, JobError> {
+        self.store
+            .run_messages(thread, run, indices)
+            .await
             .map_err(|e| JobError::retryable("store_unavailable", e))
+    }
+
+    fn thread_before(&self) -> Option<RunEnd> {
+        self.before
     }
 
     async fn step(&self, name: &str) -> Result<Option<Json>, JobError> {

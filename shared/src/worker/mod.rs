@@ -422,12 +422,14 @@ impl Worker {
         hider: &Hider,
         held: Option<&gate::Held>,
     ) -> Graded {
+        let before = held.and_then(|h| h.before);
         let keeper = LeaseKeeper::new(
             self.store.clone(),
             self.clock.clone(),
             owner,
             job.clone(),
             self.token_budget,
+            before,
         );
         if self.lane == Lane::Lambda && job.lane == Lane::Container {
             // The worker function never runs container-only work; the container worker runs anything.

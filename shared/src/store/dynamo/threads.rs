@@ -39,7 +39,13 @@ fn list_of(id: &ThreadId) -> String {
 }
 
 fn message_key(id: &ThreadId, m: &ThreadMessage) -> Item {
-    key(format!("tmsg#{id}#{}#{}", m.run, m.index))
+    place_key(id, m.run, m.index)
+}
+
+/// The key of message `index` of run `run`: known without the index, so a message just appended can
+/// be read by key before the index lists it.
+fn place_key(id: &ThreadId, run: u64, index: u32) -> Item {
+    key(format!("tmsg#{id}#{run}#{index}"))
 }
 
 fn message_item(id: &ThreadId, m: &ThreadMessage, expires_at: i64) -> Item {
@@ -276,6 +282,27 @@ impl ThreadStore for DynamoStore {
             }
         }
         keys.truncate(query.limit);
+        let mut found = self.messages_by_key(keys).await?;
+        if query.newest_first {
+            found.reverse();
+        }
+        Ok(found)
+    }
+
+    async fn run_messages(
+        &self,
+        thread: &ThreadId,
+        run: u64,
+        indices: std::ops::Range<u32>,
+    ) -> Result<Vec<ThreadMessage>, StoreError> {
+        let keys = indices.map(|i| place_key(thread, run, i)).collect();
+        self.messages_by_key(keys).await
+    }
+}
+
+impl DynamoStore {
+    /// The messages of `keys` (strongly consistent BatchGetItems of at most 100), oldest first.
+    async fn messages_by_key(&self, keys: Vec<Item>) -> Result<Vec<ThreadMessage>, StoreError> {
         let mut found = Vec::new();
         for chunk in keys.chunks(100) {
             for item in self.batch_get(chunk.to_vec(), true).await? {
@@ -283,9 +310,6 @@ impl ThreadStore for DynamoStore {
             }
         }
         found.sort_by_key(ThreadMessage::seq);
-        if query.newest_first {
-            found.reverse();
-        }
         Ok(found)
     }
 }

@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use super::MemoryStore;
 use crate::job::Job;
 use crate::store::{Created, Insert, StoreError, ThreadStore};
-use crate::thread::{MessageQuery, Thread, ThreadId, ThreadMessage};
+use crate::thread::{MessageQuery, SEQ_SPAN, Thread, ThreadId, ThreadMessage};
 
 /// Threads, and each thread's messages by [`ThreadMessage::seq`].
 #[derive(Debug, Default)]
@@ -103,5 +103,22 @@ impl ThreadStore for MemoryStore {
         } else {
             range.take(query.limit).collect()
         })
+    }
+
+    async fn run_messages(
+        &self,
+        thread: &ThreadId,
+        run: u64,
+        indices: std::ops::Range<u32>,
+    ) -> Result<Vec<ThreadMessage>, StoreError> {
+        let st = self.state();
+        let Some(all) = st.threads.messages.get(thread) else {
+            return Ok(Vec::new());
+        };
+        let seq = |i: u32| run * SEQ_SPAN + u64::from(i);
+        Ok(all
+            .range(seq(indices.start)..seq(indices.end.max(indices.start)))
+            .map(|(_, m)| m.clone())
+            .collect())
     }
 }
