@@ -53,6 +53,8 @@ use async_trait::async_trait;
 
 use crate::error::BoxError;
 use crate::job::{Job, JobId, JobStatus, Millis, Slot};
+#[cfg(doc)]
+use crate::job::Watch;
 use crate::json::Json;
 use crate::limits::{Deferred, Hold, Rate, Take};
 use crate::slots::Ledger;
@@ -271,14 +273,15 @@ pub trait WaitpointStore: Send + Sync {
     ) -> Result<Option<Waitpoint>, StoreError>;
 }
 
-/// In-flight slots (BatchGetItem, Scan, UpdateItem of ledger pages): what the cap counts, and the
-/// sweep's repair.
+/// In-flight slots (BatchGetItem, UpdateItem of ledger pages; Query of the due index): what the cap
+/// counts, and the sweep's repair.
 #[async_trait]
 pub trait SlotLedger: Send + Sync {
     /// How many members `user`'s ledger holds on the pages of `cap` (and the page-less item of
     /// ledgers written before pages): the number the cap checks.
     async fn in_flight(&self, user: &str, cap: u32) -> Result<i64, StoreError>;
-    /// Every page of every owner's ledger (a scan: for the periodic sweep only).
+    /// Every page of every owner's ledger, strongly consistent (for the periodic sweep only: a walk
+    /// of the pages' entries in the due index, never a scan of the table).
     async fn all_slots(&self) -> Result<Vec<PageSlots>, StoreError>;
     /// Removes these members of `ledger`, each from the page it names, which no job holds (idempotent).
     async fn release_slots(&self, ledger: &Ledger, slots: &[Slot]) -> Result<(), StoreError>;
@@ -295,8 +298,10 @@ pub enum Due {
 
 /// The due index: a sparse index of the items with a timer, keyed by a few shards and their due
 /// time, so the due task finds what is due with a Query per shard instead of a Scan (a parked job
-/// costs storage only until its time). A job is in it while [`Job::due_at`] says so, a waitpoint
-/// while [`Waitpoint::repair_at`] does and until [`Self::clear_due`].
+/// costs storage only until its time). A job is in it under its timer while [`Job::watch`] says
+/// [`Watch::Timer`], a waitpoint while [`Waitpoint::repair_at`] says so and until
+/// [`Self::clear_due`]. The same index holds, under shards of their own that these queries never
+/// read, the sweep's check times ([`JobScanner::to_check`]) and the ledger pages.
 #[async_trait]
 pub trait DueTimers: Send + Sync {
     /// Up to `limit` items due at `now` (their time `<= now`), earliest first within a shard.
@@ -307,7 +312,7 @@ pub trait DueTimers: Send + Sync {
 }
 
 /// Kind-level limits' counters (see [`crate::limits`]): concurrency holds on ledger pages
-/// (UpdateItem, BatchGetItem; Scan for the sweep), and a deferred job's note (UpdateItem).
+/// (UpdateItem, BatchGetItem; the sweep's walk of the pages), and a deferred job's note (UpdateItem).
 #[async_trait]
 pub trait LimitStore: Send + Sync {
     /// Adds `hold` to a page of `ledger`, whose holders are capped at `cap`; holds lapsed at `now`
@@ -337,7 +342,8 @@ pub trait LimitStore: Send + Sync {
     /// How many holds of `ledger` (capped at `cap`) are live at `now` (a consistent read).
     async fn holders(&self, ledger: &Ledger, cap: u32, now: Millis) -> Result<u32, StoreError>;
 
-    /// Removes every hold lapsed at `now` (a scan: for the periodic sweep only); how many.
+    /// Removes every hold lapsed at `now` (the same walk of the pages as [`SlotLedger::all_slots`]:
+    /// for the periodic sweep only); how many.
     async fn prune_holds(&self, now: Millis) -> Result<usize, StoreError>;
 
     /// Records why `id` waits, if it is still `queued` or `retrying` (a display-only field: not a
@@ -368,17 +374,23 @@ pub trait RateBuckets: Send + Sync {
     ) -> Result<Take, StoreError>;
 }
 
-/// Jobs nothing will move again (Scan): for the periodic sweep only.
+/// The jobs the sweep looks at (see [`crate::sweep`]): those whose check time has come, from the due
+/// index (a Query per shard: the sweep never reads a job before its check, nor a finished one), and a
+/// slice of the table for records written before check times existed (a Scan segment).
 #[async_trait]
 pub trait JobScanner: Send + Sync {
-    /// Up to `limit` jobs the sweep must look at (see [`crate::sweep`]): still `queued` and not
-    /// updated since `before` (a lost message?), `running` on their last attempt under a lease
-    /// expired at `now` (a dead runner), or `waiting` on a timer passed at `now` but missing from
-    /// the due index (a job item written before the index existed; the due task fires the rest).
-    async fn stale_jobs(
+    /// Up to `limit` jobs the sweep watches ([`Job::watch`] is [`Watch::Sweep`]) whose check time is
+    /// at or before `until`, earliest first within a shard, read strongly consistent.
+    async fn to_check(&self, until: Millis, limit: usize) -> Result<Vec<Job>, StoreError>;
+
+    /// Slice `slice` of `slices` of the table (each record falls in one slice, always the same):
+    /// up to `limit` jobs the sweep should watch that carry no check time ([`Job::sweep_at`]: written
+    /// before it existed), eventually consistent. Ledger pages of the slice written before pages were
+    /// listed are listed on the way (see [`SlotLedger::all_slots`]).
+    async fn unwatched(
         &self,
-        before: Millis,
-        now: Millis,
+        slice: u32,
+        slices: u32,
         limit: usize,
     ) -> Result<Vec<Job>, StoreError>;
 }
@@ -434,7 +446,7 @@ impl<
 pub trait DeliveryStore: JobReader + JobWriter {}
 impl<T: JobReader + JobWriter + ?Sized> DeliveryStore for T {}
 
-/// The sweep's port: scan, read, write, repair slots and limits' holds, read and settle waitpoints,
+/// The sweep's port: its part of the due index and a slice scan, read, write, repair slots and limits' holds, read and settle waitpoints,
 /// query the due index.
 pub trait SweepStore:
     JobScanner + JobReader + JobWriter + SlotLedger + WaitpointStore + DueTimers + LimitStore
