@@ -965,10 +965,7 @@ impl Job {
     /// event is delivered, at its check time or its timer, whichever comes first. A finished job
     /// whose event is settled is in no index: the sweep never reads it again.
     pub fn watch(&self) -> Option<Watch> {
-        let pending = self
-            .webhook
-            .as_ref()
-            .is_some_and(|w| w.status == WebhookStatus::Pending);
+        let pending = self.event_pending();
         match (self.due_at(), self.sweep_at) {
             (Some(timer), Some(at)) if pending => Some(Watch::Sweep(at.min(timer))),
             (Some(timer), _) => Some(Watch::Timer(timer)),
@@ -1112,6 +1109,13 @@ impl Job {
         self.webhook.as_ref().is_some_and(|w| {
             w.status == WebhookStatus::Pending && w.next_attempt_at.is_some_and(|t| t < before)
         })
+    }
+
+    /// Whether the job has a webhook event waiting for delivery.
+    pub fn event_pending(&self) -> bool {
+        self.webhook
+            .as_ref()
+            .is_some_and(|w| w.status == WebhookStatus::Pending)
     }
 
     /// Whether the job's webhook event `event_id` still waits for delivery.

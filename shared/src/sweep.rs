@@ -58,8 +58,9 @@ pub const SWEEP_PERIOD: Duration = Duration::from_secs(5 * 60);
 /// Records written before check times existed carry none, so no Query finds them: each run scans
 /// one segment of the table out of this many (a parallel scan's `Segment`, chosen by the run's time),
 /// so every record is read once a day (288 runs of [`SWEEP_PERIOD`]) and a job in flight across the
-/// upgrade is repaired within a day at worst, then watched like any other. Each item is read once a
-/// day instead of 288 times.
+/// upgrade is repaired within a day at worst, then watched like any other. The same slice prunes the
+/// limits' lapsed holds (see [`crate::store::JobScanner::slice`]). Each item is read once a day
+/// instead of twice every run: 288 times less.
 pub const LEGACY_SLICES: u32 = 288;
 
 /// Jobs checked at once.
@@ -89,7 +90,8 @@ pub struct SweepReport {
     pub resumed: usize,
     /// Waitpoints recorded `timed_out` (a `ctx.sleep` ends this way).
     pub timed_out: usize,
-    /// Limits' concurrency holds removed because they lapsed (their worker crashed).
+    /// Limits' concurrency holds removed because they lapsed (their worker crashed), from the pages
+    /// of the run's slice.
     pub holds_lapsed: usize,
     /// Jobs read because their check time had come (or, written before check times, found by the
     /// run's slice of the table).
@@ -137,14 +139,17 @@ impl Sweeper {
         let mut jobs = self.store.to_check(until, SWEEP_LIMIT).await?;
         let slices = self.legacy_slices.max(1);
         let slice = (now / SWEEP_PERIOD.as_millis() as Millis).rem_euclid(i64::from(slices));
-        jobs.extend(
-            self.store
-                .unwatched(slice as u32, slices, SWEEP_LIMIT)
-                .await?,
-        );
+        let sliced = self
+            .store
+            .slice(slice as u32, slices, now, SWEEP_LIMIT)
+            .await?;
+        jobs.extend(sliced.jobs);
         let mut report = SweepReport {
             timed_out: due.timed_out,
             resumed: due.resumed,
+            // A lapsed hold already does not count when a writer finds its page full; removing it
+            // (once a day) keeps pages small.
+            holds_lapsed: sliced.holds_lapsed,
             checked: jobs.len(),
             ..SweepReport::default()
         };
@@ -162,9 +167,6 @@ impl Sweeper {
         }
         drop(checks);
         report.slots_released = self.release_orphaned_slots().await?;
-        // A lapsed hold already does not count when a writer finds its page full; removing it here
-        // keeps pages small and `jobctl stats` honest.
-        report.holds_lapsed = self.store.prune_holds(now).await?;
         Ok(report)
     }
 

@@ -10,9 +10,9 @@ use sha2::Digest;
 use super::{
     CancelSignals, CancelWatch, Created, Due, DueTimers, Insert, JobClaimer, JobInserter,
     JobLister, JobReader, JobScanner, JobWriter, LimitStore, ListQuery, PageSlots, RateBuckets,
-    SlotLedger, StepLister, StepStore, StoreError, WaitpointStore,
+    Slice, SlotLedger, StepLister, StepStore, StoreError, WaitpointStore,
 };
-use crate::job::{Job, JobId, JobStatus, Millis, Slot, Watch, WebhookStatus};
+use crate::job::{Job, JobId, JobStatus, Millis, Slot, Watch};
 use crate::json::Json;
 use crate::limits::bucket;
 use crate::limits::{Deferred, Hold, Rate, Take};
@@ -530,16 +530,6 @@ impl LimitStore for MemoryStore {
         ))
     }
 
-    async fn prune_holds(&self, now: Millis) -> Result<usize, StoreError> {
-        let mut pruned = 0;
-        for h in self.state().holds.values_mut() {
-            let before = h.len();
-            h.retain(|h| !h.expired(now));
-            pruned += before - h.len();
-        }
-        Ok(pruned)
-    }
-
     async fn note_deferred(
         &self,
         id: &JobId,
@@ -591,33 +581,38 @@ impl JobScanner for MemoryStore {
             .collect())
     }
 
-    async fn unwatched(
+    async fn slice(
         &self,
         slice: u32,
         slices: u32,
+        now: Millis,
         limit: usize,
-    ) -> Result<Vec<Job>, StoreError> {
-        let in_slice = |id: &JobId| {
-            let hash = sha2::Sha256::digest(id.as_str().as_bytes());
+    ) -> Result<Slice, StoreError> {
+        // Each record in one slice, always the same: a hash of its key.
+        let in_slice = |key: &str| {
+            let hash = sha2::Sha256::digest(key.as_bytes());
             u32::from_be_bytes([hash[0], hash[1], hash[2], hash[3]]) % slices.max(1) == slice
         };
+        let mut st = self.state();
+        let mut holds_lapsed = 0;
+        for ((ledger, page), h) in st.holds.iter_mut() {
+            if in_slice(&ledger.key(Some(*page))) {
+                let before = h.len();
+                h.retain(|h| !h.expired(now));
+                holds_lapsed += before - h.len();
+            }
+        }
         // Only a job stored without a check time (a test's record "from before") can be here.
-        Ok(self
-            .state()
+        let jobs = st
             .jobs
             .values()
             .filter(|j| j.sweep_at.is_none() && j.watch().is_none())
-            .filter(|j| {
-                let pending = j
-                    .webhook
-                    .as_ref()
-                    .is_some_and(|w| w.status == WebhookStatus::Pending);
-                pending || !j.status.is_terminal()
-            })
-            .filter(|j| in_slice(&j.job_id))
+            .filter(|j| j.event_pending() || !j.status.is_terminal())
+            .filter(|j| in_slice(j.job_id.as_str()))
             .take(limit)
             .cloned()
-            .collect())
+            .collect();
+        Ok(Slice { jobs, holds_lapsed })
     }
 }
 

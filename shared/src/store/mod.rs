@@ -312,7 +312,8 @@ pub trait DueTimers: Send + Sync {
 }
 
 /// Kind-level limits' counters (see [`crate::limits`]): concurrency holds on ledger pages
-/// (UpdateItem, BatchGetItem; the sweep's walk of the pages), and a deferred job's note (UpdateItem).
+/// (UpdateItem, BatchGetItem; the sweep prunes lapsed ones in its slice, [`JobScanner::slice`]), and
+/// a deferred job's note (UpdateItem).
 #[async_trait]
 pub trait LimitStore: Send + Sync {
     /// Adds `hold` to a page of `ledger`, whose holders are capped at `cap`; holds lapsed at `now`
@@ -341,10 +342,6 @@ pub trait LimitStore: Send + Sync {
 
     /// How many holds of `ledger` (capped at `cap`) are live at `now` (a consistent read).
     async fn holders(&self, ledger: &Ledger, cap: u32, now: Millis) -> Result<u32, StoreError>;
-
-    /// Removes every hold lapsed at `now` (the same walk of the pages as [`SlotLedger::all_slots`]:
-    /// for the periodic sweep only); how many.
-    async fn prune_holds(&self, now: Millis) -> Result<usize, StoreError>;
 
     /// Records why `id` waits, if it is still `queued` or `retrying` (a display-only field: not a
     /// new version; the claim clears it), and that it was seen at `now` (`updated_at`: the sweep
@@ -383,16 +380,27 @@ pub trait JobScanner: Send + Sync {
     /// at or before `until`, earliest first within a shard, read strongly consistent.
     async fn to_check(&self, until: Millis, limit: usize) -> Result<Vec<Job>, StoreError>;
 
-    /// Slice `slice` of `slices` of the table (each record falls in one slice, always the same):
-    /// up to `limit` jobs the sweep should watch that carry no check time ([`Job::sweep_at`]: written
-    /// before it existed), eventually consistent. Ledger pages of the slice written before pages were
-    /// listed are listed on the way (see [`SlotLedger::all_slots`]).
-    async fn unwatched(
+    /// Walks slice `slice` of `slices` of the table (each record falls in one slice, always the
+    /// same; eventually consistent): returns up to `limit` jobs the sweep should watch that carry no
+    /// check time ([`Job::sweep_at`]: written before it existed), removes the holds lapsed at `now`
+    /// from the limits' ledger pages it holds, and lists the in-flight ledger pages written before
+    /// pages were listed (see [`SlotLedger::all_slots`]).
+    async fn slice(
         &self,
         slice: u32,
         slices: u32,
+        now: Millis,
         limit: usize,
-    ) -> Result<Vec<Job>, StoreError>;
+    ) -> Result<Slice, StoreError>;
+}
+
+/// What [`JobScanner::slice`] found.
+#[derive(Debug, Default)]
+pub struct Slice {
+    /// Jobs to watch that have no check time.
+    pub jobs: Vec<Job>,
+    /// Lapsed holds removed.
+    pub holds_lapsed: usize,
 }
 
 /// The submit function's port: insert, read (replays), write (a failed enqueue).

@@ -9,7 +9,7 @@ use aws_sdk_dynamodb::types::{AttributeValue, ReturnValuesOnConditionCheckFailur
 use super::{DynamoStore, Item, num, status, unavailable};
 use crate::job::{JobId, JobStatus, Millis};
 use crate::limits::bucket::{self, Write};
-use crate::limits::{Deferred, HOLD_PREFIX, Hold, Rate, Take};
+use crate::limits::{Deferred, Hold, Rate, Take};
 use crate::slots::{Layout, Ledger};
 use crate::store::{LimitStore, RateBuckets, StoreError};
 
@@ -75,23 +75,6 @@ impl LimitStore for DynamoStore {
                 .filter_map(|m| Hold::parse(m)),
             now,
         ))
-    }
-
-    async fn prune_holds(&self, now: Millis) -> Result<usize, StoreError> {
-        let mut pruned = 0;
-        for page in self.listed_pages(HOLD_PREFIX).await? {
-            let (Some(AttributeValue::S(key)), Some(AttributeValue::Ss(members))) =
-                (page.get("job_id"), page.get("slots"))
-            else {
-                continue;
-            };
-            let lapsed = Hold::lapsed_of(members, now);
-            if !lapsed.is_empty() {
-                pruned += lapsed.len();
-                self.remove_members(key.clone(), lapsed).await?;
-            }
-        }
-        Ok(pruned)
     }
 
     async fn note_deferred(

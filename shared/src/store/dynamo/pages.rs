@@ -12,11 +12,11 @@ use aws_sdk_dynamodb::types::{
 };
 use std::collections::HashMap;
 
-use super::watch::{LIST_PAGE, listing};
+use super::watch::adding;
 use super::{DynamoStore, Item, num};
 use crate::job::{Job, JobId, Millis, Slot};
 use crate::limits::Hold;
-use crate::slots::{Layout, Ledger, MAX_ADDS, OWNER_PREFIX, PageSlots};
+use crate::slots::{Layout, Ledger, MAX_ADDS, PageSlots};
 use crate::store::{SlotLedger, StoreError};
 
 /// The key of one page of a ledger (`None`: the page-less item of ledgers written before pages).
@@ -167,15 +167,15 @@ impl DynamoStore {
         key: String,
         members: Vec<String>,
     ) -> Result<(), StoreError> {
-        let (names, values) = listing(&key);
+        let (expression, names, values) = adding(&key);
         let add = Update::builder()
             .table_name(&self.table)
             .set_key(Some(HashMap::from([(
                 "job_id".to_owned(),
                 AttributeValue::S(key),
             )])))
-            .update_expression(format!("ADD slots :m {LIST_PAGE}"))
-            .set_expression_attribute_names(Some(names))
+            .update_expression(expression)
+            .set_expression_attribute_names(names)
             .set_expression_attribute_values(Some(values))
             .expression_attribute_values(":m", AttributeValue::Ss(members))
             .build()
@@ -211,15 +211,14 @@ impl DynamoStore {
         member: String,
         capacity: u32,
     ) -> Result<Added, StoreError> {
-        let key = ledger.key(Some(page));
-        let (names, values) = listing(&key);
+        let (expression, names, values) = adding(&ledger.key(Some(page)));
         let res = self
             .client
             .update_item()
             .table_name(&self.table)
             .set_key(Some(page_key(ledger, Some(page))))
-            .update_expression(format!("ADD slots :m {LIST_PAGE}"))
-            .set_expression_attribute_names(Some(names))
+            .update_expression(expression)
+            .set_expression_attribute_names(names)
             .set_expression_attribute_values(Some(values))
             .condition_expression(
                 "attribute_not_exists(slots) OR size(slots) < :cap OR contains(slots, :mine)",
@@ -324,7 +323,7 @@ impl SlotLedger for DynamoStore {
     }
 
     async fn all_slots(&self) -> Result<Vec<PageSlots>, StoreError> {
-        let pages = self.listed_pages(OWNER_PREFIX).await?;
+        let pages = self.listed_pages().await?;
         Ok(pages
             .iter()
             .filter_map(|item| {

@@ -6,15 +6,18 @@
 //!   key does not change costs nothing). The sweep Queries each shard up to now, then reads those
 //!   jobs (BatchGetItem, strongly consistent): a finished job is never read again, a running one
 //!   once per [`crate::job::SWEEP_AFTER`] at most.
-//! - **Ledger pages** (the in-flight cap's `user#…`, limits' `lim#…`): every add to a page sets its
-//!   entry `pages#<kind>#<n>` / 0 in the same index, the same values every time, so only the add
-//!   that creates the page writes to the (keys-only) index. The sweep Queries those shards and reads
-//!   the pages (BatchGetItem, strongly consistent): one walk for the orphaned slots and the lapsed
-//!   holds alike.
-//! - **Records written before either existed**: one segment of a parallel scan per run
-//!   ([`JobScanner::unwatched`]), each item in the same segment every time: jobs in flight (or with
-//!   a pending webhook event) that carry no check time are returned to the sweep, which gives them
-//!   one; ledger pages with no entry get theirs here. See [`crate::sweep::LEGACY_SLICES`].
+//! - **The in-flight cap's ledger pages** (`user#…`): every add to one sets its entry
+//!   `pages#user#<n>` / 0 in the same index, the same values every time, so only the add that
+//!   creates the page writes to the (keys-only) index; the entry's 29 bytes keep a full page within
+//!   one write unit. The sweep Queries those shards and reads the pages (BatchGetItem, strongly
+//!   consistent).
+//! - **One slice of the table per run** ([`JobScanner::slice`], a parallel scan's segment, each item
+//!   in the same segment every time; see [`crate::sweep::LEGACY_SLICES`]): records written before
+//!   check times or page entries existed (jobs in flight, or with a pending webhook event, that
+//!   carry no check time are returned to the sweep, which gives them one; pages get their entry),
+//!   and the limits' pages (`lim#…`), pruned of lapsed holds. Those are not listed: a full page of
+//!   holds fills its write unit to the last bytes (see `limits/holds.rs`), and a lapsed hold
+//!   already counts for nothing (a writer that finds a page full removes it), so once a day is enough.
 
 use std::collections::HashMap;
 
@@ -26,30 +29,38 @@ use sha2::Digest;
 use super::due::{AT_ATTRIBUTE, SHARD_ATTRIBUTE, SWEEP_SHARDS};
 use super::{DynamoStore, Item, from_item, num, status, unavailable};
 use crate::job::{Job, JobId, JobStatus, Millis};
+use crate::limits::Hold;
 use crate::slots::{HOLD_PREFIX, OWNER_PREFIX};
-use crate::store::{JobScanner, StoreError};
+use crate::store::{JobScanner, Slice, StoreError};
 
-/// How many partitions the pages' entries are spread over (per kind). Only ever raise it.
+/// How many partitions the pages' entries are spread over. Only ever raise it.
 const PAGE_SHARDS: u32 = 4;
 
-/// The index partition of ledger page item `key`: its kind (`user`, `lim`) and a hash of the key.
+/// The index partition of in-flight ledger page item `key`: a hash of the key.
 fn page_shard(key: &str) -> String {
-    let kind = key.split('#').next().unwrap_or_default();
     let n = u32::from(sha2::Sha256::digest(key.as_bytes())[0]) % PAGE_SHARDS;
-    format!("pages#{kind}#{n}")
+    format!("pages#user#{n}")
 }
 
-/// What an add to a page sets besides its members: the page's entry in the index (see the module's
-/// doc). With [`listing`]'s names and values.
-pub(super) const LIST_PAGE: &str = "SET #ps = :ps, #pa = :pa";
-
-/// The names and values of [`LIST_PAGE`] for page item `key`.
-pub(super) fn listing(key: &str) -> (HashMap<String, String>, HashMap<String, AttributeValue>) {
+/// What an add of members `:m` to page item `key` writes: on an in-flight ledger's page, its entry
+/// in the index too (see the module's doc). The update expression, its names and its values.
+pub(super) fn adding(
+    key: &str,
+) -> (
+    &'static str,
+    Option<HashMap<String, String>>,
+    HashMap<String, AttributeValue>,
+) {
+    if !key.starts_with(OWNER_PREFIX) {
+        // DynamoDB refuses an empty map of names.
+        return ("ADD slots :m", None, HashMap::new());
+    }
     (
-        HashMap::from([
+        "ADD slots :m SET #ps = :ps, #pa = :pa",
+        Some(HashMap::from([
             ("#ps".to_owned(), SHARD_ATTRIBUTE.to_owned()),
             ("#pa".to_owned(), AT_ATTRIBUTE.to_owned()),
-        ]),
+        ])),
         HashMap::from([
             (":ps".to_owned(), AttributeValue::S(page_shard(key))),
             (":pa".to_owned(), num(0)),
@@ -65,12 +76,11 @@ fn key_of(item: &Item) -> Option<&str> {
 }
 
 impl DynamoStore {
-    /// Every listed page of the ledgers whose keys start with `prefix` ([`OWNER_PREFIX`],
-    /// [`HOLD_PREFIX`]), strongly consistent: a Query per shard, then BatchGetItems.
-    pub(super) async fn listed_pages(&self, prefix: &str) -> Result<Vec<Item>, StoreError> {
-        let kind = prefix.trim_end_matches('#');
+    /// Every listed page of the in-flight ledgers, strongly consistent: a Query per shard, then
+    /// BatchGetItems.
+    pub(super) async fn listed_pages(&self) -> Result<Vec<Item>, StoreError> {
         let shards: Vec<String> = (0..PAGE_SHARDS)
-            .map(|n| format!("pages#{kind}#{n}"))
+            .map(|n| format!("pages#user#{n}"))
             .collect();
         let keys = try_join_all(shards.iter().map(|s| self.due_keys(s, 0, usize::MAX))).await?;
         let keys: Vec<Item> = keys
@@ -86,16 +96,17 @@ impl DynamoStore {
         HashMap::from([("job_id".to_owned(), AttributeValue::S(key.to_owned()))])
     }
 
-    /// Gives page item `key` (written before pages were listed) its entry in the index.
+    /// Gives in-flight ledger page item `key` (written before pages were listed) its entry in the
+    /// index.
     async fn list_page(&self, key: &str) -> Result<(), StoreError> {
-        let (names, values) = listing(key);
+        let (_, names, values) = adding(key);
         let list = Update::builder()
             .table_name(&self.table)
             .set_key(Some(Self::page_key(key)))
-            .update_expression(LIST_PAGE)
+            .update_expression("SET #ps = :ps, #pa = :pa")
             // An UpdateItem of a missing key would create the item.
             .condition_expression("attribute_exists(job_id)")
-            .set_expression_attribute_names(Some(names))
+            .set_expression_attribute_names(names)
             .set_expression_attribute_values(Some(values))
             .build()
             .expect("table, key and expression are set");
@@ -122,13 +133,14 @@ impl JobScanner for DynamoStore {
         Ok(ids.iter().filter_map(|id| found.remove(id)).collect())
     }
 
-    async fn unwatched(
+    async fn slice(
         &self,
         slice: u32,
         slices: u32,
+        now: Millis,
         limit: usize,
-    ) -> Result<Vec<Job>, StoreError> {
-        let mut jobs = Vec::new();
+    ) -> Result<Slice, StoreError> {
+        let mut found = Slice::default();
         let mut start = None;
         loop {
             let out = self
@@ -137,12 +149,14 @@ impl JobScanner for DynamoStore {
                 .table_name(&self.table)
                 .segment(slice as i32)
                 .total_segments(slices as i32)
-                // Unlisted pages; jobs in flight, or with a pending event, that have no entry (a
-                // job that has one is watched; a finished one whose event is settled needs none).
+                // Unlisted in-flight pages; limits' pages; jobs in flight, or with a pending event,
+                // that have no entry (a job that has one is watched; a finished one whose event is
+                // settled needs none).
                 .filter_expression(
-                    "attribute_not_exists(#k) AND ((attribute_exists(slots) AND \
-                     (begins_with(job_id, :user) OR begins_with(job_id, :lim))) OR \
-                     #s IN (:queued, :running, :retrying, :waiting) OR webhook.#s = :pending)",
+                    "(attribute_exists(slots) AND (begins_with(job_id, :lim) OR \
+                     (begins_with(job_id, :user) AND attribute_not_exists(#k)))) OR \
+                     (attribute_not_exists(#k) AND \
+                     (#s IN (:queued, :running, :retrying, :waiting) OR webhook.#s = :pending))",
                 )
                 .expression_attribute_names("#k", SHARD_ATTRIBUTE)
                 .expression_attribute_names("#s", "status")
@@ -158,17 +172,22 @@ impl JobScanner for DynamoStore {
                 .await
                 .map_err(unavailable)?;
             for item in out.items.unwrap_or_default() {
-                match key_of(&item) {
-                    Some(k) if k.starts_with(OWNER_PREFIX) || k.starts_with(HOLD_PREFIX) => {
-                        self.list_page(k).await?;
+                match (key_of(&item), item.get("slots")) {
+                    (Some(k), Some(AttributeValue::Ss(members))) if k.starts_with(HOLD_PREFIX) => {
+                        let lapsed = Hold::lapsed_of(members, now);
+                        if !lapsed.is_empty() {
+                            found.holds_lapsed += lapsed.len();
+                            self.remove_members(k.to_owned(), lapsed).await?;
+                        }
                     }
-                    _ if jobs.len() < limit => jobs.push(from_item(item)?),
+                    (Some(k), _) if k.starts_with(OWNER_PREFIX) => self.list_page(k).await?,
+                    _ if found.jobs.len() < limit => found.jobs.push(from_item(item)?),
                     _ => {}
                 }
             }
             start = out.last_evaluated_key;
-            if start.is_none() || jobs.len() >= limit {
-                return Ok(jobs);
+            if start.is_none() {
+                return Ok(found);
             }
         }
     }
@@ -177,14 +196,35 @@ impl JobScanner for DynamoStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::slots::Ledger;
+    use crate::job::Slot;
+    use crate::slots::{Ledger, PAGE_CAPACITY};
 
     #[test]
-    fn pages_are_listed_by_kind() {
+    fn only_in_flight_pages_are_listed() {
         let owner = Ledger::owner("alice").key(Some(3));
-        let limit = Ledger::limit("kind=a").key(Some(0));
+        assert!(adding(&owner).0.contains("SET"));
         assert!(page_shard(&owner).starts_with("pages#user#"));
-        assert!(page_shard(&limit).starts_with("pages#lim#"));
-        assert_eq!(page_shard(&owner), page_shard(&owner));
+        let limit = Ledger::limit("kind=a").key(Some(0));
+        assert_eq!(adding(&limit).0, "ADD slots :m");
+    }
+
+    /// DynamoDB's item size (as in `slots.rs`), with the page's entry: a full page of the largest
+    /// cap, listed, is still billed one write unit.
+    #[test]
+    fn a_full_listed_page_is_billed_one_write_unit() {
+        let key = Ledger::owner(&"x".repeat(2048)).key(Some(416));
+        let member = Slot {
+            job_id: JobId::generate(1_700_000_000_000),
+            since: Some(4_102_444_800),
+            page: Some(416),
+        }
+        .to_string();
+        let entry = SHARD_ATTRIBUTE.len() + page_shard(&key).len() + AT_ATTRIBUTE.len() + 2;
+        let size = "job_id".len()
+            + key.len()
+            + "slots".len()
+            + PAGE_CAPACITY as usize * member.len()
+            + entry;
+        assert!(size <= 1024, "{size} bytes");
     }
 }
