@@ -859,7 +859,9 @@ async fn a_job_parked_before_the_due_index_existed_is_fired_by_the_full_sweep() 
         .send()
         .await
         .unwrap();
-    let sweeper = env.backend.sweeper();
+    // The sweep finds records without an index entry in its slice of the table: here all of it.
+    let mut sweeper = env.backend.sweeper();
+    sweeper.legacy_slices = 1;
     let later = sweeper_ahead(&env.backend, 2_000);
     assert_eq!(later.fire_due().await.unwrap().due, 0, "not in the index");
     let early = sweeper.sweep(jobkit::sweep::SWEEP_AFTER).await.unwrap();

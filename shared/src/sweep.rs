@@ -136,14 +136,17 @@ impl Sweeper {
         // looks that much further ahead.
         let until = now + (SWEEP_AFTER.as_millis() as Millis - older).max(0);
         let due = self.fire_due().await?;
-        let mut jobs = self.store.to_check(until, SWEEP_LIMIT).await?;
+        let due_jobs = self.store.to_check(until, SWEEP_LIMIT).await?;
         let slices = self.legacy_slices.max(1);
         let slice = (now / SWEEP_PERIOD.as_millis() as Millis).rem_euclid(i64::from(slices));
         let sliced = self
             .store
             .slice(slice as u32, slices, now, SWEEP_LIMIT)
             .await?;
-        jobs.extend(sliced.jobs);
+        // A job the slice found has no index entry: it gets one (its check moves) whatever its time.
+        let jobs: Vec<(Job, bool)> = (due_jobs.into_iter().map(|j| (j, false)))
+            .chain(sliced.jobs.into_iter().map(|j| (j, true)))
+            .collect();
         let mut report = SweepReport {
             timed_out: due.timed_out,
             resumed: due.resumed,
@@ -154,7 +157,7 @@ impl Sweeper {
             ..SweepReport::default()
         };
         let mut checks = futures::stream::iter(&jobs)
-            .map(|job| self.check(job, now - older))
+            .map(|(job, unlisted)| self.check(job, now - older, *unlisted))
             .buffer_unordered(CHECK_CONCURRENCY);
         while let Some(checked) = checks.next().await {
             let c = checked?;
@@ -171,9 +174,9 @@ impl Sweeper {
     }
 
     /// Repairs `job` if it needs it (`before`: a queued job untouched since then lost its message, a
-    /// webhook event due before then lost its announcement); else, if its check time has come, moves
-    /// that on.
-    async fn check(&self, job: &Job, before: Millis) -> Result<Checked, BoxError> {
+    /// webhook event due before then lost its announcement); else, if its check time has come (or it
+    /// has no index entry: `unlisted`), moves that on.
+    async fn check(&self, job: &Job, before: Millis, unlisted: bool) -> Result<Checked, BoxError> {
         let now = self.clock.now();
         let mut did = Checked::default();
         match job.status {
@@ -222,7 +225,7 @@ impl Sweeper {
         // Healthy: look again when it could next need it (a job found before its check time, by a
         // shorter threshold, keeps it).
         let moved = job.swept(job.next_check(now));
-        if job.sweep_at.is_none_or(|at| at <= now) && moved.watch().is_some() {
+        if (unlisted || job.sweep_at.is_none_or(|at| at <= now)) && moved.watch().is_some() {
             lost_race(self.store.replace(job, &moved).await)?;
             did.postponed = true;
         }
