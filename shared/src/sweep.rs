@@ -63,8 +63,10 @@ pub const SWEEP_PERIOD: Duration = Duration::from_secs(5 * 60);
 /// instead of twice every run: 288 times less.
 pub const LEGACY_SLICES: u32 = 288;
 
-/// Jobs checked at once.
-const CHECK_CONCURRENCY: usize = 16;
+/// Jobs checked at once. One, as the sweep always did: a backlog of queued jobs past a short
+/// threshold (tests, `jobctl sweep --older-than`) is re-sent at the pace of one send at a time,
+/// never in a flood of duplicates that would deepen the backlog it repairs.
+const CHECK_CONCURRENCY: usize = 1;
 
 /// How old a member of an in-flight set must be before the sweep may remove it for want of a job holding
 /// it. A member is added just before the write that makes its job hold it, in the same invocation, and
@@ -72,8 +74,10 @@ const CHECK_CONCURRENCY: usize = 16;
 /// job hold it, so removing it never uncounts a job in flight.
 pub const SLOT_GRACE: Duration = Duration::from_secs(60 * 60);
 
-/// Jobs checked per sweep at most (the next sweep takes the rest, earliest check first).
-pub const SWEEP_LIMIT: usize = 5000;
+/// Jobs checked per sweep at most (the next sweep takes the rest, earliest check first): with a
+/// check per [`SWEEP_AFTER`] of a long job's run, enough for ~3,000 jobs running longer than that at
+/// once.
+pub const SWEEP_LIMIT: usize = 1000;
 
 /// What a sweep did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -156,8 +160,10 @@ impl Sweeper {
             checked: jobs.len(),
             ..SweepReport::default()
         };
-        let mut checks = futures::stream::iter(&jobs)
-            .map(|(job, unlisted)| self.check(job, now - older, *unlisted))
+        let before = now - older;
+        // Owned items: a closure over borrowed ones is not `Send` enough for a spawned sweep.
+        let mut checks = futures::stream::iter(jobs)
+            .map(|(job, unlisted)| async move { self.check(&job, before, unlisted).await })
             .buffer_unordered(CHECK_CONCURRENCY);
         while let Some(checked) = checks.next().await {
             let c = checked?;
