@@ -575,9 +575,9 @@ their count per job varies a little between rounds and shrinks with more jobs.
     return table, doc
 
 
-# Sections of BENCHMARKS.md that other modes write (bench/wait.py's "Waiting"): a run of the main
-# workload keeps them.
-KEPT_SECTIONS = ("## Waiting",)
+# Sections of BENCHMARKS.md that other modes write (bench/wait.py's "Waiting", bench/sweep.py's "The
+# sweep"): a run of the main workload keeps them.
+KEPT_SECTIONS = ("## Waiting", "## The sweep")
 
 
 def kept_sections(path):

@@ -62,10 +62,17 @@ async fn a_queued_job_whose_message_was_lost_is_resent(b: Backends) {
         .await
         .unwrap();
     assert_eq!(report.resent, 1, "{report:?}");
-    let got = b.queue.receive(10, Duration::from_secs(5), None).await.unwrap();
+    let got = b
+        .queue
+        .receive(10, Duration::from_secs(5), None)
+        .await
+        .unwrap();
     assert_eq!(got.len(), 1, "its message was sent again");
     let now = b.store.get(&lost.job_id).await.unwrap().unwrap();
-    assert!(now.sweep_at.unwrap() > lost.sweep_at.unwrap(), "checked again later");
+    assert!(
+        now.sweep_at.unwrap() > lost.sweep_at.unwrap(),
+        "checked again later"
+    );
 }
 
 async fn a_running_job_whose_last_attempt_died_is_buried_and_leaves_the_index(b: Backends) {
@@ -134,10 +141,18 @@ async fn an_orphaned_slot_is_released_and_a_lapsed_hold_pruned(b: Backends) {
     // Holds are pruned in the run's slice: here the whole table.
     (sweeper.slot_grace, sweeper.legacy_slices) = (Duration::ZERO, 1);
     let report = sweeper.sweep(SWEEP_AFTER).await.unwrap();
-    assert_eq!((report.slots_released, report.holds_lapsed), (1, 1), "{report:?}");
+    assert_eq!(
+        (report.slots_released, report.holds_lapsed),
+        (1, 1),
+        "{report:?}"
+    );
     assert_eq!(b.store.in_flight("slotty", 10).await.unwrap(), 0);
     let again = sweeper.sweep(SWEEP_AFTER).await.unwrap();
-    assert_eq!((again.slots_released, again.holds_lapsed), (0, 0), "{again:?}");
+    assert_eq!(
+        (again.slots_released, again.holds_lapsed),
+        (0, 0),
+        "{again:?}"
+    );
 }
 
 async fn a_long_running_healthy_job_is_left_alone_and_checked_later(b: Backends) {
@@ -154,19 +169,34 @@ async fn a_long_running_healthy_job_is_left_alone_and_checked_later(b: Backends)
     let after = b.store.get(&long.job_id).await.unwrap().unwrap();
     assert_eq!(
         (after.status, after.lease_expires_at, after.updated_at),
-        (JobStatus::Running, running.lease_expires_at, running.updated_at),
+        (
+            JobStatus::Running,
+            running.lease_expires_at,
+            running.updated_at
+        ),
         "undisturbed"
     );
     let next = after.sweep_at.unwrap();
-    assert!(next > long.sweep_at.unwrap() + AFTER, "checked again later: {next}");
+    assert!(
+        next > long.sweep_at.unwrap() + AFTER,
+        "checked again later: {next}"
+    );
     // The next run does not read it: its check has not come.
     let again = sweeper.sweep(SWEEP_AFTER).await.unwrap();
     assert_eq!(again.checked, 0, "{again:?}");
     // Its lease holder's next write reads the job again (a new version) and keeps the check time.
-    let beat = after.heartbeat("w1", now_millis() + 5 * AFTER, now_millis()).unwrap();
-    assert!(b.store.replace(&running, &beat).await.is_err(), "the sweep's version is newer");
+    let beat = after
+        .heartbeat("w1", now_millis() + 5 * AFTER, now_millis())
+        .unwrap();
+    assert!(
+        b.store.replace(&running, &beat).await.is_err(),
+        "the sweep's version is newer"
+    );
     b.store.replace(&after, &beat).await.unwrap();
-    assert_eq!(b.store.get(&long.job_id).await.unwrap().unwrap().sweep_at, Some(next));
+    assert_eq!(
+        b.store.get(&long.job_id).await.unwrap().unwrap().sweep_at,
+        Some(next)
+    );
 }
 
 async fn a_record_from_before_check_times_is_found_by_one_slice(b: Backends) {
@@ -252,7 +282,10 @@ async fn a_page_from_before_listing_is_listed_by_the_slice_and_swept() {
         .send()
         .await
         .unwrap();
-    assert!(env.store.all_slots().await.unwrap().is_empty(), "not listed");
+    assert!(
+        env.store.all_slots().await.unwrap().is_empty(),
+        "not listed"
+    );
     let mut sweeper = env.backend.sweeper();
     (sweeper.slot_grace, sweeper.legacy_slices) = (Duration::ZERO, 1);
     let report = sweeper.sweep(SWEEP_AFTER).await.unwrap();
@@ -296,7 +329,10 @@ async fn the_sweeps_reads_do_not_grow_with_finished_jobs() {
             .await
             .unwrap();
         let (scanned, read) = (&proxy.stats.scanned, &proxy.stats.read);
-        let before = (scanned.load(Ordering::Relaxed), read.load(Ordering::Relaxed));
+        let before = (
+            scanned.load(Ordering::Relaxed),
+            read.load(Ordering::Relaxed),
+        );
         let report = sweeper.sweep(SWEEP_AFTER).await.unwrap();
         assert_eq!((report.checked, report.postponed), (1, 1), "{report:?}");
         runs.push((
@@ -307,7 +343,10 @@ async fn the_sweeps_reads_do_not_grow_with_finished_jobs() {
     let items = env.item_count().await as u64;
     assert!(items >= 222, "{items}");
     // Index entries and items read: the one job due (its key and its item), whatever the table holds.
-    assert_eq!(runs[0].1, runs[1].1, "reads grew with finished jobs: {runs:?}");
+    assert_eq!(
+        runs[0].1, runs[1].1,
+        "reads grew with finished jobs: {runs:?}"
+    );
     assert!(runs[1].1 <= 2, "{runs:?}");
     // The slice scan reads a 288th of the table (a handful of items here), never all of it.
     assert!(runs[1].0 * 10 < items, "scanned {runs:?} of {items} items");

@@ -269,7 +269,9 @@ impl Backends {
                 aws_sdk_dynamodb::Client::new(&env.sdk)
                     .put_item()
                     .table_name(&env.config.table)
-                    .set_item(Some(serde_dynamo::to_item(job).expect("a job maps to an item")))
+                    .set_item(Some(
+                        serde_dynamo::to_item(job).expect("a job maps to an item"),
+                    ))
                     .send()
                     .await
                     .expect("put the record");

@@ -30,16 +30,20 @@ impl ProxyStats {
         };
         let n = |v: &serde_json::Value| v.as_u64().unwrap_or(0);
         match op {
-            "Scan" => self.scanned.fetch_add(n(&answer["ScannedCount"]), Ordering::Relaxed),
+            "Scan" => self
+                .scanned
+                .fetch_add(n(&answer["ScannedCount"]), Ordering::Relaxed),
             "Query" => self.read.fetch_add(n(&answer["Count"]), Ordering::Relaxed),
-            "GetItem" => self.read.fetch_add(
-                u64::from(answer.get("Item").is_some()),
-                Ordering::Relaxed,
-            ),
+            "GetItem" => self
+                .read
+                .fetch_add(u64::from(answer.get("Item").is_some()), Ordering::Relaxed),
             "BatchGetItem" => self.read.fetch_add(
-                answer["Responses"]
-                    .as_object()
-                    .map_or(0, |t| t.values().filter_map(|v| v.as_array()).map(|a| a.len() as u64).sum()),
+                answer["Responses"].as_object().map_or(0, |t| {
+                    t.values()
+                        .filter_map(|v| v.as_array())
+                        .map(|a| a.len() as u64)
+                        .sum()
+                }),
                 Ordering::Relaxed,
             ),
             _ => 0,

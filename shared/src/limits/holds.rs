@@ -47,7 +47,10 @@ impl Hold {
     }
 
     /// How many of `holds` are live at `now`: what a limit counts.
-    pub fn live<H: std::borrow::Borrow<Hold>>(holds: impl IntoIterator<Item = H>, now: Millis) -> u32 {
+    pub fn live<H: std::borrow::Borrow<Hold>>(
+        holds: impl IntoIterator<Item = H>,
+        now: Millis,
+    ) -> u32 {
         holds
             .into_iter()
             .filter(|h| !h.borrow().expired(now))

@@ -15,7 +15,8 @@ use sha2::Digest;
 use std::collections::HashMap;
 
 use super::{
-    CancelSignals, CancelWatch, Created, Insert, JobClaimer, JobInserter, JobReader, JobWriter, SlotLedger, StepStore, StoreError, WaitpointStore,
+    CancelSignals, CancelWatch, Created, Insert, JobClaimer, JobInserter, JobReader, JobWriter,
+    SlotLedger, StepStore, StoreError, WaitpointStore,
 };
 use crate::job::{Job, JobId, JobStatus, Millis};
 use crate::json::Json;

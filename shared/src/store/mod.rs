@@ -52,9 +52,9 @@
 use async_trait::async_trait;
 
 use crate::error::BoxError;
-use crate::job::{Job, JobId, JobStatus, Millis, Slot};
 #[cfg(doc)]
 use crate::job::Watch;
+use crate::job::{Job, JobId, JobStatus, Millis, Slot};
 use crate::json::Json;
 use crate::limits::{Deferred, Hold, Rate, Take};
 use crate::slots::Ledger;
@@ -280,8 +280,9 @@ pub trait SlotLedger: Send + Sync {
     /// How many members `user`'s ledger holds on the pages of `cap` (and the page-less item of
     /// ledgers written before pages): the number the cap checks.
     async fn in_flight(&self, user: &str, cap: u32) -> Result<i64, StoreError>;
-    /// Every page of every owner's ledger, strongly consistent (for the periodic sweep only: a walk
-    /// of the pages' entries in the due index, never a scan of the table).
+    /// Every page of every owner's ledger (for the periodic sweep only: a walk of the pages' entries
+    /// in the due index, never a scan of the table; possibly a moment stale, which the sweep's
+    /// grace and its strongly consistent read of each job make harmless).
     async fn all_slots(&self) -> Result<Vec<PageSlots>, StoreError>;
     /// Removes these members of `ledger`, each from the page it names, which no job holds (idempotent).
     async fn release_slots(&self, ledger: &Ledger, slots: &[Slot]) -> Result<(), StoreError>;

@@ -109,7 +109,9 @@ impl DueTimers for DynamoStore {
     /// the index is not, and a job resumed a moment ago must not be fired again).
     async fn due(&self, now: Millis, limit: usize) -> Result<Vec<Due>, StoreError> {
         let per_shard = limit.div_ceil(DUE_SHARDS as usize).max(1);
-        let shards = (0..DUE_SHARDS).map(|s| format!("due#{s}")).collect::<Vec<_>>();
+        let shards = (0..DUE_SHARDS)
+            .map(|s| format!("due#{s}"))
+            .collect::<Vec<_>>();
         let shards = try_join_all(shards.iter().map(|s| self.due_keys(s, now, per_shard))).await?;
         let mut jobs = Vec::new();
         let mut due = Vec::new();

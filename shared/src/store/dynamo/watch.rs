@@ -9,8 +9,7 @@
 //! - **The in-flight cap's ledger pages** (`user#…`): every add to one sets its entry
 //!   `pages#user#<n>` / 0 in the same index, the same values every time, so only the add that
 //!   creates the page writes to the (keys-only) index; the entry's 29 bytes keep a full page within
-//!   one write unit. The sweep Queries those shards and reads the pages (BatchGetItem, strongly
-//!   consistent).
+//!   one write unit. The sweep Queries those shards and reads the pages (BatchGetItem).
 //! - **One slice of the table per run** ([`JobScanner::slice`], a parallel scan's segment, each item
 //!   in the same segment every time; see [`crate::sweep::LEGACY_SLICES`]): records written before
 //!   check times or page entries existed (jobs in flight, or with a pending webhook event, that
@@ -76,8 +75,11 @@ fn key_of(item: &Item) -> Option<&str> {
 }
 
 impl DynamoStore {
-    /// Every listed page of the in-flight ledgers, strongly consistent: a Query per shard, then
-    /// BatchGetItems.
+    /// Every listed page of the in-flight ledgers: a Query per shard, then BatchGetItems, eventually
+    /// consistent (half the price, and enough: the sweep removes only members older than
+    /// [`crate::sweep::SLOT_GRACE`] that no job holds, reading each job strongly consistent; a stale
+    /// page can only show a member removed since, and removing it again is a no-op; a member is
+    /// never added twice, a job's next one names a later second).
     pub(super) async fn listed_pages(&self) -> Result<Vec<Item>, StoreError> {
         let shards: Vec<String> = (0..PAGE_SHARDS)
             .map(|n| format!("pages#user#{n}"))
@@ -88,7 +90,8 @@ impl DynamoStore {
             .flatten()
             .filter_map(|k| Some(Self::page_key(key_of(k)?)))
             .collect();
-        let pages = try_join_all(keys.chunks(100).map(|c| self.batch_get(c.to_vec(), true))).await?;
+        let pages =
+            try_join_all(keys.chunks(100).map(|c| self.batch_get(c.to_vec(), false))).await?;
         Ok(pages.into_iter().flatten().collect())
     }
 
@@ -121,8 +124,7 @@ impl JobScanner for DynamoStore {
     async fn to_check(&self, until: Millis, limit: usize) -> Result<Vec<Job>, StoreError> {
         let per_shard = limit.div_ceil(SWEEP_SHARDS as usize).max(1);
         let shards: Vec<String> = (0..SWEEP_SHARDS).map(|s| format!("sweep#{s}")).collect();
-        let keys =
-            try_join_all(shards.iter().map(|s| self.due_keys(s, until, per_shard))).await?;
+        let keys = try_join_all(shards.iter().map(|s| self.due_keys(s, until, per_shard))).await?;
         let ids: Vec<JobId> = keys
             .iter()
             .flatten()
