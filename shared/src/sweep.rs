@@ -22,7 +22,9 @@
 //!   harmless; a lost one gets its only message.
 //! - A worker that died on a job's last attempt leaves it `running` under an expired lease; SQS moves its
 //!   message to the DLQ on the next receive, so no worker records the end. Reads already say
-//!   `dead_letter`; the sweep writes it, which also frees the owner's in-flight slot.
+//!   `dead_letter`; the sweep writes it at the job's next check, which also frees the owner's in-flight
+//!   slot: within [`SWEEP_AFTER`] of the lease's end (at the lease's end when no heartbeat moved it: see
+//!   [`Job::next_check`]). The claim does not move the check time, to keep the index off the hot path.
 //! - A terminal job's webhook event whose next attempt is long overdue lost its message (a crash right
 //!   after the terminal write, a delivery function that died): the sweep announces it again, counting
 //!   that as an attempt, so an event that can never be delivered still ends `failed`.
