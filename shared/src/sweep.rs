@@ -39,7 +39,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use serde::Serialize;
 
 use crate::clock::Millis;
@@ -64,11 +63,6 @@ pub const SWEEP_PERIOD: Duration = Duration::from_secs(5 * 60);
 /// limits' lapsed holds (see [`crate::store::JobScanner::slice`]). Each item is read once a day
 /// instead of twice every run: 288 times less.
 pub const LEGACY_SLICES: u32 = 288;
-
-/// Jobs checked at once. One, as the sweep always did: a backlog of queued jobs past a short
-/// threshold (tests, `jobctl sweep --older-than`) is re-sent at the pace of one send at a time,
-/// never in a flood of duplicates that would deepen the backlog it repairs.
-const CHECK_CONCURRENCY: usize = 1;
 
 /// How old a member of an in-flight set must be before the sweep may remove it for want of a job holding
 /// it. A member is added just before the write that makes its job hold it, in the same invocation, and
@@ -162,13 +156,11 @@ impl Sweeper {
             checked: jobs.len(),
             ..SweepReport::default()
         };
-        let before = now - older;
-        // Owned items: a closure over borrowed ones is not `Send` enough for a spawned sweep.
-        let mut checks = futures::stream::iter(jobs)
-            .map(|(job, unlisted)| async move { self.check(&job, before, unlisted).await })
-            .buffer_unordered(CHECK_CONCURRENCY);
-        while let Some(checked) = checks.next().await {
-            let c = checked?;
+        // One at a time, as the sweep always did: a backlog of queued jobs past a short threshold
+        // (tests, `jobctl sweep --older-than`) is re-sent at the pace of one send at a time, never in
+        // a flood of duplicates that would deepen the backlog it repairs.
+        for (job, unlisted) in jobs {
+            let c = self.check(&job, now - older, unlisted).await?;
             report.resent += usize::from(c.resent);
             report.buried += usize::from(c.buried);
             report.reannounced += usize::from(c.reannounced);
@@ -176,7 +168,6 @@ impl Sweeper {
             report.resumed += usize::from(c.resumed);
             report.postponed += usize::from(c.postponed);
         }
-        drop(checks);
         report.slots_released = self.release_orphaned_slots().await?;
         Ok(report)
     }
