@@ -575,9 +575,9 @@ their count per job varies a little between rounds and shrinks with more jobs.
     return table, doc
 
 
-# Sections of BENCHMARKS.md that other modes write (bench/wait.py's "Waiting"): a run of the main
-# workload keeps them.
-KEPT_SECTIONS = ("## Waiting",)
+# Sections of BENCHMARKS.md that other modes write (bench/wait.py's "Waiting", bench/sweep.py's "The
+# sweep"): a run of the main workload keeps them.
+KEPT_SECTIONS = ("## Waiting", "## The sweep")
 
 
 def kept_sections(path):
@@ -620,6 +620,9 @@ def main():
     p.add_argument("--wait", type=int, metavar="N",
                    help="only the waiting workloads (bench/wait.py): N jobs that park and are completed, N sleep "
                         "timers fired by the due task; jobkit alone (the peer has no waitpoints)")
+    p.add_argument("--sweep", type=int, metavar="N",
+                   help="only the sweep's cost (bench/sweep.py): N jobs, a sweep run, N more, another run; with "
+                        "--baseline-bin-dir, also for the functions there")
     args = p.parse_args()
     if args.baseline and (args.short or not args.baseline_bin_dir):
         p.error("--baseline compares timings: run it through run.sh, without --short")
@@ -641,6 +644,9 @@ def main():
     if args.wait:
         import wait
         return wait.main(args, logs)
+    if args.sweep:
+        import sweep
+        return sweep.main(args, logs)
     results = []
     sides = variants(args)
     for rnd in range(args.rounds):

@@ -8,7 +8,9 @@ on-demand billing rules:
   a conditional write that fails costs 1 WRU (a cancelled transaction 2 per item);
 - every global secondary index is billed again for a write that puts the item in, takes it out, moves
   it (a key change: delete + put), or changes an attribute the index projects; the index item's size;
-- reads cost ceil(size / 4 KB) RRU, half that when eventually consistent, twice in TransactGetItems.
+- reads cost ceil(size / 4 KB) RRU, half that when eventually consistent, twice in TransactGetItems;
+  a Scan is billed for every item it reads (its ScannedCount), not only those its filter returns: at the
+  mean size of the items the proxy knows in that table.
 
 Item sizes follow DynamoDB's rules (name bytes + value bytes; numbers (digits + 1) / 2 + 1 bytes; 3 bytes
 per list/map plus 1 per element) -- an approximation, not AWS's exact accounting. The proxy knows each
@@ -405,7 +407,15 @@ class Dynamo:
             self.add_read(op, size, req.get("ConsistentRead", False))
 
     def on_Scan(self, req, resp, err):
-        self.on_Query(req, resp, err, "Scan")
+        if err:
+            return
+        name = req["TableName"]
+        with self.lock:
+            sizes = [item_size(i) for (t, _), i in self.items.items() if t == name and i]
+        returned = sum(item_size(i) for i in resp.get("Items", []))
+        scanned = resp.get("ScannedCount", len(resp.get("Items", [])))
+        size = max(returned, scanned * sum(sizes) / len(sizes)) if sizes else returned
+        self.add_read("Scan", size, req.get("ConsistentRead", False))
 
 
 def make_handler(upstream, stats, dynamo):

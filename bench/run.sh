@@ -3,6 +3,7 @@
 #   bash bench/run.sh [--short] [--rounds N] [--jobs N] [--users N] [--cap N] [--check] [--max-wru X] [--max-sqs X]
 #                     [--baseline REV] [--busy N,N,...]
 #   bash bench/run.sh --short --wait N   (only the waiting workloads: see bench/wait.py)
+#   bash bench/run.sh --short --sweep N [--baseline-bin-dir DIR]   (only the sweep's cost: see bench/sweep.py)
 #   bash bench/run.sh --fairness [--a-jobs N] [--b-jobs N] [--job-ms MS] [--concurrency N] [--backends embedded,emulator]
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -38,6 +39,7 @@ fi
 # optimised ones.
 BINS=(-p jobkit-submit -p jobkit-worker -p jobkit-status)
 [[ " $* " == *" --wait "* ]] && BINS+=(-p jobkit-sweep)  # the due task fires the timers
+[[ " $* " == *" --sweep "* ]] && BINS+=(-p jobkit-sweep)
 if [[ " $* " == *" --short "* ]]; then
   echo "bench: building the functions (dev profile: --short compares counts, not timings)" >&2
   cargo build -q "${BINS[@]}"

@@ -734,13 +734,15 @@ async fn the_sweep_records_a_job_whose_last_attempt_died_and_frees_its_slot(s: S
         "reads say so before any write"
     );
 
-    let report = s.sweeper().sweep(jobkit::sweep::SWEEP_AFTER).await.unwrap();
+    // The sweep looks at the job at its check time (its insert's, SWEEP_AFTER on).
+    let sweeper = sweeper_ahead(&s, jobkit::sweep::SWEEP_AFTER.as_millis() as i64);
+    let report = sweeper.sweep(jobkit::sweep::SWEEP_AFTER).await.unwrap();
     assert_eq!((report.buried, report.resent), (1, 0));
     let job = s.store.get(&id).await.unwrap().unwrap();
     assert_eq!(job.status, JobStatus::DeadLetter);
     assert_eq!(job.error.unwrap().code, "lease_expired");
     assert_eq!(s.store.in_flight("lena", 100).await.unwrap(), 0);
-    let again = s.sweeper().sweep(jobkit::sweep::SWEEP_AFTER).await.unwrap();
+    let again = sweeper.sweep(jobkit::sweep::SWEEP_AFTER).await.unwrap();
     assert_eq!(again.buried, 0);
 }
 

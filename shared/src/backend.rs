@@ -257,6 +257,7 @@ impl Backend {
             clock: self.clock.clone(),
             announcer: self.announcer(),
             slot_grace: crate::sweep::SLOT_GRACE,
+            legacy_slices: crate::sweep::LEGACY_SLICES,
         }
     }
 

@@ -388,6 +388,27 @@ pub struct WaitingFor {
 /// The name a delayed start waits on (see [`Job::starting_at`]).
 pub const START_TIMER: &str = "start";
 
+/// How long a job may sit `queued` and untouched before a sweep presumes its message lost (far longer
+/// than any send, and than a healthy queue's wait); also how far ahead a job's next sweep check
+/// ([`Job::sweep_at`]) is set. See [`crate::sweep`].
+pub const SWEEP_AFTER: std::time::Duration = std::time::Duration::from_secs(15 * 60);
+
+/// [`SWEEP_AFTER`] in ms.
+const SWEEP_AFTER_MS: Millis = SWEEP_AFTER.as_millis() as Millis;
+
+/// The nearest a sweep that found a job healthy looks at it again: no tight loop on a job whose
+/// next need is imminent (a lease about to lapse).
+const MIN_RECHECK_MS: Millis = 60_000;
+
+/// Where the due index holds a job (see [`crate::store::DueTimers`], [`Job::watch`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Watch {
+    /// The due task's: a parked job's timer, at this time.
+    Timer(Millis),
+    /// The sweep's: the job's next check, at this time.
+    Sweep(Millis),
+}
+
 /// Where a job runs: which queue its messages go to, and so which worker takes them. Chosen by its kind
 /// in the registry ([`crate::HandlerRegistry::register_container`]) when the job is made, and kept on
 /// the record so the sweep, continuations and the DLQ tools send it back to the same queue.
@@ -524,6 +545,14 @@ pub struct Job {
     /// set by the submit that links it, never changed. Absent on every other job.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub thread: Option<ThreadRun>,
+    /// When the sweep looks at the job next, unless it has left the sweep's watch by then (see
+    /// [`Self::watch`], [`crate::sweep`]). Set when the job enters the watch (created, resumed,
+    /// redriven, re-sent), kept by every other write, so the index entry it keys is written once
+    /// when the job is created and once when it ends, never on the hot path (claim, heartbeats,
+    /// steps); moved on only by the sweep when it finds the job healthy. Absent on records written
+    /// before it existed (the sweep's slice scan finds those).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sweep_at: Option<Millis>,
     /// Bumped by every write; stores persist a new value only over the version it was computed from.
     pub version: u64,
 }
@@ -605,6 +634,7 @@ impl Job {
             slot_page: None,
             deferred: None,
             thread: None,
+            sweep_at: Some(now + SWEEP_AFTER_MS),
             version: 0,
         }
     }
@@ -769,6 +799,7 @@ impl Job {
         // The next terminal state brings its own event; one not delivered yet is dropped with its state.
         next.webhook = None;
         next.stamp_slot(self, now);
+        next.sweep_at = Some(now + SWEEP_AFTER_MS);
         Ok(next)
     }
 
@@ -777,7 +808,9 @@ impl Job {
         if self.status != JobStatus::Queued {
             return Err(self.illegal("re-send"));
         }
-        Ok(self.next_version(now))
+        let mut next = self.next_version(now);
+        next.sweep_at = Some(now + SWEEP_AFTER_MS);
+        Ok(next)
     }
 
     /// `queued` -> `failed`: the submit could not enqueue the job and told its client so.
@@ -802,6 +835,7 @@ impl Job {
         next.error = None;
         next.finished_at = None;
         next.stamp_slot(self, now);
+        next.sweep_at = Some(now + SWEEP_AFTER_MS);
         Ok(next)
     }
 
@@ -966,6 +1000,8 @@ impl Job {
         next.attempts = next.attempts.saturating_sub(1);
         next.parked_at = Some(now);
         next.last_waitpoint = Some(on.name.clone());
+        // Its index entry moves anyway (to its timer): the check time of a pending event is free.
+        next.sweep_at = Some(now + SWEEP_AFTER_MS);
         // Its receiver hears of the wait (`job.waiting`), marked in this same write, as a terminal
         // state's event is; one of an earlier wait not delivered yet is superseded, being over.
         if next.callback_url.is_some() {
@@ -988,6 +1024,8 @@ impl Job {
         let mut next = self.next_version(now);
         next.status = JobStatus::Queued;
         next.waiting_for = None;
+        // Its index entry moves anyway (off its timer): back under the sweep's watch from now.
+        next.sweep_at = Some(now + SWEEP_AFTER_MS);
         Ok(next)
     }
 
@@ -999,6 +1037,56 @@ impl Job {
             return None;
         }
         self.waiting_for.as_ref().map(|w| w.expires_at)
+    }
+
+    /// Where the due index holds the job, if anywhere (the stores key its entry by this; see
+    /// [`crate::store::DueTimers`]): a parked job under its timer, for the due task; any other job the
+    /// sweep must watch (one not finished, or whose webhook event is pending) under its check time
+    /// [`Self::sweep_at`]. A parked job whose `job.waiting` event is pending is the sweep's until the
+    /// event is delivered, at its check time or its timer, whichever comes first. A finished job
+    /// whose event is settled is in no index: the sweep never reads it again.
+    pub fn watch(&self) -> Option<Watch> {
+        let pending = self.event_pending();
+        match (self.due_at(), self.sweep_at) {
+            (Some(timer), Some(at)) if pending => Some(Watch::Sweep(at.min(timer))),
+            (Some(timer), _) => Some(Watch::Timer(timer)),
+            (None, Some(at)) if pending || !self.status.is_terminal() => Some(Watch::Sweep(at)),
+            _ => None,
+        }
+    }
+
+    /// When a sweep that found the job healthy at `now` should look at it again: when it could next
+    /// need repair. A queued job once its message may be lost; a running job's last attempt when its
+    /// lease lapses; a pending webhook event once its attempt is overdue; anything else a
+    /// [`SWEEP_AFTER`] on. Never less than a minute ahead. While the job is in flight, never more
+    /// than [`SWEEP_AFTER`] ahead either: a job that ends with a pending event keeps its check time,
+    /// so the sweep sees that event by the time it is overdue.
+    pub fn next_check(&self, now: Millis) -> Millis {
+        let later = now + SWEEP_AFTER_MS;
+        let event = self
+            .webhook
+            .as_ref()
+            .filter(|w| w.status == WebhookStatus::Pending)
+            .and_then(|w| w.next_attempt_at)
+            .map(|t| t + SWEEP_AFTER_MS);
+        let at = match self.status {
+            JobStatus::Queued => self.updated_at + SWEEP_AFTER_MS,
+            JobStatus::Running if self.attempts >= self.max_attempts => {
+                self.lease_expires_at.map_or(later, |l| l.min(later))
+            }
+            _ => event.unwrap_or(later),
+        };
+        at.max(now + MIN_RECHECK_MS)
+    }
+
+    /// The same job, to be looked at by the sweep again at `at`: a new version, so a writer holding
+    /// the old one reads it again instead of writing the old check time back, but not an update
+    /// (`updated_at` stays: it tells the sweep when the job last moved).
+    pub fn swept(&self, at: Millis) -> Self {
+        let mut next = self.clone();
+        next.version += 1;
+        next.sweep_at = Some(at);
+        next
     }
 
     /// Whether the job is parked on waitpoint `name`.
@@ -1041,6 +1129,8 @@ impl Job {
             self.finished_at = Some(now);
             if self.callback_url.is_some() {
                 self.webhook = Some(WebhookState::pending(&self, now));
+                // The sweep watches a pending event; a record older than the check time gets one.
+                self.sweep_at.get_or_insert(now + SWEEP_AFTER_MS);
             }
         }
         self
@@ -1100,6 +1190,13 @@ impl Job {
         self.webhook.as_ref().is_some_and(|w| {
             w.status == WebhookStatus::Pending && w.next_attempt_at.is_some_and(|t| t < before)
         })
+    }
+
+    /// Whether the job has a webhook event waiting for delivery.
+    pub fn event_pending(&self) -> bool {
+        self.webhook
+            .as_ref()
+            .is_some_and(|w| w.status == WebhookStatus::Pending)
     }
 
     /// Whether the job's webhook event `event_id` still waits for delivery.

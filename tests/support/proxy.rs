@@ -20,6 +20,39 @@ pub struct ProxyStats {
     pub rejected: AtomicU64,
     /// Ran on the emulator, answered with a 500 instead of its response.
     pub lost_responses: AtomicU64,
+    /// DynamoDB items Scans read (their `ScannedCount`: what a Scan bills, whatever its filter).
+    pub scanned: AtomicU64,
+    /// DynamoDB items (and index entries) the other reads returned: GetItem, BatchGetItem, Query.
+    pub read: AtomicU64,
+}
+
+impl ProxyStats {
+    /// Counts what a DynamoDB answer to `op` read.
+    fn count_reads(&self, op: &str, answer: &[u8]) {
+        let Ok(answer) = serde_json::from_slice::<serde_json::Value>(answer) else {
+            return;
+        };
+        let n = |v: &serde_json::Value| v.as_u64().unwrap_or(0);
+        match op {
+            "Scan" => self
+                .scanned
+                .fetch_add(n(&answer["ScannedCount"]), Ordering::Relaxed),
+            "Query" => self.read.fetch_add(n(&answer["Count"]), Ordering::Relaxed),
+            "GetItem" => self
+                .read
+                .fetch_add(u64::from(answer.get("Item").is_some()), Ordering::Relaxed),
+            "BatchGetItem" => self.read.fetch_add(
+                answer["Responses"].as_object().map_or(0, |t| {
+                    t.values()
+                        .filter_map(|v| v.as_array())
+                        .map(|a| a.len() as u64)
+                        .sum()
+                }),
+                Ordering::Relaxed,
+            ),
+            _ => 0,
+        };
+    }
 }
 
 struct Proxy {
@@ -169,6 +202,10 @@ async fn forward(State(p): State<Arc<Proxy>>, req: http::Request<Body>) -> Respo
     let status = resp.status();
     let headers = resp.headers().clone();
     let mut bytes = resp.bytes().await.unwrap_or_default();
+    if dynamo && status.is_success() {
+        p.stats
+            .count_reads(target.rsplit('.').next().unwrap_or_default(), &bytes);
+    }
     let mut altered = false;
     if let Some(lag) = &p.lag
         && let Some(listed) = lag.hide_recent(op, &body, &bytes)

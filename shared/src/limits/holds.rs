@@ -35,6 +35,27 @@ impl Hold {
     pub fn lapsed(member: &str, now: Millis) -> bool {
         Self::parse(member).is_some_and(|h| h.expired(now))
     }
+
+    /// The members of a page that are holds lapsed at `now`: what a full page is cleared of, and
+    /// what the sweep prunes.
+    pub fn lapsed_of(members: &[String], now: Millis) -> Vec<String> {
+        members
+            .iter()
+            .filter(|m| Self::lapsed(m, now))
+            .cloned()
+            .collect()
+    }
+
+    /// How many of `holds` are live at `now`: what a limit counts.
+    pub fn live<H: std::borrow::Borrow<Hold>>(
+        holds: impl IntoIterator<Item = H>,
+        now: Millis,
+    ) -> u32 {
+        holds
+            .into_iter()
+            .filter(|h| !h.borrow().expired(now))
+            .count() as u32
+    }
 }
 
 impl fmt::Display for Hold {

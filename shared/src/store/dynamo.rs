@@ -11,13 +11,12 @@ use aws_sdk_dynamodb::types::{
     AttributeValue, CancellationReason, KeysAndAttributes, Put, ReturnValue,
     ReturnValuesOnConditionCheckFailure, TransactWriteItem, Update,
 };
-use futures::future::BoxFuture;
 use sha2::Digest;
 use std::collections::HashMap;
 
 use super::{
-    CancelSignals, CancelWatch, Created, Insert, JobClaimer, JobInserter, JobReader, JobScanner,
-    JobWriter, SlotLedger, StepStore, StoreError, WaitpointStore,
+    CancelSignals, CancelWatch, Created, Insert, JobClaimer, JobInserter, JobReader, JobWriter,
+    SlotLedger, StepStore, StoreError, WaitpointStore,
 };
 use crate::job::{Job, JobId, JobStatus, Millis};
 use crate::json::Json;
@@ -33,8 +32,9 @@ mod release;
 mod steps;
 mod threads;
 mod usage;
+mod watch;
 
-pub use due::DUE_SHARDS;
+pub use due::{DUE_SHARDS, SWEEP_SHARDS};
 pub use list::USER_SHARDS;
 
 /// Jobs in one DynamoDB table (see `JobsTable` in template.yaml).
@@ -271,16 +271,16 @@ fn cancel_key(id: &JobId, round: u32) -> Item {
     )])
 }
 
-/// A job's item: its storage form, the `by_user_shard` index's key (see [`list`]), and while it
-/// waits the `by_due` index's (see [`due`]).
+/// A job's item: its storage form, the `by_user_shard` index's key (see [`list`]), and while it is
+/// watched (waiting on a timer, or watched by the sweep) the `by_due` index's (see [`due`]).
 fn to_item(job: &Job) -> Item {
     let mut item: Item = serde_dynamo::to_item(job).expect("a job always maps to an item");
     item.insert(
         list::SHARD_ATTRIBUTE.to_owned(),
         AttributeValue::S(list::user_shard(&job.user_id, &job.job_id)),
     );
-    if let Some(at) = job.due_at() {
-        due::mark(&mut item, &job.job_id, at);
+    if let Some(watch) = job.watch() {
+        due::mark(&mut item, &job.job_id, watch);
     }
     item
 }
@@ -776,71 +776,5 @@ impl CancelWatch for DynamoStore {
             .await
             .map_err(unavailable)?;
         Ok(out.item.is_some())
-    }
-}
-
-#[async_trait]
-impl JobScanner for DynamoStore {
-    async fn stale_jobs(
-        &self,
-        before: Millis,
-        now: Millis,
-        limit: usize,
-    ) -> Result<Vec<Job>, StoreError> {
-        collect_pages(limit, None, |start, _| {
-            let scan = self
-                .client
-                .scan()
-                .table_name(&self.table)
-                // The second part is `Job::effective_status` == dead_letter for a running job, the
-                // third `Job::webhook_overdue`, the last a parked job the due index does not hold
-                // (written before it existed; see `JobScanner`).
-                .filter_expression(
-                    "(#s = :queued AND updated_at < :before) OR (#s = :running AND \
-                     lease_expires_at < :now AND attempts >= max_attempts) OR \
-                     (webhook.#s = :pending AND webhook.next_attempt_at < :before) OR \
-                     (#s = :waiting AND attribute_not_exists(due_at) AND \
-                     waiting_for.expires_at < :now)",
-                )
-                .expression_attribute_names("#s", "status")
-                .expression_attribute_values(":waiting", status(JobStatus::Waiting))
-                .expression_attribute_values(":pending", AttributeValue::S("pending".into()))
-                .expression_attribute_values(":queued", status(JobStatus::Queued))
-                .expression_attribute_values(":running", status(JobStatus::Running))
-                .expression_attribute_values(":before", num(before))
-                .expression_attribute_values(":now", num(now))
-                .set_exclusive_start_key(start);
-            Box::pin(async move {
-                let out = scan.send().await.map_err(unavailable)?;
-                Ok((out.items.unwrap_or_default(), out.last_evaluated_key))
-            })
-        })
-        .await
-    }
-}
-
-/// One page of items, and where the next starts (`None`: it was the last).
-type Page = (Vec<Item>, Option<Item>);
-
-/// Reads pages with `page(start, still wanted)` -> (items, next start) until `limit` jobs are found or
-/// the pages run out (DynamoDB's pagination, for queries and scans alike).
-async fn collect_pages(
-    limit: usize,
-    mut start: Option<Item>,
-    mut page: impl FnMut(Option<Item>, usize) -> BoxFuture<'static, Result<Page, StoreError>>,
-) -> Result<Vec<Job>, StoreError> {
-    let mut found = Vec::new();
-    loop {
-        let (items, next) = page(start, limit - found.len()).await?;
-        for item in items {
-            found.push(from_item(item)?);
-            if found.len() >= limit {
-                return Ok(found);
-            }
-        }
-        start = next;
-        if start.is_none() {
-            return Ok(found);
-        }
     }
 }

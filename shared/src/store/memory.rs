@@ -5,13 +5,14 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Mutex, MutexGuard};
 
 use async_trait::async_trait;
+use sha2::Digest;
 
 use super::{
     CancelSignals, CancelWatch, Created, Due, DueTimers, Insert, JobClaimer, JobInserter,
     JobLister, JobReader, JobScanner, JobWriter, LimitStore, ListQuery, PageSlots, RateBuckets,
-    SlotLedger, StepLister, StepStore, StoreError, WaitpointStore,
+    Slice, SlotLedger, StepLister, StepStore, StoreError, WaitpointStore,
 };
-use crate::job::{Job, JobId, JobStatus, Millis, Slot};
+use crate::job::{Job, JobId, JobStatus, Millis, Slot, Watch};
 use crate::json::Json;
 use crate::limits::bucket;
 use crate::limits::{Deferred, Hold, Rate, Take};
@@ -42,6 +43,9 @@ struct State {
     /// completed waitpoint to check). Kept by [`State::put_job`] and the waitpoint writes, as
     /// DynamoDB keeps its `by_due` index.
     due: BTreeSet<(Millis, JobId, Option<String>)>,
+    /// The sweep's part of the due index: (check time, job) of every job [`Job::watch`] gives to
+    /// the sweep. Kept by [`State::put_job`].
+    watched: BTreeSet<(Millis, JobId)>,
     /// (limit ledger, page) -> its holds.
     holds: HashMap<(Ledger, u32), BTreeSet<Hold>>,
     /// Rate bucket -> its `tat`.
@@ -76,27 +80,40 @@ impl MemoryStore {
     /// Deletes a job as DynamoDB's TTL would, leaving its slot member alone (for tests).
     pub fn expire(&self, id: &JobId) {
         let mut st = self.state();
-        if let Some(old) = st.jobs.remove(id)
-            && let Some(at) = old.due_at()
-        {
-            st.due.remove(&(at, id.clone(), None));
+        if let Some(old) = st.jobs.remove(id) {
+            st.unwatch(&old);
         }
     }
 }
 
 impl State {
-    /// Stores `job`, moving its entry in the due index as its timer says.
+    /// Stores `job`, moving its entry in the due index as [`Job::watch`] says.
     fn put_job(&mut self, job: Job) {
-        let id = job.job_id.clone();
-        let new = job.due_at();
-        if let Some(old) = self.jobs.insert(id.clone(), job)
-            && let Some(at) = old.due_at()
-            && Some(at) != new
-        {
-            self.due.remove(&(at, id.clone(), None));
+        if let Some(old) = self.jobs.get(&job.job_id).cloned() {
+            self.unwatch(&old);
         }
-        if let Some(at) = new {
-            self.due.insert((at, id, None));
+        match job.watch() {
+            Some(Watch::Timer(at)) => {
+                self.due.insert((at, job.job_id.clone(), None));
+            }
+            Some(Watch::Sweep(at)) => {
+                self.watched.insert((at, job.job_id.clone()));
+            }
+            None => {}
+        }
+        self.jobs.insert(job.job_id.clone(), job);
+    }
+
+    /// Takes `job`'s entry (as stored) out of the due index.
+    fn unwatch(&mut self, job: &Job) {
+        match job.watch() {
+            Some(Watch::Timer(at)) => {
+                self.due.remove(&(at, job.job_id.clone(), None));
+            }
+            Some(Watch::Sweep(at)) => {
+                self.watched.remove(&(at, job.job_id.clone()));
+            }
+            None => {}
         }
     }
 
@@ -517,24 +534,14 @@ impl LimitStore for MemoryStore {
     }
 
     async fn holders(&self, ledger: &Ledger, _cap: u32, now: Millis) -> Result<u32, StoreError> {
-        Ok(self
-            .state()
-            .holds
-            .iter()
-            .filter(|((l, _), _)| l == ledger)
-            .flat_map(|(_, h)| h)
-            .filter(|h| !h.expired(now))
-            .count() as u32)
-    }
-
-    async fn prune_holds(&self, now: Millis) -> Result<usize, StoreError> {
-        let mut pruned = 0;
-        for h in self.state().holds.values_mut() {
-            let before = h.len();
-            h.retain(|h| !h.expired(now));
-            pruned += before - h.len();
-        }
-        Ok(pruned)
+        Ok(Hold::live(
+            self.state()
+                .holds
+                .iter()
+                .filter(|((l, _), _)| l == ledger)
+                .flat_map(|(_, h)| h),
+            now,
+        ))
     }
 
     async fn note_deferred(
@@ -576,28 +583,50 @@ impl RateBuckets for MemoryStore {
 
 #[async_trait]
 impl JobScanner for MemoryStore {
-    async fn stale_jobs(
+    async fn to_check(&self, until: Millis, limit: usize) -> Result<Vec<Job>, StoreError> {
+        let st = self.state();
+        // Ordered by check time: what is due comes first.
+        Ok(st
+            .watched
+            .iter()
+            .take_while(|(at, _)| *at <= until)
+            .take(limit)
+            .filter_map(|(_, id)| st.jobs.get(id).cloned())
+            .collect())
+    }
+
+    async fn slice(
         &self,
-        before: Millis,
+        slice: u32,
+        slices: u32,
         now: Millis,
         limit: usize,
-    ) -> Result<Vec<Job>, StoreError> {
-        let mut stale: Vec<Job> = self
-            .state()
+    ) -> Result<Slice, StoreError> {
+        // Each record in one slice, always the same: a hash of its key.
+        let in_slice = |key: &str| {
+            let hash = sha2::Sha256::digest(key.as_bytes());
+            u32::from_be_bytes([hash[0], hash[1], hash[2], hash[3]]) % slices.max(1) == slice
+        };
+        let mut st = self.state();
+        let mut holds_lapsed = 0;
+        for ((ledger, page), h) in st.holds.iter_mut() {
+            if in_slice(&ledger.key(Some(*page))) {
+                let before = h.len();
+                h.retain(|h| !h.expired(now));
+                holds_lapsed += before - h.len();
+            }
+        }
+        // Only a job stored without a check time (a test's record "from before") can be here.
+        let jobs = st
             .jobs
             .values()
-            // No `waiting` job: all are in the due index (there are no items older than it).
-            .filter(|j| {
-                (j.status == JobStatus::Queued && j.updated_at < before)
-                    || (j.status == JobStatus::Running
-                        && j.effective_status(now) == JobStatus::DeadLetter)
-                    || j.webhook_overdue(before)
-            })
+            .filter(|j| j.sweep_at.is_none() && j.watch().is_none())
+            .filter(|j| j.event_pending() || !j.status.is_terminal())
+            .filter(|j| in_slice(j.job_id.as_str()))
+            .take(limit)
             .cloned()
             .collect();
-        stale.sort_by_key(|j| j.updated_at);
-        stale.truncate(limit);
-        Ok(stale)
+        Ok(Slice { jobs, holds_lapsed })
     }
 }
 

@@ -52,6 +52,8 @@
 use async_trait::async_trait;
 
 use crate::error::BoxError;
+#[cfg(doc)]
+use crate::job::Watch;
 use crate::job::{Job, JobId, JobStatus, Millis, Slot};
 use crate::json::Json;
 use crate::limits::{Deferred, Hold, Rate, Take};
@@ -289,14 +291,16 @@ pub trait WaitpointStore: Send + Sync {
     ) -> Result<Option<Waitpoint>, StoreError>;
 }
 
-/// In-flight slots (BatchGetItem, Scan, UpdateItem of ledger pages): what the cap counts, and the
-/// sweep's repair.
+/// In-flight slots (BatchGetItem, UpdateItem of ledger pages; Query of the due index): what the cap
+/// counts, and the sweep's repair.
 #[async_trait]
 pub trait SlotLedger: Send + Sync {
     /// How many members `user`'s ledger holds on the pages of `cap` (and the page-less item of
     /// ledgers written before pages): the number the cap checks.
     async fn in_flight(&self, user: &str, cap: u32) -> Result<i64, StoreError>;
-    /// Every page of every owner's ledger (a scan: for the periodic sweep only).
+    /// Every page of every owner's ledger (for the periodic sweep only: a walk of the pages' entries
+    /// in the due index, never a scan of the table; possibly a moment stale, which the sweep's
+    /// grace and its strongly consistent read of each job make harmless).
     async fn all_slots(&self) -> Result<Vec<PageSlots>, StoreError>;
     /// Removes these members of `ledger`, each from the page it names, which no job holds (idempotent).
     async fn release_slots(&self, ledger: &Ledger, slots: &[Slot]) -> Result<(), StoreError>;
@@ -313,8 +317,10 @@ pub enum Due {
 
 /// The due index: a sparse index of the items with a timer, keyed by a few shards and their due
 /// time, so the due task finds what is due with a Query per shard instead of a Scan (a parked job
-/// costs storage only until its time). A job is in it while [`Job::due_at`] says so, a waitpoint
-/// while [`Waitpoint::repair_at`] does and until [`Self::clear_due`].
+/// costs storage only until its time). A job is in it under its timer while [`Job::watch`] says
+/// [`Watch::Timer`], a waitpoint while [`Waitpoint::repair_at`] says so and until
+/// [`Self::clear_due`]. The same index holds, under shards of their own that these queries never
+/// read, the sweep's check times ([`JobScanner::to_check`]) and the ledger pages.
 #[async_trait]
 pub trait DueTimers: Send + Sync {
     /// Up to `limit` items due at `now` (their time `<= now`), earliest first within a shard.
@@ -325,7 +331,8 @@ pub trait DueTimers: Send + Sync {
 }
 
 /// Kind-level limits' counters (see [`crate::limits`]): concurrency holds on ledger pages
-/// (UpdateItem, BatchGetItem; Scan for the sweep), and a deferred job's note (UpdateItem).
+/// (UpdateItem, BatchGetItem; the sweep prunes lapsed ones in its slice, [`JobScanner::slice`]), and
+/// a deferred job's note (UpdateItem).
 #[async_trait]
 pub trait LimitStore: Send + Sync {
     /// Adds `hold` to a page of `ledger`, whose holders are capped at `cap`; holds lapsed at `now`
@@ -354,9 +361,6 @@ pub trait LimitStore: Send + Sync {
 
     /// How many holds of `ledger` (capped at `cap`) are live at `now` (a consistent read).
     async fn holders(&self, ledger: &Ledger, cap: u32, now: Millis) -> Result<u32, StoreError>;
-
-    /// Removes every hold lapsed at `now` (a scan: for the periodic sweep only); how many.
-    async fn prune_holds(&self, now: Millis) -> Result<usize, StoreError>;
 
     /// Records why `id` waits, if it is still `queued` or `retrying` (a display-only field: not a
     /// new version; the claim clears it), and that it was seen at `now` (`updated_at`: the sweep
@@ -402,19 +406,36 @@ pub trait UsageReader: Send + Sync {
     async fn usage(&self, owner: &str, day: Day) -> Result<DayUsage, StoreError>;
 }
 
-/// Jobs nothing will move again (Scan): for the periodic sweep only.
+/// The jobs the sweep looks at (see [`crate::sweep`]): those whose check time has come, from the due
+/// index (a Query per shard: the sweep never reads a job before its check, nor a finished one), and a
+/// slice of the table for records written before check times existed (a Scan segment).
 #[async_trait]
 pub trait JobScanner: Send + Sync {
-    /// Up to `limit` jobs the sweep must look at (see [`crate::sweep`]): still `queued` and not
-    /// updated since `before` (a lost message?), `running` on their last attempt under a lease
-    /// expired at `now` (a dead runner), or `waiting` on a timer passed at `now` but missing from
-    /// the due index (a job item written before the index existed; the due task fires the rest).
-    async fn stale_jobs(
+    /// Up to `limit` jobs the sweep watches ([`Job::watch`] is [`Watch::Sweep`]) whose check time is
+    /// at or before `until`, earliest first within a shard, read strongly consistent.
+    async fn to_check(&self, until: Millis, limit: usize) -> Result<Vec<Job>, StoreError>;
+
+    /// Walks slice `slice` of `slices` of the table (each record falls in one slice, always the
+    /// same; eventually consistent): returns up to `limit` jobs the sweep should watch that carry no
+    /// check time ([`Job::sweep_at`]: written before it existed), removes the holds lapsed at `now`
+    /// from the limits' ledger pages it holds, and lists the in-flight ledger pages written before
+    /// pages were listed (see [`SlotLedger::all_slots`]).
+    async fn slice(
         &self,
-        before: Millis,
+        slice: u32,
+        slices: u32,
         now: Millis,
         limit: usize,
-    ) -> Result<Vec<Job>, StoreError>;
+    ) -> Result<Slice, StoreError>;
+}
+
+/// What [`JobScanner::slice`] found.
+#[derive(Debug, Default)]
+pub struct Slice {
+    /// Jobs to watch that have no check time.
+    pub jobs: Vec<Job>,
+    /// Lapsed holds removed.
+    pub holds_lapsed: usize,
 }
 
 /// Conversation threads (see [`crate::thread`]): the thread item, `thread#<id>`, and one item per
@@ -538,7 +559,7 @@ impl<
 pub trait DeliveryStore: JobReader + JobWriter {}
 impl<T: JobReader + JobWriter + ?Sized> DeliveryStore for T {}
 
-/// The sweep's port: scan, read, write, repair slots and limits' holds, read and settle waitpoints,
+/// The sweep's port: its part of the due index and a slice scan, read, write, repair slots and limits' holds, read and settle waitpoints,
 /// query the due index.
 pub trait SweepStore:
     JobScanner + JobReader + JobWriter + SlotLedger + WaitpointStore + DueTimers + LimitStore

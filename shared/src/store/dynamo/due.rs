@@ -9,6 +9,10 @@
 //! time, and a parked job costs its storage and the index entry's (~100 bytes) until then.
 //! The shards spread the index's writes (an index partition takes ~1,000 writes a second) and the
 //! queries run side by side.
+//!
+//! The same index holds two more families of entries, under shard values the due task never reads
+//! (see `watch.rs`, the sweep's): every job the sweep watches, under `sweep#<n>` and its check time
+//! ([`crate::job::Job::watch`]), and every ledger page, under `pages#<kind>#<n>` and 0.
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::types::AttributeValue;
@@ -16,12 +20,17 @@ use futures::future::try_join_all;
 
 use super::list::shard_of;
 use super::{DynamoStore, Item, num, unavailable, waitpoint_key};
-use crate::job::{JobId, Millis};
+use crate::job::{JobId, Millis, Watch};
 use crate::store::{Due, DueTimers, StoreError};
 
 /// How many partitions the due index is spread over. Only ever raise it (an item's shard is stored
 /// with it; the due task reads shards `0..DUE_SHARDS`).
 pub const DUE_SHARDS: u32 = 4;
+
+/// How many partitions the sweep's check times are spread over: every job's insert and end write
+/// its entry, so 32 partitions of ~1,000 writes a second take ~16,000 jobs a second. Only ever
+/// raise it (the sweep reads shards `0..SWEEP_SHARDS`).
+pub const SWEEP_SHARDS: u32 = 32;
 
 /// The index (`JobsTable` in template.yaml) and its key.
 const INDEX: &str = "by_due";
@@ -33,9 +42,18 @@ pub(super) fn due_shard(id: &JobId) -> String {
     format!("due#{}", shard_of(id, DUE_SHARDS))
 }
 
-/// Adds the due index's key to `item`, job `id`'s, due at `at`.
-pub(super) fn mark(item: &mut Item, id: &JobId, at: Millis) {
-    item.insert(SHARD_ATTRIBUTE.into(), AttributeValue::S(due_shard(id)));
+/// The sweep's partition for job `id`'s entry.
+pub(super) fn sweep_shard(id: &JobId) -> String {
+    format!("sweep#{}", shard_of(id, SWEEP_SHARDS))
+}
+
+/// Adds the due index's key to `item`, job `id`'s, watched as `watch` says.
+pub(super) fn mark(item: &mut Item, id: &JobId, watch: Watch) {
+    let (shard, at) = match watch {
+        Watch::Timer(at) => (due_shard(id), at),
+        Watch::Sweep(at) => (sweep_shard(id), at),
+    };
+    item.insert(SHARD_ATTRIBUTE.into(), AttributeValue::S(shard));
     item.insert(AT_ATTRIBUTE.into(), num(at));
 }
 
@@ -51,10 +69,10 @@ fn parse_key(key: &str) -> Option<Result<JobId, (JobId, String)>> {
 }
 
 impl DynamoStore {
-    /// Up to `limit` keys of shard `shard` due at `now`, earliest first.
-    async fn due_keys(
+    /// Up to `limit` keys of the index's partition `shard` due at `now`, earliest first.
+    pub(super) async fn due_keys(
         &self,
-        shard: u32,
+        shard: &str,
         now: Millis,
         limit: usize,
     ) -> Result<Vec<Item>, StoreError> {
@@ -69,7 +87,7 @@ impl DynamoStore {
                 .key_condition_expression("#k = :k AND #at <= :now")
                 .expression_attribute_names("#k", SHARD_ATTRIBUTE)
                 .expression_attribute_names("#at", AT_ATTRIBUTE)
-                .expression_attribute_values(":k", AttributeValue::S(format!("due#{shard}")))
+                .expression_attribute_values(":k", AttributeValue::S(shard.to_owned()))
                 .expression_attribute_values(":now", num(now))
                 .limit(i32::try_from(limit - keys.len()).unwrap_or(i32::MAX))
                 .set_exclusive_start_key(start)
@@ -91,8 +109,10 @@ impl DueTimers for DynamoStore {
     /// the index is not, and a job resumed a moment ago must not be fired again).
     async fn due(&self, now: Millis, limit: usize) -> Result<Vec<Due>, StoreError> {
         let per_shard = limit.div_ceil(DUE_SHARDS as usize).max(1);
-        let shards =
-            try_join_all((0..DUE_SHARDS).map(|s| self.due_keys(s, now, per_shard))).await?;
+        let shards = (0..DUE_SHARDS)
+            .map(|s| format!("due#{s}"))
+            .collect::<Vec<_>>();
+        let shards = try_join_all(shards.iter().map(|s| self.due_keys(s, now, per_shard))).await?;
         let mut jobs = Vec::new();
         let mut due = Vec::new();
         for item in shards.into_iter().flatten() {
@@ -157,5 +177,6 @@ mod tests {
         );
         assert_eq!(parse_key("user#abc#1"), None);
         assert!(due_shard(&id).starts_with("due#"));
+        assert!(sweep_shard(&id).starts_with("sweep#"));
     }
 }

@@ -9,7 +9,7 @@ use aws_sdk_dynamodb::types::{AttributeValue, ReturnValuesOnConditionCheckFailur
 use super::{DynamoStore, Item, num, status, unavailable};
 use crate::job::{JobId, JobStatus, Millis};
 use crate::limits::bucket::{self, Write};
-use crate::limits::{Deferred, HOLD_PREFIX, Hold, Rate, Take};
+use crate::limits::{Deferred, Hold, Rate, Take};
 use crate::slots::{Layout, Ledger};
 use crate::store::{LimitStore, RateBuckets, StoreError};
 
@@ -55,17 +55,8 @@ impl LimitStore for DynamoStore {
         old: &Hold,
         new: &Hold,
     ) -> Result<(), StoreError> {
-        let add = Update::builder()
-            .table_name(&self.table)
-            .set_key(Some(Item::from([(
-                "job_id".to_owned(),
-                AttributeValue::S(ledger.key(Some(page))),
-            )])))
-            .update_expression("ADD slots :m")
-            .expression_attribute_values(":m", AttributeValue::Ss(vec![new.to_string()]))
-            .build()
-            .expect("table, key and expression are set");
-        self.update(add).await?;
+        self.add_members(ledger.key(Some(page)), vec![new.to_string()])
+            .await?;
         self.remove_members(ledger.key(Some(page)), vec![old.to_string()])
             .await
     }
@@ -73,52 +64,17 @@ impl LimitStore for DynamoStore {
     async fn holders(&self, ledger: &Ledger, cap: u32, now: Millis) -> Result<u32, StoreError> {
         let pages: Vec<Option<u32>> = (0..Layout::new(cap).pages()).map(Some).collect();
         let items = self.read_pages(ledger, &pages, true).await?;
-        Ok(items
-            .values()
-            .filter_map(|i| match i.get("slots") {
-                Some(AttributeValue::Ss(m)) => Some(m),
-                _ => None,
-            })
-            .flatten()
-            .filter(|m| Hold::parse(m).is_some_and(|h| !h.expired(now)))
-            .count() as u32)
-    }
-
-    async fn prune_holds(&self, now: Millis) -> Result<usize, StoreError> {
-        let mut pruned = 0;
-        let mut start = None;
-        loop {
-            let out = self
-                .client
-                .scan()
-                .table_name(&self.table)
-                .filter_expression("begins_with(job_id, :p) AND attribute_exists(slots)")
-                .expression_attribute_values(":p", AttributeValue::S(HOLD_PREFIX.into()))
-                .set_exclusive_start_key(start)
-                .send()
-                .await
-                .map_err(unavailable)?;
-            for item in out.items.unwrap_or_default() {
-                let (Some(AttributeValue::S(key)), Some(AttributeValue::Ss(members))) =
-                    (item.get("job_id"), item.get("slots"))
-                else {
-                    continue;
-                };
-                let lapsed: Vec<String> = members
-                    .iter()
-                    .filter(|m| Hold::lapsed(m, now))
-                    .cloned()
-                    .collect();
-                if !lapsed.is_empty() {
-                    pruned += lapsed.len();
-                    self.remove_members(key.clone(), lapsed).await?;
-                }
-            }
-            start = out.last_evaluated_key;
-            if start.is_none() {
-                return Ok(pruned);
-            }
-        }
+        Ok(Hold::live(
+            items
+                .values()
+                .filter_map(|i| match i.get("slots") {
+                    Some(AttributeValue::Ss(m)) => Some(m),
+                    _ => None,
+                })
+                .flatten()
+                .filter_map(|m| Hold::parse(m)),
+            now,
+        ))
     }
 
     async fn note_deferred(

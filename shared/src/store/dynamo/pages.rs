@@ -1,6 +1,7 @@
 //! The in-flight ledgers' pages on DynamoDB (see [`crate::slots`] for the layout and why): the capped
 //! add that picks a page, the uncapped adds of redrives and pathway children, the read of an owner's
-//! page loads, the count, the sweep's scan, and removals (through the group commit of `release.rs`).
+//! page loads, the count, the sweep's walk of the pages, and removals (through the group commit of
+//! `release.rs`). Every add also lists its page for the sweep (see `watch.rs`).
 
 use std::collections::BTreeMap;
 
@@ -11,10 +12,11 @@ use aws_sdk_dynamodb::types::{
 };
 use std::collections::HashMap;
 
-use super::{DynamoStore, Item, num, unavailable};
+use super::watch::adding;
+use super::{DynamoStore, Item, num};
 use crate::job::{Job, JobId, Millis, Slot};
 use crate::limits::Hold;
-use crate::slots::{Layout, Ledger, MAX_ADDS, OWNER_PREFIX, PageSlots};
+use crate::slots::{Layout, Ledger, MAX_ADDS, PageSlots};
 use crate::store::{SlotLedger, StoreError};
 
 /// The key of one page of a ledger (`None`: the page-less item of ledgers written before pages).
@@ -150,16 +152,35 @@ impl DynamoStore {
                 }
             }
         };
-        let lapsed: Vec<String> = members
-            .into_iter()
-            .filter(|m| Hold::lapsed(m, now))
-            .collect();
+        let lapsed = Hold::lapsed_of(&members, now);
         if !lapsed.is_empty() {
             self.remove_members(ledger.key(Some(page)), lapsed.clone())
                 .await?;
             self.views.moved(ledger, page, -(lapsed.len() as i32));
         }
         Ok(lapsed.len())
+    }
+
+    /// Adds `members` to the page item `key` without a cap (idempotent), listing the page.
+    pub(super) async fn add_members(
+        &self,
+        key: String,
+        members: Vec<String>,
+    ) -> Result<(), StoreError> {
+        let (expression, names, values) = adding(&key);
+        let add = Update::builder()
+            .table_name(&self.table)
+            .set_key(Some(HashMap::from([(
+                "job_id".to_owned(),
+                AttributeValue::S(key),
+            )])))
+            .update_expression(expression)
+            .set_expression_attribute_names(names)
+            .set_expression_attribute_values(Some(values))
+            .expression_attribute_values(":m", AttributeValue::Ss(members))
+            .build()
+            .expect("table, key and expression are set");
+        self.update(add).await.map(drop)
     }
 
     /// Removes `members` from the page item `key` (idempotent: removing a member not there is a no-op).
@@ -190,12 +211,15 @@ impl DynamoStore {
         member: String,
         capacity: u32,
     ) -> Result<Added, StoreError> {
+        let (expression, names, values) = adding(&ledger.key(Some(page)));
         let res = self
             .client
             .update_item()
             .table_name(&self.table)
             .set_key(Some(page_key(ledger, Some(page))))
-            .update_expression("ADD slots :m")
+            .update_expression(expression)
+            .set_expression_attribute_names(names)
+            .set_expression_attribute_values(Some(values))
             .condition_expression(
                 "attribute_not_exists(slots) OR size(slots) < :cap OR contains(slots, :mine)",
             )
@@ -232,14 +256,8 @@ impl DynamoStore {
         slots: &[Slot],
     ) -> Result<(), StoreError> {
         for (page, slots) in by_page(slots) {
-            let add = Update::builder()
-                .table_name(&self.table)
-                .set_key(Some(page_key(ledger, page)))
-                .update_expression("ADD slots :m")
-                .expression_attribute_values(":m", members(&slots))
-                .build()
-                .expect("table, key and expression are set");
-            self.update(add).await?;
+            let members = slots.iter().map(ToString::to_string).collect();
+            self.add_members(ledger.key(page), members).await?;
             if let Some(p) = page {
                 self.views.moved(ledger, p, slots.len() as i32);
             }
@@ -305,43 +323,26 @@ impl SlotLedger for DynamoStore {
     }
 
     async fn all_slots(&self) -> Result<Vec<PageSlots>, StoreError> {
-        let mut found = Vec::new();
-        let mut start = None;
-        loop {
-            let out = self
-                .client
-                .scan()
-                .table_name(&self.table)
-                .filter_expression("begins_with(job_id, :p) AND attribute_exists(slots)")
-                .expression_attribute_values(":p", AttributeValue::S(OWNER_PREFIX.into()))
-                .consistent_read(true)
-                .set_exclusive_start_key(start)
-                .send()
-                .await
-                .map_err(unavailable)?;
-            for item in out.items.unwrap_or_default() {
+        let pages = self.listed_pages().await?;
+        Ok(pages
+            .iter()
+            .filter_map(|item| {
                 let (Some(AttributeValue::S(key)), Some(AttributeValue::Ss(members))) =
                     (item.get("job_id"), item.get("slots"))
                 else {
-                    continue;
+                    return None;
                 };
-                let Some((ledger, page)) = Ledger::parse_key(key) else {
-                    continue;
-                };
-                found.push(PageSlots {
+                let (ledger, page) = Ledger::parse_key(key)?;
+                Some(PageSlots {
                     ledger,
                     page,
                     slots: members
                         .iter()
                         .filter_map(|m| Slot::parse(m, page))
                         .collect(),
-                });
-            }
-            start = out.last_evaluated_key;
-            if start.is_none() {
-                return Ok(found);
-            }
-        }
+                })
+            })
+            .collect())
     }
 
     async fn release_slots(&self, ledger: &Ledger, slots: &[Slot]) -> Result<(), StoreError> {
