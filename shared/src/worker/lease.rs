@@ -19,8 +19,8 @@ use crate::handler::{Attempt, JobError};
 use crate::job::{IllegalTransition, Job, Progress};
 use crate::json::Json;
 use crate::store::{Change, RmwError, StoreError, WorkerStore, read_modify_write};
-use crate::usage::{Budget, Counted, Day, Spend};
 use crate::thread::RunEnd;
+use crate::usage::{Budget, Counted, Day, Spend};
 use crate::waitpoint::Waitpoint;
 
 /// Why a lease-holder write failed.
